@@ -1,0 +1,83 @@
+//! The compute backend: one small op set ([`Backend`]) that the transformer stage is
+//! written against, and its implementations (`cpu` here; a GPU backend later behind
+//! a cargo feature). Every op keeps each row's arithmetic independent of the other
+//! rows, so a request's scores do not depend on the batch it was packed in.
+
+pub mod cpu;
+
+use std::ops::Range;
+
+use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
+
+use crate::tensor::Matrix;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend `{backend}`: {problem}")]
+    Failed { backend: &'static str, problem: String },
+}
+
+/// Where the heads of a fused QKV activation lie: queries in columns
+/// `0..num_heads·head_dim`, then keys, then values (`num_kv_heads·head_dim` each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLayout {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl HeadLayout {
+    pub fn q_cols(&self) -> Range<usize> {
+        0..self.num_heads * self.head_dim
+    }
+
+    pub fn k_cols(&self) -> Range<usize> {
+        let q = self.num_heads * self.head_dim;
+        q..q + self.num_kv_heads * self.head_dim
+    }
+
+    pub fn v_cols(&self) -> Range<usize> {
+        let k = self.k_cols();
+        k.end..k.end + self.num_kv_heads * self.head_dim
+    }
+
+    pub fn width(&self) -> usize {
+        self.v_cols().end
+    }
+}
+
+/// Activations are matrices of rows (tokens) by features; weights are `out × in`.
+pub trait Backend: Send + Sync {
+    type Tensor: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn upload(&self, m: Matrix) -> Result<Self::Tensor, BackendError>;
+    fn download(&self, t: &Self::Tensor) -> Result<Matrix, BackendError>;
+    fn rows(&self, t: &Self::Tensor) -> usize;
+
+    /// Rows `ids` of `table`.
+    fn embed(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
+    /// `x · wᵀ` for `x` of `M × K` and `w` of `N × K`.
+    fn matmul_t(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;
+    /// Cosines and sines for each row's position: `rows × head_dim` (cos then sin per pair).
+    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f64) -> Result<Self::Tensor, BackendError>;
+    /// Rotates each head of the columns `cols` of `x` in place.
+    fn apply_rope(
+        &self,
+        x: &mut Self::Tensor,
+        table: &Self::Tensor,
+        cols: Range<usize>,
+        head_dim: usize,
+        style: RopeStyle,
+    ) -> Result<(), BackendError>;
+    /// Scaled-dot-product attention over packed prefix trees; returns `rows × num_heads·head_dim`.
+    fn attention(&self, qkv: &Self::Tensor, trees: &[TreeLayout], heads: HeadLayout) -> Result<Self::Tensor, BackendError>;
+    /// `silu(gate) · up` where the first half of the columns is the gate and the second the up projection.
+    fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), BackendError>;
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor, BackendError>;
+    /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
+    fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
+}

@@ -1,0 +1,33 @@
+//! `Matrix`: a row-major f32 matrix in host memory. It is what weight loaders produce
+//! and the CPU backend's tensor.
+
+/// Row-major `rows × cols` f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Matrix { rows, cols, data: vec![0.0; rows * cols] }
+    }
+
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
+        Matrix { rows, cols, data }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Stacks matrices of equal width on top of each other.
+    pub fn vstack(parts: &[Matrix]) -> Matrix {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(parts.iter().all(|p| p.cols == cols), "vstack needs equal widths");
+        let data: Vec<f32> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        Matrix { rows: data.len() / cols.max(1), cols, data }
+    }
+}

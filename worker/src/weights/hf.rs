@@ -1,0 +1,146 @@
+//! A Hugging Face model directory as a [`WeightSource`]: `config.json` plus
+//! `model.safetensors`, or shards listed by `model.safetensors.index.json`.
+//! F32, F16 and BF16 tensors are read; Q/K rows are in rotate-half order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use evalmesh_common::{HfConfig, ModelConfig};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use super::quant::GgmlType;
+use super::{LayerTensor, Located, TensorId, WeightError, WeightSource};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+pub struct HfModel {
+    dir: PathBuf,
+    config: ModelConfig,
+    shards: Vec<Shard>,
+    /// Tensor name → index in `shards`.
+    index: HashMap<String, usize>,
+    bytes_read: AtomicU64,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexFile {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn read_text(path: &Path) -> Result<String, WeightError> {
+    std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))
+}
+
+fn open_shard(path: PathBuf) -> Result<Shard, WeightError> {
+    let file = File::open(&path).map_err(|e| WeightError::io(&path, e))?;
+    // SAFETY: read-only private map of a file evalmesh never writes (see gguf.rs).
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(&path, e))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map)
+        .map_err(|e| WeightError::Format { path: path.clone(), problem: format!("not a valid safetensors file: {e}") })?;
+    Ok(Shard { path, map, data_start: 8 + header_len, metadata })
+}
+
+impl HfModel {
+    pub fn open(dir: &Path) -> Result<Self, WeightError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let config = HfConfig::parse(&read_text(&config_path)?)
+            .and_then(|c| c.to_model_config())
+            .map_err(|source| WeightError::Config { path: config_path.clone(), source })?;
+        let index_path = dir.join(INDEX_FILE);
+        let shard_names: Vec<String> = if index_path.exists() {
+            let index: IndexFile = serde_json::from_str(&read_text(&index_path)?)
+                .map_err(|e| WeightError::Format { path: index_path.clone(), problem: e.to_string() })?;
+            let mut names: Vec<String> = index.weight_map.into_values().collect();
+            names.sort();
+            names.dedup();
+            names
+        } else {
+            vec![SINGLE_FILE.to_string()]
+        };
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        for name in shard_names {
+            if name.contains('/') || name.contains("..") {
+                return Err(WeightError::Format { path: index_path, problem: format!("shard name `{name}` leaves the directory") });
+            }
+            let shard = open_shard(dir.join(&name))?;
+            for tensor in shard.metadata.tensors().into_keys() {
+                index.insert(tensor, shards.len());
+            }
+            shards.push(shard);
+        }
+        Ok(HfModel { dir: dir.to_path_buf(), config, shards, index, bytes_read: AtomicU64::new(0) })
+    }
+
+    fn tensor_name(&self, id: TensorId) -> String {
+        match id {
+            TensorId::Embedding => "model.embed_tokens.weight".into(),
+            TensorId::FinalNorm => "model.norm.weight".into(),
+            TensorId::Head if self.config.tied_embeddings => "model.embed_tokens.weight".into(),
+            TensorId::Head => "lm_head.weight".into(),
+            TensorId::Layer(l, t) => {
+                let part = match t {
+                    LayerTensor::AttnNorm => "input_layernorm",
+                    LayerTensor::Q => "self_attn.q_proj",
+                    LayerTensor::K => "self_attn.k_proj",
+                    LayerTensor::V => "self_attn.v_proj",
+                    LayerTensor::O => "self_attn.o_proj",
+                    LayerTensor::FfnNorm => "post_attention_layernorm",
+                    LayerTensor::Gate => "mlp.gate_proj",
+                    LayerTensor::Up => "mlp.up_proj",
+                    LayerTensor::Down => "mlp.down_proj",
+                };
+                format!("model.layers.{l}.{part}.weight")
+            }
+        }
+    }
+}
+
+impl WeightSource for HfModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError> {
+        let name = self.tensor_name(id);
+        let missing = || WeightError::MissingTensor { path: self.dir.clone(), name: name.clone() };
+        let shard = &self.shards[*self.index.get(&name).ok_or_else(missing)?];
+        let info = shard.metadata.info(&name).ok_or_else(missing)?;
+        let bad = |problem: String| WeightError::Format { path: shard.path.clone(), problem };
+        let dtype = match info.dtype {
+            Dtype::F32 => GgmlType::F32,
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::Bf16,
+            other => return Err(bad(format!("tensor `{name}` has dtype {other}; F32, F16 and BF16 are supported"))),
+        };
+        let shape = match info.shape[..] {
+            [cols] => (1, cols),
+            [rows, cols] => (rows, cols),
+            _ => return Err(bad(format!("tensor `{name}` has shape {:?}, expected 1 or 2 dimensions", info.shape))),
+        };
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
+        Ok(Located { name, shape, dtype, bytes })
+    }
+
+    fn bytes_read(&self) -> &AtomicU64 {
+        &self.bytes_read
+    }
+}

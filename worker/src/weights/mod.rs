@@ -1,0 +1,126 @@
+//! Weight loading: the [`WeightSource`] trait over a model file, its GGUF and
+//! Hugging Face safetensors implementations, and [`load`], which reads one tensor
+//! widened to f32 after checking its shape against the configuration.
+
+pub mod gguf;
+mod gguf_model;
+mod hf;
+pub mod quant;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use evalmesh_common::{ConfigError, ModelConfig};
+
+use crate::tensor::Matrix;
+pub use gguf_model::GgufModel;
+pub use hf::HfModel;
+
+/// Why a model's weights could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", path.display())]
+    Format { path: PathBuf, problem: String },
+    #[error("{}: {source}", path.display())]
+    Config { path: PathBuf, source: ConfigError },
+    #[error("{}: tensor `{name}` is missing", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: tensor `{name}` has shape {found:?} but the config implies {expected:?}", path.display())]
+    Shape { path: PathBuf, name: String, expected: (usize, usize), found: (usize, usize) },
+    #[error("{}: tensor `{name}` contains {count} non-finite values (NaN or infinity)", path.display())]
+    NonFinite { path: PathBuf, name: String, count: usize },
+}
+
+impl WeightError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        WeightError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// A tensor of one transformer block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerTensor {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+/// Every tensor of a Llama-family model, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorId {
+    Embedding,
+    Layer(usize, LayerTensor),
+    FinalNorm,
+    Head,
+}
+
+impl TensorId {
+    /// (rows, cols) the configuration implies; norms are one row.
+    pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        match self {
+            TensorId::Embedding | TensorId::Head => (c.vocab_size, c.hidden_size),
+            TensorId::FinalNorm => (1, c.hidden_size),
+            TensorId::Layer(_, t) => match t {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => (1, c.hidden_size),
+                LayerTensor::Q => (c.q_dim(), c.hidden_size),
+                LayerTensor::K | LayerTensor::V => (c.kv_dim(), c.hidden_size),
+                LayerTensor::O => (c.hidden_size, c.q_dim()),
+                LayerTensor::Gate | LayerTensor::Up => (c.intermediate_size, c.hidden_size),
+                LayerTensor::Down => (c.hidden_size, c.intermediate_size),
+            },
+        }
+    }
+}
+
+/// A tensor found in a model file: its name there, its (rows, cols) and where to read it.
+pub struct Located<'a> {
+    pub name: String,
+    pub shape: (usize, usize),
+    pub dtype: quant::GgmlType,
+    pub bytes: &'a [u8],
+}
+
+/// A model file (or directory) that yields its configuration and its tensors by role.
+pub trait WeightSource: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    fn path(&self) -> &Path;
+    /// Finds a tensor without reading its data.
+    fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError>;
+    /// Counts bytes that [`load`] read from this source.
+    fn bytes_read(&self) -> &AtomicU64;
+}
+
+/// Reads one tensor widened to f32, after checking its shape against the config,
+/// and refuses weights with NaN or infinity.
+pub fn load(source: &dyn WeightSource, id: TensorId) -> Result<Matrix, WeightError> {
+    let expected = id.shape(source.config());
+    let found = source.locate(id)?;
+    if found.shape != expected {
+        return Err(WeightError::Shape { path: source.path().to_path_buf(), name: found.name, expected, found: found.shape });
+    }
+    let mut data = vec![0.0f32; expected.0 * expected.1];
+    found.dtype.dequantize(found.bytes, &mut data);
+    source.bytes_read().fetch_add(found.bytes.len() as u64, Ordering::Relaxed);
+    let count = data.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });
+    }
+    Ok(Matrix::from_vec(expected.0, expected.1, data))
+}
+
+/// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and safetensors.
+pub fn open(path: &Path) -> Result<Box<dyn WeightSource>, WeightError> {
+    if path.is_dir() {
+        Ok(Box::new(HfModel::open(path)?))
+    } else {
+        Ok(Box::new(GgufModel::open(path)?))
+    }
+}
