@@ -1,0 +1,109 @@
+//! The `EvaluationEngine` trait, which scores prefix trees, the micro-batch packing
+//! every engine shares, and the `LightweightEngine`: one process that runs the whole
+//! model in one stage.
+
+use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
+use evalmesh_worker::{CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("request {index}: {problem}")]
+    Request { index: usize, problem: String },
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error("the last stage returned hidden states instead of scores")]
+    NoScores,
+}
+
+/// Scores requests; results come back in request order.
+pub trait EvaluationEngine {
+    /// `progress` is called with the number of input tokens just computed.
+    fn score(&mut self, trees: &[ScoreTree], progress: &mut dyn FnMut(usize)) -> Result<Vec<TreeScores>, EngineError>;
+    /// One line saying what runs where.
+    fn describe(&self) -> String;
+}
+
+/// Groups request indices into micro-batches of at most `budget` input tokens: longest
+/// first, packed greedily in that order; a tree longer than the budget goes alone.
+pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..trees.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(trees[i].input_len()));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for i in order {
+        let len = trees[i].input_len();
+        match batches.last_mut() {
+            Some(batch) if used + len <= budget => {
+                batch.push(i);
+                used += len;
+            }
+            _ => {
+                batches.push(vec![i]);
+                used = len;
+            }
+        }
+    }
+    batches
+}
+
+/// The whole model in this process.
+pub struct LightweightEngine {
+    stage: LlamaStage<CpuBackend>,
+    batch_tokens: usize,
+}
+
+impl LightweightEngine {
+    pub fn load(source: &dyn WeightSource, batch_tokens: usize) -> Result<Self, EngineError> {
+        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend)?;
+        Ok(LightweightEngine { stage, batch_tokens })
+    }
+}
+
+impl EvaluationEngine for LightweightEngine {
+    fn score(&mut self, trees: &[ScoreTree], progress: &mut dyn FnMut(usize)) -> Result<Vec<TreeScores>, EngineError> {
+        let config = self.stage.config();
+        for (index, tree) in trees.iter().enumerate() {
+            tree.validate(config.vocab_size, config.max_position)
+                .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
+        }
+        let mut results: Vec<Option<TreeScores>> = vec![None; trees.len()];
+        for indices in pack_micro_batches(trees, self.batch_tokens) {
+            let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
+            let batch = MicroBatch::pack(&members);
+            let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens)? else {
+                return Err(EngineError::NoScores);
+            };
+            let unpacked = MicroBatch::unpack(&members, &scores)
+                .map_err(|e| EngineError::Request { index: indices[0], problem: e.to_string() })?;
+            for (i, s) in indices.into_iter().zip(unpacked) {
+                results[i] = Some(s);
+            }
+            progress(batch.tokens.len());
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("lightweight engine: one process, {} backend, {} threads, layers 0..{}",
+            evalmesh_worker::Backend::name(self.stage.backend()), rayon::current_num_threads(), self.stage.config().num_layers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(len: usize) -> ScoreTree {
+        ScoreTree { prefix: vec![1; len + 1], prefix_targets_from: 1, branches: vec![] }
+    }
+
+    #[test]
+    fn packs_longest_first_within_budget() {
+        let trees = vec![tree(3), tree(10), tree(6), tree(2), tree(20)];
+        let batches = pack_micro_batches(&trees, 12);
+        assert_eq!(batches, vec![vec![4], vec![1], vec![2, 0, 3]]);
+        let mut all: Vec<usize> = batches.concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+    }
+}

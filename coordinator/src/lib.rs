@@ -1,0 +1,10 @@
+//! The evalmesh coordinator: command line, tokenizer, tasks and metrics, engines and
+//! results. It never computes model math itself; the worker crate does.
+
+pub mod cli;
+pub mod engine;
+pub mod model;
+pub mod progress;
+pub mod results;
+pub mod tasks;
+pub mod tokenizer;
