@@ -55,12 +55,12 @@ const HEAD_ROWS: usize = 256;
 struct Block<B: Backend> {
     attn_norm: B::Tensor,
     /// Q, K and V projections stacked: `(q_dim + 2·kv_dim) × hidden`.
-    qkv: B::Tensor,
-    out: B::Tensor,
+    qkv: B::Weight,
+    out: B::Weight,
     ffn_norm: B::Tensor,
     /// Gate and up projections stacked: `2·intermediate × hidden`.
-    gate_up: B::Tensor,
-    down: B::Tensor,
+    gate_up: B::Weight,
+    down: B::Weight,
 }
 
 impl<B: Backend> Block<B> {
@@ -71,25 +71,25 @@ impl<B: Backend> Block<B> {
         };
         Ok(Block {
             attn_norm: backend.upload(get(LayerTensor::AttnNorm)?)?,
-            qkv: backend.upload(stacked(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V])?)?,
-            out: backend.upload(get(LayerTensor::O)?)?,
+            qkv: backend.upload_weight(stacked(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V])?)?,
+            out: backend.upload_weight(get(LayerTensor::O)?)?,
             ffn_norm: backend.upload(get(LayerTensor::FfnNorm)?)?,
-            gate_up: backend.upload(stacked(&[LayerTensor::Gate, LayerTensor::Up])?)?,
-            down: backend.upload(get(LayerTensor::Down)?)?,
+            gate_up: backend.upload_weight(stacked(&[LayerTensor::Gate, LayerTensor::Up])?)?,
+            down: backend.upload_weight(get(LayerTensor::Down)?)?,
         })
     }
 }
 
 struct Head<B: Backend> {
     norm: B::Tensor,
-    weight: Arc<B::Tensor>,
+    weight: Arc<B::Weight>,
 }
 
 pub struct LlamaStage<B: Backend> {
     backend: B,
     config: ModelConfig,
     spec: StageSpec,
-    embedding: Option<Arc<B::Tensor>>,
+    embedding: Option<Arc<B::Weight>>,
     blocks: Vec<Block<B>>,
     head: Option<Head<B>>,
 }
@@ -102,7 +102,7 @@ impl<B: Backend> LlamaStage<B> {
             return Err(StageError::Spec(format!("layers {:?} are outside the model's {} layers", spec.layers, config.num_layers)));
         }
         let embedding = match spec.embedding {
-            true => Some(Arc::new(backend.upload(load(source, TensorId::Embedding)?)?)),
+            true => Some(Arc::new(backend.upload_weight(load(source, TensorId::Embedding)?)?)),
             false => None,
         };
         let blocks = spec.layers.clone().map(|l| Block::load(source, &backend, l)).collect::<Result<Vec<_>, _>>()?;
@@ -113,7 +113,7 @@ impl<B: Backend> LlamaStage<B> {
             }
             (true, _) => Some(Head {
                 norm: backend.upload(load(source, TensorId::FinalNorm)?)?,
-                weight: Arc::new(backend.upload(load(source, TensorId::Head)?)?),
+                weight: Arc::new(backend.upload_weight(load(source, TensorId::Head)?)?),
             }),
         };
         Ok(LlamaStage { backend, config, spec, embedding, blocks, head })

@@ -46,19 +46,23 @@ impl HeadLayout {
     }
 }
 
-/// Activations are matrices of rows (tokens) by features; weights are `out × in`.
+/// Activations are matrices of rows (tokens) by features. Matrix-product weights are
+/// given as `out × in` and kept in whatever layout suits the backend.
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
+    type Weight: Send + Sync;
 
     fn name(&self) -> &'static str;
     fn upload(&self, m: Matrix) -> Result<Self::Tensor, BackendError>;
+    /// Takes an `out × in` weight for [`Backend::matmul_t`] and [`Backend::embed`].
+    fn upload_weight(&self, w: Matrix) -> Result<Self::Weight, BackendError>;
     fn download(&self, t: &Self::Tensor) -> Result<Matrix, BackendError>;
     fn rows(&self, t: &Self::Tensor) -> usize;
 
-    /// Rows `ids` of `table`.
-    fn embed(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
+    /// Rows `ids` of `table` (an embedding, `vocab × hidden`).
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// `x · wᵀ` for `x` of `M × K` and `w` of `N × K`.
-    fn matmul_t(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    fn matmul_t(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor, BackendError>;
     /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;
     /// Cosines and sines for each row's position: `rows × head_dim` (cos then sin per pair).
