@@ -34,6 +34,21 @@ impl GgmlType {
         })
     }
 
+    /// GGUF's type code.
+    pub fn code(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Bf16 => 30,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             GgmlType::F32 => "F32",
@@ -310,5 +325,10 @@ mod tests {
         assert_eq!(GgmlType::Q4_1.byte_size(64), Some(40));
         assert_eq!(GgmlType::Q6K.byte_size(100), None);
         assert_eq!(GgmlType::from_code(99), None);
+        for code in 0..64 {
+            if let Some(t) = GgmlType::from_code(code) {
+                assert_eq!(t.code(), code);
+            }
+        }
     }
 }

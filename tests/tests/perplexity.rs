@@ -1,0 +1,87 @@
+//! The forward pass against llama.cpp: perplexity on the built-in wikitext excerpt, chunk
+//! by chunk, against `shared/reference`'s cumulative figures, and tokenisation of the
+//! whole wikitext file against llama.cpp's token ids.
+
+use evalmesh_tests::{run_evalmesh, shared_dir, test_model};
+
+/// The reference's cumulative perplexity after each chunk (`chunks<TAB>cumulative_ppl`).
+fn reference_curve(file: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(shared_dir().join("reference").join(file)).unwrap();
+    text.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect()
+}
+
+#[test]
+fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let model = test_model();
+    let output = run_evalmesh(&[
+        "run", "--model", model.to_str().unwrap(), "--perplexity-mode", "llamacpp", "--ctx", "512",
+        "--output", out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let curve: Vec<f64> = results["evalmesh"]["cumulative_perplexity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // The built-in excerpt is the start of the reference file: 6867 tokens, 13 chunks.
+    assert_eq!(curve.len(), 13);
+    let f32_ref = reference_curve("wikitext-ppl-llamacpp-f32.tsv");
+    let q4_ref = reference_curve("wikitext-ppl-llamacpp-q4_1.tsv");
+    for (i, ppl) in curve.iter().enumerate() {
+        // Same weights, same f32 math as llama.cpp's F32 run; what differs is summation
+        // order, worth about 1e-5 relative, and the reference's 4 decimals (≤ 8e-6).
+        let f32_err = (ppl / f32_ref[i] - 1.0).abs();
+        assert!(f32_err < 1e-4, "chunk {}: {ppl} vs llama.cpp F32 {} ({:.2e})", i + 1, f32_ref[i], f32_err);
+        // llama.cpp's native Q4_1 run rounds activations to 8 bits in its dot products
+        // and keeps an f16 KV cache: about 0.3% apart over the whole file.
+        let q4_err = (ppl / q4_ref[i] - 1.0).abs();
+        assert!(q4_err < 1e-2, "chunk {}: {ppl} vs llama.cpp Q4_1 {} ({:.2e})", i + 1, q4_ref[i], q4_err);
+    }
+    assert_eq!(results["results"]["perplexity"]["perplexity,none"].as_f64(), curve.last().copied());
+}
+
+#[test]
+fn tokenisation_of_wikitext_matches_llama_cpp() {
+    let model = test_model();
+    let data = shared_dir().join("data/wikitext-2/wiki.test.raw");
+    let output = run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", data.to_str().unwrap(), "--ids"]);
+    assert!(output.status.success());
+    let ours: Vec<&str> = std::str::from_utf8(&output.stdout).unwrap().lines().collect();
+    let reference = std::fs::read_to_string(shared_dir().join("reference/wikitext-token-ids.txt")).unwrap();
+    let theirs: Vec<&str> = reference.lines().collect();
+    assert_eq!(ours.len(), 301_948);
+    if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+        panic!("token {i} differs: {} vs llama.cpp's {}", ours[i], theirs[i]);
+    }
+    assert_eq!(ours.len(), theirs.len());
+}
+
+#[test]
+fn rolling_perplexity_reports_word_and_byte_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let model = test_model();
+    // Windows of 1024 tokens over the excerpt: 7 windows, every token scored once.
+    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--ctx", "1024", "--output", out.to_str().unwrap()]);
+    assert!(output.status.success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let m = &r["results"]["perplexity"];
+    let e = &r["evalmesh"];
+    assert_eq!(e["tokens_scored"], e["tokens_in_text"]);
+    assert_eq!(r["n-samples"]["perplexity"]["original"], 7);
+    let (ppl, word, byte, bpb) = (
+        m["perplexity,none"].as_f64().unwrap(),
+        m["word_perplexity,none"].as_f64().unwrap(),
+        m["byte_perplexity,none"].as_f64().unwrap(),
+        m["bits_per_byte,none"].as_f64().unwrap(),
+    );
+    // A sane range for a 135M model on wikitext (llamacpp mode gives 27.7 here), and the
+    // per-word figure exceeds the per-token one (a word spans more than one token).
+    assert!(ppl > 5.0 && ppl < 100.0, "token perplexity {ppl}");
+    assert!(word > ppl && byte > 1.0 && byte < ppl);
+    assert!((bpb - byte.log2()).abs() < 1e-9);
+}
