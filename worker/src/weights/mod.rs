@@ -27,7 +27,7 @@ pub enum WeightError {
     Config { path: PathBuf, source: ConfigError },
     #[error("{}: tensor `{name}` is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },
-    #[error("{}: tensor `{name}` has shape {found:?} but the config implies {expected:?}", path.display())]
+    #[error("{}: tensor `{name}` is {} × {} (rows × columns) but the model's config implies {} × {}: the file and its config disagree", path.display(), found.0, found.1, expected.0, expected.1)]
     Shape { path: PathBuf, name: String, expected: (usize, usize), found: (usize, usize) },
     #[error("{}: tensor `{name}` contains {count} non-finite values (NaN or infinity)", path.display())]
     NonFinite { path: PathBuf, name: String, count: usize },
