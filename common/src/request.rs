@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn sharing_saves_the_repeated_prefix() {
         let a = choice_tree();
-        assert_eq!(a.input_len(), 3 + 1 + 0 + 2);
+        // Prefix rows 3; the branches of 2, 1 and 3 tokens add 1, 0 and 2 rows.
+        assert_eq!(a.input_len(), 6);
         assert_eq!(a.unshared_input_len(), (3 + 1) + 3 + (3 + 2));
     }
 

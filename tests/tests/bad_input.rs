@@ -1,6 +1,8 @@
 //! Bad inputs: each gives one error line naming the file and the problem, exit code 1
 //! and no panic.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use evalmesh_tests::{assert_clean_error, run_evalmesh, test_model, EditableGguf};

@@ -3,6 +3,8 @@
 //! `tokenizer.json` built from the GGUF vocabulary) give the same tokens and the same
 //! per-token log-probabilities as the GGUF file, so both RoPE conventions and both loaders agree.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! by chunk, against `shared/reference`'s cumulative figures, and tokenisation of the
 //! whole wikitext file against llama.cpp's token ids.
 
+#![allow(clippy::unwrap_used)]
+
 use evalmesh_tests::{run_evalmesh, shared_dir, test_model};
 
 /// The reference's cumulative perplexity after each chunk (`chunks<TAB>cumulative_ppl`).

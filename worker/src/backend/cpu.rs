@@ -92,7 +92,7 @@ fn fast_exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
     let e = p * r * r + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -319,7 +319,7 @@ impl Backend for CpuBackend {
     }
 
     fn apply_rope(&self, x: &mut Matrix, table: &Matrix, cols: Range<usize>, head_dim: usize, style: RopeStyle) -> Result<(), BackendError> {
-        check(table.rows == x.rows && table.cols == head_dim && cols.end <= x.cols && cols.len() % head_dim == 0, || {
+        check(table.rows == x.rows && table.cols == head_dim && cols.end <= x.cols && cols.len().is_multiple_of(head_dim), || {
             format!("rope over columns {cols:?} of {}×{} with a {}×{} table", x.rows, x.cols, table.rows, table.cols)
         })?;
         let half = head_dim / 2;
@@ -343,7 +343,7 @@ impl Backend for CpuBackend {
 
     fn attention(&self, qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout) -> Result<Matrix, BackendError> {
         let covered: usize = trees.iter().map(TreeLayout::len).sum();
-        check(qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads % heads.num_kv_heads == 0, || {
+        check(qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads), || {
             format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols)
         })?;
         let d = heads.head_dim;
@@ -361,7 +361,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate_up: &Matrix) -> Result<Matrix, BackendError> {
-        check(gate_up.cols % 2 == 0, || format!("gate/up activation has odd width {}", gate_up.cols))?;
+        check(gate_up.cols.is_multiple_of(2), || format!("gate/up activation has odd width {}", gate_up.cols))?;
         let f = gate_up.cols / 2;
         let mut out = Matrix::zeros(gate_up.rows, f);
         out.data.par_chunks_mut(f).zip(gate_up.data.par_chunks(gate_up.cols)).for_each(|(y, gu)| {

@@ -80,7 +80,7 @@ impl GgmlType {
     /// Bytes that `elements` values occupy, or `None` when they do not fill whole blocks.
     pub fn byte_size(self, elements: u64) -> Option<u64> {
         let (block_elems, block_bytes) = self.block();
-        (elements % block_elems as u64 == 0).then(|| elements / block_elems as u64 * block_bytes as u64)
+        elements.is_multiple_of(block_elems as u64).then(|| elements / block_elems as u64 * block_bytes as u64)
     }
 
     /// Widens `src` (whole blocks) into `dst`, whose length is the element count.
