@@ -160,7 +160,8 @@ impl ModelConfig {
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(ConfigError::invalid(&names.rope_theta, rope_theta, "must be a positive number"));
         }
-        let rms_norm_eps = raw.rms_norm_eps.ok_or_else(|| ConfigError::Missing { field: names.rms_norm_eps.clone() })?;
+        let rms_norm_eps =
+            raw.rms_norm_eps.ok_or_else(|| ConfigError::Missing { field: names.rms_norm_eps.clone() })?;
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
             return Err(ConfigError::invalid(&names.rms_norm_eps, rms_norm_eps, "must be in (0, 1)"));
         }
@@ -230,7 +231,8 @@ impl HfConfig {
     }
 
     pub fn to_model_config(&self) -> Result<ModelConfig, ConfigError> {
-        let model_type = self.model_type.as_deref().ok_or_else(|| ConfigError::Missing { field: "model_type".into() })?;
+        let model_type =
+            self.model_type.as_deref().ok_or_else(|| ConfigError::Missing { field: "model_type".into() })?;
         if !HF_LLAMA_TYPES.contains(&model_type) {
             return Err(ConfigError::UnsupportedArchitecture(model_type.to_string()));
         }

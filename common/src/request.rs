@@ -62,7 +62,8 @@ impl ScoreTree {
 
     /// Number of scored target tokens.
     pub fn target_count(&self) -> usize {
-        self.prefix.len().saturating_sub(self.prefix_targets_from.max(1)) + self.branches.iter().map(Vec::len).sum::<usize>()
+        self.prefix.len().saturating_sub(self.prefix_targets_from.max(1))
+            + self.branches.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Tokens a model would compute without prefix sharing: each branch with its own copy of the prefix.
@@ -175,7 +176,10 @@ impl MicroBatch {
     pub fn validate(&self, vocab: usize) -> Result<(), RequestError> {
         let mut next = 0;
         for tree in &self.trees {
-            if tree.start != next || tree.prefix_len == 0 && !tree.branch_lens.is_empty() || tree.branch_lens.contains(&0) {
+            if tree.start != next
+                || tree.prefix_len == 0 && !tree.branch_lens.is_empty()
+                || tree.branch_lens.contains(&0)
+            {
                 return Err(RequestError::Layout(format!("tree at row {} does not follow row {next}", tree.start)));
             }
             next += tree.len();
@@ -220,7 +224,11 @@ mod tests {
     use super::*;
 
     fn choice_tree() -> ScoreTree {
-        ScoreTree { prefix: vec![10, 11, 12], prefix_targets_from: 3, branches: vec![vec![20, 21], vec![30], vec![40, 41, 42]] }
+        ScoreTree {
+            prefix: vec![10, 11, 12],
+            prefix_targets_from: 3,
+            branches: vec![vec![20, 21], vec![30], vec![40, 41, 42]],
+        }
     }
 
     #[test]

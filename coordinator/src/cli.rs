@@ -249,15 +249,21 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     evalmesh.insert("load_seconds".into(), json!(load_seconds));
     evalmesh.insert("eval_seconds".into(), json!(seconds));
     evalmesh.insert("window_tokens_per_s".into(), json!(window_tokens as f64 / seconds));
+    let matmul = engine.matmul_stats();
+    evalmesh.insert("matmul_gflop".into(), json!(matmul.flops as f64 / 1e9));
+    evalmesh.insert("matmul_seconds".into(), json!(matmul.seconds));
+    evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));
     evalmesh.insert("cumulative_perplexity".into(), json!(perplexity::cumulative_perplexity(&scores)));
     report.evalmesh = evalmesh;
 
     print!("{}", report.table());
     println!(
-        "{} windows, {} tokens scored in {seconds:.1} s ({:.1} window tokens/s)",
+        "{} windows, {} tokens scored in {seconds:.1} s ({:.1} window tokens/s; matrix products {:.1} GFLOP/s, {:.0}% of the time)",
         trees.len(),
         m.tokens_scored,
-        window_tokens as f64 / seconds
+        window_tokens as f64 / seconds,
+        matmul.gflops_per_s(),
+        100.0 * matmul.seconds / seconds
     );
     if let Some(path) = &args.output {
         report.write(path)?;
@@ -297,11 +303,20 @@ fn inspect(args: InspectArgs) -> Result<(), CliError> {
     }
     println!("model:        {}", path.display());
     println!("format:       {format}");
-    println!("architecture: llama ({} layers, width {}, {} heads, {} KV heads, head dim {}, FFN {}, vocab {})",
-        config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
-        config.intermediate_size, config.vocab_size);
-    println!("rope:         base {}, {:?}; RMSNorm eps {:e}; tied embeddings: {}",
-        config.rope_theta, config.rope_style, config.rms_norm_eps, config.tied_embeddings);
+    println!(
+        "architecture: llama ({} layers, width {}, {} heads, {} KV heads, head dim {}, FFN {}, vocab {})",
+        config.num_layers,
+        config.hidden_size,
+        config.num_heads,
+        config.num_kv_heads,
+        config.head_dim,
+        config.intermediate_size,
+        config.vocab_size
+    );
+    println!(
+        "rope:         base {}, {:?}; RMSNorm eps {:e}; tied embeddings: {}",
+        config.rope_theta, config.rope_style, config.rms_norm_eps, config.tied_embeddings
+    );
     println!("context:      {} positions", config.max_position);
     println!("parameters:   {}", config.parameter_count());
     for (t, (n, bytes)) in &by_type {

@@ -3,7 +3,8 @@
 //! model in one stage.
 
 use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
-use evalmesh_worker::{CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::backend::MatmulStats;
+use evalmesh_worker::{Backend, CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -21,6 +22,8 @@ pub trait EvaluationEngine {
     fn score(&mut self, trees: &[ScoreTree], progress: &mut dyn FnMut(usize)) -> Result<Vec<TreeScores>, EngineError>;
     /// One line saying what runs where.
     fn describe(&self) -> String;
+    /// Work and time of the matrix products so far.
+    fn matmul_stats(&self) -> MatmulStats;
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -54,7 +57,7 @@ pub struct LightweightEngine {
 
 impl LightweightEngine {
     pub fn load(source: &dyn WeightSource, batch_tokens: usize) -> Result<Self, EngineError> {
-        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend)?;
+        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default())?;
         Ok(LightweightEngine { stage, batch_tokens })
     }
 }
@@ -84,8 +87,16 @@ impl EvaluationEngine for LightweightEngine {
     }
 
     fn describe(&self) -> String {
-        format!("lightweight engine: one process, {} backend, {} threads, layers 0..{}",
-            evalmesh_worker::Backend::name(self.stage.backend()), rayon::current_num_threads(), self.stage.config().num_layers)
+        format!(
+            "lightweight engine: one process, {} backend, {} threads, layers 0..{}",
+            self.stage.backend().name(),
+            rayon::current_num_threads(),
+            self.stage.config().num_layers
+        )
+    }
+
+    fn matmul_stats(&self) -> MatmulStats {
+        self.stage.backend().matmul_stats()
     }
 }
 

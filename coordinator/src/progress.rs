@@ -5,9 +5,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub fn token_bar(total_tokens: usize, label: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total_tokens as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} tokens {per_sec} ETA {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} tokens {per_sec} ETA {eta}",
+    ) {
         bar.set_style(style);
     }
     bar.set_prefix(label.to_string());

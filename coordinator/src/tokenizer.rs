@@ -21,7 +21,8 @@ pub enum TokenizerError {
 const TOKEN_TYPE_CONTROL: i64 = 3;
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn byte_level(use_regex: bool) -> serde_json::Value {
     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
@@ -37,10 +38,9 @@ fn pre_tokenizer(pre: &str) -> Option<serde_json::Value> {
     Some(match pre {
         "default" | "gpt-2" | "gpt2" => byte_level(true),
         // llama.cpp splits digits one by one, then applies GPT-2's regex.
-        "smollm" | "starcoder" | "refact" | "codeshell" => sequence(vec![
-            json!({"type": "Digits", "individual_digits": true}),
-            byte_level(true),
-        ]),
+        "smollm" | "starcoder" | "refact" | "codeshell" => {
+            sequence(vec![json!({"type": "Digits", "individual_digits": true}), byte_level(true)])
+        }
         "llama3" | "llama-bpe" => sequence(vec![split(LLAMA3_SPLIT), byte_level(false)]),
         "qwen2" => sequence(vec![split(QWEN2_SPLIT), byte_level(false)]),
         _ => return None,
@@ -62,7 +62,9 @@ pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<serde_json::Value, Tokeniz
     }
     let pre_name = string("tokenizer.ggml.pre").unwrap_or("default");
     let pre = pre_tokenizer(pre_name).ok_or_else(|| {
-        bad(format!("pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported; pass a tokenizer.json with --tokenizer"))
+        bad(format!(
+            "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported; pass a tokenizer.json with --tokenizer"
+        ))
     })?;
     let strings = |key: &str| -> Result<Vec<&str>, TokenizerError> {
         let items = file.get(key).and_then(Value::as_array).ok_or_else(|| bad(format!("{key} is missing")))?;

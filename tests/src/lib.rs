@@ -13,7 +13,11 @@ pub fn evalmesh_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
     let bin = profile_dir.join("evalmesh");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p evalmesh` (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p evalmesh` (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -23,7 +27,11 @@ pub fn test_model() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => evalmesh_cache().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
-    assert!(path.is_file(), "test model {} is missing: run scripts/fetch-test-model.sh (scripts/test.sh does)", path.display());
+    assert!(
+        path.is_file(),
+        "test model {} is missing: run scripts/fetch-test-model.sh (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -56,7 +64,11 @@ pub fn repo_dir() -> PathBuf {
 /// test shows them.
 pub fn run_evalmesh(args: &[&str]) -> Output {
     let bin = evalmesh_bin();
-    let output = Command::new(&bin).args(args).env("RUST_LOG", "warn").output().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let output = Command::new(&bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     eprintln!("$ {} {}", bin.display(), args.join(" "));
     eprintln!("exit: {:?}", output.status.code());
     eprintln!("stdout:\n{}", String::from_utf8_lossy(&output.stdout));
@@ -92,7 +104,12 @@ impl EditableGguf {
         infos.sort_by_key(|t| t.offset);
         let tensors = infos
             .iter()
-            .map(|t| RawTensor { name: t.name.clone(), dims: t.dims.clone(), type_code: t.ggml_type.code(), bytes: file.tensor_bytes(t).to_vec() })
+            .map(|t| RawTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                type_code: t.ggml_type.code(),
+                bytes: file.tensor_bytes(t).to_vec(),
+            })
             .collect();
         EditableGguf { metadata, tensors }
     }

@@ -49,7 +49,10 @@ fn tensor_shape_contradicts_config() {
     let mut model = EditableGguf::read(&test_model());
     model.set("llama.feed_forward_length", Value::Uint(1024));
     model.write(&path);
-    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.0.ffn_gate.weight", "1536 × 576", "1024 × 576"]);
+    assert_clean_error(
+        &run_with_model(&path),
+        &[path.to_str().unwrap(), "blk.0.ffn_gate.weight", "1536 × 576", "1024 × 576"],
+    );
 }
 
 #[test]
@@ -101,6 +104,14 @@ fn text_too_short_for_llamacpp_chunks() {
     let path = dir.path().join("short.txt");
     std::fs::write(&path, "Only a few words.").unwrap();
     let model = test_model();
-    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--data", path.to_str().unwrap(), "--perplexity-mode", "llamacpp"]);
+    let output = run_evalmesh(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        path.to_str().unwrap(),
+        "--perplexity-mode",
+        "llamacpp",
+    ]);
     assert_clean_error(&output, &["--ctx 512", "needs at least 1024"]);
 }

@@ -103,7 +103,7 @@ fn export_hf(gguf: &GgufModel, dir: &Path) {
 }
 
 fn scores(source: &dyn WeightSource, trees: &[ScoreTree]) -> Vec<TokenScore> {
-    let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend).unwrap();
+    let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default()).unwrap();
     let refs: Vec<&ScoreTree> = trees.iter().collect();
     match stage.forward(&MicroBatch::pack(&refs), StageInput::Tokens).unwrap() {
         StageOutput::Scores(s) => s,
@@ -130,7 +130,11 @@ fn hf_directory_gives_the_gguf_log_probabilities() {
         ScoreTree {
             prefix: gguf_tokens[300..340].to_vec(),
             prefix_targets_from: 40,
-            branches: vec![gguf_tokens[340..350].to_vec(), gguf_tokens[400..401].to_vec(), gguf_tokens[500..520].to_vec()],
+            branches: vec![
+                gguf_tokens[340..350].to_vec(),
+                gguf_tokens[400..401].to_vec(),
+                gguf_tokens[500..520].to_vec(),
+            ],
         },
     ];
     let a = scores(&gguf, &trees);

@@ -18,17 +18,20 @@ fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
     let out = dir.path().join("results.json");
     let model = test_model();
     let output = run_evalmesh(&[
-        "run", "--model", model.to_str().unwrap(), "--perplexity-mode", "llamacpp", "--ctx", "512",
-        "--output", out.to_str().unwrap(),
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--perplexity-mode",
+        "llamacpp",
+        "--ctx",
+        "512",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(output.status.success());
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let curve: Vec<f64> = results["evalmesh"]["cumulative_perplexity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let curve: Vec<f64> =
+        results["evalmesh"]["cumulative_perplexity"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     // The built-in excerpt is the start of the reference file: 6867 tokens, 13 chunks.
     assert_eq!(curve.len(), 13);
     let f32_ref = reference_curve("wikitext-ppl-llamacpp-f32.tsv");
@@ -50,7 +53,8 @@ fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
 fn tokenisation_of_wikitext_matches_llama_cpp() {
     let model = test_model();
     let data = shared_dir().join("data/wikitext-2/wiki.test.raw");
-    let output = run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", data.to_str().unwrap(), "--ids"]);
+    let output =
+        run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", data.to_str().unwrap(), "--ids"]);
     assert!(output.status.success());
     let ours: Vec<&str> = std::str::from_utf8(&output.stdout).unwrap().lines().collect();
     let reference = std::fs::read_to_string(shared_dir().join("reference/wikitext-token-ids.txt")).unwrap();
@@ -68,7 +72,8 @@ fn rolling_perplexity_reports_word_and_byte_figures() {
     let out = dir.path().join("results.json");
     let model = test_model();
     // Windows of 1024 tokens over the excerpt: 7 windows, every token scored once.
-    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--ctx", "1024", "--output", out.to_str().unwrap()]);
+    let output =
+        run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--ctx", "1024", "--output", out.to_str().unwrap()]);
     assert!(output.status.success());
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let m = &r["results"]["perplexity"];

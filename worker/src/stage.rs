@@ -99,7 +99,10 @@ impl<B: Backend> LlamaStage<B> {
     pub fn load(source: &dyn WeightSource, spec: StageSpec, backend: B) -> Result<Self, StageError> {
         let config = source.config().clone();
         if spec.layers.start > spec.layers.end || spec.layers.end > config.num_layers {
-            return Err(StageError::Spec(format!("layers {:?} are outside the model's {} layers", spec.layers, config.num_layers)));
+            return Err(StageError::Spec(format!(
+                "layers {:?} are outside the model's {} layers",
+                spec.layers, config.num_layers
+            )));
         }
         let embedding = match spec.embedding {
             true => Some(Arc::new(backend.upload_weight(load(source, TensorId::Embedding)?)?)),
@@ -132,14 +135,21 @@ impl<B: Backend> LlamaStage<B> {
     }
 
     /// Runs the stage on one micro-batch.
-    pub fn forward(&self, batch: &MicroBatch, input: StageInput<B::Tensor>) -> Result<StageOutput<B::Tensor>, StageError> {
+    pub fn forward(
+        &self,
+        batch: &MicroBatch,
+        input: StageInput<B::Tensor>,
+    ) -> Result<StageOutput<B::Tensor>, StageError> {
         let b = &self.backend;
         let c = &self.config;
         batch.validate(c.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
         let mut x = match (input, &self.embedding) {
             (StageInput::Tokens, Some(table)) => b.embed(table, &batch.tokens)?,
             (StageInput::Hidden(h), None) if b.rows(&h) == batch.tokens.len() => h,
-            _ => return Err(StageError::Spec("input does not match the stage: tokens go to the first stage, hidden rows of the batch to the others".into())),
+            _ => return Err(StageError::Spec(
+                "input does not match the stage: tokens go to the first stage, hidden rows of the batch to the others"
+                    .into(),
+            )),
         };
         let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
         let rope = b.rope_table(&batch.positions(), c.head_dim, c.rope_theta)?;

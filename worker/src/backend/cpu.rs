@@ -13,12 +13,14 @@
 //! in a fixed order, so no result depends on the batch or the thread count.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Backend, BackendError, HeadLayout};
+use super::{Backend, BackendError, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
 
 /// Query rows per attention block: bounds the score buffer and skips most of the
@@ -45,8 +47,12 @@ impl CpuWeight {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The CPU backend; it counts the work of its matrix products.
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    matmul_flops: AtomicU64,
+    matmul_nanos: AtomicU64,
+}
 
 fn failed(problem: String) -> BackendError {
     BackendError::Failed { backend: "cpu", problem }
@@ -65,13 +71,41 @@ struct View {
 /// # Safety
 /// Each view must cover its whole block, and `dst` must not alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: View, rhs: View, scale: f32, threads: bool) {
+unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    threads: bool,
+) {
     let parallelism = if threads { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: the caller guarantees the views cover the blocks and do not alias `dst`.
     unsafe {
         gemm::gemm(
-            m, n, k, dst, 1, dst_rs as isize, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, 1.0, scale,
-            false, false, false, parallelism,
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
         );
     }
 }
@@ -263,6 +297,7 @@ impl Backend for CpuBackend {
     fn matmul_t(&self, x: &Matrix, w: &CpuWeight) -> Result<Matrix, BackendError> {
         let (n, k) = (w.out_features(), w.in_features());
         check(x.cols == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.cols))?;
+        let started = Instant::now();
         let mut out = Matrix::zeros(x.rows, n);
         let rhs = View { ptr: w.t.data.as_ptr(), rs: n as isize, cs: 1 };
         let mut start = 0;
@@ -283,10 +318,14 @@ impl Backend for CpuBackend {
                 let lhs = View { ptr: x.data[start * k..].as_ptr(), rs: k as isize, cs: 1 };
                 // SAFETY: rows start..end of `x` are (end − start) × k, the weight k × n, and
                 // the destination rows start..end of `out` are (end − start) × n.
-                unsafe { gemm_into(end - start, n, k, out.data[start * n..].as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
+                unsafe {
+                    gemm_into(end - start, n, k, out.data[start * n..].as_mut_ptr(), n, false, lhs, rhs, 1.0, true)
+                };
             }
             start = end;
         }
+        self.matmul_flops.fetch_add(2 * (x.rows * n * k) as u64, Ordering::Relaxed);
+        self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -318,10 +357,23 @@ impl Backend for CpuBackend {
         Ok(table)
     }
 
-    fn apply_rope(&self, x: &mut Matrix, table: &Matrix, cols: Range<usize>, head_dim: usize, style: RopeStyle) -> Result<(), BackendError> {
-        check(table.rows == x.rows && table.cols == head_dim && cols.end <= x.cols && cols.len().is_multiple_of(head_dim), || {
-            format!("rope over columns {cols:?} of {}×{} with a {}×{} table", x.rows, x.cols, table.rows, table.cols)
-        })?;
+    fn apply_rope(
+        &self,
+        x: &mut Matrix,
+        table: &Matrix,
+        cols: Range<usize>,
+        head_dim: usize,
+        style: RopeStyle,
+    ) -> Result<(), BackendError> {
+        check(
+            table.rows == x.rows && table.cols == head_dim && cols.end <= x.cols && cols.len().is_multiple_of(head_dim),
+            || {
+                format!(
+                    "rope over columns {cols:?} of {}×{} with a {}×{} table",
+                    x.rows, x.cols, table.rows, table.cols
+                )
+            },
+        )?;
         let half = head_dim / 2;
         let width = x.cols;
         x.data.par_chunks_mut(width).zip(table.data.par_chunks(head_dim)).for_each(|(row, t)| {
@@ -343,9 +395,10 @@ impl Backend for CpuBackend {
 
     fn attention(&self, qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout) -> Result<Matrix, BackendError> {
         let covered: usize = trees.iter().map(TreeLayout::len).sum();
-        check(qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads), || {
-            format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols)
-        })?;
+        check(
+            qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads),
+            || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
+        )?;
         let d = heads.head_dim;
         let blocks = attention_blocks(trees, heads.num_heads);
         let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(qkv, heads)).collect();
@@ -374,7 +427,9 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, x: &mut Matrix, y: &Matrix) -> Result<(), BackendError> {
-        check(x.rows == y.rows && x.cols == y.cols, || format!("add of {}×{} and {}×{}", x.rows, x.cols, y.rows, y.cols))?;
+        check(x.rows == y.rows && x.cols == y.cols, || {
+            format!("add of {}×{} and {}×{}", x.rows, x.cols, y.rows, y.cols)
+        })?;
         x.data.par_chunks_mut(4096).zip(y.data.par_chunks(4096)).for_each(|(x, y)| {
             for (x, y) in x.iter_mut().zip(y) {
                 *x += y;
@@ -398,19 +453,30 @@ impl Backend for CpuBackend {
             .par_chunks(logits.cols)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
-                let (argmax, max) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv {
-                        (i, v)
-                    } else {
-                        (bi, bv)
-                    }
-                });
+                let (argmax, max) =
+                    row.iter().enumerate().fold(
+                        (0, f32::NEG_INFINITY),
+                        |(bi, bv), (i, &v)| {
+                            if v > bv {
+                                (i, v)
+                            } else {
+                                (bi, bv)
+                            }
+                        },
+                    );
                 let exps: Vec<f32> = row.iter().map(|&v| fast_exp(v - max)).collect();
                 let log_sum = lane_sum(&exps).ln();
                 let logprob = ((row[target as usize] - max) as f64 - log_sum) as f32;
                 TokenScore { logprob, greedy: argmax == target as usize }
             })
             .collect())
+    }
+
+    fn matmul_stats(&self) -> MatmulStats {
+        MatmulStats {
+            flops: self.matmul_flops.load(Ordering::Relaxed),
+            seconds: self.matmul_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 }
 
@@ -446,7 +512,7 @@ mod tests {
     #[test]
     fn matmul_matches_f64_reference() {
         let (x, w) = (matrix(7, 130, 1), matrix(200, 130, 2));
-        let y = CpuBackend.matmul_t(&x, &CpuBackend.upload_weight(w.clone()).unwrap()).unwrap();
+        let y = CpuBackend::default().matmul_t(&x, &CpuBackend::default().upload_weight(w.clone()).unwrap()).unwrap();
         for i in 0..7 {
             for j in 0..200 {
                 let want: f64 = (0..130).map(|k| x.row(i)[k] as f64 * w.row(j)[k] as f64).sum();
@@ -459,12 +525,12 @@ mod tests {
     #[test]
     fn matmul_rows_do_not_depend_on_the_batch() {
         // The test model's shapes: a row's bits must not change with the number of rows.
-        let w = CpuBackend.upload_weight(matrix(1536, 576, 3)).unwrap();
+        let w = CpuBackend::default().upload_weight(matrix(1536, 576, 3)).unwrap();
         let x = matrix(1100, 576, 4);
-        let all = CpuBackend.matmul_t(&x, &w).unwrap();
+        let all = CpuBackend::default().matmul_t(&x, &w).unwrap();
         for rows in [1usize, 2, 3, 17, 64, 65, 129, 513, 1025] {
             let part = Matrix::from_vec(rows, 576, x.data[..rows * 576].to_vec());
-            let y = CpuBackend.matmul_t(&part, &w).unwrap();
+            let y = CpuBackend::default().matmul_t(&part, &w).unwrap();
             let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "rows differ when {rows} rows are multiplied");
         }
@@ -473,11 +539,11 @@ mod tests {
     #[test]
     fn embedding_gathers_rows_of_the_table() {
         let table = matrix(10, 6, 7);
-        let w = CpuBackend.upload_weight(table.clone()).unwrap();
-        let x = CpuBackend.embed(&w, &[3, 9, 3]).unwrap();
+        let w = CpuBackend::default().upload_weight(table.clone()).unwrap();
+        let x = CpuBackend::default().embed(&w, &[3, 9, 3]).unwrap();
         assert_eq!(x.row(0), table.row(3));
         assert_eq!(x.row(1), table.row(9));
-        assert!(CpuBackend.embed(&w, &[10]).is_err());
+        assert!(CpuBackend::default().embed(&w, &[10]).is_err());
     }
 
     /// Attention computed naively in f64 for a tree, query row by query row.
@@ -537,7 +603,7 @@ mod tests {
             TreeLayout { start: 139, prefix_len: 5, branch_lens: vec![] },
         ];
         let qkv = matrix(144, heads.width(), 5);
-        let out = CpuBackend.attention(&qkv, &trees, heads).unwrap();
+        let out = CpuBackend::default().attention(&qkv, &trees, heads).unwrap();
         for tree in &trees {
             for (i, want) in reference_attention(&qkv, tree, heads).iter().enumerate() {
                 let got = out.row(tree.start + i);
@@ -554,31 +620,31 @@ mod tests {
         let heads = HeadLayout { num_heads: 1, num_kv_heads: 1, head_dim: 4 };
         let tree = vec![TreeLayout { start: 0, prefix_len: 2, branch_lens: vec![2, 2] }];
         let mut qkv = matrix(6, heads.width(), 6);
-        let before = CpuBackend.attention(&qkv, &tree, heads).unwrap();
+        let before = CpuBackend::default().attention(&qkv, &tree, heads).unwrap();
         for v in &mut qkv.data[2 * heads.width()..4 * heads.width()] {
             *v += 1.0; // change the first branch only
         }
-        let after = CpuBackend.attention(&qkv, &tree, heads).unwrap();
+        let after = CpuBackend::default().attention(&qkv, &tree, heads).unwrap();
         assert_eq!(before.data[..2 * 4], after.data[..2 * 4], "prefix rows changed");
         assert_eq!(before.data[4 * 4..], after.data[4 * 4..], "second branch changed");
     }
 
     #[test]
     fn rope_styles_rotate_their_pairs() {
-        let table = CpuBackend.rope_table(&[3], 4, 10_000.0).unwrap();
+        let table = CpuBackend::default().rope_table(&[3], 4, 10_000.0).unwrap();
         let (c0, s0) = (3.0f64.cos() as f32, 3.0f64.sin() as f32);
         let mut adjacent = Matrix::from_vec(1, 4, vec![1.0, 2.0, 0.0, 0.0]);
-        CpuBackend.apply_rope(&mut adjacent, &table, 0..4, 4, RopeStyle::AdjacentPairs).unwrap();
+        CpuBackend::default().apply_rope(&mut adjacent, &table, 0..4, 4, RopeStyle::AdjacentPairs).unwrap();
         assert_eq!(adjacent.data[..2], [c0 - 2.0 * s0, s0 + 2.0 * c0]);
         let mut half = Matrix::from_vec(1, 4, vec![1.0, 0.0, 2.0, 0.0]);
-        CpuBackend.apply_rope(&mut half, &table, 0..4, 4, RopeStyle::RotateHalf).unwrap();
+        CpuBackend::default().apply_rope(&mut half, &table, 0..4, 4, RopeStyle::RotateHalf).unwrap();
         assert_eq!([half.data[0], half.data[2]], [c0 - 2.0 * s0, s0 + 2.0 * c0]);
     }
 
     #[test]
     fn score_is_log_softmax_at_the_target() {
         let logits = Matrix::from_vec(2, 3, vec![1.0, 2.0, 3.0, 0.5, 0.5, -1.0]);
-        let scores = CpuBackend.score(&logits, &[2, 2]).unwrap();
+        let scores = CpuBackend::default().score(&logits, &[2, 2]).unwrap();
         let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((scores[0].logprob as f64 - (3.0 - lse)).abs() < 1e-6);
         assert!(scores[0].greedy && !scores[1].greedy);
@@ -588,7 +654,7 @@ mod tests {
     fn rms_norm_scales_rows() {
         let x = Matrix::from_vec(1, 2, vec![3.0, 4.0]);
         let w = Matrix::from_vec(1, 2, vec![1.0, 2.0]);
-        let y = CpuBackend.rms_norm(&x, &w, 0.0).unwrap();
+        let y = CpuBackend::default().rms_norm(&x, &w, 0.0).unwrap();
         let rms = (12.5f32).sqrt();
         assert!((y.data[0] - 3.0 / rms).abs() < 1e-6 && (y.data[1] - 8.0 / rms).abs() < 1e-6);
     }

@@ -46,6 +46,23 @@ impl HeadLayout {
     }
 }
 
+/// Work done in matrix products, for throughput reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct MatmulStats {
+    pub flops: u64,
+    pub seconds: f64,
+}
+
+impl MatmulStats {
+    pub fn gflops_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.flops as f64 / self.seconds / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Activations are matrices of rows (tokens) by features. Matrix-product weights are
 /// given as `out × in` and kept in whatever layout suits the backend.
 pub trait Backend: Send + Sync {
@@ -77,11 +94,18 @@ pub trait Backend: Send + Sync {
         style: RopeStyle,
     ) -> Result<(), BackendError>;
     /// Scaled-dot-product attention over packed prefix trees; returns `rows × num_heads·head_dim`.
-    fn attention(&self, qkv: &Self::Tensor, trees: &[TreeLayout], heads: HeadLayout) -> Result<Self::Tensor, BackendError>;
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+    ) -> Result<Self::Tensor, BackendError>;
     /// `silu(gate) · up` where the first half of the columns is the gate and the second the up projection.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), BackendError>;
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor, BackendError>;
     /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
+    /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.
+    fn matmul_stats(&self) -> MatmulStats;
 }

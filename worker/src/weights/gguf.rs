@@ -198,7 +198,11 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(format!("needs {n} bytes at offset {} but the file ends at {}: truncated", self.pos, self.bytes.len())),
+            None => Err(format!(
+                "needs {n} bytes at offset {} but the file ends at {}: truncated",
+                self.pos,
+                self.bytes.len()
+            )),
         }
     }
 
@@ -222,7 +226,10 @@ impl<'a> Reader<'a> {
         let n = self.u64()?;
         let room = (self.bytes.len() - self.pos) / min_item_bytes.max(1);
         if n > room as u64 {
-            return Err(format!("count {n} at offset {} exceeds what the file can hold: truncated or corrupt", self.pos - 8));
+            return Err(format!(
+                "count {n} at offset {} exceeds what the file can hold: truncated or corrupt",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }

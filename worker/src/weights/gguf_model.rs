@@ -22,8 +22,8 @@ pub struct GgufModel {
 impl GgufModel {
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = GgufFile::open(path)?;
-        let config = config_from_metadata(&file)
-            .map_err(|source| WeightError::Config { path: path.to_path_buf(), source })?;
+        let config =
+            config_from_metadata(&file).map_err(|source| WeightError::Config { path: path.to_path_buf(), source })?;
         Ok(GgufModel { file, config, bytes_read: AtomicU64::new(0) })
     }
 
@@ -53,11 +53,9 @@ impl GgufModel {
 
 fn config_from_metadata(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
     let arch_key = "general.architecture";
-    let arch = file
-        .get(arch_key)
-        .ok_or_else(|| ConfigError::Missing { field: arch_key.into() })?
-        .as_str()
-        .ok_or_else(|| ConfigError::Invalid { field: arch_key.into(), value: "?".into(), problem: "must be a string".into() })?;
+    let arch = file.get(arch_key).ok_or_else(|| ConfigError::Missing { field: arch_key.into() })?.as_str().ok_or_else(
+        || ConfigError::Invalid { field: arch_key.into(), value: "?".into(), problem: "must be a string".into() },
+    )?;
     if !LLAMA_ARCHITECTURES.contains(&arch) {
         return Err(ConfigError::UnsupportedArchitecture(arch.to_string()));
     }

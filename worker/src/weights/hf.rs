@@ -48,8 +48,10 @@ fn open_shard(path: PathBuf) -> Result<Shard, WeightError> {
     let file = File::open(&path).map_err(|e| WeightError::io(&path, e))?;
     // SAFETY: read-only private map of a file evalmesh never writes (see gguf.rs).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(&path, e))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&map)
-        .map_err(|e| WeightError::Format { path: path.clone(), problem: format!("not a valid safetensors file: {e}") })?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
+        path: path.clone(),
+        problem: format!("not a valid safetensors file: {e}"),
+    })?;
     Ok(Shard { path, map, data_start: 8 + header_len, metadata })
 }
 
@@ -74,7 +76,10 @@ impl HfModel {
         let mut index = HashMap::new();
         for name in shard_names {
             if name.contains('/') || name.contains("..") {
-                return Err(WeightError::Format { path: index_path, problem: format!("shard name `{name}` leaves the directory") });
+                return Err(WeightError::Format {
+                    path: index_path,
+                    problem: format!("shard name `{name}` leaves the directory"),
+                });
             }
             let shard = open_shard(dir.join(&name))?;
             for tensor in shard.metadata.tensors().into_keys() {

@@ -104,7 +104,12 @@ pub fn load(source: &dyn WeightSource, id: TensorId) -> Result<Matrix, WeightErr
     let expected = id.shape(source.config());
     let found = source.locate(id)?;
     if found.shape != expected {
-        return Err(WeightError::Shape { path: source.path().to_path_buf(), name: found.name, expected, found: found.shape });
+        return Err(WeightError::Shape {
+            path: source.path().to_path_buf(),
+            name: found.name,
+            expected,
+            found: found.shape,
+        });
     }
     let mut data = vec![0.0f32; expected.0 * expected.1];
     found.dtype.dequantize(found.bytes, &mut data);
