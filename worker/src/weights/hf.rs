@@ -149,3 +149,72 @@ impl WeightSource for HfModel {
         &self.bytes_read
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use half::{bf16, f16};
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+    use crate::weights::load;
+
+    /// A one-layer model directory with a single `model.safetensors`: a BF16 embedding,
+    /// an F16 query projection, a key projection of the wrong shape and no value projection.
+    fn tiny_model(dir: &Path) {
+        let config = serde_json::json!({
+            "model_type": "llama", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 6,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 16, "tie_word_embeddings": true
+        });
+        std::fs::write(dir.join(CONFIG_FILE), config.to_string()).unwrap();
+        let embed: Vec<u8> = (0..32).flat_map(|i| bf16::from_f32(i as f32 / 4.0).to_le_bytes()).collect();
+        let q: Vec<u8> = (0..16).flat_map(|i| f16::from_f32(-(i as f32)).to_le_bytes()).collect();
+        let k: Vec<u8> = vec![0; 3 * 4 * 4];
+        let views = vec![
+            ("model.embed_tokens.weight", TensorView::new(Dtype::BF16, vec![8, 4], &embed).unwrap()),
+            ("model.layers.0.self_attn.q_proj.weight", TensorView::new(Dtype::F16, vec![4, 4], &q).unwrap()),
+            ("model.layers.0.self_attn.k_proj.weight", TensorView::new(Dtype::F32, vec![3, 4], &k).unwrap()),
+        ];
+        safetensors::serialize_to_file(views, None, &dir.join(SINGLE_FILE)).unwrap();
+    }
+
+    #[test]
+    fn single_file_directory_widens_half_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_model(dir.path());
+        let model = HfModel::open(dir.path()).unwrap();
+        assert_eq!(model.config().head_dim, 2);
+        let embed = load(&model, TensorId::Embedding).unwrap();
+        assert_eq!((embed.rows, embed.cols), (8, 4));
+        assert_eq!(embed.row(7)[3], 31.0 / 4.0);
+        let head = load(&model, TensorId::Head).unwrap();
+        assert_eq!(head, embed, "a tied head is the embedding");
+        let q = load(&model, TensorId::Layer(0, LayerTensor::Q)).unwrap();
+        assert_eq!(q.row(2), [-8.0, -9.0, -10.0, -11.0]);
+    }
+
+    #[test]
+    fn wrong_shape_and_missing_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_model(dir.path());
+        let model = HfModel::open(dir.path()).unwrap();
+        let err = load(&model, TensorId::Layer(0, LayerTensor::K)).unwrap_err().to_string();
+        assert!(
+            err.contains("model.layers.0.self_attn.k_proj.weight") && err.contains("3 × 4") && err.contains("2 × 4"),
+            "{err}"
+        );
+        let err = load(&model, TensorId::Layer(0, LayerTensor::V)).unwrap_err().to_string();
+        assert!(err.contains("model.layers.0.self_attn.v_proj.weight") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_safetensors_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_model(dir.path());
+        let path = dir.path().join(SINGLE_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let err = HfModel::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need, builds the binary the integration
+# tests run, lints, then runs the unit and integration tests of the whole workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVALMESH_TEST_MODEL="$(scripts/setup.sh | tail -n 1)"
+export EVALMESH_TEST_MODEL
+
+cargo build --locked -p evalmesh
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo fmt --all -- --check
+cargo test --locked --workspace
