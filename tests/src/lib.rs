@@ -25,7 +25,7 @@ pub fn evalmesh_bin() -> PathBuf {
 pub fn test_model() -> PathBuf {
     let path = match std::env::var_os("EVALMESH_TEST_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => evalmesh_cache().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => evalmesh::cli::cache_dir().join(evalmesh::cli::TEST_MODEL_FILE),
     };
     assert!(
         path.is_file(),
@@ -33,16 +33,6 @@ pub fn test_model() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn evalmesh_cache() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EVALMESH_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    base.join("evalmesh")
 }
 
 /// The project's shared folder (reference figures and data): $EVALMESH_SHARED, else `../shared` beside the repository.

@@ -11,7 +11,7 @@ use std::path::Path;
 use evalmesh::tokenizer::{gguf_tokenizer_json, TextTokenizer};
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TokenScore};
 use evalmesh_tests::{run_evalmesh, test_model};
-use evalmesh_worker::weights::{load, GgufModel, HfModel, LayerTensor, TensorId};
+use evalmesh_worker::weights::{hf_tensor_name, load, GgufModel, HfModel, LayerTensor, TensorId};
 use evalmesh_worker::{CpuBackend, LlamaStage, Matrix, StageInput, StageOutput, StageSpec, WeightSource};
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -29,27 +29,6 @@ fn to_rotate_half(m: &Matrix, head_dim: usize) -> Matrix {
         }
     }
     out
-}
-
-fn hf_name(id: TensorId) -> String {
-    match id {
-        TensorId::Embedding | TensorId::Head => "model.embed_tokens.weight".into(),
-        TensorId::FinalNorm => "model.norm.weight".into(),
-        TensorId::Layer(l, t) => {
-            let part = match t {
-                LayerTensor::AttnNorm => "input_layernorm",
-                LayerTensor::Q => "self_attn.q_proj",
-                LayerTensor::K => "self_attn.k_proj",
-                LayerTensor::V => "self_attn.v_proj",
-                LayerTensor::O => "self_attn.o_proj",
-                LayerTensor::FfnNorm => "post_attention_layernorm",
-                LayerTensor::Gate => "mlp.gate_proj",
-                LayerTensor::Up => "mlp.up_proj",
-                LayerTensor::Down => "mlp.down_proj",
-            };
-            format!("model.layers.{l}.{part}.weight")
-        }
-    }
 }
 
 fn hf_config(c: &ModelConfig) -> serde_json::Value {
@@ -77,7 +56,7 @@ fn export_hf(gguf: &GgufModel, dir: &Path) {
             m = to_rotate_half(&m, c.head_dim);
         }
         let shard = matches!(id, TensorId::Layer(l, _) if l >= c.num_layers / 2) as usize;
-        shards[shard].push((hf_name(id), m));
+        shards[shard].push((hf_tensor_name(id, c.tied_embeddings), m));
     }
     let mut weight_map = BTreeMap::new();
     for (i, tensors) in shards.iter().enumerate() {

@@ -89,27 +89,28 @@ impl HfModel {
         }
         Ok(HfModel { dir: dir.to_path_buf(), config, shards, index, bytes_read: AtomicU64::new(0) })
     }
+}
 
-    fn tensor_name(&self, id: TensorId) -> String {
-        match id {
-            TensorId::Embedding => "model.embed_tokens.weight".into(),
-            TensorId::FinalNorm => "model.norm.weight".into(),
-            TensorId::Head if self.config.tied_embeddings => "model.embed_tokens.weight".into(),
-            TensorId::Head => "lm_head.weight".into(),
-            TensorId::Layer(l, t) => {
-                let part = match t {
-                    LayerTensor::AttnNorm => "input_layernorm",
-                    LayerTensor::Q => "self_attn.q_proj",
-                    LayerTensor::K => "self_attn.k_proj",
-                    LayerTensor::V => "self_attn.v_proj",
-                    LayerTensor::O => "self_attn.o_proj",
-                    LayerTensor::FfnNorm => "post_attention_layernorm",
-                    LayerTensor::Gate => "mlp.gate_proj",
-                    LayerTensor::Up => "mlp.up_proj",
-                    LayerTensor::Down => "mlp.down_proj",
-                };
-                format!("model.layers.{l}.{part}.weight")
-            }
+/// A tensor's name in Hugging Face Llama checkpoints; a tied head is the embedding.
+pub fn hf_tensor_name(id: TensorId, tied_embeddings: bool) -> String {
+    match id {
+        TensorId::Embedding => "model.embed_tokens.weight".into(),
+        TensorId::FinalNorm => "model.norm.weight".into(),
+        TensorId::Head if tied_embeddings => "model.embed_tokens.weight".into(),
+        TensorId::Head => "lm_head.weight".into(),
+        TensorId::Layer(l, t) => {
+            let part = match t {
+                LayerTensor::AttnNorm => "input_layernorm",
+                LayerTensor::Q => "self_attn.q_proj",
+                LayerTensor::K => "self_attn.k_proj",
+                LayerTensor::V => "self_attn.v_proj",
+                LayerTensor::O => "self_attn.o_proj",
+                LayerTensor::FfnNorm => "post_attention_layernorm",
+                LayerTensor::Gate => "mlp.gate_proj",
+                LayerTensor::Up => "mlp.up_proj",
+                LayerTensor::Down => "mlp.down_proj",
+            };
+            format!("model.layers.{l}.{part}.weight")
         }
     }
 }
@@ -124,7 +125,7 @@ impl WeightSource for HfModel {
     }
 
     fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError> {
-        let name = self.tensor_name(id);
+        let name = hf_tensor_name(id, self.config.tied_embeddings);
         let missing = || WeightError::MissingTensor { path: self.dir.clone(), name: name.clone() };
         let shard = &self.shards[*self.index.get(&name).ok_or_else(missing)?];
         let info = shard.metadata.info(&name).ok_or_else(missing)?;
