@@ -6,36 +6,39 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use evalmesh_common::ScoreTree;
 use evalmesh_worker::weights::gguf::GgufFile;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::engine::{EngineError, EvaluationEngine, LightweightEngine};
+use crate::evaluate::{evaluate, EvaluateError, Limit, Settings};
+use crate::journal::{model_fingerprint, Journal, JournalError};
 use crate::model::{Model, ModelError};
-use crate::progress::token_bar;
 use crate::results::{Report, ResultsError};
-use crate::tasks::perplexity::{self, PerplexityMode};
+use crate::tasks::formats::{self, Source};
+use crate::tasks::perplexity::PerplexityMode;
+use crate::tasks::requests::Windows;
 use crate::tasks::{read_text, TaskError};
 use crate::tokenizer::TokenizerError;
 
 /// The test model's file name in the cache (see scripts/fetch-test-model.sh).
 pub const TEST_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The text scored when `run` gets no `--data`.
-pub const BUILTIN_TEXT: &str = include_str!("../data/wikitext-2-excerpt.txt");
-const BUILTIN_TEXT_NAME: &str = "built-in wikitext-2 excerpt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("no --model given and the test model is not in the cache at {}: run scripts/fetch-test-model.sh, or pass --model", .0.display())]
     NoDefaultModel(PathBuf),
-    #[error("unknown task `{0}` (available: perplexity)")]
-    UnknownTask(String),
+    #[error("results file {} exists: pass --overwrite to replace it, or --resume to finish the run it belongs to", .0.display())]
+    OutputExists(PathBuf),
+    #[error("--resume needs --output: the journal lives next to the results file")]
+    ResumeWithoutOutput,
+    #[error("--log-samples needs --output: the samples files are written next to the results file")]
+    SamplesWithoutOutput,
     #[error("{flag} must be at least {min}, got {value}")]
     TooSmall { flag: &'static str, min: usize, value: usize },
     #[error("cannot start {0} threads: {1}")]
     Threads(usize, String),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -48,6 +51,10 @@ pub enum CliError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Results(#[from] ResultsError),
+    #[error(transparent)]
+    Evaluate(#[from] EvaluateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 #[derive(Debug, Parser)]
@@ -82,12 +89,23 @@ pub struct ModelArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The task to score.
+    /// Tasks to score, separated by commas: hellaswag, arc_easy, arc_challenge, piqa, winogrande,
+    /// lambada_openai, mmlu, wikitext, multiple_choice (with --data FILE.jsonl), perplexity (with --data FILE.txt).
     #[arg(long, visible_alias = "tasks", default_value = "perplexity")]
     pub task: String,
-    /// The task's data file (perplexity: a UTF-8 text). Default: a built-in wikitext-2 excerpt.
+    /// The data file of the generic tasks: multiple_choice (JSON lines {"context", "choices", "gold"})
+    /// and perplexity (a UTF-8 text; default: a built-in wikitext-2 excerpt).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The benchmarks' data folder, laid out like shared/data (hellaswag/, arc/, piqa/, …).
+    #[arg(long, env = "EVALMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Score only the first N documents of each task, or a fraction (0.1) of them.
+    #[arg(long, value_parser = parse_limit)]
+    pub limit: Option<Limit>,
+    /// Few-shot examples before each question (mmlu: the first N of the dev split).
+    #[arg(long, default_value_t = 0)]
+    pub num_fewshot: usize,
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.
     #[arg(long, value_enum, default_value_t = PerplexityMode::Rolling)]
     pub perplexity_mode: PerplexityMode,
@@ -100,9 +118,18 @@ pub struct RunArgs {
     /// Most input tokens in one micro-batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
-    /// Where to write the results JSON.
+    /// Where to write the results JSON; the journal goes beside it (NAME.journal.jsonl).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Write samples_<task>.jsonl beside the results: every document's scores.
+    #[arg(long)]
+    pub log_samples: bool,
+    /// Reuse the scores in the journal of an earlier run of the same model and tasks.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace an existing results file and journal.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,10 +197,24 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn run(args: RunArgs) -> Result<(), CliError> {
-    if args.task != "perplexity" {
-        return Err(CliError::UnknownTask(args.task));
+/// `--limit`: a count of documents, or a fraction below 1.
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v < 1.0 {
+        Ok(Limit::Fraction(v))
+    } else if v >= 1.0 && v.fract() == 0.0 {
+        Ok(Limit::First(v as usize))
+    } else {
+        Err(format!("`{s}` is neither a whole count nor a fraction in (0, 1)"))
     }
+}
+
+/// Where the journal of a results file lives: `results.json` → `results.journal.jsonl`.
+pub fn journal_path(output: &Path) -> PathBuf {
+    output.with_extension("journal.jsonl")
+}
+
+fn run(args: RunArgs) -> Result<(), CliError> {
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }
@@ -186,84 +227,78 @@ fn run(args: RunArgs) -> Result<(), CliError> {
             .build_global()
             .map_err(|e| CliError::Threads(threads, e.to_string()))?;
     }
-    let (text, data_name) = match &args.data {
-        Some(path) => (read_text(path)?, path.display().to_string()),
-        None => (BUILTIN_TEXT.to_string(), BUILTIN_TEXT_NAME.to_string()),
-    };
+    if let Some(output) = &args.output {
+        if output.exists() && !args.overwrite && !args.resume {
+            return Err(CliError::OutputExists(output.clone()));
+        }
+        if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| CliError::Io { path: dir.to_path_buf(), error })?;
+        }
+    }
+    if args.resume && args.output.is_none() {
+        return Err(CliError::ResumeWithoutOutput);
+    }
+    if args.log_samples && args.output.is_none() {
+        return Err(CliError::SamplesWithoutOutput);
+    }
+    let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    let source = Source { data_dir: args.data_dir.as_deref(), data_file: args.data.as_deref(), num_fewshot: args.num_fewshot };
+    let mut tasks = Vec::new();
+    for name in &names {
+        tasks.extend(formats::load(name, &source)?);
+    }
     let (model_path, model) = args.model.open()?;
     let config = model.source.config().clone();
-    let ctx = args.ctx.unwrap_or(match args.perplexity_mode {
-        PerplexityMode::Llamacpp => 512,
-        PerplexityMode::Rolling => config.max_position,
-    });
-    if ctx > config.max_position {
-        log::warn!("--ctx {ctx} is beyond the model's {} positions", config.max_position);
-    }
-    let tokens = model.tokenizer.encode_document(&text)?;
-    log::info!("{data_name}: {} bytes, {} tokens", text.len(), tokens.len());
-    let trees: Vec<ScoreTree> = match args.perplexity_mode {
-        PerplexityMode::Llamacpp => perplexity::llamacpp_chunks(&tokens, ctx, model.tokenizer.add_bos())?,
-        PerplexityMode::Rolling => {
-            let prefix = model.tokenizer.prefix_token().ok_or_else(|| {
-                TaskError::Settings("rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into())
-            })?;
-            perplexity::rolling_windows(&tokens, prefix, ctx)
-        }
+    let windows = match args.perplexity_mode {
+        PerplexityMode::Llamacpp => Windows::Llamacpp { ctx: args.ctx.unwrap_or(512) },
+        PerplexityMode::Rolling => Windows::Rolling { max_len: args.ctx.unwrap_or(config.max_position) },
     };
+    let fingerprint =
+        model_fingerprint(&model_path).map_err(|error| CliError::Io { path: model_path.clone(), error })?;
+    let mut journal = match &args.output {
+        Some(output) => Some(Journal::open(&journal_path(output), &fingerprint, args.resume, args.overwrite)?),
+        None => None,
+    };
+
     let load_start = Instant::now();
     let mut engine = LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
 
-    let total: usize = trees.iter().map(ScoreTree::input_len).sum();
-    let bar = token_bar(total, "perplexity");
-    let start = Instant::now();
-    let scores = engine.score(&trees, &mut |n| bar.inc(n as u64))?;
-    let seconds = start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-
-    let m = perplexity::metrics(&text, &scores);
+    let samples_dir = args.output.as_deref().filter(|_| args.log_samples).map(|o| match o.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let settings = Settings {
+        windows,
+        limit: args.limit,
+        max_position: config.max_position,
+        samples_dir: samples_dir.as_deref(),
+        model_fingerprint: &fingerprint,
+    };
     let mut report = Report::default();
-    report.metric("perplexity", "perplexity", m.perplexity);
-    if args.perplexity_mode == PerplexityMode::Rolling {
-        report.metric("perplexity", "word_perplexity", m.word_perplexity);
-        report.metric("perplexity", "byte_perplexity", m.byte_perplexity);
-        report.metric("perplexity", "bits_per_byte", m.bits_per_byte);
-    }
-    report.configs.insert(
-        "perplexity".into(),
-        json!({"task": "perplexity", "data": data_name, "mode": args.perplexity_mode, "ctx": ctx}),
-    );
-    report.n_samples.insert("perplexity".into(), json!({"original": trees.len(), "effective": trees.len()}));
-    let window_tokens: usize = trees.iter().map(|t| t.prefix.len()).sum();
-    let mut evalmesh: BTreeMap<String, Value> = BTreeMap::new();
+    let start = Instant::now();
+    evaluate(&mut engine, &model.tokenizer, &tasks, &settings, journal.as_mut(), &mut report)?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let matmul = engine.matmul_stats();
+    let evalmesh = &mut report.evalmesh;
     evalmesh.insert("model".into(), json!(model_path.display().to_string()));
+    evalmesh.insert("model_fingerprint".into(), json!(fingerprint));
     evalmesh.insert("engine".into(), json!(engine.describe()));
     evalmesh.insert("config".into(), json!(config));
-    evalmesh.insert("tokens_in_text".into(), json!(tokens.len()));
-    evalmesh.insert("tokens_computed".into(), json!(total));
-    evalmesh.insert("tokens_in_windows".into(), json!(window_tokens));
-    evalmesh.insert("tokens_scored".into(), json!(m.tokens_scored));
-    evalmesh.insert("words".into(), json!(m.words));
-    evalmesh.insert("bytes".into(), json!(m.bytes));
+    evalmesh.insert("batch_tokens".into(), json!(args.batch_tokens));
     evalmesh.insert("load_seconds".into(), json!(load_seconds));
     evalmesh.insert("eval_seconds".into(), json!(seconds));
-    evalmesh.insert("window_tokens_per_s".into(), json!(window_tokens as f64 / seconds));
-    let matmul = engine.matmul_stats();
     evalmesh.insert("matmul_gflop".into(), json!(matmul.flops as f64 / 1e9));
     evalmesh.insert("matmul_seconds".into(), json!(matmul.seconds));
     evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));
-    evalmesh.insert("cumulative_perplexity".into(), json!(perplexity::cumulative_perplexity(&scores)));
-    report.evalmesh = evalmesh;
 
     print!("{}", report.table());
     println!(
-        "{} windows, {} tokens scored in {seconds:.1} s ({:.1} window tokens/s; matrix products {:.1} GFLOP/s, {:.0}% of the time)",
-        trees.len(),
-        m.tokens_scored,
-        window_tokens as f64 / seconds,
+        "evaluated in {seconds:.1} s; matrix products {:.1} GFLOP/s, {:.0}% of the time",
         matmul.gflops_per_s(),
-        100.0 * matmul.seconds / seconds
+        100.0 * matmul.seconds / seconds.max(1e-9)
     );
     if let Some(path) = &args.output {
         report.write(path)?;
@@ -348,5 +383,5 @@ fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
 fn write_stdout(text: &str, name: &Path) -> Result<(), CliError> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).map_err(|source| CliError::Io { path: name.to_path_buf(), source })
+    stdout.write_all(text.as_bytes()).map_err(|error| CliError::Io { path: name.to_path_buf(), error })
 }

@@ -14,12 +14,17 @@ pub enum EngineError {
     Stage(#[from] StageError),
     #[error("the last stage returned hidden states instead of scores")]
     NoScores,
+    #[error("{0}")]
+    Sink(String),
 }
 
-/// Scores requests; results come back in request order.
+/// Called with each finished tree's index and scores, as soon as its micro-batch is done.
+pub type ScoreSink<'a> = dyn FnMut(usize, TreeScores) -> Result<(), EngineError> + 'a;
+
+/// Scores requests.
 pub trait EvaluationEngine {
-    /// `progress` is called with the number of input tokens just computed.
-    fn score(&mut self, trees: &[ScoreTree], progress: &mut dyn FnMut(usize)) -> Result<Vec<TreeScores>, EngineError>;
+    /// Scores every tree, handing each result to `done` (in no particular order).
+    fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError>;
     /// One line saying what runs where.
     fn describe(&self) -> String;
     /// Work and time of the matrix products so far.
@@ -63,13 +68,12 @@ impl LightweightEngine {
 }
 
 impl EvaluationEngine for LightweightEngine {
-    fn score(&mut self, trees: &[ScoreTree], progress: &mut dyn FnMut(usize)) -> Result<Vec<TreeScores>, EngineError> {
+    fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError> {
         let config = self.stage.config();
         for (index, tree) in trees.iter().enumerate() {
             tree.validate(config.vocab_size, config.max_position)
                 .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
         }
-        let mut results: Vec<Option<TreeScores>> = vec![None; trees.len()];
         for indices in pack_micro_batches(trees, self.batch_tokens) {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);
@@ -79,11 +83,10 @@ impl EvaluationEngine for LightweightEngine {
             let unpacked = MicroBatch::unpack(&members, &scores)
                 .map_err(|e| EngineError::Request { index: indices[0], problem: e.to_string() })?;
             for (i, s) in indices.into_iter().zip(unpacked) {
-                results[i] = Some(s);
+                done(i, s)?;
             }
-            progress(batch.tokens.len());
         }
-        Ok(results.into_iter().flatten().collect())
+        Ok(())
     }
 
     fn describe(&self) -> String {

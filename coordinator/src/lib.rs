@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod engine;
+pub mod evaluate;
+pub mod journal;
 pub mod model;
 pub mod progress;
 pub mod results;

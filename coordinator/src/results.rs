@@ -9,33 +9,29 @@ use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write results to {}: {source}", path.display())]
+#[error("cannot write results to {}: {error}", path.display())]
 pub struct ResultsError {
     pub path: PathBuf,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub results: BTreeMap<String, BTreeMap<String, Value>>,
     pub configs: BTreeMap<String, Value>,
+    pub versions: BTreeMap<String, Value>,
+    #[serde(rename = "n-shot")]
+    pub n_shot: BTreeMap<String, Value>,
     #[serde(rename = "n-samples")]
     pub n_samples: BTreeMap<String, Value>,
     pub evalmesh: BTreeMap<String, Value>,
 }
 
 impl Report {
-    /// Records `metric` of `task` under lm-evaluation-harness's `metric,none` key.
-    pub fn metric(&mut self, task: &str, metric: &str, value: f64) {
-        let entry = self.results.entry(task.to_string()).or_default();
-        entry.insert("alias".into(), Value::from(task));
-        entry.insert(format!("{metric},none"), Value::from(value));
-    }
-
     /// Writes the report as JSON through a temporary file and a rename, so a reader
     /// never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), ResultsError> {
-        let err = |source| ResultsError { path: path.to_path_buf(), source };
+        let err = |error| ResultsError { path: path.to_path_buf(), error };
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -47,14 +43,17 @@ impl Report {
         Ok(())
     }
 
-    /// A table of every task's metrics, like lm-evaluation-harness prints.
+    /// A table of every task's metrics with their standard errors, like lm-evaluation-harness prints.
     pub fn table(&self) -> String {
-        let mut out = String::from("| Task | Metric | Value |\n|---|---|---:|\n");
+        let mut out = String::from("| Task | n-shot | Metric | Value | | Stderr |\n|---|---:|---|---:|---|---:|\n");
         for (task, metrics) in &self.results {
+            let shots = self.n_shot.get(task).map_or(String::new(), |v| v.to_string());
             for (name, value) in metrics {
-                if let (Some(metric), Some(v)) = (name.strip_suffix(",none"), value.as_f64()) {
-                    out.push_str(&format!("| {task} | {metric} | {v:.4} |\n"));
-                }
+                let Some(metric) = name.strip_suffix(",none").filter(|m| !m.ends_with("_stderr")) else { continue };
+                let Some(v) = value.as_f64() else { continue };
+                let se = metrics.get(&format!("{metric}_stderr,none")).and_then(Value::as_f64);
+                let se = se.map_or("N/A".to_string(), |s| format!("{s:.4}"));
+                out.push_str(&format!("| {task} | {shots} | {metric} | {v:.4} | ± | {se} |\n"));
             }
         }
         out

@@ -1,24 +1,76 @@
-//! Evaluation tasks: each turns its data into scoring requests and the scores into metrics.
+//! Evaluation tasks: reading each benchmark's data with lm-evaluation-harness's
+//! preprocessing and templates ([`formats`]), turning documents into scoring requests
+//! ([`requests`]) and scores into metrics ([`metrics`]), plus perplexity over a text.
 
+pub mod formats;
+pub mod metrics;
 pub mod perplexity;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {problem}", path.display())]
     Data { path: PathBuf, problem: String },
+    #[error("{task}: data file {} not found (--data-dir is {}); pass --data-dir with the layout of shared/data", path.display(), data_dir.display())]
+    MissingData { task: String, path: PathBuf, data_dir: PathBuf },
+    #[error("unknown task `{0}`; available: {tasks}", tasks = formats::TASK_NAMES.join(", "))]
+    UnknownTask(String),
     #[error("{0}")]
     Settings(String),
 }
 
 /// Reads a UTF-8 text file; the error names the file and, for bad bytes, their offset.
 pub fn read_text(path: &Path) -> Result<String, TaskError> {
-    let bytes = std::fs::read(path).map_err(|source| TaskError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| TaskError::Io { path: path.to_path_buf(), error })?;
     String::from_utf8(bytes).map_err(|e| TaskError::Data {
         path: path.to_path_buf(),
         problem: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
     })
+}
+
+/// One loglikelihood request: the log-probability of `continuation` after `context`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub context: String,
+    pub continuation: String,
+}
+
+/// What a document's requests are scored for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One request per choice; `choices` are the choice strings whose character
+    /// lengths normalise `acc_norm`.
+    Choice { gold: usize, choices: Vec<String> },
+    /// One request per option with the option in the context and a shared continuation
+    /// (winogrande's partial scoring): only `acc`.
+    Partial { gold: usize },
+    /// One request whose continuation should be the greedy one (LAMBADA).
+    Greedy,
+    /// One rolling request over a whole document, with the original text's word and byte counts.
+    Rolling { words: usize, bytes: usize },
+}
+
+/// One document of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub id: usize,
+    pub requests: Vec<Request>,
+    pub target: Target,
+}
+
+/// A task's documents and how it was set up.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    pub docs: Vec<Doc>,
+    /// The settings that define the task's requests (goes into results' `configs` and the journal key).
+    pub config: serde_json::Value,
+    pub version: f64,
+    pub num_fewshot: usize,
+    /// The group this task's score rolls up into (MMLU subjects).
+    pub group: Option<String>,
 }

@@ -5,10 +5,13 @@
 //!   `ctx` tokens, every token scored once, the first predicted from the prefix token;
 //!   reports word and byte perplexity and bits per byte too.
 
-use evalmesh_common::{ScoreTree, TreeScores};
+use evalmesh_common::ScoreTree;
 use serde::Serialize;
 
 use super::TaskError;
+
+/// The text scored by the `perplexity` task when no `--data` is given (see `coordinator/data/README.md`).
+pub const BUILTIN_TEXT: &str = include_str!("../../data/wikitext-2-excerpt.txt");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -69,25 +72,6 @@ pub fn rolling_windows(tokens: &[u32], prefix_token: u32, max_len: usize) -> Vec
     windows
 }
 
-/// Sum of log-probabilities and count of scored tokens, in f64.
-pub fn total_logprob(scores: &[TreeScores]) -> (f64, usize) {
-    scores.iter().flat_map(|s| s.prefix.iter()).fold((0.0, 0), |(sum, n), t| (sum + t.logprob as f64, n + 1))
-}
-
-/// Cumulative perplexity after each chunk, as llama.cpp prints it.
-pub fn cumulative_perplexity(scores: &[TreeScores]) -> Vec<f64> {
-    let mut sum = 0.0;
-    let mut count = 0usize;
-    scores
-        .iter()
-        .map(|s| {
-            sum += s.prefix.iter().map(|t| t.logprob as f64).sum::<f64>();
-            count += s.prefix.len();
-            (-sum / count as f64).exp()
-        })
-        .collect()
-}
-
 /// Words as lm-evaluation-harness counts them: `len(re.split(r"\s+", text))`.
 pub fn word_count(text: &str) -> usize {
     let mut pieces = 1;
@@ -100,31 +84,6 @@ pub fn word_count(text: &str) -> usize {
         in_space = space;
     }
     pieces
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PerplexityMetrics {
-    pub perplexity: f64,
-    pub word_perplexity: f64,
-    pub byte_perplexity: f64,
-    pub bits_per_byte: f64,
-    pub tokens_scored: usize,
-    pub words: usize,
-    pub bytes: usize,
-}
-
-pub fn metrics(text: &str, scores: &[TreeScores]) -> PerplexityMetrics {
-    let (logprob, tokens) = total_logprob(scores);
-    let (words, bytes) = (word_count(text), text.len());
-    PerplexityMetrics {
-        perplexity: (-logprob / tokens.max(1) as f64).exp(),
-        word_perplexity: (-logprob / words as f64).exp(),
-        byte_perplexity: (-logprob / bytes.max(1) as f64).exp(),
-        bits_per_byte: -logprob / bytes.max(1) as f64 / std::f64::consts::LN_2,
-        tokens_scored: tokens,
-        words,
-        bytes,
-    }
 }
 
 #[cfg(test)]

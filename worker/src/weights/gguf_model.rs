@@ -23,7 +23,7 @@ impl GgufModel {
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = GgufFile::open(path)?;
         let config =
-            config_from_metadata(&file).map_err(|source| WeightError::Config { path: path.to_path_buf(), source })?;
+            config_from_metadata(&file).map_err(|error| WeightError::Config { path: path.to_path_buf(), error })?;
         Ok(GgufModel { file, config, bytes_read: AtomicU64::new(0) })
     }
 

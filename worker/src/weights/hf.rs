@@ -60,7 +60,7 @@ impl HfModel {
         let config_path = dir.join(CONFIG_FILE);
         let config = HfConfig::parse(&read_text(&config_path)?)
             .and_then(|c| c.to_model_config())
-            .map_err(|source| WeightError::Config { path: config_path.clone(), source })?;
+            .map_err(|error| WeightError::Config { path: config_path.clone(), error })?;
         let index_path = dir.join(INDEX_FILE);
         let shard_names: Vec<String> = if index_path.exists() {
             let index: IndexFile = serde_json::from_str(&read_text(&index_path)?)

@@ -19,12 +19,12 @@ pub use hf::{hf_tensor_name, HfModel};
 /// Why a model's weights could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {problem}", path.display())]
     Format { path: PathBuf, problem: String },
-    #[error("{}: {source}", path.display())]
-    Config { path: PathBuf, source: ConfigError },
+    #[error("{}: {error}", path.display())]
+    Config { path: PathBuf, error: ConfigError },
     #[error("{}: tensor `{name}` is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },
     #[error("{}: tensor `{name}` is {} × {} (rows × columns) but the model's config implies {} × {}: the file and its config disagree", path.display(), found.0, found.1, expected.0, expected.1)]
@@ -34,8 +34,8 @@ pub enum WeightError {
 }
 
 impl WeightError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        WeightError::Io { path: path.to_path_buf(), source }
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        WeightError::Io { path: path.to_path_buf(), error }
     }
 }
 

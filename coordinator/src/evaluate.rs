@@ -1,0 +1,226 @@
+//! Runs tasks through an engine: plans each task's trees, takes what the journal already
+//! holds, scores the rest (journaling each tree as it finishes), turns scores into
+//! metrics and fills the report and the per-sample logs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use evalmesh_common::{ScoreTree, TreeScores};
+use serde_json::{json, Value};
+
+use crate::engine::{EngineError, EvaluationEngine};
+use crate::journal::{hash_hex, tree_key, Journal, JournalError};
+use crate::progress::token_bar;
+use crate::results::Report;
+use crate::tasks::metrics::{aggregate, outcome, pooled, Outcome};
+use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
+use crate::tasks::{Task, TaskError};
+use crate::tokenizer::TextTokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot write samples to {}: {error}", path.display())]
+    Samples { path: PathBuf, error: std::io::Error },
+}
+
+/// How many documents of each task to score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    First(usize),
+    Fraction(f64),
+}
+
+impl Limit {
+    /// lm-evaluation-harness: a fraction rounds up, a count is taken as it is.
+    fn apply(self, n: usize) -> usize {
+        match self {
+            Limit::First(k) => k.min(n),
+            Limit::Fraction(f) => ((n as f64 * f).ceil() as usize).min(n),
+        }
+    }
+}
+
+pub struct Settings<'a> {
+    pub windows: Windows,
+    pub limit: Option<Limit>,
+    pub max_position: usize,
+    /// Folder for `samples_<task>.jsonl` files, when they are wanted.
+    pub samples_dir: Option<&'a Path>,
+    pub model_fingerprint: &'a str,
+}
+
+/// What one task cost.
+#[derive(Debug, Default)]
+struct TaskStats {
+    trees: usize,
+    trees_from_journal: usize,
+    tokens_computed: usize,
+    tokens_without_sharing: usize,
+    seconds: f64,
+}
+
+/// Scores `tasks` and fills `report`.
+pub fn evaluate(
+    engine: &mut dyn EvaluationEngine,
+    tokenizer: &TextTokenizer,
+    tasks: &[Task],
+    settings: &Settings,
+    mut journal: Option<&mut Journal>,
+    report: &mut Report,
+) -> Result<(), EvaluateError> {
+    let mut groups: BTreeMap<String, Vec<(f64, f64, usize)>> = BTreeMap::new();
+    let mut task_stats = serde_json::Map::new();
+    for task in tasks {
+        let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
+        let plan = plan(docs, tokenizer, settings.windows, settings.max_position)?;
+        let config_hash = hash_hex(&[
+            task.config.to_string().as_bytes(),
+            format!("{:?} fewshot={}", settings.windows, task.num_fewshot).as_bytes(),
+        ]);
+        let keys: Vec<String> = plan.trees.iter().map(|t| tree_key(settings.model_fingerprint, &config_hash, t)).collect();
+        let mut scores: Vec<Option<TreeScores>> = vec![None; plan.trees.len()];
+        if let Some(j) = journal.as_deref_mut() {
+            j.begin_task(&task.name, &config_hash)?;
+            for (slot, key) in scores.iter_mut().zip(&keys) {
+                *slot = j.get(key).cloned();
+            }
+        }
+        let todo: Vec<usize> = (0..plan.trees.len()).filter(|&i| scores[i].is_none()).collect();
+        let todo_trees: Vec<ScoreTree> = todo.iter().map(|&i| plan.trees[i].clone()).collect();
+        let mut stats = TaskStats {
+            trees: plan.trees.len(),
+            trees_from_journal: plan.trees.len() - todo.len(),
+            tokens_computed: todo_trees.iter().map(ScoreTree::input_len).sum(),
+            tokens_without_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
+            seconds: 0.0,
+        };
+        let bar = token_bar(stats.tokens_computed, &task.name);
+        let started = Instant::now();
+        engine.score(&todo_trees, &mut |i, s| {
+            let index = todo[i];
+            bar.inc(plan.trees[index].input_len() as u64);
+            if let Some(j) = journal.as_deref_mut() {
+                j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
+            }
+            scores[index] = Some(s);
+            Ok(())
+        })?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let scores: Vec<TreeScores> = scores.into_iter().flatten().collect();
+
+        let per_doc: Vec<(Vec<RequestScore>, Outcome)> = docs
+            .iter()
+            .zip(&plan.docs)
+            .map(|(doc, planned)| {
+                let s = request_scores(planned, &scores);
+                let o = outcome(&doc.target, planned, &s);
+                (s, o)
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = per_doc.iter().map(|(_, o)| o.clone()).collect();
+        let mut metrics = aggregate(&outcomes);
+        if let Windows::Llamacpp { .. } = settings.windows {
+            // Chunks score only their second halves: per-word and per-byte figures do not apply.
+            metrics.retain(|k, _| k.starts_with("perplexity"));
+        }
+        if let (Some(group), Some(acc), Some(se)) = (
+            &task.group,
+            metrics.get("acc,none").and_then(Value::as_f64),
+            metrics.get("acc_stderr,none").and_then(Value::as_f64),
+        ) {
+            groups.entry(group.clone()).or_default().push((acc, se, docs.len()));
+        }
+        metrics.insert("alias".into(), json!(task.name));
+        report.results.insert(task.name.clone(), metrics);
+        report.configs.insert(task.name.clone(), json!({"task": task.name, "config": task.config, "num_fewshot": task.num_fewshot}));
+        report.versions.insert(task.name.clone(), json!(task.version));
+        report.n_shot.insert(task.name.clone(), json!(task.num_fewshot));
+        report.n_samples.insert(task.name.clone(), json!({"original": task.docs.len(), "effective": docs.len()}));
+        let mut entry = json!({
+            "trees": stats.trees,
+            "trees_from_journal": stats.trees_from_journal,
+            "trees_computed": stats.trees - stats.trees_from_journal,
+            "tokens_computed": stats.tokens_computed,
+            "tokens_without_prefix_sharing": stats.tokens_without_sharing,
+            "seconds": stats.seconds,
+            "tokens_per_s": stats.tokens_computed as f64 / stats.seconds.max(1e-9),
+        });
+        if let Windows::Llamacpp { .. } = settings.windows {
+            if let Some(curve) = cumulative_perplexity(&scores) {
+                entry["cumulative_perplexity"] = json!(curve);
+            }
+        }
+        task_stats.insert(task.name.clone(), entry);
+        if let Some(dir) = settings.samples_dir {
+            write_samples(&dir.join(format!("samples_{}.jsonl", task.name)), docs, &per_doc)?;
+        }
+    }
+    for (group, parts) in groups {
+        let (acc, se) = pooled(&parts);
+        let mut metrics = BTreeMap::new();
+        metrics.insert("alias".to_string(), json!(group));
+        metrics.insert("acc,none".to_string(), json!(acc));
+        metrics.insert("acc_stderr,none".to_string(), json!(se));
+        report.results.insert(group.clone(), metrics);
+        report.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
+    }
+    report.evalmesh.insert("tasks".into(), Value::Object(task_stats));
+    Ok(())
+}
+
+/// Perplexity after each tree of prefix targets, as llama.cpp prints it per chunk.
+fn cumulative_perplexity(scores: &[TreeScores]) -> Option<Vec<f64>> {
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    scores
+        .iter()
+        .map(|s| {
+            sum += s.prefix.iter().map(|t| t.logprob as f64).sum::<f64>();
+            count += s.prefix.len();
+            (count > 0).then(|| (-sum / count as f64).exp())
+        })
+        .collect()
+}
+
+/// One line per document with every request's log-probability, token count and greedy
+/// flag and the document's metrics; nothing that changes between runs.
+fn write_samples(path: &Path, docs: &[crate::tasks::Doc], per_doc: &[(Vec<RequestScore>, Outcome)]) -> Result<(), EvaluateError> {
+    let err = |error| EvaluateError::Samples { path: path.to_path_buf(), error };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    for (doc, (scores, outcome)) in docs.iter().zip(per_doc) {
+        let requests: Vec<Value> = doc
+            .requests
+            .iter()
+            .zip(scores)
+            .map(|(r, s)| {
+                json!({"context": r.context, "continuation": r.continuation, "logprob": s.logprob,
+                       "tokens": s.token_logprobs.len(), "greedy": s.greedy})
+            })
+            .collect();
+        let metrics = match outcome {
+            Outcome::Choice { acc, acc_norm, acc_norm_tokens } => {
+                json!({"acc": acc, "acc_norm": acc_norm, "acc_norm_tokens": acc_norm_tokens})
+            }
+            Outcome::Partial { acc } => json!({"acc": acc}),
+            Outcome::Greedy { acc, logprob } => json!({"acc": acc, "logprob": logprob}),
+            Outcome::Rolling { logprob, tokens, words, bytes } => {
+                json!({"logprob": logprob, "tokens": tokens, "words": words, "bytes": bytes})
+            }
+        };
+        let gold = match &doc.target {
+            crate::tasks::Target::Choice { gold, .. } | crate::tasks::Target::Partial { gold } => json!(gold),
+            _ => Value::Null,
+        };
+        let line = json!({"doc_id": doc.id, "gold": gold, "requests": requests, "metrics": metrics});
+        writeln!(out, "{line}").map_err(err)?;
+    }
+    out.flush().map_err(err)
+}

@@ -1,0 +1,222 @@
+//! The journal: every finished tree's scores, appended to a JSON-lines file next to the
+//! results as soon as they are computed, keyed by a content hash of (model, task
+//! configuration, tree). `--resume` reuses every journaled tree and computes only the
+//! rest, whatever the batch size, engine or rank count was before.
+//!
+//! Lines: a header `{"evalmesh_journal":1,"model":FINGERPRINT}`, a line per task
+//! `{"task":NAME,"config":HASH}`, and a record per tree `{"key":HASH,"scores":…}`. A line
+//! cut short by a crash is ignored; it is always the last one.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use evalmesh_common::{ScoreTree, TreeScores};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("journal {} exists from an earlier run: pass --resume to reuse its scores, or --overwrite to start again", path.display())]
+    Exists { path: PathBuf },
+    #[error("journal {} was written for model {theirs}, but this run's model is {ours}: delete the journal or run without --resume", path.display())]
+    OtherModel { path: PathBuf, theirs: String, ours: String },
+    #[error("journal {} holds task {task} with another configuration (for example --num-fewshot or --ctx changed): delete the journal or restore the settings", path.display())]
+    OtherTaskConfig { path: PathBuf, task: String },
+    #[error("journal {}: line {line} is not a journal record: {problem}", path.display())]
+    Corrupt { path: PathBuf, line: usize, problem: String },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Header { evalmesh_journal: u32, model: String },
+    Task { task: String, config: String },
+    Record { key: String, scores: TreeScores },
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    tasks: HashMap<String, String>,
+    done: HashMap<String, TreeScores>,
+}
+
+/// Hex SHA-256 of some bytes.
+pub fn hash_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key of a tree: the model, the task's configuration hash and the tree's tokens.
+pub fn tree_key(model: &str, task_config: &str, tree: &ScoreTree) -> String {
+    let tokens = serde_json::to_vec(tree).unwrap_or_default();
+    hash_hex(&[model.as_bytes(), task_config.as_bytes(), &tokens])
+}
+
+/// A fingerprint of a model's content without reading all of it: its size, its first
+/// 8 MiB (the header and the first tensors) and 64 KiB at each of 256 even offsets.
+/// A directory's fingerprint covers its files in name order.
+pub fn model_fingerprint(path: &Path) -> Result<String, std::io::Error> {
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut h = Sha256::new();
+    for file in files.drain(..) {
+        let mut f = File::open(&file)?;
+        let len = f.metadata()?.len();
+        h.update(file.file_name().map(|n| n.as_encoded_bytes().to_vec()).unwrap_or_default());
+        h.update(len.to_le_bytes());
+        let mut buf = vec![0u8; 8 << 20];
+        let head = f.read(&mut buf)?;
+        h.update(&buf[..head]);
+        let sample = 64 << 10;
+        for i in 0..256u64 {
+            let at = len.saturating_sub(sample as u64) * i / 255;
+            f.seek(std::io::SeekFrom::Start(at))?;
+            let n = f.read(&mut buf[..sample])?;
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Journal {
+    /// Opens the journal at `path` for a run on `model`. Without `resume`, an existing
+    /// journal is refused unless `overwrite` is set.
+    pub fn open(path: &Path, model: &str, resume: bool, overwrite: bool) -> Result<Self, JournalError> {
+        let io = |error| JournalError::Io { path: path.to_path_buf(), error };
+        let mut tasks = HashMap::new();
+        let mut done = HashMap::new();
+        let exists = path.exists();
+        let mut kept = 0;
+        if exists && !resume && !overwrite {
+            return Err(JournalError::Exists { path: path.to_path_buf() });
+        }
+        if exists && resume {
+            let text = std::fs::read_to_string(path).map_err(io)?;
+            kept = text.rfind('\n').map_or(0, |i| i + 1);
+            let complete = &text[..kept];
+            for (i, line) in complete.lines().enumerate() {
+                let corrupt = |problem: String| JournalError::Corrupt { path: path.to_path_buf(), line: i + 1, problem };
+                match serde_json::from_str::<Line>(line).map_err(|e| corrupt(e.to_string()))? {
+                    Line::Header { model: theirs, .. } if theirs != model => {
+                        return Err(JournalError::OtherModel { path: path.to_path_buf(), theirs, ours: model.to_string() })
+                    }
+                    Line::Header { .. } => {}
+                    Line::Task { task, config } => {
+                        tasks.insert(task, config);
+                    }
+                    Line::Record { key, scores } => {
+                        done.insert(key, scores);
+                    }
+                }
+            }
+            // Drop a torn last line so that new records start on a line of their own.
+            let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+            file.set_len(kept as u64).map_err(io)?;
+        }
+        let fresh = !exists || !resume;
+        let mut file = if fresh { File::create(path) } else { OpenOptions::new().append(true).open(path) }.map_err(io)?;
+        if fresh || kept == 0 {
+            let header = serde_json::to_string(&Line::Header { evalmesh_journal: 1, model: model.to_string() }).unwrap_or_default();
+            writeln!(file, "{header}").map_err(io)?;
+        }
+        Ok(Journal { path: path.to_path_buf(), file, tasks, done })
+    }
+
+    /// Registers a task's configuration hash; refuses one that changed since the journal began.
+    pub fn begin_task(&mut self, task: &str, config: &str) -> Result<(), JournalError> {
+        match self.tasks.get(task) {
+            Some(c) if c == config => Ok(()),
+            Some(_) => Err(JournalError::OtherTaskConfig { path: self.path.clone(), task: task.to_string() }),
+            None => {
+                self.tasks.insert(task.to_string(), config.to_string());
+                self.append(&Line::Task { task: task.to_string(), config: config.to_string() })
+            }
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&TreeScores> {
+        self.done.get(key)
+    }
+
+    /// Appends a finished tree, written through to the file at once.
+    pub fn record(&mut self, key: String, scores: TreeScores) -> Result<(), JournalError> {
+        self.append(&Line::Record { key: key.clone(), scores: scores.clone() })?;
+        self.done.insert(key, scores);
+        Ok(())
+    }
+
+    fn append(&mut self, line: &Line) -> Result<(), JournalError> {
+        let mut text = serde_json::to_string(line).unwrap_or_default();
+        text.push('\n');
+        self.file.write_all(text.as_bytes()).map_err(|error| JournalError::Io { path: self.path.clone(), error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use evalmesh_common::TokenScore;
+
+    use super::*;
+
+    fn scores(v: f32) -> TreeScores {
+        TreeScores { prefix: vec![TokenScore { logprob: v, greedy: true }], branches: vec![] }
+    }
+
+    #[test]
+    fn resume_reads_records_back_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        j.begin_task("t", "c").unwrap();
+        let odd = f32::from_bits(0xBF12_3457);
+        j.record("k1".into(), scores(odd)).unwrap();
+        drop(j);
+        let j = Journal::open(&path, "m", true, false).unwrap();
+        assert_eq!(j.get("k1").unwrap().prefix[0].logprob.to_bits(), odd.to_bits());
+    }
+
+    #[test]
+    fn refuses_other_model_config_or_silent_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        j.begin_task("t", "c").unwrap();
+        drop(j);
+        assert!(matches!(Journal::open(&path, "m", false, false), Err(JournalError::Exists { .. })));
+        assert!(matches!(Journal::open(&path, "other", true, false), Err(JournalError::OtherModel { .. })));
+        let mut j = Journal::open(&path, "m", true, false).unwrap();
+        assert!(matches!(j.begin_task("t", "changed"), Err(JournalError::OtherTaskConfig { .. })));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        j.record("k1".into(), scores(-1.0)).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"key\":\"k2\",\"sco").unwrap();
+        drop(f);
+        let mut j = Journal::open(&path, "m", true, false).unwrap();
+        assert!(j.get("k2").is_none());
+        j.record("k3".into(), scores(-2.0)).unwrap();
+        drop(j);
+        let j = Journal::open(&path, "m", true, false).unwrap();
+        assert!(j.get("k1").is_some() && j.get("k3").is_some());
+    }
+}

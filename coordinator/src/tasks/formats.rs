@@ -1,0 +1,524 @@
+//! The benchmarks' data files and lm-evaluation-harness's templates for them
+//! (`shared/data/LM_EVAL_FORMATS.md`): each loader reads one task's files from the
+//! data folder (the layout of `shared/data`) and returns its documents as requests.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{read_text, Doc, Request, Target, Task, TaskError};
+
+pub const TASK_NAMES: &[&str] = &[
+    "hellaswag",
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "winogrande",
+    "lambada_openai",
+    "mmlu",
+    "wikitext",
+    "multiple_choice",
+    "perplexity",
+];
+
+/// Where a task's data comes from.
+pub struct Source<'a> {
+    /// A folder laid out like `shared/data`.
+    pub data_dir: Option<&'a Path>,
+    /// The file of the generic tasks (`multiple_choice`, `perplexity`).
+    pub data_file: Option<&'a Path>,
+    pub num_fewshot: usize,
+}
+
+impl Source<'_> {
+    fn file(&self, task: &str, relative: &str) -> Result<PathBuf, TaskError> {
+        let dir = self.data_dir.ok_or_else(|| {
+            TaskError::Settings(format!("{task} reads its data from a folder laid out like shared/data: pass --data-dir"))
+        })?;
+        let path = dir.join(relative);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(TaskError::MissingData { task: task.into(), path, data_dir: dir.to_path_buf() })
+        }
+    }
+
+    fn generic_file(&self, task: &str) -> Result<&Path, TaskError> {
+        self.data_file.ok_or_else(|| TaskError::Settings(format!("task {task} needs --data FILE")))
+    }
+}
+
+/// Loads a task by name; `mmlu` gives one task per subject.
+pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let few_shot_tasks = ["mmlu"];
+    if source.num_fewshot > 0 && !few_shot_tasks.contains(&name) {
+        return Err(TaskError::Settings(format!(
+            "--num-fewshot is supported for {} only so far; {name} runs 0-shot",
+            few_shot_tasks.join(", ")
+        )));
+    }
+    let task = |docs: Vec<Doc>, config: serde_json::Value, version: f64| {
+        vec![Task { name: name.to_string(), docs, config, version, num_fewshot: 0, group: None }]
+    };
+    Ok(match name {
+        "hellaswag" => {
+            let path = source.file(name, "hellaswag/hellaswag_val.jsonl")?;
+            task(hellaswag(&path)?, json!({"dataset": "Rowan/hellaswag", "split": "validation"}), 1.0)
+        }
+        "arc_easy" | "arc_challenge" => {
+            let file = if name == "arc_easy" { "arc/ARC-Easy-Test.jsonl" } else { "arc/ARC-Challenge-Test.jsonl" };
+            let path = source.file(name, file)?;
+            task(arc(&path)?, json!({"dataset": "allenai/ai2_arc", "split": "test"}), 1.0)
+        }
+        "piqa" => {
+            let path = source.file(name, "piqa/valid.jsonl")?;
+            let labels = source.file(name, "piqa/valid-labels.lst")?;
+            task(piqa(&path, &labels)?, json!({"dataset": "baber/piqa", "split": "validation"}), 1.0)
+        }
+        "winogrande" => {
+            let path = source.file(name, "winogrande/winogrande_xl_validation.jsonl")?;
+            task(winogrande(&path)?, json!({"dataset": "allenai/winogrande", "config": "winogrande_xl"}), 1.0)
+        }
+        "lambada_openai" => {
+            let path = source.file(name, "lambada/lambada_test.jsonl")?;
+            task(lambada(&path)?, json!({"dataset": "EleutherAI/lambada_openai", "split": "test"}), 1.0)
+        }
+        "wikitext" => {
+            let path = source.file(name, "wikitext-2/wiki.test.raw")?;
+            task(wikitext(&path)?, json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"}), 2.0)
+        }
+        "multiple_choice" => {
+            let path = source.generic_file(name)?;
+            task(multiple_choice(path)?, json!({"data": path.display().to_string()}), 1.0)
+        }
+        "perplexity" => match source.data_file {
+            Some(path) => task(vec![rolling_doc(0, read_text(path)?)], json!({"data": path.display().to_string()}), 1.0),
+            None => {
+                let text = super::perplexity::BUILTIN_TEXT.to_string();
+                task(vec![rolling_doc(0, text)], json!({"data": "built-in wikitext-2 excerpt"}), 1.0)
+            }
+        },
+        "mmlu" => mmlu(source)?,
+        other => return Err(TaskError::UnknownTask(other.to_string())),
+    })
+}
+
+/// Reads a JSON-lines file into records; errors name the file and line.
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
+    let text = read_text(path)?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(line)
+            .map_err(|e| TaskError::Data { path: path.to_path_buf(), problem: format!("line {}: {e}", i + 1) })?;
+        records.push(record);
+    }
+    if records.is_empty() {
+        return Err(TaskError::Data { path: path.to_path_buf(), problem: "no documents in the file".into() });
+    }
+    Ok(records)
+}
+
+fn bad(path: &Path, line: usize, problem: String) -> TaskError {
+    TaskError::Data { path: path.to_path_buf(), problem: format!("line {line}: {problem}") }
+}
+
+/// A multiple-choice document: the same context for every choice, continuation " " + choice.
+fn choice_doc(id: usize, context: String, choices: Vec<String>, gold: usize) -> Doc {
+    let requests =
+        choices.iter().map(|c| Request { context: context.clone(), continuation: format!(" {c}") }).collect();
+    Doc { id, requests, target: Target::Choice { gold, choices } }
+}
+
+fn check_choices(path: &Path, line: usize, choices: &[String], gold: usize) -> Result<(), TaskError> {
+    if choices.is_empty() {
+        return Err(bad(path, line, "no choices".into()));
+    }
+    if gold >= choices.len() {
+        return Err(bad(path, line, format!("gold {gold} is out of range for {} choices", choices.len())));
+    }
+    Ok(())
+}
+
+/// lm-evaluation-harness's hellaswag `preprocess`.
+pub fn hellaswag_preprocess(text: &str) -> String {
+    let text = text.trim().replace(" [title]", ". ");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    // re.sub("\\[.*?\\]", "", text): remove each shortest [...] span (no newline inside).
+    while let Some(open) = rest.find('[') {
+        match rest[open..].find(|c| c == ']' || c == '\n') {
+            Some(close) if rest[open + close..].starts_with(']') => {
+                out.push_str(&rest[..open]);
+                rest = &rest[open + close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..open + 1]);
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.replace("  ", " ")
+}
+
+/// Python's `str.capitalize`: the first character upper-cased, the rest lower-cased.
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
+        None => String::new(),
+    }
+}
+
+#[derive(Deserialize)]
+struct HellaswagRecord {
+    activity_label: String,
+    ctx_a: String,
+    ctx_b: String,
+    endings: Vec<String>,
+    label: serde_json::Value,
+}
+
+fn hellaswag(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<HellaswagRecord> = read_jsonl(path)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let gold = match &r.label {
+                serde_json::Value::Number(n) => n.as_u64().map(|v| v as usize),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| bad(path, i + 1, format!("label {} is not an integer", r.label)))?;
+            let ctx = format!("{} {}", r.ctx_a, capitalize(&r.ctx_b));
+            let query = hellaswag_preprocess(&format!("{}: {ctx}", r.activity_label));
+            let choices: Vec<String> = r.endings.iter().map(|e| hellaswag_preprocess(e)).collect();
+            check_choices(path, i + 1, &choices, gold)?;
+            Ok(choice_doc(i, query, choices, gold))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ArcChoice {
+    text: String,
+    label: String,
+}
+
+#[derive(Deserialize)]
+struct ArcQuestion {
+    stem: String,
+    choices: Vec<ArcChoice>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArcRecord {
+    question: ArcQuestion,
+    answer_key: String,
+}
+
+fn arc(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<ArcRecord> = read_jsonl(path)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let gold = r.question.choices.iter().position(|c| c.label == r.answer_key).ok_or_else(|| {
+                bad(path, i + 1, format!("answerKey `{}` is not among the choice labels", r.answer_key))
+            })?;
+            let choices: Vec<String> = r.question.choices.into_iter().map(|c| c.text).collect();
+            check_choices(path, i + 1, &choices, gold)?;
+            Ok(choice_doc(i, format!("Question: {}\nAnswer:", r.question.stem), choices, gold))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct PiqaRecord {
+    goal: String,
+    sol1: String,
+    sol2: String,
+}
+
+fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<PiqaRecord> = read_jsonl(path)?;
+    let labels_text = read_text(labels_path)?;
+    let labels: Vec<&str> = labels_text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if labels.len() != records.len() {
+        return Err(TaskError::Data {
+            path: labels_path.to_path_buf(),
+            problem: format!("{} labels for {} documents in {}", labels.len(), records.len(), path.display()),
+        });
+    }
+    records
+        .into_iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (r, label))| {
+            let gold: usize = label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
+            let choices = vec![r.sol1, r.sol2];
+            check_choices(labels_path, i + 1, &choices, gold)?;
+            Ok(choice_doc(i, format!("Question: {}\nAnswer:", r.goal), choices, gold))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct WinograndeRecord {
+    sentence: String,
+    option1: String,
+    option2: String,
+    answer: String,
+}
+
+/// Partial scoring: the option goes in the context, the text after the blank is the continuation.
+fn winogrande(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<WinograndeRecord> = read_jsonl(path)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let blank = r.sentence.find('_').ok_or_else(|| bad(path, i + 1, "sentence has no `_` blank".into()))?;
+            let gold = match r.answer.as_str() {
+                "1" => 0,
+                "2" => 1,
+                other => return Err(bad(path, i + 1, format!("answer `{other}` is neither \"1\" nor \"2\""))),
+            };
+            let continuation = format!(" {}", r.sentence[blank + 1..].trim());
+            let requests = [r.option1, r.option2]
+                .iter()
+                .map(|o| Request { context: format!("{}{o}", &r.sentence[..blank]), continuation: continuation.clone() })
+                .collect();
+            Ok(Doc { id: i, requests, target: Target::Partial { gold } })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct LambadaRecord {
+    text: String,
+}
+
+fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<LambadaRecord> = read_jsonl(path)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (context, word) =
+                r.text.rsplit_once(' ').ok_or_else(|| bad(path, i + 1, "text has no space to split the last word at".into()))?;
+            let request = Request { context: context.to_string(), continuation: format!(" {word}") };
+            Ok(Doc { id: i, requests: vec![request], target: Target::Greedy })
+        })
+        .collect()
+}
+
+/// A document scored whole by rolling windows.
+fn rolling_doc(id: usize, text: String) -> Doc {
+    let target = Target::Rolling { words: super::perplexity::word_count(&text), bytes: text.len() };
+    Doc { id, requests: vec![Request { context: String::new(), continuation: text }], target }
+}
+
+/// Splits the wikitext test file into its articles: an article starts at a ` = Title = ` line.
+pub fn wikitext_articles(text: &str) -> Vec<String> {
+    let mut articles: Vec<String> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let is_title = t.starts_with("= ") && t.ends_with(" =") && !t.starts_with("= =");
+        if is_title || articles.is_empty() {
+            articles.push(String::new());
+        }
+        if let Some(a) = articles.last_mut() {
+            a.push_str(line);
+        }
+    }
+    articles
+}
+
+/// lm-evaluation-harness's `wikitext_detokenizer`.
+pub fn wikitext_detokenize(page: &str) -> String {
+    use regex::Regex;
+    let mut s = page.replace("s '", "s'");
+    let rules: [(&str, &str); 6] = [
+        (r"/' [0-9]/", "/'[0-9]/"),
+        (r"\(\s*([^\)]*?)\s*\)", "($1)"),
+        (r"\[\s*([^\]]*?)\s*\]", "[$1]"),
+        (r"\{\s*([^}]*?)\s*\}", "{$1}"),
+        ("\"\\s*([^\"]*?)\\s*\"", "\"$1\""),
+        (r"'\s*([^']*?)\s*'", "'$1'"),
+    ];
+    let regex = |pattern: &str| Regex::new(pattern).unwrap_or_else(|e| unreachable!("fixed pattern {pattern}: {e}"));
+    s = regex(rules[0].0).replace_all(&s, rules[0].1).into_owned();
+    for (from, to) in [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "), (" . ", ". ")] {
+        s = s.replace(from, to);
+    }
+    for (from, to) in [(" ! ", "! "), (" ? ", "? "), (" , ", ", ")] {
+        s = s.replace(from, to);
+    }
+    for (pattern, to) in &rules[1..] {
+        s = regex(pattern).replace_all(&s, *to).into_owned();
+    }
+    for (from, to) in [("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \u{b0} ", "\u{b0}")] {
+        s = s.replace(from, to);
+    }
+    for (from, to) in [(" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")] {
+        s = s.replace(from, to);
+    }
+    s
+}
+
+fn wikitext(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let text = read_text(path)?;
+    Ok(wikitext_articles(&text)
+        .into_iter()
+        .enumerate()
+        .map(|(i, page)| {
+            let target = Target::Rolling { words: super::perplexity::word_count(&page), bytes: page.len() };
+            let request = Request { context: String::new(), continuation: wikitext_detokenize(&page) };
+            Doc { id: i, requests: vec![request], target }
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct ChoiceRecord {
+    context: String,
+    choices: Vec<String>,
+    gold: i64,
+}
+
+fn multiple_choice(path: &Path) -> Result<Vec<Doc>, TaskError> {
+    let records: Vec<ChoiceRecord> = read_jsonl(path)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let gold = usize::try_from(r.gold)
+                .map_err(|_| bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len())))?;
+            check_choices(path, i + 1, &r.choices, gold)?;
+            Ok(choice_doc(i, r.context, r.choices, gold))
+        })
+        .collect()
+}
+
+/// One MMLU question: the text, four choices, the answer index.
+struct MmluQuestion {
+    question: String,
+    choices: [String; 4],
+    answer: usize,
+}
+
+fn read_mmlu_csv(path: &Path) -> Result<Vec<MmluQuestion>, TaskError> {
+    let text = read_text(path)?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| bad(path, i + 1, e.to_string()))?;
+        if record.len() != 6 {
+            return Err(bad(path, i + 1, format!("{} fields; expected question,A,B,C,D,answer", record.len())));
+        }
+        let answer = match &record[5] {
+            "A" => 0,
+            "B" => 1,
+            "C" => 2,
+            "D" => 3,
+            other => return Err(bad(path, i + 1, format!("answer `{other}` is not A, B, C or D"))),
+        };
+        let choices = [1, 2, 3, 4].map(|k| record[k].to_string());
+        out.push(MmluQuestion { question: record[0].to_string(), choices, answer });
+    }
+    if out.is_empty() {
+        return Err(TaskError::Data { path: path.to_path_buf(), problem: "no questions in the file".into() });
+    }
+    Ok(out)
+}
+
+fn mmlu_text(q: &MmluQuestion) -> String {
+    let [a, b, c, d] = &q.choices;
+    format!("{}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:", q.question.trim())
+}
+
+const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
+
+/// The 57 subjects, each its own task in group `mmlu`; few-shot examples are the first
+/// `num_fewshot` of the subject's dev split (lm-evaluation-harness's `first_n` sampler).
+fn mmlu(source: &Source) -> Result<Vec<Task>, TaskError> {
+    let dir = source.file("mmlu", "mmlu/test").or_else(|e| match e {
+        TaskError::MissingData { path, .. } if path.is_dir() => Ok(path),
+        other => Err(other),
+    })?;
+    let mut subjects: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|error| TaskError::Io { path: dir.clone(), error })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix("_test.csv").map(str::to_string))
+        .collect();
+    subjects.sort();
+    if subjects.is_empty() {
+        return Err(TaskError::Data { path: dir, problem: "no <subject>_test.csv files".into() });
+    }
+    subjects
+        .iter()
+        .map(|subject| {
+            let questions = read_mmlu_csv(&dir.join(format!("{subject}_test.csv")))?;
+            let mut prefix = format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
+            if source.num_fewshot > 0 {
+                let dev = read_mmlu_csv(&source.file("mmlu", &format!("mmlu/dev/{subject}_dev.csv"))?)?;
+                if dev.len() < source.num_fewshot {
+                    return Err(TaskError::Settings(format!(
+                        "--num-fewshot {} is more than the {} dev examples of mmlu_{subject}",
+                        source.num_fewshot,
+                        dev.len()
+                    )));
+                }
+                for q in &dev[..source.num_fewshot] {
+                    prefix.push_str(&format!("{} {}\n\n", mmlu_text(q), LETTERS[q.answer]));
+                }
+            }
+            let docs = questions
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    choice_doc(i, format!("{prefix}{}", mmlu_text(q)), LETTERS.map(String::from).to_vec(), q.answer)
+                })
+                .collect();
+            Ok(Task {
+                name: format!("mmlu_{subject}"),
+                docs,
+                config: json!({"dataset": "cais/mmlu", "subject": subject, "split": "test", "fewshot_split": "dev", "sampler": "first_n"}),
+                version: 1.0,
+                num_fewshot: source.num_fewshot,
+                group: Some("mmlu".into()),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellaswag_preprocessing_follows_lm_eval() {
+        assert_eq!(hellaswag_preprocess(" Ab [title] Cd [step] ef  gh "), "Ab. Cd ef gh");
+        assert_eq!(capitalize("the LADY"), "The lady");
+    }
+
+    #[test]
+    fn wikitext_detokenizer_follows_lm_eval() {
+        let page = " = Title = \n It 's 1 @,@ 000 ( big ) , \" he \" said : N @-@ fold . N items \n";
+        assert_eq!(wikitext_detokenize(page), " = Title =\nIt's 1,000 (big), \"he\" said: N-fold. 1 items\n");
+    }
+
+    #[test]
+    fn wikitext_splits_articles_at_top_level_titles() {
+        let text = " = A = \n x \n = = Sub = = \n y \n = B = \n z \n";
+        let articles = wikitext_articles(text);
+        assert_eq!(articles, vec![" = A = \n x \n = = Sub = = \n y \n", " = B = \n z \n"]);
+    }
+}

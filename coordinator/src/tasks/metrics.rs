@@ -1,0 +1,229 @@
+//! Metrics as lm-evaluation-harness defines them: `acc`, `acc_norm` (log-probability per
+//! character of the choice), llama.cpp's `acc_norm_tokens`, LAMBADA's perplexity and
+//! accuracy, and the rolling-perplexity family; standard errors in closed form for means,
+//! by bootstrap for perplexities, pooled for groups.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::requests::{PlannedRequest, RequestScore};
+use super::Target;
+
+/// Resamples for bootstrap standard errors (lm-evaluation-harness's default count).
+const BOOTSTRAP_ITERATIONS: usize = 100_000;
+
+/// One document's outcome, for aggregation and the samples log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Choice { acc: f64, acc_norm: f64, acc_norm_tokens: f64 },
+    Partial { acc: f64 },
+    Greedy { acc: f64, logprob: f64 },
+    Rolling { logprob: f64, tokens: usize, words: usize, bytes: usize },
+}
+
+/// Index of the first maximum (numpy's argmax).
+fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
+}
+
+/// Length of the token prefix that every branch shares.
+fn common_prefix(branches: &[&[u32]]) -> usize {
+    let shortest = branches.iter().map(|b| b.len()).min().unwrap_or(0);
+    (0..shortest).find(|&i| branches.iter().any(|b| b[i] != branches[0][i])).unwrap_or(shortest)
+}
+
+/// Scores one document.
+pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestScore]) -> Outcome {
+    match target {
+        Target::Choice { gold, choices } => {
+            let lls: Vec<f64> = scores.iter().map(|s| s.logprob).collect();
+            let per_char: Vec<f64> = lls.iter().zip(choices).map(|(ll, c)| ll / c.chars().count().max(1) as f64).collect();
+            // llama.cpp: drop the tokens every choice starts with, average the rest.
+            let continuations: Vec<&[u32]> = planned.iter().map(|p| p.continuation.as_slice()).collect();
+            let skip = common_prefix(&continuations);
+            let per_token: Vec<f64> = scores
+                .iter()
+                .map(|s| {
+                    let rest = &s.token_logprobs[skip.min(s.token_logprobs.len())..];
+                    rest.iter().map(|&v| v as f64).sum::<f64>() / rest.len().max(1) as f64
+                })
+                .collect();
+            let hit = |values: &[f64]| if argmax(values) == *gold { 1.0 } else { 0.0 };
+            Outcome::Choice { acc: hit(&lls), acc_norm: hit(&per_char), acc_norm_tokens: hit(&per_token) }
+        }
+        Target::Partial { gold } => {
+            let lls: Vec<f64> = scores.iter().map(|s| s.logprob).collect();
+            Outcome::Partial { acc: if argmax(&lls) == *gold { 1.0 } else { 0.0 } }
+        }
+        Target::Greedy => Outcome::Greedy { acc: if scores[0].greedy { 1.0 } else { 0.0 }, logprob: scores[0].logprob },
+        Target::Rolling { words, bytes } => Outcome::Rolling {
+            logprob: scores.iter().map(|s| s.logprob).sum(),
+            tokens: scores.iter().map(|s| s.token_logprobs.len()).sum(),
+            words: *words,
+            bytes: *bytes,
+        },
+    }
+}
+
+/// Mean and its standard error, with the sample standard deviation (n − 1), as lm-evaluation-harness.
+pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// A deterministic generator for bootstrap resampling (SplitMix64).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) as u128 * n as u128 >> 64) as usize
+    }
+}
+
+/// Standard deviation of `f` over resamples of `items` with replacement.
+fn bootstrap_stderr<T>(items: &[T], f: impl Fn(&[&T]) -> f64) -> f64 {
+    let mut rng = SplitMix(1234);
+    let mut sample: Vec<&T> = Vec::with_capacity(items.len());
+    let values: Vec<f64> = (0..BOOTSTRAP_ITERATIONS)
+        .map(|_| {
+            sample.clear();
+            sample.extend((0..items.len()).map(|_| &items[rng.below(items.len())]));
+            f(&sample)
+        })
+        .collect();
+    mean_stderr(&values).1 * (values.len() as f64).sqrt()
+}
+
+/// The task's metrics under lm-evaluation-harness's `metric,none` and `metric_stderr,none` keys.
+pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let mut put = |name: &str, value: f64, stderr: f64| {
+        out.insert(format!("{name},none"), json!(value));
+        out.insert(format!("{name}_stderr,none"), json!(stderr));
+    };
+    let column = |f: fn(&Outcome) -> Option<f64>| outcomes.iter().filter_map(f).collect::<Vec<f64>>();
+    let acc = column(|o| match o {
+        Outcome::Choice { acc, .. } | Outcome::Partial { acc } | Outcome::Greedy { acc, .. } => Some(*acc),
+        Outcome::Rolling { .. } => None,
+    });
+    if !acc.is_empty() {
+        let (m, se) = mean_stderr(&acc);
+        put("acc", m, se);
+    }
+    for (name, f) in [
+        ("acc_norm", (|o: &Outcome| if let Outcome::Choice { acc_norm, .. } = o { Some(*acc_norm) } else { None }) as fn(&Outcome) -> Option<f64>),
+        ("acc_norm_tokens", |o| if let Outcome::Choice { acc_norm_tokens, .. } = o { Some(*acc_norm_tokens) } else { None }),
+    ] {
+        let values = column(f);
+        if !values.is_empty() {
+            let (m, se) = mean_stderr(&values);
+            put(name, m, se);
+        }
+    }
+    let lls = column(|o| if let Outcome::Greedy { logprob, .. } = o { Some(*logprob) } else { None });
+    if !lls.is_empty() {
+        // lambada: perplexity = exp(−mean log-likelihood) over documents.
+        let ppl = |xs: &[&f64]| (-xs.iter().copied().sum::<f64>() / xs.len() as f64).exp();
+        let refs: Vec<&f64> = lls.iter().collect();
+        put("perplexity", ppl(&refs), bootstrap_stderr(&lls, ppl));
+    }
+    let rolling: Vec<(f64, f64, f64, f64)> = outcomes
+        .iter()
+        .filter_map(|o| match *o {
+            Outcome::Rolling { logprob, tokens, words, bytes } => Some((logprob, tokens as f64, words as f64, bytes as f64)),
+            _ => None,
+        })
+        .collect();
+    if !rolling.is_empty() {
+        // Weighted perplexities: exp(−Σ log-likelihood / Σ units).
+        let weighted = |unit: fn(&(f64, f64, f64, f64)) -> f64| {
+            move |xs: &[&(f64, f64, f64, f64)]| {
+                (-xs.iter().map(|x| x.0).sum::<f64>() / xs.iter().map(|x| unit(x)).sum::<f64>()).exp()
+            }
+        };
+        let refs: Vec<&(f64, f64, f64, f64)> = rolling.iter().collect();
+        for (name, unit) in [
+            ("perplexity", (|x: &(f64, f64, f64, f64)| x.1) as fn(&(f64, f64, f64, f64)) -> f64),
+            ("word_perplexity", |x| x.2),
+            ("byte_perplexity", |x| x.3),
+        ] {
+            let f = weighted(unit);
+            put(name, f(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, &f) } else { f64::NAN });
+        }
+        let bits = |xs: &[&(f64, f64, f64, f64)]| {
+            -xs.iter().map(|x| x.0).sum::<f64>() / xs.iter().map(|x| x.3).sum::<f64>() / std::f64::consts::LN_2
+        };
+        put("bits_per_byte", bits(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, bits) } else { f64::NAN });
+    }
+    out
+}
+
+/// A group's score from its tasks' (mean, stderr, size): the size-weighted mean and
+/// lm-evaluation-harness's pooled standard error.
+pub fn pooled(parts: &[(f64, f64, usize)]) -> (f64, f64) {
+    let total: usize = parts.iter().map(|p| p.2).sum();
+    let mean = parts.iter().map(|(m, _, n)| m * *n as f64).sum::<f64>() / total as f64;
+    let var = parts.iter().map(|(_, se, n)| (*n as f64 - 1.0) * se * se * *n as f64).sum::<f64>()
+        / (total as f64 - parts.len() as f64);
+    (mean, (var / total as f64).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::requests::Scored;
+    use super::*;
+
+    fn planned(tokens: &[&[u32]]) -> Vec<PlannedRequest> {
+        tokens.iter().map(|t| PlannedRequest { scored: Scored::Prefixes(0..0), continuation: t.to_vec() }).collect()
+    }
+
+    fn score(lps: &[f32]) -> RequestScore {
+        RequestScore { logprob: lps.iter().map(|&v| v as f64).sum(), greedy: false, token_logprobs: lps.to_vec() }
+    }
+
+    #[test]
+    fn choice_metrics_disagree_where_they_should() {
+        // Choice 0: −3 over 1 char; choice 1: −4 over 8 chars. acc picks 0, acc_norm picks 1.
+        // Both continuations start with token 7 (scored −2.5 in both), which acc_norm_tokens drops:
+        // choice 0 then averages −0.5, choice 1 averages (−0.5 −1)/2 = −0.75, so it picks 0.
+        let target = Target::Choice { gold: 1, choices: vec!["a".into(), "abcdefgh".into()] };
+        let p = planned(&[&[7, 1], &[7, 2, 3]]);
+        let o = outcome(&target, &p, &[score(&[-2.5, -0.5]), score(&[-2.5, -0.5, -1.0])]);
+        assert_eq!(o, Outcome::Choice { acc: 0.0, acc_norm: 1.0, acc_norm_tokens: 0.0 });
+    }
+
+    #[test]
+    fn stderr_of_a_mean_uses_n_minus_one() {
+        let (m, se) = mean_stderr(&[1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(m, 0.5);
+        // sample variance 1/3, divided by n = 4.
+        assert!((se - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rolling_perplexities_weight_by_units() {
+        let outcomes = vec![
+            Outcome::Rolling { logprob: -10.0, tokens: 5, words: 4, bytes: 20 },
+            Outcome::Rolling { logprob: -30.0, tokens: 15, words: 6, bytes: 40 },
+        ];
+        let m = aggregate(&outcomes);
+        let get = |k: &str| m[k].as_f64().unwrap();
+        assert!((get("word_perplexity,none") - 4.0f64.exp()).abs() < 1e-12);
+        assert!((get("perplexity,none") - 2.0f64.exp()).abs() < 1e-12);
+        assert!((get("bits_per_byte,none") - 40.0 / 60.0 / std::f64::consts::LN_2).abs() < 1e-12);
+        assert!(get("word_perplexity_stderr,none") > 0.0);
+    }
+
+    #[test]
+    fn pooled_group_weights_by_size() {
+        let (m, _) = pooled(&[(1.0, 0.0, 10), (0.0, 0.0, 30)]);
+        assert_eq!(m, 0.25);
+    }
+}

@@ -1,0 +1,180 @@
+//! From documents to prefix trees and back. Requests are tokenised with
+//! lm-evaluation-harness's boundary (`_encode_pair`); the requests of one document that
+//! share a context become one tree, its continuations the branches, so the context is
+//! computed once. Rolling documents become windows.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use evalmesh_common::{ScoreTree, TreeScores};
+
+use super::perplexity::{llamacpp_chunks, rolling_windows};
+use super::{Doc, Target, TaskError};
+use crate::tokenizer::TextTokenizer;
+
+/// How rolling documents are cut into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windows {
+    /// lm-evaluation-harness's `loglikelihood_rolling` with windows of `max_len` tokens.
+    Rolling { max_len: usize },
+    /// llama.cpp's perplexity chunks of `ctx` tokens, scored on their second half.
+    Llamacpp { ctx: usize },
+}
+
+/// Where a request's scored tokens are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scored {
+    Branch { tree: usize, branch: usize },
+    Prefixes(Range<usize>),
+}
+
+/// A request's place in the trees and its continuation tokens.
+#[derive(Debug, Clone)]
+pub struct PlannedRequest {
+    pub scored: Scored,
+    pub continuation: Vec<u32>,
+}
+
+/// A task's documents as trees.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub trees: Vec<ScoreTree>,
+    /// Per document, per request.
+    pub docs: Vec<Vec<PlannedRequest>>,
+}
+
+/// The summed log-probability of a request's continuation and whether every token was greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestScore {
+    pub logprob: f64,
+    pub greedy: bool,
+    pub token_logprobs: Vec<f32>,
+}
+
+/// lm-evaluation-harness's `_encode_pair`: trailing whitespace of the context moves to
+/// the continuation; the continuation's tokens are those of context + continuation past
+/// the context's own tokens; an empty context becomes the prefix token.
+pub fn encode_pair(
+    tokenizer: &TextTokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>), TaskError> {
+    let trimmed = context.trim_end();
+    let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
+    let encode = |s: &str| tokenizer.encode(s).map_err(|e| TaskError::Settings(e.to_string()));
+    if context.is_empty() {
+        let prefix = tokenizer.prefix_token().ok_or_else(|| {
+            TaskError::Settings("a request with an empty context needs a BOS or EOS token, and the tokenizer has neither".into())
+        })?;
+        return Ok((vec![prefix], encode(&continuation)?));
+    }
+    let whole = encode(&format!("{context}{continuation}"))?;
+    let context_tokens = encode(context)?;
+    let continuation_tokens = whole.get(context_tokens.len()..).unwrap_or_default().to_vec();
+    Ok((context_tokens, continuation_tokens))
+}
+
+/// Builds the trees of `docs`. Contexts too long for the model lose tokens on the left, as in
+/// lm-evaluation-harness.
+pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_position: usize) -> Result<Plan, TaskError> {
+    let mut plan = Plan::default();
+    for doc in docs {
+        let mut planned = Vec::with_capacity(doc.requests.len());
+        if let Target::Rolling { .. } = doc.target {
+            for request in &doc.requests {
+                let start = plan.trees.len();
+                let tokens = match windows {
+                    Windows::Rolling { max_len } => {
+                        let tokens = tokenizer.encode(&request.continuation).map_err(|e| TaskError::Settings(e.to_string()))?;
+                        let prefix = tokenizer.prefix_token().ok_or_else(|| {
+                            TaskError::Settings("rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into())
+                        })?;
+                        plan.trees.extend(rolling_windows(&tokens, prefix, max_len));
+                        tokens
+                    }
+                    Windows::Llamacpp { ctx } => {
+                        let tokens = tokenizer
+                            .encode_document(&request.continuation)
+                            .map_err(|e| TaskError::Settings(e.to_string()))?;
+                        plan.trees.extend(llamacpp_chunks(&tokens, ctx, tokenizer.add_bos())?);
+                        tokens
+                    }
+                };
+                planned.push(PlannedRequest { scored: Scored::Prefixes(start..plan.trees.len()), continuation: tokens });
+            }
+        } else {
+            let mut tree_of_context: HashMap<Vec<u32>, usize> = HashMap::new();
+            for request in &doc.requests {
+                let (context, continuation) = encode_pair(tokenizer, &request.context, &request.continuation)?;
+                if continuation.is_empty() || continuation.len() > max_position {
+                    return Err(TaskError::Settings(format!(
+                        "document {}: continuation {:?} is {} tokens; it must be 1 to {max_position}",
+                        doc.id,
+                        request.continuation,
+                        continuation.len()
+                    )));
+                }
+                let tree = *tree_of_context.entry(context.clone()).or_insert_with(|| {
+                    plan.trees.push(ScoreTree { prefix_targets_from: context.len(), prefix: context, branches: vec![] });
+                    plan.trees.len() - 1
+                });
+                plan.trees[tree].branches.push(continuation.clone());
+                let branch = plan.trees[tree].branches.len() - 1;
+                planned.push(PlannedRequest { scored: Scored::Branch { tree, branch }, continuation });
+            }
+            for tree in tree_of_context.into_values() {
+                truncate_left(&mut plan.trees[tree], max_position);
+            }
+        }
+        plan.docs.push(planned);
+    }
+    Ok(plan)
+}
+
+/// Drops prefix tokens on the left until the longest branch fits the model's positions.
+fn truncate_left(tree: &mut ScoreTree, max_position: usize) {
+    let longest = tree.branches.iter().map(Vec::len).max().unwrap_or(0);
+    let excess = (tree.prefix.len() + longest).saturating_sub(max_position);
+    if excess > 0 {
+        tree.prefix.drain(..excess.min(tree.prefix.len() - 1));
+        tree.prefix_targets_from = tree.prefix.len();
+    }
+}
+
+/// The scores of one document's requests.
+pub fn request_scores(planned: &[PlannedRequest], trees: &[TreeScores]) -> Vec<RequestScore> {
+    planned
+        .iter()
+        .map(|p| {
+            let tokens: Vec<_> = match &p.scored {
+                Scored::Branch { tree, branch } => trees[*tree].branches[*branch].clone(),
+                Scored::Prefixes(range) => trees[range.clone()].iter().flat_map(|t| t.prefix.iter().copied()).collect(),
+            };
+            RequestScore {
+                logprob: tokens.iter().map(|t| t.logprob as f64).sum(),
+                greedy: tokens.iter().all(|t| t.greedy),
+                token_logprobs: tokens.iter().map(|t| t.logprob).collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(prefix: usize, branches: &[usize]) -> ScoreTree {
+        ScoreTree { prefix: vec![1; prefix], prefix_targets_from: prefix, branches: branches.iter().map(|&n| vec![2; n]).collect() }
+    }
+
+    #[test]
+    fn long_contexts_lose_tokens_on_the_left() {
+        let mut t = tree(10, &[3, 5]);
+        truncate_left(&mut t, 12);
+        assert_eq!(t.prefix.len(), 7);
+        assert_eq!(t.prefix_targets_from, 7);
+        let mut short = tree(4, &[2]);
+        truncate_left(&mut short, 12);
+        assert_eq!(short.prefix.len(), 4);
+    }
+}
