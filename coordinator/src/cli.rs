@@ -242,7 +242,8 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         return Err(CliError::SamplesWithoutOutput);
     }
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-    let source = Source { data_dir: args.data_dir.as_deref(), data_file: args.data.as_deref(), num_fewshot: args.num_fewshot };
+    let source =
+        Source { data_dir: args.data_dir.as_deref(), data_file: args.data.as_deref(), num_fewshot: args.num_fewshot };
     let mut tasks = Vec::new();
     for name in &names {
         tasks.extend(formats::load(name, &source)?);

@@ -85,7 +85,8 @@ pub fn evaluate(
             task.config.to_string().as_bytes(),
             format!("{:?} fewshot={}", settings.windows, task.num_fewshot).as_bytes(),
         ]);
-        let keys: Vec<String> = plan.trees.iter().map(|t| tree_key(settings.model_fingerprint, &config_hash, t)).collect();
+        let keys: Vec<String> =
+            plan.trees.iter().map(|t| tree_key(settings.model_fingerprint, &config_hash, t)).collect();
         let mut scores: Vec<Option<TreeScores>> = vec![None; plan.trees.len()];
         if let Some(j) = journal.as_deref_mut() {
             j.begin_task(&task.name, &config_hash)?;
@@ -141,7 +142,10 @@ pub fn evaluate(
         }
         metrics.insert("alias".into(), json!(task.name));
         report.results.insert(task.name.clone(), metrics);
-        report.configs.insert(task.name.clone(), json!({"task": task.name, "config": task.config, "num_fewshot": task.num_fewshot}));
+        report.configs.insert(
+            task.name.clone(),
+            json!({"task": task.name, "config": task.config, "num_fewshot": task.num_fewshot}),
+        );
         report.versions.insert(task.name.clone(), json!(task.version));
         report.n_shot.insert(task.name.clone(), json!(task.num_fewshot));
         report.n_samples.insert(task.name.clone(), json!({"original": task.docs.len(), "effective": docs.len()}));
@@ -151,6 +155,7 @@ pub fn evaluate(
             "trees_computed": stats.trees - stats.trees_from_journal,
             "tokens_computed": stats.tokens_computed,
             "tokens_without_prefix_sharing": stats.tokens_without_sharing,
+            "tokens_scored": plan.trees.iter().map(ScoreTree::target_count).sum::<usize>(),
             "seconds": stats.seconds,
             "tokens_per_s": stats.tokens_computed as f64 / stats.seconds.max(1e-9),
         });
@@ -192,7 +197,11 @@ fn cumulative_perplexity(scores: &[TreeScores]) -> Option<Vec<f64>> {
 
 /// One line per document with every request's log-probability, token count and greedy
 /// flag and the document's metrics; nothing that changes between runs.
-fn write_samples(path: &Path, docs: &[crate::tasks::Doc], per_doc: &[(Vec<RequestScore>, Outcome)]) -> Result<(), EvaluateError> {
+fn write_samples(
+    path: &Path,
+    docs: &[crate::tasks::Doc],
+    per_doc: &[(Vec<RequestScore>, Outcome)],
+) -> Result<(), EvaluateError> {
     let err = |error| EvaluateError::Samples { path: path.to_path_buf(), error };
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
     for (doc, (scores, outcome)) in docs.iter().zip(per_doc) {

@@ -66,7 +66,8 @@ pub fn tree_key(model: &str, task_config: &str, tree: &ScoreTree) -> String {
 /// A directory's fingerprint covers its files in name order.
 pub fn model_fingerprint(path: &Path) -> Result<String, std::io::Error> {
     let mut files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        let mut v: Vec<PathBuf> =
+            std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
         v.sort();
         v
     } else {
@@ -109,10 +110,15 @@ impl Journal {
             kept = text.rfind('\n').map_or(0, |i| i + 1);
             let complete = &text[..kept];
             for (i, line) in complete.lines().enumerate() {
-                let corrupt = |problem: String| JournalError::Corrupt { path: path.to_path_buf(), line: i + 1, problem };
+                let corrupt =
+                    |problem: String| JournalError::Corrupt { path: path.to_path_buf(), line: i + 1, problem };
                 match serde_json::from_str::<Line>(line).map_err(|e| corrupt(e.to_string()))? {
                     Line::Header { model: theirs, .. } if theirs != model => {
-                        return Err(JournalError::OtherModel { path: path.to_path_buf(), theirs, ours: model.to_string() })
+                        return Err(JournalError::OtherModel {
+                            path: path.to_path_buf(),
+                            theirs,
+                            ours: model.to_string(),
+                        })
                     }
                     Line::Header { .. } => {}
                     Line::Task { task, config } => {
@@ -128,9 +134,11 @@ impl Journal {
             file.set_len(kept as u64).map_err(io)?;
         }
         let fresh = !exists || !resume;
-        let mut file = if fresh { File::create(path) } else { OpenOptions::new().append(true).open(path) }.map_err(io)?;
+        let mut file =
+            if fresh { File::create(path) } else { OpenOptions::new().append(true).open(path) }.map_err(io)?;
         if fresh || kept == 0 {
-            let header = serde_json::to_string(&Line::Header { evalmesh_journal: 1, model: model.to_string() }).unwrap_or_default();
+            let header = serde_json::to_string(&Line::Header { evalmesh_journal: 1, model: model.to_string() })
+                .unwrap_or_default();
             writeln!(file, "{header}").map_err(io)?;
         }
         Ok(Journal { path: path.to_path_buf(), file, tasks, done })

@@ -98,7 +98,7 @@ fn hf_directory_gives_the_gguf_log_probabilities() {
     let hf = HfModel::open(dir.path()).unwrap();
     assert_eq!(hf.config().rope_style, evalmesh_common::RopeStyle::RotateHalf);
 
-    let text = evalmesh::cli::BUILTIN_TEXT;
+    let text = evalmesh::tasks::perplexity::BUILTIN_TEXT;
     let gguf_tokens = TextTokenizer::from_gguf(&gguf.file).unwrap().encode(text).unwrap();
     let hf_tokens = TextTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap().encode(text).unwrap();
     assert_eq!(gguf_tokens, hf_tokens, "tokenizer.json built from the GGUF vocabulary tokenizes differently");

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use evalmesh_tests::{run_evalmesh, shared_dir, test_model};
+use evalmesh_tests::{repo_dir, run_evalmesh, shared_dir, test_model};
 
 /// The reference's cumulative perplexity after each chunk (`chunks<TAB>cumulative_ppl`).
 fn reference_curve(file: &str) -> Vec<f64> {
@@ -30,8 +30,12 @@ fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
     ]);
     assert!(output.status.success());
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let curve: Vec<f64> =
-        results["evalmesh"]["cumulative_perplexity"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let curve: Vec<f64> = results["evalmesh"]["tasks"]["perplexity"]["cumulative_perplexity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     // The built-in excerpt is the start of the reference file: 6867 tokens, 13 chunks.
     assert_eq!(curve.len(), 13);
     let f32_ref = reference_curve("wikitext-ppl-llamacpp-f32.tsv");
@@ -77,9 +81,13 @@ fn rolling_perplexity_reports_word_and_byte_figures() {
     assert!(output.status.success());
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let m = &r["results"]["perplexity"];
-    let e = &r["evalmesh"];
-    assert_eq!(e["tokens_scored"], e["tokens_in_text"]);
-    assert_eq!(r["n-samples"]["perplexity"]["original"], 7);
+    let stats = &r["evalmesh"]["tasks"]["perplexity"];
+    let excerpt = repo_dir().join("coordinator/data/wikitext-2-excerpt.txt");
+    let tokens =
+        run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", excerpt.to_str().unwrap(), "--ids"]);
+    let token_count = String::from_utf8_lossy(&tokens.stdout).lines().count();
+    assert_eq!(stats["tokens_scored"].as_u64().unwrap() as usize, token_count, "every token is scored once");
+    assert_eq!(stats["trees"], token_count.div_ceil(1024));
     let (ppl, word, byte, bpb) = (
         m["perplexity,none"].as_f64().unwrap(),
         m["word_perplexity,none"].as_f64().unwrap(),

@@ -35,7 +35,9 @@ pub struct Source<'a> {
 impl Source<'_> {
     fn file(&self, task: &str, relative: &str) -> Result<PathBuf, TaskError> {
         let dir = self.data_dir.ok_or_else(|| {
-            TaskError::Settings(format!("{task} reads its data from a folder laid out like shared/data: pass --data-dir"))
+            TaskError::Settings(format!(
+                "{task} reads its data from a folder laid out like shared/data: pass --data-dir"
+            ))
         })?;
         let path = dir.join(relative);
         if path.is_file() {
@@ -94,7 +96,9 @@ pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
             task(multiple_choice(path)?, json!({"data": path.display().to_string()}), 1.0)
         }
         "perplexity" => match source.data_file {
-            Some(path) => task(vec![rolling_doc(0, read_text(path)?)], json!({"data": path.display().to_string()}), 1.0),
+            Some(path) => {
+                task(vec![rolling_doc(0, read_text(path)?)], json!({"data": path.display().to_string()}), 1.0)
+            }
             None => {
                 let text = super::perplexity::BUILTIN_TEXT.to_string();
                 task(vec![rolling_doc(0, text)], json!({"data": "built-in wikitext-2 excerpt"}), 1.0)
@@ -151,7 +155,7 @@ pub fn hellaswag_preprocess(text: &str) -> String {
     let mut rest = text.as_str();
     // re.sub("\\[.*?\\]", "", text): remove each shortest [...] span (no newline inside).
     while let Some(open) = rest.find('[') {
-        match rest[open..].find(|c| c == ']' || c == '\n') {
+        match rest[open..].find([']', '\n']) {
             Some(close) if rest[open + close..].starts_with(']') => {
                 out.push_str(&rest[..open]);
                 rest = &rest[open + close + 1..];
@@ -262,7 +266,8 @@ fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Doc>, TaskError> {
         .zip(labels)
         .enumerate()
         .map(|(i, (r, label))| {
-            let gold: usize = label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
+            let gold: usize =
+                label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
             let choices = vec![r.sol1, r.sol2];
             check_choices(labels_path, i + 1, &choices, gold)?;
             Ok(choice_doc(i, format!("Question: {}\nAnswer:", r.goal), choices, gold))
@@ -294,7 +299,10 @@ fn winogrande(path: &Path) -> Result<Vec<Doc>, TaskError> {
             let continuation = format!(" {}", r.sentence[blank + 1..].trim());
             let requests = [r.option1, r.option2]
                 .iter()
-                .map(|o| Request { context: format!("{}{o}", &r.sentence[..blank]), continuation: continuation.clone() })
+                .map(|o| Request {
+                    context: format!("{}{o}", &r.sentence[..blank]),
+                    continuation: continuation.clone(),
+                })
                 .collect();
             Ok(Doc { id: i, requests, target: Target::Partial { gold } })
         })
@@ -312,8 +320,10 @@ fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            let (context, word) =
-                r.text.rsplit_once(' ').ok_or_else(|| bad(path, i + 1, "text has no space to split the last word at".into()))?;
+            let (context, word) = r
+                .text
+                .rsplit_once(' ')
+                .ok_or_else(|| bad(path, i + 1, "text has no space to split the last word at".into()))?;
             let request = Request { context: context.to_string(), continuation: format!(" {word}") };
             Ok(Doc { id: i, requests: vec![request], target: Target::Greedy })
         })
@@ -400,8 +410,9 @@ fn multiple_choice(path: &Path) -> Result<Vec<Doc>, TaskError> {
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            let gold = usize::try_from(r.gold)
-                .map_err(|_| bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len())))?;
+            let gold = usize::try_from(r.gold).map_err(|_| {
+                bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len()))
+            })?;
             check_choices(path, i + 1, &r.choices, gold)?;
             Ok(choice_doc(i, r.context, r.choices, gold))
         })

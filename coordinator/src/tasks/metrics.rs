@@ -38,7 +38,8 @@ pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestSco
     match target {
         Target::Choice { gold, choices } => {
             let lls: Vec<f64> = scores.iter().map(|s| s.logprob).collect();
-            let per_char: Vec<f64> = lls.iter().zip(choices).map(|(ll, c)| ll / c.chars().count().max(1) as f64).collect();
+            let per_char: Vec<f64> =
+                lls.iter().zip(choices).map(|(ll, c)| ll / c.chars().count().max(1) as f64).collect();
             // llama.cpp: drop the tokens every choice starts with, average the rest.
             let continuations: Vec<&[u32]> = planned.iter().map(|p| p.continuation.as_slice()).collect();
             let skip = common_prefix(&continuations);
@@ -83,7 +84,7 @@ impl SplitMix {
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) as u128 * n as u128 >> 64) as usize
+        (((z ^ (z >> 31)) as u128 * n as u128) >> 64) as usize
     }
 }
 
@@ -118,8 +119,18 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
         put("acc", m, se);
     }
     for (name, f) in [
-        ("acc_norm", (|o: &Outcome| if let Outcome::Choice { acc_norm, .. } = o { Some(*acc_norm) } else { None }) as fn(&Outcome) -> Option<f64>),
-        ("acc_norm_tokens", |o| if let Outcome::Choice { acc_norm_tokens, .. } = o { Some(*acc_norm_tokens) } else { None }),
+        (
+            "acc_norm",
+            (|o: &Outcome| if let Outcome::Choice { acc_norm, .. } = o { Some(*acc_norm) } else { None })
+                as fn(&Outcome) -> Option<f64>,
+        ),
+        ("acc_norm_tokens", |o| {
+            if let Outcome::Choice { acc_norm_tokens, .. } = o {
+                Some(*acc_norm_tokens)
+            } else {
+                None
+            }
+        }),
     ] {
         let values = column(f);
         if !values.is_empty() {
@@ -137,7 +148,9 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
     let rolling: Vec<(f64, f64, f64, f64)> = outcomes
         .iter()
         .filter_map(|o| match *o {
-            Outcome::Rolling { logprob, tokens, words, bytes } => Some((logprob, tokens as f64, words as f64, bytes as f64)),
+            Outcome::Rolling { logprob, tokens, words, bytes } => {
+                Some((logprob, tokens as f64, words as f64, bytes as f64))
+            }
             _ => None,
         })
         .collect();
@@ -155,7 +168,7 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
             ("byte_perplexity", |x| x.3),
         ] {
             let f = weighted(unit);
-            put(name, f(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, &f) } else { f64::NAN });
+            put(name, f(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, f) } else { f64::NAN });
         }
         let bits = |xs: &[&(f64, f64, f64, f64)]| {
             -xs.iter().map(|x| x.0).sum::<f64>() / xs.iter().map(|x| x.3).sum::<f64>() / std::f64::consts::LN_2

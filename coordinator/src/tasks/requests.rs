@@ -64,7 +64,9 @@ pub fn encode_pair(
     let encode = |s: &str| tokenizer.encode(s).map_err(|e| TaskError::Settings(e.to_string()));
     if context.is_empty() {
         let prefix = tokenizer.prefix_token().ok_or_else(|| {
-            TaskError::Settings("a request with an empty context needs a BOS or EOS token, and the tokenizer has neither".into())
+            TaskError::Settings(
+                "a request with an empty context needs a BOS or EOS token, and the tokenizer has neither".into(),
+            )
         })?;
         return Ok((vec![prefix], encode(&continuation)?));
     }
@@ -85,9 +87,12 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                 let start = plan.trees.len();
                 let tokens = match windows {
                     Windows::Rolling { max_len } => {
-                        let tokens = tokenizer.encode(&request.continuation).map_err(|e| TaskError::Settings(e.to_string()))?;
+                        let tokens =
+                            tokenizer.encode(&request.continuation).map_err(|e| TaskError::Settings(e.to_string()))?;
                         let prefix = tokenizer.prefix_token().ok_or_else(|| {
-                            TaskError::Settings("rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into())
+                            TaskError::Settings(
+                                "rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into(),
+                            )
                         })?;
                         plan.trees.extend(rolling_windows(&tokens, prefix, max_len));
                         tokens
@@ -100,7 +105,8 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                         tokens
                     }
                 };
-                planned.push(PlannedRequest { scored: Scored::Prefixes(start..plan.trees.len()), continuation: tokens });
+                planned
+                    .push(PlannedRequest { scored: Scored::Prefixes(start..plan.trees.len()), continuation: tokens });
             }
         } else {
             let mut tree_of_context: HashMap<Vec<u32>, usize> = HashMap::new();
@@ -115,7 +121,11 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                     )));
                 }
                 let tree = *tree_of_context.entry(context.clone()).or_insert_with(|| {
-                    plan.trees.push(ScoreTree { prefix_targets_from: context.len(), prefix: context, branches: vec![] });
+                    plan.trees.push(ScoreTree {
+                        prefix_targets_from: context.len(),
+                        prefix: context,
+                        branches: vec![],
+                    });
                     plan.trees.len() - 1
                 });
                 plan.trees[tree].branches.push(continuation.clone());
@@ -164,7 +174,11 @@ mod tests {
     use super::*;
 
     fn tree(prefix: usize, branches: &[usize]) -> ScoreTree {
-        ScoreTree { prefix: vec![1; prefix], prefix_targets_from: prefix, branches: branches.iter().map(|&n| vec![2; n]).collect() }
+        ScoreTree {
+            prefix: vec![1; prefix],
+            prefix_targets_from: prefix,
+            branches: branches.iter().map(|&n| vec![2; n]).collect(),
+        }
     }
 
     #[test]
