@@ -118,6 +118,9 @@ pub struct RunArgs {
     /// Most input tokens in one micro-batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
+    /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
+    #[arg(long)]
+    pub no_prefix_sharing: bool,
     /// Where to write the results JSON; the journal goes beside it (NAME.journal.jsonl).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -274,6 +277,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         windows,
         limit: args.limit,
         max_position: config.max_position,
+        share_prefixes: !args.no_prefix_sharing,
         samples_dir: samples_dir.as_deref(),
         model_fingerprint: &fingerprint,
     };

@@ -52,6 +52,7 @@ pub struct Settings<'a> {
     pub windows: Windows,
     pub limit: Option<Limit>,
     pub max_position: usize,
+    pub share_prefixes: bool,
     /// Folder for `samples_<task>.jsonl` files, when they are wanted.
     pub samples_dir: Option<&'a Path>,
     pub model_fingerprint: &'a str,
@@ -80,7 +81,7 @@ pub fn evaluate(
     let mut task_stats = serde_json::Map::new();
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
-        let plan = plan(docs, tokenizer, settings.windows, settings.max_position)?;
+        let plan = plan(docs, tokenizer, settings.windows, settings.max_position, settings.share_prefixes)?;
         let config_hash = hash_hex(&[
             task.config.to_string().as_bytes(),
             format!("{:?} fewshot={}", settings.windows, task.num_fewshot).as_bytes(),

@@ -21,6 +21,8 @@ pub enum TaskError {
     UnknownTask(String),
     #[error("{0}")]
     Settings(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }
 
 /// Reads a UTF-8 text file; the error names the file and, for bad bytes, their offset.

@@ -61,7 +61,7 @@ pub fn encode_pair(
 ) -> Result<(Vec<u32>, Vec<u32>), TaskError> {
     let trimmed = context.trim_end();
     let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
-    let encode = |s: &str| tokenizer.encode(s).map_err(|e| TaskError::Settings(e.to_string()));
+    let encode = |s: &str| tokenizer.encode(s);
     if context.is_empty() {
         let prefix = tokenizer.prefix_token().ok_or_else(|| {
             TaskError::Settings(
@@ -76,9 +76,16 @@ pub fn encode_pair(
     Ok((context_tokens, continuation_tokens))
 }
 
-/// Builds the trees of `docs`. Contexts too long for the model lose tokens on the left, as in
-/// lm-evaluation-harness.
-pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_position: usize) -> Result<Plan, TaskError> {
+/// Builds the trees of `docs`. With `share_prefixes`, a document's requests with the same
+/// context share one tree; without, each request is a tree of its own (for comparison).
+/// Contexts too long for the model lose tokens on the left, as in lm-evaluation-harness.
+pub fn plan(
+    docs: &[Doc],
+    tokenizer: &TextTokenizer,
+    windows: Windows,
+    max_position: usize,
+    share_prefixes: bool,
+) -> Result<Plan, TaskError> {
     let mut plan = Plan::default();
     for doc in docs {
         let mut planned = Vec::with_capacity(doc.requests.len());
@@ -98,9 +105,7 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                         tokens
                     }
                     Windows::Llamacpp { ctx } => {
-                        let tokens = tokenizer
-                            .encode_document(&request.continuation)
-                            .map_err(|e| TaskError::Settings(e.to_string()))?;
+                        let tokens = tokenizer.encode_document(&request.continuation)?;
                         plan.trees.extend(llamacpp_chunks(&tokens, ctx, tokenizer.add_bos())?);
                         tokens
                     }
@@ -109,8 +114,8 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                     .push(PlannedRequest { scored: Scored::Prefixes(start..plan.trees.len()), continuation: tokens });
             }
         } else {
-            let mut tree_of_context: HashMap<Vec<u32>, usize> = HashMap::new();
-            for request in &doc.requests {
+            let mut tree_of_context: HashMap<(Vec<u32>, usize), usize> = HashMap::new();
+            for (r, request) in doc.requests.iter().enumerate() {
                 let (context, continuation) = encode_pair(tokenizer, &request.context, &request.continuation)?;
                 if continuation.is_empty() || continuation.len() > max_position {
                     return Err(TaskError::Settings(format!(
@@ -120,7 +125,8 @@ pub fn plan(docs: &[Doc], tokenizer: &TextTokenizer, windows: Windows, max_posit
                         continuation.len()
                     )));
                 }
-                let tree = *tree_of_context.entry(context.clone()).or_insert_with(|| {
+                let own = if share_prefixes { 0 } else { r };
+                let tree = *tree_of_context.entry((context.clone(), own)).or_insert_with(|| {
                     plan.trees.push(ScoreTree {
                         prefix_targets_from: context.len(),
                         prefix: context,
