@@ -9,10 +9,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# System packages: none are needed yet beyond a C compiler for mimalloc.
-if ! command -v cc >/dev/null 2>&1; then
-    echo "setup: installing a C compiler" >&2
-    apt-get update -qq && apt-get install -y -qq build-essential >&2
+# System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings).
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev clang)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
 fi
 
 scripts/fetch-test-model.sh

@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use evalmesh_worker::weights::gguf::GgufFile;
+use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
 
+use crate::distributed::DistributedEngine;
 use crate::engine::{EngineError, EvaluationEngine, LightweightEngine};
 use crate::evaluate::{evaluate, EvaluateError, Limit, Settings};
 use crate::journal::{model_fingerprint, Journal, JournalError};
@@ -29,6 +31,8 @@ pub enum CliError {
     NoDefaultModel(PathBuf),
     #[error("results file {} exists: pass --overwrite to replace it, or --resume to finish the run it belongs to", .0.display())]
     OutputExists(PathBuf),
+    #[error("--strategy {0} is not available yet: use dp (or auto)")]
+    StrategyUnavailable(String),
     #[error("--resume needs --output: the journal lives next to the results file")]
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
@@ -112,12 +116,16 @@ pub struct RunArgs {
     /// Context length in tokens. Default: 512 for llamacpp mode, the model's maximum for rolling.
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// Compute threads. Default: all cores.
+    /// Compute threads (of each worker, under MPI). Default: all cores; under MPI, each node's
+    /// cores shared among its workers.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most input tokens in one micro-batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
+    /// How to spread the work over the ranks of an MPI job (see README).
+    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+    pub strategy: Strategy,
     /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
     #[arg(long)]
     pub no_prefix_sharing: bool,
@@ -192,9 +200,9 @@ impl ModelArgs {
     }
 }
 
-pub fn execute(cli: Cli) -> Result<(), CliError> {
+pub fn execute(cli: Cli, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, world),
         Command::Inspect(args) => inspect(args),
         Command::Tokenize(args) => tokenize(args),
     }
@@ -217,7 +225,24 @@ pub fn journal_path(output: &Path) -> PathBuf {
     output.with_extension("journal.jsonl")
 }
 
-fn run(args: RunArgs) -> Result<(), CliError> {
+/// How the work is spread over the ranks of an MPI job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// Data parallel while the model fits a worker (the strategy search comes later).
+    Auto,
+    /// Data parallel: every worker holds the whole model.
+    Dp,
+    /// Pipeline parallel (not available yet).
+    Pp,
+    /// Tensor parallel (not available yet).
+    Tp,
+}
+
+/// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
+fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
+    if matches!(args.strategy, Strategy::Pp | Strategy::Tp) {
+        return Err(CliError::StrategyUnavailable(format!("{:?}", args.strategy).to_lowercase()));
+    }
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }
@@ -225,6 +250,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         if threads == 0 {
             return Err(CliError::TooSmall { flag: "--threads", min: 1, value: 0 });
         }
+        // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
@@ -265,7 +291,13 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     };
 
     let load_start = Instant::now();
-    let mut engine = LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?;
+    let mut engine: Box<dyn EvaluationEngine + '_> = match world {
+        Some(world) if world.size() > 1 => {
+            let threads = args.threads.unwrap_or(0);
+            Box::new(DistributedEngine::start(world, &model_path, &config, args.batch_tokens, threads)?)
+        }
+        _ => Box::new(LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?),
+    };
     let load_seconds = load_start.elapsed().as_secs_f64();
     log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
 
@@ -283,7 +315,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let mut report = Report::default();
     let start = Instant::now();
-    evaluate(&mut engine, &model.tokenizer, &tasks, &settings, journal.as_mut(), &mut report)?;
+    evaluate(engine.as_mut(), &model.tokenizer, &tasks, &settings, journal.as_mut(), &mut report)?;
     let seconds = start.elapsed().as_secs_f64();
 
     let matmul = engine.matmul_stats();
@@ -295,6 +327,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     evalmesh.insert("batch_tokens".into(), json!(args.batch_tokens));
     evalmesh.insert("load_seconds".into(), json!(load_seconds));
     evalmesh.insert("eval_seconds".into(), json!(seconds));
+    evalmesh.insert("workers".into(), json!(engine.parallel_workers()));
     evalmesh.insert("matmul_gflop".into(), json!(matmul.flops as f64 / 1e9));
     evalmesh.insert("matmul_seconds".into(), json!(matmul.seconds));
     evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));
@@ -303,7 +336,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     println!(
         "evaluated in {seconds:.1} s; matrix products {:.1} GFLOP/s, {:.0}% of the time",
         matmul.gflops_per_s(),
-        100.0 * matmul.seconds / seconds.max(1e-9)
+        100.0 * matmul.seconds / (seconds * engine.parallel_workers() as f64).max(1e-9)
     );
     if let Some(path) = &args.output {
         report.write(path)?;

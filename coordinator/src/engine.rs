@@ -16,6 +16,8 @@ pub enum EngineError {
     NoScores,
     #[error("{0}")]
     Sink(String),
+    #[error("worker rank {rank}: {message}")]
+    Worker { rank: i32, message: String },
 }
 
 /// Called with each finished tree's index and scores, as soon as its micro-batch is done.
@@ -27,8 +29,10 @@ pub trait EvaluationEngine {
     fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError>;
     /// One line saying what runs where.
     fn describe(&self) -> String;
-    /// Work and time of the matrix products so far.
+    /// Work and time of the matrix products so far, summed over workers.
     fn matmul_stats(&self) -> MatmulStats;
+    /// How many workers compute at once.
+    fn parallel_workers(&self) -> usize;
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -100,6 +104,10 @@ impl EvaluationEngine for LightweightEngine {
 
     fn matmul_stats(&self) -> MatmulStats {
         self.stage.backend().matmul_stats()
+    }
+
+    fn parallel_workers(&self) -> usize {
+        1
     }
 }
 

@@ -2,6 +2,7 @@
 //! results. It never computes model math itself; the worker crate does.
 
 pub mod cli;
+pub mod distributed;
 pub mod engine;
 pub mod evaluate;
 pub mod journal;

@@ -1,25 +1,65 @@
-//! The `evalmesh` binary: parses the command line, sets up logging, runs the command
-//! and turns any error into one line on standard error and a non-zero exit.
+//! The `evalmesh` binary: parses the command line, decides the rank's role once (under
+//! `mpirun` or `srun`, rank 0 coordinates and every other rank serves as a worker), sets
+//! up logging with the rank, and turns any error into one line on standard error and a
+//! non-zero exit.
 
 use std::io::Write;
+use std::process::ExitCode;
 
 use clap::Parser;
+use evalmesh::cli::{Cli, Command};
+use evalmesh_common::protocol::ToWorker;
+use mpi::topology::Communicator;
 
 /// mimalloc keeps freed activation buffers for reuse; glibc's malloc returns large
 /// blocks to the system and page-faults them back on every layer (measured: 20% slower).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> std::process::ExitCode {
+/// Whether a process manager started this process as one rank of several (OpenMPI's
+/// mpirun, or any PMIx launcher such as `srun --mpi=pmix`).
+fn launched_as_mpi_job() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
+fn init_logging(rank: i32) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, record| writeln!(buf, "[evalmesh rank 0 {}] {}", record.level(), record.args()))
+        .format(move |buf, record| writeln!(buf, "[evalmesh rank {rank} {}] {}", record.level(), record.args()))
         .init();
-    let cli = evalmesh::cli::Cli::parse();
-    match evalmesh::cli::execute(cli).map_err(anyhow::Error::from) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+}
+
+fn report(result: Result<(), anyhow::Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !(matches!(cli.command, Command::Run(_)) && launched_as_mpi_job()) {
+        init_logging(0);
+        return report(evalmesh::cli::execute(cli, None).map_err(anyhow::Error::from));
+    }
+    let Some(universe) = mpi::initialize() else {
+        eprintln!("error: MPI was already initialised");
+        return ExitCode::FAILURE;
+    };
+    let world = universe.world();
+    let rank = world.rank();
+    init_logging(rank);
+    let worker_threads = evalmesh_worker::transport::default_worker_threads(&world);
+    if rank == 0 {
+        let result = evalmesh::cli::execute(cli, Some(&world));
+        // Success or failure, every worker is told to stop, so that no rank is left waiting.
+        for worker in 1..world.size() {
+            evalmesh_worker::transport::send(&world, worker, &ToWorker::Shutdown);
+        }
+        report(result.map_err(anyhow::Error::from))
+    } else {
+        report(evalmesh_worker::node::serve(&world, worker_threads).map_err(anyhow::Error::from))
     }
 }

@@ -2,11 +2,14 @@
 //! transformer stage. Workers see token ids, never text.
 
 pub mod backend;
+pub mod node;
 pub mod stage;
 pub mod tensor;
+pub mod transport;
 pub mod weights;
 
 pub use backend::{cpu::CpuBackend, Backend, BackendError};
-pub use stage::{LlamaStage, StageError, StageInput, StageOutput, StageSpec};
+pub use evalmesh_common::StageSpec;
+pub use stage::{LlamaStage, StageError, StageInput, StageOutput};
 pub use tensor::Matrix;
 pub use weights::{WeightError, WeightSource};

@@ -3,10 +3,9 @@
 //! scoring behind. The single process runs one stage over all layers; a pipeline
 //! splits the layers over several.
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use evalmesh_common::{MicroBatch, ModelConfig, TokenScore};
+use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore};
 
 use crate::backend::{Backend, BackendError, HeadLayout};
 use crate::tensor::Matrix;
@@ -20,21 +19,6 @@ pub enum StageError {
     Backend(#[from] BackendError),
     #[error("stage {0}")]
     Spec(String),
-}
-
-/// Which part of the model a stage owns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageSpec {
-    pub layers: Range<usize>,
-    pub embedding: bool,
-    pub head: bool,
-}
-
-impl StageSpec {
-    /// The whole model in one stage.
-    pub fn whole(config: &ModelConfig) -> Self {
-        StageSpec { layers: 0..config.num_layers, embedding: true, head: true }
-    }
 }
 
 /// What a stage receives: token ids (first stage) or hidden states from the previous stage.

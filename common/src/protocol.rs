@@ -1,0 +1,109 @@
+//! Control messages between the coordinator (rank 0) and the workers: plain serde enums,
+//! bincode-encoded, one tag. The first message to a worker is its setup, which carries
+//! the protocol version; decoding never trusts a length beyond [`MAX_MESSAGE_BYTES`].
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{MicroBatch, StageSpec, TokenScore};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The MPI tag of control messages.
+pub const CONTROL_TAG: i32 = 1;
+/// The most bytes a control message may claim when decoded.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("undecodable control message ({0})")]
+    Decode(String),
+    #[error("protocol version {theirs} is not this build's {ours}: run the same evalmesh binary on every rank")]
+    Version { theirs: u32, ours: u32 },
+}
+
+/// From the coordinator to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Load `stage` of the model at `model` with `threads` compute threads (0: the worker decides).
+    Setup { version: u32, model: String, stage: StageSpec, threads: usize },
+    /// Compute a micro-batch and return its scores.
+    Batch { id: u64, batch: MicroBatch },
+    /// Finish: no more work.
+    Shutdown,
+}
+
+/// From a worker to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToCoordinator {
+    Ready { version: u32, threads: usize, bytes_read: u64, load_seconds: f64 },
+    Scores { id: u64, scores: Vec<TokenScore>, compute_seconds: f64, matmul_flops: u64, matmul_seconds: f64 },
+    Failed { message: String },
+}
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_MESSAGE_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(message, config()).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let (message, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(ProtocolError::Decode(format!("{} trailing bytes", bytes.len() - used)));
+    }
+    Ok(message)
+}
+
+/// Checks the version a peer announced.
+pub fn check_version(theirs: u32) -> Result<(), ProtocolError> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::Version { theirs, ours: PROTOCOL_VERSION })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ScoreTree;
+
+    #[test]
+    fn messages_round_trip() {
+        let tree = ScoreTree { prefix: vec![1, 2, 3], prefix_targets_from: 1, branches: vec![vec![4]] };
+        let msg = ToWorker::Batch { id: 7, batch: MicroBatch::pack(&[&tree]) };
+        assert_eq!(decode::<ToWorker>(&encode(&msg)).unwrap(), msg);
+        let reply = ToCoordinator::Scores {
+            id: 7,
+            scores: vec![TokenScore { logprob: -1.5, greedy: true }],
+            compute_seconds: 0.1,
+            matmul_flops: 10,
+            matmul_seconds: 0.05,
+        };
+        assert_eq!(decode::<ToCoordinator>(&encode(&reply)).unwrap(), reply);
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        // Variant 1 (Batch), id 0, then a token vector claiming u64::MAX elements.
+        let mut bytes = vec![1u8, 0];
+        bytes.push(255);
+        bytes.extend(u64::MAX.to_le_bytes());
+        assert!(decode::<ToWorker>(&bytes).is_err());
+        assert!(decode::<ToWorker>(&[]).is_err());
+        assert!(decode::<ToWorker>(&[9]).is_err());
+    }
+
+    #[test]
+    fn versions_must_match() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        assert!(check_version(PROTOCOL_VERSION + 1).unwrap_err().to_string().contains("same evalmesh binary"));
+    }
+}

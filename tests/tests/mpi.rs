@@ -1,0 +1,111 @@
+//! The distributed engine under a real `mpirun`: per-request scores bit-identical to the
+//! single process, and a worker's failure reported by rank 0 with the worker's rank.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use evalmesh_tests::{evalmesh_bin, run_evalmesh, shared_dir, test_model, EditableGguf};
+
+/// Runs evalmesh under `mpirun -np N --oversubscribe` as root would need; prints the command and output.
+fn mpirun(np: usize, args: &[&str]) -> Output {
+    let bin = evalmesh_bin();
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &np.to_string()])
+        .arg(&bin)
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "warn");
+    let output =
+        cmd.output().unwrap_or_else(|e| panic!("cannot start mpirun (scripts/setup.sh installs OpenMPI): {e}"));
+    eprintln!("$ mpirun --oversubscribe -np {np} {} {}", bin.display(), args.join(" "));
+    eprintln!(
+        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The samples of a HellaSwag and a perplexity sample, scored with `launcher`.
+fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output) -> (Vec<u8>, Vec<u8>) {
+    let model = test_model();
+    let hellaswag = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+    let out = dir.join("mc.json");
+    let output = launch(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "multiple_choice",
+        "--data",
+        hellaswag.to_str().unwrap(),
+        "--limit",
+        "24",
+        "--batch-tokens",
+        "512",
+        "--log-samples",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let out = dir.join("ppl.json");
+    let output = launch(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "perplexity",
+        "--ctx",
+        "512",
+        "--limit",
+        "1",
+        "--batch-tokens",
+        "1024",
+        "--log-samples",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    (
+        std::fs::read(dir.join("samples_multiple_choice.jsonl")).unwrap(),
+        std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap(),
+    )
+}
+
+#[test]
+fn data_parallel_scores_are_the_single_process_bits() {
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = samples(single_dir.path(), run_evalmesh);
+    let dp_dir = tempfile::tempdir().unwrap();
+    let dp = samples(dp_dir.path(), |args| mpirun(3, args));
+    assert!(dp.0 == single.0, "HellaSwag sample: DP=2 scores differ from the single process");
+    assert!(dp.1 == single.1, "perplexity sample: DP=2 scores differ from the single process");
+}
+
+#[test]
+fn a_failing_worker_ends_the_run_naming_its_rank() {
+    // NaN in one weight: the coordinator reads only the header and loads fine, the workers
+    // refuse the tensor at load.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nan.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    let t = model.tensors.iter_mut().find(|t| t.name == "blk.3.ffn_down.weight").unwrap();
+    t.bytes[..2].copy_from_slice(&[0x00, 0x7E]); // the first Q4_1 block's scale: f16 NaN
+    model.write(&path);
+    let started = Instant::now();
+    let output = mpirun(3, &["run", "--model", path.to_str().unwrap()]);
+    assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: worker rank"))
+        .unwrap_or_else(|| panic!("no worker error from rank 0"));
+    assert!(line.contains("blk.3.ffn_down.weight") && line.contains("non-finite"), "{line}");
+    assert!(!stderr.contains("panicked"));
+}
