@@ -10,6 +10,10 @@ use crate::{MicroBatch, StageSpec, TokenScore};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
+/// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
+pub const ACTIVATION_HEADER_TAG: i32 = 2;
+/// The tag of an activation's data: raw f32 values, row-major, right after its header.
+pub const ACTIVATION_DATA_TAG: i32 = 3;
 /// The most bytes a control message may claim when decoded.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -24,8 +28,9 @@ pub enum ProtocolError {
 /// From the coordinator to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Load `stage` of the model at `model` with `threads` compute threads (0: the worker decides).
-    Setup { version: u32, model: String, stage: StageSpec, threads: usize },
+    /// Load `stage` of the model at `model` with `threads` compute threads (0: the worker
+    /// decides); hidden states come from rank `previous` and go to rank `next` (pipeline neighbours).
+    Setup { version: u32, model: String, stage: StageSpec, threads: usize, previous: Option<i32>, next: Option<i32> },
     /// Compute a micro-batch and return its scores.
     Batch { id: u64, batch: MicroBatch },
     /// Finish: no more work.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+use evalmesh_common::{ParallelLayout, PlanError, Strategy};
 use evalmesh_worker::weights::gguf::GgufFile;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
@@ -31,8 +32,8 @@ pub enum CliError {
     NoDefaultModel(PathBuf),
     #[error("results file {} exists: pass --overwrite to replace it, or --resume to finish the run it belongs to", .0.display())]
     OutputExists(PathBuf),
-    #[error("--strategy {0} is not available yet: use dp (or auto)")]
-    StrategyUnavailable(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("--resume needs --output: the journal lives next to the results file")]
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
@@ -124,8 +125,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
     /// How to spread the work over the ranks of an MPI job (see README).
-    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
-    pub strategy: Strategy,
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
+    /// Data-parallel replicas (with --pp and --tp: their product is the number of workers).
+    #[arg(long)]
+    pub dp: Option<usize>,
+    /// Pipeline stages per replica.
+    #[arg(long)]
+    pub pp: Option<usize>,
+    /// Tensor-parallel shards per stage (not available yet).
+    #[arg(long)]
+    pub tp: Option<usize>,
     /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
     #[arg(long)]
     pub no_prefix_sharing: bool,
@@ -227,22 +237,31 @@ pub fn journal_path(output: &Path) -> PathBuf {
 
 /// How the work is spread over the ranks of an MPI job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Strategy {
+pub enum StrategyArg {
     /// Data parallel while the model fits a worker (the strategy search comes later).
     Auto,
     /// Data parallel: every worker holds the whole model.
     Dp,
-    /// Pipeline parallel (not available yet).
+    /// Pipeline parallel: the layers split over the workers.
     Pp,
     /// Tensor parallel (not available yet).
     Tp,
 }
 
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Strategy {
+        match s {
+            StrategyArg::Auto => Strategy::Auto,
+            StrategyArg::Dp => Strategy::Dp,
+            StrategyArg::Pp => Strategy::Pp,
+            StrategyArg::Tp => Strategy::Tp,
+        }
+    }
+}
+
 /// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
 fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
-    if matches!(args.strategy, Strategy::Pp | Strategy::Tp) {
-        return Err(CliError::StrategyUnavailable(format!("{:?}", args.strategy).to_lowercase()));
-    }
+
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }
@@ -293,8 +312,10 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     let load_start = Instant::now();
     let mut engine: Box<dyn EvaluationEngine + '_> = match world {
         Some(world) if world.size() > 1 => {
+            let workers = world.size() as usize - 1;
+            let layout = ParallelLayout::resolve(workers, args.strategy.into(), args.dp, args.pp, args.tp)?;
             let threads = args.threads.unwrap_or(0);
-            Box::new(DistributedEngine::start(world, &model_path, &config, args.batch_tokens, threads)?)
+            Box::new(DistributedEngine::start(world, &model_path, &config, layout, args.batch_tokens, threads)?)
         }
         _ => Box::new(LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?),
     };

@@ -1,17 +1,19 @@
-//! The `DistributedEngine`: rank 0 of an MPI job hands micro-batches to worker ranks.
-//! Data parallel for now: every worker holds the whole model, and the next micro-batch
-//! goes to whichever worker is free (a work queue), so fast and slow workers finish
-//! together. Scores are bit-identical to the lightweight engine's: the same stage code
-//! computes each tree independently of the others.
+//! The `DistributedEngine`: rank 0 of an MPI job hands micro-batches to worker ranks
+//! arranged as `dp` replicas of a `pp`-stage pipeline. The first stage embeds, each
+//! stage passes its hidden states to the next, and the last returns scores. The next
+//! micro-batch goes to whichever pipeline has room (a work queue), and a pipeline keeps
+//! up to 4 × stages micro-batches in flight so that every stage has work. Scores are
+//! bit-identical to the lightweight engine's: the same stage code computes each tree
+//! independently of the others, and activations travel as exact f32 bits.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, PROTOCOL_VERSION};
-use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, StageSpec};
+use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, ScoreTree};
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::transport::{receive, send};
-use mpi::topology::{Communicator, Rank, SimpleCommunicator};
+use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::engine::{pack_micro_batches, EngineError, EvaluationEngine, ScoreSink};
 
@@ -24,66 +26,125 @@ pub struct WorkerInfo {
     pub load_seconds: f64,
 }
 
+/// The ranks of one pipeline, first stage first.
+struct Pipeline {
+    ranks: Vec<Rank>,
+    in_flight: usize,
+}
+
 pub struct DistributedEngine<'a> {
     world: &'a SimpleCommunicator,
+    layout: ParallelLayout,
+    pipelines: Vec<Pipeline>,
     workers: Vec<WorkerInfo>,
     config: ModelConfig,
     batch_tokens: usize,
     matmul: MatmulStats,
-    compute_seconds: HashMap<Rank, f64>,
+}
+
+fn worker_error(rank: Rank, message: impl Into<String>) -> EngineError {
+    EngineError::Worker { rank, message: message.into() }
 }
 
 impl<'a> DistributedEngine<'a> {
-    /// Sets every worker up with the whole model and waits until all are ready; the first
+    /// Sets every worker up with its stage and waits until all are ready; the first
     /// failure ends the start with the worker's rank and message.
     pub fn start(
         world: &'a SimpleCommunicator,
         model: &Path,
         config: &ModelConfig,
+        layout: ParallelLayout,
         batch_tokens: usize,
         threads: usize,
     ) -> Result<Self, EngineError> {
-        let mut engine = DistributedEngine {
+        let stages = partition_layers(config, layout.pp).map_err(|e| EngineError::Plan(e.to_string()))?;
+        let pipelines: Vec<Pipeline> = (0..layout.dp)
+            .map(|p| Pipeline { ranks: (0..layout.pp).map(|s| (1 + p * layout.pp + s) as Rank).collect(), in_flight: 0 })
+            .collect();
+        for (p, pipeline) in pipelines.iter().enumerate() {
+            for (s, &rank) in pipeline.ranks.iter().enumerate() {
+                let stage = stages[s].clone();
+                log::info!(
+                    "pipeline {p} stage {s}: rank {rank}, layers {}..{}{}{}",
+                    stage.layers.start,
+                    stage.layers.end,
+                    if stage.embedding { " + embedding" } else { "" },
+                    if stage.head { " + head" } else { "" }
+                );
+                let setup = ToWorker::Setup {
+                    version: PROTOCOL_VERSION,
+                    model: model.display().to_string(),
+                    stage,
+                    threads,
+                    previous: s.checked_sub(1).map(|i| pipeline.ranks[i]),
+                    next: pipeline.ranks.get(s + 1).copied(),
+                };
+                send(world, rank, &setup);
+            }
+        }
+        let mut workers = Vec::new();
+        for _ in 0..layout.dp * layout.pp {
+            let (rank, message) = receive::<_, ToCoordinator>(world, None);
+            match message.map_err(|e| worker_error(rank, e.to_string()))? {
+                ToCoordinator::Ready { version, threads, bytes_read, load_seconds } => {
+                    check_version(version).map_err(|e| worker_error(rank, e.to_string()))?;
+                    log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads");
+                    workers.push(WorkerInfo { rank, threads, bytes_read, load_seconds });
+                }
+                ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
+                other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
+            }
+        }
+        workers.sort_by_key(|w| w.rank);
+        Ok(DistributedEngine {
             world,
-            workers: Vec::new(),
+            layout,
+            pipelines,
+            workers,
             config: config.clone(),
             batch_tokens,
             matmul: MatmulStats::default(),
-            compute_seconds: HashMap::new(),
-        };
-        let setup = ToWorker::Setup {
-            version: PROTOCOL_VERSION,
-            model: model.display().to_string(),
-            stage: StageSpec::whole(config),
-            threads,
-        };
-        for rank in 1..world.size() {
-            send(world, rank, &setup);
-        }
-        for _ in 1..world.size() {
-            let (rank, message) = receive::<_, ToCoordinator>(world, None);
-            match message {
-                Ok(ToCoordinator::Ready { version, threads, bytes_read, load_seconds }) => {
-                    check_version(version).map_err(|e| EngineError::Worker { rank, message: e.to_string() })?;
-                    log::info!("rank {rank}: whole model (layers 0..{}), {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads", config.num_layers);
-                    engine.workers.push(WorkerInfo { rank, threads, bytes_read, load_seconds });
-                }
-                Ok(ToCoordinator::Failed { message }) => return Err(EngineError::Worker { rank, message }),
-                Ok(other) => return Err(EngineError::Worker { rank, message: format!("unexpected reply {other:?}") }),
-                Err(e) => return Err(EngineError::Worker { rank, message: e.to_string() }),
-            }
-        }
-        engine.workers.sort_by_key(|w| w.rank);
-        Ok(engine)
+        })
     }
 
     pub fn workers(&self) -> &[WorkerInfo] {
         &self.workers
     }
 
-    /// Seconds each worker spent computing.
-    pub fn compute_seconds(&self) -> &HashMap<Rank, f64> {
-        &self.compute_seconds
+    /// Micro-batches a pipeline holds at once: one computing and one waiting per stage
+    /// without a pipeline; 4 × stages with one, so every stage stays busy.
+    fn depth(&self) -> usize {
+        if self.layout.pp == 1 {
+            2
+        } else {
+            4 * self.layout.pp
+        }
+    }
+}
+
+/// Micro-batches waiting and in flight.
+struct Schedule {
+    queue: VecDeque<Vec<usize>>,
+    /// Micro-batch id → (pipeline, tree indices).
+    in_flight: HashMap<u64, (usize, Vec<usize>)>,
+    next_id: u64,
+}
+
+impl Schedule {
+    /// Sends micro-batches to pipeline `index` until it holds `limit` or none are left;
+    /// every stage of the pipeline gets the layout.
+    fn fill(&mut self, world: &SimpleCommunicator, trees: &[ScoreTree], pipeline: &mut Pipeline, index: usize, limit: usize) {
+        while pipeline.in_flight < limit {
+            let Some(indices) = self.queue.pop_front() else { return };
+            let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
+            let message = ToWorker::Batch { id: self.next_id, batch: MicroBatch::pack(&members) };
+            for &rank in &pipeline.ranks {
+                send(world, rank, &message);
+            }
+            pipeline.in_flight += 1;
+            self.in_flight.insert(self.next_id, (index, indices));
+            self.next_id += 1;
+        }
     }
 }
 
@@ -93,42 +154,35 @@ impl EvaluationEngine for DistributedEngine<'_> {
             tree.validate(self.config.vocab_size, self.config.max_position)
                 .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
         }
-        let mut queue: VecDeque<Vec<usize>> = pack_micro_batches(trees, self.batch_tokens).into();
-        let mut in_flight: HashMap<u64, Vec<usize>> = HashMap::new();
-        let mut next_id = 0u64;
-        let mut hand_out = |rank: Rank, queue: &mut VecDeque<Vec<usize>>, in_flight: &mut HashMap<u64, Vec<usize>>| {
-            if let Some(indices) = queue.pop_front() {
-                let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
-                send(self.world, rank, &ToWorker::Batch { id: next_id, batch: MicroBatch::pack(&members) });
-                in_flight.insert(next_id, indices);
-                next_id += 1;
+        let depth = self.depth();
+        let mut schedule =
+            Schedule { queue: pack_micro_batches(trees, self.batch_tokens).into(), in_flight: HashMap::new(), next_id: 0 };
+        // Deal the first micro-batches out one at a time, so that every pipeline starts at once.
+        for level in 1..=depth {
+            for p in 0..self.pipelines.len() {
+                schedule.fill(self.world, trees, &mut self.pipelines[p], p, level);
             }
-        };
-        for w in &self.workers {
-            hand_out(w.rank, &mut queue, &mut in_flight);
         }
-        while !in_flight.is_empty() {
+        while !schedule.in_flight.is_empty() {
             let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
-            match message {
-                Ok(ToCoordinator::Scores { id, scores, compute_seconds, matmul_flops, matmul_seconds }) => {
-                    let indices = in_flight.remove(&id).ok_or_else(|| EngineError::Worker {
-                        rank,
-                        message: format!("scores for micro-batch {id}, which it was not given"),
-                    })?;
-                    hand_out(rank, &mut queue, &mut in_flight);
-                    *self.compute_seconds.entry(rank).or_default() += compute_seconds;
+            match message.map_err(|e| worker_error(rank, e.to_string()))? {
+                ToCoordinator::Scores { id, scores, matmul_flops, matmul_seconds, .. } => {
+                    let (pipeline, indices) = schedule
+                        .in_flight
+                        .remove(&id)
+                        .ok_or_else(|| worker_error(rank, format!("scores for micro-batch {id}, which is not in flight")))?;
+                    self.pipelines[pipeline].in_flight -= 1;
+                    schedule.fill(self.world, trees, &mut self.pipelines[pipeline], pipeline, depth);
                     self.matmul.flops += matmul_flops;
                     self.matmul.seconds += matmul_seconds;
                     let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
-                    let unpacked = MicroBatch::unpack(&members, &scores)
-                        .map_err(|e| EngineError::Worker { rank, message: e.to_string() })?;
+                    let unpacked = MicroBatch::unpack(&members, &scores).map_err(|e| worker_error(rank, e.to_string()))?;
                     for (i, s) in indices.into_iter().zip(unpacked) {
                         done(i, s)?;
                     }
                 }
-                Ok(ToCoordinator::Failed { message }) => return Err(EngineError::Worker { rank, message }),
-                Ok(other) => return Err(EngineError::Worker { rank, message: format!("unexpected reply {other:?}") }),
-                Err(e) => return Err(EngineError::Worker { rank, message: e.to_string() }),
+                ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
+                other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
             }
         }
         Ok(())
@@ -137,9 +191,11 @@ impl EvaluationEngine for DistributedEngine<'_> {
     fn describe(&self) -> String {
         let threads: Vec<String> = self.workers.iter().map(|w| w.threads.to_string()).collect();
         format!(
-            "distributed engine: data parallel over {} workers (ranks 1-{}), cpu backend, {} threads each",
+            "distributed engine: DP={} × PP={} over {} workers (ranks 1-{}), cpu backend, {} threads each",
+            self.layout.dp,
+            self.layout.pp,
             self.workers.len(),
-            self.world.size() - 1,
+            self.workers.len(),
             threads.join("/")
         )
     }

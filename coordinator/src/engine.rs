@@ -16,6 +16,8 @@ pub enum EngineError {
     NoScores,
     #[error("{0}")]
     Sink(String),
+    #[error("plan: {0}")]
+    Plan(String),
     #[error("worker rank {rank}: {message}")]
     Worker { rank: i32, message: String },
 }

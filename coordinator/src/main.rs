@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         init_logging(0);
         return report(evalmesh::cli::execute(cli, None).map_err(anyhow::Error::from));
     }
-    let Some(universe) = mpi::initialize() else {
+    // Workers make their MPI calls from a communication thread.
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Multiple) else {
         eprintln!("error: MPI was already initialised");
         return ExitCode::FAILURE;
     };
@@ -60,6 +61,6 @@ fn main() -> ExitCode {
         }
         report(result.map_err(anyhow::Error::from))
     } else {
-        report(evalmesh_worker::node::serve(&world, worker_threads).map_err(anyhow::Error::from))
+        report(evalmesh_worker::node::serve(rank, worker_threads).map_err(anyhow::Error::from))
     }
 }

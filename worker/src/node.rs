@@ -1,106 +1,205 @@
 //! A worker rank's life: receive the setup from the coordinator, load the assigned stage
-//! (only its tensors), then compute micro-batches until told to stop. Every failure goes
+//! (only its tensors), then compute micro-batches until told to stop. Two threads: the
+//! compute thread runs the stage; the communication thread alone talks MPI (it receives
+//! control messages and the previous stage's activations, and sends scores and
+//! activations), so a micro-batch travels while the next one computes. Every failure goes
 //! back to the coordinator as a message, so no rank is left waiting.
 
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
 use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, PROTOCOL_VERSION};
-use mpi::topology::Communicator;
+use evalmesh_common::{MicroBatch, StageSpec};
+use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::Backend;
-use crate::transport::{receive, send};
+use crate::tensor::Matrix;
+use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff};
 use crate::{CpuBackend, LlamaStage, StageInput, StageOutput};
 
-const COORDINATOR: i32 = 0;
+const COORDINATOR: Rank = 0;
 
 #[derive(Debug, thiserror::Error)]
 #[error("rank {rank}: {message}")]
 pub struct NodeError {
-    pub rank: i32,
+    pub rank: Rank,
     pub message: String,
 }
 
-/// Runs this worker until the coordinator sends `Shutdown`.
-pub fn serve<C: Communicator>(comm: &C, default_threads: usize) -> Result<(), NodeError> {
-    let rank = comm.rank();
-    let fail = |message: String| {
-        send(comm, COORDINATOR, &ToCoordinator::Failed { message: message.clone() });
-        NodeError { rank, message }
-    };
-    let mut failure = None;
-    let stage = match receive::<_, ToWorker>(comm, Some(COORDINATOR)).1 {
-        Ok(ToWorker::Setup { version, model, stage, threads }) => {
-            let threads = if threads == 0 { default_threads } else { threads };
-            let started = Instant::now();
-            let loaded = check_version(version)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())
-                })
-                .and_then(|()| crate::weights::open(std::path::Path::new(&model)).map_err(|e| e.to_string()))
-                .and_then(|source| {
-                    let stage =
-                        LlamaStage::load(source.as_ref(), stage, CpuBackend::default()).map_err(|e| e.to_string())?;
-                    Ok((stage, source.bytes_read().load(std::sync::atomic::Ordering::Relaxed)))
-                });
-            match loaded {
-                Ok((stage, bytes_read)) => {
-                    log::info!(
-                        "rank {rank}: layers {:?} loaded, {bytes_read} bytes read, {threads} threads",
-                        stage.spec().layers
-                    );
-                    let load_seconds = started.elapsed().as_secs_f64();
-                    send(
-                        comm,
-                        COORDINATOR,
-                        &ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds },
-                    );
-                    Some(stage)
+/// What the communication thread hands the compute thread.
+enum Work {
+    Setup { version: u32, model: String, stage: StageSpec, threads: usize, next: Option<Rank> },
+    Batch { id: u64, batch: MicroBatch, hidden: Option<Matrix> },
+    Broken(String),
+    Shutdown,
+}
+
+/// What the compute thread hands the communication thread.
+enum Outgoing {
+    Control(ToCoordinator),
+    Activations { to: Rank, id: u64, hidden: Matrix },
+    Done,
+}
+
+/// Runs this worker until the coordinator sends `Shutdown`. MPI must allow threads (the
+/// communication thread makes all MPI calls while this one computes).
+pub fn serve(rank: Rank, default_threads: usize) -> Result<(), NodeError> {
+    let (work_tx, work_rx) = channel();
+    let (out_tx, out_rx) = channel();
+    let communication = std::thread::spawn(move || communicate(&work_tx, &out_rx));
+    let result = compute(rank, default_threads, &work_rx, &out_tx);
+    // The receiver lives until `Done`, which ends the communication thread after the last sends.
+    let _ = out_tx.send(Outgoing::Done);
+    if communication.join().is_err() {
+        return Err(NodeError { rank, message: "the communication thread panicked".into() });
+    }
+    result
+}
+
+fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
+    let world = SimpleCommunicator::world();
+    let mut previous: Option<Rank> = None;
+    let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
+    let mut activations: VecDeque<(u64, Matrix)> = VecDeque::new();
+    let mut backoff = Backoff::default();
+    loop {
+        let mut busy = false;
+        while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
+            busy = true;
+            let forward = match message {
+                Ok(ToWorker::Setup { version, model, stage, threads, previous: p, next }) => {
+                    previous = p;
+                    Some(Work::Setup { version, model, stage, threads, next })
                 }
-                Err(message) => {
-                    failure = Some(fail(message));
+                Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
+                    batches.push_back((id, batch));
                     None
+                }
+                Ok(ToWorker::Batch { id, batch }) => Some(Work::Batch { id, batch, hidden: None }),
+                Ok(ToWorker::Shutdown) => Some(Work::Shutdown),
+                Err(e) => Some(Work::Broken(e.to_string())),
+            };
+            if let Some(w) = forward {
+                let _ = work.send(w);
+            }
+        }
+        if let Some(from) = previous {
+            while let Some(received) = try_receive_activations(&world, from) {
+                busy = true;
+                match received {
+                    Ok(a) => activations.push_back(a),
+                    Err(problem) => {
+                        let _ = work.send(Work::Broken(problem));
+                    }
                 }
             }
         }
-        Ok(ToWorker::Shutdown) => return Ok(()),
-        Ok(other) => {
-            failure = Some(fail(format!("expected the setup message first, got {other:?}")));
-            None
+        while !batches.is_empty() && !activations.is_empty() {
+            let (Some((id, batch)), Some((hidden_id, hidden))) = (batches.pop_front(), activations.pop_front()) else {
+                break;
+            };
+            let w = if id == hidden_id {
+                Work::Batch { id, batch, hidden: Some(hidden) }
+            } else {
+                Work::Broken(format!("activations of micro-batch {hidden_id} arrived for micro-batch {id}"))
+            };
+            let _ = work.send(w);
         }
-        Err(e) => {
-            failure = Some(fail(e.to_string()));
-            None
+        loop {
+            match outgoing.try_recv() {
+                Ok(Outgoing::Control(message)) => send(&world, COORDINATOR, &message),
+                Ok(Outgoing::Activations { to, id, hidden }) => send_activations(&world, to, id, &hidden),
+                Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => break,
+            }
+            busy = true;
         }
+        if busy {
+            backoff.reset();
+        } else {
+            backoff.wait();
+        }
+    }
+}
+
+fn compute(rank: Rank, default_threads: usize, work: &Receiver<Work>, outgoing: &Sender<Outgoing>) -> Result<(), NodeError> {
+    let mut failure: Option<NodeError> = None;
+    let mut fail = |message: String| {
+        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
+        failure.get_or_insert(NodeError { rank, message });
     };
-    loop {
-        match receive::<_, ToWorker>(comm, Some(COORDINATOR)).1 {
-            Ok(ToWorker::Shutdown) => return failure.map_or(Ok(()), Err),
-            Ok(ToWorker::Batch { id, batch }) => {
+    let mut stage: Option<LlamaStage<CpuBackend>> = None;
+    let mut next: Option<Rank> = None;
+    while let Ok(w) = work.recv() {
+        match w {
+            Work::Setup { version, model, stage: spec, threads, next: n } => {
+                next = n;
+                let threads = if threads == 0 { default_threads } else { threads };
+                match load(version, &model, spec, threads) {
+                    Ok((loaded, bytes_read, load_seconds)) => {
+                        log::info!(
+                            "rank {rank}: layers {:?}{}{} loaded, {bytes_read} bytes read, {threads} threads",
+                            loaded.spec().layers,
+                            if loaded.spec().embedding { " + embedding" } else { "" },
+                            if loaded.spec().head { " + head" } else { "" }
+                        );
+                        let ready = ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
+                        let _ = outgoing.send(Outgoing::Control(ready));
+                        stage = Some(loaded);
+                    }
+                    Err(message) => fail(message),
+                }
+            }
+            Work::Batch { id, batch, hidden } => {
                 let Some(stage) = &stage else { continue };
                 let started = Instant::now();
                 let before = stage.backend().matmul_stats();
-                match stage.forward(&batch, StageInput::Tokens) {
+                let input = match hidden {
+                    Some(h) => match stage.backend().upload(h) {
+                        Ok(t) => StageInput::Hidden(t),
+                        Err(e) => {
+                            fail(e.to_string());
+                            continue;
+                        }
+                    },
+                    None => StageInput::Tokens,
+                };
+                match stage.forward(&batch, input) {
                     Ok(StageOutput::Scores(scores)) => {
                         let after = stage.backend().matmul_stats();
-                        send(
-                            comm,
-                            COORDINATOR,
-                            &ToCoordinator::Scores {
-                                id,
-                                scores,
-                                compute_seconds: started.elapsed().as_secs_f64(),
-                                matmul_flops: after.flops - before.flops,
-                                matmul_seconds: after.seconds - before.seconds,
-                            },
-                        );
+                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores {
+                            id,
+                            scores,
+                            compute_seconds: started.elapsed().as_secs_f64(),
+                            matmul_flops: after.flops - before.flops,
+                            matmul_seconds: after.seconds - before.seconds,
+                        }));
                     }
-                    Ok(StageOutput::Hidden(_)) => failure = Some(fail("this stage has no head to score with".into())),
-                    Err(e) => failure = Some(fail(e.to_string())),
+                    Ok(StageOutput::Hidden(h)) => match (next, stage.backend().download(&h)) {
+                        (Some(to), Ok(hidden)) => {
+                            let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
+                        }
+                        (None, _) => fail("a stage without the head has no next stage to send to".into()),
+                        (_, Err(e)) => fail(e.to_string()),
+                    },
+                    Err(e) => fail(e.to_string()),
                 }
             }
-            Ok(ToWorker::Setup { .. }) => failure = Some(fail("a second setup message".into())),
-            Err(e) => failure = Some(fail(e.to_string())),
+            Work::Broken(message) => fail(message),
+            Work::Shutdown => break,
         }
     }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Loads a stage; returns it with the bytes read from the model and the seconds taken.
+fn load(version: u32, model: &str, spec: StageSpec, threads: usize) -> Result<(LlamaStage<CpuBackend>, u64, f64), String> {
+    let started = Instant::now();
+    check_version(version).map_err(|e| e.to_string())?;
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    let source = crate::weights::open(std::path::Path::new(model)).map_err(|e| e.to_string())?;
+    let stage = LlamaStage::load(source.as_ref(), spec, CpuBackend::default()).map_err(|e| e.to_string())?;
+    Ok((stage, source.bytes_read().load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
 }

@@ -1,38 +1,88 @@
 //! Messages over MPI. Control messages are bincode bytes on one tag (see
-//! `evalmesh_common::protocol`); a rank that waits for one polls with back-off instead
-//! of blocking in MPI, whose blocking receive spins a core that the compute threads need.
+//! `evalmesh_common::protocol`); activations are raw f32 buffers on their own tags, each
+//! after a small header naming its micro-batch and shape. A rank that waits polls with
+//! back-off instead of blocking in MPI, whose blocking receive spins a core that the
+//! compute threads need.
 
 use std::time::Duration;
 
-use evalmesh_common::protocol::{decode, encode, ProtocolError, CONTROL_TAG};
+use evalmesh_common::protocol::{
+    decode, encode, ProtocolError, ACTIVATION_DATA_TAG, ACTIVATION_HEADER_TAG, CONTROL_TAG,
+};
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::topology::{Communicator, Rank};
 use mpi::traits::CommunicatorCollectives;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tensor::Matrix;
+
 /// The longest pause between two polls: the most a message waits unnoticed.
-const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
+pub const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
+
+/// A poll pause that doubles while nothing arrives, from 20 µs to [`MAX_POLL_PAUSE`].
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_micros(20))
+    }
+}
+
+impl Backoff {
+    pub fn wait(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(MAX_POLL_PAUSE);
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
 
 pub fn send<C: Communicator, T: Serialize>(comm: &C, to: Rank, message: &T) {
     comm.process_at_rank(to).send_with_tag(&encode(message)[..], CONTROL_TAG);
 }
 
+/// A control message from `from` (or any rank), if one has arrived; with its sender.
+pub fn try_receive<C: Communicator, T: DeserializeOwned>(comm: &C, from: Option<Rank>) -> Option<(Rank, Result<T, ProtocolError>)> {
+    let probe = match from {
+        Some(rank) => comm.process_at_rank(rank).immediate_matched_probe_with_tag(CONTROL_TAG),
+        None => comm.any_process().immediate_matched_probe_with_tag(CONTROL_TAG),
+    };
+    probe.map(|matched| {
+        let (bytes, status) = matched.matched_receive_vec::<u8>();
+        (status.source_rank(), decode(&bytes))
+    })
+}
+
 /// Waits for the next control message from `from`, or from any rank; returns the sender.
 pub fn receive<C: Communicator, T: DeserializeOwned>(comm: &C, from: Option<Rank>) -> (Rank, Result<T, ProtocolError>) {
-    let mut pause = Duration::from_micros(20);
+    let mut backoff = Backoff::default();
     loop {
-        let probe = match from {
-            Some(rank) => comm.process_at_rank(rank).immediate_matched_probe_with_tag(CONTROL_TAG),
-            None => comm.any_process().immediate_matched_probe_with_tag(CONTROL_TAG),
-        };
-        if let Some(matched) = probe {
-            let (bytes, status) = matched.matched_receive_vec::<u8>();
-            return (status.source_rank(), decode(&bytes));
+        if let Some(received) = try_receive(comm, from) {
+            return received;
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(MAX_POLL_PAUSE);
+        backoff.wait();
     }
+}
+
+/// Sends a micro-batch's activations: the header, then the values.
+pub fn send_activations<C: Communicator>(comm: &C, to: Rank, id: u64, m: &Matrix) {
+    let header = [id, m.rows as u64, m.cols as u64];
+    comm.process_at_rank(to).send_with_tag(&header[..], ACTIVATION_HEADER_TAG);
+    comm.process_at_rank(to).send_with_tag(&m.data[..], ACTIVATION_DATA_TAG);
+}
+
+/// Activations from `from`, if their header has arrived: (micro-batch id, matrix).
+pub fn try_receive_activations<C: Communicator>(comm: &C, from: Rank) -> Option<Result<(u64, Matrix), String>> {
+    let matched = comm.process_at_rank(from).immediate_matched_probe_with_tag(ACTIVATION_HEADER_TAG)?;
+    let (header, _) = matched.matched_receive_vec::<u64>();
+    let (data, _) = comm.process_at_rank(from).receive_vec_with_tag::<f32>(ACTIVATION_DATA_TAG);
+    Some(match header[..] {
+        [id, rows, cols] if (rows * cols) as usize == data.len() => Ok((id, Matrix::from_vec(rows as usize, cols as usize, data))),
+        _ => Err(format!("activation header {header:?} does not match {} values from rank {from}", data.len())),
+    })
 }
 
 /// Compute threads for each worker on this node: the node's cores shared among its
