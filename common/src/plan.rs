@@ -24,9 +24,11 @@ impl StageSpec {
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("--dp {dp} × --pp {pp} × --tp {tp} = {} workers, but the job has {workers} (mpirun -np {}: one coordinator plus the workers)", dp * pp * tp, workers + 1)]
-    WrongWorkerCount { dp: usize, pp: usize, tp: usize, workers: usize },
-    #[error("{what} is not available yet: use data parallelism (--strategy dp) or pipeline parallelism (--strategy pp)")]
+    #[error("--dp {dp} × --pp {pp} needs {} workers, but the job has {workers} (one rank coordinates): start it with mpirun -np {}, or change the sizes", dp * pp, dp * pp + 1)]
+    WrongWorkerCount { dp: usize, pp: usize, workers: usize },
+    #[error(
+        "{what} is not available yet: use data parallelism (--strategy dp) or pipeline parallelism (--strategy pp)"
+    )]
     Unavailable { what: String },
     #[error("a distributed run needs at least one worker: start 2 or more ranks (mpirun -np 2 or more)")]
     NoWorkers,
@@ -74,12 +76,12 @@ impl ParallelLayout {
                 Strategy::Pp => (1, workers),
                 Strategy::Tp => unreachable!("refused above"),
             },
-            (Some(d), None) => (d, workers / d.max(1)),
-            (None, Some(p)) => (workers / p.max(1), p),
+            (Some(d), None) => (d, (workers / d.max(1)).max(1)),
+            (None, Some(p)) => ((workers / p.max(1)).max(1), p),
             (Some(d), Some(p)) => (d, p),
         };
         if dp == 0 || pp == 0 || dp * pp != workers {
-            return Err(PlanError::WrongWorkerCount { dp, pp, tp: 1, workers });
+            return Err(PlanError::WrongWorkerCount { dp, pp, workers });
         }
         Ok(ParallelLayout { dp, pp })
     }
@@ -89,7 +91,8 @@ impl ParallelLayout {
 /// because the head runs only on scored rows (about half of them in perplexity chunks,
 /// far fewer in multiple choice). The strategy issue's cost model refines this.
 pub fn head_cost_in_layers(config: &ModelConfig) -> f64 {
-    let block = (config.hidden_size * (2 * config.q_dim() + 2 * config.kv_dim()) + 3 * config.hidden_size * config.intermediate_size) as f64;
+    let block = (config.hidden_size * (2 * config.q_dim() + 2 * config.kv_dim())
+        + 3 * config.hidden_size * config.intermediate_size) as f64;
     0.5 * (config.vocab_size * config.hidden_size) as f64 / block
 }
 
@@ -193,7 +196,7 @@ mod tests {
         assert_eq!(r(Strategy::Pp, None, None, None), Ok(ParallelLayout { dp: 1, pp: 4 }));
         assert_eq!(r(Strategy::Auto, None, Some(2), None), Ok(ParallelLayout { dp: 2, pp: 2 }));
         assert_eq!(r(Strategy::Auto, Some(2), Some(2), Some(1)), Ok(ParallelLayout { dp: 2, pp: 2 }));
-        assert!(r(Strategy::Auto, Some(3), None, None).unwrap_err().to_string().contains("mpirun -np 5"));
+        assert!(r(Strategy::Auto, Some(3), None, None).unwrap_err().to_string().contains("mpirun -np 4"));
         assert!(matches!(r(Strategy::Tp, None, None, None), Err(PlanError::Unavailable { .. })));
         assert_eq!(ParallelLayout::resolve(0, Strategy::Dp, None, None, None), Err(PlanError::NoWorkers));
     }

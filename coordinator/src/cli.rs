@@ -261,7 +261,6 @@ impl From<StrategyArg> for Strategy {
 
 /// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
 fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
-
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }

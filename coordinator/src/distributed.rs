@@ -59,7 +59,10 @@ impl<'a> DistributedEngine<'a> {
     ) -> Result<Self, EngineError> {
         let stages = partition_layers(config, layout.pp).map_err(|e| EngineError::Plan(e.to_string()))?;
         let pipelines: Vec<Pipeline> = (0..layout.dp)
-            .map(|p| Pipeline { ranks: (0..layout.pp).map(|s| (1 + p * layout.pp + s) as Rank).collect(), in_flight: 0 })
+            .map(|p| Pipeline {
+                ranks: (0..layout.pp).map(|s| (1 + p * layout.pp + s) as Rank).collect(),
+                in_flight: 0,
+            })
             .collect();
         for (p, pipeline) in pipelines.iter().enumerate() {
             for (s, &rank) in pipeline.ranks.iter().enumerate() {
@@ -133,7 +136,14 @@ struct Schedule {
 impl Schedule {
     /// Sends micro-batches to pipeline `index` until it holds `limit` or none are left;
     /// every stage of the pipeline gets the layout.
-    fn fill(&mut self, world: &SimpleCommunicator, trees: &[ScoreTree], pipeline: &mut Pipeline, index: usize, limit: usize) {
+    fn fill(
+        &mut self,
+        world: &SimpleCommunicator,
+        trees: &[ScoreTree],
+        pipeline: &mut Pipeline,
+        index: usize,
+        limit: usize,
+    ) {
         while pipeline.in_flight < limit {
             let Some(indices) = self.queue.pop_front() else { return };
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
@@ -155,8 +165,11 @@ impl EvaluationEngine for DistributedEngine<'_> {
                 .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
         }
         let depth = self.depth();
-        let mut schedule =
-            Schedule { queue: pack_micro_batches(trees, self.batch_tokens).into(), in_flight: HashMap::new(), next_id: 0 };
+        let mut schedule = Schedule {
+            queue: pack_micro_batches(trees, self.batch_tokens).into(),
+            in_flight: HashMap::new(),
+            next_id: 0,
+        };
         // Deal the first micro-batches out one at a time, so that every pipeline starts at once.
         for level in 1..=depth {
             for p in 0..self.pipelines.len() {
@@ -167,16 +180,16 @@ impl EvaluationEngine for DistributedEngine<'_> {
             let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
                 ToCoordinator::Scores { id, scores, matmul_flops, matmul_seconds, .. } => {
-                    let (pipeline, indices) = schedule
-                        .in_flight
-                        .remove(&id)
-                        .ok_or_else(|| worker_error(rank, format!("scores for micro-batch {id}, which is not in flight")))?;
+                    let (pipeline, indices) = schedule.in_flight.remove(&id).ok_or_else(|| {
+                        worker_error(rank, format!("scores for micro-batch {id}, which is not in flight"))
+                    })?;
                     self.pipelines[pipeline].in_flight -= 1;
                     schedule.fill(self.world, trees, &mut self.pipelines[pipeline], pipeline, depth);
                     self.matmul.flops += matmul_flops;
                     self.matmul.seconds += matmul_seconds;
                     let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
-                    let unpacked = MicroBatch::unpack(&members, &scores).map_err(|e| worker_error(rank, e.to_string()))?;
+                    let unpacked =
+                        MicroBatch::unpack(&members, &scores).map_err(|e| worker_error(rank, e.to_string()))?;
                     for (i, s) in indices.into_iter().zip(unpacked) {
                         done(i, s)?;
                     }

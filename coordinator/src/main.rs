@@ -54,12 +54,14 @@ fn main() -> ExitCode {
     init_logging(rank);
     let worker_threads = evalmesh_worker::transport::default_worker_threads(&world);
     if rank == 0 {
-        let result = evalmesh::cli::execute(cli, Some(&world));
+        // The outcome is printed first: once told to stop, a failed worker exits non-zero
+        // and mpirun may end this rank before it could say why.
+        let code = report(evalmesh::cli::execute(cli, Some(&world)).map_err(anyhow::Error::from));
         // Success or failure, every worker is told to stop, so that no rank is left waiting.
         for worker in 1..world.size() {
             evalmesh_worker::transport::send(&world, worker, &ToWorker::Shutdown);
         }
-        report(result.map_err(anyhow::Error::from))
+        code
     } else {
         report(evalmesh_worker::node::serve(rank, worker_threads).map_err(anyhow::Error::from))
     }

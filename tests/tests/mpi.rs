@@ -1,5 +1,6 @@
 //! The distributed engine under a real `mpirun`: per-request scores bit-identical to the
-//! single process, and a worker's failure reported by rank 0 with the worker's rank.
+//! single process for data parallelism, pipelines of 2 and 3 stages and both together,
+//! and a worker's failure reported by rank 0 with the worker's rank.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use evalmesh_tests::{evalmesh_bin, run_evalmesh, shared_dir, test_model, EditableGguf};
+use evalmesh_tests::{assert_clean_error, evalmesh_bin, run_evalmesh, shared_dir, test_model, EditableGguf};
 
 /// Runs evalmesh under `mpirun -np N --oversubscribe` as root would need; prints the command and output.
 fn mpirun(np: usize, args: &[&str]) -> Output {
@@ -31,12 +32,15 @@ fn mpirun(np: usize, args: &[&str]) -> Output {
     output
 }
 
-/// The samples of a HellaSwag and a perplexity sample, scored with `launcher`.
-fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output) -> (Vec<u8>, Vec<u8>) {
+/// The samples of a HellaSwag sample and a perplexity sample, computed by `launch` with
+/// `extra` arguments.
+fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output, extra: &[&str]) -> Vec<u8> {
     let model = test_model();
     let hellaswag = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, &evalmesh::tasks::perplexity::BUILTIN_TEXT[..4000]).unwrap();
     let out = dir.join("mc.json");
-    let output = launch(&[
+    let mut args = vec![
         "run",
         "--model",
         model.to_str().unwrap(),
@@ -45,46 +49,59 @@ fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output) -> (Vec<u8>, Vec<u8>)
         "--data",
         hellaswag.to_str().unwrap(),
         "--limit",
-        "24",
+        "16",
         "--batch-tokens",
-        "512",
+        "384",
         "--log-samples",
         "--output",
         out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
+    ];
+    args.extend_from_slice(extra);
+    assert!(launch(&args).status.success());
+    let mc = std::fs::read(dir.join("samples_multiple_choice.jsonl")).unwrap();
     let out = dir.join("ppl.json");
-    let output = launch(&[
+    let mut args = vec![
         "run",
         "--model",
         model.to_str().unwrap(),
         "--task",
         "perplexity",
+        "--data",
+        text.to_str().unwrap(),
         "--ctx",
-        "512",
-        "--limit",
-        "1",
+        "256",
         "--batch-tokens",
-        "1024",
+        "512",
         "--log-samples",
         "--output",
         out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
-    (
-        std::fs::read(dir.join("samples_multiple_choice.jsonl")).unwrap(),
-        std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap(),
-    )
+    ];
+    args.extend_from_slice(extra);
+    assert!(launch(&args).status.success());
+    [mc, std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap()].concat()
 }
 
 #[test]
-fn data_parallel_scores_are_the_single_process_bits() {
+fn every_layout_gives_the_single_process_bits() {
     let single_dir = tempfile::tempdir().unwrap();
-    let single = samples(single_dir.path(), run_evalmesh);
-    let dp_dir = tempfile::tempdir().unwrap();
-    let dp = samples(dp_dir.path(), |args| mpirun(3, args));
-    assert!(dp.0 == single.0, "HellaSwag sample: DP=2 scores differ from the single process");
-    assert!(dp.1 == single.1, "perplexity sample: DP=2 scores differ from the single process");
+    let single = samples(single_dir.path(), run_evalmesh, &[]);
+    let layouts: [(usize, &[&str], &str); 4] = [
+        (3, &["--strategy", "dp"], "DP=2"),
+        (3, &["--strategy", "pp"], "PP=2"),
+        (4, &["--strategy", "pp"], "PP=3"),
+        (5, &["--dp", "2", "--pp", "2"], "DP=2 x PP=2"),
+    ];
+    for (np, layout, name) in layouts {
+        let dir = tempfile::tempdir().unwrap();
+        let got = samples(dir.path(), |args| mpirun(np, args), layout);
+        assert!(got == single, "{name}: scores differ from the single process");
+    }
+}
+
+#[test]
+fn impossible_layouts_are_refused() {
+    let output = mpirun(3, &["run", "--model", test_model().to_str().unwrap(), "--dp", "3"]);
+    assert_clean_error(&output, &["--dp 3", "mpirun -np 4"]);
 }
 
 #[test]

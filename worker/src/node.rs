@@ -124,7 +124,12 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     }
 }
 
-fn compute(rank: Rank, default_threads: usize, work: &Receiver<Work>, outgoing: &Sender<Outgoing>) -> Result<(), NodeError> {
+fn compute(
+    rank: Rank,
+    default_threads: usize,
+    work: &Receiver<Work>,
+    outgoing: &Sender<Outgoing>,
+) -> Result<(), NodeError> {
     let mut failure: Option<NodeError> = None;
     let mut fail = |message: String| {
         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
@@ -145,7 +150,8 @@ fn compute(rank: Rank, default_threads: usize, work: &Receiver<Work>, outgoing: 
                             if loaded.spec().embedding { " + embedding" } else { "" },
                             if loaded.spec().head { " + head" } else { "" }
                         );
-                        let ready = ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
+                        let ready =
+                            ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
                         let _ = outgoing.send(Outgoing::Control(ready));
                         stage = Some(loaded);
                     }
@@ -195,7 +201,12 @@ fn compute(rank: Rank, default_threads: usize, work: &Receiver<Work>, outgoing: 
 }
 
 /// Loads a stage; returns it with the bytes read from the model and the seconds taken.
-fn load(version: u32, model: &str, spec: StageSpec, threads: usize) -> Result<(LlamaStage<CpuBackend>, u64, f64), String> {
+fn load(
+    version: u32,
+    model: &str,
+    spec: StageSpec,
+    threads: usize,
+) -> Result<(LlamaStage<CpuBackend>, u64, f64), String> {
     let started = Instant::now();
     check_version(version).map_err(|e| e.to_string())?;
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;

@@ -45,7 +45,10 @@ pub fn send<C: Communicator, T: Serialize>(comm: &C, to: Rank, message: &T) {
 }
 
 /// A control message from `from` (or any rank), if one has arrived; with its sender.
-pub fn try_receive<C: Communicator, T: DeserializeOwned>(comm: &C, from: Option<Rank>) -> Option<(Rank, Result<T, ProtocolError>)> {
+pub fn try_receive<C: Communicator, T: DeserializeOwned>(
+    comm: &C,
+    from: Option<Rank>,
+) -> Option<(Rank, Result<T, ProtocolError>)> {
     let probe = match from {
         Some(rank) => comm.process_at_rank(rank).immediate_matched_probe_with_tag(CONTROL_TAG),
         None => comm.any_process().immediate_matched_probe_with_tag(CONTROL_TAG),
@@ -80,7 +83,9 @@ pub fn try_receive_activations<C: Communicator>(comm: &C, from: Rank) -> Option<
     let (header, _) = matched.matched_receive_vec::<u64>();
     let (data, _) = comm.process_at_rank(from).receive_vec_with_tag::<f32>(ACTIVATION_DATA_TAG);
     Some(match header[..] {
-        [id, rows, cols] if (rows * cols) as usize == data.len() => Ok((id, Matrix::from_vec(rows as usize, cols as usize, data))),
+        [id, rows, cols] if (rows * cols) as usize == data.len() => {
+            Ok((id, Matrix::from_vec(rows as usize, cols as usize, data)))
+        }
         _ => Err(format!("activation header {header:?} does not match {} values from rank {from}", data.len())),
     })
 }
