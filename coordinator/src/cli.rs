@@ -348,6 +348,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     evalmesh.insert("load_seconds".into(), json!(load_seconds));
     evalmesh.insert("eval_seconds".into(), json!(seconds));
     evalmesh.insert("workers".into(), json!(engine.parallel_workers()));
+    evalmesh.insert("engine_details".into(), engine.details());
     evalmesh.insert("matmul_gflop".into(), json!(matmul.flops as f64 / 1e9));
     evalmesh.insert("matmul_seconds".into(), json!(matmul.seconds));
     evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));

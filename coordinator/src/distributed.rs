@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, PROTOCOL_VERSION};
-use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, ScoreTree};
+use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, ScoreTree, StageSpec};
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -21,6 +21,7 @@ use crate::engine::{pack_micro_batches, EngineError, EvaluationEngine, ScoreSink
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
     pub rank: Rank,
+    pub stage: StageSpec,
     pub threads: usize,
     pub bytes_read: u64,
     pub load_seconds: f64,
@@ -92,7 +93,8 @@ impl<'a> DistributedEngine<'a> {
                 ToCoordinator::Ready { version, threads, bytes_read, load_seconds } => {
                     check_version(version).map_err(|e| worker_error(rank, e.to_string()))?;
                     log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads");
-                    workers.push(WorkerInfo { rank, threads, bytes_read, load_seconds });
+                    let stage = stages[(rank as usize - 1) % layout.pp].clone();
+                    workers.push(WorkerInfo { rank, stage, threads, bytes_read, load_seconds });
                 }
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
                 other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
@@ -219,5 +221,18 @@ impl EvaluationEngine for DistributedEngine<'_> {
 
     fn parallel_workers(&self) -> usize {
         self.workers.len()
+    }
+
+    fn details(&self) -> serde_json::Value {
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({"rank": w.rank, "layers": [w.stage.layers.start, w.stage.layers.end],
+                    "embedding": w.stage.embedding, "head": w.stage.head, "threads": w.threads,
+                    "bytes_read": w.bytes_read, "load_seconds": w.load_seconds})
+            })
+            .collect();
+        serde_json::json!({"kind": "distributed", "dp": self.layout.dp, "pp": self.layout.pp, "workers": workers})
     }
 }

@@ -35,6 +35,8 @@ pub trait EvaluationEngine {
     fn matmul_stats(&self) -> MatmulStats;
     /// How many workers compute at once.
     fn parallel_workers(&self) -> usize;
+    /// Where the work ran, for the results' `evalmesh.engine_details`.
+    fn details(&self) -> serde_json::Value;
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -110,6 +112,10 @@ impl EvaluationEngine for LightweightEngine {
 
     fn parallel_workers(&self) -> usize {
         1
+    }
+
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "lightweight", "layers": [0, self.stage.config().num_layers], "threads": rayon::current_num_threads()})
     }
 }
 
