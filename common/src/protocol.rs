@@ -33,8 +33,35 @@ pub enum ToWorker {
     Setup { version: u32, model: String, stage: StageSpec, threads: usize, previous: Option<i32>, next: Option<i32> },
     /// Compute a micro-batch and return its scores.
     Batch { id: u64, batch: MicroBatch },
+    /// Report the monitoring figures gathered so far.
+    Report,
     /// Finish: no more work.
     Shutdown,
+}
+
+/// A distribution of durations, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub total_ms: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What a worker measured: per micro-batch, the time computing, waiting for work while
+/// idle, sending its output and waiting for the previous stage's activations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub batches: u64,
+    pub tokens: u64,
+    pub compute: Quantiles,
+    pub idle: Quantiles,
+    pub send: Quantiles,
+    pub receive_wait: Quantiles,
+    pub peak_memory_bytes: u64,
 }
 
 /// From a worker to the coordinator.
@@ -43,6 +70,7 @@ pub enum ToCoordinator {
     Ready { version: u32, threads: usize, bytes_read: u64, load_seconds: f64 },
     Scores { id: u64, scores: Vec<TokenScore>, compute_seconds: f64, matmul_flops: u64, matmul_seconds: f64 },
     Failed { message: String },
+    Stats { stats: WorkerStats },
 }
 
 fn config() -> bincode::config::Configuration<

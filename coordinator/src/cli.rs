@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{ParallelLayout, PlanError, Strategy};
 use evalmesh_worker::weights::gguf::GgufFile;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -218,6 +219,30 @@ pub fn execute(cli: Cli, world: Option<&SimpleCommunicator>) -> Result<(), CliEr
     }
 }
 
+/// Per rank: micro-batches, tokens, compute time and its distribution, idle, send and
+/// receive-wait time, tokens/s while computing, peak memory.
+fn monitoring_table(ranks: &[(i32, WorkerStats)]) -> String {
+    let mut out = String::from(
+        "| Rank | Batches | Tokens | Compute s | p50 ms | p99 ms | Idle s | Send s | Recv-wait s | Tokens/s | Peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (rank, s) in ranks {
+        let compute_s = s.compute.total_ms / 1000.0;
+        out.push_str(&format!(
+            "| {rank} | {} | {} | {compute_s:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} |\n",
+            s.batches,
+            s.tokens,
+            s.compute.p50_ms,
+            s.compute.p99_ms,
+            s.idle.total_ms / 1000.0,
+            s.send.total_ms / 1000.0,
+            s.receive_wait.total_ms / 1000.0,
+            s.tokens as f64 / compute_s.max(1e-9),
+            s.peak_memory_bytes as f64 / (1 << 20) as f64,
+        ));
+    }
+    out
+}
+
 /// `--limit`: a count of documents, or a fraction below 1.
 fn parse_limit(s: &str) -> Result<Limit, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
@@ -339,7 +364,12 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     let seconds = start.elapsed().as_secs_f64();
 
     let matmul = engine.matmul_stats();
+    let monitoring = engine.monitoring()?;
     let evalmesh = &mut report.evalmesh;
+    evalmesh.insert(
+        "monitoring".into(),
+        json!(monitoring.iter().map(|(rank, s)| json!({"rank": rank, "stats": s})).collect::<Vec<_>>()),
+    );
     evalmesh.insert("model".into(), json!(model_path.display().to_string()));
     evalmesh.insert("model_fingerprint".into(), json!(fingerprint));
     evalmesh.insert("engine".into(), json!(engine.describe()));
@@ -354,6 +384,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));
 
     print!("{}", report.table());
+    print!("{}", monitoring_table(&monitoring));
     println!(
         "evaluated in {seconds:.1} s; matrix products {:.1} GFLOP/s, {:.0}% of the time",
         matmul.gflops_per_s(),

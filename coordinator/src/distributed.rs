@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, PROTOCOL_VERSION};
+use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
 use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, ScoreTree, StageSpec};
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::transport::{receive, send};
@@ -221,6 +221,23 @@ impl EvaluationEngine for DistributedEngine<'_> {
 
     fn parallel_workers(&self) -> usize {
         self.workers.len()
+    }
+
+    fn monitoring(&mut self) -> Result<Vec<(Rank, WorkerStats)>, EngineError> {
+        for w in &self.workers {
+            send(self.world, w.rank, &ToWorker::Report);
+        }
+        let mut all = Vec::new();
+        while all.len() < self.workers.len() {
+            let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
+            match message.map_err(|e| worker_error(rank, e.to_string()))? {
+                ToCoordinator::Stats { stats } => all.push((rank, stats)),
+                ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
+                other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
+            }
+        }
+        all.sort_by_key(|(rank, _)| *rank);
+        Ok(all)
     }
 
     fn details(&self) -> serde_json::Value {

@@ -2,8 +2,10 @@
 //! every engine shares, and the `LightweightEngine`: one process that runs the whole
 //! model in one stage.
 
+use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
 use evalmesh_worker::backend::MatmulStats;
+use evalmesh_worker::monitor::{peak_memory_bytes, Durations};
 use evalmesh_worker::{Backend, CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub trait EvaluationEngine {
     fn parallel_workers(&self) -> usize;
     /// Where the work ran, for the results' `evalmesh.engine_details`.
     fn details(&self) -> serde_json::Value;
+    /// What each worker measured so far, labelled by rank.
+    fn monitoring(&mut self) -> Result<Vec<(i32, WorkerStats)>, EngineError>;
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -66,12 +70,15 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
 pub struct LightweightEngine {
     stage: LlamaStage<CpuBackend>,
     batch_tokens: usize,
+    compute: Durations,
+    batches: u64,
+    tokens: u64,
 }
 
 impl LightweightEngine {
     pub fn load(source: &dyn WeightSource, batch_tokens: usize) -> Result<Self, EngineError> {
         let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default())?;
-        Ok(LightweightEngine { stage, batch_tokens })
+        Ok(LightweightEngine { stage, batch_tokens, compute: Durations::default(), batches: 0, tokens: 0 })
     }
 }
 
@@ -85,9 +92,13 @@ impl EvaluationEngine for LightweightEngine {
         for indices in pack_micro_batches(trees, self.batch_tokens) {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);
+            let started = std::time::Instant::now();
             let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens)? else {
                 return Err(EngineError::NoScores);
             };
+            self.compute.record(started.elapsed());
+            self.batches += 1;
+            self.tokens += batch.tokens.len() as u64;
             let unpacked = MicroBatch::unpack(&members, &scores)
                 .map_err(|e| EngineError::Request { index: indices[0], problem: e.to_string() })?;
             for (i, s) in indices.into_iter().zip(unpacked) {
@@ -112,6 +123,19 @@ impl EvaluationEngine for LightweightEngine {
 
     fn parallel_workers(&self) -> usize {
         1
+    }
+
+    fn monitoring(&mut self) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
+        Ok(vec![(
+            0,
+            WorkerStats {
+                batches: self.batches,
+                tokens: self.tokens,
+                compute: self.compute.summary(),
+                peak_memory_bytes: peak_memory_bytes(),
+                ..WorkerStats::default()
+            },
+        )])
     }
 
     fn details(&self) -> serde_json::Value {

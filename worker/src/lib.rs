@@ -2,6 +2,7 @@
 //! transformer stage. Workers see token ids, never text.
 
 pub mod backend;
+pub mod monitor;
 pub mod node;
 pub mod stage;
 pub mod tensor;

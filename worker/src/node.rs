@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
-use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, PROTOCOL_VERSION};
+use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
 use evalmesh_common::{MicroBatch, StageSpec};
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::Backend;
+use crate::monitor::{peak_memory_bytes, Durations};
 use crate::tensor::Matrix;
 use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff};
 use crate::{CpuBackend, LlamaStage, StageInput, StageOutput};
@@ -30,8 +31,22 @@ pub struct NodeError {
 
 /// What the communication thread hands the compute thread.
 enum Work {
-    Setup { version: u32, model: String, stage: StageSpec, threads: usize, next: Option<Rank> },
-    Batch { id: u64, batch: MicroBatch, hidden: Option<Matrix> },
+    Setup {
+        version: u32,
+        model: String,
+        stage: StageSpec,
+        threads: usize,
+        next: Option<Rank>,
+    },
+    Batch {
+        id: u64,
+        batch: MicroBatch,
+        hidden: Option<Matrix>,
+    },
+    /// Report the figures; the communication thread adds its send times.
+    Report {
+        send: Durations,
+    },
     Broken(String),
     Shutdown,
 }
@@ -62,6 +77,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let world = SimpleCommunicator::world();
     let mut previous: Option<Rank> = None;
     let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
+    let mut send_times = Durations::default();
     let mut activations: VecDeque<(u64, Matrix)> = VecDeque::new();
     let mut backoff = Backoff::default();
     loop {
@@ -78,6 +94,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     None
                 }
                 Ok(ToWorker::Batch { id, batch }) => Some(Work::Batch { id, batch, hidden: None }),
+                Ok(ToWorker::Report) => Some(Work::Report { send: send_times.clone() }),
                 Ok(ToWorker::Shutdown) => Some(Work::Shutdown),
                 Err(e) => Some(Work::Broken(e.to_string())),
             };
@@ -108,12 +125,14 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             let _ = work.send(w);
         }
         loop {
+            let started = Instant::now();
             match outgoing.try_recv() {
                 Ok(Outgoing::Control(message)) => send(&world, COORDINATOR, &message),
                 Ok(Outgoing::Activations { to, id, hidden }) => send_activations(&world, to, id, &hidden),
                 Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
             }
+            send_times.record(started.elapsed());
             busy = true;
         }
         if busy {
@@ -137,7 +156,14 @@ fn compute(
     };
     let mut stage: Option<LlamaStage<CpuBackend>> = None;
     let mut next: Option<Rank> = None;
-    while let Ok(w) = work.recv() {
+    // Waits for a micro-batch count as idle on a first stage (no work from the coordinator)
+    // and as receive-wait on later ones (a batch is handed over when its activations arrive).
+    let (mut compute_times, mut idle, mut receive_wait) =
+        (Durations::default(), Durations::default(), Durations::default());
+    let (mut batches, mut tokens) = (0u64, 0u64);
+    loop {
+        let waiting = Instant::now();
+        let Ok(w) = work.recv() else { break };
         match w {
             Work::Setup { version, model, stage: spec, threads, next: n } => {
                 next = n;
@@ -160,6 +186,9 @@ fn compute(
             }
             Work::Batch { id, batch, hidden } => {
                 let Some(stage) = &stage else { continue };
+                if hidden.is_some() { &mut receive_wait } else { &mut idle }.record(waiting.elapsed());
+                batches += 1;
+                tokens += batch.tokens.len() as u64;
                 let started = Instant::now();
                 let before = stage.backend().matmul_stats();
                 let input = match hidden {
@@ -192,6 +221,19 @@ fn compute(
                     },
                     Err(e) => fail(e.to_string()),
                 }
+                compute_times.record(started.elapsed());
+            }
+            Work::Report { send } => {
+                let stats = WorkerStats {
+                    batches,
+                    tokens,
+                    compute: compute_times.summary(),
+                    idle: idle.summary(),
+                    send: send.summary(),
+                    receive_wait: receive_wait.summary(),
+                    peak_memory_bytes: peak_memory_bytes(),
+                };
+                let _ = outgoing.send(Outgoing::Control(ToCoordinator::Stats { stats }));
             }
             Work::Broken(message) => fail(message),
             Work::Shutdown => break,

@@ -1,0 +1,69 @@
+//! Monitoring of a rank: hdrhistogram distributions of durations (compute, idle, send,
+//! receive-wait per micro-batch) and the process's peak memory.
+
+use std::time::Duration;
+
+use evalmesh_common::protocol::Quantiles;
+use hdrhistogram::Histogram;
+
+/// Durations recorded in microseconds, from 1 µs to an hour, 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct Durations(Histogram<u64>);
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations(Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|e| unreachable!("fixed bounds: {e}")))
+    }
+}
+
+impl Durations {
+    pub fn record(&mut self, d: Duration) {
+        self.0.saturating_record((d.as_micros() as u64).max(1));
+    }
+
+    pub fn summary(&self) -> Quantiles {
+        let h = &self.0;
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Quantiles {
+            count: h.len(),
+            total_ms: h.mean() * h.len() as f64 / 1000.0,
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// The process's peak resident memory (`VmHWM`), where the system reports it.
+pub fn peak_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_reports_quantiles_in_milliseconds() {
+        let mut d = Durations::default();
+        for ms in 1..=100 {
+            d.record(Duration::from_millis(ms));
+        }
+        let q = d.summary();
+        assert_eq!(q.count, 100);
+        assert!((q.p50_ms - 50.0).abs() < 0.1 && (q.max_ms - 100.0).abs() < 0.1, "{q:?}");
+        assert!((q.total_ms - 5050.0).abs() < 5.0);
+        assert!(peak_memory_bytes() > 0);
+    }
+}
