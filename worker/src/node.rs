@@ -53,7 +53,7 @@ enum Work {
 
 /// What the compute thread hands the communication thread.
 enum Outgoing {
-    Control(ToCoordinator),
+    Control(Box<ToCoordinator>),
     Activations { to: Rank, id: u64, hidden: Matrix },
     Done,
 }
@@ -127,7 +127,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         loop {
             let started = Instant::now();
             match outgoing.try_recv() {
-                Ok(Outgoing::Control(message)) => send(&world, COORDINATOR, &message),
+                Ok(Outgoing::Control(message)) => send(&world, COORDINATOR, &*message),
                 Ok(Outgoing::Activations { to, id, hidden }) => send_activations(&world, to, id, &hidden),
                 Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
@@ -151,7 +151,7 @@ fn compute(
 ) -> Result<(), NodeError> {
     let mut failure: Option<NodeError> = None;
     let mut fail = |message: String| {
-        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
+        let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Failed { message: message.clone() })));
         failure.get_or_insert(NodeError { rank, message });
     };
     let mut stage: Option<LlamaStage<CpuBackend>> = None;
@@ -178,7 +178,7 @@ fn compute(
                         );
                         let ready =
                             ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
-                        let _ = outgoing.send(Outgoing::Control(ready));
+                        let _ = outgoing.send(Outgoing::Control(Box::new(ready)));
                         stage = Some(loaded);
                     }
                     Err(message) => fail(message),
@@ -204,13 +204,13 @@ fn compute(
                 match stage.forward(&batch, input) {
                     Ok(StageOutput::Scores(scores)) => {
                         let after = stage.backend().matmul_stats();
-                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores {
+                        let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Scores {
                             id,
                             scores,
                             compute_seconds: started.elapsed().as_secs_f64(),
                             matmul_flops: after.flops - before.flops,
                             matmul_seconds: after.seconds - before.seconds,
-                        }));
+                        })));
                     }
                     Ok(StageOutput::Hidden(h)) => match (next, stage.backend().download(&h)) {
                         (Some(to), Ok(hidden)) => {
@@ -233,7 +233,7 @@ fn compute(
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
                 };
-                let _ = outgoing.send(Outgoing::Control(ToCoordinator::Stats { stats }));
+                let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Stats { stats })));
             }
             Work::Broken(message) => fail(message),
             Work::Shutdown => break,
