@@ -33,8 +33,8 @@ pub enum ToWorker {
     Setup { version: u32, model: String, stage: StageSpec, threads: usize, previous: Option<i32>, next: Option<i32> },
     /// Compute a micro-batch and return its scores.
     Batch { id: u64, batch: MicroBatch },
-    /// Report the monitoring figures gathered so far.
-    Report,
+    /// Report the monitoring figures gathered so far, with the timeline when `trace` is set.
+    Report { trace: bool },
     /// Finish: no more work.
     Shutdown,
 }
@@ -62,6 +62,21 @@ pub struct WorkerStats {
     pub send: Quantiles,
     pub receive_wait: Quantiles,
     pub peak_memory_bytes: u64,
+    /// The timeline, when asked for: one event per compute, wait and send.
+    pub trace: Vec<TraceEvent>,
+}
+
+/// One span of a rank's timeline (Chrome trace "complete" events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// compute, idle, receive-wait or send.
+    pub name: String,
+    /// Microseconds since the Unix epoch, and duration in microseconds.
+    pub start_us: u64,
+    pub duration_us: u64,
+    /// 0: the compute thread, 1: the communication thread.
+    pub thread: u8,
+    pub batch: Option<u64>,
 }
 
 /// From a worker to the coordinator.
@@ -70,7 +85,7 @@ pub enum ToCoordinator {
     Ready { version: u32, threads: usize, bytes_read: u64, load_seconds: f64 },
     Scores { id: u64, scores: Vec<TokenScore>, compute_seconds: f64, matmul_flops: u64, matmul_seconds: f64 },
     Failed { message: String },
-    Stats { stats: WorkerStats },
+    Stats { stats: Box<WorkerStats> },
 }
 
 fn config() -> bincode::config::Configuration<

@@ -152,6 +152,9 @@ pub struct RunArgs {
     /// Replace an existing results file and journal.
     #[arg(long)]
     pub overwrite: bool,
+    /// Write a Chrome trace of every rank's timeline (open it in Perfetto).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +244,31 @@ fn monitoring_table(ranks: &[(i32, WorkerStats)]) -> String {
         ));
     }
     out
+}
+
+/// Writes every rank's timeline as a Chrome trace: one process per rank, a thread for
+/// computing and one for communicating.
+fn write_trace(path: &Path, ranks: &[(i32, WorkerStats)], details: &serde_json::Value) -> Result<(), CliError> {
+    let label = |rank: i32| {
+        let worker = details["workers"].as_array().and_then(|ws| ws.iter().find(|w| w["rank"] == rank));
+        match worker {
+            Some(w) => format!("rank {rank}: layers {}..{}", w["layers"][0], w["layers"][1]),
+            None => format!("rank {rank}"),
+        }
+    };
+    let mut events = Vec::new();
+    for (rank, stats) in ranks {
+        events.push(json!({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": label(*rank)}}));
+        for (tid, name) in [(0, "compute"), (1, "communication")] {
+            events.push(json!({"name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": {"name": name}}));
+        }
+        for e in &stats.trace {
+            events.push(json!({"name": e.name, "ph": "X", "pid": rank, "tid": e.thread, "ts": e.start_us,
+                "dur": e.duration_us, "args": {"micro_batch": e.batch}}));
+        }
+    }
+    let text = serde_json::to_string(&json!({"traceEvents": events, "displayTimeUnit": "ms"})).unwrap_or_default();
+    std::fs::write(path, text).map_err(|error| CliError::Io { path: path.to_path_buf(), error })
 }
 
 /// `--limit`: a count of documents, or a fraction below 1.
@@ -364,7 +392,14 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     let seconds = start.elapsed().as_secs_f64();
 
     let matmul = engine.matmul_stats();
-    let monitoring = engine.monitoring()?;
+    let mut monitoring = engine.monitoring(args.trace.is_some())?;
+    if let Some(path) = &args.trace {
+        write_trace(path, &monitoring, &engine.details())?;
+        log::info!("timeline written to {} (open it in Perfetto or chrome://tracing)", path.display());
+    }
+    for (_, stats) in &mut monitoring {
+        stats.trace.clear();
+    }
     let evalmesh = &mut report.evalmesh;
     evalmesh.insert(
         "monitoring".into(),

@@ -223,15 +223,15 @@ impl EvaluationEngine for DistributedEngine<'_> {
         self.workers.len()
     }
 
-    fn monitoring(&mut self) -> Result<Vec<(Rank, WorkerStats)>, EngineError> {
+    fn monitoring(&mut self, trace: bool) -> Result<Vec<(Rank, WorkerStats)>, EngineError> {
         for w in &self.workers {
-            send(self.world, w.rank, &ToWorker::Report);
+            send(self.world, w.rank, &ToWorker::Report { trace });
         }
         let mut all = Vec::new();
         while all.len() < self.workers.len() {
             let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
-                ToCoordinator::Stats { stats } => all.push((rank, stats)),
+                ToCoordinator::Stats { stats } => all.push((rank, *stats)),
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
                 other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
             }

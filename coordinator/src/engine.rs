@@ -5,7 +5,7 @@
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
 use evalmesh_worker::backend::MatmulStats;
-use evalmesh_worker::monitor::{peak_memory_bytes, Durations};
+use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
 use evalmesh_worker::{Backend, CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,8 @@ pub trait EvaluationEngine {
     fn parallel_workers(&self) -> usize;
     /// Where the work ran, for the results' `evalmesh.engine_details`.
     fn details(&self) -> serde_json::Value;
-    /// What each worker measured so far, labelled by rank.
-    fn monitoring(&mut self) -> Result<Vec<(i32, WorkerStats)>, EngineError>;
+    /// What each worker measured so far, labelled by rank; with its timeline when `trace` is set.
+    fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError>;
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -71,6 +71,7 @@ pub struct LightweightEngine {
     stage: LlamaStage<CpuBackend>,
     batch_tokens: usize,
     compute: Durations,
+    spans: Spans,
     batches: u64,
     tokens: u64,
 }
@@ -78,7 +79,14 @@ pub struct LightweightEngine {
 impl LightweightEngine {
     pub fn load(source: &dyn WeightSource, batch_tokens: usize) -> Result<Self, EngineError> {
         let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default())?;
-        Ok(LightweightEngine { stage, batch_tokens, compute: Durations::default(), batches: 0, tokens: 0 })
+        Ok(LightweightEngine {
+            stage,
+            batch_tokens,
+            compute: Durations::default(),
+            spans: Spans::default(),
+            batches: 0,
+            tokens: 0,
+        })
     }
 }
 
@@ -96,7 +104,7 @@ impl EvaluationEngine for LightweightEngine {
             let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens)? else {
                 return Err(EngineError::NoScores);
             };
-            self.compute.record(started.elapsed());
+            self.spans.record(&mut self.compute, "compute", started, 0, None);
             self.batches += 1;
             self.tokens += batch.tokens.len() as u64;
             let unpacked = MicroBatch::unpack(&members, &scores)
@@ -125,7 +133,7 @@ impl EvaluationEngine for LightweightEngine {
         1
     }
 
-    fn monitoring(&mut self) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
+    fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
         Ok(vec![(
             0,
             WorkerStats {
@@ -133,6 +141,7 @@ impl EvaluationEngine for LightweightEngine {
                 tokens: self.tokens,
                 compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
+                trace: if trace { self.spans.timeline.clone() } else { Vec::new() },
                 ..WorkerStats::default()
             },
         )])

@@ -126,3 +126,50 @@ fn a_failing_worker_ends_the_run_naming_its_rank() {
     assert!(line.contains("blk.3.ffn_down.weight") && line.contains("non-finite"), "{line}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn the_trace_has_a_track_per_rank_and_the_results_a_table_per_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, out) = (dir.path().join("trace.json"), dir.path().join("r.json"));
+    let hellaswag = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+    let output = mpirun(
+        3,
+        &[
+            "run",
+            "--model",
+            test_model().to_str().unwrap(),
+            "--strategy",
+            "pp",
+            "--task",
+            "multiple_choice",
+            "--data",
+            hellaswag.to_str().unwrap(),
+            "--limit",
+            "6",
+            "--batch-tokens",
+            "256",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success());
+    let events: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = events["traceEvents"].as_array().unwrap();
+    for rank in [1, 2] {
+        let named = events.iter().any(|e| e["ph"] == "M" && e["name"] == "process_name" && e["pid"] == rank);
+        let computes = events.iter().filter(|e| e["ph"] == "X" && e["name"] == "compute" && e["pid"] == rank).count();
+        assert!(named && computes > 0, "rank {rank}: named {named}, {computes} compute spans");
+    }
+    // The second stage waits for the first stage's activations, the first sends them.
+    assert!(events.iter().any(|e| e["name"] == "receive-wait" && e["pid"] == 2));
+    assert!(events.iter().any(|e| e["name"] == "send" && e["pid"] == 1 && e["args"]["micro_batch"].is_u64()));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let ranks = r["evalmesh"]["monitoring"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    assert!(ranks
+        .iter()
+        .all(|m| m["stats"]["batches"].as_u64().unwrap() > 0 && m["stats"]["peak_memory_bytes"].as_u64().unwrap() > 0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("| Rank | Batches |"));
+}

@@ -1,10 +1,39 @@
 //! Monitoring of a rank: hdrhistogram distributions of durations (compute, idle, send,
-//! receive-wait per micro-batch) and the process's peak memory.
+//! receive-wait per micro-batch), a timeline of the same spans for Chrome traces, and the
+//! process's peak memory.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use evalmesh_common::protocol::Quantiles;
+use evalmesh_common::protocol::{Quantiles, TraceEvent};
 use hdrhistogram::Histogram;
+
+/// The most spans a timeline keeps (the rest are dropped, the histograms still count them).
+const MAX_TRACE_EVENTS: usize = 1_000_000;
+
+/// A rank's spans: a distribution per kind and a timeline.
+#[derive(Debug, Clone, Default)]
+pub struct Spans {
+    pub timeline: Vec<TraceEvent>,
+}
+
+impl Spans {
+    /// Records a span that began at `started` and ends now, into `durations` and the timeline.
+    pub fn record(&mut self, durations: &mut Durations, name: &str, started: Instant, thread: u8, batch: Option<u64>) {
+        let duration = started.elapsed();
+        durations.record(duration);
+        if self.timeline.len() < MAX_TRACE_EVENTS {
+            let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+            let duration_us = duration.as_micros() as u64;
+            self.timeline.push(TraceEvent {
+                name: name.to_string(),
+                start_us: now_us.saturating_sub(duration_us),
+                duration_us,
+                thread,
+                batch,
+            });
+        }
+    }
+}
 
 /// Durations recorded in microseconds, from 1 µs to an hour, 3 significant digits.
 #[derive(Debug, Clone)]

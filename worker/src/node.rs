@@ -15,7 +15,7 @@ use evalmesh_common::{MicroBatch, StageSpec};
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::Backend;
-use crate::monitor::{peak_memory_bytes, Durations};
+use crate::monitor::{peak_memory_bytes, Durations, Spans};
 use crate::tensor::Matrix;
 use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff};
 use crate::{CpuBackend, LlamaStage, StageInput, StageOutput};
@@ -43,9 +43,11 @@ enum Work {
         batch: MicroBatch,
         hidden: Option<Matrix>,
     },
-    /// Report the figures; the communication thread adds its send times.
+    /// Report the figures; the communication thread adds its send times and spans.
     Report {
         send: Durations,
+        send_spans: Spans,
+        trace: bool,
     },
     Broken(String),
     Shutdown,
@@ -53,7 +55,7 @@ enum Work {
 
 /// What the compute thread hands the communication thread.
 enum Outgoing {
-    Control(Box<ToCoordinator>),
+    Control(ToCoordinator),
     Activations { to: Rank, id: u64, hidden: Matrix },
     Done,
 }
@@ -77,7 +79,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let world = SimpleCommunicator::world();
     let mut previous: Option<Rank> = None;
     let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
-    let mut send_times = Durations::default();
+    let (mut send_times, mut send_spans) = (Durations::default(), Spans::default());
     let mut activations: VecDeque<(u64, Matrix)> = VecDeque::new();
     let mut backoff = Backoff::default();
     loop {
@@ -94,7 +96,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     None
                 }
                 Ok(ToWorker::Batch { id, batch }) => Some(Work::Batch { id, batch, hidden: None }),
-                Ok(ToWorker::Report) => Some(Work::Report { send: send_times.clone() }),
+                Ok(ToWorker::Report { trace }) => {
+                    Some(Work::Report { send: send_times.clone(), send_spans: send_spans.clone(), trace })
+                }
                 Ok(ToWorker::Shutdown) => Some(Work::Shutdown),
                 Err(e) => Some(Work::Broken(e.to_string())),
             };
@@ -126,13 +130,19 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         }
         loop {
             let started = Instant::now();
-            match outgoing.try_recv() {
-                Ok(Outgoing::Control(message)) => send(&world, COORDINATOR, &*message),
-                Ok(Outgoing::Activations { to, id, hidden }) => send_activations(&world, to, id, &hidden),
+            let batch = match outgoing.try_recv() {
+                Ok(Outgoing::Control(message)) => {
+                    send(&world, COORDINATOR, &message);
+                    None
+                }
+                Ok(Outgoing::Activations { to, id, hidden }) => {
+                    send_activations(&world, to, id, &hidden);
+                    Some(id)
+                }
                 Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
-            }
-            send_times.record(started.elapsed());
+            };
+            send_spans.record(&mut send_times, "send", started, 1, batch);
             busy = true;
         }
         if busy {
@@ -151,7 +161,7 @@ fn compute(
 ) -> Result<(), NodeError> {
     let mut failure: Option<NodeError> = None;
     let mut fail = |message: String| {
-        let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Failed { message: message.clone() })));
+        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
         failure.get_or_insert(NodeError { rank, message });
     };
     let mut stage: Option<LlamaStage<CpuBackend>> = None;
@@ -161,6 +171,7 @@ fn compute(
     let (mut compute_times, mut idle, mut receive_wait) =
         (Durations::default(), Durations::default(), Durations::default());
     let (mut batches, mut tokens) = (0u64, 0u64);
+    let mut spans = Spans::default();
     loop {
         let waiting = Instant::now();
         let Ok(w) = work.recv() else { break };
@@ -178,7 +189,7 @@ fn compute(
                         );
                         let ready =
                             ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
-                        let _ = outgoing.send(Outgoing::Control(Box::new(ready)));
+                        let _ = outgoing.send(Outgoing::Control(ready));
                         stage = Some(loaded);
                     }
                     Err(message) => fail(message),
@@ -186,7 +197,10 @@ fn compute(
             }
             Work::Batch { id, batch, hidden } => {
                 let Some(stage) = &stage else { continue };
-                if hidden.is_some() { &mut receive_wait } else { &mut idle }.record(waiting.elapsed());
+                match hidden {
+                    Some(_) => spans.record(&mut receive_wait, "receive-wait", waiting, 0, Some(id)),
+                    None => spans.record(&mut idle, "idle", waiting, 0, Some(id)),
+                }
                 batches += 1;
                 tokens += batch.tokens.len() as u64;
                 let started = Instant::now();
@@ -204,13 +218,13 @@ fn compute(
                 match stage.forward(&batch, input) {
                     Ok(StageOutput::Scores(scores)) => {
                         let after = stage.backend().matmul_stats();
-                        let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Scores {
+                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores {
                             id,
                             scores,
                             compute_seconds: started.elapsed().as_secs_f64(),
                             matmul_flops: after.flops - before.flops,
                             matmul_seconds: after.seconds - before.seconds,
-                        })));
+                        }));
                     }
                     Ok(StageOutput::Hidden(h)) => match (next, stage.backend().download(&h)) {
                         (Some(to), Ok(hidden)) => {
@@ -221,9 +235,9 @@ fn compute(
                     },
                     Err(e) => fail(e.to_string()),
                 }
-                compute_times.record(started.elapsed());
+                spans.record(&mut compute_times, "compute", started, 0, Some(id));
             }
-            Work::Report { send } => {
+            Work::Report { send, send_spans, trace } => {
                 let stats = WorkerStats {
                     batches,
                     tokens,
@@ -232,8 +246,9 @@ fn compute(
                     send: send.summary(),
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
+                    trace: if trace { [spans.timeline.clone(), send_spans.timeline].concat() } else { Vec::new() },
                 };
-                let _ = outgoing.send(Outgoing::Control(Box::new(ToCoordinator::Stats { stats })));
+                let _ = outgoing.send(Outgoing::Control(ToCoordinator::Stats { stats: Box::new(stats) }));
             }
             Work::Broken(message) => fail(message),
             Work::Shutdown => break,
