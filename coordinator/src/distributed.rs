@@ -112,10 +112,6 @@ impl<'a> DistributedEngine<'a> {
         })
     }
 
-    pub fn workers(&self) -> &[WorkerInfo] {
-        &self.workers
-    }
-
     /// Micro-batches a pipeline holds at once: one computing and one waiting per stage
     /// without a pipeline; 4 × stages with one, so every stage stays busy.
     fn depth(&self) -> usize {
