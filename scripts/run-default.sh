@@ -7,4 +7,4 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 
 model="$("$repo/scripts/setup.sh" | tail -n 1)"
 cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml"
-"$repo/target/release/evalmesh" run --model "$model" --output results.json "$@"
+"$repo/target/release/evalmesh" run --model "$model" --output results.json --overwrite "$@"
