@@ -15,7 +15,7 @@ use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
 
-use crate::engine::{pack_micro_batches, EngineError, EvaluationEngine, ScoreSink};
+use crate::engine::{pack_micro_batches, validate_trees, EngineError, EvaluationEngine, ScoreSink};
 
 /// What a worker reported when it was ready.
 #[derive(Debug, Clone)]
@@ -158,10 +158,7 @@ impl Schedule {
 
 impl EvaluationEngine for DistributedEngine<'_> {
     fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError> {
-        for (index, tree) in trees.iter().enumerate() {
-            tree.validate(self.config.vocab_size, self.config.max_position)
-                .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
-        }
+        validate_trees(trees, &self.config)?;
         let depth = self.depth();
         let mut schedule = Schedule {
             queue: pack_micro_batches(trees, self.batch_tokens).into(),

@@ -3,7 +3,7 @@
 //! model in one stage.
 
 use evalmesh_common::protocol::WorkerStats;
-use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
+use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
 use evalmesh_worker::{Backend, CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
@@ -41,6 +41,15 @@ pub trait EvaluationEngine {
     fn details(&self) -> serde_json::Value;
     /// What each worker measured so far, labelled by rank; with its timeline when `trace` is set.
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError>;
+}
+
+/// Checks every tree against the model before any is computed; the error names the request.
+pub fn validate_trees(trees: &[ScoreTree], config: &ModelConfig) -> Result<(), EngineError> {
+    for (index, tree) in trees.iter().enumerate() {
+        tree.validate(config.vocab_size, config.max_position)
+            .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
+    }
+    Ok(())
 }
 
 /// Groups request indices into micro-batches of at most `budget` input tokens: longest
@@ -92,11 +101,7 @@ impl LightweightEngine {
 
 impl EvaluationEngine for LightweightEngine {
     fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError> {
-        let config = self.stage.config();
-        for (index, tree) in trees.iter().enumerate() {
-            tree.validate(config.vocab_size, config.max_position)
-                .map_err(|e| EngineError::Request { index, problem: e.to_string() })?;
-        }
+        validate_trees(trees, self.stage.config())?;
         for indices in pack_micro_batches(trees, self.batch_tokens) {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);

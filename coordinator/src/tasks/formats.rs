@@ -96,12 +96,17 @@ pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
             task(multiple_choice(path)?, json!({"data": path.display().to_string()}), 1.0)
         }
         "perplexity" => match source.data_file {
-            Some(path) => {
-                task(vec![rolling_doc(0, read_text(path)?)], json!({"data": path.display().to_string()}), 1.0)
-            }
+            Some(path) => task(
+                vec![{
+                    let text = read_text(path)?;
+                    rolling_doc(0, &text, text.clone())
+                }],
+                json!({"data": path.display().to_string()}),
+                1.0,
+            ),
             None => {
                 let text = super::perplexity::BUILTIN_TEXT.to_string();
-                task(vec![rolling_doc(0, text)], json!({"data": "built-in wikitext-2 excerpt"}), 1.0)
+                task(vec![rolling_doc(0, &text, text.clone())], json!({"data": "built-in wikitext-2 excerpt"}), 1.0)
             }
         },
         "mmlu" => mmlu(source)?,
@@ -330,10 +335,11 @@ fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
         .collect()
 }
 
-/// A document scored whole by rolling windows.
-fn rolling_doc(id: usize, text: String) -> Doc {
-    let target = Target::Rolling { words: super::perplexity::word_count(&text), bytes: text.len() };
-    Doc { id, requests: vec![Request { context: String::new(), continuation: text }], target }
+/// A document scored whole by rolling windows: `scored` is the text the model sees,
+/// `original` the one whose words and bytes normalise the perplexities.
+fn rolling_doc(id: usize, original: &str, scored: String) -> Doc {
+    let target = Target::Rolling { words: super::perplexity::word_count(original), bytes: original.len() };
+    Doc { id, requests: vec![Request { context: String::new(), continuation: scored }], target }
 }
 
 /// Splits the wikitext test file into its articles: an article starts at a ` = Title = ` line.
@@ -389,11 +395,7 @@ fn wikitext(path: &Path) -> Result<Vec<Doc>, TaskError> {
     Ok(wikitext_articles(&text)
         .into_iter()
         .enumerate()
-        .map(|(i, page)| {
-            let target = Target::Rolling { words: super::perplexity::word_count(&page), bytes: page.len() };
-            let request = Request { context: String::new(), continuation: wikitext_detokenize(&page) };
-            Doc { id: i, requests: vec![request], target }
-        })
+        .map(|(i, page)| rolling_doc(i, &page, wikitext_detokenize(&page)))
         .collect())
 }
 
