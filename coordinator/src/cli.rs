@@ -109,7 +109,8 @@ pub struct RunArgs {
     /// Score only the first N documents of each task, or a fraction (0.1) of them.
     #[arg(long, value_parser = parse_limit)]
     pub limit: Option<Limit>,
-    /// Few-shot examples before each question (mmlu: the first N of the dev split).
+    /// Solved examples before each question, picked as lm-evaluation-harness does (seed 1234;
+    /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split).
     #[arg(long, default_value_t = 0)]
     pub num_fewshot: usize,
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{read_text, Doc, Request, Target, Task, TaskError};
+use super::fewshot::{self, Example, Sampler};
+use super::{read_text, Doc, Target, Task, TaskError};
 
 pub const TASK_NAMES: &[&str] = &[
     "hellaswag",
@@ -47,71 +48,127 @@ impl Source<'_> {
         }
     }
 
+    /// A file of a task's few-shot split, which shared/data does not ship for every task.
+    fn fewshot_file(&self, task: &str, relative: &str) -> Result<PathBuf, TaskError> {
+        self.file(task, relative).map_err(|e| match e {
+            TaskError::MissingData { task, path, data_dir } => TaskError::MissingFewShotSplit { task, path, data_dir },
+            other => other,
+        })
+    }
+
     fn generic_file(&self, task: &str) -> Result<&Path, TaskError> {
         self.data_file.ok_or_else(|| TaskError::Settings(format!("task {task} needs --data FILE")))
+    }
+
+    /// A task of `examples`, each preceded by `--num-fewshot` demonstrations from the
+    /// sampler, which is built (and its split read) only when few-shot is asked for.
+    fn example_task(
+        &self,
+        name: &str,
+        examples: Vec<Example>,
+        config: serde_json::Value,
+        sampler: impl FnOnce() -> Result<Sampler, TaskError>,
+    ) -> Result<Task, TaskError> {
+        let docs = self.fewshot_docs(name, "", examples, sampler)?;
+        Ok(Task { name: name.into(), docs, config, version: 1.0, num_fewshot: self.num_fewshot, group: None })
+    }
+
+    /// The documents of `examples`, each context led by `description` and the document's demonstrations.
+    fn fewshot_docs(
+        &self,
+        name: &str,
+        description: &str,
+        examples: Vec<Example>,
+        sampler: impl FnOnce() -> Result<Sampler, TaskError>,
+    ) -> Result<Vec<Doc>, TaskError> {
+        let shots = self.num_fewshot;
+        let prefixes = if shots == 0 {
+            vec![String::new(); examples.len()]
+        } else {
+            fewshot::contexts(&examples, &sampler()?, shots).map_err(|most| {
+                TaskError::Settings(format!(
+                    "--num-fewshot {shots} is more than {name}'s few-shot split allows ({most})"
+                ))
+            })?
+        };
+        Ok(examples
+            .into_iter()
+            .zip(prefixes)
+            .enumerate()
+            .map(|(i, (example, prefix))| example.into_doc(i, &format!("{description}{prefix}")))
+            .collect())
     }
 }
 
 /// Loads a task by name; `mmlu` gives one task per subject.
 pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let few_shot_tasks = ["mmlu"];
-    if source.num_fewshot > 0 && !few_shot_tasks.contains(&name) {
-        return Err(TaskError::Settings(format!(
-            "--num-fewshot is supported for {} only so far; {name} runs 0-shot",
-            few_shot_tasks.join(", ")
-        )));
-    }
-    let task = |docs: Vec<Doc>, config: serde_json::Value, version: f64| {
-        vec![Task { name: name.to_string(), docs, config, version, num_fewshot: 0, group: None }]
-    };
-    Ok(match name {
+    let random = |pool: Vec<Example>| Sampler::Random { pool, draws_extra: false };
+    let task = match name {
         "hellaswag" => {
-            let path = source.file(name, "hellaswag/hellaswag_val.jsonl")?;
-            task(hellaswag(&path)?, json!({"dataset": "Rowan/hellaswag", "split": "validation"}), 1.0)
+            let docs = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
+            let config = json!({"dataset": "Rowan/hellaswag", "split": "validation", "fewshot_split": "train"});
+            source.example_task(name, docs, config, || {
+                Ok(random(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?))
+            })?
         }
         "arc_easy" | "arc_challenge" => {
-            let file = if name == "arc_easy" { "arc/ARC-Easy-Test.jsonl" } else { "arc/ARC-Challenge-Test.jsonl" };
-            let path = source.file(name, file)?;
-            task(arc(&path)?, json!({"dataset": "allenai/ai2_arc", "split": "test"}), 1.0)
+            let split = if name == "arc_easy" { "arc/ARC-Easy" } else { "arc/ARC-Challenge" };
+            let docs = arc(&source.file(name, &format!("{split}-Test.jsonl"))?)?;
+            let config = json!({"dataset": "allenai/ai2_arc", "split": "test", "fewshot_split": "train"});
+            source.example_task(name, docs, config, || {
+                Ok(random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
+            })?
         }
         "piqa" => {
-            let path = source.file(name, "piqa/valid.jsonl")?;
-            let labels = source.file(name, "piqa/valid-labels.lst")?;
-            task(piqa(&path, &labels)?, json!({"dataset": "baber/piqa", "split": "validation"}), 1.0)
+            let docs = piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
+            let config = json!({"dataset": "baber/piqa", "split": "validation", "fewshot_split": "train"});
+            source.example_task(name, docs, config, || {
+                let train = source.fewshot_file(name, "piqa/train.jsonl")?;
+                Ok(random(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?))
+            })?
         }
         "winogrande" => {
-            let path = source.file(name, "winogrande/winogrande_xl_validation.jsonl")?;
-            task(winogrande(&path)?, json!({"dataset": "allenai/winogrande", "config": "winogrande_xl"}), 1.0)
+            let docs = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
+            let config = json!({"dataset": "allenai/winogrande", "config": "winogrande_xl", "fewshot_split": "train"});
+            source.example_task(name, docs, config, || {
+                Ok(random(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?))
+            })?
         }
         "lambada_openai" => {
-            let path = source.file(name, "lambada/lambada_test.jsonl")?;
-            task(lambada(&path)?, json!({"dataset": "EleutherAI/lambada_openai", "split": "test"}), 1.0)
-        }
-        "wikitext" => {
-            let path = source.file(name, "wikitext-2/wiki.test.raw")?;
-            task(wikitext(&path)?, json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"}), 2.0)
+            let docs = lambada(&source.file(name, "lambada/lambada_test.jsonl")?)?;
+            // No few-shot split: lm-evaluation-harness draws from the test split without the extra draw.
+            let config = json!({"dataset": "EleutherAI/lambada_openai", "split": "test", "fewshot_split": null});
+            source.example_task(name, docs.clone(), config, || Ok(random(docs)))?
         }
         "multiple_choice" => {
             let path = source.generic_file(name)?;
-            task(multiple_choice(path)?, json!({"data": path.display().to_string()}), 1.0)
+            let docs = multiple_choice(path)?;
+            let config = json!({"data": path.display().to_string(), "fewshot_split": "the same file"});
+            source.example_task(name, docs.clone(), config, || Ok(Sampler::Random { pool: docs, draws_extra: true }))?
         }
-        "perplexity" => match source.data_file {
-            Some(path) => task(
-                vec![{
-                    let text = read_text(path)?;
-                    rolling_doc(0, &text, text.clone())
-                }],
-                json!({"data": path.display().to_string()}),
-                1.0,
-            ),
-            None => {
-                let text = super::perplexity::BUILTIN_TEXT.to_string();
-                task(vec![rolling_doc(0, &text, text.clone())], json!({"data": "built-in wikitext-2 excerpt"}), 1.0)
-            }
-        },
-        "mmlu" => mmlu(source)?,
+        "wikitext" | "perplexity" if source.num_fewshot > 0 => {
+            return Err(TaskError::Settings(format!(
+                "{name} is scored by rolling perplexity over whole documents and takes no --num-fewshot"
+            )))
+        }
+        "wikitext" => {
+            let path = source.file(name, "wikitext-2/wiki.test.raw")?;
+            let docs = wikitext(&path)?;
+            let config = json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"});
+            Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, group: None }
+        }
+        "perplexity" => {
+            let (text, data) = match source.data_file {
+                Some(path) => (read_text(path)?, path.display().to_string()),
+                None => (super::perplexity::BUILTIN_TEXT.to_string(), "built-in wikitext-2 excerpt".into()),
+            };
+            let docs = vec![rolling_doc(0, &text, text.clone())];
+            Task { name: name.into(), docs, config: json!({"data": data}), version: 1.0, num_fewshot: 0, group: None }
+        }
+        "mmlu" => return mmlu(source),
         other => return Err(TaskError::UnknownTask(other.to_string())),
-    })
+    };
+    Ok(vec![task])
 }
 
 /// Reads a JSON-lines file into records; errors name the file and line.
@@ -134,13 +191,6 @@ fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
 
 fn bad(path: &Path, line: usize, problem: String) -> TaskError {
     TaskError::Data { path: path.to_path_buf(), problem: format!("line {line}: {problem}") }
-}
-
-/// A multiple-choice document: the same context for every choice, continuation " " + choice.
-fn choice_doc(id: usize, context: String, choices: Vec<String>, gold: usize) -> Doc {
-    let requests =
-        choices.iter().map(|c| Request { context: context.clone(), continuation: format!(" {c}") }).collect();
-    Doc { id, requests, target: Target::Choice { gold, choices } }
 }
 
 fn check_choices(path: &Path, line: usize, choices: &[String], gold: usize) -> Result<(), TaskError> {
@@ -193,7 +243,7 @@ struct HellaswagRecord {
     label: serde_json::Value,
 }
 
-fn hellaswag(path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn hellaswag(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<HellaswagRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -209,7 +259,7 @@ fn hellaswag(path: &Path) -> Result<Vec<Doc>, TaskError> {
             let query = hellaswag_preprocess(&format!("{}: {ctx}", r.activity_label));
             let choices: Vec<String> = r.endings.iter().map(|e| hellaswag_preprocess(e)).collect();
             check_choices(path, i + 1, &choices, gold)?;
-            Ok(choice_doc(i, query, choices, gold))
+            Ok(Example::Choice { text: query, choices, gold })
         })
         .collect()
 }
@@ -233,7 +283,7 @@ struct ArcRecord {
     answer_key: String,
 }
 
-fn arc(path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn arc(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<ArcRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -244,7 +294,7 @@ fn arc(path: &Path) -> Result<Vec<Doc>, TaskError> {
             })?;
             let choices: Vec<String> = r.question.choices.into_iter().map(|c| c.text).collect();
             check_choices(path, i + 1, &choices, gold)?;
-            Ok(choice_doc(i, format!("Question: {}\nAnswer:", r.question.stem), choices, gold))
+            Ok(Example::Choice { text: format!("Question: {}\nAnswer:", r.question.stem), choices, gold })
         })
         .collect()
 }
@@ -256,7 +306,7 @@ struct PiqaRecord {
     sol2: String,
 }
 
-fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<PiqaRecord> = read_jsonl(path)?;
     let labels_text = read_text(labels_path)?;
     let labels: Vec<&str> = labels_text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -275,7 +325,7 @@ fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Doc>, TaskError> {
                 label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
             let choices = vec![r.sol1, r.sol2];
             check_choices(labels_path, i + 1, &choices, gold)?;
-            Ok(choice_doc(i, format!("Question: {}\nAnswer:", r.goal), choices, gold))
+            Ok(Example::Choice { text: format!("Question: {}\nAnswer:", r.goal), choices, gold })
         })
         .collect()
 }
@@ -289,7 +339,7 @@ struct WinograndeRecord {
 }
 
 /// Partial scoring: the option goes in the context, the text after the blank is the continuation.
-fn winogrande(path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn winogrande(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<WinograndeRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -301,15 +351,8 @@ fn winogrande(path: &Path) -> Result<Vec<Doc>, TaskError> {
                 "2" => 1,
                 other => return Err(bad(path, i + 1, format!("answer `{other}` is neither \"1\" nor \"2\""))),
             };
-            let continuation = format!(" {}", r.sentence[blank + 1..].trim());
-            let requests = [r.option1, r.option2]
-                .iter()
-                .map(|o| Request {
-                    context: format!("{}{o}", &r.sentence[..blank]),
-                    continuation: continuation.clone(),
-                })
-                .collect();
-            Ok(Doc { id: i, requests, target: Target::Partial { gold } })
+            let contexts = [r.option1, r.option2].iter().map(|o| format!("{}{o}", &r.sentence[..blank])).collect();
+            Ok(Example::Partial { contexts, target: r.sentence[blank + 1..].trim().to_string(), gold })
         })
         .collect()
 }
@@ -319,7 +362,7 @@ struct LambadaRecord {
     text: String,
 }
 
-fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn lambada(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<LambadaRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -329,8 +372,7 @@ fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
                 .text
                 .rsplit_once(' ')
                 .ok_or_else(|| bad(path, i + 1, "text has no space to split the last word at".into()))?;
-            let request = Request { context: context.to_string(), continuation: format!(" {word}") };
-            Ok(Doc { id: i, requests: vec![request], target: Target::Greedy })
+            Ok(Example::Greedy { text: context.to_string(), target: format!(" {word}") })
         })
         .collect()
 }
@@ -339,7 +381,7 @@ fn lambada(path: &Path) -> Result<Vec<Doc>, TaskError> {
 /// `original` the one whose words and bytes normalise the perplexities.
 fn rolling_doc(id: usize, original: &str, scored: String) -> Doc {
     let target = Target::Rolling { words: super::perplexity::word_count(original), bytes: original.len() };
-    Doc { id, requests: vec![Request { context: String::new(), continuation: scored }], target }
+    Doc { id, requests: vec![super::Request { context: String::new(), continuation: scored }], target }
 }
 
 /// Splits the wikitext test file into its articles: an article starts at a ` = Title = ` line.
@@ -406,7 +448,7 @@ struct ChoiceRecord {
     gold: i64,
 }
 
-fn multiple_choice(path: &Path) -> Result<Vec<Doc>, TaskError> {
+fn multiple_choice(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<ChoiceRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -416,19 +458,13 @@ fn multiple_choice(path: &Path) -> Result<Vec<Doc>, TaskError> {
                 bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len()))
             })?;
             check_choices(path, i + 1, &r.choices, gold)?;
-            Ok(choice_doc(i, r.context, r.choices, gold))
+            Ok(Example::Choice { text: r.context, choices: r.choices, gold })
         })
         .collect()
 }
 
-/// One MMLU question: the text, four choices, the answer index.
-struct MmluQuestion {
-    question: String,
-    choices: [String; 4],
-    answer: usize,
-}
-
-fn read_mmlu_csv(path: &Path) -> Result<Vec<MmluQuestion>, TaskError> {
+/// Reads a hendrycks MMLU csv (question,A,B,C,D,answer-letter) with lm-evaluation-harness's template.
+fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
     let text = read_text(path)?;
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
     let mut out = Vec::new();
@@ -437,25 +473,24 @@ fn read_mmlu_csv(path: &Path) -> Result<Vec<MmluQuestion>, TaskError> {
         if record.len() != 6 {
             return Err(bad(path, i + 1, format!("{} fields; expected question,A,B,C,D,answer", record.len())));
         }
-        let answer = match &record[5] {
-            "A" => 0,
-            "B" => 1,
-            "C" => 2,
-            "D" => 3,
-            other => return Err(bad(path, i + 1, format!("answer `{other}` is not A, B, C or D"))),
-        };
-        let choices = [1, 2, 3, 4].map(|k| record[k].to_string());
-        out.push(MmluQuestion { question: record[0].to_string(), choices, answer });
+        let gold = LETTERS
+            .iter()
+            .position(|l| *l == &record[5])
+            .ok_or_else(|| bad(path, i + 1, format!("answer `{}` is not A, B, C or D", &record[5])))?;
+        let text = format!(
+            "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
+            record[0].trim(),
+            &record[1],
+            &record[2],
+            &record[3],
+            &record[4]
+        );
+        out.push(Example::Choice { text, choices: LETTERS.map(String::from).to_vec(), gold });
     }
     if out.is_empty() {
         return Err(TaskError::Data { path: path.to_path_buf(), problem: "no questions in the file".into() });
     }
     Ok(out)
-}
-
-fn mmlu_text(q: &MmluQuestion) -> String {
-    let [a, b, c, d] = &q.choices;
-    format!("{}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:", q.question.trim())
 }
 
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
@@ -478,30 +513,15 @@ fn mmlu(source: &Source) -> Result<Vec<Task>, TaskError> {
     subjects
         .iter()
         .map(|subject| {
+            let name = format!("mmlu_{subject}");
             let questions = read_mmlu_csv(&dir.join(format!("{subject}_test.csv")))?;
-            let mut prefix = format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
-            if source.num_fewshot > 0 {
-                let dev = read_mmlu_csv(&source.file("mmlu", &format!("mmlu/dev/{subject}_dev.csv"))?)?;
-                if dev.len() < source.num_fewshot {
-                    return Err(TaskError::Settings(format!(
-                        "--num-fewshot {} is more than the {} dev examples of mmlu_{subject}",
-                        source.num_fewshot,
-                        dev.len()
-                    )));
-                }
-                for q in &dev[..source.num_fewshot] {
-                    prefix.push_str(&format!("{} {}\n\n", mmlu_text(q), LETTERS[q.answer]));
-                }
-            }
-            let docs = questions
-                .iter()
-                .enumerate()
-                .map(|(i, q)| {
-                    choice_doc(i, format!("{prefix}{}", mmlu_text(q)), LETTERS.map(String::from).to_vec(), q.answer)
-                })
-                .collect();
+            let description =
+                format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
+            let docs = source.fewshot_docs(&name, &description, questions, || {
+                Ok(Sampler::FirstN(read_mmlu_csv(&source.fewshot_file("mmlu", &format!("mmlu/dev/{subject}_dev.csv"))?)?))
+            })?;
             Ok(Task {
-                name: format!("mmlu_{subject}"),
+                name,
                 docs,
                 config: json!({"dataset": "cais/mmlu", "subject": subject, "split": "test", "fewshot_split": "dev", "sampler": "first_n"}),
                 version: 1.0,

@@ -1,7 +1,9 @@
 //! Evaluation tasks: reading each benchmark's data with lm-evaluation-harness's
 //! preprocessing and templates ([`formats`]), turning documents into scoring requests
-//! ([`requests`]) and scores into metrics ([`metrics`]), plus perplexity over a text.
+//! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
+//! into metrics ([`metrics`]), plus perplexity over a text.
 
+pub mod fewshot;
 pub mod formats;
 pub mod metrics;
 pub mod perplexity;
@@ -17,6 +19,8 @@ pub enum TaskError {
     Data { path: PathBuf, problem: String },
     #[error("{task}: data file {} not found (--data-dir is {}); pass --data-dir with the layout of shared/data", path.display(), data_dir.display())]
     MissingData { task: String, path: PathBuf, data_dir: PathBuf },
+    #[error("{task}: --num-fewshot draws its examples from {}, which is not there (--data-dir is {}); shared/data does not ship the training splits: add the official file there, or run 0-shot", path.display(), data_dir.display())]
+    MissingFewShotSplit { task: String, path: PathBuf, data_dir: PathBuf },
     #[error("unknown task `{0}`; available: {tasks}", tasks = formats::TASK_NAMES.join(", "))]
     UnknownTask(String),
     #[error("{0}")]
