@@ -9,5 +9,5 @@ pub mod protocol;
 pub mod request;
 
 pub use config::{ConfigError, HfConfig, ModelConfig, RopeStyle};
-pub use plan::{partition_layers, ParallelLayout, PlanError, StageSpec, Strategy};
+pub use plan::{group_slice, partition_layers, ParallelLayout, PlanError, StageSpec, Strategy};
 pub use request::{MicroBatch, RequestError, ScoreTree, TokenScore, TreeLayout, TreeScores};

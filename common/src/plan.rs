@@ -1,5 +1,12 @@
 //! What part of the model a worker runs: a [`StageSpec`] (contiguous layers, with or
-//! without the embedding in front and the head behind).
+//! without the embedding in front and the head behind, and which of the model's head
+//! groups for tensor parallelism), and how the workers are arranged ([`ParallelLayout`]).
+//!
+//! Tensor parallelism cuts a model along its **groups**: group `g` is KV head `g`, the
+//! query heads that share it, and the `g`-th of `num_kv_heads` equal slices of the
+//! feed-forward width. A tensor-parallel rank owns a contiguous range of groups. The
+//! row-parallel layers (attention output, down projection) sum one partial product per
+//! group in group order on every path, the single process included (DESIGN §6).
 
 use std::ops::Range;
 
@@ -12,24 +19,46 @@ pub struct StageSpec {
     pub layers: Range<usize>,
     pub embedding: bool,
     pub head: bool,
+    /// The groups (KV heads with their query heads and feed-forward slice) computed here.
+    pub groups: Range<usize>,
 }
 
 impl StageSpec {
     /// The whole model in one stage.
     pub fn whole(config: &ModelConfig) -> Self {
-        StageSpec { layers: 0..config.num_layers, embedding: true, head: true }
+        StageSpec { layers: 0..config.num_layers, embedding: true, head: true, groups: 0..config.num_kv_heads }
     }
+
+    /// The stage cut into `tp` tensor-parallel shards of contiguous groups, as even as the
+    /// group count allows (the first shards take one more). Only the last shard runs the
+    /// head: it has the fewest groups, and it is the first to hold each complete sum.
+    pub fn shard(&self, config: &ModelConfig, tp: usize) -> Result<Vec<StageSpec>, PlanError> {
+        let groups = config.num_kv_heads;
+        if tp == 0 || tp > groups {
+            return Err(PlanError::TooManyShards { tp, groups });
+        }
+        Ok((0..tp)
+            .map(|t| {
+                let start = t * (groups / tp) + t.min(groups % tp);
+                let end = start + groups / tp + usize::from(t < groups % tp);
+                StageSpec { groups: start..end, head: self.head && t + 1 == tp, ..self.clone() }
+            })
+            .collect())
+    }
+}
+
+/// Where group `g`'s slice of a dimension of `size` split in `groups` lies.
+pub fn group_slice(size: usize, groups: usize, g: Range<usize>) -> Range<usize> {
+    g.start * size / groups..g.end * size / groups
 }
 
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("--dp {dp} × --pp {pp} needs {} workers, but the job has {workers} (one rank coordinates): start it with mpirun -np {}, or change the sizes", dp * pp, dp * pp + 1)]
-    WrongWorkerCount { dp: usize, pp: usize, workers: usize },
-    #[error(
-        "{what} is not available yet: use data parallelism (--strategy dp) or pipeline parallelism (--strategy pp)"
-    )]
-    Unavailable { what: String },
+    #[error("--dp {dp} × --pp {pp} × --tp {tp} needs {} workers, but the job has {workers} (one rank coordinates): start it with mpirun -np {}, or change the sizes", dp * pp * tp, dp * pp * tp + 1)]
+    WrongWorkerCount { dp: usize, pp: usize, tp: usize, workers: usize },
+    #[error("--tp {tp}: tensor parallelism splits the model's {groups} KV-head groups, so use 1 to {groups} shards")]
+    TooManyShards { tp: usize, groups: usize },
     #[error("a distributed run needs at least one worker: start 2 or more ranks (mpirun -np 2 or more)")]
     NoWorkers,
     #[error("{stages} pipeline stages for a model of {layers} layers: use at most {layers} stages")]
@@ -48,15 +77,18 @@ pub enum Strategy {
     Tp,
 }
 
-/// How the workers are arranged: `dp` replicas of a `pp`-stage pipeline.
+/// How the workers are arranged: `dp` replicas of a `pp`-stage pipeline whose stages are
+/// each `tp` tensor-parallel shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParallelLayout {
     pub dp: usize,
     pub pp: usize,
+    pub tp: usize,
 }
 
 impl ParallelLayout {
-    /// The layout for `workers` from a strategy, or from explicit sizes (which imply it).
+    /// The layout for `workers` from a strategy, or from explicit sizes (which imply it):
+    /// a missing size is what the given ones leave, data parallelism first.
     pub fn resolve(
         workers: usize,
         strategy: Strategy,
@@ -67,23 +99,29 @@ impl ParallelLayout {
         if workers == 0 {
             return Err(PlanError::NoWorkers);
         }
-        if tp.is_some_and(|t| t > 1) || (strategy == Strategy::Tp && dp.is_none() && pp.is_none()) {
-            return Err(PlanError::Unavailable { what: "tensor parallelism".into() });
-        }
-        let (dp, pp) = match (dp, pp) {
-            (None, None) => match strategy {
-                Strategy::Auto | Strategy::Dp => (workers, 1),
-                Strategy::Pp => (1, workers),
-                Strategy::Tp => unreachable!("refused above"),
+        let rest = |given: &[usize]| (workers / given.iter().product::<usize>().max(1)).max(1);
+        let (dp, pp, tp) = match (dp, pp, tp) {
+            (None, None, None) => match strategy {
+                Strategy::Auto | Strategy::Dp => (workers, 1, 1),
+                Strategy::Pp => (1, workers, 1),
+                Strategy::Tp => (1, 1, workers),
             },
-            (Some(d), None) => (d, (workers / d.max(1)).max(1)),
-            (None, Some(p)) => ((workers / p.max(1)).max(1), p),
-            (Some(d), Some(p)) => (d, p),
+            (Some(d), None, None) => (d, rest(&[d]), 1),
+            (None, Some(p), None) => (rest(&[p]), p, 1),
+            (None, None, Some(t)) => (rest(&[t]), 1, t),
+            (Some(d), Some(p), None) => (d, p, rest(&[d, p])),
+            (Some(d), None, Some(t)) => (d, rest(&[d, t]), t),
+            (None, Some(p), Some(t)) => (rest(&[p, t]), p, t),
+            (Some(d), Some(p), Some(t)) => (d, p, t),
         };
-        if dp == 0 || pp == 0 || dp * pp != workers {
-            return Err(PlanError::WrongWorkerCount { dp, pp, workers });
+        if dp == 0 || pp == 0 || tp == 0 || dp * pp * tp != workers {
+            return Err(PlanError::WrongWorkerCount { dp, pp, tp, workers });
         }
-        Ok(ParallelLayout { dp, pp })
+        Ok(ParallelLayout { dp, pp, tp })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.dp * self.pp * self.tp
     }
 }
 
@@ -137,7 +175,12 @@ pub fn partition_layers(config: &ModelConfig, stages: usize) -> Result<Vec<Stage
     Ok(bounds
         .windows(2)
         .enumerate()
-        .map(|(s, w)| StageSpec { layers: w[0]..w[1], embedding: s == 0, head: s == stages - 1 })
+        .map(|(s, w)| StageSpec {
+            layers: w[0]..w[1],
+            embedding: s == 0,
+            head: s == stages - 1,
+            groups: 0..config.num_kv_heads,
+        })
         .collect())
 }
 
@@ -192,13 +235,32 @@ mod tests {
     #[test]
     fn layouts_follow_strategy_or_sizes() {
         let r = |s, dp, pp, tp| ParallelLayout::resolve(4, s, dp, pp, tp);
-        assert_eq!(r(Strategy::Auto, None, None, None), Ok(ParallelLayout { dp: 4, pp: 1 }));
-        assert_eq!(r(Strategy::Pp, None, None, None), Ok(ParallelLayout { dp: 1, pp: 4 }));
-        assert_eq!(r(Strategy::Auto, None, Some(2), None), Ok(ParallelLayout { dp: 2, pp: 2 }));
-        assert_eq!(r(Strategy::Auto, Some(2), Some(2), Some(1)), Ok(ParallelLayout { dp: 2, pp: 2 }));
+        let layout = |dp, pp, tp| Ok(ParallelLayout { dp, pp, tp });
+        assert_eq!(r(Strategy::Auto, None, None, None), layout(4, 1, 1));
+        assert_eq!(r(Strategy::Pp, None, None, None), layout(1, 4, 1));
+        assert_eq!(r(Strategy::Tp, None, None, None), layout(1, 1, 4));
+        assert_eq!(r(Strategy::Auto, None, Some(2), None), layout(2, 2, 1));
+        assert_eq!(r(Strategy::Auto, None, None, Some(2)), layout(2, 1, 2));
+        assert_eq!(r(Strategy::Auto, None, Some(2), Some(2)), layout(1, 2, 2));
+        assert_eq!(r(Strategy::Auto, Some(2), Some(2), Some(1)), layout(2, 2, 1));
         assert!(r(Strategy::Auto, Some(3), None, None).unwrap_err().to_string().contains("mpirun -np 4"));
-        assert!(matches!(r(Strategy::Tp, None, None, None), Err(PlanError::Unavailable { .. })));
+        assert!(r(Strategy::Auto, Some(2), Some(2), Some(2)).unwrap_err().to_string().contains("mpirun -np 9"));
         assert_eq!(ParallelLayout::resolve(0, Strategy::Dp, None, None, None), Err(PlanError::NoWorkers));
+    }
+
+    #[test]
+    fn shards_split_the_groups_evenly_and_keep_one_head() {
+        let c = smollm();
+        let stage = StageSpec::whole(&c);
+        let groups = |tp| stage.shard(&c, tp).unwrap().iter().map(|s| s.groups.clone()).collect::<Vec<_>>();
+        assert_eq!(groups(1), vec![0..3]);
+        assert_eq!(groups(2), [0..2, 2..3]);
+        assert_eq!(groups(3), [0..1, 1..2, 2..3]);
+        let shards = stage.shard(&c, 3).unwrap();
+        assert!(!shards[0].head && !shards[1].head && shards[2].head);
+        assert!(shards.iter().all(|s| s.embedding && s.layers == (0..30)));
+        assert_eq!(stage.shard(&c, 4), Err(PlanError::TooManyShards { tp: 4, groups: 3 }));
+        assert_eq!(group_slice(1536, 3, 1..3), 512..1536);
     }
 
     #[test]

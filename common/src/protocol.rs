@@ -7,13 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MicroBatch, StageSpec, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
 pub const ACTIVATION_HEADER_TAG: i32 = 2;
 /// The tag of an activation's data: raw f32 values, row-major, right after its header.
 pub const ACTIVATION_DATA_TAG: i32 = 3;
+/// The tag of a tensor-parallel partial sum: raw f32 values between the shards of a stage,
+/// whose order alone (MPI keeps it per sender and tag) says which sum they belong to.
+pub const PARTIAL_SUM_TAG: i32 = 4;
 /// The most bytes a control message may claim when decoded.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -29,8 +32,17 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Load `stage` of the model at `model` with `threads` compute threads (0: the worker
-    /// decides); hidden states come from rank `previous` and go to rank `next` (pipeline neighbours).
-    Setup { version: u32, model: String, stage: StageSpec, threads: usize, previous: Option<i32>, next: Option<i32> },
+    /// decides); hidden states come from rank `previous` and go to rank `next` (pipeline
+    /// neighbours), and `shards` are the ranks of the stage's tensor-parallel shards in group order.
+    Setup {
+        version: u32,
+        model: String,
+        stage: StageSpec,
+        threads: usize,
+        previous: Option<i32>,
+        next: Option<i32>,
+        shards: Vec<i32>,
+    },
     /// Compute a micro-batch and return its scores.
     Batch { id: u64, batch: MicroBatch },
     /// Report the monitoring figures gathered so far, with the timeline when `trace` is set.
@@ -62,6 +74,9 @@ pub struct WorkerStats {
     pub send: Quantiles,
     pub receive_wait: Quantiles,
     pub peak_memory_bytes: u64,
+    /// Floating-point operations and seconds in matrix products.
+    pub matmul_flops: u64,
+    pub matmul_seconds: f64,
     /// The timeline, when asked for: one event per compute, wait and send.
     pub trace: Vec<TraceEvent>,
 }
@@ -83,7 +98,7 @@ pub struct TraceEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToCoordinator {
     Ready { version: u32, threads: usize, bytes_read: u64, load_seconds: f64 },
-    Scores { id: u64, scores: Vec<TokenScore>, compute_seconds: f64, matmul_flops: u64, matmul_seconds: f64 },
+    Scores { id: u64, scores: Vec<TokenScore> },
     Failed { message: String },
     Stats { stats: Box<WorkerStats> },
 }
@@ -128,13 +143,7 @@ mod tests {
         let tree = ScoreTree { prefix: vec![1, 2, 3], prefix_targets_from: 1, branches: vec![vec![4]] };
         let msg = ToWorker::Batch { id: 7, batch: MicroBatch::pack(&[&tree]) };
         assert_eq!(decode::<ToWorker>(&encode(&msg)).unwrap(), msg);
-        let reply = ToCoordinator::Scores {
-            id: 7,
-            scores: vec![TokenScore { logprob: -1.5, greedy: true }],
-            compute_seconds: 0.1,
-            matmul_flops: 10,
-            matmul_seconds: 0.05,
-        };
+        let reply = ToCoordinator::Scores { id: 7, scores: vec![TokenScore { logprob: -1.5, greedy: true }] };
         assert_eq!(decode::<ToCoordinator>(&encode(&reply)).unwrap(), reply);
     }
 

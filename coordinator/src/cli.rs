@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{ParallelLayout, PlanError, Strategy};
+use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::weights::gguf::GgufFile;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
@@ -392,8 +393,11 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     evaluate(engine.as_mut(), &model.tokenizer, &tasks, &settings, journal.as_mut(), &mut report)?;
     let seconds = start.elapsed().as_secs_f64();
 
-    let matmul = engine.matmul_stats();
     let mut monitoring = engine.monitoring(args.trace.is_some())?;
+    let matmul = monitoring.iter().fold(MatmulStats::default(), |m, (_, s)| MatmulStats {
+        flops: m.flops + s.matmul_flops,
+        seconds: m.seconds + s.matmul_seconds,
+    });
     if let Some(path) = &args.trace {
         write_trace(path, &monitoring, &engine.details())?;
         log::info!("timeline written to {} (open it in Perfetto or chrome://tracing)", path.display());

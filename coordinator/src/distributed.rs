@@ -1,6 +1,7 @@
 //! The `DistributedEngine`: rank 0 of an MPI job hands micro-batches to worker ranks
-//! arranged as `dp` replicas of a `pp`-stage pipeline. The first stage embeds, each
-//! stage passes its hidden states to the next, and the last returns scores. The next
+//! arranged as `dp` replicas of a `pp`-stage pipeline, each stage `tp` tensor-parallel
+//! shards. The first stage embeds, each stage passes its hidden states to the next
+//! (shard i to shard i), and the last returns scores (from its shard with the head). The next
 //! micro-batch goes to whichever pipeline has room (a work queue), and a pipeline keeps
 //! up to 4 × stages micro-batches in flight so that every stage has work. Scores are
 //! bit-identical to the lightweight engine's: the same stage code computes each tree
@@ -10,8 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
-use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, ScoreTree, StageSpec};
-use evalmesh_worker::backend::MatmulStats;
+use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
 
@@ -27,7 +27,7 @@ pub struct WorkerInfo {
     pub load_seconds: f64,
 }
 
-/// The ranks of one pipeline, first stage first.
+/// The ranks of one pipeline: each stage's shards, first stage first.
 struct Pipeline {
     ranks: Vec<Rank>,
     in_flight: usize,
@@ -40,7 +40,6 @@ pub struct DistributedEngine<'a> {
     workers: Vec<WorkerInfo>,
     config: ModelConfig,
     batch_tokens: usize,
-    matmul: MatmulStats,
 }
 
 fn worker_error(rank: Rank, message: impl Into<String>) -> EngineError {
@@ -58,42 +57,51 @@ impl<'a> DistributedEngine<'a> {
         batch_tokens: usize,
         threads: usize,
     ) -> Result<Self, EngineError> {
-        let stages = partition_layers(config, layout.pp).map_err(|e| EngineError::Plan(e.to_string()))?;
-        let pipelines: Vec<Pipeline> = (0..layout.dp)
-            .map(|p| Pipeline {
-                ranks: (0..layout.pp).map(|s| (1 + p * layout.pp + s) as Rank).collect(),
-                in_flight: 0,
-            })
-            .collect();
-        for (p, pipeline) in pipelines.iter().enumerate() {
-            for (s, &rank) in pipeline.ranks.iter().enumerate() {
-                let stage = stages[s].clone();
-                log::info!(
-                    "pipeline {p} stage {s}: rank {rank}, layers {}..{}{}{}",
-                    stage.layers.start,
-                    stage.layers.end,
-                    if stage.embedding { " + embedding" } else { "" },
-                    if stage.head { " + head" } else { "" }
-                );
-                let setup = ToWorker::Setup {
-                    version: PROTOCOL_VERSION,
-                    model: model.display().to_string(),
-                    stage,
-                    threads,
-                    previous: s.checked_sub(1).map(|i| pipeline.ranks[i]),
-                    next: pipeline.ranks.get(s + 1).copied(),
-                };
-                send(world, rank, &setup);
+        let plan = |e: PlanError| EngineError::Plan(e.to_string());
+        let stages = partition_layers(config, layout.pp).map_err(plan)?;
+        // shards[s][t]: shard t of stage s; rank 1 + p·pp·tp + s·tp + t.
+        let shards = stages.iter().map(|s| s.shard(config, layout.tp)).collect::<Result<Vec<_>, _>>().map_err(plan)?;
+        let rank_of = |p: usize, s: usize, t: usize| (1 + (p * layout.pp + s) * layout.tp + t) as Rank;
+        let mut specs = HashMap::new();
+        let mut pipelines = Vec::new();
+        for p in 0..layout.dp {
+            for (s, stage_shards) in shards.iter().enumerate() {
+                let stage_ranks: Vec<Rank> = (0..layout.tp).map(|t| rank_of(p, s, t)).collect();
+                for (t, spec) in stage_shards.iter().enumerate() {
+                    let rank = rank_of(p, s, t);
+                    log::info!(
+                        "pipeline {p} stage {s} shard {t}: rank {rank}, layers {}..{}, groups {}..{}{}{}",
+                        spec.layers.start,
+                        spec.layers.end,
+                        spec.groups.start,
+                        spec.groups.end,
+                        if spec.embedding { " + embedding" } else { "" },
+                        if spec.head { " + head" } else { "" }
+                    );
+                    let setup = ToWorker::Setup {
+                        version: PROTOCOL_VERSION,
+                        model: model.display().to_string(),
+                        stage: spec.clone(),
+                        threads,
+                        previous: s.checked_sub(1).map(|s| rank_of(p, s, t)),
+                        next: (s + 1 < layout.pp).then(|| rank_of(p, s + 1, t)),
+                        shards: stage_ranks.clone(),
+                    };
+                    send(world, rank, &setup);
+                    specs.insert(rank, spec.clone());
+                }
             }
+            let ranks = (0..layout.pp).flat_map(|s| (0..layout.tp).map(move |t| rank_of(p, s, t))).collect();
+            pipelines.push(Pipeline { ranks, in_flight: 0 });
         }
         let mut workers = Vec::new();
-        for _ in 0..layout.dp * layout.pp {
+        for _ in 0..layout.workers() {
             let (rank, message) = receive::<_, ToCoordinator>(world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
                 ToCoordinator::Ready { version, threads, bytes_read, load_seconds } => {
                     check_version(version).map_err(|e| worker_error(rank, e.to_string()))?;
                     log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads");
-                    let stage = stages[(rank as usize - 1) % layout.pp].clone();
+                    let stage = specs[&rank].clone();
                     workers.push(WorkerInfo { rank, stage, threads, bytes_read, load_seconds });
                 }
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
@@ -101,15 +109,7 @@ impl<'a> DistributedEngine<'a> {
             }
         }
         workers.sort_by_key(|w| w.rank);
-        Ok(DistributedEngine {
-            world,
-            layout,
-            pipelines,
-            workers,
-            config: config.clone(),
-            batch_tokens,
-            matmul: MatmulStats::default(),
-        })
+        Ok(DistributedEngine { world, layout, pipelines, workers, config: config.clone(), batch_tokens })
     }
 
     /// Micro-batches a pipeline holds at once: one computing and one waiting per stage
@@ -174,14 +174,12 @@ impl EvaluationEngine for DistributedEngine<'_> {
         while !schedule.in_flight.is_empty() {
             let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
-                ToCoordinator::Scores { id, scores, matmul_flops, matmul_seconds, .. } => {
+                ToCoordinator::Scores { id, scores } => {
                     let (pipeline, indices) = schedule.in_flight.remove(&id).ok_or_else(|| {
                         worker_error(rank, format!("scores for micro-batch {id}, which is not in flight"))
                     })?;
                     self.pipelines[pipeline].in_flight -= 1;
                     schedule.fill(self.world, trees, &mut self.pipelines[pipeline], pipeline, depth);
-                    self.matmul.flops += matmul_flops;
-                    self.matmul.seconds += matmul_seconds;
                     let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
                     let unpacked =
                         MicroBatch::unpack(&members, &scores).map_err(|e| worker_error(rank, e.to_string()))?;
@@ -199,17 +197,14 @@ impl EvaluationEngine for DistributedEngine<'_> {
     fn describe(&self) -> String {
         let threads: Vec<String> = self.workers.iter().map(|w| w.threads.to_string()).collect();
         format!(
-            "distributed engine: DP={} × PP={} over {} workers (ranks 1-{}), cpu backend, {} threads each",
+            "distributed engine: DP={} × PP={} × TP={} over {} workers (ranks 1-{}), cpu backend, {} threads each",
             self.layout.dp,
             self.layout.pp,
+            self.layout.tp,
             self.workers.len(),
             self.workers.len(),
             threads.join("/")
         )
-    }
-
-    fn matmul_stats(&self) -> MatmulStats {
-        self.matmul
     }
 
     fn parallel_workers(&self) -> usize {
@@ -239,10 +234,12 @@ impl EvaluationEngine for DistributedEngine<'_> {
             .iter()
             .map(|w| {
                 serde_json::json!({"rank": w.rank, "layers": [w.stage.layers.start, w.stage.layers.end],
+                    "groups": [w.stage.groups.start, w.stage.groups.end],
                     "embedding": w.stage.embedding, "head": w.stage.head, "threads": w.threads,
                     "bytes_read": w.bytes_read, "load_seconds": w.load_seconds})
             })
             .collect();
-        serde_json::json!({"kind": "distributed", "dp": self.layout.dp, "pp": self.layout.pp, "workers": workers})
+        serde_json::json!({"kind": "distributed", "dp": self.layout.dp, "pp": self.layout.pp, "tp": self.layout.tp,
+            "workers": workers})
     }
 }

@@ -4,9 +4,10 @@
 
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
-use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
-use evalmesh_worker::{Backend, CpuBackend, LlamaStage, StageError, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::{
+    Backend, CpuBackend, LlamaStage, LocalSum, StageError, StageInput, StageOutput, StageSpec, WeightSource,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -33,8 +34,6 @@ pub trait EvaluationEngine {
     fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError>;
     /// One line saying what runs where.
     fn describe(&self) -> String;
-    /// Work and time of the matrix products so far, summed over workers.
-    fn matmul_stats(&self) -> MatmulStats;
     /// How many workers compute at once.
     fn parallel_workers(&self) -> usize;
     /// Where the work ran, for the results' `evalmesh.engine_details`.
@@ -106,7 +105,7 @@ impl EvaluationEngine for LightweightEngine {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);
             let started = std::time::Instant::now();
-            let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens)? else {
+            let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens, &mut LocalSum)? else {
                 return Err(EngineError::NoScores);
             };
             self.spans.record(&mut self.compute, "compute", started, 0, None);
@@ -130,15 +129,12 @@ impl EvaluationEngine for LightweightEngine {
         )
     }
 
-    fn matmul_stats(&self) -> MatmulStats {
-        self.stage.backend().matmul_stats()
-    }
-
     fn parallel_workers(&self) -> usize {
         1
     }
 
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
+        let matmul = self.stage.backend().matmul_stats();
         Ok(vec![(
             0,
             WorkerStats {
@@ -146,6 +142,8 @@ impl EvaluationEngine for LightweightEngine {
                 tokens: self.tokens,
                 compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
+                matmul_flops: matmul.flops,
+                matmul_seconds: matmul.seconds,
                 trace: if trace { self.spans.timeline.clone() } else { Vec::new() },
                 ..WorkerStats::default()
             },

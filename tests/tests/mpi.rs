@@ -1,5 +1,6 @@
 //! The distributed engine under a real `mpirun`: per-request scores bit-identical to the
-//! single process for data parallelism, pipelines of 2 and 3 stages and both together,
+//! single process for data parallelism, pipelines of 2 and 3 stages, tensor parallelism
+//! over 2 and 3 shards, and mixes,
 //! and a worker's failure reported by rank 0 with the worker's rank.
 
 #![allow(clippy::unwrap_used)]
@@ -85,11 +86,14 @@ fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output, extra: &[&str]) -> Ve
 fn every_layout_gives_the_single_process_bits() {
     let single_dir = tempfile::tempdir().unwrap();
     let single = samples(single_dir.path(), run_evalmesh, &[]);
-    let layouts: [(usize, &[&str], &str); 4] = [
+    let layouts: [(usize, &[&str], &str); 7] = [
         (3, &["--strategy", "dp"], "DP=2"),
         (3, &["--strategy", "pp"], "PP=2"),
         (4, &["--strategy", "pp"], "PP=3"),
+        (3, &["--strategy", "tp"], "TP=2"),
+        (4, &["--strategy", "tp"], "TP=3"),
         (5, &["--dp", "2", "--pp", "2"], "DP=2 x PP=2"),
+        (5, &["--pp", "2", "--tp", "2"], "PP=2 x TP=2"),
     ];
     for (np, layout, name) in layouts {
         let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 use evalmesh_common::{MicroBatch, ScoreTree, TokenScore};
 use evalmesh_tests::test_model;
 use evalmesh_worker::weights::GgufModel;
-use evalmesh_worker::{CpuBackend, LlamaStage, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, StageSpec, WeightSource};
 
 fn trees() -> Vec<ScoreTree> {
     let ids = |start: u32, n: u32| (start..start + n).map(|i| (i * 7919) % 49152).collect::<Vec<u32>>();
@@ -41,21 +41,23 @@ fn two_stages_give_the_whole_models_bits() {
     let batch = MicroBatch::pack(&refs);
 
     let whole = LlamaStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
-    let expected = scores_of(whole.forward(&batch, StageInput::Tokens).unwrap());
+    let expected = scores_of(whole.forward(&batch, StageInput::Tokens, &mut LocalSum).unwrap());
     drop(whole);
 
-    let first =
-        LlamaStage::load(&model, StageSpec { layers: 0..12, embedding: true, head: false }, CpuBackend::default())
-            .unwrap();
-    let last =
-        LlamaStage::load(&model, StageSpec { layers: 12..layers, embedding: false, head: true }, CpuBackend::default())
-            .unwrap();
-    let StageOutput::Hidden(hidden) = first.forward(&batch, StageInput::Tokens).unwrap() else {
+    let groups = 0..model.config().num_kv_heads;
+    let spec = StageSpec { layers: 0..12, embedding: true, head: false, groups: groups.clone() };
+    let first = LlamaStage::load(&model, spec, CpuBackend::default()).unwrap();
+    let spec = StageSpec { layers: 12..layers, embedding: false, head: true, groups };
+    let last = LlamaStage::load(&model, spec, CpuBackend::default()).unwrap();
+    let StageOutput::Hidden(hidden) = first.forward(&batch, StageInput::Tokens, &mut LocalSum).unwrap() else {
         panic!("a first stage without the head returns hidden states");
     };
-    let split = scores_of(last.forward(&batch, StageInput::Hidden(hidden)).unwrap());
+    let split = scores_of(last.forward(&batch, StageInput::Hidden(hidden), &mut LocalSum).unwrap());
     assert_eq!(bits(&split), bits(&expected));
-    assert!(last.forward(&batch, StageInput::Tokens).is_err(), "a stage without the embedding must refuse tokens");
+    assert!(
+        last.forward(&batch, StageInput::Tokens, &mut LocalSum).is_err(),
+        "a stage without the embedding must refuse tokens"
+    );
 }
 
 #[test]
@@ -64,10 +66,10 @@ fn a_trees_scores_do_not_depend_on_its_neighbours() {
     let stage = LlamaStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
     let trees = trees();
     let together: Vec<&ScoreTree> = trees.iter().collect();
-    let packed = scores_of(stage.forward(&MicroBatch::pack(&together), StageInput::Tokens).unwrap());
+    let packed = scores_of(stage.forward(&MicroBatch::pack(&together), StageInput::Tokens, &mut LocalSum).unwrap());
     let per_tree = MicroBatch::unpack(&together, &packed).unwrap();
     for (tree, joint) in trees.iter().zip(per_tree) {
-        let alone = scores_of(stage.forward(&MicroBatch::pack(&[tree]), StageInput::Tokens).unwrap());
+        let alone = scores_of(stage.forward(&MicroBatch::pack(&[tree]), StageInput::Tokens, &mut LocalSum).unwrap());
         let joint_flat: Vec<TokenScore> = joint.prefix.iter().chain(joint.branches.iter().flatten()).copied().collect();
         assert_eq!(bits(&alone), bits(&joint_flat));
     }

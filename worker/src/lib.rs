@@ -11,6 +11,6 @@ pub mod weights;
 
 pub use backend::{cpu::CpuBackend, Backend, BackendError};
 pub use evalmesh_common::StageSpec;
-pub use stage::{LlamaStage, StageError, StageInput, StageOutput};
+pub use stage::{GroupSum, LlamaStage, LocalSum, StageError, StageInput, StageOutput};
 pub use tensor::Matrix;
 pub use weights::{WeightError, WeightSource};

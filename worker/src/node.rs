@@ -16,9 +16,10 @@ use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::Backend;
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
+use crate::stage::GroupSum;
 use crate::tensor::Matrix;
-use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff};
-use crate::{CpuBackend, LlamaStage, StageInput, StageOutput};
+use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff, ShardSum};
+use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput};
 
 const COORDINATOR: Rank = 0;
 
@@ -37,6 +38,7 @@ enum Work {
         stage: StageSpec,
         threads: usize,
         next: Option<Rank>,
+        shards: Vec<Rank>,
     },
     Batch {
         id: u64,
@@ -87,9 +89,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
             busy = true;
             let forward = match message {
-                Ok(ToWorker::Setup { version, model, stage, threads, previous: p, next }) => {
+                Ok(ToWorker::Setup { version, model, stage, threads, previous: p, next, shards }) => {
                     previous = p;
-                    Some(Work::Setup { version, model, stage, threads, next })
+                    Some(Work::Setup { version, model, stage, threads, next, shards })
                 }
                 Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
                     batches.push_back((id, batch));
@@ -166,6 +168,7 @@ fn compute(
     };
     let mut stage: Option<LlamaStage<CpuBackend>> = None;
     let mut next: Option<Rank> = None;
+    let mut sums: Box<dyn GroupSum<CpuBackend>> = Box::new(LocalSum);
     // Waits for a micro-batch count as idle on a first stage (no work from the coordinator)
     // and as receive-wait on later ones (a batch is handed over when its activations arrive).
     let (mut compute_times, mut idle, mut receive_wait) =
@@ -176,17 +179,22 @@ fn compute(
         let waiting = Instant::now();
         let Ok(w) = work.recv() else { break };
         match w {
-            Work::Setup { version, model, stage: spec, threads, next: n } => {
+            Work::Setup { version, model, stage: spec, threads, next: n, shards } => {
                 next = n;
                 let threads = if threads == 0 { default_threads } else { threads };
                 match load(version, &model, spec, threads) {
                     Ok((loaded, bytes_read, load_seconds)) => {
                         log::info!(
-                            "rank {rank}: layers {:?}{}{} loaded, {bytes_read} bytes read, {threads} threads",
+                            "rank {rank}: layers {:?}, groups {:?}{}{} loaded, {bytes_read} bytes read, {threads} threads",
                             loaded.spec().layers,
+                            loaded.spec().groups,
                             if loaded.spec().embedding { " + embedding" } else { "" },
                             if loaded.spec().head { " + head" } else { "" }
                         );
+                        if let Some(index) = shards.iter().position(|&r| r == rank).filter(|_| shards.len() > 1) {
+                            let width = loaded.config().hidden_size;
+                            sums = Box::new(ShardSum { comm: SimpleCommunicator::world(), shards, index, width });
+                        }
                         let ready =
                             ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
                         let _ = outgoing.send(Outgoing::Control(ready));
@@ -204,7 +212,6 @@ fn compute(
                 batches += 1;
                 tokens += batch.tokens.len() as u64;
                 let started = Instant::now();
-                let before = stage.backend().matmul_stats();
                 let input = match hidden {
                     Some(h) => match stage.backend().upload(h) {
                         Ok(t) => StageInput::Hidden(t),
@@ -215,21 +222,16 @@ fn compute(
                     },
                     None => StageInput::Tokens,
                 };
-                match stage.forward(&batch, input) {
+                match stage.forward(&batch, input, sums.as_mut()) {
                     Ok(StageOutput::Scores(scores)) => {
-                        let after = stage.backend().matmul_stats();
-                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores {
-                            id,
-                            scores,
-                            compute_seconds: started.elapsed().as_secs_f64(),
-                            matmul_flops: after.flops - before.flops,
-                            matmul_seconds: after.seconds - before.seconds,
-                        }));
+                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id, scores }));
                     }
                     Ok(StageOutput::Hidden(h)) => match (next, stage.backend().download(&h)) {
                         (Some(to), Ok(hidden)) => {
                             let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
                         }
+                        // A shard of the last stage without the head has done its part.
+                        (None, _) if !stage.spec().head => {}
                         (None, _) => fail("a stage without the head has no next stage to send to".into()),
                         (_, Err(e)) => fail(e.to_string()),
                     },
@@ -238,6 +240,7 @@ fn compute(
                 spans.record(&mut compute_times, "compute", started, 0, Some(id));
             }
             Work::Report { send, send_spans, trace } => {
+                let matmul = stage.as_ref().map(|s| s.backend().matmul_stats()).unwrap_or_default();
                 let stats = WorkerStats {
                     batches,
                     tokens,
@@ -246,6 +249,8 @@ fn compute(
                     send: send.summary(),
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
+                    matmul_flops: matmul.flops,
+                    matmul_seconds: matmul.seconds,
                     trace: if trace { [spans.timeline.clone(), send_spans.timeline].concat() } else { Vec::new() },
                 };
                 let _ = outgoing.send(Outgoing::Control(ToCoordinator::Stats { stats: Box::new(stats) }));

@@ -1,15 +1,19 @@
 //! The Llama-family transformer stage (DESIGN §3): a contiguous range of blocks,
 //! optionally with the token embedding in front and the final norm, LM head and
-//! scoring behind. The single process runs one stage over all layers; a pipeline
-//! splits the layers over several.
+//! scoring behind, over some or all of the model's groups (`evalmesh_common::plan`).
+//! The single process runs one stage over all layers and groups; a pipeline splits the
+//! layers over several stages, tensor parallelism the groups over several shards, whose
+//! row-parallel sums a [`GroupSum`] completes in group order.
 
 use std::sync::Arc;
 
-use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore};
+use std::ops::Range;
+
+use evalmesh_common::{group_slice, MicroBatch, ModelConfig, StageSpec, TokenScore};
 
 use crate::backend::{Backend, BackendError, HeadLayout};
 use crate::tensor::Matrix;
-use crate::weights::{load, LayerTensor, TensorId, WeightError, WeightSource};
+use crate::weights::{load, load_part, LayerTensor, TensorId, WeightError, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -36,30 +40,91 @@ pub enum StageOutput<T> {
 /// Rows of the LM head computed at once: bounds the logits buffer (rows × vocab).
 const HEAD_ROWS: usize = 256;
 
+/// Completes a row-parallel product (attention output, down projection): adds this
+/// worker's per-group partial products, in group order, to the running sum of the groups
+/// before them, and returns the sum over all groups.
+pub trait GroupSum<B: Backend> {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError>;
+}
+
+/// Every group is local (no tensor parallelism): the sum is the fold of the partials.
+pub struct LocalSum;
+
+impl<B: Backend> GroupSum<B> for LocalSum {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError> {
+        fold(backend, None, partials)
+    }
+}
+
+/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order.
+pub fn fold<B: Backend>(
+    backend: &B,
+    running: Option<B::Tensor>,
+    partials: Vec<B::Tensor>,
+) -> Result<B::Tensor, StageError> {
+    let mut total = running;
+    for p in partials {
+        total = Some(match total {
+            None => p,
+            Some(mut t) => {
+                backend.add_assign(&mut t, &p)?;
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| StageError::Spec("a row-parallel sum over no groups".into()))
+}
+
+/// A row-parallel weight cut by group: each group's input columns (within this
+/// worker's share of them) and its slice of the weight.
+struct ByGroup<W> {
+    parts: Vec<(Range<usize>, W)>,
+}
+
 struct Block<B: Backend> {
     attn_norm: B::Tensor,
-    /// Q, K and V projections stacked: `(q_dim + 2·kv_dim) × hidden`.
+    /// This worker's rows of the Q, K and V projections stacked.
     qkv: B::Weight,
-    out: B::Weight,
+    out: ByGroup<B::Weight>,
     ffn_norm: B::Tensor,
-    /// Gate and up projections stacked: `2·intermediate × hidden`.
+    /// This worker's rows of the gate and up projections stacked.
     gate_up: B::Weight,
-    down: B::Weight,
+    down: ByGroup<B::Weight>,
 }
 
 impl<B: Backend> Block<B> {
-    fn load(source: &dyn WeightSource, backend: &B, layer: usize) -> Result<Self, StageError> {
+    /// Loads the block's tensors, only the parts of `groups`.
+    fn load(source: &dyn WeightSource, backend: &B, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
+        let c = source.config();
+        let g = c.num_kv_heads;
         let get = |t: LayerTensor| load(source, TensorId::Layer(layer, t));
-        let stacked = |parts: &[LayerTensor]| -> Result<Matrix, WeightError> {
-            Ok(Matrix::vstack(&parts.iter().map(|&t| get(t)).collect::<Result<Vec<_>, _>>()?))
+        let rows = |t: LayerTensor, rows: Range<usize>| {
+            let cols = TensorId::Layer(layer, t).shape(c).1;
+            load_part(source, TensorId::Layer(layer, t), rows, 0..cols)
         };
+        let stacked = |parts: &[(LayerTensor, usize)]| -> Result<Matrix, WeightError> {
+            let parts = parts.iter().map(|&(t, size)| rows(t, group_slice(size, g, groups.clone())));
+            Ok(Matrix::vstack(&parts.collect::<Result<Vec<_>, _>>()?))
+        };
+        let by_group = |t: LayerTensor, size: usize| -> Result<ByGroup<B::Weight>, StageError> {
+            let local = group_slice(size, g, groups.clone()).start;
+            let parts = groups.clone().map(|k| {
+                let cols = group_slice(size, g, k..k + 1);
+                let rows = TensorId::Layer(layer, t).shape(c).0;
+                let weight =
+                    backend.upload_weight(load_part(source, TensorId::Layer(layer, t), 0..rows, cols.clone())?)?;
+                Ok((cols.start - local..cols.end - local, weight))
+            });
+            Ok(ByGroup { parts: parts.collect::<Result<_, StageError>>()? })
+        };
+        let (q, kv, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         Ok(Block {
             attn_norm: backend.upload(get(LayerTensor::AttnNorm)?)?,
-            qkv: backend.upload_weight(stacked(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V])?)?,
-            out: backend.upload_weight(get(LayerTensor::O)?)?,
+            qkv: backend.upload_weight(stacked(&[(LayerTensor::Q, q), (LayerTensor::K, kv), (LayerTensor::V, kv)])?)?,
+            out: by_group(LayerTensor::O, q)?,
             ffn_norm: backend.upload(get(LayerTensor::FfnNorm)?)?,
-            gate_up: backend.upload_weight(stacked(&[LayerTensor::Gate, LayerTensor::Up])?)?,
-            down: backend.upload_weight(get(LayerTensor::Down)?)?,
+            gate_up: backend.upload_weight(stacked(&[(LayerTensor::Gate, ffn), (LayerTensor::Up, ffn)])?)?,
+            down: by_group(LayerTensor::Down, ffn)?,
         })
     }
 }
@@ -88,11 +153,21 @@ impl<B: Backend> LlamaStage<B> {
                 spec.layers, config.num_layers
             )));
         }
+        if spec.groups.is_empty() || spec.groups.end > config.num_kv_heads {
+            return Err(StageError::Spec(format!(
+                "groups {:?} are outside the model's {} KV-head groups",
+                spec.groups, config.num_kv_heads
+            )));
+        }
         let embedding = match spec.embedding {
             true => Some(Arc::new(backend.upload_weight(load(source, TensorId::Embedding)?)?)),
             false => None,
         };
-        let blocks = spec.layers.clone().map(|l| Block::load(source, &backend, l)).collect::<Result<Vec<_>, _>>()?;
+        let blocks = spec
+            .layers
+            .clone()
+            .map(|l| Block::load(source, &backend, l, &spec.groups))
+            .collect::<Result<Vec<_>, _>>()?;
         let head = match (spec.head, &embedding) {
             (false, _) => None,
             (true, Some(shared)) if config.tied_embeddings => {
@@ -118,11 +193,12 @@ impl<B: Backend> LlamaStage<B> {
         &self.backend
     }
 
-    /// Runs the stage on one micro-batch.
+    /// Runs the stage on one micro-batch; `sums` completes its row-parallel products.
     pub fn forward(
         &self,
         batch: &MicroBatch,
         input: StageInput<B::Tensor>,
+        sums: &mut dyn GroupSum<B>,
     ) -> Result<StageOutput<B::Tensor>, StageError> {
         let b = &self.backend;
         let c = &self.config;
@@ -135,17 +211,19 @@ impl<B: Backend> LlamaStage<B> {
                     .into(),
             )),
         };
-        let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let groups = self.spec.groups.len();
+        let heads =
+            HeadLayout { num_heads: c.num_heads / c.num_kv_heads * groups, num_kv_heads: groups, head_dim: c.head_dim };
         let rope = b.rope_table(&batch.positions(), c.head_dim, c.rope_theta)?;
         for block in &self.blocks {
             let h = b.rms_norm(&x, &block.attn_norm, c.rms_norm_eps)?;
             let mut qkv = b.matmul_t(&h, &block.qkv)?;
             b.apply_rope(&mut qkv, &rope, heads.q_cols().start..heads.k_cols().end, c.head_dim, c.rope_style)?;
             let attended = b.attention(&qkv, &batch.trees, heads)?;
-            b.add_assign(&mut x, &b.matmul_t(&attended, &block.out)?)?;
+            b.add_assign(&mut x, &self.row_parallel(&attended, &block.out, sums)?)?;
             let h = b.rms_norm(&x, &block.ffn_norm, c.rms_norm_eps)?;
             let act = b.silu_mul(&b.matmul_t(&h, &block.gate_up)?)?;
-            b.add_assign(&mut x, &b.matmul_t(&act, &block.down)?)?;
+            b.add_assign(&mut x, &self.row_parallel(&act, &block.down, sums)?)?;
         }
         let Some(head) = &self.head else {
             return Ok(StageOutput::Hidden(x));
@@ -158,5 +236,18 @@ impl<B: Backend> LlamaStage<B> {
             scores.extend(b.score(&b.matmul_t(&h, &head.weight)?, &targets)?);
         }
         Ok(StageOutput::Scores(scores))
+    }
+
+    /// `x · wᵀ` summed over the groups: one product per group, completed by `sums`.
+    fn row_parallel(
+        &self,
+        x: &B::Tensor,
+        w: &ByGroup<B::Weight>,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
+        let b = &self.backend;
+        let partials = w.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, cols.clone())?, part)?));
+        let partials = partials.collect::<Result<Vec<_>, StageError>>()?;
+        sums.sum(b, partials)
     }
 }

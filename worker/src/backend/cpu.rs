@@ -444,6 +444,12 @@ impl Backend for CpuBackend {
         Ok(Matrix::from_vec(rows.len(), x.cols, data))
     }
 
+    fn columns(&self, x: &Matrix, cols: Range<usize>) -> Result<Matrix, BackendError> {
+        check(cols.start <= cols.end && cols.end <= x.cols, || format!("columns {cols:?} of {}", x.cols))?;
+        let data = x.data.chunks_exact(x.cols).flat_map(|row| row[cols.clone()].iter().copied()).collect();
+        Ok(Matrix::from_vec(x.rows, cols.len(), data))
+    }
+
     fn score(&self, logits: &Matrix, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError> {
         check(targets.len() == logits.rows && targets.iter().all(|&t| (t as usize) < logits.cols), || {
             format!("{} targets for {} rows of {} logits", targets.len(), logits.rows, logits.cols)

@@ -104,6 +104,8 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), BackendError>;
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor, BackendError>;
+    /// The columns `cols` of `x`, as a tensor of their own.
+    fn columns(&self, x: &Self::Tensor, cols: Range<usize>) -> Result<Self::Tensor, BackendError>;
     /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
     /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.

@@ -1,12 +1,14 @@
 //! Weight loading: the [`WeightSource`] trait over a model file, its GGUF and
-//! Hugging Face safetensors implementations, and [`load`], which reads one tensor
-//! widened to f32 after checking its shape against the configuration.
+//! Hugging Face safetensors implementations, and [`load`] and [`load_part`], which read
+//! a tensor (or a rectangle of it) widened to f32 after checking its shape against the
+//! configuration.
 
 pub mod gguf;
 mod gguf_model;
 mod hf;
 pub mod quant;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,6 +103,19 @@ pub trait WeightSource: Send + Sync {
 /// Reads one tensor widened to f32, after checking its shape against the config,
 /// and refuses weights with NaN or infinity.
 pub fn load(source: &dyn WeightSource, id: TensorId) -> Result<Matrix, WeightError> {
+    let (rows, cols) = id.shape(source.config());
+    load_part(source, id, 0..rows, 0..cols)
+}
+
+/// Reads the rectangle `rows × cols` of a tensor, as [`load`] does the whole: a
+/// tensor-parallel shard reads only its rows, or in each row only the quantisation
+/// blocks that hold its columns.
+pub fn load_part(
+    source: &dyn WeightSource,
+    id: TensorId,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Result<Matrix, WeightError> {
     let expected = id.shape(source.config());
     let found = source.locate(id)?;
     if found.shape != expected {
@@ -111,14 +126,26 @@ pub fn load(source: &dyn WeightSource, id: TensorId) -> Result<Matrix, WeightErr
             found: found.shape,
         });
     }
-    let mut data = vec![0.0f32; expected.0 * expected.1];
-    found.dtype.dequantize(found.bytes, &mut data);
-    source.bytes_read().fetch_add(found.bytes.len() as u64, Ordering::Relaxed);
+    assert!(rows.end <= expected.0 && cols.end <= expected.1, "{rows:?} × {cols:?} outside {expected:?}");
+    let (block_elems, block_bytes) = found.dtype.block();
+    let row_bytes = expected.1 / block_elems * block_bytes;
+    let blocks = cols.start / block_elems..cols.end.div_ceil(block_elems);
+    let first = blocks.start * block_elems;
+    let mut widened = vec![0.0f32; blocks.len() * block_elems];
+    let mut data = Vec::with_capacity(rows.len() * cols.len());
+    for r in rows.clone() {
+        let start = r * row_bytes + blocks.start * block_bytes;
+        let bytes = &found.bytes[start..start + blocks.len() * block_bytes];
+        found.dtype.dequantize(bytes, &mut widened);
+        data.extend_from_slice(&widened[cols.start - first..cols.end - first]);
+    }
+    let read = rows.len() * blocks.len() * block_bytes;
+    source.bytes_read().fetch_add(read as u64, Ordering::Relaxed);
     let count = data.iter().filter(|v| !v.is_finite()).count();
     if count > 0 {
         return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });
     }
-    Ok(Matrix::from_vec(expected.0, expected.1, data))
+    Ok(Matrix::from_vec(rows.len(), cols.len(), data))
 }
 
 /// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and safetensors.
