@@ -36,6 +36,10 @@ pub enum CliError {
     OutputExists(PathBuf),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("{0} measures MPI transfers: start it with mpirun -np 2 evalmesh {0}")]
+    NeedsMpi(&'static str),
+    #[error(transparent)]
+    PingPong(#[from] crate::pingpong::PingPongError),
     #[error("--resume needs --output: the journal lives next to the results file")]
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
@@ -79,6 +83,25 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Prints the tokens of a text, like llama.cpp's llama-tokenize.
     Tokenize(TokenizeArgs),
+    /// Measures activation transfers between two ranks beside a raw MPI ping-pong of the
+    /// same sizes (start it with mpirun -np 2).
+    Pingpong(PingPongArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PingPongArgs {
+    /// Rows (tokens) of each activation message, separated by commas.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024,4096")]
+    pub rows: Vec<usize>,
+    /// Columns of each message: the model's hidden size (SmolLM2-135M: 576).
+    #[arg(long, default_value_t = 576)]
+    pub width: usize,
+    /// Round trips per trial.
+    #[arg(long, default_value_t = 50)]
+    pub round_trips: usize,
+    /// Trials per path and size, alternating the two paths; the best of each is kept.
+    #[arg(long, default_value_t = 5)]
+    pub trials: usize,
 }
 
 #[derive(Debug, Args)]
@@ -136,7 +159,7 @@ pub struct RunArgs {
     /// Pipeline stages per replica.
     #[arg(long)]
     pub pp: Option<usize>,
-    /// Tensor-parallel shards per stage (not available yet).
+    /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
     #[arg(long)]
     pub tp: Option<usize>,
     /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
@@ -221,7 +244,29 @@ pub fn execute(cli: Cli, world: Option<&SimpleCommunicator>) -> Result<(), CliEr
         Command::Run(args) => run(args, world),
         Command::Inspect(args) => inspect(args),
         Command::Tokenize(args) => tokenize(args),
+        Command::Pingpong(args) => match world {
+            Some(world) => pingpong(&args, world),
+            None => Err(CliError::NeedsMpi("pingpong")),
+        },
     }
+}
+
+/// The transport benchmark; every rank takes part, rank 0 prints the table.
+fn pingpong(args: &PingPongArgs, world: &SimpleCommunicator) -> Result<(), CliError> {
+    let measured = crate::pingpong::measure(world, &args.rows, args.width, args.round_trips, args.trials)?;
+    if world.rank() == 0 {
+        println!("| Message bytes | Raw MPI GB/s | Activations GB/s | Ratio |\n|---:|---:|---:|---:|");
+        for m in measured {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} |",
+                m.bytes,
+                m.raw_gb_per_s,
+                m.activation_gb_per_s,
+                m.activation_gb_per_s / m.raw_gb_per_s
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Per rank: micro-batches, tokens, compute time and its distribution, idle, send and
@@ -299,7 +344,7 @@ pub enum StrategyArg {
     Dp,
     /// Pipeline parallel: the layers split over the workers.
     Pp,
-    /// Tensor parallel (not available yet).
+    /// Tensor parallel: every layer split over the workers by KV-head group.
     Tp,
 }
 

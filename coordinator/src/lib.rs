@@ -7,6 +7,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod journal;
 pub mod model;
+pub mod pingpong;
 pub mod progress;
 pub mod results;
 pub mod tasks;

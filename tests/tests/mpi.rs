@@ -106,6 +106,19 @@ fn every_layout_gives_the_single_process_bits() {
 fn impossible_layouts_are_refused() {
     let output = mpirun(3, &["run", "--model", test_model().to_str().unwrap(), "--dp", "3"]);
     assert_clean_error(&output, &["--dp 3", "mpirun -np 4"]);
+    // The test model has 3 KV-head groups to share out.
+    let output = mpirun(5, &["run", "--model", test_model().to_str().unwrap(), "--strategy", "tp"]);
+    assert_clean_error(&output, &["--tp 4", "3 KV-head groups", "1 to 3"]);
+}
+
+#[test]
+fn pingpong_measures_both_paths_under_mpirun_only() {
+    let output = mpirun(2, &["pingpong", "--rows", "4,64", "--round-trips", "5", "--trials", "1"]);
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 9216 |") || l.starts_with("| 147456 |")).collect();
+    assert_eq!(rows.len(), 2, "one row per size (4 and 64 rows of 576 f32):\n{table}");
+    assert_clean_error(&run_evalmesh(&["pingpong"]), &["mpirun -np 2"]);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! back-off instead of blocking in MPI, whose blocking receive spins a core that the
 //! compute threads need.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use evalmesh_common::protocol::{
     decode, encode, ProtocolError, ACTIVATION_DATA_TAG, ACTIVATION_HEADER_TAG, CONTROL_TAG, PARTIAL_SUM_TAG,
@@ -22,19 +22,31 @@ use crate::tensor::Matrix;
 /// The longest pause between two polls: the most a message waits unnoticed.
 pub const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
 
-/// A poll pause that doubles while nothing arrives, from 20 µs to [`MAX_POLL_PAUSE`].
-pub struct Backoff(Duration);
+/// How long a wait yields the core between polls before it starts sleeping.
+const YIELD_FOR: Duration = Duration::from_micros(200);
+
+/// A poll pause: for the first [`YIELD_FOR`] of a wait it only yields the core (to any
+/// thread that wants it), so a message that is about to arrive is seen at once; then it
+/// sleeps, doubling from 20 µs to [`MAX_POLL_PAUSE`] while nothing arrives.
+pub struct Backoff {
+    started: Option<Instant>,
+    sleep: Duration,
+}
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff(Duration::from_micros(20))
+        Backoff { started: None, sleep: Duration::from_micros(20) }
     }
 }
 
 impl Backoff {
     pub fn wait(&mut self) {
-        std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(MAX_POLL_PAUSE);
+        if self.started.get_or_insert_with(Instant::now).elapsed() < YIELD_FOR {
+            std::thread::yield_now();
+            return;
+        }
+        std::thread::sleep(self.sleep);
+        self.sleep = (self.sleep * 2).min(MAX_POLL_PAUSE);
     }
 
     pub fn reset(&mut self) {
