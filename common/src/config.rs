@@ -225,15 +225,29 @@ pub struct HfConfig {
 /// `model_type` values whose checkpoints use the Llama block without biases.
 const HF_LLAMA_TYPES: &[&str] = &["llama", "mistral"];
 
+/// `model_type` values with the Llama block's shapes, for planning: Qwen2 adds biases to
+/// Q, K and V, a few thousand values per layer that do not move a plan.
+const HF_PLANNABLE_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
 impl HfConfig {
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))
     }
 
+    /// The configuration of a model evalmesh can run.
     pub fn to_model_config(&self) -> Result<ModelConfig, ConfigError> {
+        self.shapes(HF_LLAMA_TYPES)
+    }
+
+    /// The shapes of a model to plan for, which evalmesh need not be able to run.
+    pub fn to_plan_config(&self) -> Result<ModelConfig, ConfigError> {
+        self.shapes(HF_PLANNABLE_TYPES)
+    }
+
+    fn shapes(&self, types: &[&str]) -> Result<ModelConfig, ConfigError> {
         let model_type =
             self.model_type.as_deref().ok_or_else(|| ConfigError::Missing { field: "model_type".into() })?;
-        if !HF_LLAMA_TYPES.contains(&model_type) {
+        if !types.contains(&model_type) {
             return Err(ConfigError::UnsupportedArchitecture(model_type.to_string()));
         }
         let raw = RawConfig {

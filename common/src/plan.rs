@@ -65,6 +65,8 @@ pub enum PlanError {
     TooManyStages { stages: usize, layers: usize },
     #[error("a pipeline needs at least one stage")]
     NoStages,
+    #[error("no layout of the workers fits the model in memory (the smallest needs {smallest} per rank): add workers, or use devices with more memory")]
+    NothingFits { smallest: String },
 }
 
 /// The kind of parallelism asked for on the command line.
@@ -125,9 +127,9 @@ impl ParallelLayout {
     }
 }
 
-/// Cost of the LM head relative to one block: its weight count over a block's, halved
-/// because the head runs only on scored rows (about half of them in perplexity chunks,
-/// far fewer in multiple choice). The strategy issue's cost model refines this.
+/// Cost of the LM head relative to one block when no cost model is at hand: its weight
+/// count over a block's, halved because the head runs only on scored rows (about half of
+/// them in perplexity chunks, far fewer in multiple choice).
 pub fn head_cost_in_layers(config: &ModelConfig) -> f64 {
     let block = (config.hidden_size * (2 * config.q_dim() + 2 * config.kv_dim())
         + 3 * config.hidden_size * config.intermediate_size) as f64;
@@ -135,9 +137,14 @@ pub fn head_cost_in_layers(config: &ModelConfig) -> f64 {
 }
 
 /// Contiguous layer ranges for `stages` pipeline stages that minimise the costliest
-/// stage (each block costs 1, the head [`head_cost_in_layers`] on the last stage); the
-/// first stage holds the embedding, the last the head.
-pub fn partition_layers(config: &ModelConfig, stages: usize) -> Result<Vec<StageSpec>, PlanError> {
+/// stage, each block costing 1, the embedding `embedding` on the first stage and the head
+/// `head` on the last (in blocks).
+pub fn partition_layers(
+    config: &ModelConfig,
+    stages: usize,
+    embedding: f64,
+    head: f64,
+) -> Result<Vec<StageSpec>, PlanError> {
     let n = config.num_layers;
     if stages == 0 {
         return Err(PlanError::NoStages);
@@ -145,7 +152,6 @@ pub fn partition_layers(config: &ModelConfig, stages: usize) -> Result<Vec<Stage
     if stages > n {
         return Err(PlanError::TooManyStages { stages, layers: n });
     }
-    let head = head_cost_in_layers(config);
     // best[k][i]: the least possible costliest stage when layers 0..i make k stages.
     let mut best = vec![vec![f64::INFINITY; n + 1]; stages + 1];
     let mut cut = vec![vec![0usize; n + 1]; stages + 1];
@@ -156,6 +162,9 @@ pub fn partition_layers(config: &ModelConfig, stages: usize) -> Result<Vec<Stage
                 let mut cost = (i - j) as f64;
                 if k == stages && i == n {
                     cost += head;
+                }
+                if k == 1 {
+                    cost += embedding;
                 }
                 let worst = best[k - 1][j].max(cost);
                 if worst < best[k][i] {
@@ -210,7 +219,7 @@ mod tests {
     fn stages_cover_every_layer_once_in_order() {
         let c = smollm();
         for stages in 1..=30 {
-            let plan = partition_layers(&c, stages).unwrap();
+            let plan = partition_layers(&c, stages, 0.0, head_cost_in_layers(&c)).unwrap();
             assert_eq!(plan.len(), stages);
             assert_eq!(plan[0].layers.start, 0);
             assert_eq!(plan[stages - 1].layers.end, 30);
@@ -227,7 +236,7 @@ mod tests {
         // SmolLM2's head is 28.3M weights against 3.5M per block: 4 blocks' worth at half the rows.
         let c = smollm();
         assert!((head_cost_in_layers(&c) - 4.0).abs() < 0.01);
-        let plan = partition_layers(&c, 2).unwrap();
+        let plan = partition_layers(&c, 2, 0.0, head_cost_in_layers(&c)).unwrap();
         assert_eq!(plan[0].layers, 0..17);
         assert_eq!(plan[1].layers, 17..30);
     }
@@ -265,7 +274,7 @@ mod tests {
 
     #[test]
     fn impossible_plans_are_refused() {
-        assert_eq!(partition_layers(&smollm(), 31), Err(PlanError::TooManyStages { stages: 31, layers: 30 }));
-        assert_eq!(partition_layers(&smollm(), 0), Err(PlanError::NoStages));
+        assert_eq!(partition_layers(&smollm(), 31, 0.0, 4.0), Err(PlanError::TooManyStages { stages: 31, layers: 30 }));
+        assert_eq!(partition_layers(&smollm(), 0, 0.0, 4.0), Err(PlanError::NoStages));
     }
 }

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+use evalmesh_common::cost::{BatchShape, Placement};
+use evalmesh_common::hardware::HardwareProfile;
 use evalmesh_common::protocol::WorkerStats;
-use evalmesh_common::{ParallelLayout, PlanError, Strategy};
+use evalmesh_common::{
+    partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
+};
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::weights::gguf::GgufFile;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -18,6 +22,7 @@ use crate::engine::{EngineError, EvaluationEngine, LightweightEngine};
 use crate::evaluate::{evaluate, EvaluateError, Limit, Settings};
 use crate::journal::{model_fingerprint, Journal, JournalError};
 use crate::model::{Model, ModelError};
+use crate::prediction::{cached_profile_path, run_profile, write_profile, PredictionError, Predictor};
 use crate::results::{Report, ResultsError};
 use crate::tasks::formats::{self, Source};
 use crate::tasks::perplexity::PerplexityMode;
@@ -40,6 +45,12 @@ pub enum CliError {
     NeedsMpi(&'static str),
     #[error(transparent)]
     PingPong(#[from] crate::pingpong::PingPongError),
+    #[error(transparent)]
+    Prediction(#[from] PredictionError),
+    #[error(transparent)]
+    Calibrate(#[from] crate::calibrate::CalibrateError),
+    #[error("{}: {error}", path.display())]
+    Config { path: PathBuf, error: evalmesh_common::ConfigError },
     #[error("--resume needs --output: the journal lives next to the results file")]
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
@@ -78,7 +89,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Scores a task with a model and writes the results.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Prints a model's architecture, configuration, parameter count and tensor types.
     Inspect(InspectArgs),
     /// Prints the tokens of a text, like llama.cpp's llama-tokenize.
@@ -86,6 +97,49 @@ pub enum Command {
     /// Measures activation transfers between two ranks beside a raw MPI ping-pong of the
     /// same sizes (start it with mpirun -np 2).
     Pingpong(PingPongArgs),
+    /// Measures this machine for the cost model (under mpirun -np 2, also the link between
+    /// ranks) and writes a hardware profile.
+    Calibrate(CalibrateArgs),
+    /// Lists the ways to spread a model over N workers, predicted from its configuration
+    /// alone, and the one --strategy auto picks.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens per micro-batch to measure at.
+    #[arg(long, default_value_t = 512)]
+    pub batch_tokens: usize,
+    /// Where to write the profile (default: this host's cached profile, which runs use).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A GGUF file, a Hugging Face directory, or a config.json (only the configuration is read).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Workers to spread the model over (ranks besides the coordinator).
+    #[arg(long)]
+    pub workers: usize,
+    /// A built-in device profile (h100, h200, a100, l40s) or `cpu` (this machine's profile).
+    #[arg(long, default_value = "cpu", conflicts_with = "profile")]
+    pub device: String,
+    /// A hardware profile written by evalmesh calibrate.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Tokens per micro-batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// Tokens per sequence of the assumed workload (half of each is scored).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Print the plans as JSON, the chosen one under `chosen`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +216,10 @@ pub struct RunArgs {
     /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
     #[arg(long)]
     pub tp: Option<usize>,
+    /// A hardware profile from evalmesh calibrate for the cost model (default: this host's
+    /// cached profile, measured on the first run).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
     #[arg(long)]
     pub no_prefix_sharing: bool,
@@ -241,13 +299,188 @@ impl ModelArgs {
 
 pub fn execute(cli: Cli, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
     match cli.command {
-        Command::Run(args) => run(args, world),
+        Command::Run(args) => run(*args, world),
         Command::Inspect(args) => inspect(args),
         Command::Tokenize(args) => tokenize(args),
         Command::Pingpong(args) => match world {
             Some(world) => pingpong(&args, world),
             None => Err(CliError::NeedsMpi("pingpong")),
         },
+        Command::Calibrate(args) => calibrate(&args, world),
+        Command::Plan(args) => plan(&args),
+    }
+}
+
+/// Measures this machine; under MPI ranks 0 and 1 first time their link, then rank 0 the rest.
+fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
+    if args.batch_tokens < 16 {
+        return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
+    }
+    let path = args.model.path()?;
+    let config = evalmesh_worker::weights::open(&path)?.config().clone();
+    let link = match world {
+        Some(w) => crate::calibrate::measure_link(w, &config, args.batch_tokens)?,
+        None => None,
+    };
+    if world.is_some_and(|w| w.rank() != 0) {
+        return Ok(());
+    }
+    let profile = crate::calibrate::calibrate(&config, args.batch_tokens, link)?;
+    let output = args.output.clone().unwrap_or_else(|| cached_profile_path(&cache_dir()));
+    write_profile(&profile, &output)?;
+    println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());
+    log::info!("profile written to {}", output.display());
+    Ok(())
+}
+
+/// The configuration of a model file, directory or config.json, reading nothing else.
+fn plan_config(path: &Path) -> Result<ModelConfig, CliError> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        let text = read_text(path)?;
+        let config = HfConfig::parse(&text).and_then(|c| c.to_plan_config());
+        return config.map_err(|error| CliError::Config { path: path.to_path_buf(), error });
+    }
+    Ok(evalmesh_worker::weights::open(path)?.config().clone())
+}
+
+/// `evalmesh plan`: every layout predicted on a workload of `--ctx`-token sequences.
+fn plan(args: &PlanArgs) -> Result<(), CliError> {
+    if args.workers == 0 {
+        return Err(CliError::TooSmall { flag: "--workers", min: 1, value: 0 });
+    }
+    if args.ctx == 0 || args.batch_tokens < args.ctx {
+        return Err(CliError::TooSmall {
+            flag: "--batch-tokens (at least --ctx)",
+            min: args.ctx.max(1),
+            value: args.batch_tokens,
+        });
+    }
+    let path = ModelArgs { model: args.model.clone(), tokenizer: None }.path()?;
+    let config = plan_config(&path)?;
+    let profile = match (&args.profile, args.device.as_str()) {
+        (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
+        (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens)?,
+        (None, device) => HardwareProfile::built_in(device).map_err(PredictionError::from)?,
+    };
+    let per_batch = args.batch_tokens / args.ctx;
+    let batches = vec![BatchShape::sequences(per_batch, args.ctx, args.ctx / 2); 64];
+    let place = placement(&profile, args.workers, None);
+    let candidates = strategy::candidates(&config, args.workers, &batches, &profile, place);
+    let chosen = strategy::choose(&candidates);
+    if args.json {
+        let chosen_json = chosen.as_ref().ok().map(|c| plan_json(c));
+        let all: Vec<_> = candidates.iter().map(plan_json).collect();
+        let out = json!({"model": path.display().to_string(), "workers": args.workers, "profile": profile.name,
+            "profile_source": profile.source, "memory_bytes": profile.memory_bytes, "candidates": all, "chosen": chosen_json});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print!("{}", plan_table(&config, args.workers, &profile, &candidates));
+    }
+    chosen.map(|_| ()).map_err(CliError::from)
+}
+
+/// A plan as JSON: sizes, stages as layer ranges, memory and predicted throughput.
+fn plan_json(c: &strategy::Candidate) -> serde_json::Value {
+    json!({
+        "dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp,
+        "stages": c.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect::<Vec<_>>(),
+        "memory_per_rank_bytes": c.prediction.memory_per_rank_bytes.iter().copied().max().unwrap_or(0),
+        "predicted_tokens_per_s": c.prediction.tokens_per_s,
+        "bubble_share": c.prediction.bubble_share,
+        "communication_share": c.prediction.communication_share,
+        "rejected": c.rejected,
+    })
+}
+
+/// The candidates as a table, best first, each loser with its reason.
+fn plan_table(
+    config: &ModelConfig,
+    workers: usize,
+    profile: &HardwareProfile,
+    candidates: &[strategy::Candidate],
+) -> String {
+    let mut out = format!(
+        "{} layers, {:.2}B parameters, on {workers} × {} ({}; {} each)\n\n",
+        config.num_layers,
+        config.parameter_count() as f64 / 1e9,
+        profile.name,
+        profile.source,
+        strategy::gigabytes(profile.memory_bytes)
+    );
+    out.push_str(
+        "| DP | PP | TP | stages (layers) | tokens/s | memory per rank | bubble | communication | verdict |\n",
+    );
+    out.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---|\n");
+    let best = candidates.iter().find(|c| c.rejected.is_none()).map(|c| c.prediction.tokens_per_s);
+    for c in candidates {
+        let p = &c.prediction;
+        let memory = p.memory_per_rank_bytes.iter().copied().max().unwrap_or(0);
+        let stages: Vec<String> = c.stages.iter().map(|s| format!("{}-{}", s.layers.start, s.layers.end)).collect();
+        let verdict = match (&c.rejected, best) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(b)) if p.tokens_per_s >= b => format!(
+                "chosen: {} of {} free",
+                strategy::gigabytes(profile.memory_bytes.saturating_sub(memory)),
+                strategy::gigabytes(profile.memory_bytes)
+            ),
+            (None, Some(b)) => format!("slower by {:.0}%", 100.0 * (1.0 - p.tokens_per_s / b)),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.0} | {} | {:.0}% | {:.0}% | {verdict} |\n",
+            c.layout.dp,
+            c.layout.pp,
+            c.layout.tp,
+            stages.join(", "),
+            p.tokens_per_s,
+            strategy::gigabytes(memory),
+            (100.0 * p.bubble_share).max(0.0),
+            (100.0 * p.communication_share).max(0.0)
+        ));
+    }
+    out
+}
+
+/// The layout and stages of a distributed run: `--strategy auto` without sizes takes the
+/// cost model's fastest plan that fits; otherwise the sizes or strategy given, with the
+/// layers balanced by the cost model.
+fn choose_layout(
+    args: &RunArgs,
+    config: &ModelConfig,
+    workers: usize,
+    profile: &HardwareProfile,
+) -> Result<(ParallelLayout, Vec<StageSpec>), CliError> {
+    let place = placement(profile, workers, args.threads);
+    let sequence = args.ctx.unwrap_or(512).min(args.batch_tokens);
+    let batches = vec![BatchShape::sequences(args.batch_tokens / sequence, sequence, sequence / 2); 64];
+    if args.strategy == StrategyArg::Auto && args.dp.is_none() && args.pp.is_none() && args.tp.is_none() {
+        let candidates = strategy::candidates(config, workers, &batches, profile, place);
+        let chosen = strategy::choose(&candidates)?;
+        log::info!(
+            "--strategy auto: DP={} × PP={} × TP={}, predicted {:.0} tokens/s, the fastest of {} plans that fit \
+             (evalmesh plan lists them)",
+            chosen.layout.dp,
+            chosen.layout.pp,
+            chosen.layout.tp,
+            chosen.prediction.tokens_per_s,
+            candidates.iter().filter(|c| c.rejected.is_none()).count()
+        );
+        return Ok((chosen.layout, chosen.stages.clone()));
+    }
+    let layout = ParallelLayout::resolve(workers, args.strategy.into(), args.dp, args.pp, args.tp)?;
+    let (embedding, head) = strategy::end_costs(config, &batches, profile, place);
+    Ok((layout, partition_layers(config, layout.pp, embedding, head)?))
+}
+
+/// Where the workers run: on the CPU, all on this node sharing its cores (`threads` each
+/// when given); on GPUs, one worker per device.
+fn placement(profile: &HardwareProfile, workers: usize, threads: Option<usize>) -> Placement {
+    if profile.backend == "cpu" {
+        let per_node = workers.min(profile.devices_per_node).max(1);
+        let threads = threads.unwrap_or((profile.devices_per_node / per_node).max(1));
+        Placement { threads_per_worker: threads, workers_per_node: workers }
+    } else {
+        Placement { threads_per_worker: 1, workers_per_node: workers.min(profile.devices_per_node) }
     }
 }
 
@@ -267,6 +500,35 @@ fn pingpong(args: &PingPongArgs, world: &SimpleCommunicator) -> Result<(), CliEr
         }
     }
     Ok(())
+}
+
+/// Busy seconds (compute and send) of each stage: its slowest rank. Rank 0 is the single
+/// process's only stage; worker ranks are numbered pipeline by pipeline, stage by stage,
+/// shard by shard.
+fn stage_busy_seconds(monitoring: &[(i32, WorkerStats)], layout: ParallelLayout) -> Vec<f64> {
+    let mut busy = vec![0.0f64; layout.pp];
+    for (rank, s) in monitoring {
+        let stage = (*rank as usize).saturating_sub(1) / layout.tp % layout.pp;
+        busy[stage] = busy[stage].max((s.compute.total_ms + s.send.total_ms) / 1000.0);
+    }
+    busy
+}
+
+/// "predicted X tokens/s, measured Y (error); per stage predicted/measured seconds".
+fn prediction_line(p: &serde_json::Value, busy: &[f64]) -> String {
+    let num = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    let stages: Vec<String> = p["predicted_stage_seconds"]
+        .as_array()
+        .map(|a| a.iter().zip(busy).map(|(s, b)| format!("{:.1}/{b:.1}", s.as_f64().unwrap_or(0.0))).collect())
+        .unwrap_or_default();
+    format!(
+        "predicted {:.1} tokens/s, measured {:.1} ({:+.1}%); per stage, predicted/measured busy seconds: {} ({})",
+        num("predicted_tokens_per_s"),
+        num("measured_tokens_per_s"),
+        num("error_percent"),
+        stages.join(", "),
+        p["profile"].as_str().unwrap_or("")
+    )
 }
 
 /// Per rank: micro-batches, tokens, compute time and its distribution, idle, send and
@@ -408,15 +670,26 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         None => None,
     };
 
+    let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens)?;
     let load_start = Instant::now();
-    let mut engine: Box<dyn EvaluationEngine + '_> = match world {
+    let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match world {
         Some(world) if world.size() > 1 => {
             let workers = world.size() as usize - 1;
-            let layout = ParallelLayout::resolve(workers, args.strategy.into(), args.dp, args.pp, args.tp)?;
+            let (layout, stages) = choose_layout(&args, &config, workers, &profile)?;
             let threads = args.threads.unwrap_or(0);
-            Box::new(DistributedEngine::start(world, &model_path, &config, layout, args.batch_tokens, threads)?)
+            let engine =
+                DistributedEngine::start(world, &model_path, &config, layout, &stages, args.batch_tokens, threads)?;
+            let threads = engine.workers().first().map_or(1, |w| w.threads);
+            let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
+            (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
-        _ => Box::new(LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?),
+        _ => {
+            let engine = LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?;
+            let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
+            let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
+            let stages = vec![StageSpec::whole(&config)];
+            (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
+        }
     };
     let load_seconds = load_start.elapsed().as_secs_f64();
     log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
@@ -432,6 +705,8 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         share_prefixes: !args.no_prefix_sharing,
         samples_dir: samples_dir.as_deref(),
         model_fingerprint: &fingerprint,
+        batch_tokens: args.batch_tokens,
+        predictor: Some(&predictor),
     };
     let mut report = Report::default();
     let start = Instant::now();
@@ -468,6 +743,11 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     evalmesh.insert("matmul_seconds".into(), json!(matmul.seconds));
     evalmesh.insert("matmul_gflops_per_s".into(), json!(matmul.gflops_per_s()));
 
+    let busy = stage_busy_seconds(&monitoring, predictor.layout);
+    if let Some(serde_json::Value::Object(p)) = report.evalmesh.get_mut("prediction") {
+        p.insert("measured_stage_seconds".into(), json!(busy));
+    }
+
     print!("{}", report.table());
     print!("{}", monitoring_table(&monitoring));
     println!(
@@ -475,6 +755,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         matmul.gflops_per_s(),
         100.0 * matmul.seconds / (seconds * engine.parallel_workers() as f64).max(1e-9)
     );
+    if let Some(p) = report.evalmesh.get("prediction") {
+        println!("{}", prediction_line(p, &busy));
+    }
     if let Some(path) = &args.output {
         report.write(path)?;
         log::info!("results written to {}", path.display());

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
-use evalmesh_common::{partition_layers, MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
+use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
 
@@ -54,11 +54,11 @@ impl<'a> DistributedEngine<'a> {
         model: &Path,
         config: &ModelConfig,
         layout: ParallelLayout,
+        stages: &[StageSpec],
         batch_tokens: usize,
         threads: usize,
     ) -> Result<Self, EngineError> {
         let plan = |e: PlanError| EngineError::Plan(e.to_string());
-        let stages = partition_layers(config, layout.pp).map_err(plan)?;
         // shards[s][t]: shard t of stage s; rank 1 + p·pp·tp + s·tp + t.
         let shards = stages.iter().map(|s| s.shard(config, layout.tp)).collect::<Result<Vec<_>, _>>().map_err(plan)?;
         let rank_of = |p: usize, s: usize, t: usize| (1 + (p * layout.pp + s) * layout.tp + t) as Rank;
@@ -110,6 +110,11 @@ impl<'a> DistributedEngine<'a> {
         }
         workers.sort_by_key(|w| w.rank);
         Ok(DistributedEngine { world, layout, pipelines, workers, config: config.clone(), batch_tokens })
+    }
+
+    /// The workers as they reported ready, by rank.
+    pub fn workers(&self) -> &[WorkerInfo] {
+        &self.workers
     }
 
     /// Micro-batches a pipeline holds at once: one computing and one waiting per stage

@@ -7,11 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use evalmesh_common::cost::Prediction;
 use evalmesh_common::{ScoreTree, TreeScores};
 use serde_json::{json, Value};
 
 use crate::engine::{EngineError, EvaluationEngine};
 use crate::journal::{hash_hex, tree_key, Journal, JournalError};
+use crate::prediction::{error_percent, Predictor};
 use crate::progress::token_bar;
 use crate::results::Report;
 use crate::tasks::metrics::{aggregate, outcome, pooled, Outcome};
@@ -56,6 +58,10 @@ pub struct Settings<'a> {
     /// Folder for `samples_<task>.jsonl` files, when they are wanted.
     pub samples_dir: Option<&'a Path>,
     pub model_fingerprint: &'a str,
+    /// The micro-batch token budget the engine packs with.
+    pub batch_tokens: usize,
+    /// The cost model of the run, for predicted beside measured.
+    pub predictor: Option<&'a Predictor>,
 }
 
 /// What one task cost.
@@ -79,6 +85,7 @@ pub fn evaluate(
 ) -> Result<(), EvaluateError> {
     let mut groups: BTreeMap<String, Vec<(f64, f64, usize)>> = BTreeMap::new();
     let mut task_stats = serde_json::Map::new();
+    let mut predicted = Totals::default();
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         let plan = plan(docs, tokenizer, settings.windows, settings.max_position, settings.share_prefixes)?;
@@ -104,6 +111,7 @@ pub fn evaluate(
             tokens_without_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
             seconds: 0.0,
         };
+        let prediction = settings.predictor.map(|p| p.predict(&todo_trees, settings.batch_tokens));
         let bar = token_bar(stats.tokens_computed, &task.name);
         let started = Instant::now();
         engine.score(&todo_trees, &mut |i, s| {
@@ -160,6 +168,13 @@ pub fn evaluate(
             "seconds": stats.seconds,
             "tokens_per_s": stats.tokens_computed as f64 / stats.seconds.max(1e-9),
         });
+        if let Some(p) = &prediction {
+            let measured = stats.tokens_computed as f64 / stats.seconds.max(1e-9);
+            entry["predicted_seconds"] = json!(p.seconds);
+            entry["predicted_tokens_per_s"] = json!(p.tokens_per_s);
+            entry["prediction_error_percent"] = json!(error_percent(p.tokens_per_s, measured));
+            predicted.add(p, stats.seconds, stats.tokens_computed);
+        }
         if let Windows::Llamacpp { .. } = settings.windows {
             if let Some(curve) = cumulative_perplexity(&scores) {
                 entry["cumulative_perplexity"] = json!(curve);
@@ -180,7 +195,49 @@ pub fn evaluate(
         report.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
     }
     report.evalmesh.insert("tasks".into(), Value::Object(task_stats));
+    if let Some(p) = settings.predictor {
+        report.evalmesh.insert("prediction".into(), predicted.summary(p));
+    }
     Ok(())
+}
+
+/// Predicted and measured figures summed over the tasks of a run.
+#[derive(Default)]
+struct Totals {
+    predicted_seconds: f64,
+    stage_seconds: Vec<f64>,
+    measured_seconds: f64,
+    tokens: usize,
+}
+
+impl Totals {
+    fn add(&mut self, p: &Prediction, measured_seconds: f64, tokens: usize) {
+        self.predicted_seconds += p.seconds;
+        self.stage_seconds.resize(p.stage_seconds.len(), 0.0);
+        for (total, s) in self.stage_seconds.iter_mut().zip(&p.stage_seconds) {
+            *total += s;
+        }
+        self.measured_seconds += measured_seconds;
+        self.tokens += tokens;
+    }
+
+    fn summary(&self, p: &Predictor) -> Value {
+        let rate = |seconds: f64| self.tokens as f64 / seconds.max(1e-9);
+        let (predicted, measured) = (rate(self.predicted_seconds), rate(self.measured_seconds));
+        json!({
+            "profile": p.profile.name,
+            "profile_source": p.profile.source,
+            "layout": {"dp": p.layout.dp, "pp": p.layout.pp, "tp": p.layout.tp},
+            "stages": p.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect::<Vec<_>>(),
+            "threads_per_worker": p.placement.threads_per_worker,
+            "predicted_seconds": self.predicted_seconds,
+            "measured_seconds": self.measured_seconds,
+            "predicted_tokens_per_s": predicted,
+            "measured_tokens_per_s": measured,
+            "error_percent": error_percent(predicted, measured),
+            "predicted_stage_seconds": self.stage_seconds,
+        })
+    }
 }
 
 /// Perplexity after each tree of prefix targets, as llama.cpp prints it per chunk.

@@ -1,6 +1,7 @@
 //! The evalmesh coordinator: command line, tokenizer, tasks and metrics, engines and
 //! results. It never computes model math itself; the worker crate does.
 
+pub mod calibrate;
 pub mod cli;
 pub mod distributed;
 pub mod engine;
@@ -8,6 +9,7 @@ pub mod evaluate;
 pub mod journal;
 pub mod model;
 pub mod pingpong;
+pub mod prediction;
 pub mod progress;
 pub mod results;
 pub mod tasks;

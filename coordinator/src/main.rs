@@ -40,7 +40,8 @@ fn report(result: Result<(), anyhow::Error>) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_)) && launched_as_mpi_job()) {
+    if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_) | Command::Calibrate(_)) && launched_as_mpi_job())
+    {
         init_logging(0);
         return report(evalmesh::cli::execute(cli, None).map_err(anyhow::Error::from));
     }
@@ -52,7 +53,8 @@ fn main() -> ExitCode {
     let world = universe.world();
     let rank = world.rank();
     init_logging(rank);
-    if let Command::Pingpong(_) = &cli.command {
+    // Every rank takes part in these measurements.
+    if let Command::Pingpong(_) | Command::Calibrate(_) = &cli.command {
         return report(evalmesh::cli::execute(cli, Some(&world)).map_err(anyhow::Error::from));
     }
     let worker_threads = evalmesh_worker::transport::default_worker_threads(&world);

@@ -1,0 +1,366 @@
+//! The cost model (DESIGN §9): pure functions from a model configuration, a layout of
+//! workers, the micro-batches and a hardware profile to predicted time per stage,
+//! throughput, pipeline bubble, communication and memory per rank.
+//!
+//! A shard's work on a micro-batch is counted in the units the profile's rates measure:
+//! matrix-product FLOPs, attention FLOPs (from the tree layout: every row attends to its
+//! prefix and its own branch), bytes of element-wise traffic, and log-softmax entries.
+//! `evalmesh calibrate` times the real kernels and divides by these same counts, so the
+//! counts only need to move the way the work moves between plans.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hardware::{HardwareProfile, Rates};
+use crate::{group_slice, MicroBatch, ModelConfig, ParallelLayout, StageSpec};
+
+/// What the cost model needs of one micro-batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchShape {
+    pub tokens: usize,
+    /// Keys attended, summed over rows.
+    pub attention_pairs: u64,
+    /// Rows whose next token is scored (they go through the head).
+    pub scored_rows: usize,
+}
+
+impl BatchShape {
+    pub fn of(batch: &MicroBatch) -> Self {
+        let pairs = batch
+            .trees
+            .iter()
+            .map(|t| {
+                let p = t.prefix_len as u64;
+                let branches: u64 = t.branch_lens.iter().map(|&b| b as u64 * p + (b as u64 * (b as u64 + 1)) / 2).sum();
+                p * (p + 1) / 2 + branches
+            })
+            .sum();
+        BatchShape { tokens: batch.tokens.len(), attention_pairs: pairs, scored_rows: batch.scored.len() }
+    }
+
+    /// `count` causal sequences of `len` tokens with the last `scored` of each scored.
+    pub fn sequences(count: usize, len: usize, scored: usize) -> Self {
+        let l = len as u64;
+        BatchShape { tokens: count * len, attention_pairs: count as u64 * l * (l + 1) / 2, scored_rows: count * scored }
+    }
+}
+
+/// Work in the units of [`Rates`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Work {
+    pub matmul_flops: f64,
+    pub attention_flops: f64,
+    pub elementwise_bytes: f64,
+    pub softmax_entries: f64,
+}
+
+impl Work {
+    pub fn seconds(&self, r: &Rates) -> f64 {
+        self.matmul_flops / r.matmul_flops_per_s
+            + self.attention_flops / r.attention_flops_per_s
+            + self.elementwise_bytes / r.elementwise_bytes_per_s
+            + self.softmax_entries / r.softmax_entries_per_s
+    }
+}
+
+/// The widths of a shard holding `groups` of a block's groups.
+struct ShardWidths {
+    hidden: f64,
+    q: f64,
+    kv: f64,
+    ffn: f64,
+    heads: f64,
+    groups: f64,
+}
+
+fn widths(c: &ModelConfig, groups: std::ops::Range<usize>) -> ShardWidths {
+    let g = c.num_kv_heads;
+    let len = |size: usize| group_slice(size, g, groups.clone()).len() as f64;
+    ShardWidths {
+        hidden: c.hidden_size as f64,
+        q: len(c.q_dim()),
+        kv: len(c.kv_dim()),
+        ffn: len(c.intermediate_size),
+        heads: len(c.num_heads),
+        groups: groups.len() as f64,
+    }
+}
+
+/// Element-wise f32 values moved per token by one block's shard: two norms (read and
+/// write the hidden row), rotating Q and K in place, copying each group's columns for the
+/// row-parallel products, `silu(gate)·up` (read two, write one), and the additions of the
+/// partial sums and residuals (read two, write one).
+fn block_elementwise_values(w: &ShardWidths) -> f64 {
+    4.0 * w.hidden + 2.0 * (w.q + w.kv) + 2.0 * (w.q + w.ffn) + 3.0 * w.ffn + 3.0 * w.hidden * 2.0 * w.groups
+}
+
+/// One block's work on `shape` for the shard holding `groups`.
+pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &BatchShape) -> Work {
+    let w = widths(c, groups);
+    let tokens = shape.tokens as f64;
+    let weights = w.hidden * (w.q + 2.0 * w.kv) + w.q * w.hidden + 3.0 * w.hidden * w.ffn;
+    Work {
+        matmul_flops: 2.0 * tokens * weights,
+        attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
+        elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w),
+        softmax_entries: 0.0,
+    }
+}
+
+/// The final norm, LM head and log-softmax of the scored rows.
+pub fn head_work(c: &ModelConfig, shape: &BatchShape) -> Work {
+    let rows = shape.scored_rows as f64;
+    Work {
+        matmul_flops: 2.0 * rows * (c.hidden_size * c.vocab_size) as f64,
+        attention_flops: 0.0,
+        elementwise_bytes: 4.0 * rows * 3.0 * c.hidden_size as f64,
+        softmax_entries: rows * c.vocab_size as f64,
+    }
+}
+
+/// Looking up the embedding rows: one hidden row written per token.
+pub fn embedding_work(c: &ModelConfig, shape: &BatchShape) -> Work {
+    Work { elementwise_bytes: 4.0 * 2.0 * (shape.tokens * c.hidden_size) as f64, ..Work::default() }
+}
+
+/// Weights a shard holds, in values.
+pub fn weight_values(c: &ModelConfig, spec: &StageSpec) -> u64 {
+    let w = widths(c, spec.groups.clone());
+    let block = w.hidden * (w.q + 2.0 * w.kv) + w.q * w.hidden + 3.0 * w.hidden * w.ffn + 2.0 * w.hidden;
+    let table = (c.vocab_size * c.hidden_size) as u64;
+    let embedding = if spec.embedding { table } else { 0 };
+    // A tied head shares the embedding's table where both are on the rank.
+    let head = match (spec.head, c.tied_embeddings && spec.embedding) {
+        (true, true) => c.hidden_size as u64,
+        (true, false) => table + c.hidden_size as u64,
+        (false, _) => 0,
+    };
+    (block * spec.layers.len() as f64) as u64 + embedding + head
+}
+
+/// Rows of logits the head computes at once (the stage's `HEAD_ROWS`).
+const HEAD_ROWS: usize = 256;
+
+/// Activation memory of a shard working on micro-batches of `batch_tokens` tokens: the
+/// hidden state and the block's intermediates (values), a chunk of logits on the last
+/// stage, and `in_flight` received or outgoing hidden states waiting in queues.
+pub fn activation_values(c: &ModelConfig, spec: &StageSpec, batch_tokens: usize, in_flight: usize) -> u64 {
+    let w = widths(c, spec.groups.clone());
+    let per_token = 4.0 * w.hidden + (w.q + 2.0 * w.kv) + w.q + 3.0 * w.ffn;
+    let logits = if spec.head { (HEAD_ROWS * c.vocab_size) as f64 } else { 0.0 };
+    let queued = (in_flight * batch_tokens * c.hidden_size) as f64;
+    (per_token * batch_tokens as f64 + logits + queued) as u64
+}
+
+/// Memory one rank needs for `spec`, in bytes.
+pub fn memory_bytes(
+    c: &ModelConfig,
+    spec: &StageSpec,
+    batch_tokens: usize,
+    in_flight: usize,
+    p: &HardwareProfile,
+) -> u64 {
+    (weight_values(c, spec) + activation_values(c, spec, batch_tokens, in_flight)) * p.compute_bytes as u64
+        + p.overhead_bytes
+}
+
+/// Predicted cost of a layout over a set of micro-batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Per stage: seconds of work over all micro-batches (compute and communication).
+    pub stage_seconds: Vec<f64>,
+    /// Share of the time a pipeline's stages wait for the first and last micro-batches.
+    pub bubble_share: f64,
+    /// Share of the slowest stage's time spent on messages (activations, partial sums).
+    pub communication_share: f64,
+    /// Per stage, the memory of its most loaded shard, in bytes.
+    pub memory_per_rank_bytes: Vec<u64>,
+}
+
+/// Where the workers run: how many share a node, and each one's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub threads_per_worker: usize,
+    pub workers_per_node: usize,
+}
+
+/// Predicts the time of `batches` on `layout`, stages as given (each cut into `layout.tp` shards).
+pub fn predict(
+    c: &ModelConfig,
+    layout: ParallelLayout,
+    stages: &[StageSpec],
+    batches: &[BatchShape],
+    profile: &HardwareProfile,
+    placement: Placement,
+) -> Prediction {
+    let rates = profile.rates_for(placement.threads_per_worker, placement.workers_per_node);
+    let node = profile.devices_per_node.max(1);
+    let tp_link = if layout.tp <= node { profile.same_node } else { profile.across_nodes };
+    let pp_link = if layout.pp * layout.tp <= node { profile.same_node } else { profile.across_nodes };
+    let wire = profile.compute_bytes as f64;
+    // A work queue hands the micro-batches out evenly: each replica gets 1/dp of them.
+    let share = 1.0 / layout.dp as f64;
+    let mut stage_seconds = Vec::new();
+    let mut stage_comm = Vec::new();
+    let mut first_batch = Vec::new();
+    let mut memory = Vec::new();
+    for (s, stage) in stages.iter().enumerate() {
+        let shards = stage.shard(c, layout.tp).unwrap_or_else(|_| vec![stage.clone()]);
+        let last_stage = s + 1 == stages.len();
+        let (mut total, mut comm, mut first) = (0.0, 0.0, 0.0);
+        for (b, shape) in batches.iter().enumerate() {
+            // Shards meet at every row-parallel sum, so each layer takes its slowest shard.
+            let layer =
+                shards.iter().map(|sh| block_work(c, sh.groups.clone(), shape).seconds(&rates)).fold(0.0, f64::max);
+            let bytes = shape.tokens as f64 * c.hidden_size as f64 * wire;
+            // Each sum passes down the shards and back: 2(tp − 1) messages on its critical path,
+            // each copied out of and into a tensor (read and write) at either end.
+            let copies = Work { elementwise_bytes: 4.0 * bytes, ..Work::default() }.seconds(&rates);
+            let reduce =
+                if layout.tp > 1 { 2.0 * (layout.tp - 1) as f64 * (tp_link.seconds(bytes) + copies) } else { 0.0 };
+            let mut t = stage.layers.len() as f64 * (layer + 2.0 * reduce);
+            let mut messages = stage.layers.len() as f64 * 2.0 * reduce;
+            if stage.embedding {
+                t += embedding_work(c, shape).seconds(&rates);
+            }
+            if stage.head {
+                t += head_work(c, shape).seconds(&rates);
+            }
+            if !last_stage {
+                let send = pp_link.seconds(bytes);
+                t += send;
+                messages += send;
+            }
+            if b == 0 {
+                first = t;
+            }
+            total += t * share;
+            comm += messages * share;
+        }
+        let in_flight = if layout.pp > 1 { 4 * layout.pp } else { 2 };
+        memory.push(
+            shards
+                .iter()
+                .map(|sh| memory_bytes(c, sh, batches_max_tokens(batches), in_flight, profile))
+                .max()
+                .unwrap_or(0),
+        );
+        stage_seconds.push(total);
+        stage_comm.push(comm);
+        first_batch.push(first);
+    }
+    let (slowest, &longest) =
+        stage_seconds.iter().enumerate().fold((0, &0.0), |best, (i, t)| if t > best.1 { (i, t) } else { best });
+    // Filling and draining the pipeline: every other stage works alone on one micro-batch.
+    let bubble: f64 = first_batch.iter().enumerate().filter(|&(i, _)| i != slowest).map(|(_, t)| t).sum();
+    let seconds = longest + bubble;
+    let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+    Prediction {
+        seconds,
+        tokens_per_s: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+        stage_seconds,
+        bubble_share: if seconds > 0.0 { bubble / seconds } else { 0.0 },
+        communication_share: if longest > 0.0 { stage_comm[slowest] / longest } else { 0.0 },
+        memory_per_rank_bytes: memory,
+    }
+}
+
+fn batches_max_tokens(batches: &[BatchShape]) -> usize {
+    batches.iter().map(|b| b.tokens).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MicroBatch, RopeStyle, ScoreTree};
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 100,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_layers: 4,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 2,
+            rope_theta: 1e4,
+            rms_norm_eps: 1e-5,
+            max_position: 64,
+            tied_embeddings: true,
+            rope_style: RopeStyle::AdjacentPairs,
+        }
+    }
+
+    #[test]
+    fn attention_pairs_follow_the_tree() {
+        // Prefix of 3 rows (1 + 2 + 3 keys), branches of 2 (3+1, 3+2) and 1 (3+1) rows.
+        let tree =
+            ScoreTree { prefix: vec![1, 2, 3], prefix_targets_from: 3, branches: vec![vec![4, 5, 6], vec![7, 8]] };
+        let shape = BatchShape::of(&MicroBatch::pack(&[&tree]));
+        assert_eq!(shape.tokens, 6);
+        assert_eq!(shape.attention_pairs, 6 + (4 + 5) + 4);
+        assert_eq!(shape.scored_rows, 5);
+        assert_eq!(BatchShape::sequences(2, 4, 2).attention_pairs, 2 * 10);
+    }
+
+    #[test]
+    fn block_work_by_hand() {
+        // q = 8, kv = 4, ffn = 12, hidden 8: 8·(8 + 8) + 8·8 + 3·8·12 = 480 weights.
+        let c = tiny();
+        let shape = BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 0 };
+        let w = block_work(&c, 0..2, &shape);
+        assert_eq!(w.matmul_flops, 2.0 * 10.0 * 480.0);
+        assert_eq!(w.attention_flops, 4.0 * 55.0 * 2.0 * 4.0);
+        // One of two groups: half of every group-cut width.
+        let half = block_work(&c, 1..2, &shape);
+        assert_eq!(half.matmul_flops, 2.0 * 10.0 * (8.0 * (4.0 + 4.0) + 4.0 * 8.0 + 3.0 * 8.0 * 6.0));
+        assert_eq!(half.attention_flops, w.attention_flops / 2.0);
+        let head = head_work(&c, &BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 3 });
+        assert_eq!((head.matmul_flops, head.softmax_entries), (2.0 * 3.0 * 800.0, 300.0));
+    }
+
+    #[test]
+    fn weights_count_each_tensor_once() {
+        let c = tiny();
+        let whole = StageSpec::whole(&c);
+        // 4 blocks of 480 + 16 norm weights, the tied table once, the final norm.
+        assert_eq!(weight_values(&c, &whole), 4 * 496 + 800 + 8);
+        let shards = whole.shard(&c, 2).unwrap();
+        let blocks = |s: &StageSpec| weight_values(&c, s) - 800 - if s.head { 8 } else { 0 };
+        assert_eq!(shards.iter().map(blocks).sum::<u64>(), 4 * 496 + 4 * 16);
+    }
+
+    fn profile() -> HardwareProfile {
+        let mut p = HardwareProfile::built_in("h100").unwrap();
+        p.rates[0] = Rates {
+            threads_per_worker: 1,
+            concurrent_workers: 1,
+            matmul_flops_per_s: 1e6,
+            attention_flops_per_s: 1e6,
+            elementwise_bytes_per_s: 1e9,
+            softmax_entries_per_s: 1e9,
+        };
+        p
+    }
+
+    #[test]
+    fn data_parallelism_divides_the_time_and_pipelines_add_a_bubble() {
+        let c = tiny();
+        let p = profile();
+        let batches = vec![BatchShape::sequences(4, 8, 4); 8];
+        let place = Placement { threads_per_worker: 1, workers_per_node: 1 };
+        let single = predict(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place);
+        let dp = predict(&c, ParallelLayout { dp: 2, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place);
+        assert!((dp.seconds * 2.0 - single.seconds).abs() < 1e-9 * single.seconds);
+        let stages = crate::partition_layers(&c, 2, 0.0, 1.0).unwrap();
+        let pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &p, place);
+        assert!(pp.bubble_share > 0.0 && pp.seconds < single.seconds && pp.seconds > single.seconds / 2.0);
+        assert_eq!(pp.stage_seconds.len(), 2);
+        // The first stage also sends its activations: a slower link makes it slower.
+        let mut slow = p.clone();
+        slow.same_node.bytes_per_s /= 1000.0;
+        let slow_pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &slow, place);
+        assert!(slow_pp.stage_seconds[0] > pp.stage_seconds[0]);
+    }
+}

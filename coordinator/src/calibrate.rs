@@ -1,0 +1,207 @@
+//! `evalmesh calibrate`: measures this machine for the cost model. It times the CPU
+//! backend's own kernels on one block of the model's shapes (random weights), with one
+//! worker using every core and with one single-threaded worker per core all busy at once,
+//! and divides each time by the cost model's count of the same work; under `mpirun` it
+//! also times the link between ranks 0 and 1 with the activation messages.
+
+use std::time::Instant;
+
+use evalmesh_common::cost::{block_work, head_work, BatchShape};
+use evalmesh_common::hardware::{HardwareProfile, Link, Rates};
+use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
+use evalmesh_worker::backend::HeadLayout;
+use evalmesh_worker::{Backend, CpuBackend, Matrix};
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error("calibration: {0}")]
+    Backend(#[from] evalmesh_worker::BackendError),
+    #[error("calibration: cannot start {threads} threads: {problem}")]
+    Threads { threads: usize, problem: String },
+    #[error(transparent)]
+    PingPong(#[from] crate::pingpong::PingPongError),
+}
+
+/// Tokens of each sequence in the calibration batch (llama.cpp's perplexity chunk).
+const SEQUENCE: usize = 512;
+/// Timed repetitions of each kernel; the fastest counts.
+const REPEATS: usize = 3;
+
+/// Deterministic values in [−0.5, 0.5): a fixed-seed LCG, enough to keep the kernels honest.
+fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data = (0..rows * cols)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    Matrix::from_vec(rows, cols, data)
+}
+
+fn best_of(mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..REPEATS {
+        let started = Instant::now();
+        f()?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// One worker's rates on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
+fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
+    let b = CpuBackend::default();
+    let g = c.num_kv_heads;
+    let (h, q, kv, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let sequences = (tokens / SEQUENCE).max(1);
+    let tokens = sequences * SEQUENCE;
+    let shape = BatchShape::sequences(sequences, SEQUENCE, 0);
+    let x = b.upload(random(tokens, h, 1))?;
+    let qkv_w = b.upload_weight(random(q + 2 * kv, h, 2))?;
+    let out_w: Vec<_> = (0..g).map(|k| b.upload_weight(random(h, q / g, 3 + k as u64))).collect::<Result<_, _>>()?;
+    let gate_up_w = b.upload_weight(random(2 * ffn, h, 4))?;
+    let down_w = (0..g)
+        .map(|k| b.upload_weight(random(h, group_slice(ffn, g, k..k + 1).len(), 5 + k as u64)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let attended = b.upload(random(tokens, q, 6))?;
+    let act = b.upload(random(tokens, ffn, 7))?;
+    let matmul = best_of(|| {
+        b.matmul_t(&x, &qkv_w)?;
+        b.matmul_t(&x, &gate_up_w)?;
+        for k in 0..g {
+            b.matmul_t(&b.columns(&attended, group_slice(q, g, k..k + 1))?, &out_w[k])?;
+            b.matmul_t(&b.columns(&act, group_slice(ffn, g, k..k + 1))?, &down_w[k])?;
+        }
+        Ok(())
+    })?;
+    let qkv = b.matmul_t(&x, &qkv_w)?;
+    let trees: Vec<TreeLayout> = (0..sequences)
+        .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
+        .collect();
+    let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
+    let attention = best_of(|| {
+        b.attention(&qkv, &trees, heads)?;
+        Ok(())
+    })?;
+    let norm = b.upload(random(1, h, 8))?;
+    let positions: Vec<u32> = (0..tokens).map(|i| (i % SEQUENCE) as u32).collect();
+    let rope = b.rope_table(&positions, c.head_dim, c.rope_theta)?;
+    let gate_up = b.upload(random(tokens, 2 * ffn, 9))?;
+    let mut rotated = b.upload(random(tokens, q + 2 * kv, 10))?;
+    let mut sum = b.upload(random(tokens, h, 11))?;
+    // The element-wise work of one block, as the cost model counts it.
+    let elementwise = best_of(|| {
+        b.rms_norm(&x, &norm, c.rms_norm_eps)?;
+        b.rms_norm(&x, &norm, c.rms_norm_eps)?;
+        b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
+        for k in 0..g {
+            b.columns(&attended, group_slice(q, g, k..k + 1))?;
+            b.columns(&act, group_slice(ffn, g, k..k + 1))?;
+        }
+        b.silu_mul(&gate_up)?;
+        for _ in 0..2 * g {
+            b.add_assign(&mut sum, &x)?;
+        }
+        Ok(())
+    })?;
+    let rows = 256;
+    let logits = b.upload(random(rows, c.vocab_size, 12))?;
+    let targets: Vec<u32> = (0..rows as u32).collect();
+    let softmax = best_of(|| {
+        b.score(&logits, &targets)?;
+        Ok(())
+    })?;
+    let work = block_work(c, 0..g, &shape);
+    let head = head_work(c, &BatchShape { tokens: rows, attention_pairs: 0, scored_rows: rows });
+    Ok(Rates {
+        threads_per_worker: rayon::current_num_threads(),
+        concurrent_workers: 1,
+        matmul_flops_per_s: work.matmul_flops / matmul,
+        attention_flops_per_s: work.attention_flops / attention,
+        elementwise_bytes_per_s: work.elementwise_bytes / elementwise,
+        softmax_entries_per_s: head.softmax_entries / softmax,
+    })
+}
+
+/// Rates of `workers` workers of `threads` threads each, all measuring at once; the mean of their rates.
+fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usize) -> Result<Rates, CalibrateError> {
+    let pools = (0..workers)
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(threads).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CalibrateError::Threads { threads, problem: e.to_string() })?;
+    let measured: Vec<Result<Rates, CalibrateError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            pools.iter().map(|pool| scope.spawn(|| pool.install(|| worker_rates(c, tokens)))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| unreachable!("calibration threads do not panic")))
+            .collect()
+    });
+    let measured = measured.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mean = |f: fn(&Rates) -> f64| measured.iter().map(f).sum::<f64>() / measured.len() as f64;
+    Ok(Rates {
+        threads_per_worker: threads,
+        concurrent_workers: workers,
+        matmul_flops_per_s: mean(|r| r.matmul_flops_per_s),
+        attention_flops_per_s: mean(|r| r.attention_flops_per_s),
+        elementwise_bytes_per_s: mean(|r| r.elementwise_bytes_per_s),
+        softmax_entries_per_s: mean(|r| r.softmax_entries_per_s),
+    })
+}
+
+/// The link between ranks 0 and 1: latency from a one-row message, bandwidth from the
+/// difference to a full micro-batch's. Every rank calls it; ranks past 1 get `None`, and so
+/// does a world of one rank.
+pub fn measure_link(
+    world: &SimpleCommunicator,
+    c: &ModelConfig,
+    tokens: usize,
+) -> Result<Option<Link>, CalibrateError> {
+    if world.size() < 2 || world.rank() > 1 {
+        return Ok(None);
+    }
+    let measured = crate::pingpong::measure(world, &[1, tokens], c.hidden_size, 50, 3)?;
+    let one_way = |m: &crate::pingpong::Measurement| m.bytes as f64 / (m.activation_gb_per_s * 1e9);
+    let (small, big) = (&measured[0], &measured[1]);
+    let bytes_per_s = (big.bytes - small.bytes) as f64 / (one_way(big) - one_way(small)).max(1e-12);
+    Ok(Some(Link { latency_s: (one_way(small) - small.bytes as f64 / bytes_per_s).max(0.0), bytes_per_s }))
+}
+
+/// Memory of this machine from `/proc/meminfo`, if it can be read.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Measures this machine at the model's shapes with micro-batches of `tokens` tokens;
+/// `link` is what [`measure_link`] found, if it ran.
+pub fn calibrate(c: &ModelConfig, tokens: usize, link: Option<Link>) -> Result<HardwareProfile, CalibrateError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rates = vec![concurrent_rates(c, tokens, cores, 1)?];
+    if cores > 1 {
+        rates.push(concurrent_rates(c, tokens, 1, cores)?);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "this host".into(), |h| h.trim().to_string());
+    let assumed = Link { latency_s: 5e-6, bytes_per_s: 5e9 };
+    Ok(HardwareProfile {
+        name: format!("cpu ({host}, {cores} cores)"),
+        source: format!(
+            "measured by evalmesh calibrate on {host} at the shapes of a {}-layer model, {tokens}-token micro-batches{}",
+            c.num_layers,
+            if link.is_some() { "" } else { "; links not measured (run under mpirun -np 2 to measure them)" }
+        ),
+        backend: "cpu".into(),
+        memory_bytes: total_memory().unwrap_or(0),
+        compute_bytes: 4,
+        overhead_bytes: 150_000_000,
+        devices_per_node: cores,
+        rates,
+        same_node: link.unwrap_or(assumed),
+        across_nodes: link.unwrap_or(assumed),
+    })
+}

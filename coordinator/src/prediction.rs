@@ -1,0 +1,93 @@
+//! Predicted beside measured: the hardware profile a run uses (given, cached for this
+//! host, or measured now and cached), the plan it runs, and the cost model applied to
+//! the very micro-batches the engine computes.
+
+use std::path::{Path, PathBuf};
+
+use evalmesh_common::cost::{predict, BatchShape, Placement, Prediction};
+use evalmesh_common::hardware::{HardwareProfile, ProfileError};
+use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, ScoreTree, StageSpec};
+
+use crate::calibrate::{calibrate, CalibrateError};
+use crate::engine::pack_micro_batches;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Calibrate(#[from] CalibrateError),
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+}
+
+/// Where this host's measured profile is cached.
+pub fn cached_profile_path(cache: &Path) -> PathBuf {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string());
+    cache.join(format!("profile-{host}.json"))
+}
+
+/// Writes a profile as JSON through a temporary file, so that readers never see half of it.
+pub fn write_profile(profile: &HardwareProfile, path: &Path) -> Result<(), PredictionError> {
+    let io = |error| PredictionError::Io { path: path.to_path_buf(), error };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = serde_json::to_string_pretty(profile).unwrap_or_else(|e| unreachable!("profiles serialise: {e}"));
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, text + "\n").map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
+}
+
+/// The profile for a run: `--profile FILE`, else this host's cached one, else a quick
+/// calibration now (a few seconds, without links), cached for the next runs.
+pub fn run_profile(
+    given: Option<&Path>,
+    cache: &Path,
+    config: &ModelConfig,
+    batch_tokens: usize,
+) -> Result<HardwareProfile, PredictionError> {
+    if let Some(path) = given {
+        return Ok(HardwareProfile::read(path)?);
+    }
+    let cached = cached_profile_path(cache);
+    if cached.is_file() {
+        if let Ok(profile) = HardwareProfile::read(&cached) {
+            return Ok(profile);
+        }
+    }
+    log::info!("no hardware profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)");
+    let profile = calibrate(config, batch_tokens.min(2048), None)?;
+    write_profile(&profile, &cached)?;
+    log::info!("hardware profile cached at {}", cached.display());
+    Ok(profile)
+}
+
+/// The cost model for one run: its plan, profile and placement.
+pub struct Predictor {
+    pub config: ModelConfig,
+    pub layout: ParallelLayout,
+    pub stages: Vec<StageSpec>,
+    pub profile: HardwareProfile,
+    pub placement: Placement,
+}
+
+impl Predictor {
+    /// The prediction for `trees` packed as the engines pack them.
+    pub fn predict(&self, trees: &[ScoreTree], batch_tokens: usize) -> Prediction {
+        let shapes: Vec<BatchShape> = pack_micro_batches(trees, batch_tokens)
+            .iter()
+            .map(|indices| {
+                let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
+                BatchShape::of(&MicroBatch::pack(&members))
+            })
+            .collect();
+        predict(&self.config, self.layout, &self.stages, &shapes, &self.profile, self.placement)
+    }
+}
+
+/// `(predicted − measured) / measured` in percent.
+pub fn error_percent(predicted: f64, measured: f64) -> f64 {
+    100.0 * (predicted - measured) / measured.max(1e-12)
+}

@@ -1,0 +1,77 @@
+//! `evalmesh plan` on configurations of models we do not have: Llama-3-70B must be split
+//! over 8 H100s (a whole copy is 141 GB of bf16 weights), Llama-3-8B runs one copy per
+//! GPU; impossible requests are clear errors.
+
+#![allow(clippy::unwrap_used)]
+
+use evalmesh_tests::{assert_clean_error, repo_dir, run_evalmesh};
+
+fn fixture(name: &str) -> String {
+    repo_dir().join("tests/fixtures/configs").join(name).display().to_string()
+}
+
+fn plan_json(model: &str, workers: &str, device: &str) -> serde_json::Value {
+    let output =
+        run_evalmesh(&["plan", "--model", &fixture(model), "--workers", workers, "--device", device, "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn llama3_70b_is_split_over_eight_h100s() {
+    let plan = plan_json("llama-3-70b.json", "8", "h100");
+    let chosen = &plan["chosen"];
+    let (dp, pp, tp) = (chosen["dp"].as_u64().unwrap(), chosen["pp"].as_u64().unwrap(), chosen["tp"].as_u64().unwrap());
+    assert_eq!(dp * pp * tp, 8);
+    assert!(dp < 8, "one replica per GPU cannot hold the model: {chosen}");
+    let memory = chosen["memory_per_rank_bytes"].as_u64().unwrap();
+    assert!(memory < 72_000_000_000, "a tenth of the memory stays free: {chosen}");
+    let stages = chosen["stages"].as_array().unwrap();
+    assert_eq!(stages.len() as u64, pp);
+    assert_eq!(stages.last().unwrap()[1], 80);
+    let replicas = plan["candidates"].as_array().unwrap().iter().find(|c| c["dp"] == 8).unwrap();
+    let reason = replicas["rejected"].as_str().unwrap();
+    assert!(reason.contains("does not fit") && reason.contains("72.0 GB usable of 80.0 GB"), "{reason}");
+}
+
+#[test]
+fn llama3_8b_runs_a_copy_per_gpu() {
+    let plan = plan_json("llama-3-8b.json", "8", "h100");
+    assert_eq!((plan["chosen"]["dp"].as_u64(), plan["chosen"]["tp"].as_u64()), (Some(8), Some(1)));
+    // Qwen2-72B's config is read for planning too.
+    let qwen = plan_json("qwen2-72b.json", "8", "h200");
+    assert!(qwen["chosen"]["predicted_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_table_marks_the_choice_and_the_losers() {
+    let output = run_evalmesh(&["plan", "--model", &fixture("llama-3-70b.json"), "--workers", "8", "--device", "a100"]);
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(table.matches("| chosen").count(), 1, "{table}");
+    assert!(table.contains("does not fit") && table.contains("datasheet"), "{table}");
+}
+
+#[test]
+fn impossible_plans_are_clear_errors() {
+    let model = fixture("llama-3-70b.json");
+    assert_clean_error(
+        &run_evalmesh(&["plan", "--model", &model, "--workers", "1", "--device", "l40s"]),
+        &["no layout", "fits", "GB"],
+    );
+    assert_clean_error(
+        &run_evalmesh(&["plan", "--model", &model, "--workers", "8", "--device", "tpu"]),
+        &["tpu", "h100"],
+    );
+    assert_clean_error(
+        &run_evalmesh(&["plan", "--model", &model, "--workers", "0", "--device", "h100"]),
+        &["--workers"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("profile.json");
+    std::fs::write(&bad, "{\"name\": 1}").unwrap();
+    assert_clean_error(
+        &run_evalmesh(&["plan", "--model", &model, "--workers", "8", "--profile", bad.to_str().unwrap()]),
+        &[bad.to_str().unwrap(), "calibrate"],
+    );
+}
