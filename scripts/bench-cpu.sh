@@ -7,19 +7,13 @@
 # Usage: scripts/bench-cpu.sh [--quick]   (--quick: the built-in excerpt only, 13 chunks)
 # Environment: EVALMESH_SHARED (default ../shared), THREADS (default 2).
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${EVALMESH_SHARED:-$repo/../shared}"
+source "$(dirname "$0")/bench-setup.sh"
 threads="${THREADS:-2}"
-
-model="$("$repo/scripts/setup.sh" | tail -n 1)"
-cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" >&2
 
 data_args=(--data "$shared/data/wikitext-2/wiki.test.raw")
 if [ "${1:-}" = "--quick" ]; then data_args=(); fi
 
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
-/usr/bin/time -v -o "$out/time.txt" "$repo/target/release/evalmesh" run --model "$model" "${data_args[@]}" \
+/usr/bin/time -v -o "$out/time.txt" "$bin" run --model "$model" "${data_args[@]}" \
     --perplexity-mode llamacpp --ctx 512 --threads "$threads" --output "$out/results.json" >&2
 
 python3 - "$out/results.json" "$out/time.txt" <<'PY'

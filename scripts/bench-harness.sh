@@ -5,19 +5,14 @@
 #
 # Environment: EVALMESH_SHARED (default ../shared), THREADS (default 2), LIMIT (default 400).
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${EVALMESH_SHARED:-$repo/../shared}"
+source "$(dirname "$0")/bench-setup.sh"
 threads="${THREADS:-2}"
 limit="${LIMIT:-400}"
 
-model="$("$repo/scripts/setup.sh" | tail -n 1)"
-cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" >&2
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
 for mode in shared unshared; do
     flag=()
     if [ "$mode" = unshared ]; then flag=(--no-prefix-sharing); fi
-    "$repo/target/release/evalmesh" run --model "$model" --task multiple_choice \
+    "$bin" run --model "$model" --task multiple_choice \
         --data "$shared/reference/hellaswag-llamacpp-dev.jsonl" --limit "$limit" --threads "$threads" \
         "${flag[@]}" --output "$out/$mode.json" >&2
 done

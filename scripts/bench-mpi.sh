@@ -9,15 +9,9 @@
 #
 # Environment: EVALMESH_SHARED (default ../shared), BYTES (slice size, default 60000).
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${EVALMESH_SHARED:-$repo/../shared}"
+source "$(dirname "$0")/bench-setup.sh"
 bytes="${BYTES:-60000}"
 
-model="$("$repo/scripts/setup.sh" | tail -n 1)"
-cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" >&2
-bin="$repo/target/release/evalmesh"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
 head -c "$bytes" "$shared/data/wikitext-2/wiki.test.raw" > "$out/slice.txt"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
 echo "activation transfer against a raw MPI ping-pong (target ratio >= 0.9):"

@@ -9,28 +9,21 @@
 # Environment: EVALMESH_SHARED (default ../shared), BYTES (slice size, default 60000).
 # Run it on an otherwise idle machine: other work skews both the calibration and the runs.
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${EVALMESH_SHARED:-$repo/../shared}"
+source "$(dirname "$0")/bench-setup.sh"
 bytes="${BYTES:-60000}"
 
-model="$("$repo/scripts/setup.sh" | tail -n 1)"
-cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" >&2
-bin="$repo/target/release/evalmesh"
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
 head -c "$bytes" "$shared/data/wikitext-2/wiki.test.raw" > "$out/slice.txt"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
-mpi=(mpirun --oversubscribe)
 mpirun --oversubscribe -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 --output "$out/profile.json" > /dev/null
 args=(run --model "$model" --task perplexity --data "$out/slice.txt" --perplexity-mode llamacpp --ctx 512
       --batch-tokens 512 --profile "$out/profile.json")
 "$bin" "${args[@]}" --threads 2 --output "$out/single.json" >&2
-"${mpi[@]}" -np 3 "$bin" "${args[@]}" --threads 1 --strategy dp --output "$out/dp2.json" >&2
-"${mpi[@]}" -np 3 "$bin" "${args[@]}" --threads 1 --strategy pp --output "$out/pp2.json" >&2
-"${mpi[@]}" -np 4 "$bin" "${args[@]}" --threads 1 --strategy pp --output "$out/pp3.json" >&2
-"${mpi[@]}" -np 3 "$bin" "${args[@]}" --threads 1 --strategy tp --output "$out/tp2.json" >&2
-"${mpi[@]}" -np 5 "$bin" "${args[@]}" --threads 1 --dp 2 --pp 2 --output "$out/dp2pp2.json" >&2
-"${mpi[@]}" -np 3 "$bin" "${args[@]}" --threads 1 --strategy auto --output "$out/auto.json" >&2
+mpirun --oversubscribe -np 3 "$bin" "${args[@]}" --threads 1 --strategy dp --output "$out/dp2.json" >&2
+mpirun --oversubscribe -np 3 "$bin" "${args[@]}" --threads 1 --strategy pp --output "$out/pp2.json" >&2
+mpirun --oversubscribe -np 4 "$bin" "${args[@]}" --threads 1 --strategy pp --output "$out/pp3.json" >&2
+mpirun --oversubscribe -np 3 "$bin" "${args[@]}" --threads 1 --strategy tp --output "$out/tp2.json" >&2
+mpirun --oversubscribe -np 5 "$bin" "${args[@]}" --threads 1 --dp 2 --pp 2 --output "$out/dp2pp2.json" >&2
+mpirun --oversubscribe -np 3 "$bin" "${args[@]}" --threads 1 --strategy auto --output "$out/auto.json" >&2
 
 python3 - "$out" <<'PY'
 import json, sys

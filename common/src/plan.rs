@@ -72,7 +72,7 @@ pub enum PlanError {
 /// The kind of parallelism asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Strategy {
-    /// Data parallel while the model fits a worker (the strategy search comes later).
+    /// The strategy search's choice; with some sizes given, the others fill up data parallel first.
     Auto,
     Dp,
     Pp,

@@ -216,6 +216,11 @@ pub struct RunArgs {
     /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
     #[arg(long)]
     pub tp: Option<usize>,
+    /// Try micro-batch budgets of 512 to 4096 tokens on the first trees (their scores count:
+    /// they do not depend on the budget) and keep the fastest for the rest; the results'
+    /// `evalmesh.tuning` records the trials.
+    #[arg(long)]
+    pub tune: bool,
     /// A hardware profile from evalmesh calibrate for the cost model (default: this host's
     /// cached profile, measured on the first run).
     #[arg(long)]
@@ -600,7 +605,7 @@ pub fn journal_path(output: &Path) -> PathBuf {
 /// How the work is spread over the ranks of an MPI job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StrategyArg {
-    /// Data parallel while the model fits a worker (the strategy search comes later).
+    /// The cost model's fastest plan that fits (evalmesh plan shows the candidates).
     Auto,
     /// Data parallel: every worker holds the whole model.
     Dp,
@@ -677,14 +682,13 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             let workers = world.size() as usize - 1;
             let (layout, stages) = choose_layout(&args, &config, workers, &profile)?;
             let threads = args.threads.unwrap_or(0);
-            let engine =
-                DistributedEngine::start(world, &model_path, &config, layout, &stages, args.batch_tokens, threads)?;
+            let engine = DistributedEngine::start(world, &model_path, &config, layout, &stages, threads)?;
             let threads = engine.workers().first().map_or(1, |w| w.threads);
             let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
         _ => {
-            let engine = LightweightEngine::load(model.source.as_ref(), args.batch_tokens)?;
+            let engine = LightweightEngine::load(model.source.as_ref())?;
             let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
             let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
             let stages = vec![StageSpec::whole(&config)];
@@ -707,6 +711,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         model_fingerprint: &fingerprint,
         batch_tokens: args.batch_tokens,
         predictor: Some(&predictor),
+        tune: args.tune,
     };
     let mut report = Report::default();
     let start = Instant::now();

@@ -39,7 +39,6 @@ pub struct DistributedEngine<'a> {
     pipelines: Vec<Pipeline>,
     workers: Vec<WorkerInfo>,
     config: ModelConfig,
-    batch_tokens: usize,
 }
 
 fn worker_error(rank: Rank, message: impl Into<String>) -> EngineError {
@@ -55,7 +54,6 @@ impl<'a> DistributedEngine<'a> {
         config: &ModelConfig,
         layout: ParallelLayout,
         stages: &[StageSpec],
-        batch_tokens: usize,
         threads: usize,
     ) -> Result<Self, EngineError> {
         let plan = |e: PlanError| EngineError::Plan(e.to_string());
@@ -109,7 +107,7 @@ impl<'a> DistributedEngine<'a> {
             }
         }
         workers.sort_by_key(|w| w.rank);
-        Ok(DistributedEngine { world, layout, pipelines, workers, config: config.clone(), batch_tokens })
+        Ok(DistributedEngine { world, layout, pipelines, workers, config: config.clone() })
     }
 
     /// The workers as they reported ready, by rank.
@@ -162,14 +160,11 @@ impl Schedule {
 }
 
 impl EvaluationEngine for DistributedEngine<'_> {
-    fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError> {
+    fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, &self.config)?;
         let depth = self.depth();
-        let mut schedule = Schedule {
-            queue: pack_micro_batches(trees, self.batch_tokens).into(),
-            in_flight: HashMap::new(),
-            next_id: 0,
-        };
+        let mut schedule =
+            Schedule { queue: pack_micro_batches(trees, batch_tokens).into(), in_flight: HashMap::new(), next_id: 0 };
         // Deal the first micro-batches out one at a time, so that every pipeline starts at once.
         for level in 1..=depth {
             for p in 0..self.pipelines.len() {

@@ -30,8 +30,9 @@ pub type ScoreSink<'a> = dyn FnMut(usize, TreeScores) -> Result<(), EngineError>
 
 /// Scores requests.
 pub trait EvaluationEngine {
-    /// Scores every tree, handing each result to `done` (in no particular order).
-    fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError>;
+    /// Scores every tree in micro-batches of at most `batch_tokens` input tokens, handing
+    /// each result to `done` (in no particular order).
+    fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError>;
     /// One line saying what runs where.
     fn describe(&self) -> String;
     /// How many workers compute at once.
@@ -77,7 +78,6 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
 /// The whole model in this process.
 pub struct LightweightEngine {
     stage: LlamaStage<CpuBackend>,
-    batch_tokens: usize,
     compute: Durations,
     spans: Spans,
     batches: u64,
@@ -85,23 +85,16 @@ pub struct LightweightEngine {
 }
 
 impl LightweightEngine {
-    pub fn load(source: &dyn WeightSource, batch_tokens: usize) -> Result<Self, EngineError> {
+    pub fn load(source: &dyn WeightSource) -> Result<Self, EngineError> {
         let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default())?;
-        Ok(LightweightEngine {
-            stage,
-            batch_tokens,
-            compute: Durations::default(),
-            spans: Spans::default(),
-            batches: 0,
-            tokens: 0,
-        })
+        Ok(LightweightEngine { stage, compute: Durations::default(), spans: Spans::default(), batches: 0, tokens: 0 })
     }
 }
 
 impl EvaluationEngine for LightweightEngine {
-    fn score(&mut self, trees: &[ScoreTree], done: &mut ScoreSink) -> Result<(), EngineError> {
+    fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, self.stage.config())?;
-        for indices in pack_micro_batches(trees, self.batch_tokens) {
+        for indices in pack_micro_batches(trees, batch_tokens) {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);
             let started = std::time::Instant::now();

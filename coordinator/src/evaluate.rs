@@ -62,6 +62,71 @@ pub struct Settings<'a> {
     pub batch_tokens: usize,
     /// The cost model of the run, for predicted beside measured.
     pub predictor: Option<&'a Predictor>,
+    /// Try several micro-batch budgets on the first trees and keep the fastest.
+    pub tune: bool,
+}
+
+/// Scores some of a task's computed trees with a budget.
+type Compute<'c> = dyn FnMut(&[usize], usize) -> Result<(), EngineError> + 'c;
+
+/// Micro-batch budgets `--tune` tries.
+const TUNE_BUDGETS: [usize; 4] = [512, 1024, 2048, 4096];
+/// Micro-batches' worth of trees each budget is tried on.
+const TUNE_BATCHES: usize = 2;
+
+/// `--tune`: the first trees of the run go out in slices, one per budget. Scores do not
+/// depend on the budget, so every slice's scores are kept. Slices hold different trees,
+/// so each is judged by its time over the cost model's prediction for the same trees;
+/// the budget with the lowest ratio serves the rest of the run.
+#[derive(Default)]
+struct Tuner {
+    tried: Vec<(usize, usize, f64, f64)>,
+    chosen: Option<usize>,
+}
+
+impl Tuner {
+    /// Tries the budgets on slices of `todo` and returns what is left of it.
+    fn tune(
+        &mut self,
+        trees: &[ScoreTree],
+        mut todo: Vec<usize>,
+        predictor: &Predictor,
+        compute: &mut Compute,
+    ) -> Result<Vec<usize>, EngineError> {
+        for budget in TUNE_BUDGETS.into_iter().skip(self.tried.len()) {
+            let (mut tokens, mut take) = (0, 0);
+            while take < todo.len() && tokens < TUNE_BATCHES * budget {
+                tokens += trees[todo[take]].input_len();
+                take += 1;
+            }
+            if take == 0 {
+                break;
+            }
+            let slice: Vec<usize> = todo.drain(..take).collect();
+            let started = Instant::now();
+            compute(&slice, budget)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let part: Vec<ScoreTree> = slice.iter().map(|&i| trees[i].clone()).collect();
+            let predicted = predictor.predict(&part, budget).seconds;
+            self.tried.push((budget, tokens, seconds, seconds / predicted.max(1e-12)));
+        }
+        if self.tried.len() == TUNE_BUDGETS.len() {
+            self.chosen = self.tried.iter().min_by(|a, b| a.3.total_cmp(&b.3)).map(|t| t.0);
+            log::info!("--tune: {} tokens per micro-batch", self.chosen.unwrap_or_default());
+        }
+        Ok(todo)
+    }
+
+    fn summary(&self, budget: usize) -> Value {
+        let tried: Vec<Value> = self
+            .tried
+            .iter()
+            .map(|&(b, tokens, seconds, ratio)| {
+                json!({"batch_tokens": b, "tokens": tokens, "seconds": seconds, "measured_over_predicted": ratio})
+            })
+            .collect();
+        json!({"tried": tried, "chosen_batch_tokens": budget})
+    }
 }
 
 /// What one task cost.
@@ -86,6 +151,8 @@ pub fn evaluate(
     let mut groups: BTreeMap<String, Vec<(f64, f64, usize)>> = BTreeMap::new();
     let mut task_stats = serde_json::Map::new();
     let mut predicted = Totals::default();
+    let mut budget = settings.batch_tokens;
+    let mut tuner = settings.tune.then(Tuner::default);
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         let plan = plan(docs, tokenizer, settings.windows, settings.max_position, settings.share_prefixes)?;
@@ -111,19 +178,29 @@ pub fn evaluate(
             tokens_without_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
             seconds: 0.0,
         };
-        let prediction = settings.predictor.map(|p| p.predict(&todo_trees, settings.batch_tokens));
         let bar = token_bar(stats.tokens_computed, &task.name);
         let started = Instant::now();
-        engine.score(&todo_trees, &mut |i, s| {
-            let index = todo[i];
-            bar.inc(plan.trees[index].input_len() as u64);
-            if let Some(j) = journal.as_deref_mut() {
-                j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
-            }
-            scores[index] = Some(s);
-            Ok(())
-        })?;
+        // Scores the computed trees `part` (indices into `todo_trees`) with `budget`.
+        let mut compute = |part: &[usize], budget: usize| -> Result<(), EngineError> {
+            let trees: Vec<ScoreTree> = part.iter().map(|&i| todo_trees[i].clone()).collect();
+            engine.score(&trees, budget, &mut |i, s| {
+                let index = todo[part[i]];
+                bar.inc(plan.trees[index].input_len() as u64);
+                if let Some(j) = journal.as_deref_mut() {
+                    j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
+                }
+                scores[index] = Some(s);
+                Ok(())
+            })
+        };
+        let mut rest: Vec<usize> = (0..todo_trees.len()).collect();
+        if let (Some(tuning), Some(predictor)) = (tuner.as_mut().filter(|t| t.chosen.is_none()), settings.predictor) {
+            rest = tuning.tune(&todo_trees, rest, predictor, &mut compute)?;
+            budget = tuning.chosen.unwrap_or(budget);
+        }
+        compute(&rest, budget)?;
         stats.seconds = started.elapsed().as_secs_f64();
+        let prediction = settings.predictor.map(|p| p.predict(&todo_trees, budget));
         bar.finish_and_clear();
         let scores: Vec<TreeScores> = scores.into_iter().flatten().collect();
 
@@ -197,6 +274,9 @@ pub fn evaluate(
     report.evalmesh.insert("tasks".into(), Value::Object(task_stats));
     if let Some(p) = settings.predictor {
         report.evalmesh.insert("prediction".into(), predicted.summary(p));
+    }
+    if let Some(t) = tuner {
+        report.evalmesh.insert("tuning".into(), t.summary(budget));
     }
     Ok(())
 }
