@@ -14,7 +14,7 @@ bytes="${BYTES:-60000}"
 
 head -c "$bytes" "$shared/data/wikitext-2/wiki.test.raw" > "$out/slice.txt"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
-mpirun --oversubscribe -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 --output "$out/profile.json" > /dev/null
+mpirun --oversubscribe --bind-to none -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 --output "$out/profile.json" > /dev/null
 args=(run --model "$model" --task perplexity --data "$out/slice.txt" --perplexity-mode llamacpp --ctx 512
       --batch-tokens 512 --profile "$out/profile.json")
 "$bin" "${args[@]}" --threads 2 --output "$out/single.json" >&2

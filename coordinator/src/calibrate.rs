@@ -25,8 +25,9 @@ pub enum CalibrateError {
 
 /// Tokens of each sequence in the calibration batch (llama.cpp's perplexity chunk).
 const SEQUENCE: usize = 512;
-/// Timed repetitions of each kernel; the fastest counts.
-const REPEATS: usize = 3;
+/// Timed repetitions of each kernel; the median counts (the runs it predicts meet the
+/// same interruptions, so the fastest would flatter them).
+const REPEATS: usize = 7;
 
 /// Deterministic values in [−0.5, 0.5): a fixed-seed LCG, enough to keep the kernels honest.
 fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
@@ -40,15 +41,16 @@ fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
     Matrix::from_vec(rows, cols, data)
 }
 
-fn best_of(mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
+fn median_of(mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
     f()?;
-    let mut best = f64::INFINITY;
+    let mut times = Vec::with_capacity(REPEATS);
     for _ in 0..REPEATS {
         let started = Instant::now();
         f()?;
-        best = best.min(started.elapsed().as_secs_f64());
+        times.push(started.elapsed().as_secs_f64());
     }
-    Ok(best)
+    times.sort_by(f64::total_cmp);
+    Ok(times[REPEATS / 2])
 }
 
 /// One worker's rates on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
@@ -68,7 +70,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
         .collect::<Result<Vec<_>, _>>()?;
     let attended = b.upload(random(tokens, q, 6))?;
     let act = b.upload(random(tokens, ffn, 7))?;
-    let matmul = best_of(|| {
+    let matmul = median_of(|| {
         b.matmul_t(&x, &qkv_w)?;
         b.matmul_t(&x, &gate_up_w)?;
         for k in 0..g {
@@ -82,7 +84,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
         .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
         .collect();
     let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
-    let attention = best_of(|| {
+    let attention = median_of(|| {
         b.attention(&qkv, &trees, heads)?;
         Ok(())
     })?;
@@ -93,7 +95,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     let mut rotated = b.upload(random(tokens, q + 2 * kv, 10))?;
     let mut sum = b.upload(random(tokens, h, 11))?;
     // The element-wise work of one block, as the cost model counts it.
-    let elementwise = best_of(|| {
+    let elementwise = median_of(|| {
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
         b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
@@ -110,7 +112,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     let rows = 256;
     let logits = b.upload(random(rows, c.vocab_size, 12))?;
     let targets: Vec<u32> = (0..rows as u32).collect();
-    let softmax = best_of(|| {
+    let softmax = median_of(|| {
         b.score(&logits, &targets)?;
         Ok(())
     })?;

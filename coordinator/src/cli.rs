@@ -8,11 +8,12 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::WorkerStats;
+use evalmesh_common::protocol::{ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
 use evalmesh_worker::backend::MatmulStats;
+use evalmesh_worker::transport::{receive, send};
 use evalmesh_worker::weights::gguf::GgufFile;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
@@ -97,8 +98,9 @@ pub enum Command {
     /// Measures activation transfers between two ranks beside a raw MPI ping-pong of the
     /// same sizes (start it with mpirun -np 2).
     Pingpong(PingPongArgs),
-    /// Measures this machine for the cost model (under mpirun -np 2, also the link between
-    /// ranks) and writes a hardware profile.
+    /// Measures this machine for the cost model (under `mpirun --bind-to none -np 2`, also
+    /// the link between ranks; mpirun would otherwise bind rank 0 to one core) and writes a
+    /// hardware profile.
     Calibrate(CalibrateArgs),
     /// Lists the ways to spread a model over N workers, predicted from its configuration
     /// alone, and the one --strategy auto picks.
@@ -327,10 +329,22 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
         Some(w) => crate::calibrate::measure_link(w, &config, args.batch_tokens)?,
         None => None,
     };
-    if world.is_some_and(|w| w.rank() != 0) {
-        return Ok(());
+    // The other ranks wait, sleeping between polls, until rank 0 is done: MPI's own
+    // finalisation would spin a core and skew what rank 0 measures.
+    match world {
+        Some(w) if w.rank() != 0 => {
+            let _ = receive::<_, ToWorker>(w, Some(0));
+            return Ok(());
+        }
+        _ => {}
     }
-    let profile = crate::calibrate::calibrate(&config, args.batch_tokens, link)?;
+    let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link);
+    for rank in 1..world.map_or(1, |w| w.size()) {
+        if let Some(w) = world {
+            send(w, rank, &ToWorker::Shutdown);
+        }
+    }
+    let profile = measured?;
     let output = args.output.clone().unwrap_or_else(|| cached_profile_path(&cache_dir()));
     write_profile(&profile, &output)?;
     println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());

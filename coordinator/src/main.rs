@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     if let Command::Pingpong(_) | Command::Calibrate(_) = &cli.command {
         return report(evalmesh::cli::execute(cli, Some(&world)).map_err(anyhow::Error::from));
     }
-    let worker_threads = evalmesh_worker::transport::default_worker_threads(&world);
+    let node = evalmesh_worker::transport::NodeShare::of(&world);
     if rank == 0 {
         // The outcome is printed first: once told to stop, a failed worker exits non-zero
         // and mpirun may end this rank before it could say why.
@@ -68,6 +68,6 @@ fn main() -> ExitCode {
         }
         code
     } else {
-        report(evalmesh_worker::node::serve(rank, worker_threads).map_err(anyhow::Error::from))
+        report(evalmesh_worker::node::serve(rank, node).map_err(anyhow::Error::from))
     }
 }

@@ -18,7 +18,9 @@ use crate::backend::Backend;
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 use crate::stage::GroupSum;
 use crate::tensor::Matrix;
-use crate::transport::{send, send_activations, try_receive, try_receive_activations, Backoff, ShardSum};
+use crate::transport::{
+    send, send_activations, try_receive, try_receive_activations, yield_while_polling, Backoff, NodeShare, ShardSum,
+};
 use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput};
 
 const COORDINATOR: Rank = 0;
@@ -64,11 +66,11 @@ enum Outgoing {
 
 /// Runs this worker until the coordinator sends `Shutdown`. MPI must allow threads (the
 /// communication thread makes all MPI calls while this one computes).
-pub fn serve(rank: Rank, default_threads: usize) -> Result<(), NodeError> {
+pub fn serve(rank: Rank, node: NodeShare) -> Result<(), NodeError> {
     let (work_tx, work_rx) = channel();
     let (out_tx, out_rx) = channel();
     let communication = std::thread::spawn(move || communicate(&work_tx, &out_rx));
-    let result = compute(rank, default_threads, &work_rx, &out_tx);
+    let result = compute(rank, node, &work_rx, &out_tx);
     // The receiver lives until `Done`, which ends the communication thread after the last sends.
     let _ = out_tx.send(Outgoing::Done);
     if communication.join().is_err() {
@@ -155,12 +157,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     }
 }
 
-fn compute(
-    rank: Rank,
-    default_threads: usize,
-    work: &Receiver<Work>,
-    outgoing: &Sender<Outgoing>,
-) -> Result<(), NodeError> {
+fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender<Outgoing>) -> Result<(), NodeError> {
     let mut failure: Option<NodeError> = None;
     let mut fail = |message: String| {
         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
@@ -181,7 +178,8 @@ fn compute(
         match w {
             Work::Setup { version, model, stage: spec, threads, next: n, shards } => {
                 next = n;
-                let threads = if threads == 0 { default_threads } else { threads };
+                let threads = if threads == 0 { node.threads() } else { threads };
+                yield_while_polling(node.spare_core(threads));
                 match load(version, &model, spec, threads) {
                     Ok((loaded, bytes_read, load_seconds)) => {
                         log::info!(

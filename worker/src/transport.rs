@@ -4,6 +4,7 @@
 //! back-off instead of blocking in MPI, whose blocking receive spins a core that the
 //! compute threads need.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use evalmesh_common::protocol::{
@@ -22,26 +23,47 @@ use crate::tensor::Matrix;
 /// The longest pause between two polls: the most a message waits unnoticed.
 pub const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
 
-/// How long a wait yields the core between polls before it starts sleeping.
+/// How long a wait yields the core between polls before it starts sleeping, when the
+/// node has cores to spare ([`yield_while_polling`]).
 const YIELD_FOR: Duration = Duration::from_micros(200);
 
-/// A poll pause: for the first [`YIELD_FOR`] of a wait it only yields the core (to any
-/// thread that wants it), so a message that is about to arrive is seen at once; then it
-/// sleeps, doubling from 20 µs to [`MAX_POLL_PAUSE`] while nothing arrives.
+/// Whether waits begin by yielding instead of sleeping: set where the node has a core to
+/// spare for polling; where every core computes, the yields would take time from the
+/// compute threads (measured: a fifth of data-parallel throughput on 2 cores).
+static POLL_YIELDS: AtomicBool = AtomicBool::new(false);
+
+/// Lets waits begin with [`YIELD_FOR`] of yielding (`true`) or sleep from the start.
+pub fn yield_while_polling(on: bool) {
+    POLL_YIELDS.store(on, Ordering::Relaxed);
+}
+
+/// A poll pause: where the node has cores to spare, for the first [`YIELD_FOR`] of a wait
+/// it only yields the core, so that a message about to arrive is seen at once; then (or
+/// from the start) it sleeps, doubling from 20 µs to [`MAX_POLL_PAUSE`] while nothing arrives.
 pub struct Backoff {
     started: Option<Instant>,
     sleep: Duration,
+    /// How long a wait yields before it sleeps.
+    yield_for: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { started: None, sleep: Duration::from_micros(20) }
+        let yield_for = if POLL_YIELDS.load(Ordering::Relaxed) { YIELD_FOR } else { Duration::ZERO };
+        Backoff { started: None, sleep: Duration::from_micros(20), yield_for }
     }
 }
 
 impl Backoff {
+    /// A wait of a compute thread in the middle of its work (a tensor-parallel sum, which
+    /// the shard's peers send within milliseconds): its core would idle anyway, so it
+    /// yields for up to [`MAX_POLL_PAUSE`] whatever the node, then sleeps.
+    pub fn computing() -> Self {
+        Backoff { yield_for: MAX_POLL_PAUSE, ..Backoff::default() }
+    }
+
     pub fn wait(&mut self) {
-        if self.started.get_or_insert_with(Instant::now).elapsed() < YIELD_FOR {
+        if self.started.get_or_insert_with(Instant::now).elapsed() < self.yield_for {
             std::thread::yield_now();
             return;
         }
@@ -50,7 +72,8 @@ impl Backoff {
     }
 
     pub fn reset(&mut self) {
-        *self = Backoff::default();
+        self.started = None;
+        self.sleep = Duration::from_micros(20);
     }
 }
 
@@ -127,7 +150,7 @@ impl<C: Communicator> ShardSum<C> {
     fn receive(&self, from: usize, rows: usize) -> Result<Matrix, StageError> {
         let cols = self.width;
         let rank = self.comm.process_at_rank(self.shards[from]);
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::computing();
         let matched = loop {
             match rank.immediate_matched_probe_with_tag(PARTIAL_SUM_TAG) {
                 Some(m) => break m,
@@ -167,14 +190,30 @@ impl<C: Communicator, B: Backend> GroupSum<B> for ShardSum<C> {
     }
 }
 
-/// Compute threads for each worker on this node: the node's cores shared among its
-/// workers (rank 0 coordinates and mostly sleeps, so it does not count). Collective: every
-/// rank calls it.
-pub fn default_worker_threads<C: Communicator>(world: &C) -> usize {
-    let node = world.split_shared(world.rank());
-    let mut ranks = vec![0 as Rank; node.size() as usize];
-    node.all_gather_into(&world.rank(), &mut ranks[..]);
-    let workers = ranks.iter().filter(|&&r| r != 0).count().max(1);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / workers).max(1)
+/// This rank's node: its cores and the workers that share them (rank 0 coordinates and
+/// mostly sleeps, so it does not count). Collective: every rank calls it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeShare {
+    pub cores: usize,
+    pub workers: usize,
+}
+
+impl NodeShare {
+    pub fn of<C: Communicator>(world: &C) -> Self {
+        let node = world.split_shared(world.rank());
+        let mut ranks = vec![0 as Rank; node.size() as usize];
+        node.all_gather_into(&world.rank(), &mut ranks[..]);
+        let workers = ranks.iter().filter(|&&r| r != 0).count().max(1);
+        NodeShare { cores: std::thread::available_parallelism().map_or(1, |n| n.get()), workers }
+    }
+
+    /// Compute threads per worker when the setup leaves it open: the cores shared out.
+    pub fn threads(&self) -> usize {
+        (self.cores / self.workers).max(1)
+    }
+
+    /// Whether a core is left over once every worker runs `threads` compute threads.
+    pub fn spare_core(&self, threads: usize) -> bool {
+        self.cores > self.workers * threads
+    }
 }
