@@ -128,6 +128,25 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     })
 }
 
+/// Rounds of measurement per mode.
+const ROUNDS: usize = 3;
+
+/// The median of each figure.
+fn median_rates(rounds: &[Rates]) -> Rates {
+    let median = |f: fn(&Rates) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Rates {
+        matmul_flops_per_s: median(|r| r.matmul_flops_per_s),
+        attention_flops_per_s: median(|r| r.attention_flops_per_s),
+        elementwise_bytes_per_s: median(|r| r.elementwise_bytes_per_s),
+        softmax_entries_per_s: median(|r| r.softmax_entries_per_s),
+        ..rounds[0].clone()
+    }
+}
+
 /// Rates of `workers` workers of `threads` threads each, all measuring at once; the mean of their rates.
 fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usize) -> Result<Rates, CalibrateError> {
     let pools = (0..workers)
@@ -183,10 +202,16 @@ fn total_memory() -> Option<u64> {
 /// `link` is what [`measure_link`] found, if it ran.
 pub fn calibrate(c: &ModelConfig, tokens: usize, link: Option<Link>) -> Result<HardwareProfile, CalibrateError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut rates = vec![concurrent_rates(c, tokens, cores, 1)?];
-    if cores > 1 {
-        rates.push(concurrent_rates(c, tokens, 1, cores)?);
+    // The modes alternate round by round, so that a slow spell of the machine does not
+    // fall on one mode alone; each figure is the median over the rounds.
+    let modes: Vec<(usize, usize)> = if cores > 1 { vec![(cores, 1), (1, cores)] } else { vec![(1, 1)] };
+    let mut rounds: Vec<Vec<Rates>> = vec![Vec::new(); modes.len()];
+    for _ in 0..ROUNDS {
+        for (m, &(threads, workers)) in modes.iter().enumerate() {
+            rounds[m].push(concurrent_rates(c, tokens, threads, workers)?);
+        }
     }
+    let rates = rounds.iter().map(|r| median_rates(r)).collect();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "this host".into(), |h| h.trim().to_string());
     let assumed = Link { latency_s: 5e-6, bytes_per_s: 5e9 };
