@@ -49,6 +49,8 @@ pub enum CliError {
     #[error(transparent)]
     Prediction(#[from] PredictionError),
     #[error(transparent)]
+    Backend(#[from] evalmesh_worker::BackendError),
+    #[error(transparent)]
     Calibrate(#[from] crate::calibrate::CalibrateError),
     #[error("{}: {error}", path.display())]
     Config { path: PathBuf, error: evalmesh_common::ConfigError },
@@ -218,6 +220,10 @@ pub struct RunArgs {
     /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
     #[arg(long)]
     pub tp: Option<usize>,
+    /// Where the workers compute: `cpu`, or `cuda` (one GPU per worker; needs a build with
+    /// `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
     /// Try micro-batch budgets of 512 to 4096 tokens on the first trees (their scores count:
     /// they do not depend on the budget) and keep the fastest for the rest; the results'
     /// `evalmesh.tuning` records the trials.
@@ -616,6 +622,13 @@ pub fn journal_path(output: &Path) -> PathBuf {
     output.with_extension("journal.jsonl")
 }
 
+/// The compute device of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
 /// How the work is spread over the ranks of an MPI job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StrategyArg {
@@ -668,6 +681,19 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     }
     if args.log_samples && args.output.is_none() {
         return Err(CliError::SamplesWithoutOutput);
+    }
+    if args.device == DeviceArg::Cuda {
+        let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
+        let gpu = evalmesh_worker::backend::cuda::probe(local)?;
+        return Err(CliError::Backend(evalmesh_worker::BackendError::Failed {
+            backend: "cuda",
+            problem: format!(
+                "found GPU {} ({}, {} GB), but this version has no CUDA kernels yet: run with --device cpu",
+                gpu.ordinal,
+                gpu.name,
+                gpu.memory_bytes / 1_000_000_000
+            ),
+        }));
     }
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let source =

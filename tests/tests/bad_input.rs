@@ -115,3 +115,10 @@ fn text_too_short_for_llamacpp_chunks() {
     ]);
     assert_clean_error(&output, &["--ctx 512", "needs at least 1024"]);
 }
+
+#[test]
+fn cuda_without_a_gpu() {
+    // Without the cuda feature the error says how to build it; with it, no GPU loads here.
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
+    assert_clean_error(&output, &["cuda", "--device cpu"]);
+}

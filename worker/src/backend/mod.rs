@@ -1,9 +1,11 @@
 //! The compute backend: one small op set ([`Backend`]) that the transformer stage is
-//! written against, and its implementations (`cpu` here; a GPU backend later behind
-//! a cargo feature). Every op keeps each row's arithmetic independent of the other
-//! rows, so a request's scores do not depend on the batch it was packed in.
+//! written against, and its implementations: [`cpu`], and the GPU's behind the `cuda`
+//! cargo feature, of which [`cuda`] so far finds and checks the device. Every op keeps
+//! each row's arithmetic independent of the other rows, so a request's scores do not
+//! depend on the batch it was packed in.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::ops::Range;
 
@@ -15,6 +17,8 @@ use crate::tensor::Matrix;
 pub enum BackendError {
     #[error("backend `{backend}`: {problem}")]
     Failed { backend: &'static str, problem: String },
+    #[error("this evalmesh was built without CUDA: rebuild with `cargo build --release --features cuda` (no CUDA toolkit needed to build), or run with --device cpu")]
+    CudaNotCompiled,
 }
 
 /// Where the heads of a fused QKV activation lie: queries in columns

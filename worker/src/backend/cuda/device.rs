@@ -1,0 +1,42 @@
+//! Probing a GPU through cudarc, after checking that each CUDA library loads (cudarc
+//! panics on first use of a library it cannot load).
+
+use cudarc::driver::CudaContext;
+
+use super::GpuChoice;
+use crate::backend::BackendError;
+
+fn failed(problem: impl Into<String>) -> BackendError {
+    BackendError::Failed { backend: "cuda", problem: problem.into() }
+}
+
+pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
+    // SAFETY: these only try to load the shared libraries and report whether they loaded.
+    let (driver, cublas, nvrtc) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+        )
+    };
+    for (present, library) in [
+        (driver, "the NVIDIA driver (libcuda.so)"),
+        (cublas, "cuBLAS (libcublas.so.12)"),
+        (nvrtc, "NVRTC (libnvrtc.so.12)"),
+    ] {
+        if !present {
+            return Err(failed(format!(
+                "{library} cannot be loaded: no usable GPU here (install the driver and CUDA 12 libraries, or run with --device cpu)"
+            )));
+        }
+    }
+    let visible = CudaContext::device_count().map_err(|e| failed(format!("counting GPUs: {e}")))?;
+    let visible = usize::try_from(visible).unwrap_or(0);
+    if ordinal >= visible {
+        return Err(failed(format!("GPU {ordinal} asked for, {visible} visible (check CUDA_VISIBLE_DEVICES)")));
+    }
+    let context = CudaContext::new(ordinal).map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
+    let name = context.name().map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
+    let memory_bytes = context.total_mem().map_err(|e| failed(format!("GPU {ordinal}: {e}")))? as u64;
+    Ok(GpuChoice { ordinal, name, memory_bytes, visible })
+}

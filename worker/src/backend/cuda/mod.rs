@@ -1,0 +1,55 @@
+//! The CUDA backend's entry: finding a usable GPU for this worker. The CUDA libraries are
+//! loaded at run time (cudarc's dynamic loading), so their absence is an error here and
+//! never a panic; without the `cuda` cargo feature every call says how to build with it,
+//! so callers need no `cfg` of their own.
+
+#[cfg(feature = "cuda")]
+mod device;
+
+use super::BackendError;
+
+/// The GPU a worker takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuChoice {
+    /// The device's ordinal among the visible ones (after `CUDA_VISIBLE_DEVICES`).
+    pub ordinal: usize,
+    pub name: String,
+    pub memory_bytes: u64,
+    /// GPUs this process can see.
+    pub visible: usize,
+}
+
+/// The node-local rank of this process, from the launcher's environment (OpenMPI's
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, Slurm's `SLURM_LOCALID`, PMIx's `PMIX_LOCAL_RANK`), or
+/// `None` outside a launcher.
+pub fn local_rank_from_env() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "PMIX_LOCAL_RANK", "MPI_LOCALRANKID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Finds the GPU `ordinal` and checks that the driver, cuBLAS and NVRTC can be loaded.
+pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
+    #[cfg(feature = "cuda")]
+    {
+        device::probe(ordinal)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(BackendError::CudaNotCompiled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_gpu_probing_is_an_error_not_a_panic() {
+        // This machine has no GPU (or the binary has no CUDA): either way, an error.
+        if let Err(e) = probe(0) {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
