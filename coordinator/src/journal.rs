@@ -13,6 +13,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use evalmesh_common::{ScoreTree, TreeScores};
+use evalmesh_worker::backend::ARITHMETIC;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,8 @@ pub enum JournalError {
     OtherModel { path: PathBuf, theirs: String, ours: String },
     #[error("journal {} holds task {task} with another configuration (for example --num-fewshot or --ctx changed): delete the journal or restore the settings", path.display())]
     OtherTaskConfig { path: PathBuf, task: String },
+    #[error("journal {} was written by an evalmesh whose arithmetic differs (version {theirs}, this one's is {ARITHMETIC}): its scores would not match this build's bit for bit; finish the run with the earlier build, or delete the journal", path.display())]
+    OtherArithmetic { path: PathBuf, theirs: u32 },
     #[error("journal {}: line {line} is not a journal record: {problem}", path.display())]
     Corrupt { path: PathBuf, line: usize, problem: String },
 }
@@ -33,9 +36,25 @@ pub enum JournalError {
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum Line {
-    Header { evalmesh_journal: u32, model: String },
-    Task { task: String, config: String },
-    Record { key: String, scores: TreeScores },
+    Header {
+        evalmesh_journal: u32,
+        model: String,
+        /// [`ARITHMETIC`] of the build that wrote it (absent before there was one: 1).
+        #[serde(default = "first_arithmetic")]
+        arithmetic: u32,
+    },
+    Task {
+        task: String,
+        config: String,
+    },
+    Record {
+        key: String,
+        scores: TreeScores,
+    },
+}
+
+fn first_arithmetic() -> u32 {
+    1
 }
 
 pub struct Journal {
@@ -120,6 +139,9 @@ impl Journal {
                             ours: model.to_string(),
                         })
                     }
+                    Line::Header { arithmetic, .. } if arithmetic != ARITHMETIC => {
+                        return Err(JournalError::OtherArithmetic { path: path.to_path_buf(), theirs: arithmetic })
+                    }
                     Line::Header { .. } => {}
                     Line::Task { task, config } => {
                         tasks.insert(task, config);
@@ -137,8 +159,12 @@ impl Journal {
         let mut file =
             if fresh { File::create(path) } else { OpenOptions::new().append(true).open(path) }.map_err(io)?;
         if fresh || kept == 0 {
-            let header = serde_json::to_string(&Line::Header { evalmesh_journal: 1, model: model.to_string() })
-                .unwrap_or_default();
+            let header = serde_json::to_string(&Line::Header {
+                evalmesh_journal: 1,
+                model: model.to_string(),
+                arithmetic: ARITHMETIC,
+            })
+            .unwrap_or_default();
             writeln!(file, "{header}").map_err(io)?;
         }
         Ok(Journal { path: path.to_path_buf(), file, tasks, done })
@@ -208,6 +234,17 @@ mod tests {
         assert!(matches!(Journal::open(&path, "other", true, false), Err(JournalError::OtherModel { .. })));
         let mut j = Journal::open(&path, "m", true, false).unwrap();
         assert!(matches!(j.begin_task("t", "changed"), Err(JournalError::OtherTaskConfig { .. })));
+    }
+
+    #[test]
+    fn refuses_a_journal_of_other_arithmetic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        // A header from before the arithmetic version was recorded: version 1.
+        std::fs::write(&path, "{\"evalmesh_journal\":1,\"model\":\"m\"}\n").unwrap();
+        let err = Journal::open(&path, "m", true, false).err().unwrap();
+        assert!(matches!(err, JournalError::OtherArithmetic { theirs: 1, .. }), "{err}");
+        assert!(err.to_string().contains("bit for bit"));
     }
 
     #[test]

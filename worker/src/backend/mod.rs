@@ -21,6 +21,11 @@ pub enum BackendError {
     CudaNotCompiled,
 }
 
+/// The arithmetic version: bumped with every change that moves any score's bits (an order
+/// of summation, a kernel), so that a resumed run never mixes scores of two builds.
+/// 2: the attention output and down projections are summed by KV-head group.
+pub const ARITHMETIC: u32 = 2;
+
 /// Where the heads of a fused QKV activation lie: queries in columns
 /// `0..num_heads·head_dim`, then keys, then values (`num_kv_heads·head_dim` each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
