@@ -19,7 +19,7 @@ pub enum RequestError {
     EmptyBranch,
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfVocabulary { id: u32, vocab: usize },
-    #[error("a tree of {len} tokens is longer than the model's {max} positions")]
+    #[error("a tree needs {len} positions, more than the model's {max}")]
     TooLong { len: usize, max: usize },
     #[error("micro-batch layout: {0}")]
     Layout(String),
@@ -84,9 +84,10 @@ impl ScoreTree {
         if self.branches.iter().any(Vec::is_empty) {
             return Err(RequestError::EmptyBranch);
         }
-        let longest = self.prefix.len() + self.branches.iter().map(Vec::len).max().unwrap_or(0);
-        if longest > max_position {
-            return Err(RequestError::TooLong { len: longest, max: max_position });
+        // Every token but the last of the longest path is an input row with a position.
+        let positions = self.prefix.len() + self.branches.iter().map(Vec::len).max().unwrap_or(0) - 1;
+        if positions > max_position {
+            return Err(RequestError::TooLong { len: positions, max: max_position });
         }
         let all = self.prefix.iter().chain(self.branches.iter().flatten());
         match all.copied().find(|&id| id as usize >= vocab) {
@@ -275,8 +276,14 @@ mod tests {
         assert_eq!(empty.validate(10, 10), Err(RequestError::EmptyPrefix));
         let oov = ScoreTree { prefix: vec![1, 99], prefix_targets_from: 1, branches: vec![] };
         assert_eq!(oov.validate(10, 10), Err(RequestError::TokenOutOfVocabulary { id: 99, vocab: 10 }));
-        let long = ScoreTree { prefix: vec![1; 8], prefix_targets_from: 1, branches: vec![vec![1; 3]] };
+        // 8 prefix rows and 3 branch rows: the branch's last token is a target only.
+        let long = ScoreTree { prefix: vec![1; 8], prefix_targets_from: 1, branches: vec![vec![1; 4]] };
         assert_eq!(long.validate(10, 10), Err(RequestError::TooLong { len: 11, max: 10 }));
+        let fits = ScoreTree { prefix: vec![1; 8], prefix_targets_from: 1, branches: vec![vec![1; 3]] };
+        assert_eq!(fits.validate(10, 10), Ok(()));
+        // A rolling window: `max` input rows and one more target.
+        let window = ScoreTree { prefix: vec![1; 11], prefix_targets_from: 1, branches: vec![] };
+        assert_eq!(window.validate(10, 10), Ok(()));
         let empty_branch = ScoreTree { prefix: vec![1], prefix_targets_from: 1, branches: vec![vec![]] };
         assert_eq!(empty_branch.validate(10, 10), Err(RequestError::EmptyBranch));
     }
