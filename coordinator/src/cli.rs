@@ -466,6 +466,20 @@ fn plan_table(
     out
 }
 
+/// A flag that SIGTERM, SIGUSR1 (Slurm's warning before a time limit or preemption) and
+/// SIGINT set, so that the run stops in order after the micro-batch in hand, its journal
+/// complete; a second SIGINT ends the process at once.
+fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, CliError> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = |error| CliError::Io { path: PathBuf::from("signal handlers"), error };
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 1, std::sync::Arc::clone(&stop)).map_err(io)?;
+    for signal in [SIGTERM, SIGUSR1, SIGINT] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).map_err(io)?;
+    }
+    Ok(stop)
+}
+
 /// The layout and stages of a distributed run: `--strategy auto` without sizes takes the
 /// cost model's fastest plan that fits; otherwise the sizes or strategy given, with the
 /// layers balanced by the cost model.
@@ -716,6 +730,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     };
 
     let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens)?;
+    let stop = stop_on_signals()?;
     let load_start = Instant::now();
     let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match world {
         Some(world) if world.size() > 1 => {
@@ -752,6 +767,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         batch_tokens: args.batch_tokens,
         predictor: Some(&predictor),
         tune: args.tune,
+        stop: Some(&stop),
     };
     let mut report = Report::default();
     let start = Instant::now();

@@ -23,6 +23,8 @@ pub enum EngineError {
     Plan(String),
     #[error("worker rank {rank}: {message}")]
     Worker { rank: i32, message: String },
+    #[error("stopped by a signal after the micro-batch in hand; with --output, the journal holds every finished tree: run again with --resume to finish")]
+    Stopped,
 }
 
 /// Called with each finished tree's index and scores, as soon as its micro-batch is done.

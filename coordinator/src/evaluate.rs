@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use evalmesh_common::cost::Prediction;
@@ -64,6 +65,8 @@ pub struct Settings<'a> {
     pub predictor: Option<&'a Predictor>,
     /// Try several micro-batch budgets on the first trees and keep the fastest.
     pub tune: bool,
+    /// Set by SIGTERM, SIGUSR1 or SIGINT: stop after the micro-batch in hand.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// Scores some of a task's computed trees with a budget.
@@ -190,7 +193,10 @@ pub fn evaluate(
                     j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
                 }
                 scores[index] = Some(s);
-                Ok(())
+                match settings.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                    true => Err(EngineError::Stopped),
+                    false => Ok(()),
+                }
             })
         };
         let mut rest: Vec<usize> = (0..todo_trees.len()).collect();

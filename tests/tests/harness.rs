@@ -1,5 +1,6 @@
 //! The evaluation harness end to end: llama.cpp's HellaSwag score, bit-identical scores
-//! across micro-batch sizes and across a kill and `--resume`, and the results layout.
+//! across micro-batch sizes, across a kill and `--resume`, and across an orderly stop on
+//! SIGTERM and `--resume`, and the results layout.
 
 #![allow(clippy::unwrap_used)]
 
@@ -139,4 +140,57 @@ fn scores_are_bit_identical_across_batch_sizes_and_a_killed_run_resumed() {
     let unique: HashSet<&&str> = keys.iter().collect();
     assert_eq!(keys.len(), unique.len(), "a tree was scored twice");
     assert_eq!(keys.len() as u64, total);
+}
+
+#[test]
+fn a_terminated_run_stops_in_order_and_resumes_to_the_same_bits() {
+    let base = tempfile::tempdir().unwrap();
+    let model = test_model();
+    let args = |out: &Path| -> Vec<String> {
+        let model = model.to_str().unwrap();
+        ["run", "--model", model, "--task", "perplexity", "--perplexity-mode", "llamacpp", "--ctx", "128"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--batch-tokens", "256", "--log-samples", "--output"].iter().map(|s| s.to_string()))
+            .chain([out.display().to_string()])
+            .collect()
+    };
+    let whole = base.path().join("whole");
+    std::fs::create_dir(&whole).unwrap();
+    let status = Command::new(evalmesh_bin()).args(args(&whole.join("r.json"))).output().unwrap().status;
+    assert!(status.success());
+
+    let stopped = base.path().join("stopped");
+    std::fs::create_dir(&stopped).unwrap();
+    let out = stopped.join("r.json");
+    let journal = stopped.join("r.journal.jsonl");
+    let child =
+        Command::new(evalmesh_bin()).args(args(&out)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let records =
+        |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().filter(|l| l.contains("\"key\"")).count());
+    while records(&journal) < 4 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no journal records after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "an orderly stop exits non-zero");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stopped by a signal") && stderr.contains("--resume"), "{stderr}");
+    assert!(!out.exists(), "a stopped run writes no results");
+    let journaled = records(&journal);
+
+    let resumed = Command::new(evalmesh_bin()).args(args(&out)).arg("--resume").output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let samples = |dir: &Path| std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap();
+    assert!(samples(&stopped) == samples(&whole), "resumed scores differ from an uninterrupted run");
+    let report = read_json(&out);
+    let task = &report["evalmesh"]["tasks"]["perplexity"];
+    assert!(task["trees_from_journal"].as_u64().unwrap() as usize >= journaled.min(4));
+    assert_eq!(
+        task["trees_from_journal"].as_u64().unwrap() + task["trees_computed"].as_u64().unwrap(),
+        task["trees"].as_u64().unwrap()
+    );
 }
