@@ -59,8 +59,11 @@ pub fn run_profile(
     }
     log::info!("no hardware profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)");
     let profile = calibrate(config, batch_tokens.min(2048), None)?;
-    write_profile(&profile, &cached)?;
-    log::info!("hardware profile cached at {}", cached.display());
+    // A cache that cannot be written costs the next run a calibration, not this run.
+    match write_profile(&profile, &cached) {
+        Ok(()) => log::info!("hardware profile cached at {}", cached.display()),
+        Err(e) => log::warn!("hardware profile not cached: {e}"),
+    }
     Ok(profile)
 }
 
