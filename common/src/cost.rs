@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hardware::{HardwareProfile, Rates};
-use crate::{group_slice, MicroBatch, ModelConfig, ParallelLayout, StageSpec};
+use crate::{group_slice, MicroBatch, ModelConfig, ParallelLayout, PlanError, StageSpec};
 
 /// What the cost model needs of one micro-batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -185,7 +185,8 @@ pub struct Placement {
     pub workers_per_node: usize,
 }
 
-/// Predicts the time of `batches` on `layout`, stages as given (each cut into `layout.tp` shards).
+/// Predicts the time of `batches` on `layout`, stages as given (each cut into `layout.tp`
+/// shards, which fails where `tp` exceeds the model's groups).
 pub fn predict(
     c: &ModelConfig,
     layout: ParallelLayout,
@@ -193,7 +194,7 @@ pub fn predict(
     batches: &[BatchShape],
     profile: &HardwareProfile,
     placement: Placement,
-) -> Prediction {
+) -> Result<Prediction, PlanError> {
     let rates = profile.rates_for(placement.threads_per_worker, placement.workers_per_node);
     let node = profile.devices_per_node.max(1);
     let tp_link = if layout.tp <= node { profile.same_node } else { profile.across_nodes };
@@ -206,7 +207,7 @@ pub fn predict(
     let mut first_batch = Vec::new();
     let mut memory = Vec::new();
     for (s, stage) in stages.iter().enumerate() {
-        let shards = stage.shard(c, layout.tp).unwrap_or_else(|_| vec![stage.clone()]);
+        let shards = stage.shard(c, layout.tp)?;
         let last_stage = s + 1 == stages.len();
         let (mut total, mut comm, mut first) = (0.0, 0.0, 0.0);
         for (b, shape) in batches.iter().enumerate() {
@@ -256,14 +257,14 @@ pub fn predict(
     let bubble: f64 = first_batch.iter().enumerate().filter(|&(i, _)| i != slowest).map(|(_, t)| t).sum();
     let seconds = longest + bubble;
     let tokens: usize = batches.iter().map(|b| b.tokens).sum();
-    Prediction {
+    Ok(Prediction {
         seconds,
         tokens_per_s: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
         stage_seconds,
         bubble_share: if seconds > 0.0 { bubble / seconds } else { 0.0 },
         communication_share: if longest > 0.0 { stage_comm[slowest] / longest } else { 0.0 },
         memory_per_rank_bytes: memory,
-    }
+    })
 }
 
 fn batches_max_tokens(batches: &[BatchShape]) -> usize {
@@ -350,17 +351,19 @@ mod tests {
         let p = profile();
         let batches = vec![BatchShape::sequences(4, 8, 4); 8];
         let place = Placement { threads_per_worker: 1, workers_per_node: 1 };
-        let single = predict(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place);
-        let dp = predict(&c, ParallelLayout { dp: 2, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place);
+        let single =
+            predict(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place).unwrap();
+        let dp =
+            predict(&c, ParallelLayout { dp: 2, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place).unwrap();
         assert!((dp.seconds * 2.0 - single.seconds).abs() < 1e-9 * single.seconds);
         let stages = crate::partition_layers(&c, 2, 0.0, 1.0).unwrap();
-        let pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &p, place);
+        let pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &p, place).unwrap();
         assert!(pp.bubble_share > 0.0 && pp.seconds < single.seconds && pp.seconds > single.seconds / 2.0);
         assert_eq!(pp.stage_seconds.len(), 2);
         // The first stage also sends its activations: a slower link makes it slower.
         let mut slow = p.clone();
         slow.same_node.bytes_per_s /= 1000.0;
-        let slow_pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &slow, place);
+        let slow_pp = predict(&c, ParallelLayout { dp: 1, pp: 2, tp: 1 }, &stages, &batches, &slow, place).unwrap();
         assert!(slow_pp.stage_seconds[0] > pp.stage_seconds[0]);
     }
 }

@@ -125,6 +125,17 @@ impl ParallelLayout {
     pub fn workers(&self) -> usize {
         self.dp * self.pp * self.tp
     }
+
+    /// The MPI rank of shard `shard` of stage `stage` of replica `replica`: worker ranks
+    /// follow rank 0, replica by replica, stage by stage, shard by shard.
+    pub fn rank(&self, replica: usize, stage: usize, shard: usize) -> usize {
+        1 + (replica * self.pp + stage) * self.tp + shard
+    }
+
+    /// The stage a rank computes (rank 0, the single process, counts as stage 0).
+    pub fn stage_of(&self, rank: usize) -> usize {
+        rank.saturating_sub(1) / self.tp % self.pp
+    }
 }
 
 /// Cost of the LM head relative to one block when no cost model is at hand: its weight
@@ -254,6 +265,11 @@ mod tests {
         assert_eq!(r(Strategy::Auto, Some(2), Some(2), Some(1)), layout(2, 2, 1));
         assert!(r(Strategy::Auto, Some(3), None, None).unwrap_err().to_string().contains("mpirun -np 4"));
         assert!(r(Strategy::Auto, Some(2), Some(2), Some(2)).unwrap_err().to_string().contains("mpirun -np 9"));
+        // DP=2 × PP=2 × TP=2: ranks 1-4 are replica 0, stage 0 holds ranks 1, 2 and 5, 6.
+        let l = ParallelLayout { dp: 2, pp: 2, tp: 2 };
+        assert_eq!((l.rank(0, 1, 0), l.rank(1, 0, 1)), (3, 6));
+        assert_eq!((1..=8).map(|r| l.stage_of(r)).collect::<Vec<_>>(), [0, 0, 1, 1, 0, 0, 1, 1]);
+        assert_eq!(l.stage_of(0), 0);
         assert_eq!(ParallelLayout::resolve(0, Strategy::Dp, None, None, None), Err(PlanError::NoWorkers));
     }
 

@@ -52,7 +52,7 @@ pub fn candidates(
         for pp in (1..=c.num_layers.min(workers / tp)).filter(|p| (workers / tp).is_multiple_of(*p)) {
             let layout = ParallelLayout { dp: workers / tp / pp, pp, tp };
             let Ok(stages) = partition_layers(c, pp, embedding, head) else { continue };
-            let prediction = predict(c, layout, &stages, batches, profile, place);
+            let Ok(prediction) = predict(c, layout, &stages, batches, profile, place) else { continue };
             let worst = prediction.memory_per_rank_bytes.iter().copied().max().unwrap_or(0);
             let usable = (profile.memory_bytes as f64 * USABLE_MEMORY) as u64;
             let rejected = (worst > usable).then(|| {

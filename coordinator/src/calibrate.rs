@@ -191,6 +191,11 @@ pub fn measure_link(
     Ok(Some(Link { latency_s: (one_way(small) - small.bytes as f64 / bytes_per_s).max(0.0), bytes_per_s }))
 }
 
+/// This machine's name, for profiles and their cache file.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string())
+}
+
 /// Memory of this machine from `/proc/meminfo`, if it can be read.
 fn total_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -212,8 +217,7 @@ pub fn calibrate(c: &ModelConfig, tokens: usize, link: Option<Link>) -> Result<H
         }
     }
     let rates = rounds.iter().map(|r| median_rates(r)).collect();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "this host".into(), |h| h.trim().to_string());
+    let host = host_name();
     let assumed = Link { latency_s: 5e-6, bytes_per_s: 5e9 };
     Ok(HardwareProfile {
         name: format!("cpu ({host}, {cores} cores)"),

@@ -373,10 +373,13 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     if args.workers == 0 {
         return Err(CliError::TooSmall { flag: "--workers", min: 1, value: 0 });
     }
-    if args.ctx == 0 || args.batch_tokens < args.ctx {
+    if args.ctx == 0 {
+        return Err(CliError::TooSmall { flag: "--ctx", min: 1, value: 0 });
+    }
+    if args.batch_tokens < args.ctx {
         return Err(CliError::TooSmall {
             flag: "--batch-tokens (at least --ctx)",
-            min: args.ctx.max(1),
+            min: args.ctx,
             value: args.batch_tokens,
         });
     }
@@ -541,13 +544,11 @@ fn pingpong(args: &PingPongArgs, world: &SimpleCommunicator) -> Result<(), CliEr
     Ok(())
 }
 
-/// Busy seconds (compute and send) of each stage: its slowest rank. Rank 0 is the single
-/// process's only stage; worker ranks are numbered pipeline by pipeline, stage by stage,
-/// shard by shard.
+/// Busy seconds (compute and send) of each stage: its slowest rank.
 fn stage_busy_seconds(monitoring: &[(i32, WorkerStats)], layout: ParallelLayout) -> Vec<f64> {
     let mut busy = vec![0.0f64; layout.pp];
     for (rank, s) in monitoring {
-        let stage = (*rank as usize).saturating_sub(1) / layout.tp % layout.pp;
+        let stage = layout.stage_of(*rank as usize);
         busy[stage] = busy[stage].max((s.compute.total_ms + s.send.total_ms) / 1000.0);
     }
     busy

@@ -57,9 +57,9 @@ impl<'a> DistributedEngine<'a> {
         threads: usize,
     ) -> Result<Self, EngineError> {
         let plan = |e: PlanError| EngineError::Plan(e.to_string());
-        // shards[s][t]: shard t of stage s; rank 1 + p·pp·tp + s·tp + t.
+        // shards[s][t]: shard t of stage s.
         let shards = stages.iter().map(|s| s.shard(config, layout.tp)).collect::<Result<Vec<_>, _>>().map_err(plan)?;
-        let rank_of = |p: usize, s: usize, t: usize| (1 + (p * layout.pp + s) * layout.tp + t) as Rank;
+        let rank_of = |p: usize, s: usize, t: usize| layout.rank(p, s, t) as Rank;
         let mut specs = HashMap::new();
         let mut pipelines = Vec::new();
         for p in 0..layout.dp {

@@ -110,7 +110,7 @@ impl Tuner {
             compute(&slice, budget)?;
             let seconds = started.elapsed().as_secs_f64();
             let part: Vec<ScoreTree> = slice.iter().map(|&i| trees[i].clone()).collect();
-            let predicted = predictor.predict(&part, budget).seconds;
+            let predicted = predictor.predict(&part, budget).map_err(|e| EngineError::Plan(e.to_string()))?.seconds;
             self.tried.push((budget, tokens, seconds, seconds / predicted.max(1e-12)));
         }
         if self.tried.len() == TUNE_BUDGETS.len() {
@@ -206,7 +206,10 @@ pub fn evaluate(
         }
         compute(&rest, budget)?;
         stats.seconds = started.elapsed().as_secs_f64();
-        let prediction = settings.predictor.map(|p| p.predict(&todo_trees, budget));
+        let prediction = match settings.predictor {
+            Some(p) => Some(p.predict(&todo_trees, budget).map_err(|e| EngineError::Plan(e.to_string()))?),
+            None => None,
+        };
         bar.finish_and_clear();
         let scores: Vec<TreeScores> = scores.into_iter().flatten().collect();
 

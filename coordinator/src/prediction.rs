@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use evalmesh_common::cost::{predict, BatchShape, Placement, Prediction};
 use evalmesh_common::hardware::{HardwareProfile, ProfileError};
-use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, ScoreTree, StageSpec};
+use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 
-use crate::calibrate::{calibrate, CalibrateError};
+use crate::calibrate::{calibrate, host_name, CalibrateError};
 use crate::engine::pack_micro_batches;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +23,7 @@ pub enum PredictionError {
 
 /// Where this host's measured profile is cached.
 pub fn cached_profile_path(cache: &Path) -> PathBuf {
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string());
-    cache.join(format!("profile-{host}.json"))
+    cache.join(format!("profile-{}.json", host_name()))
 }
 
 /// Writes a profile as JSON through a temporary file, so that readers never see half of it.
@@ -78,7 +76,7 @@ pub struct Predictor {
 
 impl Predictor {
     /// The prediction for `trees` packed as the engines pack them.
-    pub fn predict(&self, trees: &[ScoreTree], batch_tokens: usize) -> Prediction {
+    pub fn predict(&self, trees: &[ScoreTree], batch_tokens: usize) -> Result<Prediction, PlanError> {
         let shapes: Vec<BatchShape> = pack_micro_batches(trees, batch_tokens)
             .iter()
             .map(|indices| {

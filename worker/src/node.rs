@@ -224,14 +224,16 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     Ok(StageOutput::Scores(scores)) => {
                         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id, scores }));
                     }
-                    Ok(StageOutput::Hidden(h)) => match (next, stage.backend().download(&h)) {
-                        (Some(to), Ok(hidden)) => {
-                            let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
-                        }
+                    Ok(StageOutput::Hidden(h)) => match next {
+                        Some(to) => match stage.backend().download(&h) {
+                            Ok(hidden) => {
+                                let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
+                            }
+                            Err(e) => fail(e.to_string()),
+                        },
                         // A shard of the last stage without the head has done its part.
-                        (None, _) if !stage.spec().head => {}
-                        (None, _) => fail("a stage without the head has no next stage to send to".into()),
-                        (_, Err(e)) => fail(e.to_string()),
+                        None if !stage.spec().head => {}
+                        None => fail("a stage without the head has no next stage to send to".into()),
                     },
                     Err(e) => fail(e.to_string()),
                 }

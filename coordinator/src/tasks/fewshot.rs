@@ -73,7 +73,7 @@ pub enum Sampler {
 }
 
 /// The demonstrations (each followed by `"\n\n"`) that precede each of `docs` with `shots`
-/// examples, or the size of the pool when it holds too few.
+/// examples, or the most shots the sampler allows when it holds too few.
 pub fn contexts(docs: &[Example], sampler: &Sampler, shots: usize) -> Result<Vec<String>, usize> {
     let join = |examples: &mut dyn Iterator<Item = &Example>| -> String {
         examples.map(|e| e.demonstration() + DELIMITER).collect()
@@ -87,15 +87,15 @@ pub fn contexts(docs: &[Example], sampler: &Sampler, shots: usize) -> Result<Vec
             Ok(vec![context; docs.len()])
         }
         Sampler::Random { pool, draws_extra } => {
-            let draws = shots + usize::from(*draws_extra);
-            if pool.len() < draws {
-                return Err(pool.len());
+            let extra = usize::from(*draws_extra);
+            if pool.len() < shots + extra {
+                return Err(pool.len().saturating_sub(extra));
             }
             let mut random = PythonRandom::new(SEED);
             Ok(docs
                 .iter()
                 .map(|doc| {
-                    let drawn = random.sample(pool.len(), draws);
+                    let drawn = random.sample(pool.len(), shots + extra);
                     join(&mut drawn.into_iter().map(|i| &pool[i]).filter(|e| *e != doc).take(shots))
                 })
                 .collect())
@@ -192,7 +192,8 @@ mod tests {
         let sampler = Sampler::Random { pool, draws_extra: true };
         let got = contexts(&docs, &sampler, 1).unwrap();
         assert_eq!(got, ["q1 yes\n\n", "q0 yes\n\n", "q0 yes\n\n"]);
-        assert_eq!(contexts(&docs, &sampler, 10), Err(10));
+        // Ten examples, one drawn beside the document's own: nine shots at most.
+        assert_eq!(contexts(&docs, &sampler, 10), Err(9));
     }
 
     #[test]
