@@ -9,12 +9,16 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings).
+# System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings),
+# and a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh).
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev clang)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+for package in slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi

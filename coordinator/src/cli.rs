@@ -82,6 +82,16 @@ pub enum CliError {
     Journal(#[from] JournalError),
 }
 
+impl CliError {
+    /// Whether the run was stopped in order by a signal (and can be resumed).
+    pub fn is_stopped(&self) -> bool {
+        matches!(
+            self,
+            CliError::Engine(EngineError::Stopped) | CliError::Evaluate(EvaluateError::Engine(EngineError::Stopped))
+        )
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "evalmesh", version, about = "Evaluates language models, in one process or across MPI ranks.")]
 pub struct Cli {
@@ -469,20 +479,6 @@ fn plan_table(
     out
 }
 
-/// A flag that SIGTERM, SIGUSR1 (Slurm's warning before a time limit or preemption) and
-/// SIGINT set, so that the run stops in order after the micro-batch in hand, its journal
-/// complete; a second SIGINT ends the process at once.
-fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, CliError> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let io = |error| CliError::Io { path: PathBuf::from("signal handlers"), error };
-    signal_hook::flag::register_conditional_shutdown(SIGINT, 1, std::sync::Arc::clone(&stop)).map_err(io)?;
-    for signal in [SIGTERM, SIGUSR1, SIGINT] {
-        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop)).map_err(io)?;
-    }
-    Ok(stop)
-}
-
 /// The layout and stages of a distributed run: `--strategy auto` without sizes takes the
 /// cost model's fastest plan that fits; otherwise the sizes or strategy given, with the
 /// layers balanced by the cost model.
@@ -731,7 +727,8 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     };
 
     let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens)?;
-    let stop = stop_on_signals()?;
+    let stop = crate::signals::coordinator_stop_flag()
+        .map_err(|error| CliError::Io { path: PathBuf::from("signal handlers"), error })?;
     let load_start = Instant::now();
     let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match world {
         Some(world) if world.size() > 1 => {

@@ -12,5 +12,6 @@ pub mod pingpong;
 pub mod prediction;
 pub mod progress;
 pub mod results;
+pub mod signals;
 pub mod tasks;
 pub mod tokenizer;

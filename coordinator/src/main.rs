@@ -7,7 +7,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use evalmesh::cli::{Cli, Command};
+use evalmesh::cli::{Cli, CliError, Command};
+use evalmesh::signals::STOPPED_EXIT_CODE;
 use evalmesh_common::protocol::ToWorker;
 use mpi::topology::Communicator;
 
@@ -38,12 +39,24 @@ fn report(result: Result<(), anyhow::Error>) -> ExitCode {
     }
 }
 
+/// A command's outcome: a run stopped in order by a signal exits with
+/// [`STOPPED_EXIT_CODE`] (resumable), any other error with 1.
+fn report_command(result: Result<(), CliError>) -> ExitCode {
+    let stopped = result.as_ref().is_err_and(CliError::is_stopped);
+    let code = report(result.map_err(anyhow::Error::from));
+    if stopped {
+        ExitCode::from(STOPPED_EXIT_CODE)
+    } else {
+        code
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_) | Command::Calibrate(_)) && launched_as_mpi_job())
     {
         init_logging(0);
-        return report(evalmesh::cli::execute(cli, None).map_err(anyhow::Error::from));
+        return report_command(evalmesh::cli::execute(cli, None));
     }
     // Workers make their MPI calls from a communication thread.
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Multiple) else {
@@ -55,19 +68,22 @@ fn main() -> ExitCode {
     init_logging(rank);
     // Every rank takes part in these measurements.
     if let Command::Pingpong(_) | Command::Calibrate(_) = &cli.command {
-        return report(evalmesh::cli::execute(cli, Some(&world)).map_err(anyhow::Error::from));
+        return report_command(evalmesh::cli::execute(cli, Some(&world)));
     }
     let node = evalmesh_worker::transport::NodeShare::of(&world);
     if rank == 0 {
         // The outcome is printed first: once told to stop, a failed worker exits non-zero
         // and mpirun may end this rank before it could say why.
-        let code = report(evalmesh::cli::execute(cli, Some(&world)).map_err(anyhow::Error::from));
+        let code = report_command(evalmesh::cli::execute(cli, Some(&world)));
         // Success or failure, every worker is told to stop, so that no rank is left waiting.
         for worker in 1..world.size() {
             evalmesh_worker::transport::send(&world, worker, &ToWorker::Shutdown);
         }
         code
     } else {
+        if let Err(e) = evalmesh::signals::leave_stopping_to_the_coordinator() {
+            return report(Err(anyhow::Error::from(e).context("signal handlers")));
+        }
         report(evalmesh_worker::node::serve(rank, node).map_err(anyhow::Error::from))
     }
 }

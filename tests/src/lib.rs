@@ -118,3 +118,68 @@ impl EditableGguf {
         std::fs::write(path, write(&metadata, &self.tensors)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
+
+/// `mpirun --oversubscribe -np N evalmesh ARGS`, as root would need it (OpenMPI refuses
+/// root without the two variables), with warnings only from the ranks.
+pub fn mpirun_command(np: usize, args: &[&str]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &np.to_string()])
+        .arg(evalmesh_bin())
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Prints a finished command's exit and output, so that a failing test shows them.
+pub fn print_output(what: &str, output: &Output) {
+    eprintln!(
+        "$ {what}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The tree keys recorded in a journal, in order (none if it does not exist yet).
+pub fn journal_keys(journal: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    text.lines().filter_map(|l| Some(l.split("\"key\":\"").nth(1)?.split('"').next()?.to_string())).collect()
+}
+
+/// The PID of MPI rank `rank` among the processes whose environment holds `marker`
+/// (`NAME=VALUE`, set on the launcher, which passes it to its ranks).
+pub fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
+    let rank_var = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+        let has = |var: &str| vars.contains(&var.as_bytes());
+        (has(marker) && has(&rank_var)).then_some(pid)
+    })
+}
+
+/// `evalmesh run` arguments for the first `limit` of llama.cpp's HellaSwag items, in
+/// micro-batches of about one tree (so that a fault lands part-way), one thread per
+/// rank, with samples beside `out`.
+pub fn hellaswag_sample_args(out: &Path, limit: usize) -> Vec<String> {
+    let (model, data) = (test_model(), shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl"));
+    let limit = limit.to_string();
+    let args = ["run", "--model", path_str(&model), "--task", "multiple_choice", "--data", path_str(&data)];
+    let more =
+        ["--limit", &limit, "--batch-tokens", "256", "--threads", "1", "--log-samples", "--output", path_str(out)];
+    args.iter().chain(more.iter()).map(|s| s.to_string()).collect()
+}
+
+/// The samples file a `hellaswag_sample_args` run wrote beside `out`.
+pub fn hellaswag_samples(out: &Path) -> Vec<u8> {
+    let path = out.with_file_name("samples_multiple_choice.jsonl");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A path as the UTF-8 the command lines of the tests need.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
+}

@@ -6,30 +6,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use evalmesh_tests::{assert_clean_error, evalmesh_bin, run_evalmesh, shared_dir, test_model, EditableGguf};
+use evalmesh_tests::{
+    assert_clean_error, mpirun_command, print_output, run_evalmesh, shared_dir, test_model, EditableGguf,
+};
 
-/// Runs evalmesh under `mpirun -np N --oversubscribe` as root would need; prints the command and output.
+/// Runs evalmesh under `mpirun`; prints the command and output.
 fn mpirun(np: usize, args: &[&str]) -> Output {
-    let bin = evalmesh_bin();
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-np", &np.to_string()])
-        .arg(&bin)
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RUST_LOG", "warn");
-    let output =
-        cmd.output().unwrap_or_else(|e| panic!("cannot start mpirun (scripts/setup.sh installs OpenMPI): {e}"));
-    eprintln!("$ mpirun --oversubscribe -np {np} {} {}", bin.display(), args.join(" "));
-    eprintln!(
-        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = mpirun_command(np, args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start mpirun (scripts/setup.sh installs OpenMPI): {e}"));
+    print_output(&format!("mpirun -np {np} evalmesh {}", args.join(" ")), &output);
     output
 }
 
