@@ -61,7 +61,7 @@ pub enum PlanError {
     TooManyShards { tp: usize, groups: usize },
     #[error("a distributed run needs at least one worker: start 2 or more ranks (mpirun -np 2 or more)")]
     NoWorkers,
-    #[error("{stages} pipeline stages for a model of {layers} layers: use at most {layers} stages")]
+    #[error("--pp {stages}: {stages} pipeline stages for a model of {layers} layers; use at most --pp {layers}")]
     TooManyStages { stages: usize, layers: usize },
     #[error("a pipeline needs at least one stage")]
     NoStages,

@@ -44,6 +44,8 @@ pub enum CliError {
     Plan(#[from] PlanError),
     #[error("{0} measures MPI transfers: start it with mpirun -np 2 evalmesh {0}")]
     NeedsMpi(&'static str),
+    #[error("{0} spreads the model over worker ranks, and this is one process: start it under mpirun or srun (for example mpirun -np 3 evalmesh run …), or leave out {0}")]
+    LayoutNeedsRanks(String),
     #[error(transparent)]
     PingPong(#[from] crate::pingpong::PingPongError),
     #[error(transparent)]
@@ -613,7 +615,8 @@ fn write_trace(path: &Path, ranks: &[(i32, WorkerStats)], details: &serde_json::
         }
     }
     let text = serde_json::to_string(&json!({"traceEvents": events, "displayTimeUnit": "ms"})).unwrap_or_default();
-    std::fs::write(path, text).map_err(|error| CliError::Io { path: path.to_path_buf(), error })
+    crate::results::write_atomically(path, text.as_bytes())
+        .map_err(|error| CliError::Io { path: path.to_path_buf(), error })
 }
 
 /// `--limit`: a count of documents, or a fraction below 1.
@@ -668,6 +671,21 @@ impl From<StrategyArg> for Strategy {
 fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError> {
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
+    }
+    if args.ctx == Some(0) {
+        return Err(CliError::TooSmall { flag: "--ctx", min: 1, value: 0 });
+    }
+    if world.is_none() {
+        let sizes = [("--dp", args.dp), ("--pp", args.pp), ("--tp", args.tp)];
+        if let Some((flag, Some(n))) = sizes.iter().find(|(_, n)| n.is_some()) {
+            return Err(CliError::LayoutNeedsRanks(format!("{flag} {n}")));
+        }
+        if args.strategy != StrategyArg::Auto {
+            let name = clap::ValueEnum::to_possible_value(&args.strategy)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            return Err(CliError::LayoutNeedsRanks(format!("--strategy {name}")));
+        }
     }
     if let Some(threads) = args.threads {
         if threads == 0 {

@@ -3,7 +3,6 @@
 //! metrics and fills the report and the per-sample logs.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -349,8 +348,7 @@ fn write_samples(
     docs: &[crate::tasks::Doc],
     per_doc: &[(Vec<RequestScore>, Outcome)],
 ) -> Result<(), EvaluateError> {
-    let err = |error| EvaluateError::Samples { path: path.to_path_buf(), error };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    let mut out = Vec::new();
     for (doc, (scores, outcome)) in docs.iter().zip(per_doc) {
         let requests: Vec<Value> = doc
             .requests
@@ -376,7 +374,8 @@ fn write_samples(
             _ => Value::Null,
         };
         let line = json!({"doc_id": doc.id, "gold": gold, "requests": requests, "metrics": metrics});
-        writeln!(out, "{line}").map_err(err)?;
+        out.extend_from_slice(format!("{line}\n").as_bytes());
     }
-    out.flush().map_err(err)
+    crate::results::write_atomically(path, &out)
+        .map_err(|error| EvaluateError::Samples { path: path.to_path_buf(), error })
 }

@@ -4,8 +4,9 @@
 //! rest, whatever the batch size, engine or rank count was before.
 //!
 //! Lines: a header `{"evalmesh_journal":1,"model":FINGERPRINT}`, a line per task
-//! `{"task":NAME,"config":HASH}`, and a record per tree `{"key":HASH,"scores":…}`. A line
-//! cut short by a crash is ignored; it is always the last one.
+//! `{"task":NAME,"config":HASH}`, and a record per tree `{"key":HASH,"scores":…,"check":SUM}`
+//! whose checksum covers its key and scores. A line cut short by a crash is dropped (it is
+//! always the last one); a record whose checksum fails is refused with its line number.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,7 +24,7 @@ pub enum JournalError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("journal {} exists from an earlier run: pass --resume to reuse its scores, or --overwrite to start again", path.display())]
     Exists { path: PathBuf },
-    #[error("journal {} was written for model {theirs}, but this run's model is {ours}: delete the journal or run without --resume", path.display())]
+    #[error("journal {} was written for another model (fingerprint {theirs}; this run's model is {ours}): delete the journal, or pass --overwrite instead of --resume to start again", path.display())]
     OtherModel { path: PathBuf, theirs: String, ours: String },
     #[error("journal {} holds task {task} with another configuration (for example --num-fewshot or --ctx changed): delete the journal or restore the settings", path.display())]
     OtherTaskConfig { path: PathBuf, task: String },
@@ -50,7 +51,17 @@ enum Line {
     Record {
         key: String,
         scores: TreeScores,
+        /// [`record_check`] of the key and scores (absent in journals from before checksums).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<String>,
     },
+}
+
+/// A record's checksum: the first 16 hex digits of the SHA-256 of its key and its scores
+/// as written (serde_json writes every f32 the same way each time).
+fn record_check(key: &str, scores: &TreeScores) -> String {
+    let json = serde_json::to_vec(scores).unwrap_or_default();
+    hash_hex(&[key.as_bytes(), &json])[..16].to_string()
 }
 
 fn first_arithmetic() -> u32 {
@@ -146,7 +157,12 @@ impl Journal {
                     Line::Task { task, config } => {
                         tasks.insert(task, config);
                     }
-                    Line::Record { key, scores } => {
+                    Line::Record { key, scores, check } => {
+                        if check.is_some_and(|c| c != record_check(&key, &scores)) {
+                            return Err(corrupt(
+                                "its checksum does not match its scores (the file was damaged): delete this line to compute the tree again".into(),
+                            ));
+                        }
                         done.insert(key, scores);
                     }
                 }
@@ -188,7 +204,8 @@ impl Journal {
 
     /// Appends a finished tree, written through to the file at once.
     pub fn record(&mut self, key: String, scores: TreeScores) -> Result<(), JournalError> {
-        self.append(&Line::Record { key: key.clone(), scores: scores.clone() })?;
+        let check = Some(record_check(&key, &scores));
+        self.append(&Line::Record { key: key.clone(), scores: scores.clone(), check })?;
         self.done.insert(key, scores);
         Ok(())
     }
@@ -245,6 +262,22 @@ mod tests {
         let err = Journal::open(&path, "m", true, false).err().unwrap();
         assert!(matches!(err, JournalError::OtherArithmetic { theirs: 1, .. }), "{err}");
         assert!(err.to_string().contains("bit for bit"));
+    }
+
+    #[test]
+    fn a_damaged_record_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        j.record("k1".into(), scores(-1.25)).unwrap();
+        j.record("k2".into(), scores(-2.5)).unwrap();
+        drop(j);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"check\":"));
+        std::fs::write(&path, text.replace("-2.5", "-2.25")).unwrap();
+        let err = Journal::open(&path, "m", true, false).err().unwrap();
+        assert!(matches!(err, JournalError::Corrupt { line: 3, .. }), "{err}");
+        assert!(err.to_string().contains("checksum"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub enum ModelError {
     Weights(#[from] WeightError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("tokenizer has {tokenizer} tokens but the model's vocabulary is {model}: they do not belong together")]
-    VocabularyMismatch { tokenizer: usize, model: usize },
+    #[error("tokenizer {} has {tokenizer} tokens but the model's vocabulary is {model}: they do not belong together; pass the model's own tokenizer with --tokenizer", path.display())]
+    VocabularyMismatch { path: PathBuf, tokenizer: usize, model: usize },
 }
 
 pub struct Model {
@@ -41,14 +41,19 @@ impl Model {
             };
             (Box::new(gguf), tok)
         };
-        let tokenizer = match (own_tokenizer, tokenizer) {
-            (Some(t), _) => t,
-            (None, Some(file)) => TextTokenizer::from_file(file)?,
-            (None, None) => TextTokenizer::from_file(&path.join("tokenizer.json"))?,
+        let (tokenizer, tokenizer_path) = match (own_tokenizer, tokenizer) {
+            (Some(t), _) => (t, path.to_path_buf()),
+            (None, Some(file)) => (TextTokenizer::from_file(file)?, file.to_path_buf()),
+            (None, None) => {
+                let file = path.join("tokenizer.json");
+                (TextTokenizer::from_file(&file)?, file)
+            }
         };
-        let model_vocab = source.config().vocab_size;
-        if tokenizer.vocab_size() > model_vocab {
-            return Err(ModelError::VocabularyMismatch { tokenizer: tokenizer.vocab_size(), model: model_vocab });
+        // A model's embedding may have a few more rows than its tokenizer has tokens
+        // (padded to a round size: Qwen2 and Phi-3 pad by under 1%), never fewer.
+        let (tokens, model_vocab) = (tokenizer.vocab_size(), source.config().vocab_size);
+        if tokens > model_vocab || (tokens as f64) < 0.9 * model_vocab as f64 {
+            return Err(ModelError::VocabularyMismatch { path: tokenizer_path, tokenizer: tokens, model: model_vocab });
         }
         Ok(Model { source, tokenizer })
     }

@@ -26,16 +26,14 @@ pub fn cached_profile_path(cache: &Path) -> PathBuf {
     cache.join(format!("profile-{}.json", host_name()))
 }
 
-/// Writes a profile as JSON through a temporary file, so that readers never see half of it.
+/// Writes a profile as JSON, whole or not at all.
 pub fn write_profile(profile: &HardwareProfile, path: &Path) -> Result<(), PredictionError> {
     let io = |error| PredictionError::Io { path: path.to_path_buf(), error };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let text = serde_json::to_string_pretty(profile).unwrap_or_else(|e| unreachable!("profiles serialise: {e}"));
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temporary, text + "\n").map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)
+    crate::results::write_atomically(path, (text + "\n").as_bytes()).map_err(io)
 }
 
 /// The profile for a run: `--profile FILE`, else this host's cached one, else a quick

@@ -32,15 +32,9 @@ impl Report {
     /// never sees half a file.
     pub fn write(&self, path: &Path) -> Result<(), ResultsError> {
         let err = |error| ResultsError { path: path.to_path_buf(), error };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| err(e.into()))?;
-        tmp.write_all(&json).and_then(|_| tmp.write_all(b"\n")).map_err(err)?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(())
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| err(e.into()))?;
+        json.push(b'\n');
+        write_atomically(path, &json).map_err(err)
     }
 
     /// A table of every task's metrics with their standard errors, like lm-evaluation-harness prints.
@@ -58,4 +52,18 @@ impl Report {
         }
         out
     }
+}
+
+/// Writes a file through a temporary file beside it and a rename, so that a reader (or
+/// a run killed part-way) never leaves half a file: every file evalmesh writes whole
+/// goes through here.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

@@ -183,3 +183,15 @@ pub fn hellaswag_samples(out: &Path) -> Vec<u8> {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
 }
+
+/// Where the data offset of tensor `name` sits in a GGUF file's header: after the name
+/// (u64 length and bytes), the dimension count (u32), the dimensions (u64 each) and the
+/// type (u32).
+pub fn gguf_tensor_offset_field(bytes: &[u8], name: &str) -> usize {
+    let mut needle = (name.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(name.as_bytes());
+    let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("no tensor {name}"));
+    let dims_at = at + needle.len();
+    let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap_or_default()) as usize;
+    dims_at + 4 + 8 * dims + 4
+}

@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use evalmesh_tests::{assert_clean_error, run_evalmesh, test_model, EditableGguf};
+use evalmesh_tests::{assert_clean_error, gguf_tensor_offset_field, run_evalmesh, test_model, EditableGguf};
 use evalmesh_worker::weights::gguf::Value;
 
 fn run_with_model(model: &Path) -> std::process::Output {
@@ -121,4 +121,186 @@ fn cuda_without_a_gpu() {
     // Without the cuda feature the error says how to build it; with it, no GPU loads here.
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
     assert_clean_error(&output, &["cuda", "--device cpu"]);
+}
+
+#[test]
+fn empty_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.gguf");
+    std::fs::write(&path, b"").unwrap();
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "empty"]);
+}
+
+#[test]
+fn unsupported_gguf_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("version.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    bytes[4..8].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "version 99", "2 and 3"]);
+}
+
+/// Rewrites one tensor's data offset in the test model's header.
+fn with_tensor_offset(name: &str, offset: impl Fn(u64) -> u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("offset.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    let field = gguf_tensor_offset_field(&bytes, name);
+    let old = u64::from_le_bytes(bytes[field..field + 8].try_into().unwrap());
+    bytes[field..field + 8].copy_from_slice(&offset(old).to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn tensor_offset_past_the_end() {
+    let (_dir, path) = with_tensor_offset("blk.7.attn_v.weight", |_| 1 << 40);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.7.attn_v.weight", "past the end"]);
+}
+
+#[test]
+fn overlapping_tensors() {
+    // Move blk.2.attn_k.weight's data 32 bytes back, into whichever tensor is stored before it.
+    let (_dir, path) = with_tensor_offset("blk.2.attn_k.weight", |offset| offset - 32);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.2.attn_k.weight", "overlap"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    model.tensors.retain(|t| t.name != "blk.5.ffn_up.weight");
+    model.write(&path);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.5.ffn_up.weight", "missing"]);
+}
+
+#[test]
+fn non_finite_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nan.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    let t = model.tensors.iter_mut().find(|t| t.name == "blk.9.attn_output.weight").unwrap();
+    t.bytes[..2].copy_from_slice(&[0x00, 0x7C]); // the first Q4_1 block's scale: f16 infinity
+    model.write(&path);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.9.attn_output.weight", "non-finite"]);
+}
+
+#[test]
+fn heads_that_do_not_divide_the_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heads.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    model.set("llama.attention.head_count", Value::Uint(7));
+    model.write(&path);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "head_count", "7"]);
+}
+
+#[test]
+fn zero_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layers.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    model.set("llama.block_count", Value::Uint(0));
+    model.write(&path);
+    assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "block_count", "0"]);
+}
+
+#[test]
+fn missing_tokenizer_file() {
+    let model = test_model();
+    let output =
+        run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--tokenizer", "/nonexistent/tokenizer.json"]);
+    assert_clean_error(&output, &["/nonexistent/tokenizer.json"]);
+}
+
+#[test]
+fn tokenizer_with_another_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..100).map(|i| (format!("t{i}"), serde_json::Value::from(i))).collect();
+    let tokenizer = serde_json::json!({"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+        "pre_tokenizer": {"type": "Whitespace"}});
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let model = test_model();
+    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--tokenizer", path.to_str().unwrap()]);
+    assert_clean_error(&output, &[path.to_str().unwrap(), "100", "49152"]);
+}
+
+#[test]
+fn pipeline_without_mpirun() {
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--strategy", "pp"]);
+    assert_clean_error(&output, &["--strategy pp", "mpirun -np 3"]);
+}
+
+#[test]
+fn output_folder_that_cannot_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = file.join("results.json");
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert_clean_error(&output, &[file.to_str().unwrap()]);
+}
+
+#[test]
+fn zero_batch_tokens() {
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--batch-tokens", "0"]);
+    assert_clean_error(&output, &["--batch-tokens"]);
+}
+
+#[test]
+fn zero_context() {
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--ctx", "0"]);
+    assert_clean_error(&output, &["--ctx"]);
+}
+
+#[test]
+fn journal_of_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, &evalmesh::tasks::perplexity::BUILTIN_TEXT[..2000]).unwrap();
+    let out = dir.path().join("r.json");
+    let other = dir.path().join("other.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    model.set("general.name", Value::String("another model".into()));
+    model.write(&other);
+    let run = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["run", "--model", model.to_str().unwrap(), "--data", text.to_str().unwrap()];
+        args.extend_from_slice(&["--ctx", "128", "--output", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        run_evalmesh(&args)
+    };
+    assert!(run(&test_model(), &[]).status.success());
+    let journal = dir.path().join("r.journal.jsonl");
+    let before = std::fs::read(&journal).unwrap();
+    assert_clean_error(&run(&other, &["--resume"]), &[journal.to_str().unwrap(), "another model", "--overwrite"]);
+    assert_eq!(std::fs::read(&journal).unwrap(), before, "the journal changed");
+}
+
+#[test]
+fn hostile_safetensors_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 16});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    // A header length of 2^60 bytes in an 8-byte file.
+    std::fs::write(dir.path().join("model.safetensors"), (1u64 << 60).to_le_bytes()).unwrap();
+    let output = run_with_model(dir.path());
+    assert_clean_error(&output, &["model.safetensors"]);
+}
+
+#[test]
+fn finite_weights_whose_activations_overflow() {
+    // The final norm's scales near f32's largest value: the logits overflow, the scores are NaN.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overflow.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    let t = model.tensors.iter_mut().find(|t| t.name == "output_norm.weight").unwrap();
+    assert_eq!(t.type_code, 0, "output_norm.weight is F32");
+    t.bytes = 3.0e38f32.to_le_bytes().repeat(t.bytes.len() / 4);
+    model.write(&path);
+    assert_clean_error(&run_with_model(&path), &["non-finite scores", "overflow"]);
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use evalmesh_tests::{
     assert_clean_error, mpirun_command, print_output, run_evalmesh, shared_dir, test_model, EditableGguf,
 };
+use evalmesh_worker::weights::gguf::Value;
 
 /// Runs evalmesh under `mpirun`; prints the command and output.
 fn mpirun(np: usize, args: &[&str]) -> Output {
@@ -98,6 +99,17 @@ fn impossible_layouts_are_refused() {
     // The test model has 3 KV-head groups to share out.
     let output = mpirun(5, &["run", "--model", test_model().to_str().unwrap(), "--strategy", "tp"]);
     assert_clean_error(&output, &["--tp 4", "3 KV-head groups", "1 to 3"]);
+    // More stages than layers: the test model cut to its first two layers.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-layers.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    model.set("llama.block_count", Value::Uint(2));
+    model
+        .tensors
+        .retain(|t| t.name.strip_prefix("blk.").is_none_or(|rest| rest.starts_with("0.") || rest.starts_with("1.")));
+    model.write(&path);
+    let output = mpirun(4, &["run", "--model", path.to_str().unwrap(), "--pp", "3"]);
+    assert_clean_error(&output, &["--pp 3", "2 layers"]);
 }
 
 #[test]

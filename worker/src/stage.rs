@@ -23,6 +23,8 @@ pub enum StageError {
     Backend(#[from] BackendError),
     #[error("stage {0}")]
     Spec(String),
+    #[error("the model computed non-finite scores (NaN or infinity) for {count} of {total} tokens: its weights are finite, so its activations overflow; check that the model file is what it claims to be")]
+    NonFiniteScores { count: usize, total: usize },
 }
 
 /// What a stage receives: token ids (first stage) or hidden states from the previous stage.
@@ -234,6 +236,10 @@ impl<B: Backend> LlamaStage<B> {
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
             let h = b.rms_norm(&b.gather_rows(&x, &rows)?, &head.norm, c.rms_norm_eps)?;
             scores.extend(b.score(&b.matmul_t(&h, &head.weight)?, &targets)?);
+        }
+        let count = scores.iter().filter(|s| !s.logprob.is_finite()).count();
+        if count > 0 {
+            return Err(StageError::NonFiniteScores { count, total: scores.len() });
         }
         Ok(StageOutput::Scores(scores))
     }
