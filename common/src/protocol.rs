@@ -1,6 +1,7 @@
 //! Control messages between the coordinator (rank 0) and the workers: plain serde enums,
 //! bincode-encoded, one tag. The first message to a worker is its setup, which carries
-//! the protocol version; decoding never trusts a length beyond [`MAX_MESSAGE_BYTES`].
+//! the protocol version; decoding never trusts a length beyond a cap proportional to the
+//! message's size (and never beyond [`MAX_MESSAGE_BYTES`]).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -115,9 +116,25 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(message, config()).unwrap_or_default()
 }
 
+/// Decodes a message that must fill `bytes` exactly. A length inside the message may
+/// claim memory only in proportion to the bytes it came in: a decoded message takes at
+/// most about 16 times its encoding (a one-byte varint becomes up to 16 bytes with
+/// padding), so claims are capped at the first power-of-two tier above 64 times the
+/// input, and a few hostile bytes cannot make a rank allocate gigabytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    match bytes.len().saturating_mul(64) {
+        claim if claim <= 1 << 16 => decode_within::<T, { 1 << 16 }>(bytes),
+        claim if claim <= 1 << 20 => decode_within::<T, { 1 << 20 }>(bytes),
+        claim if claim <= 1 << 24 => decode_within::<T, { 1 << 24 }>(bytes),
+        claim if claim <= 1 << 28 => decode_within::<T, { 1 << 28 }>(bytes),
+        _ => decode_within::<T, MAX_MESSAGE_BYTES>(bytes),
+    }
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
     let (message, used) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| ProtocolError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(ProtocolError::Decode(format!("{} trailing bytes", bytes.len() - used)));
     }
@@ -145,6 +162,11 @@ mod tests {
         assert_eq!(decode::<ToWorker>(&encode(&msg)).unwrap(), msg);
         let reply = ToCoordinator::Scores { id: 7, scores: vec![TokenScore { logprob: -1.5, greedy: true }] };
         assert_eq!(decode::<ToCoordinator>(&encode(&reply)).unwrap(), reply);
+        // A long run's timeline: large, and dense in memory for its encoding.
+        let event = TraceEvent { name: "compute".into(), start_us: 1, duration_us: 2, thread: 0, batch: Some(3) };
+        let stats = WorkerStats { trace: vec![event; 200_000], ..WorkerStats::default() };
+        let report = ToCoordinator::Stats { stats: Box::new(stats) };
+        assert_eq!(decode::<ToCoordinator>(&encode(&report)).unwrap(), report);
     }
 
     #[test]

@@ -102,6 +102,32 @@ pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<serde_json::Value, Tokeniz
     }))
 }
 
+/// Checks a BPE model's merges before the tokenizers library builds it (which panics on
+/// a merge longer than every token instead of refusing it): each merge must join two
+/// tokens of the vocabulary into a third, as the library then checks.
+fn check_merges(tokenizer: &serde_json::Value) -> Result<(), String> {
+    let model = &tokenizer["model"];
+    let (Some("BPE"), Some(vocab), Some(merges)) =
+        (model["type"].as_str(), model["vocab"].as_object(), model["merges"].as_array())
+    else {
+        return Ok(());
+    };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let pair = match merge {
+            serde_json::Value::String(s) => s.split_once(' '),
+            serde_json::Value::Array(p) => p.first().and_then(|a| Some((a.as_str()?, p.get(1)?.as_str()?))),
+            _ => None,
+        };
+        let Some((a, b)) = pair else { return Err(format!("merge {i} is not a pair of tokens: {merge}")) };
+        let joined = format!("{a}{}", b.strip_prefix(prefix).unwrap_or(b));
+        if ![a, b, &joined].iter().all(|t| vocab.contains_key(*t)) {
+            return Err(format!("merge {i} `{a} {b}` does not join two tokens of the vocabulary into a third"));
+        }
+    }
+    Ok(())
+}
+
 /// A tokenizer with the model's BOS policy.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -113,10 +139,12 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let json = gguf_tokenizer_json(file)?;
-        let inner = json.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| TokenizerError::Model {
-            path: file.path.clone(),
-            problem: format!("tokenizer from GGUF vocabulary: {e}"),
-        })?;
+        let bad = |problem: String| TokenizerError::Model { path: file.path.clone(), problem };
+        check_merges(&json).map_err(|e| bad(format!("tokenizer.ggml.merges: {e}")))?;
+        let inner = json
+            .to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| bad(format!("tokenizer from GGUF vocabulary: {e}")))?;
         let id = |key: &str| file.get(key).and_then(Value::as_u64).map(|v| v as u32);
         Ok(TextTokenizer {
             inner,
@@ -129,8 +157,11 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json`. Like lm-evaluation-harness, no BOS is added; the
     /// BOS and EOS ids come from the special tokens the file names.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::File { path: path.to_path_buf(), problem: e.to_string() })?;
+        let bad = |problem: String| TokenizerError::File { path: path.to_path_buf(), problem };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        check_merges(&json).map_err(bad)?;
+        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| bad(e.to_string()))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>", "<|endoftext|>"]);
         let eos = find(&["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"]);

@@ -2,6 +2,8 @@
 //! shared reference data are, running the binary with its command and output printed
 //! on failure, and rewriting GGUF files to make bad inputs.
 
+pub mod fuzz;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

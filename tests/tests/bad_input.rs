@@ -304,3 +304,36 @@ fn finite_weights_whose_activations_overflow() {
     model.write(&path);
     assert_clean_error(&run_with_model(&path), &["non-finite scores", "overflow"]);
 }
+
+#[test]
+fn truncated_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 16});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    // The header promises 10 × 8 f32 (320 bytes); the file holds 16.
+    let header = br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[10,8],"data_offsets":[0,320]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+    assert_clean_error(
+        &run_with_model(dir.path()),
+        &["model.safetensors", "not a valid safetensors file", "not fully covered"],
+    );
+}
+
+#[test]
+fn tokenizer_merge_outside_the_vocabulary() {
+    // The tokenizers library panics on this merge (longer than every token); evalmesh refuses it first.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..49152).map(|i| (format!("t{i}"), serde_json::Value::from(i))).collect();
+    let tokenizer =
+        serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": ["t40000 t40001"]}});
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let model = test_model();
+    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--tokenizer", path.to_str().unwrap()]);
+    assert_clean_error(&output, &[path.to_str().unwrap(), "merge 0 `t40000 t40001`"]);
+}

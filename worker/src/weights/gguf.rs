@@ -91,15 +91,24 @@ pub struct GgufFile {
     map: Mmap,
 }
 
-impl GgufFile {
-    pub fn open(path: &Path) -> Result<Self, WeightError> {
-        let file = File::open(path).map_err(|e| WeightError::io(path, e))?;
-        // SAFETY: the map is read-only and private to this process; evalmesh never writes
-        // model files, and a file changed under a running evaluation is outside its contract.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(path, e))?;
+/// A GGUF header: version, metadata and tensor directory, checked against the length of
+/// the bytes it came from (every tensor lies inside them, none overlaps another).
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl GgufHeader {
+    /// Parses the header at the start of `bytes`, the whole file at `path` (named in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, WeightError> {
         let bad = |problem: String| WeightError::Format { path: path.to_path_buf(), problem };
-        let mut r = Reader { bytes: &map, pos: 0 };
-        let magic = r.take(4).map_err(|_| bad(format!("file is {} bytes, too short for a GGUF header", map.len())))?;
+        let mut r = Reader { bytes, pos: 0 };
+        if bytes.is_empty() {
+            return Err(bad("the file is empty: not a GGUF file".into()));
+        }
+        let magic =
+            r.take(4).map_err(|_| bad(format!("file is {} bytes, too short for a GGUF header", bytes.len())))?;
         if magic != MAGIC {
             return Err(bad(format!("wrong magic {magic:02x?}: not a GGUF file")));
         }
@@ -128,7 +137,7 @@ impl GgufFile {
             infos.push(info);
         }
         let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = map.len() as u64;
+        let file_len = bytes.len() as u64;
         let mut tensors = BTreeMap::new();
         for (name, dims, code, relative) in infos {
             let ggml_type = GgmlType::from_code(code)
@@ -157,6 +166,17 @@ impl GgufFile {
             }
         }
         check_overlaps(&tensors).map_err(bad)?;
+        Ok(GgufHeader { version, metadata, tensors })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, WeightError> {
+        let file = File::open(path).map_err(|e| WeightError::io(path, e))?;
+        // SAFETY: the map is read-only and private to this process; evalmesh never writes
+        // model files, and a file changed under a running evaluation is outside its contract.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(path, e))?;
+        let GgufHeader { version, metadata, tensors } = GgufHeader::parse(path, &map)?;
         Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, map })
     }
 

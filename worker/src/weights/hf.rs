@@ -48,11 +48,19 @@ fn open_shard(path: PathBuf) -> Result<Shard, WeightError> {
     let file = File::open(&path).map_err(|e| WeightError::io(&path, e))?;
     // SAFETY: read-only private map of a file evalmesh never writes (see gguf.rs).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(&path, e))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
-        path: path.clone(),
+    let (data_start, metadata) = read_shard_header(&path, &map)?;
+    Ok(Shard { path, map, data_start, metadata })
+}
+
+/// The header of a safetensors file held in `bytes`: where its data starts and its
+/// tensors. The safetensors crate checks that the tensors tile the data exactly, so
+/// every tensor lies inside `bytes`.
+pub fn read_shard_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata), WeightError> {
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightError::Format {
+        path: path.to_path_buf(),
         problem: format!("not a valid safetensors file: {e}"),
     })?;
-    Ok(Shard { path, map, data_start: 8 + header_len, metadata })
+    Ok((8 + header_len, metadata))
 }
 
 impl HfModel {

@@ -16,7 +16,7 @@ use evalmesh_common::{ConfigError, ModelConfig};
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
-pub use hf::{hf_tensor_name, HfModel};
+pub use hf::{hf_tensor_name, read_shard_header, HfModel};
 
 /// Why a model's weights could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzzes evalmesh_tests::fuzz::task_files (see there for what it checks).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| evalmesh_tests::fuzz::task_files(data));
