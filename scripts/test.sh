@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need, builds the binary the integration
-# tests run, lints (with and without the cuda feature), then runs the unit and
-# integration tests of the whole workspace.
+# tests run, lints (with and without the cuda feature), runs the unit and integration
+# tests of the whole workspace (a real mpirun and a real local Slurm among them), then a
+# 30-second fuzzing run of each target where the nightly toolchain and cargo-fuzz are
+# installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +17,8 @@ cargo clippy --locked --workspace --all-targets --features evalmesh/cuda -- -D w
 cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
 cargo fmt --all -- --check
 cargo test --locked --workspace
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    scripts/fuzz.sh 30
+else
+    echo "test: no fuzzing smoke run: it needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz --locked)" >&2
+fi

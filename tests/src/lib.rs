@@ -197,3 +197,24 @@ pub fn gguf_tensor_offset_field(bytes: &[u8], name: &str) -> usize {
     let dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap_or_default()) as usize;
     dims_at + 4 + 8 * dims + 4
 }
+
+/// The test model with `edit` applied, written to a temporary folder (kept alive by the
+/// returned guard).
+pub fn edited_model(edit: impl FnOnce(&mut EditableGguf)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+    let path = dir.path().join("edited.gguf");
+    let mut model = EditableGguf::read(&test_model());
+    edit(&mut model);
+    model.write(&path);
+    (dir, path)
+}
+
+/// The test model's bytes with `edit` applied, written to a temporary folder.
+pub fn edited_bytes(edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+    let path = dir.path().join("edited.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap_or_else(|e| panic!("test model: {e}"));
+    edit(&mut bytes);
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (dir, path)
+}

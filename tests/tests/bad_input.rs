@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use evalmesh_tests::{assert_clean_error, gguf_tensor_offset_field, run_evalmesh, test_model, EditableGguf};
+use evalmesh_tests::{
+    assert_clean_error, edited_bytes, edited_model, gguf_tensor_offset_field, run_evalmesh, test_model,
+};
 use evalmesh_worker::weights::gguf::Value;
 
 fn run_with_model(model: &Path) -> std::process::Output {
@@ -14,41 +16,27 @@ fn run_with_model(model: &Path) -> std::process::Output {
 
 #[test]
 fn truncated_gguf() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("truncated.gguf");
-    let bytes = std::fs::read(test_model()).unwrap();
-    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let (_dir, path) = edited_bytes(|bytes| bytes.truncate(bytes.len() / 2));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "past the end of the file", "truncated"]);
 }
 
 #[test]
 fn wrong_magic() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("magic.gguf");
-    let mut bytes = std::fs::read(test_model()).unwrap()[..4096].to_vec();
-    bytes[..4].copy_from_slice(b"GGML");
-    std::fs::write(&path, bytes).unwrap();
+    let (_dir, path) = edited_bytes(|bytes| bytes[..4].copy_from_slice(b"GGML"));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "wrong magic", "not a GGUF file"]);
 }
 
 #[test]
 fn unknown_tensor_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("type.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    let t = model.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
-    t.type_code = 99;
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| {
+        model.tensors.iter_mut().find(|t| t.name == "blk.0.attn_q.weight").unwrap().type_code = 99;
+    });
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.0.attn_q.weight", "type code 99"]);
 }
 
 #[test]
 fn tensor_shape_contradicts_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("shape.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.set("llama.feed_forward_length", Value::Uint(1024));
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| model.set("llama.feed_forward_length", Value::Uint(1024)));
     assert_clean_error(
         &run_with_model(&path),
         &[path.to_str().unwrap(), "blk.0.ffn_gate.weight", "1536 × 576", "1024 × 576"],
@@ -57,11 +45,7 @@ fn tensor_shape_contradicts_config() {
 
 #[test]
 fn config_missing_a_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.remove("llama.embedding_length");
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| model.remove("llama.embedding_length"));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "llama.embedding_length", "missing"]);
 }
 
@@ -125,32 +109,23 @@ fn cuda_without_a_gpu() {
 
 #[test]
 fn empty_model_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("empty.gguf");
-    std::fs::write(&path, b"").unwrap();
+    let (_dir, path) = edited_bytes(Vec::clear);
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "empty"]);
 }
 
 #[test]
 fn unsupported_gguf_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("version.gguf");
-    let mut bytes = std::fs::read(test_model()).unwrap();
-    bytes[4..8].copy_from_slice(&99u32.to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
+    let (_dir, path) = edited_bytes(|bytes| bytes[4..8].copy_from_slice(&99u32.to_le_bytes()));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "version 99", "2 and 3"]);
 }
 
 /// Rewrites one tensor's data offset in the test model's header.
 fn with_tensor_offset(name: &str, offset: impl Fn(u64) -> u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("offset.gguf");
-    let mut bytes = std::fs::read(test_model()).unwrap();
-    let field = gguf_tensor_offset_field(&bytes, name);
-    let old = u64::from_le_bytes(bytes[field..field + 8].try_into().unwrap());
-    bytes[field..field + 8].copy_from_slice(&offset(old).to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
-    (dir, path)
+    edited_bytes(|bytes| {
+        let field = gguf_tensor_offset_field(bytes, name);
+        let old = u64::from_le_bytes(bytes[field..field + 8].try_into().unwrap());
+        bytes[field..field + 8].copy_from_slice(&offset(old).to_le_bytes());
+    })
 }
 
 #[test]
@@ -168,42 +143,28 @@ fn overlapping_tensors() {
 
 #[test]
 fn missing_tensor() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("missing.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.tensors.retain(|t| t.name != "blk.5.ffn_up.weight");
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| model.tensors.retain(|t| t.name != "blk.5.ffn_up.weight"));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.5.ffn_up.weight", "missing"]);
 }
 
 #[test]
 fn non_finite_weight() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nan.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    let t = model.tensors.iter_mut().find(|t| t.name == "blk.9.attn_output.weight").unwrap();
-    t.bytes[..2].copy_from_slice(&[0x00, 0x7C]); // the first Q4_1 block's scale: f16 infinity
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| {
+        let t = model.tensors.iter_mut().find(|t| t.name == "blk.9.attn_output.weight").unwrap();
+        t.bytes[..2].copy_from_slice(&[0x00, 0x7C]); // the first Q4_1 block's scale: f16 infinity
+    });
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "blk.9.attn_output.weight", "non-finite"]);
 }
 
 #[test]
 fn heads_that_do_not_divide_the_width() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("heads.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.set("llama.attention.head_count", Value::Uint(7));
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| model.set("llama.attention.head_count", Value::Uint(7)));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "head_count", "7"]);
 }
 
 #[test]
 fn zero_layers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("layers.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.set("llama.block_count", Value::Uint(0));
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| model.set("llama.block_count", Value::Uint(0)));
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "block_count", "0"]);
 }
 
@@ -263,10 +224,7 @@ fn journal_of_another_model() {
     let text = dir.path().join("text.txt");
     std::fs::write(&text, &evalmesh::tasks::perplexity::BUILTIN_TEXT[..2000]).unwrap();
     let out = dir.path().join("r.json");
-    let other = dir.path().join("other.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.set("general.name", Value::String("another model".into()));
-    model.write(&other);
+    let (_other_dir, other) = edited_model(|model| model.set("general.name", Value::String("another model".into())));
     let run = |model: &Path, extra: &[&str]| {
         let mut args = vec!["run", "--model", model.to_str().unwrap(), "--data", text.to_str().unwrap()];
         args.extend_from_slice(&["--ctx", "128", "--output", out.to_str().unwrap()]);
@@ -295,13 +253,11 @@ fn hostile_safetensors_header() {
 #[test]
 fn finite_weights_whose_activations_overflow() {
     // The final norm's scales near f32's largest value: the logits overflow, the scores are NaN.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("overflow.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    let t = model.tensors.iter_mut().find(|t| t.name == "output_norm.weight").unwrap();
-    assert_eq!(t.type_code, 0, "output_norm.weight is F32");
-    t.bytes = 3.0e38f32.to_le_bytes().repeat(t.bytes.len() / 4);
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| {
+        let t = model.tensors.iter_mut().find(|t| t.name == "output_norm.weight").unwrap();
+        assert_eq!(t.type_code, 0, "output_norm.weight is F32");
+        t.bytes = 3.0e38f32.to_le_bytes().repeat(t.bytes.len() / 4);
+    });
     assert_clean_error(&run_with_model(&path), &["non-finite scores", "overflow"]);
 }
 

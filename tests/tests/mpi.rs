@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use evalmesh_tests::{
-    assert_clean_error, mpirun_command, print_output, run_evalmesh, shared_dir, test_model, EditableGguf,
+    assert_clean_error, edited_model, mpirun_command, print_output, run_evalmesh, shared_dir, test_model,
 };
 use evalmesh_worker::weights::gguf::Value;
 
@@ -100,14 +100,11 @@ fn impossible_layouts_are_refused() {
     let output = mpirun(5, &["run", "--model", test_model().to_str().unwrap(), "--strategy", "tp"]);
     assert_clean_error(&output, &["--tp 4", "3 KV-head groups", "1 to 3"]);
     // More stages than layers: the test model cut to its first two layers.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("two-layers.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    model.set("llama.block_count", Value::Uint(2));
-    model
-        .tensors
-        .retain(|t| t.name.strip_prefix("blk.").is_none_or(|rest| rest.starts_with("0.") || rest.starts_with("1.")));
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| {
+        model.set("llama.block_count", Value::Uint(2));
+        let kept = |name: &str| name.strip_prefix("blk.").is_none_or(|r| r.starts_with("0.") || r.starts_with("1."));
+        model.tensors.retain(|t| kept(&t.name));
+    });
     let output = mpirun(4, &["run", "--model", path.to_str().unwrap(), "--pp", "3"]);
     assert_clean_error(&output, &["--pp 3", "2 layers"]);
 }
@@ -126,12 +123,10 @@ fn pingpong_measures_both_paths_under_mpirun_only() {
 fn a_failing_worker_ends_the_run_naming_its_rank() {
     // NaN in one weight: the coordinator reads only the header and loads fine, the workers
     // refuse the tensor at load.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nan.gguf");
-    let mut model = EditableGguf::read(&test_model());
-    let t = model.tensors.iter_mut().find(|t| t.name == "blk.3.ffn_down.weight").unwrap();
-    t.bytes[..2].copy_from_slice(&[0x00, 0x7E]); // the first Q4_1 block's scale: f16 NaN
-    model.write(&path);
+    let (_dir, path) = edited_model(|model| {
+        let t = model.tensors.iter_mut().find(|t| t.name == "blk.3.ffn_down.weight").unwrap();
+        t.bytes[..2].copy_from_slice(&[0x00, 0x7E]); // the first Q4_1 block's scale: f16 NaN
+    });
     let started = Instant::now();
     let output = mpirun(3, &["run", "--model", path.to_str().unwrap()]);
     assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());

@@ -136,6 +136,20 @@ fn assert_same_scores(out: &Path, single: &[u8]) {
     assert_eq!(keys.iter().collect::<HashSet<_>>().len(), LIMIT, "a request was scored twice");
 }
 
+/// Submits the one-node template, applies `interrupt` to the job once its journal holds
+/// a few trees, and checks that it starts again and completes with the single process's
+/// scores. Returns the job's log.
+fn interrupted_job(cluster: &Cluster, out: &Path, single: &[u8], interrupt: &dyn Fn(&str)) -> String {
+    let job = cluster.submit(&["--ntasks=3", "--gpus-per-node=2"], "evalmesh.sbatch", out);
+    waits_for_records(&out.with_file_name("r.journal.jsonl"), 4);
+    interrupt(&job);
+    cluster.wait_completed(&job);
+    assert_same_scores(out, single);
+    let log = std::fs::read_to_string(out.with_file_name("job.out")).unwrap();
+    assert!(log.contains(&format!("job {job} start 2")), "the job did not start again");
+    log
+}
+
 #[test]
 fn the_templates_score_like_the_single_process_across_requeues() {
     let base = tempfile::tempdir().unwrap();
@@ -158,22 +172,13 @@ fn the_templates_score_like_the_single_process_across_requeues() {
     assert_same_scores(&out, &single);
 
     // `scontrol requeue` mid-run: the job starts again and resumes from its journal.
-    let out = job_dir(base.path(), "requeued");
-    let job = cluster.submit(&["--ntasks=3", "--gpus-per-node=2"], "evalmesh.sbatch", &out);
-    waits_for_records(&out.with_file_name("r.journal.jsonl"), 4);
-    cluster.run("scontrol", &["requeue", &job]);
-    cluster.wait_completed(&job);
-    assert_same_scores(&out, &single);
-    let log = std::fs::read_to_string(out.with_file_name("job.out")).unwrap();
-    assert!(log.contains(&format!("job {job} start 2")), "the job did not start again");
-
+    let log = interrupted_job(&cluster, &job_dir(base.path(), "requeued"), &single, &|job| {
+        cluster.run("scontrol", &["requeue", job]);
+    });
+    assert!(!log.contains("requeueing job"), "the template requeued a job Slurm requeued");
     // SIGUSR1 to the job's ranks: rank 0 stops in order and the template requeues the job.
-    let out = job_dir(base.path(), "usr1");
-    let job = cluster.submit(&["--ntasks=3", "--gpus-per-node=2"], "evalmesh.sbatch", &out);
-    waits_for_records(&out.with_file_name("r.journal.jsonl"), 4);
-    cluster.run("scancel", &["--signal=USR1", &job]);
-    cluster.wait_completed(&job);
-    assert_same_scores(&out, &single);
-    let log = std::fs::read_to_string(out.with_file_name("job.out")).unwrap();
-    assert!(log.contains("requeueing job") && log.contains(&format!("job {job} start 2")), "no requeue on SIGUSR1");
+    let log = interrupted_job(&cluster, &job_dir(base.path(), "usr1"), &single, &|job| {
+        cluster.run("scancel", &["--signal=USR1", job]);
+    });
+    assert!(log.contains("requeueing job"), "the template did not requeue the job on SIGUSR1");
 }
