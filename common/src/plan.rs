@@ -149,7 +149,9 @@ pub fn head_cost_in_layers(config: &ModelConfig) -> f64 {
 
 /// Contiguous layer ranges for `stages` pipeline stages that minimise the costliest
 /// stage, each block costing 1, the embedding `embedding` on the first stage and the head
-/// `head` on the last (in blocks).
+/// `head` on the last (in blocks). Of the optimal splits it takes the one whose later
+/// stages hold the most layers, the earlier ones split optimally among themselves.
+/// Time is linear in `stages`, whatever the layer count.
 pub fn partition_layers(
     config: &ModelConfig,
     stages: usize,
@@ -163,34 +165,18 @@ pub fn partition_layers(
     if stages > n {
         return Err(PlanError::TooManyStages { stages, layers: n });
     }
-    // best[k][i]: the least possible costliest stage when layers 0..i make k stages.
-    let mut best = vec![vec![f64::INFINITY; n + 1]; stages + 1];
-    let mut cut = vec![vec![0usize; n + 1]; stages + 1];
-    best[0][0] = 0.0;
-    for k in 1..=stages {
-        for i in k..=n {
-            for j in (k - 1)..i {
-                let mut cost = (i - j) as f64;
-                if k == stages && i == n {
-                    cost += head;
-                }
-                if k == 1 {
-                    cost += embedding;
-                }
-                let worst = best[k - 1][j].max(cost);
-                if worst < best[k][i] {
-                    best[k][i] = worst;
-                    cut[k][i] = j;
-                }
-            }
-        }
-    }
     let mut bounds = vec![n];
-    let mut i = n;
-    for k in (1..=stages).rev() {
-        i = cut[k][i];
-        bounds.push(i);
+    let (mut end, mut last_extra) = (n, head);
+    for k in (2..=stages).rev() {
+        // The last of the first k stages takes all the layers the least costliest stage
+        // of those k allows, leaving one at least to each stage before it.
+        let worst = least_costliest_stage(end, k, embedding, last_extra);
+        let take = ((worst - last_extra).floor().max(1.0) as usize).min(end - (k - 1));
+        end -= take;
+        bounds.push(end);
+        last_extra = 0.0;
     }
+    bounds.push(0);
     bounds.reverse();
     Ok(bounds
         .windows(2)
@@ -202,6 +188,34 @@ pub fn partition_layers(
             groups: 0..config.num_kv_heads,
         })
         .collect())
+}
+
+/// The least costliest stage possible when `layers` blocks make `stages` stages (each of
+/// one block at least), the first carrying `first` more and the last `last` more: the
+/// smallest bound whose stage capacities hold every block, found by bisection.
+fn least_costliest_stage(layers: usize, stages: usize, first: f64, last: f64) -> f64 {
+    let blocks_within = |bound: f64, extra: f64| (bound - extra).floor();
+    let capacity = |bound: f64| -> f64 {
+        let ends = match stages {
+            1 => vec![blocks_within(bound, first + last)],
+            _ => vec![blocks_within(bound, first), blocks_within(bound, last)],
+        };
+        let middle = blocks_within(bound, 0.0);
+        if ends.iter().any(|&c| c < 1.0) || (stages > 2 && middle < 1.0) {
+            return 0.0;
+        }
+        ends.iter().sum::<f64>() + (stages.saturating_sub(2)) as f64 * middle
+    };
+    let (mut low, mut high) = (0.0, layers as f64 + first + last + 1.0);
+    for _ in 0..200 {
+        let mid = 0.5 * (low + high);
+        if capacity(mid) >= layers as f64 {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    high
 }
 
 #[cfg(test)]
@@ -239,6 +253,45 @@ mod tests {
             assert!(plan[0].embedding && plan[stages - 1].head);
             assert_eq!(plan.iter().filter(|s| s.embedding).count(), 1);
             assert_eq!(plan.iter().filter(|s| s.head).count(), 1);
+        }
+    }
+
+    /// The least costliest stage by exhaustive dynamic programming over every cut.
+    fn exhaustive_least_costliest(n: usize, stages: usize, first: f64, last: f64) -> f64 {
+        let mut best = vec![vec![f64::INFINITY; n + 1]; stages + 1];
+        best[0][0] = 0.0;
+        for k in 1..=stages {
+            for i in k..=n {
+                for j in (k - 1)..i {
+                    let extra = if k == 1 { first } else { 0.0 } + if k == stages && i == n { last } else { 0.0 };
+                    best[k][i] = best[k][i].min(best[k - 1][j].max((i - j) as f64 + extra));
+                }
+            }
+        }
+        best[stages][n]
+    }
+
+    #[test]
+    fn splits_are_as_balanced_as_an_exhaustive_search_finds() {
+        for n in 1..=24 {
+            let mut c = smollm();
+            c.num_layers = n;
+            for stages in 1..=n {
+                for (first, last) in [(0.0, 0.0), (0.0, 4.0), (1.5, 0.3), (2.0, 7.25), (0.6, 0.6)] {
+                    let plan = partition_layers(&c, stages, first, last).unwrap();
+                    let cost = |s: &StageSpec| {
+                        s.layers.len() as f64 + if s.embedding { first } else { 0.0 } + if s.head { last } else { 0.0 }
+                    };
+                    let worst = plan.iter().map(cost).fold(0.0, f64::max);
+                    let least = exhaustive_least_costliest(n, stages, first, last);
+                    assert!(
+                        (worst - least).abs() < 1e-9,
+                        "{n} layers, {stages} stages, {first}/{last}: {worst} > {least}"
+                    );
+                    assert_eq!(plan.iter().map(|s| s.layers.len()).sum::<usize>(), n);
+                    assert!(plan.iter().all(|s| !s.layers.is_empty()));
+                }
+            }
         }
     }
 
