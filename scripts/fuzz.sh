@@ -3,11 +3,13 @@
 #
 # Runs each cargo-fuzz target (default: all of fuzz/fuzz_targets) for SECONDS (default
 # 600) with libFuzzer, starting from the committed seeds (fuzz/seeds/TARGET) and the
-# corpus it grows (fuzz/corpus/TARGET, not committed), under an allocation cap so that
+# corpus it grows (fuzz/corpus/TARGET, not committed, where the seeds made in code,
+# binary ones among them, are written first), under an allocation cap so that
 # a hostile length that would allocate without bound counts as a crash. Prints a line per
 # target: time, executions, corpus size, crashes. A crash's input lands in
 # fuzz/artifacts/TARGET/; once fixed, copy it to fuzz/regressions/TARGET/, where
-# tests/tests/fuzz_regressions.rs replays it on every test run.
+# tests/tests/fuzz_regressions.rs replays it on every test run (a binary one belongs in
+# evalmesh_tests::fuzz::generated_inputs instead).
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
 set -euo pipefail
@@ -24,13 +26,16 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     exit 1
 fi
 cargo +nightly fuzz build -O >&2
+cargo run --quiet -p evalmesh-tests --example fuzz_seeds -- fuzz/corpus
 
 failed=0
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
     log=$(mktemp)
     status=0
-    cargo +nightly fuzz run -O "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+    seeds=()
+    [ -d "fuzz/seeds/$target" ] && seeds=("fuzz/seeds/$target")
+    cargo +nightly fuzz run -O "$target" "fuzz/corpus/$target" "${seeds[@]}" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")

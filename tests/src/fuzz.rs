@@ -129,3 +129,102 @@ pub const TARGETS: [(&str, Check); 5] = [
     ("task_files", task_files),
     ("protocol_message", protocol_message),
 ];
+
+/// Inputs the repository does not keep as files, each as (target, name, bytes): the
+/// binary seeds and former crashes, made here, and the `config.json` fixtures. The
+/// regression test replays them; `examples/fuzz_seeds.rs` writes them into the corpus
+/// before a fuzzing run.
+pub fn generated_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
+    let letters = ["a", "b", "c", "d", "e", "f", "g"];
+    let mut inputs = vec![
+        ("gguf", "tiny-llama.gguf".to_string(), tiny_gguf(&[&letters[..], &["ab"]].concat(), &["a b"])),
+        // The merge makes a token longer than every token: the tokenizers crate panicked.
+        (
+            "gguf",
+            "merge-longer-than-every-token.gguf".to_string(),
+            tiny_gguf(&[&letters[..], &["h"]].concat(), &["a b"]),
+        ),
+        ("safetensors_header", "two-tensors.safetensors".to_string(), two_tensor_safetensors()),
+        // A string length claiming 738 MB in a 10-byte message.
+        (
+            "protocol_message",
+            "string-length-claims-738-mb.bin".to_string(),
+            vec![0, 0x17, 0xfc, 4, 0, 1, 0x2c, 0, 0xff, 0],
+        ),
+        // A Ready message whose seconds are NaN: it must round-trip by its bytes.
+        ("protocol_message", "nan-seconds-round-trip.bin".to_string(), [&[0u8, 0, 0x50, 0][..], &[0xff; 8]].concat()),
+    ];
+    let tree = evalmesh_common::ScoreTree {
+        prefix: vec![1, 2, 3],
+        prefix_targets_from: 1,
+        branches: vec![vec![4, 5], vec![6]],
+    };
+    let batch = evalmesh_common::MicroBatch::pack(&[&tree]);
+    let messages = [
+        ("batch.bin", protocol::encode(&ToWorker::Batch { id: 7, batch })),
+        ("report.bin", protocol::encode(&ToWorker::Report { trace: true })),
+        ("shutdown.bin", protocol::encode(&ToWorker::Shutdown)),
+        (
+            "ready.bin",
+            protocol::encode(&ToCoordinator::Ready { version: 2, threads: 2, bytes_read: 1000, load_seconds: 0.5 }),
+        ),
+    ];
+    inputs.extend(messages.into_iter().map(|(name, bytes)| ("protocol_message", name.to_string(), bytes)));
+    let fixtures = crate::repo_dir().join("tests/fixtures/configs");
+    for name in ["llama-3-8b.json", "qwen2-72b.json"] {
+        let path = fixtures.join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        inputs.push(("config_json", name.to_string(), bytes));
+    }
+    inputs
+}
+
+/// A one-layer Llama GGUF (width 8, two heads, one KV head, F32) with a gpt2-style
+/// tokenizer of `tokens` and `merges`.
+fn tiny_gguf(tokens: &[&str], merges: &[&str]) -> Vec<u8> {
+    use evalmesh_worker::weights::gguf::writer::{write, RawTensor};
+    use evalmesh_worker::weights::gguf::Value;
+    let tensor = |name: &str, dims: &[u64]| {
+        let count = dims.iter().product::<u64>() as usize;
+        let bytes = (0..count).flat_map(|i| ((i % 7) as f32 * 0.1 - 0.3).to_le_bytes()).collect();
+        RawTensor { name: name.into(), dims: dims.to_vec(), type_code: 0, bytes }
+    };
+    let mut tensors = vec![tensor("token_embd.weight", &[8, tokens.len() as u64]), tensor("output_norm.weight", &[8])];
+    for (name, dims) in [
+        ("attn_norm", &[8][..]),
+        ("attn_q", &[8, 8]),
+        ("attn_k", &[8, 4]),
+        ("attn_v", &[8, 4]),
+        ("attn_output", &[8, 8]),
+        ("ffn_norm", &[8]),
+        ("ffn_gate", &[8, 16]),
+        ("ffn_up", &[8, 16]),
+        ("ffn_down", &[16, 8]),
+    ] {
+        tensors.push(tensor(&format!("blk.0.{name}.weight"), dims));
+    }
+    let strings = |items: &[&str]| Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect());
+    let metadata = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::Uint(1)),
+        ("llama.embedding_length", Value::Uint(8)),
+        ("llama.feed_forward_length", Value::Uint(16)),
+        ("llama.attention.head_count", Value::Uint(2)),
+        ("llama.attention.head_count_kv", Value::Uint(1)),
+        ("llama.context_length", Value::Uint(32)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::Float(1e-5)),
+        ("llama.rope.freq_base", Value::Float(10000.0)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("default".into())),
+        ("tokenizer.ggml.tokens", strings(tokens)),
+        ("tokenizer.ggml.merges", strings(merges)),
+        ("tokenizer.ggml.bos_token_id", Value::Uint(0)),
+    ];
+    write(&metadata, &tensors)
+}
+
+/// A safetensors file of an F32 2×2 tensor and a BF16 vector of 4.
+fn two_tensor_safetensors() -> Vec<u8> {
+    let header = br#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[4],"data_offsets":[16,24]}}"#;
+    [&(header.len() as u64).to_le_bytes()[..], header, &[0; 24]].concat()
+}

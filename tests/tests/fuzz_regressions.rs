@@ -1,6 +1,6 @@
-//! Replays, for every fuzz target, its seeds (`fuzz/seeds/TARGET`) and every input a
-//! fuzzer once crashed on (`fuzz/regressions/TARGET`, kept after the fix) through the
-//! same function the target calls, so that no fixed crash comes back, without the
+//! Replays, for every fuzz target, its seeds (`fuzz/seeds/TARGET`), every input a fuzzer
+//! once crashed on (`fuzz/regressions/TARGET`, kept after the fix) and the inputs made in
+//! code (`fuzz::generated_inputs`: the binary ones) through the same function the target calls, so that no fixed crash comes back, without the
 //! fuzzing toolchain. One test, in order: the targets share a scratch folder. As under
 //! the fuzzer's allocation cap, no input may make a single allocation above 256 MiB.
 
@@ -50,22 +50,28 @@ fn every_seed_and_former_crash_is_handled() {
         .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(listed.len(), fuzz::TARGETS.len(), "a fuzz target is missing here: {listed:?}");
+    let generated = fuzz::generated_inputs();
     for (target, check) in fuzz::TARGETS {
         assert!(listed.iter().any(|l| l == target), "{target} is not a fuzz target");
-        let mut replayed = 0;
+        let mut inputs: Vec<(String, Vec<u8>)> = generated
+            .iter()
+            .filter(|(t, _, _)| *t == target)
+            .map(|(_, name, bytes)| (format!("generated {name}"), bytes.clone()))
+            .collect();
         for folder in ["seeds", "regressions"] {
             let Ok(entries) = std::fs::read_dir(repo_dir().join("fuzz").join(folder).join(target)) else { continue };
             for entry in entries {
                 let path = entry.unwrap().path();
-                eprintln!("{}", path.display());
-                let input = std::fs::read(&path).unwrap();
-                LARGEST.store(0, Ordering::Relaxed);
-                check(&input);
-                let largest = LARGEST.load(Ordering::Relaxed);
-                assert!(largest <= ALLOCATION_CAP, "{}: one allocation of {largest} bytes", path.display());
-                replayed += 1;
+                inputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
             }
         }
-        assert!(replayed > 0, "no seeds for {target}");
+        assert!(!inputs.is_empty(), "no seeds for {target}");
+        for (name, input) in inputs {
+            eprintln!("{target}: {name}");
+            LARGEST.store(0, Ordering::Relaxed);
+            check(&input);
+            let largest = LARGEST.load(Ordering::Relaxed);
+            assert!(largest <= ALLOCATION_CAP, "{name}: one allocation of {largest} bytes");
+        }
     }
 }
