@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need, builds the binary the integration
-# tests run, lints (with and without the cuda feature), runs the unit and integration
+# tests run, lints (with and without the cuda feature), runs the CUDA backend's CPU-side
+# tests (NVRTC fetched from PyPI compiles its kernels), the unit and integration
 # tests of the whole workspace (a real mpirun and a real local Slurm among them), then a
 # 30-second fuzzing run of each target where the nightly toolchain and cargo-fuzz are
 # installed.
@@ -12,9 +13,12 @@ export EVALMESH_TEST_MODEL
 
 cargo build --locked -p evalmesh
 cargo clippy --locked --workspace --all-targets -- -D warnings
-# The CUDA backend builds without a GPU or CUDA toolkit: lint it, and run its CPU-side tests.
-cargo clippy --locked --workspace --all-targets --features evalmesh/cuda -- -D warnings
-cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
+# The CUDA backend builds without a GPU or CUDA toolkit: lint it (with the GPU suite), and
+# run its CPU-side tests, among them compiling the kernels with NVRTC (which needs no GPU).
+cargo clippy --locked --workspace --all-targets --features evalmesh/cuda,evalmesh-tests/cuda -- -D warnings
+nvrtc_lib="$(scripts/fetch-nvrtc.sh | tail -n 1)"
+EVALMESH_REQUIRE_NVRTC=1 LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
 cargo fmt --all -- --check
 cargo test --locked --workspace
 if cargo +nightly fuzz --version >/dev/null 2>&1; then

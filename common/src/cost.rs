@@ -137,7 +137,7 @@ pub fn weight_values(c: &ModelConfig, spec: &StageSpec) -> u64 {
     (block * spec.layers.len() as f64) as u64 + embedding + head
 }
 
-/// Rows of logits the head computes at once (the stage's `HEAD_ROWS`).
+/// Rows of logits the head computes at once (the CPU backend's `head_rows`).
 const HEAD_ROWS: usize = 256;
 
 /// Activation memory of a shard working on micro-batches of `batch_tokens` tokens: the

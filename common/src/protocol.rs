@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MicroBatch, StageSpec, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -75,6 +75,8 @@ pub struct WorkerStats {
     pub send: Quantiles,
     pub receive_wait: Quantiles,
     pub peak_memory_bytes: u64,
+    /// The most device memory the backend held (weights and buffers); 0 on the CPU.
+    pub peak_device_memory_bytes: u64,
     /// Floating-point operations and seconds in matrix products.
     pub matmul_flops: u64,
     pub matmul_seconds: f64,

@@ -12,9 +12,11 @@ use evalmesh_common::protocol::{ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
+use evalmesh_worker::backend::cuda::CudaBackend;
 use evalmesh_worker::backend::MatmulStats;
 use evalmesh_worker::transport::{receive, send};
 use evalmesh_worker::weights::gguf::GgufFile;
+use evalmesh_worker::CpuBackend;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
 
@@ -52,6 +54,8 @@ pub enum CliError {
     Prediction(#[from] PredictionError),
     #[error(transparent)]
     Backend(#[from] evalmesh_worker::BackendError),
+    #[error("--device cuda runs in one process for now (evalmesh run without mpirun, one GPU); workers on GPUs under mpirun are not built yet: use --device cpu for an MPI job")]
+    CudaWorkers,
     #[error(transparent)]
     Calibrate(#[from] crate::calibrate::CalibrateError),
     #[error("{}: {error}", path.display())]
@@ -570,15 +574,15 @@ fn prediction_line(p: &serde_json::Value, busy: &[f64]) -> String {
 }
 
 /// Per rank: micro-batches, tokens, compute time and its distribution, idle, send and
-/// receive-wait time, tokens/s while computing, peak memory.
+/// receive-wait time, tokens/s while computing, peak host and device memory.
 fn monitoring_table(ranks: &[(i32, WorkerStats)]) -> String {
     let mut out = String::from(
-        "| Rank | Batches | Tokens | Compute s | p50 ms | p99 ms | Idle s | Send s | Recv-wait s | Tokens/s | Peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Rank | Batches | Tokens | Compute s | p50 ms | p99 ms | Idle s | Send s | Recv-wait s | Tokens/s | Peak MiB | Device peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (rank, s) in ranks {
         let compute_s = s.compute.total_ms / 1000.0;
         out.push_str(&format!(
-            "| {rank} | {} | {} | {compute_s:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} |\n",
+            "| {rank} | {} | {} | {compute_s:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} |\n",
             s.batches,
             s.tokens,
             s.compute.p50_ms,
@@ -588,6 +592,7 @@ fn monitoring_table(ranks: &[(i32, WorkerStats)]) -> String {
             s.receive_wait.total_ms / 1000.0,
             s.tokens as f64 / compute_s.max(1e-9),
             s.peak_memory_bytes as f64 / (1 << 20) as f64,
+            s.peak_device_memory_bytes as f64 / (1 << 20) as f64,
         ));
     }
     out
@@ -711,19 +716,24 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     if args.log_samples && args.output.is_none() {
         return Err(CliError::SamplesWithoutOutput);
     }
-    if args.device == DeviceArg::Cuda {
-        let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
-        let gpu = evalmesh_worker::backend::cuda::probe(local)?;
-        return Err(CliError::Backend(evalmesh_worker::BackendError::Failed {
-            backend: "cuda",
-            problem: format!(
-                "found GPU {} ({}, {} GB), but this version has no CUDA kernels yet: run with --device cpu",
+    // A GPU is found before anything is read, so that a machine without one fails at once.
+    let gpu = match (args.device, world) {
+        (DeviceArg::Cpu, _) => None,
+        (DeviceArg::Cuda, Some(w)) if w.size() > 1 => return Err(CliError::CudaWorkers),
+        (DeviceArg::Cuda, _) => {
+            let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
+            let gpu = evalmesh_worker::backend::cuda::probe(local)?;
+            log::info!(
+                "GPU {} of {}: {} ({} GB)",
                 gpu.ordinal,
+                gpu.visible,
                 gpu.name,
                 gpu.memory_bytes / 1_000_000_000
-            ),
-        }));
-    }
+            );
+            Some(gpu)
+        }
+    };
+    let backend_name = if gpu.is_some() { "cuda" } else { "cpu" };
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let source =
         Source { data_dir: args.data_dir.as_deref(), data_file: args.data.as_deref(), num_fewshot: args.num_fewshot };
@@ -740,7 +750,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     let fingerprint =
         model_fingerprint(&model_path).map_err(|error| CliError::Io { path: model_path.clone(), error })?;
     let mut journal = match &args.output {
-        Some(output) => Some(Journal::open(&journal_path(output), &fingerprint, args.resume, args.overwrite)?),
+        Some(output) => {
+            Some(Journal::open(&journal_path(output), &fingerprint, backend_name, args.resume, args.overwrite)?)
+        }
         None => None,
     };
 
@@ -759,11 +771,14 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
         _ => {
-            let engine = LightweightEngine::load(model.source.as_ref())?;
+            let engine: Box<dyn EvaluationEngine> = match &gpu {
+                Some(gpu) => Box::new(LightweightEngine::load(model.source.as_ref(), CudaBackend::new(gpu.ordinal)?)?),
+                None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
+            };
             let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
             let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
             let stages = vec![StageSpec::whole(&config)];
-            (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
+            (engine, Predictor { config: config.clone(), layout, stages, profile, placement })
         }
     };
     let load_seconds = load_start.elapsed().as_secs_f64();

@@ -5,9 +5,7 @@
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
-use evalmesh_worker::{
-    Backend, CpuBackend, LlamaStage, LocalSum, StageError, StageInput, StageOutput, StageSpec, WeightSource,
-};
+use evalmesh_worker::{Backend, LlamaStage, LocalSum, StageError, StageInput, StageOutput, StageSpec, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -77,23 +75,23 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
     batches
 }
 
-/// The whole model in this process.
-pub struct LightweightEngine {
-    stage: LlamaStage<CpuBackend>,
+/// The whole model in this process, on one backend.
+pub struct LightweightEngine<B: Backend> {
+    stage: LlamaStage<B>,
     compute: Durations,
     spans: Spans,
     batches: u64,
     tokens: u64,
 }
 
-impl LightweightEngine {
-    pub fn load(source: &dyn WeightSource) -> Result<Self, EngineError> {
-        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default())?;
+impl<B: Backend> LightweightEngine<B> {
+    pub fn load(source: &dyn WeightSource, backend: B) -> Result<Self, EngineError> {
+        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), backend)?;
         Ok(LightweightEngine { stage, compute: Durations::default(), spans: Spans::default(), batches: 0, tokens: 0 })
     }
 }
 
-impl EvaluationEngine for LightweightEngine {
+impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, self.stage.config())?;
         for indices in pack_micro_batches(trees, batch_tokens) {
@@ -137,6 +135,7 @@ impl EvaluationEngine for LightweightEngine {
                 tokens: self.tokens,
                 compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
+                peak_device_memory_bytes: self.stage.backend().peak_device_bytes(),
                 matmul_flops: matmul.flops,
                 matmul_seconds: matmul.seconds,
                 trace: if trace { self.spans.timeline.clone() } else { Vec::new() },

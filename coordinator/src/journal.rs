@@ -30,6 +30,8 @@ pub enum JournalError {
     OtherTaskConfig { path: PathBuf, task: String },
     #[error("journal {} was written by an evalmesh whose arithmetic differs (version {theirs}, this one's is {ARITHMETIC}): its scores would not match this build's bit for bit; finish the run with the earlier build, or delete the journal", path.display())]
     OtherArithmetic { path: PathBuf, theirs: u32 },
+    #[error("journal {} holds scores computed on the {theirs} backend, and this run computes on {ours}: backends differ in their last bits, so finish the run with --device {theirs}, or pass --overwrite instead of --resume to start again", path.display())]
+    OtherBackend { path: PathBuf, theirs: String, ours: String },
     #[error("journal {}: line {line} is not a journal record: {problem}", path.display())]
     Corrupt { path: PathBuf, line: usize, problem: String },
 }
@@ -43,6 +45,9 @@ enum Line {
         /// [`ARITHMETIC`] of the build that wrote it (absent before there was one: 1).
         #[serde(default = "first_arithmetic")]
         arithmetic: u32,
+        /// The backend that computed its scores (absent before there were two: the CPU's).
+        #[serde(default = "cpu_backend")]
+        backend: String,
     },
     Task {
         task: String,
@@ -66,6 +71,10 @@ fn record_check(key: &str, scores: &TreeScores) -> String {
 
 fn first_arithmetic() -> u32 {
     1
+}
+
+fn cpu_backend() -> String {
+    "cpu".into()
 }
 
 pub struct Journal {
@@ -126,7 +135,7 @@ pub fn model_fingerprint(path: &Path) -> Result<String, std::io::Error> {
 impl Journal {
     /// Opens the journal at `path` for a run on `model`. Without `resume`, an existing
     /// journal is refused unless `overwrite` is set.
-    pub fn open(path: &Path, model: &str, resume: bool, overwrite: bool) -> Result<Self, JournalError> {
+    pub fn open(path: &Path, model: &str, backend: &str, resume: bool, overwrite: bool) -> Result<Self, JournalError> {
         let io = |error| JournalError::Io { path: path.to_path_buf(), error };
         let mut tasks = HashMap::new();
         let mut done = HashMap::new();
@@ -152,6 +161,13 @@ impl Journal {
                     }
                     Line::Header { arithmetic, .. } if arithmetic != ARITHMETIC => {
                         return Err(JournalError::OtherArithmetic { path: path.to_path_buf(), theirs: arithmetic })
+                    }
+                    Line::Header { backend: theirs, .. } if theirs != backend => {
+                        return Err(JournalError::OtherBackend {
+                            path: path.to_path_buf(),
+                            theirs,
+                            ours: backend.to_string(),
+                        })
                     }
                     Line::Header { .. } => {}
                     Line::Task { task, config } => {
@@ -179,6 +195,7 @@ impl Journal {
                 evalmesh_journal: 1,
                 model: model.to_string(),
                 arithmetic: ARITHMETIC,
+                backend: backend.to_string(),
             })
             .unwrap_or_default();
             writeln!(file, "{header}").map_err(io)?;
@@ -231,12 +248,12 @@ mod tests {
     fn resume_reads_records_back_bit_for_bit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        let mut j = Journal::open(&path, "m", "cpu", false, false).unwrap();
         j.begin_task("t", "c").unwrap();
         let odd = f32::from_bits(0xBF12_3457);
         j.record("k1".into(), scores(odd)).unwrap();
         drop(j);
-        let j = Journal::open(&path, "m", true, false).unwrap();
+        let j = Journal::open(&path, "m", "cpu", true, false).unwrap();
         assert_eq!(j.get("k1").unwrap().prefix[0].logprob.to_bits(), odd.to_bits());
     }
 
@@ -244,12 +261,15 @@ mod tests {
     fn refuses_other_model_config_or_silent_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        let mut j = Journal::open(&path, "m", "cpu", false, false).unwrap();
         j.begin_task("t", "c").unwrap();
         drop(j);
-        assert!(matches!(Journal::open(&path, "m", false, false), Err(JournalError::Exists { .. })));
-        assert!(matches!(Journal::open(&path, "other", true, false), Err(JournalError::OtherModel { .. })));
-        let mut j = Journal::open(&path, "m", true, false).unwrap();
+        assert!(matches!(Journal::open(&path, "m", "cpu", false, false), Err(JournalError::Exists { .. })));
+        assert!(matches!(Journal::open(&path, "other", "cpu", true, false), Err(JournalError::OtherModel { .. })));
+        let other_backend = Journal::open(&path, "m", "cuda", true, false).err().unwrap();
+        assert!(matches!(other_backend, JournalError::OtherBackend { .. }), "{other_backend}");
+        assert!(other_backend.to_string().contains("--device cpu"), "{other_backend}");
+        let mut j = Journal::open(&path, "m", "cpu", true, false).unwrap();
         assert!(matches!(j.begin_task("t", "changed"), Err(JournalError::OtherTaskConfig { .. })));
     }
 
@@ -259,7 +279,7 @@ mod tests {
         let path = dir.path().join("j.jsonl");
         // A header from before the arithmetic version was recorded: version 1.
         std::fs::write(&path, "{\"evalmesh_journal\":1,\"model\":\"m\"}\n").unwrap();
-        let err = Journal::open(&path, "m", true, false).err().unwrap();
+        let err = Journal::open(&path, "m", "cpu", true, false).err().unwrap();
         assert!(matches!(err, JournalError::OtherArithmetic { theirs: 1, .. }), "{err}");
         assert!(err.to_string().contains("bit for bit"));
     }
@@ -268,14 +288,14 @@ mod tests {
     fn a_damaged_record_fails_its_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        let mut j = Journal::open(&path, "m", "cpu", false, false).unwrap();
         j.record("k1".into(), scores(-1.25)).unwrap();
         j.record("k2".into(), scores(-2.5)).unwrap();
         drop(j);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"check\":"));
         std::fs::write(&path, text.replace("-2.5", "-2.25")).unwrap();
-        let err = Journal::open(&path, "m", true, false).err().unwrap();
+        let err = Journal::open(&path, "m", "cpu", true, false).err().unwrap();
         assert!(matches!(err, JournalError::Corrupt { line: 3, .. }), "{err}");
         assert!(err.to_string().contains("checksum"));
     }
@@ -284,17 +304,17 @@ mod tests {
     fn a_torn_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        let mut j = Journal::open(&path, "m", false, false).unwrap();
+        let mut j = Journal::open(&path, "m", "cpu", false, false).unwrap();
         j.record("k1".into(), scores(-1.0)).unwrap();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"key\":\"k2\",\"sco").unwrap();
         drop(f);
-        let mut j = Journal::open(&path, "m", true, false).unwrap();
+        let mut j = Journal::open(&path, "m", "cpu", true, false).unwrap();
         assert!(j.get("k2").is_none());
         j.record("k3".into(), scores(-2.0)).unwrap();
         drop(j);
-        let j = Journal::open(&path, "m", true, false).unwrap();
+        let j = Journal::open(&path, "m", "cpu", true, false).unwrap();
         assert!(j.get("k1").is_some() && j.get("k3").is_some());
     }
 }

@@ -249,6 +249,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     send: send.summary(),
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
+                    peak_device_memory_bytes: stage.as_ref().map_or(0, |s| s.backend().peak_device_bytes()),
                     matmul_flops: matmul.flops,
                     matmul_seconds: matmul.seconds,
                     trace: if trace { [spans.timeline.clone(), send_spans.timeline].concat() } else { Vec::new() },

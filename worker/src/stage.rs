@@ -39,9 +39,6 @@ pub enum StageOutput<T> {
     Scores(Vec<TokenScore>),
 }
 
-/// Rows of the LM head computed at once: bounds the logits buffer (rows × vocab).
-const HEAD_ROWS: usize = 256;
-
 /// Completes a row-parallel product (attention output, down projection): adds this
 /// worker's per-group partial products, in group order, to the running sum of the groups
 /// before them, and returns the sum over all groups.
@@ -231,7 +228,7 @@ impl<B: Backend> LlamaStage<B> {
             return Ok(StageOutput::Hidden(x));
         };
         let mut scores = Vec::with_capacity(batch.scored.len());
-        for chunk in batch.scored.chunks(HEAD_ROWS) {
+        for chunk in batch.scored.chunks(b.head_rows()) {
             let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
             let h = b.rms_norm(&b.gather_rows(&x, &rows)?, &head.norm, c.rms_norm_eps)?;

@@ -20,7 +20,7 @@ use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Backend, BackendError, HeadLayout, MatmulStats};
+use super::{rope_table, Backend, BackendError, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
 
 /// Query rows per attention block: bounds the score buffer and skips most of the
@@ -343,18 +343,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f64) -> Result<Matrix, BackendError> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
-        let mut table = Matrix::zeros(positions.len(), head_dim);
-        for (row, &p) in table.data.chunks_exact_mut(head_dim).zip(positions) {
-            let (cos, sin) = row.split_at_mut(half);
-            for ((c, s), f) in cos.iter_mut().zip(sin.iter_mut()).zip(&inv_freq) {
-                let angle = p as f64 * f;
-                *c = angle.cos() as f32;
-                *s = angle.sin() as f32;
-            }
-        }
-        Ok(table)
+        Ok(rope_table(positions, head_dim, theta))
     }
 
     fn apply_rope(

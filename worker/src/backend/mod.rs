@@ -1,6 +1,6 @@
 //! The compute backend: one small op set ([`Backend`]) that the transformer stage is
-//! written against, and its implementations: [`cpu`], and the GPU's behind the `cuda`
-//! cargo feature, of which [`cuda`] so far finds and checks the device. Every op keeps
+//! written against, and its implementations: [`cpu`], and [`cuda`]'s behind the `cuda`
+//! cargo feature. Every op keeps
 //! each row's arithmetic independent of the other rows, so a request's scores do not
 //! depend on the batch it was packed in.
 
@@ -53,6 +53,23 @@ impl HeadLayout {
     pub fn width(&self) -> usize {
         self.v_cols().end
     }
+}
+
+/// The rotary table of [`Backend::rope_table`] on the host: per position, the cosines then the
+/// sines of its angle with each pair's frequency, computed in f64.
+pub fn rope_table(positions: &[u32], head_dim: usize, theta: f64) -> Matrix {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
+    let mut table = Matrix::zeros(positions.len(), head_dim);
+    for (row, &p) in table.data.chunks_exact_mut(head_dim).zip(positions) {
+        let (cos, sin) = row.split_at_mut(half);
+        for ((c, s), f) in cos.iter_mut().zip(sin.iter_mut()).zip(&inv_freq) {
+            let angle = p as f64 * f;
+            *c = angle.cos() as f32;
+            *s = angle.sin() as f32;
+        }
+    }
+    table
 }
 
 /// Work done in matrix products, for throughput reports.
@@ -119,4 +136,12 @@ pub trait Backend: Send + Sync {
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
     /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.
     fn matmul_stats(&self) -> MatmulStats;
+    /// The most device memory held so far (weights and buffers), where the backend has its own.
+    fn peak_device_bytes(&self) -> u64 {
+        0
+    }
+    /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
+    fn head_rows(&self) -> usize {
+        256
+    }
 }

@@ -1,10 +1,24 @@
-//! The CUDA backend's entry: finding a usable GPU for this worker. The CUDA libraries are
-//! loaded at run time (cudarc's dynamic loading), so their absence is an error here and
-//! never a panic; without the `cuda` cargo feature every call says how to build with it,
+//! The CUDA backend: finding a usable GPU for this worker ([`probe`]) and the backend on it
+//! ([`CudaBackend`]). The CUDA libraries are loaded at run time (cudarc's dynamic loading),
+//! so their absence is an error here and never a panic; without the `cuda` cargo feature
+//! [`CudaBackend`] is a type that cannot be made and every call says how to build with it,
 //! so callers need no `cfg` of their own.
 
 #[cfg(feature = "cuda")]
+mod backend;
+#[cfg(feature = "cuda")]
 mod device;
+#[cfg(feature = "cuda")]
+pub mod kernels;
+#[cfg(feature = "cuda")]
+pub mod pool;
+#[cfg(not(feature = "cuda"))]
+mod stub;
+
+#[cfg(feature = "cuda")]
+pub use backend::{attention_spans, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS};
+#[cfg(not(feature = "cuda"))]
+pub use stub::CudaBackend;
 
 use super::BackendError;
 

@@ -1,0 +1,82 @@
+//! The CUDA backend of a build without the `cuda` feature: a type with no values, whose
+//! constructor says how to build with CUDA, so that code choosing a backend needs no `cfg`.
+
+use std::convert::Infallible;
+use std::ops::Range;
+
+use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
+
+use crate::backend::{Backend, BackendError, HeadLayout, MatmulStats};
+use crate::tensor::Matrix;
+
+pub enum CudaBackend {}
+
+impl CudaBackend {
+    pub fn new(_ordinal: usize) -> Result<Self, BackendError> {
+        Err(BackendError::CudaNotCompiled)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = Infallible;
+    type Weight = Infallible;
+
+    fn name(&self) -> &'static str {
+        match *self {}
+    }
+    fn upload(&self, _: Matrix) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn upload_weight(&self, _: Matrix) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn download(&self, _: &Infallible) -> Result<Matrix, BackendError> {
+        match *self {}
+    }
+    fn rows(&self, _: &Infallible) -> usize {
+        match *self {}
+    }
+    fn embed(&self, _: &Infallible, _: &[u32]) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn matmul_t(&self, _: &Infallible, _: &Infallible) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn rms_norm(&self, _: &Infallible, _: &Infallible, _: f64) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn rope_table(&self, _: &[u32], _: usize, _: f64) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn apply_rope(
+        &self,
+        _: &mut Infallible,
+        _: &Infallible,
+        _: Range<usize>,
+        _: usize,
+        _: RopeStyle,
+    ) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn attention(&self, _: &Infallible, _: &[TreeLayout], _: HeadLayout) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn silu_mul(&self, _: &Infallible) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn add_assign(&self, _: &mut Infallible, _: &Infallible) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn gather_rows(&self, _: &Infallible, _: &[usize]) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn columns(&self, _: &Infallible, _: Range<usize>) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn score(&self, _: &Infallible, _: &[u32]) -> Result<Vec<TokenScore>, BackendError> {
+        match *self {}
+    }
+    fn matmul_stats(&self) -> MatmulStats {
+        match *self {}
+    }
+}

@@ -1,0 +1,227 @@
+//! The GPU suite's op tests: every op of the CUDA backend against the CPU backend on fresh
+//! random inputs, with NaN-poisoned outputs so that an element a kernel leaves unwritten
+//! fails; a matrix product's rows do not depend on the batch; the pool stops allocating
+//! once warm. Built with `--features cuda`; where no GPU can be used each test prints why
+//! and returns, unless EVALMESH_REQUIRE_GPU is set (scripts/gpu-check.sh sets it), where
+//! that is a failure.
+#![cfg(feature = "cuda")]
+
+use evalmesh_common::{RopeStyle, TreeLayout};
+use evalmesh_worker::backend::cuda::{probe, CudaBackend, MATMUL_ROWS};
+use evalmesh_worker::backend::HeadLayout;
+use evalmesh_worker::{Backend, CpuBackend, Matrix};
+
+/// The GPU backend, or `None` (with the reason printed) where there is no usable GPU.
+fn gpu() -> Option<CudaBackend> {
+    let found = probe(0).and_then(|_| CudaBackend::new(0));
+    match found {
+        Ok(backend) => {
+            backend.poison_outputs(true);
+            Some(backend)
+        }
+        Err(e) if std::env::var_os("EVALMESH_REQUIRE_GPU").is_none() => {
+            eprintln!("skipped: no usable GPU here: {e}");
+            None
+        }
+        Err(e) => panic!("EVALMESH_REQUIRE_GPU is set, but: {e}"),
+    }
+}
+
+/// Values in [−scale, scale) from a fixed-seed generator (a fresh seed per test input).
+fn random(rows: usize, cols: usize, seed: u64, scale: f32) -> Matrix {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data = (0..rows * cols)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Matrix::from_vec(rows, cols, data)
+}
+
+/// The same values rounded to bf16, as the GPU stores weights and multiplies activations.
+fn bf16_rounded(m: &Matrix) -> Matrix {
+    let data = m.data.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    Matrix::from_vec(m.rows, m.cols, data)
+}
+
+/// Asserts |gpu − cpu| ≤ tolerance · (1 + |cpu|) elementwise, and that nothing is NaN.
+fn assert_close(what: &str, gpu: &Matrix, cpu: &Matrix, tolerance: f32) {
+    assert_eq!((gpu.rows, gpu.cols), (cpu.rows, cpu.cols), "{what}: shape");
+    for (i, (&g, &c)) in gpu.data.iter().zip(&cpu.data).enumerate() {
+        assert!(
+            g.is_finite() && (g - c).abs() <= tolerance * (1.0 + c.abs()),
+            "{what}: element {i} (row {}, column {}): GPU {g}, CPU {c}",
+            i / cpu.cols,
+            i % cpu.cols
+        );
+    }
+}
+
+#[test]
+fn matmul_matches_the_cpu_on_the_same_bf16_operands() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    // Rows across a block edge; K and N of the test model's shapes and odd ones.
+    for (m, k, n, seed) in [(3, 64, 40, 1), (MATMUL_ROWS + 5, 576, 1536, 2), (300, 130, 200, 3)] {
+        let x = random(m, k, seed, 1.0);
+        let w = random(n, k, seed + 100, 1.0);
+        let got = gpu
+            .download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &gpu.upload_weight(w.clone()).unwrap()).unwrap())
+            .unwrap();
+        let want = cpu.matmul_t(&bf16_rounded(&x), &cpu.upload_weight(bf16_rounded(&w)).unwrap()).unwrap();
+        // Same bf16 operands, both accumulating in f32 in different orders: sums of up to 576
+        // products of size ≤ 1 differ by a few f32 ulps of the running sum (≤ 1e-4 absolute).
+        assert_close(&format!("matmul {m}×{k}·({n}×{k})ᵀ"), &got, &want, 1e-4);
+    }
+}
+
+#[test]
+fn matmul_rows_do_not_depend_on_the_batch() {
+    let Some(gpu) = gpu() else { return };
+    let w = gpu.upload_weight(random(1536, 576, 4, 1.0)).unwrap();
+    let x = random(MATMUL_ROWS + 900, 576, 5, 1.0);
+    let all = gpu.download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &w).unwrap()).unwrap();
+    for rows in [1usize, 2, 17, 513, MATMUL_ROWS, MATMUL_ROWS + 1] {
+        let part = Matrix::from_vec(rows, 576, x.data[..rows * 576].to_vec());
+        let y = gpu.download(&gpu.matmul_t(&gpu.upload(part).unwrap(), &w).unwrap()).unwrap();
+        let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "the first {rows} rows differ from the same rows in a batch of {}", x.rows);
+    }
+}
+
+#[test]
+fn element_wise_ops_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    let x = random(37, 576, 6, 3.0);
+    let gx = gpu.upload(x.clone()).unwrap();
+    let norm = random(1, 576, 7, 1.0);
+    // f32 throughout; the sums of squares are taken in another order (and the CPU finishes
+    // in f64): a few ulps.
+    assert_close(
+        "rms_norm",
+        &gpu.download(&gpu.rms_norm(&gx, &gpu.upload(norm.clone()).unwrap(), 1e-5).unwrap()).unwrap(),
+        &cpu.rms_norm(&x, &norm, 1e-5).unwrap(),
+        1e-5,
+    );
+    let gate_up = random(37, 2 * 300, 8, 6.0);
+    // expf on the GPU and the CPU's polynomial exp agree within a few ulps.
+    assert_close(
+        "silu_mul",
+        &gpu.download(&gpu.silu_mul(&gpu.upload(gate_up.clone()).unwrap()).unwrap()).unwrap(),
+        &cpu.silu_mul(&gate_up).unwrap(),
+        1e-5,
+    );
+    let y = random(37, 576, 9, 3.0);
+    let mut sum = gpu.upload(x.clone()).unwrap();
+    gpu.add_assign(&mut sum, &gpu.upload(y.clone()).unwrap()).unwrap();
+    let mut want = x.clone();
+    cpu.add_assign(&mut want, &y).unwrap();
+    // One f32 addition each: exact.
+    assert_close("add_assign", &gpu.download(&sum).unwrap(), &want, 0.0);
+    let rows = [36usize, 0, 5, 5, 17];
+    // Copies: exact.
+    assert_close(
+        "gather_rows",
+        &gpu.download(&gpu.gather_rows(&gx, &rows).unwrap()).unwrap(),
+        &cpu.gather_rows(&x, &rows).unwrap(),
+        0.0,
+    );
+    assert_close(
+        "columns",
+        &gpu.download(&gpu.columns(&gx, 64..256).unwrap()).unwrap(),
+        &cpu.columns(&x, 64..256).unwrap(),
+        0.0,
+    );
+    let table = random(1000, 576, 10, 1.0);
+    let ids = [999u32, 0, 17, 17, 500];
+    // The GPU's table is bf16: the same rows of the rounded table, exactly.
+    assert_close(
+        "embed",
+        &gpu.download(&gpu.embed(&gpu.upload_weight(table.clone()).unwrap(), &ids).unwrap()).unwrap(),
+        &cpu.embed(&cpu.upload_weight(bf16_rounded(&table)).unwrap(), &ids).unwrap(),
+        0.0,
+    );
+}
+
+#[test]
+fn rope_matches_the_cpu_in_both_conventions() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    let positions: Vec<u32> = (0..29).map(|i| (i * 37) % 2000).collect();
+    for style in [RopeStyle::AdjacentPairs, RopeStyle::RotateHalf] {
+        let x = random(29, 9 * 64 + 2 * 3 * 64, 11, 2.0);
+        let cols = 0..12 * 64;
+        let mut g = gpu.upload(x.clone()).unwrap();
+        gpu.apply_rope(&mut g, &gpu.rope_table(&positions, 64, 1e4).unwrap(), cols.clone(), 64, style).unwrap();
+        let mut c = x.clone();
+        cpu.apply_rope(&mut c, &cpu.rope_table(&positions, 64, 1e4).unwrap(), cols, 64, style).unwrap();
+        // The same table (computed on the host), two f32 products and a sum: a few ulps.
+        assert_close(&format!("rope {style:?}"), &gpu.download(&g).unwrap(), &c, 1e-6);
+    }
+}
+
+#[test]
+fn attention_over_trees_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    // The test model's heads (9 query heads over 3 KV heads of 64), a plain sequence longer
+    // than a 32-key chunk and two trees with branches.
+    let heads = HeadLayout { num_heads: 9, num_kv_heads: 3, head_dim: 64 };
+    let trees = vec![
+        TreeLayout { start: 0, prefix_len: 70, branch_lens: Vec::new() },
+        TreeLayout { start: 70, prefix_len: 33, branch_lens: vec![5, 1, 40] },
+        TreeLayout { start: 149, prefix_len: 1, branch_lens: vec![2] },
+    ];
+    let qkv = random(152, heads.width(), 12, 2.0);
+    let got = gpu.download(&gpu.attention(&gpu.upload(qkv.clone()).unwrap(), &trees, heads).unwrap()).unwrap();
+    let want = cpu.attention(&qkv, &trees, heads).unwrap();
+    // f32 throughout with another summation order and an online softmax: weighted means of
+    // values ≤ 2 agree within 1e-5.
+    assert_close("attention", &got, &want, 1e-5);
+}
+
+#[test]
+fn scores_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    let mut logits = random(40, 49152, 13, 8.0);
+    // A tie for the maximum: the first index wins on both.
+    logits.data[3 * 49152 + 10] = 20.0;
+    logits.data[3 * 49152 + 20] = 20.0;
+    let targets: Vec<u32> = (0..40).map(|i| if i == 3 { 20 } else { (i * 1201) % 49152 }).collect();
+    let got = gpu.score(&gpu.upload(logits.clone()).unwrap(), &targets).unwrap();
+    let want = cpu.score(&logits, &targets).unwrap();
+    for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+        // A log-sum-exp over 49152 f32 terms in another order: within 1e-4 of a value near −11.
+        assert!((g.logprob - c.logprob).abs() <= 1e-4, "row {i}: GPU {}, CPU {}", g.logprob, c.logprob);
+        assert_eq!(g.greedy, c.greedy, "row {i}: greedy");
+    }
+    assert!(!got[3].greedy, "a tie goes to the first maximum");
+}
+
+#[test]
+fn the_pool_stops_allocating_once_warm() {
+    let Some(gpu) = gpu() else { return };
+    let mut warm = None;
+    {
+        let w = gpu.upload_weight(random(1536, 576, 14, 1.0)).unwrap();
+        let norm = gpu.upload(random(1, 576, 15, 1.0)).unwrap();
+        for step in 0..100 {
+            // Micro-batches of ten lengths in turn, as a run packs them: every shape is seen
+            // in the first ten steps.
+            let rows = 200 + (step % 10) * 50;
+            let x = gpu.upload(random(rows, 576, 16 + step as u64, 1.0)).unwrap();
+            let h = gpu.rms_norm(&x, &norm, 1e-5).unwrap();
+            let act = gpu.silu_mul(&gpu.matmul_t(&h, &w).unwrap()).unwrap();
+            gpu.download(&act).unwrap();
+            if step == 9 {
+                warm = Some(gpu.memory().driver_allocations);
+            }
+        }
+    }
+    let memory = gpu.memory();
+    assert_eq!(Some(memory.driver_allocations), warm, "the pool kept allocating: {memory:?}");
+    assert_eq!((memory.in_use_bytes, memory.weight_bytes), (0, 0), "every buffer went back: {memory:?}");
+}
