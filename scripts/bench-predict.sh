@@ -5,19 +5,23 @@
 # prediction made from a profile `evalmesh calibrate` measured (under mpirun -np 2, so that
 # the link between ranks is measured too) at the start of the same round.
 #
-# This machine's speed drifts by up to a fifth over minutes (a shared virtual machine), more
-# than the cost model's error, so the benchmark runs ROUNDS rounds of calibration and all
-# seven runs, each round in a rotated order, and takes per configuration the median over the
-# rounds of the predicted and measured tokens/s and of the error. It prints them with every
-# round's error (target: every median error within 15%), then what --strategy auto chose for
-# 2 workers and its median measured tokens/s against the best 2-worker configuration's.
+# This machine's speed wanders by a fifth or more within seconds (a shared virtual machine):
+# a few seconds of calibration can land anywhere in that range. So each calibration goes on
+# for CALIBRATE_SECONDS (default 30, about as long as a run) and keeps the medians, and the
+# benchmark runs ROUNDS rounds of calibration and all seven runs, each round in a rotated
+# order, and takes per configuration the median over the rounds of the predicted and measured
+# tokens/s and of the error. It prints them with every round's error (target: every median
+# error within 15%), then what --strategy auto chose for 2 workers and its median measured
+# tokens/s against the best 2-worker configuration's.
 #
 # Environment: EVALMESH_SHARED (default ../shared), BYTES (slice size, default 60000),
-# ROUNDS (default 3). Run it on an otherwise idle machine: other work skews calibration and runs.
+# ROUNDS (default 3), CALIBRATE_SECONDS (default 30). About 4 minutes a round here. Run it on
+# an otherwise idle machine: other work skews calibration and runs.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
 bytes="${BYTES:-60000}"
 rounds="${ROUNDS:-3}"
+calibrate_seconds="${CALIBRATE_SECONDS:-30}"
 
 head -c "$bytes" "$shared/data/wikitext-2/wiki.test.raw" > "$out/slice.txt"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
@@ -28,7 +32,7 @@ configs=("single 0 --threads 2" "dp2 3 --threads 1 --strategy dp" "pp2 3 --threa
 for ((r = 0; r < rounds; r++)); do
     echo "round $((r + 1)) of $rounds" >&2
     mpirun --oversubscribe --bind-to none -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 \
-        --output "$out/profile-$r.json" > /dev/null
+        --seconds "$calibrate_seconds" --output "$out/profile-$r.json" > /dev/null
     for ((i = 0; i < ${#configs[@]}; i++)); do
         read -r name ranks flags <<< "${configs[$(((i + r) % ${#configs[@]}))]}"
         launch=()

@@ -29,16 +29,25 @@ pub enum ProtocolError {
     Version { theirs: u32, ours: u32 },
 }
 
+/// What a worker computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Device {
+    Cpu,
+    /// The GPU of the worker's place among the workers of its node (modulo the GPUs it sees).
+    Cuda,
+}
+
 /// From the coordinator to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Load `stage` of the model at `model` with `threads` compute threads (0: the worker
-    /// decides); hidden states come from rank `previous` and go to rank `next` (pipeline
+    /// Load `stage` of the model at `model` on `device` with `threads` compute threads (0: the
+    /// worker decides); hidden states come from rank `previous` and go to rank `next` (pipeline
     /// neighbours), and `shards` are the ranks of the stage's tensor-parallel shards in group order.
     Setup {
         version: u32,
         model: String,
         stage: StageSpec,
+        device: Device,
         threads: usize,
         previous: Option<i32>,
         next: Option<i32>,

@@ -128,7 +128,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     })
 }
 
-/// Rounds of measurement per mode.
+/// Rounds of measurement per mode, at least.
 const ROUNDS: usize = 3;
 
 /// The median of each figure.
@@ -203,15 +203,22 @@ fn total_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Measures this machine at the model's shapes with micro-batches of `tokens` tokens;
-/// `link` is what [`measure_link`] found, if it ran.
-pub fn calibrate(c: &ModelConfig, tokens: usize, link: Option<Link>) -> Result<HardwareProfile, CalibrateError> {
+/// Measures this machine at the model's shapes with micro-batches of `tokens` tokens, for
+/// [`ROUNDS`] rounds or until `seconds` have passed, whichever is longer; `link` is what
+/// [`measure_link`] found, if it ran.
+pub fn calibrate(
+    c: &ModelConfig,
+    tokens: usize,
+    link: Option<Link>,
+    seconds: f64,
+) -> Result<HardwareProfile, CalibrateError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The modes alternate round by round, so that a slow spell of the machine does not
     // fall on one mode alone; each figure is the median over the rounds.
     let modes: Vec<(usize, usize)> = if cores > 1 { vec![(cores, 1), (1, cores)] } else { vec![(1, 1)] };
     let mut rounds: Vec<Vec<Rates>> = vec![Vec::new(); modes.len()];
-    for _ in 0..ROUNDS {
+    let started = Instant::now();
+    while rounds[0].len() < ROUNDS || started.elapsed().as_secs_f64() < seconds {
         for (m, &(threads, workers)) in modes.iter().enumerate() {
             rounds[m].push(concurrent_rates(c, tokens, threads, workers)?);
         }
@@ -222,8 +229,11 @@ pub fn calibrate(c: &ModelConfig, tokens: usize, link: Option<Link>) -> Result<H
     Ok(HardwareProfile {
         name: format!("cpu ({host}, {cores} cores)"),
         source: format!(
-            "measured by evalmesh calibrate on {host} at the shapes of a {}-layer model, {tokens}-token micro-batches{}",
+            "measured by evalmesh calibrate on {host} at the shapes of a {}-layer model, {tokens}-token micro-batches, \
+             medians of {} rounds over {:.0} s{}",
             c.num_layers,
+            rounds[0].len(),
+            started.elapsed().as_secs_f64(),
             if link.is_some() { "" } else { "; links not measured (run under mpirun -np 2 to measure them)" }
         ),
         backend: "cpu".into(),

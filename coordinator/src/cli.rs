@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::{ToWorker, WorkerStats};
+use evalmesh_common::protocol::{Device, ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
@@ -54,8 +54,6 @@ pub enum CliError {
     Prediction(#[from] PredictionError),
     #[error(transparent)]
     Backend(#[from] evalmesh_worker::BackendError),
-    #[error("--device cuda runs in one process for now (evalmesh run without mpirun, one GPU); workers on GPUs under mpirun are not built yet: use --device cpu for an MPI job")]
-    CudaWorkers,
     #[error(transparent)]
     Calibrate(#[from] crate::calibrate::CalibrateError),
     #[error("{}: {error}", path.display())]
@@ -135,6 +133,11 @@ pub struct CalibrateArgs {
     /// Where to write the profile (default: this host's cached profile, which runs use).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Go on measuring for this long, round after round, and keep the median of each figure:
+    /// on a machine whose speed wanders (a shared virtual machine), a profile measured over
+    /// about as long as a run predicts runs better (default: 3 rounds, a few seconds).
+    #[arg(long, value_parser = non_negative_seconds, allow_negative_numbers = true)]
+    pub seconds: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -360,7 +363,7 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
         }
         _ => {}
     }
-    let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link);
+    let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0));
     for rank in 1..world.map_or(1, |w| w.size()) {
         if let Some(w) = world {
             send(w, rank, &ToWorker::Shutdown);
@@ -636,6 +639,14 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
     }
 }
 
+/// A duration in seconds: finite and not negative.
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
+    }
+}
+
 /// Where the journal of a results file lives: `results.json` → `results.journal.jsonl`.
 pub fn journal_path(output: &Path) -> PathBuf {
     output.with_extension("journal.jsonl")
@@ -716,13 +727,13 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     if args.log_samples && args.output.is_none() {
         return Err(CliError::SamplesWithoutOutput);
     }
-    // A GPU is found before anything is read, so that a machine without one fails at once.
-    let gpu = match (args.device, world) {
-        (DeviceArg::Cpu, _) => None,
-        (DeviceArg::Cuda, Some(w)) if w.size() > 1 => return Err(CliError::CudaWorkers),
-        (DeviceArg::Cuda, _) => {
+    // In one process, its GPU is found before anything is read, so that a machine without
+    // one fails at once; under MPI each worker finds its own (rank 0 needs none).
+    let distributed = world.is_some_and(|w| w.size() > 1);
+    let gpu = match args.device {
+        DeviceArg::Cuda if !distributed => {
             let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
-            let gpu = evalmesh_worker::backend::cuda::probe(local)?;
+            let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
             log::info!(
                 "GPU {} of {}: {} ({} GB)",
                 gpu.ordinal,
@@ -732,8 +743,16 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             );
             Some(gpu)
         }
+        _ => None,
     };
-    let backend_name = if gpu.is_some() { "cuda" } else { "cpu" };
+    let device = match args.device {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::Cuda,
+    };
+    let backend_name = match device {
+        Device::Cpu => "cpu",
+        Device::Cuda => "cuda",
+    };
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let source =
         Source { data_dir: args.data_dir.as_deref(), data_file: args.data.as_deref(), num_fewshot: args.num_fewshot };
@@ -765,7 +784,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             let workers = world.size() as usize - 1;
             let (layout, stages) = choose_layout(&args, &config, workers, &profile)?;
             let threads = args.threads.unwrap_or(0);
-            let engine = DistributedEngine::start(world, &model_path, &config, layout, &stages, threads)?;
+            let engine = DistributedEngine::start(world, &model_path, &config, layout, &stages, device, threads)?;
             let threads = engine.workers().first().map_or(1, |w| w.threads);
             let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })

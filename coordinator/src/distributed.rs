@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
+use evalmesh_common::protocol::{check_version, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -54,6 +54,7 @@ impl<'a> DistributedEngine<'a> {
         config: &ModelConfig,
         layout: ParallelLayout,
         stages: &[StageSpec],
+        device: Device,
         threads: usize,
     ) -> Result<Self, EngineError> {
         let plan = |e: PlanError| EngineError::Plan(e.to_string());
@@ -80,6 +81,7 @@ impl<'a> DistributedEngine<'a> {
                         version: PROTOCOL_VERSION,
                         model: model.display().to_string(),
                         stage: spec.clone(),
+                        device,
                         threads,
                         previous: s.checked_sub(1).map(|s| rank_of(p, s, t)),
                         next: (s + 1 < layout.pp).then(|| rank_of(p, s + 1, t)),

@@ -54,7 +54,7 @@ pub fn run_profile(
         }
     }
     log::info!("no hardware profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)");
-    let profile = calibrate(config, batch_tokens.min(2048), None)?;
+    let profile = calibrate(config, batch_tokens.min(2048), None, 0.0)?;
     // A cache that cannot be written costs the next run a calibration, not this run.
     match write_profile(&profile, &cached) {
         Ok(()) => log::info!("hardware profile cached at {}", cached.display()),

@@ -141,6 +141,23 @@ fn a_failing_worker_ends_the_run_naming_its_rank() {
 }
 
 #[test]
+fn gpu_workers_without_a_gpu_end_the_run_naming_a_rank() {
+    // Rank 0 needs no GPU; each worker looks for its own and reports why it has none (a
+    // build without the cuda feature, or no driver here).
+    let started = Instant::now();
+    let output = mpirun(3, &["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
+    assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: worker rank"))
+        .unwrap_or_else(|| panic!("no worker error from rank 0"));
+    assert!(line.contains("cuda") && line.contains("--device cpu"), "{line}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
 fn the_trace_has_a_track_per_rank_and_the_results_a_table_per_rank() {
     let dir = tempfile::tempdir().unwrap();
     let (trace, out) = (dir.path().join("trace.json"), dir.path().join("r.json"));

@@ -10,18 +10,19 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
-use evalmesh_common::protocol::{check_version, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
-use evalmesh_common::{MicroBatch, StageSpec};
+use evalmesh_common::protocol::{check_version, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
+use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
 use mpi::topology::{Rank, SimpleCommunicator};
 
-use crate::backend::Backend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, MatmulStats};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 use crate::stage::GroupSum;
 use crate::tensor::Matrix;
 use crate::transport::{
     send, send_activations, try_receive, try_receive_activations, yield_while_polling, Backoff, NodeShare, ShardSum,
 };
-use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput};
+use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, WeightSource};
 
 const COORDINATOR: Rank = 0;
 
@@ -38,6 +39,7 @@ enum Work {
         version: u32,
         model: String,
         stage: StageSpec,
+        device: Device,
         threads: usize,
         next: Option<Rank>,
         shards: Vec<Rank>,
@@ -91,9 +93,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
             busy = true;
             let forward = match message {
-                Ok(ToWorker::Setup { version, model, stage, threads, previous: p, next, shards }) => {
+                Ok(ToWorker::Setup { version, model, stage, device, threads, previous: p, next, shards }) => {
                     previous = p;
-                    Some(Work::Setup { version, model, stage, threads, next, shards })
+                    Some(Work::Setup { version, model, stage, device, threads, next, shards })
                 }
                 Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
                     batches.push_back((id, batch));
@@ -163,9 +165,8 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
         failure.get_or_insert(NodeError { rank, message });
     };
-    let mut stage: Option<LlamaStage<CpuBackend>> = None;
+    let mut stage: Option<Box<dyn LoadedStage>> = None;
     let mut next: Option<Rank> = None;
-    let mut sums: Box<dyn GroupSum<CpuBackend>> = Box::new(LocalSum);
     // Waits for a micro-batch count as idle on a first stage (no work from the coordinator)
     // and as receive-wait on later ones (a batch is handed over when its activations arrive).
     let (mut compute_times, mut idle, mut receive_wait) =
@@ -176,23 +177,22 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         let waiting = Instant::now();
         let Ok(w) = work.recv() else { break };
         match w {
-            Work::Setup { version, model, stage: spec, threads, next: n, shards } => {
+            Work::Setup { version, model, stage: spec, device, threads, next: n, shards } => {
                 next = n;
                 let threads = if threads == 0 { node.threads() } else { threads };
                 yield_while_polling(node.spare_core(threads));
-                match load(version, &model, spec, threads) {
+                let place = Place { rank, node_index: node.index, threads, shards };
+                match load(version, &model, spec, device, &place) {
                     Ok((loaded, bytes_read, load_seconds)) => {
+                        let spec = loaded.spec();
                         log::info!(
-                            "rank {rank}: layers {:?}, groups {:?}{}{} loaded, {bytes_read} bytes read, {threads} threads",
-                            loaded.spec().layers,
-                            loaded.spec().groups,
-                            if loaded.spec().embedding { " + embedding" } else { "" },
-                            if loaded.spec().head { " + head" } else { "" }
+                            "rank {rank}: layers {:?}, groups {:?}{}{} loaded on {}, {bytes_read} bytes read, {threads} threads",
+                            spec.layers,
+                            spec.groups,
+                            if spec.embedding { " + embedding" } else { "" },
+                            if spec.head { " + head" } else { "" },
+                            loaded.device()
                         );
-                        if let Some(index) = shards.iter().position(|&r| r == rank).filter(|_| shards.len() > 1) {
-                            let width = loaded.config().hidden_size;
-                            sums = Box::new(ShardSum { comm: SimpleCommunicator::world(), shards, index, width });
-                        }
                         let ready =
                             ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
                         let _ = outgoing.send(Outgoing::Control(ready));
@@ -202,7 +202,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                 }
             }
             Work::Batch { id, batch, hidden } => {
-                let Some(stage) = &stage else { continue };
+                let Some(stage) = stage.as_mut() else { continue };
                 match hidden {
                     Some(_) => spans.record(&mut receive_wait, "receive-wait", waiting, 0, Some(id)),
                     None => spans.record(&mut idle, "idle", waiting, 0, Some(id)),
@@ -210,37 +210,20 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                 batches += 1;
                 tokens += batch.tokens.len() as u64;
                 let started = Instant::now();
-                let input = match hidden {
-                    Some(h) => match stage.backend().upload(h) {
-                        Ok(t) => StageInput::Hidden(t),
-                        Err(e) => {
-                            fail(e.to_string());
-                            continue;
-                        }
-                    },
-                    None => StageInput::Tokens,
-                };
-                match stage.forward(&batch, input, sums.as_mut()) {
-                    Ok(StageOutput::Scores(scores)) => {
+                match stage.forward(&batch, hidden, next) {
+                    Ok(Computed::Scores(scores)) => {
                         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id, scores }));
                     }
-                    Ok(StageOutput::Hidden(h)) => match next {
-                        Some(to) => match stage.backend().download(&h) {
-                            Ok(hidden) => {
-                                let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
-                            }
-                            Err(e) => fail(e.to_string()),
-                        },
-                        // A shard of the last stage without the head has done its part.
-                        None if !stage.spec().head => {}
-                        None => fail("a stage without the head has no next stage to send to".into()),
-                    },
-                    Err(e) => fail(e.to_string()),
+                    Ok(Computed::Hidden { to, hidden }) => {
+                        let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
+                    }
+                    Ok(Computed::Nothing) => {}
+                    Err(message) => fail(message),
                 }
                 spans.record(&mut compute_times, "compute", started, 0, Some(id));
             }
             Work::Report { send, send_spans, trace } => {
-                let matmul = stage.as_ref().map(|s| s.backend().matmul_stats()).unwrap_or_default();
+                let matmul = stage.as_ref().map(|s| s.matmul_stats()).unwrap_or_default();
                 let stats = WorkerStats {
                     batches,
                     tokens,
@@ -249,7 +232,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     send: send.summary(),
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
-                    peak_device_memory_bytes: stage.as_ref().map_or(0, |s| s.backend().peak_device_bytes()),
+                    peak_device_memory_bytes: stage.as_ref().map_or(0, |s| s.peak_device_bytes()),
                     matmul_flops: matmul.flops,
                     matmul_seconds: matmul.seconds,
                     trace: if trace { [spans.timeline.clone(), send_spans.timeline].concat() } else { Vec::new() },
@@ -263,17 +246,124 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
     failure.map_or(Ok(()), Err)
 }
 
-/// Loads a stage; returns it with the bytes read from the model and the seconds taken.
+/// What a micro-batch's forward pass hands on.
+enum Computed {
+    Scores(Vec<TokenScore>),
+    /// Hidden states for the next stage's rank `to`, on the host (staged through host memory).
+    Hidden {
+        to: Rank,
+        hidden: Matrix,
+    },
+    /// A shard of the last stage without the head: its part went into the shards' sums.
+    Nothing,
+}
+
+/// A loaded stage on whatever backend the setup chose, with its shards' sums.
+trait LoadedStage {
+    fn spec(&self) -> &StageSpec;
+    fn device(&self) -> String;
+    /// One micro-batch: from tokens (`hidden` absent) or the previous stage's hidden states;
+    /// hidden states out go to `next`, the next stage's rank, if there is one.
+    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String>;
+    fn matmul_stats(&self) -> MatmulStats;
+    fn peak_device_bytes(&self) -> u64;
+}
+
+struct Loaded<B: Backend> {
+    stage: LlamaStage<B>,
+    sums: Box<dyn GroupSum<B>>,
+    device: String,
+}
+
+impl<B: Backend> LoadedStage for Loaded<B> {
+    fn spec(&self) -> &StageSpec {
+        self.stage.spec()
+    }
+
+    fn device(&self) -> String {
+        self.device.clone()
+    }
+
+    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String> {
+        let backend = self.stage.backend();
+        let input = match hidden {
+            Some(h) => StageInput::Hidden(backend.upload(h).map_err(|e| e.to_string())?),
+            None => StageInput::Tokens,
+        };
+        match (self.stage.forward(batch, input, self.sums.as_mut()).map_err(|e| e.to_string())?, next) {
+            (StageOutput::Scores(scores), _) => Ok(Computed::Scores(scores)),
+            (StageOutput::Hidden(h), Some(to)) => {
+                Ok(Computed::Hidden { to, hidden: backend.download(&h).map_err(|e| e.to_string())? })
+            }
+            (StageOutput::Hidden(_), None) => Ok(Computed::Nothing),
+        }
+    }
+
+    fn matmul_stats(&self) -> MatmulStats {
+        self.stage.backend().matmul_stats()
+    }
+
+    fn peak_device_bytes(&self) -> u64 {
+        self.stage.backend().peak_device_bytes()
+    }
+}
+
+/// Where a worker sits: its rank, its place among its node's workers, its threads, and the
+/// ranks of its stage's shards.
+struct Place {
+    rank: Rank,
+    node_index: usize,
+    threads: usize,
+    shards: Vec<Rank>,
+}
+
+/// Loads a stage on `device`; returns it with the bytes read from the model and the seconds taken.
 fn load(
     version: u32,
     model: &str,
     spec: StageSpec,
-    threads: usize,
-) -> Result<(LlamaStage<CpuBackend>, u64, f64), String> {
+    device: Device,
+    place: &Place,
+) -> Result<(Box<dyn LoadedStage>, u64, f64), String> {
     let started = Instant::now();
     check_version(version).map_err(|e| e.to_string())?;
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    rayon::ThreadPoolBuilder::new().num_threads(place.threads).build_global().map_err(|e| e.to_string())?;
     let source = crate::weights::open(std::path::Path::new(model)).map_err(|e| e.to_string())?;
-    let stage = LlamaStage::load(source.as_ref(), spec, CpuBackend::default()).map_err(|e| e.to_string())?;
-    Ok((stage, source.bytes_read().load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+    let loaded: Box<dyn LoadedStage> = match device {
+        Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
+        Device::Cuda => {
+            let gpu = crate::backend::cuda::probe_local(place.node_index).map_err(|e| e.to_string())?;
+            log::info!(
+                "rank {}: worker {} of its node takes GPU {} of {} ({})",
+                place.rank,
+                place.node_index,
+                gpu.ordinal,
+                gpu.visible,
+                gpu.name
+            );
+            let backend = CudaBackend::new(gpu.ordinal).map_err(|e| e.to_string())?;
+            Box::new(load_on(source.as_ref(), spec, backend, format!("GPU {} ({})", gpu.ordinal, gpu.name), place)?)
+        }
+    };
+    Ok((loaded, source.bytes_read().load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
+}
+
+fn load_on<B: Backend + 'static>(
+    source: &dyn WeightSource,
+    spec: StageSpec,
+    backend: B,
+    device: String,
+    place: &Place,
+) -> Result<Loaded<B>, String> {
+    let stage = LlamaStage::load(source, spec, backend).map_err(|e| e.to_string())?;
+    let sums: Box<dyn GroupSum<B>> = match place.shards.iter().position(|&r| r == place.rank) {
+        Some(index) if place.shards.len() > 1 => Box::new(ShardSum {
+            comm: SimpleCommunicator::world(),
+            shards: place.shards.clone(),
+            index,
+            width: stage.config().hidden_size,
+        }),
+        _ => Box::new(LocalSum),
+    };
+    Ok(Loaded { stage, sums, device })
 }

@@ -190,12 +190,15 @@ impl<C: Communicator, B: Backend> GroupSum<B> for ShardSum<C> {
     }
 }
 
-/// This rank's node: its cores and the workers that share them (rank 0 coordinates and
-/// mostly sleeps, so it does not count). Collective: every rank calls it.
+/// This rank's node: its cores, the workers that share them (rank 0 coordinates and
+/// mostly sleeps, so it does not count) and this rank's place among them (which picks its
+/// GPU). Collective: every rank calls it.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeShare {
     pub cores: usize,
     pub workers: usize,
+    /// This rank's place among the node's workers, in rank order.
+    pub index: usize,
 }
 
 impl NodeShare {
@@ -203,8 +206,14 @@ impl NodeShare {
         let node = world.split_shared(world.rank());
         let mut ranks = vec![0 as Rank; node.size() as usize];
         node.all_gather_into(&world.rank(), &mut ranks[..]);
-        let workers = ranks.iter().filter(|&&r| r != 0).count().max(1);
-        NodeShare { cores: std::thread::available_parallelism().map_or(1, |n| n.get()), workers }
+        ranks.retain(|&r| r != 0);
+        ranks.sort_unstable();
+        let index = ranks.iter().position(|&r| r == world.rank()).unwrap_or(0);
+        NodeShare {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: ranks.len().max(1),
+            index,
+        }
     }
 
     /// Compute threads per worker when the setup leaves it open: the cores shared out.

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
-use cudarc::driver::{result, CudaContext, CudaEvent, CudaFunction, CudaStream};
+use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
-use super::kernels::Kernels;
+use super::kernels::{Kernel, Kernels, Param};
 use super::pool::{DeviceBuffer, Pool, PoolStats};
 use crate::backend::{rope_table, Backend, BackendError, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
@@ -185,12 +185,24 @@ impl CudaBackend {
 
     fn launch(
         &self,
-        function: &CudaFunction,
+        kernel: &Kernel,
         grid: (u32, u32),
         block: u32,
         shared_bytes: u32,
         args: &mut [Arg],
     ) -> Result<(), BackendError> {
+        let kinds: Vec<Param> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(_) => Param::Ptr,
+                Arg::I64(_) => Param::I64,
+                Arg::I32(_) => Param::I32,
+                Arg::F32(_) => Param::F32,
+            })
+            .collect();
+        check(kinds == kernel.params, || {
+            format!("kernel `{}` takes {:?}, launched with {kinds:?}", kernel.name, kernel.params)
+        })?;
         self.bind()?;
         let mut params: Vec<*mut c_void> = args
             .iter_mut()
@@ -202,10 +214,10 @@ impl CudaBackend {
             })
             .collect();
         // SAFETY: the arguments match the kernel's declaration in kernels.cu in order and
-        // type, and every pointer covers what the kernel touches (checked by each op).
+        // kind (checked above), and every pointer covers what the kernel touches (checked by each op).
         unsafe {
             result::launch_kernel(
-                function.cu_function(),
+                kernel.function.cu_function(),
                 (grid.0, grid.1, 1),
                 (block, 1, 1),
                 shared_bytes,
@@ -345,7 +357,11 @@ impl Backend for CudaBackend {
         }
         let end = self.event()?;
         self.matmul_flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
-        self.matmul_events.lock().unwrap_or_else(|p| p.into_inner()).0.push((start, end));
+        let mut events = self.matmul_events.lock().unwrap_or_else(|p| p.into_inner());
+        events.0.push((start, end));
+        if events.0.len() >= PENDING_EVENTS {
+            settle(&mut events);
+        }
         Ok(out)
     }
 
@@ -560,14 +576,8 @@ impl Backend for CudaBackend {
 
     fn matmul_stats(&self) -> MatmulStats {
         let mut events = self.matmul_events.lock().unwrap_or_else(|p| p.into_inner());
-        let (pending, seconds) = &mut *events;
-        for (start, end) in pending.drain(..) {
-            // elapsed_ms waits for the end event.
-            if let Ok(ms) = start.elapsed_ms(&end) {
-                *seconds += ms as f64 / 1e3;
-            }
-        }
-        MatmulStats { flops: self.matmul_flops.load(Ordering::Relaxed), seconds: *seconds }
+        settle(&mut events);
+        MatmulStats { flops: self.matmul_flops.load(Ordering::Relaxed), seconds: events.1 }
     }
 
     fn head_rows(&self) -> usize {
@@ -576,6 +586,21 @@ impl Backend for CudaBackend {
 
     fn peak_device_bytes(&self) -> u64 {
         self.pool.stats().peak_bytes
+    }
+}
+
+/// Matrix products whose events are kept before their times are added up (about one forward
+/// pass of a large model): bounds the events held, at the cost of waiting for them then.
+const PENDING_EVENTS: usize = 512;
+
+/// Adds the times of the pending products to the total (waiting for the last to finish).
+fn settle(events: &mut (Vec<(CudaEvent, CudaEvent)>, f64)) {
+    let (pending, seconds) = events;
+    for (start, end) in pending.drain(..) {
+        // elapsed_ms waits for the end event.
+        if let Ok(ms) = start.elapsed_ms(&end) {
+            *seconds += ms as f64 / 1e3;
+        }
     }
 }
 

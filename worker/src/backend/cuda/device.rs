@@ -10,7 +10,8 @@ fn failed(problem: impl Into<String>) -> BackendError {
     BackendError::Failed { backend: "cuda", problem: problem.into() }
 }
 
-pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
+/// GPUs this process can see, once the driver, cuBLAS and NVRTC are known to load.
+pub fn count() -> Result<usize, BackendError> {
     // SAFETY: these only try to load the shared libraries and report whether they loaded.
     let (driver, cublas, nvrtc) = unsafe {
         (
@@ -31,7 +32,11 @@ pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
         }
     }
     let visible = CudaContext::device_count().map_err(|e| failed(format!("counting GPUs: {e}")))?;
-    let visible = usize::try_from(visible).unwrap_or(0);
+    Ok(usize::try_from(visible).unwrap_or(0))
+}
+
+pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
+    let visible = count()?;
     if ordinal >= visible {
         return Err(failed(format!("GPU {ordinal} asked for, {visible} visible (check CUDA_VISIBLE_DEVICES)")));
     }

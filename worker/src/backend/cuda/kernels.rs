@@ -31,18 +31,59 @@ pub fn compile(arch: &str) -> Result<Ptx, BackendError> {
     })
 }
 
+/// A kernel parameter's kind, as `kernels.cu` declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// Any pointer (a device address).
+    Ptr,
+    /// `long long`
+    I64,
+    /// `int`
+    I32,
+    /// `float`
+    F32,
+}
+
+/// The parameters of kernel `name` in [`SOURCE`], or why they cannot be read.
+pub fn params(name: &str) -> Result<Vec<Param>, String> {
+    let start = format!("extern \"C\" __global__ void {name}(");
+    let at = SOURCE.find(&start).ok_or_else(|| format!("kernels.cu has no kernel `{name}`"))?;
+    let rest = &SOURCE[at + start.len()..];
+    let list = &rest[..rest.find(')').ok_or_else(|| format!("`{name}`: unterminated parameters"))?];
+    list.split(',')
+        .map(|p| {
+            let words: Vec<&str> = p.split_whitespace().collect();
+            let kind = &words[..words.len().saturating_sub(1)];
+            match kind {
+                _ if p.contains('*') => Ok(Param::Ptr),
+                ["long", "long"] => Ok(Param::I64),
+                ["int"] => Ok(Param::I32),
+                ["float"] => Ok(Param::F32),
+                _ => Err(format!("`{name}`: parameter `{}` of a kind the launcher does not pass", p.trim())),
+            }
+        })
+        .collect()
+}
+
+/// A loaded kernel with its parameters, which every launch is checked against.
+pub struct Kernel {
+    pub name: &'static str,
+    pub function: CudaFunction,
+    pub params: Vec<Param>,
+}
+
 /// The loaded kernels.
 pub struct Kernels {
-    pub to_bf16: CudaFunction,
-    pub embed: CudaFunction,
-    pub rms_norm: CudaFunction,
-    pub rope: CudaFunction,
-    pub silu_mul: CudaFunction,
-    pub add_assign: CudaFunction,
-    pub gather_rows: CudaFunction,
-    pub columns: CudaFunction,
-    pub attention: CudaFunction,
-    pub score: CudaFunction,
+    pub to_bf16: Kernel,
+    pub embed: Kernel,
+    pub rms_norm: Kernel,
+    pub rope: Kernel,
+    pub silu_mul: Kernel,
+    pub add_assign: Kernel,
+    pub gather_rows: Kernel,
+    pub columns: Kernel,
+    pub attention: Kernel,
+    pub score: Kernel,
 }
 
 impl Kernels {
@@ -53,8 +94,13 @@ impl Kernels {
         let module = context
             .load_module(compile(&format!("sm_{major}{minor}"))?)
             .map_err(|e| failed(format!("loading the kernels (is the driver older than NVRTC?): {e}")))?;
-        let function =
-            |name: &str| module.load_function(name).map_err(|e| failed(format!("kernel `{name}` not found: {e}")));
+        let function = |name: &'static str| {
+            Ok(Kernel {
+                name,
+                function: module.load_function(name).map_err(|e| failed(format!("kernel `{name}` not found: {e}")))?,
+                params: params(name).map_err(failed)?,
+            })
+        };
         Ok(Kernels {
             to_bf16: function("to_bf16")?,
             embed: function("embed")?,
@@ -77,6 +123,18 @@ mod tests {
     /// Every `extern "C"` kernel of the source, by name.
     fn kernel_names() -> Vec<&'static str> {
         SOURCE.split("extern \"C\" __global__ void ").skip(1).filter_map(|rest| rest.split('(').next()).collect()
+    }
+
+    #[test]
+    fn every_kernel_has_parameters_the_launcher_passes() {
+        for name in kernel_names() {
+            let params = params(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!params.is_empty(), "{name}");
+        }
+        use Param::*;
+        assert_eq!(params("rms_norm").unwrap(), [Ptr, Ptr, Ptr, I64, F32]);
+        assert_eq!(params("rope").unwrap(), [Ptr, Ptr, I64, I64, I64, I32, I32]);
+        assert!(params("missing").is_err());
     }
 
     #[test]

@@ -55,6 +55,26 @@ pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
     }
 }
 
+/// The GPU of the `local`-th worker of a node: one GPU each, in turn where the workers
+/// outnumber the GPUs this process sees (after `CUDA_VISIBLE_DEVICES`).
+pub fn probe_local(local: usize) -> Result<GpuChoice, BackendError> {
+    #[cfg(feature = "cuda")]
+    {
+        match device::count()? {
+            0 => Err(BackendError::Failed {
+                backend: "cuda",
+                problem: "no GPU visible (check CUDA_VISIBLE_DEVICES), or run with --device cpu".into(),
+            }),
+            visible => device::probe(local % visible),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = local;
+        Err(BackendError::CudaNotCompiled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
