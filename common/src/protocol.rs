@@ -37,6 +37,16 @@ pub enum Device {
     Cuda,
 }
 
+impl Device {
+    /// The name of its backend, as `--device` and journals spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 /// From the coordinator to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {

@@ -659,6 +659,15 @@ pub enum DeviceArg {
     Cuda,
 }
 
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Device {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+}
+
 /// How the work is spread over the ranks of an MPI job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StrategyArg {
@@ -730,8 +739,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     // In one process, its GPU is found before anything is read, so that a machine without
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
     let distributed = world.is_some_and(|w| w.size() > 1);
-    let gpu = match args.device {
-        DeviceArg::Cuda if !distributed => {
+    let device = Device::from(args.device);
+    let gpu = match device {
+        Device::Cuda if !distributed => {
             let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
             let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
             log::info!(
@@ -744,14 +754,6 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             Some(gpu)
         }
         _ => None,
-    };
-    let device = match args.device {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::Cuda,
-    };
-    let backend_name = match device {
-        Device::Cpu => "cpu",
-        Device::Cuda => "cuda",
     };
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let source =
@@ -770,7 +772,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         model_fingerprint(&model_path).map_err(|error| CliError::Io { path: model_path.clone(), error })?;
     let mut journal = match &args.output {
         Some(output) => {
-            Some(Journal::open(&journal_path(output), &fingerprint, backend_name, args.resume, args.overwrite)?)
+            Some(Journal::open(&journal_path(output), &fingerprint, device.name(), args.resume, args.overwrite)?)
         }
         None => None,
     };

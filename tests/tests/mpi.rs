@@ -127,34 +127,29 @@ fn a_failing_worker_ends_the_run_naming_its_rank() {
         let t = model.tensors.iter_mut().find(|t| t.name == "blk.3.ffn_down.weight").unwrap();
         t.bytes[..2].copy_from_slice(&[0x00, 0x7E]); // the first Q4_1 block's scale: f16 NaN
     });
-    let started = Instant::now();
-    let output = mpirun(3, &["run", "--model", path.to_str().unwrap()]);
-    assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());
-    assert_ne!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: worker rank"))
-        .unwrap_or_else(|| panic!("no worker error from rank 0"));
+    let line = worker_failure(&["run", "--model", path.to_str().unwrap()]);
     assert!(line.contains("blk.3.ffn_down.weight") && line.contains("non-finite"), "{line}");
+}
+
+/// Runs `args` under `mpirun -np 3`, which a worker fails: the run must end within a minute
+/// with exit code 1, no panic, and rank 0's error line naming the worker, which is returned.
+fn worker_failure(args: &[&str]) -> String {
+    let started = Instant::now();
+    let output = mpirun(3, args);
+    assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"));
+    let line = stderr.lines().find(|l| l.starts_with("error: worker rank"));
+    line.unwrap_or_else(|| panic!("no worker error from rank 0")).to_string()
 }
 
 #[test]
 fn gpu_workers_without_a_gpu_end_the_run_naming_a_rank() {
     // Rank 0 needs no GPU; each worker looks for its own and reports why it has none (a
     // build without the cuda feature, or no driver here).
-    let started = Instant::now();
-    let output = mpirun(3, &["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
-    assert!(started.elapsed() < Duration::from_secs(60), "the failure took {:?}", started.elapsed());
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: worker rank"))
-        .unwrap_or_else(|| panic!("no worker error from rank 0"));
+    let line = worker_failure(&["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
     assert!(line.contains("cuda") && line.contains("--device cpu"), "{line}");
-    assert!(!stderr.contains("panicked"));
 }
 
 #[test]

@@ -261,7 +261,7 @@ enum Computed {
 /// A loaded stage on whatever backend the setup chose, with its shards' sums.
 trait LoadedStage {
     fn spec(&self) -> &StageSpec;
-    fn device(&self) -> String;
+    fn device(&self) -> &str;
     /// One micro-batch: from tokens (`hidden` absent) or the previous stage's hidden states;
     /// hidden states out go to `next`, the next stage's rank, if there is one.
     fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String>;
@@ -280,8 +280,8 @@ impl<B: Backend> LoadedStage for Loaded<B> {
         self.stage.spec()
     }
 
-    fn device(&self) -> String {
-        self.device.clone()
+    fn device(&self) -> &str {
+        &self.device
     }
 
     fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String> {

@@ -1,8 +1,7 @@
 //! The compute backend: one small op set ([`Backend`]) that the transformer stage is
 //! written against, and its implementations: [`cpu`], and [`cuda`]'s behind the `cuda`
-//! cargo feature. Every op keeps
-//! each row's arithmetic independent of the other rows, so a request's scores do not
-//! depend on the batch it was packed in.
+//! cargo feature. Every op keeps each row's arithmetic independent of the other rows, so a
+//! request's scores do not depend on the batch it was packed in.
 
 pub mod cpu;
 pub mod cuda;

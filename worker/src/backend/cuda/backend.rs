@@ -39,16 +39,8 @@ pub struct CudaTensor {
 }
 
 impl CudaTensor {
-    pub fn ptr(&self) -> CUdeviceptr {
+    fn ptr(&self) -> CUdeviceptr {
         self.buffer.ptr()
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
     }
 }
 
@@ -607,7 +599,7 @@ fn settle(events: &mut (Vec<(CudaEvent, CudaEvent)>, f64)) {
 /// Each query row's keys as two runs `[shared_start, shared_len, own_start, own_len]`: a
 /// prefix row sees its prefix up to itself; a branch row sees the whole prefix, then its
 /// branch up to itself (the layout of DESIGN §5, as the CPU backend reads it).
-pub fn attention_spans(trees: &[TreeLayout], rows: usize) -> Vec<i64> {
+fn attention_spans(trees: &[TreeLayout], rows: usize) -> Vec<i64> {
     let mut spans = Vec::with_capacity(4 * rows);
     for tree in trees {
         let (start, prefix) = (tree.start as i64, tree.prefix_len as i64);

@@ -16,7 +16,7 @@ pub mod pool;
 mod stub;
 
 #[cfg(feature = "cuda")]
-pub use backend::{attention_spans, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS};
+pub use backend::{CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS};
 #[cfg(not(feature = "cuda"))]
 pub use stub::CudaBackend;
 
