@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MicroBatch, StageSpec, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -33,8 +33,23 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Device {
     Cpu,
-    /// The GPU of the worker's place among the workers of its node (modulo the GPUs it sees).
-    Cuda,
+    /// The GPU of the worker's place among the workers of its node (modulo the GPUs it sees),
+    /// passing activations to other ranks as `cuda_aware` says.
+    Cuda {
+        cuda_aware: CudaAware,
+    },
+}
+
+/// Whether activations go to MPI from device memory (which only a CUDA-aware MPI can read)
+/// or are staged through pinned host buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CudaAware {
+    /// Device memory where the MPI says it is CUDA-aware (`MPIX_Query_cuda_support`).
+    Auto,
+    /// Device memory: the MPI is CUDA-aware whatever it says.
+    On,
+    /// Pinned host buffers.
+    Off,
 }
 
 impl Device {
@@ -42,7 +57,7 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
+            Device::Cuda { .. } => "cuda",
         }
     }
 }

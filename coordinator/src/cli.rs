@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::{Device, ToWorker, WorkerStats};
+use evalmesh_common::protocol::{CudaAware, Device, ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
@@ -48,6 +48,8 @@ pub enum CliError {
     NeedsMpi(&'static str),
     #[error("{0} spreads the model over worker ranks, and this is one process: start it under mpirun or srun (for example mpirun -np 3 evalmesh run …), or leave out {0}")]
     LayoutNeedsRanks(String),
+    #[error("--cuda-aware says how GPU workers pass activations: it needs --device cuda (drop it for --device cpu)")]
+    CudaAwareWithoutCuda,
     #[error(transparent)]
     PingPong(#[from] crate::pingpong::PingPongError),
     #[error(transparent)]
@@ -243,6 +245,11 @@ pub struct RunArgs {
     /// `--features cuda`).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// With --device cuda under mpirun: `on` passes activations to MPI in device memory
+    /// (the MPI must be CUDA-aware), `off` stages them through pinned host buffers, `auto`
+    /// asks the MPI (`MPIX_Query_cuda_support`).
+    #[arg(long, value_enum, default_value_t = CudaAwareArg::Auto)]
+    pub cuda_aware: CudaAwareArg,
     /// Try micro-batch budgets of 512 to 4096 tokens on the first trees (their scores count:
     /// they do not depend on the budget) and keep the fastest for the rest; the results'
     /// `evalmesh.tuning` records the trials.
@@ -659,12 +666,26 @@ pub enum DeviceArg {
     Cuda,
 }
 
-impl From<DeviceArg> for Device {
-    fn from(d: DeviceArg) -> Device {
-        match d {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-        }
+/// How GPU workers hand activations to MPI (`--cuda-aware`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CudaAwareArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// The workers' device from `--device` and `--cuda-aware`, which only a GPU run takes.
+fn device_of(device: DeviceArg, cuda_aware: CudaAwareArg) -> Result<Device, CliError> {
+    match (device, cuda_aware) {
+        (DeviceArg::Cpu, CudaAwareArg::Auto) => Ok(Device::Cpu),
+        (DeviceArg::Cpu, _) => Err(CliError::CudaAwareWithoutCuda),
+        (DeviceArg::Cuda, arg) => Ok(Device::Cuda {
+            cuda_aware: match arg {
+                CudaAwareArg::Auto => CudaAware::Auto,
+                CudaAwareArg::On => CudaAware::On,
+                CudaAwareArg::Off => CudaAware::Off,
+            },
+        }),
     }
 }
 
@@ -739,9 +760,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     // In one process, its GPU is found before anything is read, so that a machine without
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
     let distributed = world.is_some_and(|w| w.size() > 1);
-    let device = Device::from(args.device);
+    let device = device_of(args.device, args.cuda_aware)?;
     let gpu = match device {
-        Device::Cuda if !distributed => {
+        Device::Cuda { .. } if !distributed => {
             let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
             let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
             log::info!(

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use evalmesh_worker::transport::{send_activations, try_receive_activations, yield_while_polling, Backoff};
+use evalmesh_worker::wire::{HostLanding, Wire};
 use evalmesh_worker::Matrix;
 use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
@@ -83,25 +84,27 @@ fn raw_round_trips(world: &SimpleCommunicator, peer: Rank, m: &Matrix, n: usize)
     started.elapsed().as_secs_f64()
 }
 
-/// Seconds for `n` round trips of the engine's activation messages.
+/// Seconds for `n` round trips of the engine's activation messages (landing on the host,
+/// as the CPU backend's do).
 fn activation_round_trips(world: &SimpleCommunicator, peer: Rank, m: &Matrix, n: usize) -> Result<f64, PingPongError> {
-    let receive = || -> Result<Matrix, PingPongError> {
+    let receive = || -> Result<Wire, PingPongError> {
         let mut backoff = Backoff::default();
         loop {
-            match try_receive_activations(world, peer) {
-                Some(received) => return received.map(|(_, m)| m).map_err(PingPongError::Message),
+            match try_receive_activations(world, peer, &HostLanding) {
+                Some(received) => return received.map(|(_, _, _, wire)| wire).map_err(PingPongError::Message),
                 None => backoff.wait(),
             }
         }
     };
+    let mut wire = Wire::host(m.data.clone());
     let started = Instant::now();
     for id in 0..n as u64 {
         if world.rank() == 0 {
-            send_activations(world, peer, id, m);
-            receive()?;
+            send_activations(world, peer, id, m.rows, m.cols, &wire);
+            wire = receive()?;
         } else {
-            let back = receive()?;
-            send_activations(world, peer, id, &back);
+            wire = receive()?;
+            send_activations(world, peer, id, m.rows, m.cols, &wire);
         }
     }
     Ok(started.elapsed().as_secs_f64())

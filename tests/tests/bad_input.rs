@@ -108,6 +108,12 @@ fn cuda_without_a_gpu() {
 }
 
 #[test]
+fn cuda_aware_without_cuda() {
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--cuda-aware", "on"]);
+    assert_clean_error(&output, &["--cuda-aware", "--device cuda"]);
+}
+
+#[test]
 fn empty_model_file() {
     let (_dir, path) = edited_bytes(Vec::clear);
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "empty"]);

@@ -8,6 +8,7 @@ pub mod stage;
 pub mod tensor;
 pub mod transport;
 pub mod weights;
+pub mod wire;
 
 pub use backend::{cpu::CpuBackend, Backend, BackendError};
 pub use evalmesh_common::StageSpec;

@@ -2,15 +2,20 @@
 //! (only its tensors), then compute micro-batches until told to stop. Two threads: the
 //! compute thread runs the stage; the communication thread alone talks MPI (it receives
 //! control messages and the previous stage's activations, and sends scores and
-//! activations), so a micro-batch travels while the next one computes. Every failure goes
-//! back to the coordinator as a message, so no rank is left waiting.
+//! activations), so a micro-batch travels while the next one computes. Activations cross
+//! in the backend's wires (`crate::wire`): host memory on the CPU; on a GPU, device
+//! memory where the MPI is CUDA-aware and pinned host buffers otherwise. Every failure
+//! goes back to the coordinator as a message, so no rank is left waiting.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::Instant;
 
-use evalmesh_common::protocol::{check_version, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
+use evalmesh_common::protocol::{
+    check_version, CudaAware, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
+};
 use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
 use mpi::topology::{Rank, SimpleCommunicator};
 
@@ -18,10 +23,11 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, MatmulStats};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 use crate::stage::GroupSum;
-use crate::tensor::Matrix;
 use crate::transport::{
-    send, send_activations, try_receive, try_receive_activations, yield_while_polling, Backoff, NodeShare, ShardSum,
+    mpi_is_cuda_aware, send, send_activations, try_receive, try_receive_activations, yield_while_polling, Backoff,
+    NodeShare, ShardSum,
 };
+use crate::wire::{HostLanding, Landing, Outbound, Wire};
 use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, WeightSource};
 
 const COORDINATOR: Rank = 0;
@@ -47,7 +53,7 @@ enum Work {
     Batch {
         id: u64,
         batch: MicroBatch,
-        hidden: Option<Matrix>,
+        hidden: Option<Received>,
     },
     /// Report the figures; the communication thread adds its send times and spans.
     Report {
@@ -59,10 +65,23 @@ enum Work {
     Shutdown,
 }
 
+/// The previous stage's `rows × cols` hidden states, landed in a wire of the stage's backend.
+struct Received {
+    rows: usize,
+    cols: usize,
+    wire: Wire,
+}
+
 /// What the compute thread hands the communication thread.
 enum Outgoing {
     Control(ToCoordinator),
-    Activations { to: Rank, id: u64, hidden: Matrix },
+    /// Where activations from the previous stage land from now on (sent before `Ready`).
+    Landing(Arc<dyn Landing>),
+    Activations {
+        to: Rank,
+        id: u64,
+        hidden: Outbound,
+    },
     Done,
 }
 
@@ -86,7 +105,8 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let mut previous: Option<Rank> = None;
     let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
     let (mut send_times, mut send_spans) = (Durations::default(), Spans::default());
-    let mut activations: VecDeque<(u64, Matrix)> = VecDeque::new();
+    let mut activations: VecDeque<(u64, Received)> = VecDeque::new();
+    let mut landing: Arc<dyn Landing> = Arc::new(HostLanding);
     let mut backoff = Backoff::default();
     loop {
         let mut busy = false;
@@ -113,10 +133,10 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             }
         }
         if let Some(from) = previous {
-            while let Some(received) = try_receive_activations(&world, from) {
+            while let Some(received) = try_receive_activations(&world, from, landing.as_ref()) {
                 busy = true;
                 match received {
-                    Ok(a) => activations.push_back(a),
+                    Ok((id, rows, cols, wire)) => activations.push_back((id, Received { rows, cols, wire })),
                     Err(problem) => {
                         let _ = work.send(Work::Broken(problem));
                     }
@@ -141,8 +161,18 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     send(&world, COORDINATOR, &message);
                     None
                 }
+                Ok(Outgoing::Landing(l)) => {
+                    landing = l;
+                    None
+                }
                 Ok(Outgoing::Activations { to, id, hidden }) => {
-                    send_activations(&world, to, id, &hidden);
+                    let (rows, cols) = (hidden.rows, hidden.cols);
+                    match hidden.ready() {
+                        Ok(wire) => send_activations(&world, to, id, rows, cols, &wire),
+                        Err(e) => {
+                            let _ = work.send(Work::Broken(format!("micro-batch {id}'s activations: {e}")));
+                        }
+                    }
                     Some(id)
                 }
                 Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
@@ -195,6 +225,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                         );
                         let ready =
                             ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
+                        let _ = outgoing.send(Outgoing::Landing(loaded.landing()));
                         let _ = outgoing.send(Outgoing::Control(ready));
                         stage = Some(loaded);
                     }
@@ -249,10 +280,10 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
 /// What a micro-batch's forward pass hands on.
 enum Computed {
     Scores(Vec<TokenScore>),
-    /// Hidden states for the next stage's rank `to`, on the host (staged through host memory).
+    /// Hidden states for the next stage's rank `to`.
     Hidden {
         to: Rank,
-        hidden: Matrix,
+        hidden: Outbound,
     },
     /// A shard of the last stage without the head: its part went into the shards' sums.
     Nothing,
@@ -264,7 +295,10 @@ trait LoadedStage {
     fn device(&self) -> &str;
     /// One micro-batch: from tokens (`hidden` absent) or the previous stage's hidden states;
     /// hidden states out go to `next`, the next stage's rank, if there is one.
-    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String>;
+    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Received>, next: Option<Rank>)
+        -> Result<Computed, String>;
+    /// Where the previous stage's hidden states land.
+    fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
     fn peak_device_bytes(&self) -> u64;
 }
@@ -284,19 +318,28 @@ impl<B: Backend> LoadedStage for Loaded<B> {
         &self.device
     }
 
-    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Matrix>, next: Option<Rank>) -> Result<Computed, String> {
+    fn forward(
+        &mut self,
+        batch: &MicroBatch,
+        hidden: Option<Received>,
+        next: Option<Rank>,
+    ) -> Result<Computed, String> {
         let backend = self.stage.backend();
         let input = match hidden {
-            Some(h) => StageInput::Hidden(backend.upload(h).map_err(|e| e.to_string())?),
+            Some(h) => StageInput::Hidden(backend.adopt(h.wire, h.rows, h.cols).map_err(|e| e.to_string())?),
             None => StageInput::Tokens,
         };
         match (self.stage.forward(batch, input, self.sums.as_mut()).map_err(|e| e.to_string())?, next) {
             (StageOutput::Scores(scores), _) => Ok(Computed::Scores(scores)),
             (StageOutput::Hidden(h), Some(to)) => {
-                Ok(Computed::Hidden { to, hidden: backend.download(&h).map_err(|e| e.to_string())? })
+                Ok(Computed::Hidden { to, hidden: backend.send_out(h).map_err(|e| e.to_string())? })
             }
             (StageOutput::Hidden(_), None) => Ok(Computed::Nothing),
         }
+    }
+
+    fn landing(&self) -> Arc<dyn Landing> {
+        self.stage.backend().landing()
     }
 
     fn matmul_stats(&self) -> MatmulStats {
@@ -331,17 +374,24 @@ fn load(
     let source = crate::weights::open(std::path::Path::new(model)).map_err(|e| e.to_string())?;
     let loaded: Box<dyn LoadedStage> = match device {
         Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
-        Device::Cuda => {
+        Device::Cuda { cuda_aware } => {
             let gpu = crate::backend::cuda::probe_local(place.node_index).map_err(|e| e.to_string())?;
+            let device_memory = match cuda_aware {
+                CudaAware::On => true,
+                CudaAware::Off => false,
+                CudaAware::Auto => mpi_is_cuda_aware(),
+            };
             log::info!(
-                "rank {}: worker {} of its node takes GPU {} of {} ({})",
+                "rank {}: worker {} of its node takes GPU {} of {} ({}); activations pass to MPI {} (--cuda-aware {cuda_aware:?})",
                 place.rank,
                 place.node_index,
                 gpu.ordinal,
                 gpu.visible,
-                gpu.name
+                gpu.name,
+                if device_memory { "in device memory" } else { "through pinned host buffers" },
             );
             let backend = CudaBackend::new(gpu.ordinal).map_err(|e| e.to_string())?;
+            backend.pass_device_memory_to_mpi(device_memory);
             Box::new(load_on(source.as_ref(), spec, backend, format!("GPU {} ({})", gpu.ordinal, gpu.name), place)?)
         }
     };

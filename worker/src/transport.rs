@@ -1,16 +1,21 @@
 //! Messages over MPI. Control messages are bincode bytes on one tag (see
 //! `evalmesh_common::protocol`); activations are raw f32 buffers on their own tags, each
-//! after a small header naming its micro-batch and shape. A rank that waits polls with
+//! after a small header naming its micro-batch and shape, sent from and received into
+//! [`Wire`]s (device memory where the MPI is CUDA-aware: [`mpi_is_cuda_aware`]). A rank that waits polls with
 //! back-off instead of blocking in MPI, whose blocking receive spins a core that the
 //! compute threads need.
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use evalmesh_common::protocol::{
     decode, encode, ProtocolError, ACTIVATION_DATA_TAG, ACTIVATION_HEADER_TAG, CONTROL_TAG, PARTIAL_SUM_TAG,
 };
+use mpi::datatype::Equivalence;
+use mpi::ffi;
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
+use mpi::raw::AsRawMut;
 use mpi::topology::{Communicator, Rank};
 use mpi::traits::CommunicatorCollectives;
 use serde::de::DeserializeOwned;
@@ -19,6 +24,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::stage::{fold, GroupSum, StageError};
 use crate::tensor::Matrix;
+use crate::wire::{Landing, Wire};
 
 /// The longest pause between two polls: the most a message waits unnoticed.
 pub const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
@@ -107,24 +113,86 @@ pub fn receive<C: Communicator, T: DeserializeOwned>(comm: &C, from: Option<Rank
     }
 }
 
-/// Sends a micro-batch's activations: the header, then the values.
-pub fn send_activations<C: Communicator>(comm: &C, to: Rank, id: u64, m: &Matrix) {
-    let header = [id, m.rows as u64, m.cols as u64];
+/// Sends a micro-batch's activations: the header, then the values, straight from the
+/// wire's memory (device memory only where the worker found the MPI CUDA-aware).
+pub fn send_activations<C: Communicator>(comm: &C, to: Rank, id: u64, rows: usize, cols: usize, wire: &Wire) {
+    let header = [id, rows as u64, cols as u64];
     comm.process_at_rank(to).send_with_tag(&header[..], ACTIVATION_HEADER_TAG);
-    comm.process_at_rank(to).send_with_tag(&m.data[..], ACTIVATION_DATA_TAG);
+    // SAFETY: the wire holds `len` f32 values at its address, untouched by anything else
+    // while it lives, in memory this MPI reads (host memory, or device memory for an MPI
+    // the worker found or was told to be CUDA-aware).
+    unsafe {
+        ffi::MPI_Send(
+            wire.address() as *const c_void,
+            wire_count(wire.len()),
+            ffi::RSMPI_FLOAT,
+            to,
+            ACTIVATION_DATA_TAG,
+            comm.as_raw(),
+        );
+    }
 }
 
-/// Activations from `from`, if their header has arrived: (micro-batch id, matrix).
-pub fn try_receive_activations<C: Communicator>(comm: &C, from: Rank) -> Option<Result<(u64, Matrix), String>> {
+/// Whether this process's MPI reads and writes device memory, as
+/// `MPIX_Query_cuda_support()` says where the library has it (Open MPI, MPICH 4 and
+/// later); `false` where it does not. Looked up at run time, so that any MPI links.
+pub fn mpi_is_cuda_aware() -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT only searches the loaded objects' symbols.
+    let query = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"MPIX_Query_cuda_support".as_ptr()) };
+    if query.is_null() {
+        return false;
+    }
+    // SAFETY: the symbol is MPI's `int MPIX_Query_cuda_support(void)`, callable once MPI
+    // is initialised (every worker runs after it).
+    let query: extern "C" fn() -> i32 = unsafe { std::mem::transmute(query) };
+    query() == 1
+}
+
+/// A message's element count as MPI takes it. Activations stay far below 2³¹ values (a
+/// micro-batch of 2¹⁶ tokens of a 16384-wide model is 2³⁰); past that MPI cannot count them.
+fn wire_count(len: usize) -> i32 {
+    i32::try_from(len).unwrap_or(i32::MAX)
+}
+
+/// Activations from `from`, if their header has arrived: (micro-batch id, rows, columns,
+/// values in a wire of `landing`).
+pub fn try_receive_activations<C: Communicator>(
+    comm: &C,
+    from: Rank,
+    landing: &dyn Landing,
+) -> Option<Result<(u64, usize, usize, Wire), String>> {
     let matched = comm.process_at_rank(from).immediate_matched_probe_with_tag(ACTIVATION_HEADER_TAG)?;
     let (header, _) = matched.matched_receive_vec::<u64>();
-    let (data, _) = comm.process_at_rank(from).receive_vec_with_tag::<f32>(ACTIVATION_DATA_TAG);
-    Some(match header[..] {
-        [id, rows, cols] if (rows * cols) as usize == data.len() => {
-            Ok((id, Matrix::from_vec(rows as usize, cols as usize, data)))
-        }
-        _ => Err(format!("activation header {header:?} does not match {} values from rank {from}", data.len())),
-    })
+    // The values follow their header at once.
+    let (mut message, status) = comm.process_at_rank(from).matched_probe_with_tag(ACTIVATION_DATA_TAG);
+    let count = status.count(f32::equivalent_datatype()) as usize;
+    let shape = match header[..] {
+        [id, rows, cols] if rows.checked_mul(cols) == Some(count as u64) => Ok((id, rows as usize, cols as usize)),
+        _ => Err(format!("activation header {header:?} does not match {count} values from rank {from}")),
+    };
+    let landed = shape.and_then(|shape| {
+        let wire = landing.take(count).map_err(|e| format!("receiving activations from rank {from}: {e}"))?;
+        Ok((shape, wire))
+    });
+    // Values that cannot land as they should are still received (on the host), so that
+    // MPI holds nothing back, and the problem is reported.
+    let (shape, wire) = match landed {
+        Ok((shape, wire)) => (Ok(shape), wire),
+        Err(problem) => (Err(problem), Wire::host(vec![0.0; count])),
+    };
+    // SAFETY: the wire holds `count` f32 values, untouched by anything else while it lives,
+    // in memory this MPI writes (host memory, or device memory for an MPI the worker found
+    // or was told to be CUDA-aware); the message is the one probed, received once.
+    unsafe {
+        ffi::MPI_Mrecv(
+            wire.address() as *mut c_void,
+            wire_count(count),
+            ffi::RSMPI_FLOAT,
+            message.as_raw_mut(),
+            ffi::RSMPI_STATUS_IGNORE,
+        );
+    }
+    Some(shape.map(|(id, rows, cols)| (id, rows, cols, wire)))
 }
 
 /// The row-parallel sums of a tensor-parallel stage, passed along its shards in group

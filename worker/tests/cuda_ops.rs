@@ -223,5 +223,5 @@ fn the_pool_stops_allocating_once_warm() {
     }
     let memory = gpu.memory();
     assert_eq!(Some(memory.driver_allocations), warm, "the pool kept allocating: {memory:?}");
-    assert_eq!((memory.in_use_bytes, memory.weight_bytes), (0, 0), "every buffer went back: {memory:?}");
+    assert_eq!((memory.in_use_bytes, memory.exact_bytes), (0, 0), "every buffer went back: {memory:?}");
 }

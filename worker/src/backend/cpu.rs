@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::{rope_table, Backend, BackendError, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
+use crate::wire::{Outbound, Wire};
 
 /// Query rows per attention block: bounds the score buffer and skips most of the
 /// masked upper triangle.
@@ -276,6 +277,10 @@ impl Backend for CpuBackend {
 
     fn download(&self, t: &Matrix) -> Result<Matrix, BackendError> {
         Ok(t.clone())
+    }
+
+    fn send_out(&self, t: Matrix) -> Result<Outbound, BackendError> {
+        Ok(Outbound::now(t.rows, t.cols, Wire::host(t.data)))
     }
 
     fn rows(&self, t: &Matrix) -> usize {

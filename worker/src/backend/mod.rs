@@ -7,10 +7,12 @@ pub mod cpu;
 pub mod cuda;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use crate::tensor::Matrix;
+use crate::wire::{HostLanding, Landing, Outbound, Wire};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -142,5 +144,29 @@ pub trait Backend: Send + Sync {
     /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
     fn head_rows(&self) -> usize {
         256
+    }
+    /// `t` on its way to another rank, in memory MPI can send from (on the host unless
+    /// the backend says otherwise).
+    fn send_out(&self, t: Self::Tensor) -> Result<Outbound, BackendError> {
+        let m = self.download(&t)?;
+        Ok(Outbound::now(m.rows, m.cols, Wire::host(m.data)))
+    }
+    /// Where activations from another rank land before [`Backend::adopt`] takes them in.
+    fn landing(&self) -> Arc<dyn Landing> {
+        Arc::new(HostLanding)
+    }
+    /// A `rows × cols` tensor from values received into a wire of [`Backend::landing`].
+    fn adopt(&self, wire: Wire, rows: usize, cols: usize) -> Result<Self::Tensor, BackendError> {
+        match wire.into_host_values() {
+            Ok(values) if values.len() == rows * cols => self.upload(Matrix::from_vec(rows, cols, values)),
+            Ok(values) => Err(BackendError::Failed {
+                backend: self.name(),
+                problem: format!("{} values received for {rows} × {cols}", values.len()),
+            }),
+            Err(_) => Err(BackendError::Failed {
+                backend: self.name(),
+                problem: "activations landed in memory this backend did not lend".into(),
+            }),
+        }
     }
 }

@@ -20,8 +20,10 @@ use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use super::kernels::{Kernel, Kernels, Param};
 use super::pool::{DeviceBuffer, Pool, PoolStats};
+use super::staging::Staging;
 use crate::backend::{rope_table, Backend, BackendError, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
+use crate::wire::{Landing, Outbound, Wire};
 
 /// Rows per matrix-product block: large enough that one block fills an H100/H200 for the
 /// shapes of 1B–70B models, small enough that padding a micro-batch costs little.
@@ -84,6 +86,7 @@ pub struct CudaBackend {
     blas: CudaBlas,
     kernels: Kernels,
     pool: Arc<Pool>,
+    staging: Staging,
     matmul_flops: AtomicU64,
     /// Whether fresh outputs are filled with NaN first (tests: an element a kernel fails
     /// to write then shows).
@@ -101,12 +104,14 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| failed(format!("starting cuBLAS: {e}")))?;
         let kernels = Kernels::load(&context)?;
         let pool = Pool::new(context.clone());
+        let staging = Staging::new(&context, &pool)?;
         Ok(CudaBackend {
             context,
             stream,
             blas,
             kernels,
             pool,
+            staging,
             matmul_flops: AtomicU64::new(0),
             poison: AtomicBool::new(false),
             matmul_events: Mutex::new((Vec::new(), 0.0)),
@@ -120,7 +125,14 @@ impl CudaBackend {
 
     /// Waits for every queued kernel and copy.
     pub fn synchronize(&self) -> Result<(), BackendError> {
-        self.stream.synchronize().map_err(|e| failed(format!("synchronising: {e}")))
+        self.stream.synchronize().map_err(|e| failed(format!("synchronising: {e}")))?;
+        self.staging.synchronize()
+    }
+
+    /// Whether activations go to MPI in device memory (`true`: the MPI must be CUDA-aware)
+    /// or through pinned host buffers (`false`, the default). Set before the first micro-batch.
+    pub fn pass_device_memory_to_mpi(&self, on: bool) {
+        self.staging.set_device_memory(on);
     }
 
     fn bind(&self) -> Result<(), BackendError> {
@@ -235,7 +247,7 @@ impl CudaBackend {
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Buffers go back to the pool as their tensors drop; nothing may still use them.
-        let _ = self.stream.synchronize();
+        let _ = self.synchronize();
     }
 }
 
@@ -269,6 +281,23 @@ impl Backend for CudaBackend {
 
     fn rows(&self, t: &CudaTensor) -> usize {
         t.rows
+    }
+
+    fn send_out(&self, t: CudaTensor) -> Result<Outbound, BackendError> {
+        self.bind()?;
+        let (ptr, rows, cols) = (t.ptr(), t.rows, t.cols);
+        self.staging.send_out(&self.stream, ptr, rows, cols, t)
+    }
+
+    fn landing(&self) -> Arc<dyn Landing> {
+        self.staging.landing()
+    }
+
+    fn adopt(&self, wire: Wire, rows: usize, cols: usize) -> Result<CudaTensor, BackendError> {
+        let out = self.tensor(rows, cols)?;
+        self.bind()?;
+        self.staging.adopt(&self.stream, wire, out.ptr(), rows * cols)?;
+        Ok(out)
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32]) -> Result<CudaTensor, BackendError> {

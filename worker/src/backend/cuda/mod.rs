@@ -12,6 +12,8 @@ mod device;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod pool;
+#[cfg(feature = "cuda")]
+mod staging;
 #[cfg(not(feature = "cuda"))]
 mod stub;
 

@@ -33,8 +33,8 @@ pub fn size_class(bytes: usize) -> usize {
 /// What the pool holds, in bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Weights: allocated exactly, never cached.
-    pub weight_bytes: u64,
+    /// Weights and staging buffers: allocated exactly, never cached.
+    pub exact_bytes: u64,
     /// Pool buffers taken from the driver (in use or cached).
     pub reserved_bytes: u64,
     /// Pool buffers handed out now.
@@ -113,17 +113,17 @@ impl Pool {
         };
         state.stats.in_use_bytes += class as u64;
         let stats = &mut state.stats;
-        stats.peak_bytes = stats.peak_bytes.max(stats.weight_bytes + stats.reserved_bytes);
+        stats.peak_bytes = stats.peak_bytes.max(stats.exact_bytes + stats.reserved_bytes);
         Ok(DeviceBuffer { ptr, bytes: class, cached: true, pool: self.clone() })
     }
 
-    /// A buffer of exactly `bytes` for a weight: allocated once, freed on drop.
+    /// A buffer of exactly `bytes` for a weight or a staging buffer: allocated once, freed on drop.
     pub fn take_exact(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer, BackendError> {
         let mut state = self.state();
         let ptr = self.allocate(&mut state, bytes.max(1))?;
-        state.stats.weight_bytes += bytes as u64;
+        state.stats.exact_bytes += bytes as u64;
         let stats = &mut state.stats;
-        stats.peak_bytes = stats.peak_bytes.max(stats.weight_bytes + stats.reserved_bytes);
+        stats.peak_bytes = stats.peak_bytes.max(stats.exact_bytes + stats.reserved_bytes);
         Ok(DeviceBuffer { ptr, bytes, cached: false, pool: self.clone() })
     }
 
@@ -142,7 +142,7 @@ impl Pool {
             failed(format!(
                 "out of device memory: {bytes} bytes asked for with {} in weights and {} in buffers ({e}); \
                  use smaller --batch-tokens or more GPUs",
-                s.weight_bytes, s.in_use_bytes
+                s.exact_bytes, s.in_use_bytes
             ))
         })
     }
@@ -164,9 +164,9 @@ impl Pool {
             state.stats.in_use_bytes -= bytes as u64;
             state.free.entry(bytes).or_default().push(ptr);
         } else {
-            state.stats.weight_bytes -= bytes as u64;
+            state.stats.exact_bytes -= bytes as u64;
             if self.context.bind_to_thread().is_ok() {
-                // SAFETY: a weight is dropped with its backend, after its stream is drained.
+                // SAFETY: a weight or staging buffer is dropped with its backend, after its streams are drained.
                 let _ = unsafe { result::free_sync(ptr) };
             }
         }
