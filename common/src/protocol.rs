@@ -62,6 +62,14 @@ impl Device {
     }
 }
 
+/// The model a worker loads: a model file or directory, or (`random_weights`) a
+/// `config.json` whose weights are drawn at random.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub path: String,
+    pub random_weights: bool,
+}
+
 /// From the coordinator to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -70,7 +78,7 @@ pub enum ToWorker {
     /// neighbours), and `shards` are the ranks of the stage's tensor-parallel shards in group order.
     Setup {
         version: u32,
-        model: String,
+        model: ModelRef,
         stage: StageSpec,
         device: Device,
         threads: usize,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::{CudaAware, Device, ToWorker, WorkerStats};
+use evalmesh_common::protocol::{CudaAware, Device, ModelRef, ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
@@ -250,6 +250,12 @@ pub struct RunArgs {
     /// asks the MPI (`MPIX_Query_cuda_support`).
     #[arg(long, value_enum, default_value_t = CudaAwareArg::Auto)]
     pub cuda_aware: CudaAwareArg,
+    /// Draw every weight at random (fixed seeds; on the GPU with --device cuda) instead of
+    /// reading weight files, to measure a model's speed from its config.json alone: --model
+    /// names the config.json or its directory, the tokenizer comes from --tokenizer (a
+    /// tokenizer.json or a GGUF file) or the directory's tokenizer.json. The scores mean nothing.
+    #[arg(long)]
+    pub random_weights: bool,
     /// Try micro-batch budgets of 512 to 4096 tokens on the first trees (their scores count:
     /// they do not depend on the budget) and keep the fastest for the rest; the results'
     /// `evalmesh.tuning` records the trials.
@@ -329,9 +335,9 @@ impl ModelArgs {
         }
     }
 
-    fn open(&self) -> Result<(PathBuf, Model), CliError> {
+    fn open(&self, random_weights: bool) -> Result<(PathBuf, Model), CliError> {
         let path = self.path()?;
-        let model = Model::open(&path, self.tokenizer.as_deref())?;
+        let model = Model::open(&path, self.tokenizer.as_deref(), random_weights)?;
         Ok((path, model))
     }
 }
@@ -356,7 +362,7 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }
     let path = args.model.path()?;
-    let config = evalmesh_worker::weights::open(&path)?.config().clone();
+    let config = evalmesh_worker::weights::open(&path, false)?.config().clone();
     let link = match world {
         Some(w) => crate::calibrate::measure_link(w, &config, args.batch_tokens)?,
         None => None,
@@ -391,7 +397,7 @@ fn plan_config(path: &Path) -> Result<ModelConfig, CliError> {
         let config = HfConfig::parse(&text).and_then(|c| c.to_plan_config());
         return config.map_err(|error| CliError::Config { path: path.to_path_buf(), error });
     }
-    Ok(evalmesh_worker::weights::open(path)?.config().clone())
+    Ok(evalmesh_worker::weights::open(path, false)?.config().clone())
 }
 
 /// `evalmesh plan`: every layout predicted on a workload of `--ctx`-token sequences.
@@ -783,14 +789,14 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     for name in &names {
         tasks.extend(formats::load(name, &source)?);
     }
-    let (model_path, model) = args.model.open()?;
+    let (model_path, model) = args.model.open(args.random_weights)?;
     let config = model.source.config().clone();
     let windows = match args.perplexity_mode {
         PerplexityMode::Llamacpp => Windows::Llamacpp { ctx: args.ctx.unwrap_or(512) },
         PerplexityMode::Rolling => Windows::Rolling { max_len: args.ctx.unwrap_or(config.max_position) },
     };
-    let fingerprint =
-        model_fingerprint(&model_path).map_err(|error| CliError::Io { path: model_path.clone(), error })?;
+    let fingerprint = model_fingerprint(&model_path, args.random_weights)
+        .map_err(|error| CliError::Io { path: model_path.clone(), error })?;
     let mut journal = match &args.output {
         Some(output) => {
             Some(Journal::open(&journal_path(output), &fingerprint, device.name(), args.resume, args.overwrite)?)
@@ -807,7 +813,8 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             let workers = world.size() as usize - 1;
             let (layout, stages) = choose_layout(&args, &config, workers, &profile)?;
             let threads = args.threads.unwrap_or(0);
-            let engine = DistributedEngine::start(world, &model_path, &config, layout, &stages, device, threads)?;
+            let model = ModelRef { path: model_path.display().to_string(), random_weights: args.random_weights };
+            let engine = DistributedEngine::start(world, &model, &config, layout, &stages, device, threads)?;
             let threads = engine.workers().first().map_or(1, |w| w.threads);
             let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
@@ -901,7 +908,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
 
 fn inspect(args: InspectArgs) -> Result<(), CliError> {
     let path = args.model.path()?;
-    let model = Model::open(&path, args.model.tokenizer.as_deref())?;
+    let model = Model::open(&path, args.model.tokenizer.as_deref(), false)?;
     let config = model.source.config();
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let format = if path.is_dir() {
@@ -959,7 +966,7 @@ fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
         (None, None) => String::new(),
     };
     let path = args.model.path()?;
-    let model = Model::open(&path, args.model.tokenizer.as_deref())?;
+    let model = Model::open(&path, args.model.tokenizer.as_deref(), false)?;
     let ids = model.tokenizer.encode_document(&text)?;
     let mut out = String::with_capacity(ids.len() * 8);
     for id in ids {

@@ -8,9 +8,10 @@
 //! independently of the others, and activations travel as exact f32 bits.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 
-use evalmesh_common::protocol::{check_version, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
+use evalmesh_common::protocol::{
+    check_version, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
+};
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 use evalmesh_worker::transport::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -50,7 +51,7 @@ impl<'a> DistributedEngine<'a> {
     /// failure ends the start with the worker's rank and message.
     pub fn start(
         world: &'a SimpleCommunicator,
-        model: &Path,
+        model: &ModelRef,
         config: &ModelConfig,
         layout: ParallelLayout,
         stages: &[StageSpec],
@@ -79,7 +80,7 @@ impl<'a> DistributedEngine<'a> {
                     );
                     let setup = ToWorker::Setup {
                         version: PROTOCOL_VERSION,
-                        model: model.display().to_string(),
+                        model: model.clone(),
                         stage: spec.clone(),
                         device,
                         threads,

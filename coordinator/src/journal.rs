@@ -102,9 +102,14 @@ pub fn tree_key(model: &str, task_config: &str, tree: &ScoreTree) -> String {
 
 /// A fingerprint of a model's content without reading all of it: its size, its first
 /// 8 MiB (the header and the first tensors) and 64 KiB at each of 256 even offsets.
-/// A directory's fingerprint covers its files in name order.
-pub fn model_fingerprint(path: &Path) -> Result<String, std::io::Error> {
-    let mut files: Vec<PathBuf> = if path.is_dir() {
+/// A directory's fingerprint covers its files in name order; a model of random weights
+/// (`random_weights`) is its config.json, marked as such.
+pub fn model_fingerprint(path: &Path, random_weights: bool) -> Result<String, std::io::Error> {
+    let mut h = Sha256::new();
+    let mut files: Vec<PathBuf> = if random_weights {
+        h.update(b"random weights");
+        vec![if path.is_dir() { path.join("config.json") } else { path.to_path_buf() }]
+    } else if path.is_dir() {
         let mut v: Vec<PathBuf> =
             std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
         v.sort();
@@ -112,7 +117,6 @@ pub fn model_fingerprint(path: &Path) -> Result<String, std::io::Error> {
     } else {
         vec![path.to_path_buf()]
     };
-    let mut h = Sha256::new();
     for file in files.drain(..) {
         let mut f = File::open(&file)?;
         let len = f.metadata()?.len();

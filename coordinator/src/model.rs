@@ -1,9 +1,10 @@
-//! Opens a model for the coordinator: its weight source (GGUF file or Hugging Face
-//! directory) and its tokenizer, checked against each other.
+//! Opens a model for the coordinator: its weight source (GGUF file, Hugging Face
+//! directory, or a config.json with random weights) and its tokenizer, checked against
+//! each other.
 
 use std::path::{Path, PathBuf};
 
-use evalmesh_worker::weights::{GgufModel, HfModel};
+use evalmesh_worker::weights::{GgufModel, HfModel, RandomModel};
 use evalmesh_worker::{WeightError, WeightSource};
 
 use crate::tokenizer::{TextTokenizer, TokenizerError};
@@ -26,12 +27,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// `tokenizer` overrides the model's own (GGUF metadata or the directory's `tokenizer.json`).
-    pub fn open(path: &Path, tokenizer: Option<&Path>) -> Result<Self, ModelError> {
+    /// `tokenizer` overrides the model's own (GGUF metadata or the directory's
+    /// `tokenizer.json`): a tokenizer.json, or a GGUF file whose tokenizer to take. With
+    /// `random_weights`, `path` is a config.json or its directory and the weights are drawn
+    /// at random.
+    pub fn open(path: &Path, tokenizer: Option<&Path>, random_weights: bool) -> Result<Self, ModelError> {
         if !path.exists() {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
-        let (source, own_tokenizer): (Box<dyn WeightSource>, Option<TextTokenizer>) = if path.is_dir() {
+        let (source, own_tokenizer): (Box<dyn WeightSource>, Option<TextTokenizer>) = if random_weights {
+            (Box::new(RandomModel::open(path)?), None)
+        } else if path.is_dir() {
             (Box::new(HfModel::open(path)?), None)
         } else {
             let gguf = GgufModel::open(path)?;
@@ -43,9 +49,13 @@ impl Model {
         };
         let (tokenizer, tokenizer_path) = match (own_tokenizer, tokenizer) {
             (Some(t), _) => (t, path.to_path_buf()),
+            (None, Some(file)) if file.extension().is_some_and(|e| e == "gguf") => {
+                (TextTokenizer::from_gguf(&GgufModel::open(file)?.file)?, file.to_path_buf())
+            }
             (None, Some(file)) => (TextTokenizer::from_file(file)?, file.to_path_buf()),
             (None, None) => {
-                let file = path.join("tokenizer.json");
+                let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+                let file = dir.join("tokenizer.json");
                 (TextTokenizer::from_file(&file)?, file)
             }
         };

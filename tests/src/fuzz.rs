@@ -30,7 +30,7 @@ fn write(path: &Path, bytes: &[u8]) {
 pub fn gguf(data: &[u8]) {
     let path = scratch("model.gguf");
     write(&path, data);
-    let _ = evalmesh::model::Model::open(&path, None);
+    let _ = evalmesh::model::Model::open(&path, None, false);
 }
 
 /// A safetensors file's header, then every tensor's data sliced as a load would.

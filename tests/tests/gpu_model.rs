@@ -1,5 +1,6 @@
 //! The GPU suite's model tests: the whole test model on `--device cuda` against the CPU
-//! backend's scores. Built with `--features cuda` (and a binary built with it); where no
+//! backend's scores, and two pipeline stages sharing one GPU under mpirun against the
+//! single process's bits, over both transports where the MPI is CUDA-aware. Built with `--features cuda` (and a binary built with it); where no
 //! GPU can be used each test prints why and returns, unless EVALMESH_REQUIRE_GPU is set
 //! (scripts/gpu-check.sh sets it), where that is a failure.
 #![cfg(feature = "cuda")]
@@ -7,7 +8,9 @@
 
 use std::path::Path;
 
-use evalmesh_tests::{hellaswag_sample_args, hellaswag_samples, path_str, run_evalmesh, test_model};
+use evalmesh_tests::{
+    hellaswag_sample_args, hellaswag_samples, mpirun_command, path_str, print_output, run_evalmesh, test_model,
+};
 
 fn have_gpu() -> bool {
     match evalmesh_worker::backend::cuda::probe(0) {
@@ -22,6 +25,44 @@ fn have_gpu() -> bool {
 
 fn results(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The perplexity of `run` on the built-in excerpt (llama.cpp's 512-token windows) on the
+/// GPU, in one process or (`np` > 1) under mpirun with `extra` arguments; with the log.
+fn gpu_perplexity(np: usize, extra: &[&str]) -> (f64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let model = test_model();
+    let args =
+        ["run", "--model", path_str(&model), "--perplexity-mode", "llamacpp", "--ctx", "512", "--device", "cuda"];
+    let args = [&args[..], extra, &["--output", path_str(&out)]].concat();
+    let output = match np {
+        1 => run_evalmesh(&args),
+        _ => mpirun_command(np, &args).env("RUST_LOG", "info").output().unwrap(),
+    };
+    print_output(&format!("{np} rank(s): evalmesh {}", args.join(" ")), &output);
+    assert!(output.status.success());
+    let ppl = results(&out)["results"]["perplexity"]["perplexity,none"].as_f64().unwrap();
+    (ppl, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn two_stages_on_one_gpu_give_the_single_process_bits_over_each_transport() {
+    if !have_gpu() {
+        return;
+    }
+    let (single, _) = gpu_perplexity(1, &[]);
+    // Pinned host buffers: every MPI can carry them.
+    let (staged, log) = gpu_perplexity(3, &["--strategy", "pp", "--cuda-aware", "off"]);
+    assert!(log.contains("through pinned host buffers"), "the workers did not stage through pinned buffers");
+    assert_eq!(staged.to_bits(), single.to_bits(), "pinned staging: {staged} against {single}");
+    // Device memory, where the MPI says it is CUDA-aware (the workers log what `auto` chose).
+    let (direct, log) = gpu_perplexity(3, &["--strategy", "pp", "--cuda-aware", "auto"]);
+    if log.contains("in device memory") {
+        assert_eq!(direct.to_bits(), single.to_bits(), "device memory: {direct} against {single}");
+    } else {
+        eprintln!("not run: this MPI is not CUDA-aware (MPIX_Query_cuda_support), so device memory cannot go to it");
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use evalmesh_common::protocol::{
-    check_version, CudaAware, Device, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
+    check_version, CudaAware, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
 use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -43,7 +43,7 @@ pub struct NodeError {
 enum Work {
     Setup {
         version: u32,
-        model: String,
+        model: ModelRef,
         stage: StageSpec,
         device: Device,
         threads: usize,
@@ -363,7 +363,7 @@ struct Place {
 /// Loads a stage on `device`; returns it with the bytes read from the model and the seconds taken.
 fn load(
     version: u32,
-    model: &str,
+    model: &ModelRef,
     spec: StageSpec,
     device: Device,
     place: &Place,
@@ -371,7 +371,8 @@ fn load(
     let started = Instant::now();
     check_version(version).map_err(|e| e.to_string())?;
     rayon::ThreadPoolBuilder::new().num_threads(place.threads).build_global().map_err(|e| e.to_string())?;
-    let source = crate::weights::open(std::path::Path::new(model)).map_err(|e| e.to_string())?;
+    let source =
+        crate::weights::open(std::path::Path::new(&model.path), model.random_weights).map_err(|e| e.to_string())?;
     let loaded: Box<dyn LoadedStage> = match device {
         Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
         Device::Cuda { cuda_aware } => {

@@ -13,6 +13,7 @@ use evalmesh_common::{group_slice, MicroBatch, ModelConfig, StageSpec, TokenScor
 
 use crate::backend::{Backend, BackendError, HeadLayout};
 use crate::tensor::Matrix;
+use crate::weights::random::seed_of;
 use crate::weights::{load, load_part, LayerTensor, TensorId, WeightError, WeightSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,38 +94,81 @@ struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     /// Loads the block's tensors, only the parts of `groups`.
-    fn load(source: &dyn WeightSource, backend: &B, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
-        let c = source.config();
+    fn load(weights: &Weights<'_, B>, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
+        let c = weights.source.config();
         let g = c.num_kv_heads;
-        let get = |t: LayerTensor| load(source, TensorId::Layer(layer, t));
-        let rows = |t: LayerTensor, rows: Range<usize>| {
-            let cols = TensorId::Layer(layer, t).shape(c).1;
-            load_part(source, TensorId::Layer(layer, t), rows, 0..cols)
-        };
-        let stacked = |parts: &[(LayerTensor, usize)]| -> Result<Matrix, WeightError> {
-            let parts = parts.iter().map(|&(t, size)| rows(t, group_slice(size, g, groups.clone())));
-            Ok(Matrix::vstack(&parts.collect::<Result<Vec<_>, _>>()?))
+        let id = |t: LayerTensor| TensorId::Layer(layer, t);
+        let stacked = |parts: &[(LayerTensor, usize)]| {
+            let parts: Vec<_> = parts.iter().map(|&(t, size)| (id(t), group_slice(size, g, groups.clone()))).collect();
+            weights.matrix(&parts, 0..c.hidden_size)
         };
         let by_group = |t: LayerTensor, size: usize| -> Result<ByGroup<B::Weight>, StageError> {
             let local = group_slice(size, g, groups.clone()).start;
             let parts = groups.clone().map(|k| {
                 let cols = group_slice(size, g, k..k + 1);
-                let rows = TensorId::Layer(layer, t).shape(c).0;
-                let weight =
-                    backend.upload_weight(load_part(source, TensorId::Layer(layer, t), 0..rows, cols.clone())?)?;
+                let weight = weights.matrix(&[(id(t), 0..id(t).shape(c).0)], cols.clone())?;
                 Ok((cols.start - local..cols.end - local, weight))
             });
             Ok(ByGroup { parts: parts.collect::<Result<_, StageError>>()? })
         };
         let (q, kv, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         Ok(Block {
-            attn_norm: backend.upload(get(LayerTensor::AttnNorm)?)?,
-            qkv: backend.upload_weight(stacked(&[(LayerTensor::Q, q), (LayerTensor::K, kv), (LayerTensor::V, kv)])?)?,
+            attn_norm: weights.norm(id(LayerTensor::AttnNorm))?,
+            qkv: stacked(&[(LayerTensor::Q, q), (LayerTensor::K, kv), (LayerTensor::V, kv)])?,
             out: by_group(LayerTensor::O, q)?,
-            ffn_norm: backend.upload(get(LayerTensor::FfnNorm)?)?,
-            gate_up: backend.upload_weight(stacked(&[(LayerTensor::Gate, ffn), (LayerTensor::Up, ffn)])?)?,
+            ffn_norm: weights.norm(id(LayerTensor::FfnNorm))?,
+            gate_up: stacked(&[(LayerTensor::Gate, ffn), (LayerTensor::Up, ffn)])?,
             down: by_group(LayerTensor::Down, ffn)?,
         })
+    }
+}
+
+/// Where a stage's weights come from: its source's tensors, read and uploaded, or, for a
+/// random model, values the backend draws itself.
+struct Weights<'a, B: Backend> {
+    source: &'a dyn WeightSource,
+    backend: &'a B,
+}
+
+impl<B: Backend> Weights<'_, B> {
+    /// The rows `parts` (tensors and row ranges, stacked in order) by the columns `cols`.
+    fn matrix(&self, parts: &[(TensorId, Range<usize>)], cols: Range<usize>) -> Result<B::Weight, StageError> {
+        if self.source.is_random() {
+            let rows = parts.iter().map(|(_, r)| r.len()).sum();
+            let (id, first) = parts.first().ok_or_else(|| StageError::Spec("a weight of no tensor".into()))?;
+            // A tied head is the embedding, also on a stage that holds only the head.
+            let id = match id {
+                TensorId::Head if self.source.config().tied_embeddings => &TensorId::Embedding,
+                id => id,
+            };
+            // Uniform on [-a, a) has variance a²/3: a = √(3/fan-in) gives variance 1/fan-in.
+            let scale = (3.0 / id.shape(self.source.config()).1 as f32).sqrt();
+            return Ok(self.backend.random_weight(rows, cols.len(), seed_of(*id, first, &cols), scale)?);
+        }
+        let mut read = parts
+            .iter()
+            .map(|(id, rows)| load_part(self.source, *id, rows.clone(), cols.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let matrix = if read.len() == 1 { read.remove(0) } else { Matrix::vstack(&read) };
+        Ok(self.backend.upload_weight(matrix)?)
+    }
+
+    /// A whole tensor (the embedding or the head).
+    fn whole(&self, id: TensorId) -> Result<B::Weight, StageError> {
+        let (rows, cols) = id.shape(self.source.config());
+        self.matrix(&[(id, 0..rows)], 0..cols)
+    }
+
+    /// A norm's weights: read, or all ones for a random model.
+    fn norm(&self, id: TensorId) -> Result<B::Tensor, StageError> {
+        let weights = match self.source.is_random() {
+            true => {
+                let (rows, cols) = id.shape(self.source.config());
+                Matrix::from_vec(rows, cols, vec![1.0; rows * cols])
+            }
+            false => load(self.source, id)?,
+        };
+        Ok(self.backend.upload(weights)?)
     }
 }
 
@@ -158,23 +202,21 @@ impl<B: Backend> LlamaStage<B> {
                 spec.groups, config.num_kv_heads
             )));
         }
+        let weights = Weights { source, backend: &backend };
         let embedding = match spec.embedding {
-            true => Some(Arc::new(backend.upload_weight(load(source, TensorId::Embedding)?)?)),
+            true => Some(Arc::new(weights.whole(TensorId::Embedding)?)),
             false => None,
         };
-        let blocks = spec
-            .layers
-            .clone()
-            .map(|l| Block::load(source, &backend, l, &spec.groups))
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks =
+            spec.layers.clone().map(|l| Block::load(&weights, l, &spec.groups)).collect::<Result<Vec<_>, _>>()?;
         let head = match (spec.head, &embedding) {
             (false, _) => None,
             (true, Some(shared)) if config.tied_embeddings => {
-                Some(Head { norm: backend.upload(load(source, TensorId::FinalNorm)?)?, weight: Arc::clone(shared) })
+                Some(Head { norm: weights.norm(TensorId::FinalNorm)?, weight: Arc::clone(shared) })
             }
             (true, _) => Some(Head {
-                norm: backend.upload(load(source, TensorId::FinalNorm)?)?,
-                weight: Arc::new(backend.upload_weight(load(source, TensorId::Head)?)?),
+                norm: weights.norm(TensorId::FinalNorm)?,
+                weight: Arc::new(weights.whole(TensorId::Head)?),
             }),
         };
         Ok(LlamaStage { backend, config, spec, embedding, blocks, head })

@@ -77,6 +77,25 @@ fn matmul_matches_the_cpu_on_the_same_bf16_operands() {
 }
 
 #[test]
+fn random_weights_are_the_cpus_drawn_on_the_device() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::default();
+    // x = I picks out each weight's columns: y = I·Wᵀ = Wᵀ.
+    let (n, k) = (96, 64);
+    let identity = Matrix::from_vec(k, k, (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect());
+    let got = gpu
+        .download(
+            &gpu.matmul_t(&gpu.upload(identity.clone()).unwrap(), &gpu.random_weight(n, k, 42, 0.5).unwrap()).unwrap(),
+        )
+        .unwrap();
+    let want = cpu.matmul_t(&identity, &cpu.random_weight(n, k, 42, 0.5).unwrap()).unwrap();
+    // The same values (both draw weights::random's stream), the GPU's rounded to bf16: a
+    // relative error of at most 2⁻⁹ of values up to 0.5.
+    assert_close("random weights", &got, &bf16_rounded(&want), 0.0);
+    assert_close("random weights, unrounded", &got, &want, 0.5f32.powi(9));
+}
+
+#[test]
 fn matmul_rows_do_not_depend_on_the_batch() {
     let Some(gpu) = gpu() else { return };
     let w = gpu.upload_weight(random(1536, 576, 4, 1.0)).unwrap();

@@ -10,8 +10,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
+use rayon::prelude::*;
 
 use crate::tensor::Matrix;
+use crate::weights::random::random_unit;
 use crate::wire::{HostLanding, Landing, Outbound, Wire};
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,13 @@ pub trait Backend: Send + Sync {
     /// The most device memory held so far (weights and buffers), where the backend has its own.
     fn peak_device_bytes(&self) -> u64 {
         0
+    }
+    /// A `rows × cols` weight of `scale · random_unit(seed, i)` for its values in row-major
+    /// order (a random model's: `weights::random`), drawn on the host and uploaded unless
+    /// the backend draws them where it keeps them.
+    fn random_weight(&self, rows: usize, cols: usize, seed: u64, scale: f32) -> Result<Self::Weight, BackendError> {
+        let data = (0..rows * cols).into_par_iter().map(|i| scale * random_unit(seed, i as u64)).collect();
+        self.upload_weight(Matrix::from_vec(rows, cols, data))
     }
     /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
     fn head_rows(&self) -> usize {

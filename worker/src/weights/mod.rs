@@ -7,6 +7,7 @@ pub mod gguf;
 mod gguf_model;
 mod hf;
 pub mod quant;
+pub mod random;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use evalmesh_common::{ConfigError, ModelConfig};
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
 pub use hf::{hf_tensor_name, read_shard_header, HfModel};
+pub use random::RandomModel;
 
 /// Why a model's weights could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,10 @@ pub trait WeightSource: Send + Sync {
     fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError>;
     /// Counts bytes that [`load`] read from this source.
     fn bytes_read(&self) -> &AtomicU64;
+    /// Whether the weights are drawn at random instead of read ([`random::RandomModel`]).
+    fn is_random(&self) -> bool {
+        false
+    }
 }
 
 /// Reads one tensor widened to f32, after checking its shape against the config,
@@ -148,9 +154,13 @@ pub fn load_part(
     Ok(Matrix::from_vec(rows.len(), cols.len(), data))
 }
 
-/// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and safetensors.
-pub fn open(path: &Path) -> Result<Box<dyn WeightSource>, WeightError> {
-    if path.is_dir() {
+/// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and
+/// safetensors; with `random_weights`, a `config.json` (or its directory) whose weights are
+/// drawn at random.
+pub fn open(path: &Path, random_weights: bool) -> Result<Box<dyn WeightSource>, WeightError> {
+    if random_weights {
+        Ok(Box::new(RandomModel::open(path)?))
+    } else if path.is_dir() {
         Ok(Box::new(HfModel::open(path)?))
     } else {
         Ok(Box::new(GgufModel::open(path)?))

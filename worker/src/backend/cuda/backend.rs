@@ -275,6 +275,21 @@ impl Backend for CudaBackend {
         Ok(CudaWeight { buffer, out_features: w.rows, in_features: w.cols })
     }
 
+    fn random_weight(&self, rows: usize, cols: usize, seed: u64, scale: f32) -> Result<CudaWeight, BackendError> {
+        let n = rows * cols;
+        let buffer = self.pool.take_exact(n * 2)?;
+        if n > 0 {
+            self.launch(
+                &self.kernels.random_bf16,
+                Self::grid_stride(n),
+                THREADS,
+                0,
+                &mut [Arg::Ptr(buffer.ptr()), Arg::I64(n as i64), Arg::I64(seed as i64), Arg::F32(scale)],
+            )?;
+        }
+        Ok(CudaWeight { buffer, out_features: rows, in_features: cols })
+    }
+
     fn download(&self, t: &CudaTensor) -> Result<Matrix, BackendError> {
         Ok(Matrix::from_vec(t.rows, t.cols, self.download_values(t.ptr(), t.rows * t.cols)?))
     }

@@ -49,6 +49,19 @@ __device__ float block_sum(float v, float* scratch) {
     return total;
 }
 
+// A random model's weight: y[i] = bf16(scale * u) for the i-th value u of the stream `seed`,
+// uniform in [-1, 1) (SplitMix64, top 24 bits: weights/random.rs's `random_unit`).
+extern "C" __global__ void random_bf16(unsigned short* y, long long n, long long seed, float scale) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        unsigned long long z = (unsigned long long)seed ^ ((unsigned long long)i * 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) / 8388608.0f - 1.0f;
+        y[i] = f32_to_bf16(scale * u);
+    }
+}
+
 // x (rows x cols, f32) to bf16 in `y` (padded_rows x cols): the rows past `rows` are zeros.
 extern "C" __global__ void to_bf16(const float* x, unsigned short* y, long long rows, long long padded_rows,
                                    long long cols) {

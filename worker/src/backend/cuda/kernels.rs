@@ -74,6 +74,7 @@ pub struct Kernel {
 
 /// The loaded kernels.
 pub struct Kernels {
+    pub random_bf16: Kernel,
     pub to_bf16: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
@@ -102,6 +103,7 @@ impl Kernels {
             })
         };
         Ok(Kernels {
+            random_bf16: function("random_bf16")?,
             to_bf16: function("to_bf16")?,
             embed: function("embed")?,
             rms_norm: function("rms_norm")?,
@@ -147,6 +149,7 @@ mod tests {
             "columns",
             "embed",
             "gather_rows",
+            "random_bf16",
             "rms_norm",
             "rope",
             "score",
