@@ -3,8 +3,10 @@
 # and the CUDA 12 libraries exist but neither Rust nor MPI packages are installed: the
 # release binary and the GPU suite's test executables built with the `cuda` feature, the
 # shared libraries they load that are not part of glibc (OpenMPI's among them: a run
-# without mpirun never starts MPI, but the loader needs the library), the test model, the
-# HellaSwag sample, and gpu-check.sh itself.
+# without mpirun never starts MPI, but the loader needs the library), this machine's
+# OpenMPI as a relocatable folder (mpi/, by scripts/mpi-bundle.sh: mpirun for the suite's
+# two-worker tests), the test model, the HellaSwag sample, the benchmark's config and the
+# wikitext-2 test set, gpu-check.sh and bench-torch.py.
 #
 # Usage: scripts/gpu-build.sh BUNDLE_DIR   (then copy BUNDLE_DIR to the GPU machine and run
 # BUNDLE_DIR/gpu-check.sh OUT_DIR there).
@@ -44,5 +46,9 @@ ldd target/release/evalmesh $tests | awk '/=> \// { print $3 }' | sort -u |
     xargs -r cp -L -t "$bundle/lib"
 cp "$model" "$bundle/data/test-model.gguf"
 cp "$shared/reference/hellaswag-llamacpp-dev.jsonl" "$bundle/data/reference/"
-cp scripts/gpu-check.sh "$bundle/"
+mkdir -p "$bundle/data/wikitext-2"
+cp "$shared/data/wikitext-2/wiki.test.raw" "$bundle/data/wikitext-2/"
+cp tests/fixtures/configs/llama-1b-bench.json "$bundle/data/"
+scripts/mpi-bundle.sh "$bundle/mpi" >&2
+cp scripts/gpu-check.sh scripts/bench-torch.py "$bundle/"
 echo "gpu-build: bundle in $bundle ($(du -sh "$bundle" | cut -f1)); on the GPU machine run: $bundle/gpu-check.sh OUT_DIR" >&2

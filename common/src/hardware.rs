@@ -65,6 +65,10 @@ pub struct HardwareProfile {
     /// Devices (GPUs, or cores for the CPU) on one node.
     pub devices_per_node: usize,
     pub rates: Vec<Rates>,
+    /// The device's bf16 matrix peak, where calibrate measured it (cuBLAS on large square
+    /// products): what a run's matrix rate is a share of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matmul_peak_flops_per_s: Option<f64>,
     pub same_node: Link,
     pub across_nodes: Link,
 }
@@ -103,6 +107,7 @@ impl HardwareProfile {
                 elementwise_bytes_per_s: bandwidth,
                 softmax_entries_per_s: bandwidth / 8.0,
             }],
+            matmul_peak_flops_per_s: None,
             same_node: Link { latency_s: 10e-6, bytes_per_s: link_gb_per_s * 1e9 },
             // 400 Gb/s InfiniBand per GPU.
             across_nodes: Link { latency_s: 20e-6, bytes_per_s: 50e9 },

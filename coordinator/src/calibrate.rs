@@ -1,21 +1,24 @@
-//! `evalmesh calibrate`: measures this machine for the cost model. It times the CPU
-//! backend's own kernels on one block of the model's shapes (random weights), with one
-//! worker using every core and with one single-threaded worker per core all busy at once,
-//! and divides each time by the cost model's count of the same work; under `mpirun` it
-//! also times the link between ranks 0 and 1 with the activation messages.
+//! `evalmesh calibrate`: measures this machine for the cost model. It times a backend's
+//! own kernels on one block of the model's shapes (random weights) and divides each time
+//! by the cost model's count of the same work: on the CPU with one worker using every core
+//! and with one single-threaded worker per core all busy at once; on a GPU (`--device
+//! cuda`) on GPU 0, with the GPU's bf16 matrix peak beside. Under `mpirun` it also times
+//! the link between ranks 0 and 1 with the activation messages.
 
 use std::time::Instant;
 
 use evalmesh_common::cost::{block_work, head_work, BatchShape};
 use evalmesh_common::hardware::{HardwareProfile, Link, Rates};
+use evalmesh_common::protocol::Device;
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
+use evalmesh_worker::backend::cuda::{probe, CudaBackend};
 use evalmesh_worker::backend::HeadLayout;
 use evalmesh_worker::{Backend, CpuBackend, Matrix};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
-    #[error("calibration: {0}")]
+    #[error(transparent)]
     Backend(#[from] evalmesh_worker::BackendError),
     #[error("calibration: cannot start {threads} threads: {problem}")]
     Threads { threads: usize, problem: String },
@@ -41,21 +44,23 @@ fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
     Matrix::from_vec(rows, cols, data)
 }
 
-fn median_of(mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
+/// The median time of `f`'s work on `b`, each run waited for to its end.
+fn median_of<B: Backend>(b: &B, mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
     f()?;
+    b.synchronize()?;
     let mut times = Vec::with_capacity(REPEATS);
     for _ in 0..REPEATS {
         let started = Instant::now();
         f()?;
+        b.synchronize()?;
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     Ok(times[REPEATS / 2])
 }
 
-/// One worker's rates on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
-fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
-    let b = CpuBackend::default();
+/// One worker's rates on `b` on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
+fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
     let g = c.num_kv_heads;
     let (h, q, kv, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let sequences = (tokens / SEQUENCE).max(1);
@@ -70,7 +75,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
         .collect::<Result<Vec<_>, _>>()?;
     let attended = b.upload(random(tokens, q, 6))?;
     let act = b.upload(random(tokens, ffn, 7))?;
-    let matmul = median_of(|| {
+    let matmul = median_of(b, || {
         b.matmul_t(&x, &qkv_w)?;
         b.matmul_t(&x, &gate_up_w)?;
         for k in 0..g {
@@ -84,7 +89,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
         .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
         .collect();
     let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
-    let attention = median_of(|| {
+    let attention = median_of(b, || {
         b.attention(&qkv, &trees, heads)?;
         Ok(())
     })?;
@@ -95,7 +100,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     let mut rotated = b.upload(random(tokens, q + 2 * kv, 10))?;
     let mut sum = b.upload(random(tokens, h, 11))?;
     // The element-wise work of one block, as the cost model counts it.
-    let elementwise = median_of(|| {
+    let elementwise = median_of(b, || {
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
         b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
@@ -112,7 +117,7 @@ fn worker_rates(c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError>
     let rows = 256;
     let logits = b.upload(random(rows, c.vocab_size, 12))?;
     let targets: Vec<u32> = (0..rows as u32).collect();
-    let softmax = median_of(|| {
+    let softmax = median_of(b, || {
         b.score(&logits, &targets)?;
         Ok(())
     })?;
@@ -154,8 +159,10 @@ fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usi
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CalibrateError::Threads { threads, problem: e.to_string() })?;
     let measured: Vec<Result<Rates, CalibrateError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            pools.iter().map(|pool| scope.spawn(|| pool.install(|| worker_rates(c, tokens)))).collect();
+        let handles: Vec<_> = pools
+            .iter()
+            .map(|pool| scope.spawn(|| pool.install(|| worker_rates(&CpuBackend::default(), c, tokens))))
+            .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| unreachable!("calibration threads do not panic")))
@@ -203,10 +210,68 @@ fn total_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Measures this machine at the model's shapes with micro-batches of `tokens` tokens, for
+/// Measures `device` at the model's shapes with micro-batches of `tokens` tokens, for
 /// [`ROUNDS`] rounds or until `seconds` have passed, whichever is longer; `link` is what
 /// [`measure_link`] found, if it ran.
 pub fn calibrate(
+    c: &ModelConfig,
+    tokens: usize,
+    link: Option<Link>,
+    seconds: f64,
+    device: Device,
+) -> Result<HardwareProfile, CalibrateError> {
+    match device {
+        Device::Cpu => calibrate_cpu(c, tokens, link, seconds),
+        Device::Cuda { .. } => calibrate_cuda(c, tokens, link, seconds),
+    }
+}
+
+/// The measured part of a profile's source: what was measured and for how long.
+fn measured_source(host: &str, c: &ModelConfig, tokens: usize, rounds: usize, seconds: f64, link: bool) -> String {
+    format!(
+        "measured by evalmesh calibrate on {host} at the shapes of a {}-layer model, {tokens}-token micro-batches, \
+         medians of {rounds} rounds over {seconds:.0} s{}",
+        c.num_layers,
+        if link { "" } else { "; links not measured (run under mpirun -np 2 to measure them)" }
+    )
+}
+
+/// GPU 0 (after `CUDA_VISIBLE_DEVICES`): one worker's rates, and the bf16 matrix peak.
+fn calibrate_cuda(
+    c: &ModelConfig,
+    tokens: usize,
+    link: Option<Link>,
+    seconds: f64,
+) -> Result<HardwareProfile, CalibrateError> {
+    let gpu = probe(0)?;
+    let backend = CudaBackend::new(gpu.ordinal)?;
+    let mut rounds = Vec::new();
+    let started = Instant::now();
+    while rounds.len() < ROUNDS || started.elapsed().as_secs_f64() < seconds {
+        rounds.push(Rates { threads_per_worker: 1, ..worker_rates(&backend, c, tokens)? });
+    }
+    // 8192³: 1.1 TFLOP a product, long enough for any GPU's peak (about 1.5 ms on an H100).
+    let peak = backend.matmul_peak(8192, 10)?;
+    let host = host_name();
+    // Without a measured link: PCIe Gen4 x16 between GPUs, which NVLink only betters.
+    let assumed = Link { latency_s: 10e-6, bytes_per_s: 25e9 };
+    Ok(HardwareProfile {
+        name: format!("{} ({host})", gpu.name),
+        source: measured_source(&host, c, tokens, rounds.len(), started.elapsed().as_secs_f64(), link.is_some()),
+        backend: "cuda".into(),
+        memory_bytes: gpu.memory_bytes,
+        compute_bytes: 2,
+        overhead_bytes: 2_000_000_000,
+        devices_per_node: gpu.visible,
+        rates: vec![median_rates(&rounds)],
+        matmul_peak_flops_per_s: Some(peak),
+        same_node: link.unwrap_or(assumed),
+        across_nodes: link.unwrap_or(assumed),
+    })
+}
+
+/// This machine's cores: one worker on all of them and one worker on each, in turn.
+fn calibrate_cpu(
     c: &ModelConfig,
     tokens: usize,
     link: Option<Link>,
@@ -228,20 +293,14 @@ pub fn calibrate(
     let assumed = Link { latency_s: 5e-6, bytes_per_s: 5e9 };
     Ok(HardwareProfile {
         name: format!("cpu ({host}, {cores} cores)"),
-        source: format!(
-            "measured by evalmesh calibrate on {host} at the shapes of a {}-layer model, {tokens}-token micro-batches, \
-             medians of {} rounds over {:.0} s{}",
-            c.num_layers,
-            rounds[0].len(),
-            started.elapsed().as_secs_f64(),
-            if link.is_some() { "" } else { "; links not measured (run under mpirun -np 2 to measure them)" }
-        ),
+        source: measured_source(&host, c, tokens, rounds[0].len(), started.elapsed().as_secs_f64(), link.is_some()),
         backend: "cpu".into(),
         memory_bytes: total_memory().unwrap_or(0),
         compute_bytes: 4,
         overhead_bytes: 150_000_000,
         devices_per_node: cores,
         rates,
+        matmul_peak_flops_per_s: None,
         same_node: link.unwrap_or(assumed),
         across_nodes: link.unwrap_or(assumed),
     })

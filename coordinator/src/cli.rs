@@ -132,9 +132,13 @@ pub struct CalibrateArgs {
     /// Tokens per micro-batch to measure at.
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
-    /// Where to write the profile (default: this host's cached profile, which runs use).
+    /// Where to write the profile (default: this host's cached profile of the device, which runs use).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// What to measure: the CPU, or GPU 0 (`cuda`: its rates at the model's shapes and its
+    /// bf16 matrix peak).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
     /// Go on measuring for this long, round after round, and keep the median of each figure:
     /// on a machine whose speed wanders (a shared virtual machine), a profile measured over
     /// about as long as a run predicts runs better (default: 3 rounds, a few seconds).
@@ -361,8 +365,7 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
     if args.batch_tokens < 16 {
         return Err(CliError::TooSmall { flag: "--batch-tokens", min: 16, value: args.batch_tokens });
     }
-    let path = args.model.path()?;
-    let config = evalmesh_worker::weights::open(&path, false)?.config().clone();
+    let config = plan_config(&args.model.path()?)?;
     let link = match world {
         Some(w) => crate::calibrate::measure_link(w, &config, args.batch_tokens)?,
         None => None,
@@ -376,14 +379,15 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
         }
         _ => {}
     }
-    let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0));
+    let device = device_of(args.device, CudaAwareArg::Auto)?;
+    let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0), device);
     for rank in 1..world.map_or(1, |w| w.size()) {
         if let Some(w) = world {
             send(w, rank, &ToWorker::Shutdown);
         }
     }
     let profile = measured?;
-    let output = args.output.clone().unwrap_or_else(|| cached_profile_path(&cache_dir()));
+    let output = args.output.clone().unwrap_or_else(|| cached_profile_path(&cache_dir(), device));
     write_profile(&profile, &output)?;
     println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());
     log::info!("profile written to {}", output.display());
@@ -419,7 +423,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     let config = plan_config(&path)?;
     let profile = match (&args.profile, args.device.as_str()) {
         (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
-        (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens)?,
+        (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu)?,
         (None, device) => HardwareProfile::built_in(device).map_err(PredictionError::from)?,
     };
     let per_batch = args.batch_tokens / args.ctx;
@@ -804,7 +808,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         None => None,
     };
 
-    let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens)?;
+    let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens, device)?;
     let stop = crate::signals::coordinator_stop_flag()
         .map_err(|error| CliError::Io { path: PathBuf::from("signal handlers"), error })?;
     let load_start = Instant::now();

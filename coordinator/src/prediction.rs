@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use evalmesh_common::cost::{predict, BatchShape, Placement, Prediction};
 use evalmesh_common::hardware::{HardwareProfile, ProfileError};
+use evalmesh_common::protocol::Device;
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 
 use crate::calibrate::{calibrate, host_name, CalibrateError};
@@ -21,9 +22,12 @@ pub enum PredictionError {
     Io { path: PathBuf, error: std::io::Error },
 }
 
-/// Where this host's measured profile is cached.
-pub fn cached_profile_path(cache: &Path) -> PathBuf {
-    cache.join(format!("profile-{}.json", host_name()))
+/// Where this host's measured profile of `device` is cached.
+pub fn cached_profile_path(cache: &Path, device: Device) -> PathBuf {
+    match device {
+        Device::Cpu => cache.join(format!("profile-{}.json", host_name())),
+        Device::Cuda { .. } => cache.join(format!("profile-{}-cuda.json", host_name())),
+    }
 }
 
 /// Writes a profile as JSON, whole or not at all.
@@ -36,25 +40,37 @@ pub fn write_profile(profile: &HardwareProfile, path: &Path) -> Result<(), Predi
     crate::results::write_atomically(path, (text + "\n").as_bytes()).map_err(io)
 }
 
-/// The profile for a run: `--profile FILE`, else this host's cached one, else a quick
-/// calibration now (a few seconds, without links), cached for the next runs.
+/// The profile for a run on `device`: `--profile FILE`, else this host's cached one, else a
+/// quick calibration now (a few seconds, without links), cached for the next runs. A GPU
+/// run whose coordinator sees no GPU predicts from the H100's datasheet instead, and says so.
 pub fn run_profile(
     given: Option<&Path>,
     cache: &Path,
     config: &ModelConfig,
     batch_tokens: usize,
+    device: Device,
 ) -> Result<HardwareProfile, PredictionError> {
     if let Some(path) = given {
         return Ok(HardwareProfile::read(path)?);
     }
-    let cached = cached_profile_path(cache);
+    let cached = cached_profile_path(cache, device);
     if cached.is_file() {
         if let Ok(profile) = HardwareProfile::read(&cached) {
             return Ok(profile);
         }
     }
-    log::info!("no hardware profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)");
-    let profile = calibrate(config, batch_tokens.min(2048), None, 0.0)?;
+    log::info!("no {} profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)", device.name());
+    let profile = match (calibrate(config, batch_tokens.min(2048), None, 0.0, device), device) {
+        (Ok(profile), _) => profile,
+        (Err(e), Device::Cuda { .. }) => {
+            log::warn!(
+                "predictions assume an H100's datasheet: this rank cannot measure a GPU ({e}); \
+                 run evalmesh calibrate --device cuda on a GPU node and pass its --profile"
+            );
+            return Ok(HardwareProfile::built_in("h100")?);
+        }
+        (Err(e), Device::Cpu) => return Err(e.into()),
+    };
     // A cache that cannot be written costs the next run a calibration, not this run.
     match write_profile(&profile, &cached) {
         Ok(()) => log::info!("hardware profile cached at {}", cached.display()),

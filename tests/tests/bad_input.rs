@@ -105,6 +105,8 @@ fn cuda_without_a_gpu() {
     // Without the cuda feature the error says how to build it; with it, no GPU loads here.
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
     assert_clean_error(&output, &["cuda", "--device cpu"]);
+    let output = run_evalmesh(&["calibrate", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
+    assert_clean_error(&output, &["cuda", "--device cpu"]);
 }
 
 #[test]

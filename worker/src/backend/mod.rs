@@ -137,6 +137,10 @@ pub trait Backend: Send + Sync {
     fn columns(&self, x: &Self::Tensor, cols: Range<usize>) -> Result<Self::Tensor, BackendError>;
     /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
+    /// Waits until every op queued so far is done (a GPU queues ops and returns at once).
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.
     fn matmul_stats(&self) -> MatmulStats;
     /// The most device memory held so far (weights and buffers), where the backend has its own.

@@ -123,12 +123,6 @@ impl CudaBackend {
         self.pool.stats()
     }
 
-    /// Waits for every queued kernel and copy.
-    pub fn synchronize(&self) -> Result<(), BackendError> {
-        self.stream.synchronize().map_err(|e| failed(format!("synchronising: {e}")))?;
-        self.staging.synchronize()
-    }
-
     /// Whether activations go to MPI in device memory (`true`: the MPI must be CUDA-aware)
     /// or through pinned host buffers (`false`, the default). Set before the first micro-batch.
     pub fn pass_device_memory_to_mpi(&self, on: bool) {
@@ -237,6 +231,80 @@ impl CudaBackend {
         (blocks(n, THREADS as usize).min(65_535), 1)
     }
 
+    /// `y = x · wᵀ` through cuBLAS on this backend's stream: `x` of `rows × k` and `w` of
+    /// `n × k` in bf16, `y` of `rows × n` in f32, all row-major, accumulated in f32.
+    ///
+    /// # Safety
+    /// The pointers must hold those sizes, and nothing else may write them meanwhile.
+    unsafe fn gemm(
+        &self,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), BackendError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major Y (rows × n) = X · Wᵀ is column-major Yᵀ (n × rows) = Wᵀᶜ · Xᶜ, where
+        // W row-major (n × k) is column-major k × n and X row-major is column-major k × rows.
+        // SAFETY: the handle works on this backend's stream; the caller vouches for the sizes.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                rows as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                w as *const c_void,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                k as i32,
+                x as *const c_void,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                y as *mut c_void,
+                blas_sys::cudaDataType_t::CUDA_R_32F,
+                n as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| failed(format!("cuBLAS matmul of {rows}×{k} by ({n}×{k})ᵀ: {e:?}")))
+    }
+
+    /// The bf16 matrix peak of this GPU as measured: floating-point operations per second
+    /// of cuBLAS on square `size`-wide products (bf16 operands, f32 accumulation and output,
+    /// as [`Backend::matmul_t`] multiplies), the median of `repeats` after a warm-up.
+    pub fn matmul_peak(&self, size: usize, repeats: usize) -> Result<f64, BackendError> {
+        let operands = self.pool.take(size * size * 2)?;
+        let weight = self.random_weight(size, size, 1, 1.0)?;
+        self.launch(
+            &self.kernels.random_bf16,
+            Self::grid_stride(size * size),
+            THREADS,
+            0,
+            &mut [Arg::Ptr(operands.ptr()), Arg::I64((size * size) as i64), Arg::I64(2), Arg::F32(1.0)],
+        )?;
+        let out = self.pool.take(size * size * 4)?;
+        let repeats = repeats.max(1);
+        let mut times = Vec::with_capacity(repeats);
+        for round in 0..repeats + 2 {
+            let start = self.event()?;
+            // SAFETY: the three buffers hold size × size values of their types.
+            unsafe { self.gemm(operands.ptr(), weight.buffer.ptr(), out.ptr(), size, size, size) }?;
+            let end = self.event()?;
+            let ms = start.elapsed_ms(&end).map_err(|e| failed(format!("timing a product: {e}")))?;
+            if round >= 2 {
+                times.push(ms as f64 / 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(2.0 * (size as f64).powi(3) / times[repeats / 2])
+    }
+
     fn event(&self) -> Result<CudaEvent, BackendError> {
         let event = self.context.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| failed(e.to_string()))?;
         event.record(&self.stream).map_err(|e| failed(e.to_string()))?;
@@ -296,6 +364,11 @@ impl Backend for CudaBackend {
 
     fn rows(&self, t: &CudaTensor) -> usize {
         t.rows
+    }
+
+    fn synchronize(&self) -> Result<(), BackendError> {
+        self.stream.synchronize().map_err(|e| failed(format!("synchronising: {e}")))?;
+        self.staging.synchronize()
     }
 
     fn send_out(&self, t: CudaTensor) -> Result<Outbound, BackendError> {
@@ -358,38 +431,12 @@ impl Backend for CudaBackend {
         )?;
         let out = self.output(m, n, padded)?;
         let start = self.event()?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
         for block in 0..padded / MATMUL_ROWS {
-            // Row-major Y (rows × n) = X · Wᵀ is column-major Yᵀ (n × rows) = Wᵀᶜ · Xᶜ, where
-            // W row-major (n × k) is column-major k × n and X row-major is column-major k × rows.
             let x_block = operand.ptr() + (block * MATMUL_ROWS * k * 2) as u64;
             let y_block = out.ptr() + (block * MATMUL_ROWS * n * 4) as u64;
-            // SAFETY: the handle works on this backend's stream; the operand holds `padded`
-            // bf16 rows of k, the weight n × k bf16, the output `padded` f32 rows of n.
-            unsafe {
-                blas::gemm_ex(
-                    *self.blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    n as i32,
-                    MATMUL_ROWS as i32,
-                    k as i32,
-                    &alpha as *const f32 as *const c_void,
-                    w.buffer.ptr() as *const c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16BF,
-                    k as i32,
-                    x_block as *const c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16BF,
-                    k as i32,
-                    &beta as *const f32 as *const c_void,
-                    y_block as *mut c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_32F,
-                    n as i32,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| failed(format!("cuBLAS matmul of {m}×{k} by ({n}×{k})ᵀ: {e:?}")))?;
+            // SAFETY: the operand holds `padded` bf16 rows of k, the weight n × k bf16, the
+            // output `padded` f32 rows of n.
+            unsafe { self.gemm(x_block, w.buffer.ptr(), y_block, MATMUL_ROWS, n, k) }?;
         }
         let end = self.event()?;
         self.matmul_flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
