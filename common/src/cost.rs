@@ -137,21 +137,41 @@ pub fn weight_values(c: &ModelConfig, spec: &StageSpec) -> u64 {
     (block * spec.layers.len() as f64) as u64 + embedding + head
 }
 
-/// Rows of logits the head computes at once (the CPU backend's `head_rows`).
-const HEAD_ROWS: usize = 256;
+/// Bytes of an activation value: f32 on every backend (DESIGN §4), in memory and on the wire.
+pub const ACTIVATION_BYTES: usize = 4;
+
+/// Rows of logits the head computes at once: the CPU backend's `head_rows`, and the GPU's
+/// (one block of its matrix products).
+pub const CPU_HEAD_ROWS: usize = 256;
+pub const GPU_HEAD_ROWS: usize = 2048;
+
+/// The head rows of a profile's backend.
+fn head_rows(p: &HardwareProfile) -> usize {
+    if p.backend == "cpu" {
+        CPU_HEAD_ROWS
+    } else {
+        GPU_HEAD_ROWS
+    }
+}
 
 /// Activation memory of a shard working on micro-batches of `batch_tokens` tokens: the
-/// hidden state and the block's intermediates (values), a chunk of logits on the last
-/// stage, and `in_flight` received or outgoing hidden states waiting in queues.
-pub fn activation_values(c: &ModelConfig, spec: &StageSpec, batch_tokens: usize, in_flight: usize) -> u64 {
+/// hidden state and the block's intermediates (values), a chunk of `head_rows` logits on
+/// the last stage, and `in_flight` received or outgoing hidden states waiting in queues.
+pub fn activation_values(
+    c: &ModelConfig,
+    spec: &StageSpec,
+    batch_tokens: usize,
+    in_flight: usize,
+    head_rows: usize,
+) -> u64 {
     let w = widths(c, spec.groups.clone());
     let per_token = 4.0 * w.hidden + (w.q + 2.0 * w.kv) + w.q + 3.0 * w.ffn;
-    let logits = if spec.head { (HEAD_ROWS * c.vocab_size) as f64 } else { 0.0 };
+    let logits = if spec.head { (head_rows * c.vocab_size) as f64 } else { 0.0 };
     let queued = (in_flight * batch_tokens * c.hidden_size) as f64;
     (per_token * batch_tokens as f64 + logits + queued) as u64
 }
 
-/// Memory one rank needs for `spec`, in bytes.
+/// Memory one rank needs for `spec`, in bytes: weights in the compute type, f32 activations.
 pub fn memory_bytes(
     c: &ModelConfig,
     spec: &StageSpec,
@@ -159,7 +179,8 @@ pub fn memory_bytes(
     in_flight: usize,
     p: &HardwareProfile,
 ) -> u64 {
-    (weight_values(c, spec) + activation_values(c, spec, batch_tokens, in_flight)) * p.compute_bytes as u64
+    weight_values(c, spec) * p.compute_bytes as u64
+        + activation_values(c, spec, batch_tokens, in_flight, head_rows(p)) * ACTIVATION_BYTES as u64
         + p.overhead_bytes
 }
 
@@ -199,7 +220,7 @@ pub fn predict(
     let node = profile.devices_per_node.max(1);
     let tp_link = if layout.tp <= node { profile.same_node } else { profile.across_nodes };
     let pp_link = if layout.pp * layout.tp <= node { profile.same_node } else { profile.across_nodes };
-    let wire = profile.compute_bytes as f64;
+    let wire = ACTIVATION_BYTES as f64;
     // A work queue hands the micro-batches out evenly: each replica gets 1/dp of them.
     let share = 1.0 / layout.dp as f64;
     let mut stage_seconds = Vec::new();

@@ -73,6 +73,10 @@ pub struct HardwareProfile {
     pub across_nodes: Link,
 }
 
+/// Memory a GPU worker uses whatever it holds: the CUDA context, cuBLAS's workspace, the
+/// kernels (an estimate, not a measurement).
+pub const GPU_OVERHEAD_BYTES: u64 = 2_000_000_000;
+
 /// The built-in profiles' names.
 pub const BUILT_IN: &[&str] = &["h100", "h200", "a100", "l40s"];
 
@@ -96,7 +100,7 @@ impl HardwareProfile {
             backend: "cuda".into(),
             memory_bytes: (memory_gb * 1e9) as u64,
             compute_bytes: 2,
-            overhead_bytes: 2_000_000_000,
+            overhead_bytes: GPU_OVERHEAD_BYTES,
             devices_per_node: 8,
             rates: vec![Rates {
                 threads_per_worker: 1,

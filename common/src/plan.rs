@@ -67,6 +67,8 @@ pub enum PlanError {
     NoStages,
     #[error("no layout of the workers fits the model in memory (the smallest needs {smallest} per rank): add workers, or use devices with more memory")]
     NothingFits { smallest: String },
+    #[error("this stage's weights need {needed} with the GPU runtime, against {usable} usable on its GPU: spread the model over more GPUs (more --pp stages or --tp shards; evalmesh plan shows what fits)")]
+    StageTooBig { needed: String, usable: String },
 }
 
 /// The kind of parallelism asked for on the command line.

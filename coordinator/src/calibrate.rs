@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use evalmesh_common::cost::{block_work, head_work, BatchShape};
-use evalmesh_common::hardware::{HardwareProfile, Link, Rates};
+use evalmesh_common::hardware::{HardwareProfile, Link, Rates, GPU_OVERHEAD_BYTES};
 use evalmesh_common::protocol::Device;
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend};
@@ -261,7 +261,7 @@ fn calibrate_cuda(
         backend: "cuda".into(),
         memory_bytes: gpu.memory_bytes,
         compute_bytes: 2,
-        overhead_bytes: 2_000_000_000,
+        overhead_bytes: GPU_OVERHEAD_BYTES,
         devices_per_node: gpu.visible,
         rates: vec![median_rates(&rounds)],
         matmul_peak_flops_per_s: Some(peak),

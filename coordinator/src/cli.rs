@@ -825,7 +825,10 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         }
         _ => {
             let engine: Box<dyn EvaluationEngine> = match &gpu {
-                Some(gpu) => Box::new(LightweightEngine::load(model.source.as_ref(), CudaBackend::new(gpu.ordinal)?)?),
+                Some(gpu) => {
+                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes)?;
+                    Box::new(LightweightEngine::load(model.source.as_ref(), CudaBackend::new(gpu.ordinal)?)?)
+                }
                 None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
             };
             let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };

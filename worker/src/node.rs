@@ -16,6 +16,7 @@ use std::time::Instant;
 use evalmesh_common::protocol::{
     check_version, CudaAware, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
+use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
 use mpi::topology::{Rank, SimpleCommunicator};
 
@@ -377,6 +378,9 @@ fn load(
         Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
         Device::Cuda { cuda_aware } => {
             let gpu = crate::backend::cuda::probe_local(place.node_index).map_err(|e| e.to_string())?;
+            check_fits_gpu(source.config(), &spec, gpu.memory_bytes).map_err(|e| {
+                format!("GPU {} ({}, {} GB): {e}", gpu.ordinal, gpu.name, gpu.memory_bytes / 1_000_000_000)
+            })?;
             let device_memory = match cuda_aware {
                 CudaAware::On => true,
                 CudaAware::Off => false,

@@ -156,7 +156,7 @@ pub trait Backend: Send + Sync {
     }
     /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
     fn head_rows(&self) -> usize {
-        256
+        evalmesh_common::cost::CPU_HEAD_ROWS
     }
     /// `t` on its way to another rank, in memory MPI can send from (on the host unless
     /// the backend says otherwise).

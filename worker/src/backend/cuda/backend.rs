@@ -664,7 +664,7 @@ impl Backend for CudaBackend {
     }
 
     fn head_rows(&self) -> usize {
-        MATMUL_ROWS
+        evalmesh_common::cost::GPU_HEAD_ROWS
     }
 
     fn peak_device_bytes(&self) -> u64 {
