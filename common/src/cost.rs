@@ -48,6 +48,8 @@ impl BatchShape {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Work {
     pub matmul_flops: f64,
+    /// The LM head's product, at its own rate.
+    pub head_flops: f64,
     pub attention_flops: f64,
     pub elementwise_bytes: f64,
     pub softmax_entries: f64,
@@ -56,6 +58,7 @@ pub struct Work {
 impl Work {
     pub fn seconds(&self, r: &Rates) -> f64 {
         self.matmul_flops / r.matmul_flops_per_s
+            + self.head_flops / r.head_matmul_flops_per_s.unwrap_or(r.matmul_flops_per_s)
             + self.attention_flops / r.attention_flops_per_s
             + self.elementwise_bytes / r.elementwise_bytes_per_s
             + self.softmax_entries / r.softmax_entries_per_s
@@ -102,7 +105,7 @@ pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &Batch
         matmul_flops: 2.0 * tokens * weights,
         attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
         elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w),
-        softmax_entries: 0.0,
+        ..Work::default()
     }
 }
 
@@ -110,10 +113,10 @@ pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &Batch
 pub fn head_work(c: &ModelConfig, shape: &BatchShape) -> Work {
     let rows = shape.scored_rows as f64;
     Work {
-        matmul_flops: 2.0 * rows * (c.hidden_size * c.vocab_size) as f64,
-        attention_flops: 0.0,
+        head_flops: 2.0 * rows * (c.hidden_size * c.vocab_size) as f64,
         elementwise_bytes: 4.0 * rows * 3.0 * c.hidden_size as f64,
         softmax_entries: rows * c.vocab_size as f64,
+        ..Work::default()
     }
 }
 
@@ -339,7 +342,13 @@ mod tests {
         assert_eq!(half.matmul_flops, 2.0 * 10.0 * (8.0 * (4.0 + 4.0) + 4.0 * 8.0 + 3.0 * 8.0 * 6.0));
         assert_eq!(half.attention_flops, w.attention_flops / 2.0);
         let head = head_work(&c, &BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 3 });
-        assert_eq!((head.matmul_flops, head.softmax_entries), (2.0 * 3.0 * 800.0, 300.0));
+        assert_eq!((head.head_flops, head.softmax_entries), (2.0 * 3.0 * 800.0, 300.0));
+        // The head's product runs at its own rate where one was measured.
+        let mut rates = profile().rates[0].clone();
+        let matmul_only = Work { head_flops: 4e6, ..Work::default() };
+        assert_eq!(matmul_only.seconds(&rates), 4.0);
+        rates.head_matmul_flops_per_s = Some(0.5e6);
+        assert_eq!(matmul_only.seconds(&rates), 8.0);
     }
 
     #[test]
@@ -359,6 +368,7 @@ mod tests {
             threads_per_worker: 1,
             concurrent_workers: 1,
             matmul_flops_per_s: 1e6,
+            head_matmul_flops_per_s: None,
             attention_flops_per_s: 1e6,
             elementwise_bytes_per_s: 1e9,
             softmax_entries_per_s: 1e9,

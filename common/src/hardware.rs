@@ -28,6 +28,10 @@ pub struct Rates {
     /// Workers running at once on the node while measuring (each busy).
     pub concurrent_workers: usize,
     pub matmul_flops_per_s: f64,
+    /// The LM head's product (a chunk of scored rows by the whole vocabulary), whose long,
+    /// thin shape runs at its own rate; where not measured, [`Rates::matmul_flops_per_s`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_matmul_flops_per_s: Option<f64>,
     pub attention_flops_per_s: f64,
     /// Bytes read and written per second by norms, rotations, activations and additions.
     pub elementwise_bytes_per_s: f64,
@@ -106,6 +110,7 @@ impl HardwareProfile {
                 threads_per_worker: 1,
                 concurrent_workers: 1,
                 matmul_flops_per_s: matmul,
+                head_matmul_flops_per_s: None,
                 // Fused attention kernels reach about half the GEMM rate.
                 attention_flops_per_s: matmul / 2.0,
                 elementwise_bytes_per_s: bandwidth,
@@ -189,6 +194,7 @@ impl HardwareProfile {
                 .min(1.0);
             let scale = share / measured_share;
             rates.matmul_flops_per_s *= scale;
+            rates.head_matmul_flops_per_s = rates.head_matmul_flops_per_s.map(|r| r * scale);
             rates.attention_flops_per_s *= scale;
             rates.elementwise_bytes_per_s *= scale;
             rates.softmax_entries_per_s *= scale;
@@ -218,6 +224,7 @@ mod tests {
             threads_per_worker: threads,
             concurrent_workers: workers,
             matmul_flops_per_s: matmul,
+            head_matmul_flops_per_s: None,
             attention_flops_per_s: 1.0,
             elementwise_bytes_per_s: 1.0,
             softmax_entries_per_s: 1.0,

@@ -34,10 +34,20 @@ pub enum ProtocolError {
 pub enum Device {
     Cpu,
     /// The GPU of the worker's place among the workers of its node (modulo the GPUs it sees),
-    /// passing activations to other ranks as `cuda_aware` says.
+    /// multiplying in `precision` and passing activations to other ranks as `cuda_aware` says.
     Cuda {
         cuda_aware: CudaAware,
+        precision: GpuPrecision,
     },
+}
+
+/// The type of a GPU's weights and matrix-product operands; products accumulate in f32
+/// either way, and activations are f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GpuPrecision {
+    Bf16,
+    /// Weights and operands as the CPU backend keeps them: the higher-precision path.
+    F32,
 }
 
 /// Whether activations go to MPI from device memory (which only a CUDA-aware MPI can read)
@@ -53,11 +63,21 @@ pub enum CudaAware {
 }
 
 impl Device {
-    /// The name of its backend, as `--device` and journals spell it.
+    /// The name of its backend, as `--device` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda { .. } => "cuda",
+        }
+    }
+
+    /// The arithmetic that computes scores here, as journals record it: the flags that
+    /// choose it (scores of two arithmetics differ in their last bits).
+    pub fn arithmetic(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda { precision: GpuPrecision::Bf16, .. } => "cuda",
+            Device::Cuda { precision: GpuPrecision::F32, .. } => "cuda --gpu-precision f32",
         }
     }
 }

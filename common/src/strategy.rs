@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::{block_work, embedding_work, head_work, predict, weight_values, BatchShape, Placement, Prediction};
 use crate::hardware::{HardwareProfile, GPU_OVERHEAD_BYTES};
+use crate::protocol::GpuPrecision;
 use crate::{partition_layers, ModelConfig, ParallelLayout, PlanError, StageSpec};
 
 /// Share of a device's memory a plan may fill: the rest is headroom for allocator
@@ -75,10 +76,20 @@ pub fn candidates(
     all
 }
 
-/// Refuses, before anything is loaded, a stage whose weights alone (in bf16) and the GPU
-/// runtime's overhead leave less than a tenth of a GPU of `memory_bytes` for activations.
-pub fn check_fits_gpu(c: &ModelConfig, spec: &StageSpec, memory_bytes: u64) -> Result<(), PlanError> {
-    let needed = weight_values(c, spec) * 2 + GPU_OVERHEAD_BYTES;
+/// Refuses, before anything is loaded, a stage whose weights alone (in `precision`) and
+/// the GPU runtime's overhead leave less than a tenth of a GPU of `memory_bytes` for
+/// activations.
+pub fn check_fits_gpu(
+    c: &ModelConfig,
+    spec: &StageSpec,
+    memory_bytes: u64,
+    precision: GpuPrecision,
+) -> Result<(), PlanError> {
+    let bytes = match precision {
+        GpuPrecision::Bf16 => 2,
+        GpuPrecision::F32 => 4,
+    };
+    let needed = weight_values(c, spec) * bytes + GPU_OVERHEAD_BYTES;
     let usable = (memory_bytes as f64 * USABLE_MEMORY) as u64;
     if needed > usable {
         return Err(PlanError::StageTooBig { needed: gigabytes(needed), usable: gigabytes(usable) });
@@ -151,13 +162,16 @@ mod tests {
         let (big, small) = (llama(LLAMA3_70B), llama(LLAMA3_8B));
         let h100 = 80_000_000_000;
         // 141 GB of bf16 weights against 72 GB usable; a quarter of the layers is 35 GB.
-        let error = check_fits_gpu(&big, &StageSpec::whole(&big), h100).unwrap_err().to_string();
+        let bf16 = GpuPrecision::Bf16;
+        let error = check_fits_gpu(&big, &StageSpec::whole(&big), h100, bf16).unwrap_err().to_string();
         assert!(error.contains("GB") && error.contains("--pp"), "{error}");
         let quarter = StageSpec { layers: 0..20, embedding: true, head: false, groups: 0..8 };
-        assert!(check_fits_gpu(&big, &quarter, h100).is_ok());
+        assert!(check_fits_gpu(&big, &quarter, h100, bf16).is_ok());
+        // ... but not in f32 (71 GB).
+        assert!(check_fits_gpu(&big, &quarter, h100, GpuPrecision::F32).is_err());
         // 8.0 B weights are 16 GB: they fit an 80 GB GPU, not a 16 GB one.
-        assert!(check_fits_gpu(&small, &StageSpec::whole(&small), h100).is_ok());
-        assert!(check_fits_gpu(&small, &StageSpec::whole(&small), 16_000_000_000).is_err());
+        assert!(check_fits_gpu(&small, &StageSpec::whole(&small), h100, bf16).is_ok());
+        assert!(check_fits_gpu(&small, &StageSpec::whole(&small), 16_000_000_000, bf16).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use evalmesh_common::cost::{block_work, head_work, BatchShape};
 use evalmesh_common::hardware::{HardwareProfile, Link, Rates, GPU_OVERHEAD_BYTES};
-use evalmesh_common::protocol::Device;
+use evalmesh_common::protocol::{Device, GpuPrecision};
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend};
 use evalmesh_worker::backend::HeadLayout;
@@ -114,8 +114,15 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         }
         Ok(())
     })?;
-    let rows = 256;
-    let logits = b.upload(random(rows, c.vocab_size, 12))?;
+    // The head as a stage runs it: a chunk of the backend's head rows at a time.
+    let rows = b.head_rows();
+    let scored = b.upload(random(rows, h, 12))?;
+    let head_w = b.upload_weight(random(c.vocab_size, h, 13))?;
+    let head_matmul = median_of(b, || {
+        b.matmul_t(&scored, &head_w)?;
+        Ok(())
+    })?;
+    let logits = b.upload(random(rows, c.vocab_size, 14))?;
     let targets: Vec<u32> = (0..rows as u32).collect();
     let softmax = median_of(b, || {
         b.score(&logits, &targets)?;
@@ -127,6 +134,7 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         threads_per_worker: rayon::current_num_threads(),
         concurrent_workers: 1,
         matmul_flops_per_s: work.matmul_flops / matmul,
+        head_matmul_flops_per_s: Some(head.head_flops / head_matmul),
         attention_flops_per_s: work.attention_flops / attention,
         elementwise_bytes_per_s: work.elementwise_bytes / elementwise,
         softmax_entries_per_s: head.softmax_entries / softmax,
@@ -135,6 +143,11 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
 
 /// Rounds of measurement per mode, at least.
 const ROUNDS: usize = 3;
+
+/// The head's product rate of a measurement.
+fn head_rate(r: &Rates) -> f64 {
+    r.head_matmul_flops_per_s.unwrap_or(r.matmul_flops_per_s)
+}
 
 /// The median of each figure.
 fn median_rates(rounds: &[Rates]) -> Rates {
@@ -145,6 +158,7 @@ fn median_rates(rounds: &[Rates]) -> Rates {
     };
     Rates {
         matmul_flops_per_s: median(|r| r.matmul_flops_per_s),
+        head_matmul_flops_per_s: Some(median(head_rate)),
         attention_flops_per_s: median(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: median(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: median(|r| r.softmax_entries_per_s),
@@ -174,6 +188,7 @@ fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usi
         threads_per_worker: threads,
         concurrent_workers: workers,
         matmul_flops_per_s: mean(|r| r.matmul_flops_per_s),
+        head_matmul_flops_per_s: Some(mean(head_rate)),
         attention_flops_per_s: mean(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: mean(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: mean(|r| r.softmax_entries_per_s),
@@ -244,7 +259,7 @@ fn calibrate_cuda(
     seconds: f64,
 ) -> Result<HardwareProfile, CalibrateError> {
     let gpu = probe(0)?;
-    let backend = CudaBackend::new(gpu.ordinal)?;
+    let backend = CudaBackend::new(gpu.ordinal, GpuPrecision::Bf16)?;
     let mut rounds = Vec::new();
     let started = Instant::now();
     while rounds.len() < ROUNDS || started.elapsed().as_secs_f64() < seconds {

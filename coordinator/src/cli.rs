@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::{CudaAware, Device, ModelRef, ToWorker, WorkerStats};
+use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, ModelRef, ToWorker, WorkerStats};
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
@@ -48,8 +48,8 @@ pub enum CliError {
     NeedsMpi(&'static str),
     #[error("{0} spreads the model over worker ranks, and this is one process: start it under mpirun or srun (for example mpirun -np 3 evalmesh run …), or leave out {0}")]
     LayoutNeedsRanks(String),
-    #[error("--cuda-aware says how GPU workers pass activations: it needs --device cuda (drop it for --device cpu)")]
-    CudaAwareWithoutCuda,
+    #[error("{0} sets how GPUs compute or pass activations: it needs --device cuda (drop it for --device cpu)")]
+    GpuFlagWithoutCuda(&'static str),
     #[error(transparent)]
     PingPong(#[from] crate::pingpong::PingPongError),
     #[error(transparent)]
@@ -254,6 +254,11 @@ pub struct RunArgs {
     /// asks the MPI (`MPIX_Query_cuda_support`).
     #[arg(long, value_enum, default_value_t = CudaAwareArg::Auto)]
     pub cuda_aware: CudaAwareArg,
+    /// With --device cuda: the type of the weights and of the matrix products' operands,
+    /// `bf16` (the default) or `f32` (the CPU's, at a fraction of the speed: for checking
+    /// numerics). Products accumulate in f32 either way.
+    #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Bf16)]
+    pub gpu_precision: GpuPrecisionArg,
     /// Draw every weight at random (fixed seeds; on the GPU with --device cuda) instead of
     /// reading weight files, to measure a model's speed from its config.json alone: --model
     /// names the config.json or its directory, the tokenizer comes from --tokenizer (a
@@ -379,7 +384,7 @@ fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> Result
         }
         _ => {}
     }
-    let device = device_of(args.device, CudaAwareArg::Auto)?;
+    let device = device_of(args.device, CudaAwareArg::Auto, GpuPrecisionArg::Bf16)?;
     let measured = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0), device);
     for rank in 1..world.map_or(1, |w| w.size()) {
         if let Some(w) = world {
@@ -684,16 +689,29 @@ pub enum CudaAwareArg {
     Off,
 }
 
-/// The workers' device from `--device` and `--cuda-aware`, which only a GPU run takes.
-fn device_of(device: DeviceArg, cuda_aware: CudaAwareArg) -> Result<Device, CliError> {
-    match (device, cuda_aware) {
-        (DeviceArg::Cpu, CudaAwareArg::Auto) => Ok(Device::Cpu),
-        (DeviceArg::Cpu, _) => Err(CliError::CudaAwareWithoutCuda),
-        (DeviceArg::Cuda, arg) => Ok(Device::Cuda {
-            cuda_aware: match arg {
+/// The type of a GPU's weights and matrix-product operands (`--gpu-precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuPrecisionArg {
+    Bf16,
+    F32,
+}
+
+/// The workers' device from `--device`, and `--cuda-aware` and `--gpu-precision`, which
+/// only a GPU run takes.
+fn device_of(device: DeviceArg, cuda_aware: CudaAwareArg, precision: GpuPrecisionArg) -> Result<Device, CliError> {
+    match (device, cuda_aware, precision) {
+        (DeviceArg::Cpu, CudaAwareArg::Auto, GpuPrecisionArg::Bf16) => Ok(Device::Cpu),
+        (DeviceArg::Cpu, CudaAwareArg::Auto, _) => Err(CliError::GpuFlagWithoutCuda("--gpu-precision")),
+        (DeviceArg::Cpu, _, _) => Err(CliError::GpuFlagWithoutCuda("--cuda-aware")),
+        (DeviceArg::Cuda, cuda_aware, precision) => Ok(Device::Cuda {
+            cuda_aware: match cuda_aware {
                 CudaAwareArg::Auto => CudaAware::Auto,
                 CudaAwareArg::On => CudaAware::On,
                 CudaAwareArg::Off => CudaAware::Off,
+            },
+            precision: match precision {
+                GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
+                GpuPrecisionArg::F32 => GpuPrecision::F32,
             },
         }),
     }
@@ -770,9 +788,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     // In one process, its GPU is found before anything is read, so that a machine without
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
     let distributed = world.is_some_and(|w| w.size() > 1);
-    let device = device_of(args.device, args.cuda_aware)?;
+    let device = device_of(args.device, args.cuda_aware, args.gpu_precision)?;
     let gpu = match device {
-        Device::Cuda { .. } if !distributed => {
+        Device::Cuda { precision, .. } if !distributed => {
             let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
             let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
             log::info!(
@@ -782,7 +800,7 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
                 gpu.name,
                 gpu.memory_bytes / 1_000_000_000
             );
-            Some(gpu)
+            Some((gpu, precision))
         }
         _ => None,
     };
@@ -803,12 +821,17 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         .map_err(|error| CliError::Io { path: model_path.clone(), error })?;
     let mut journal = match &args.output {
         Some(output) => {
-            Some(Journal::open(&journal_path(output), &fingerprint, device.name(), args.resume, args.overwrite)?)
+            Some(Journal::open(&journal_path(output), &fingerprint, device.arithmetic(), args.resume, args.overwrite)?)
         }
         None => None,
     };
 
-    let profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens, device)?;
+    let mut profile = run_profile(args.profile.as_deref(), &cache_dir(), &config, args.batch_tokens, device)?;
+    if let Device::Cuda { precision: GpuPrecision::F32, .. } = device {
+        // Weights of 4 bytes for the memory model; the rates stay bf16's, so the predicted
+        // throughput of the f32 path is optimistic.
+        profile.compute_bytes = 4;
+    }
     let stop = crate::signals::coordinator_stop_flag()
         .map_err(|error| CliError::Io { path: PathBuf::from("signal handlers"), error })?;
     let load_start = Instant::now();
@@ -825,9 +848,10 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
         }
         _ => {
             let engine: Box<dyn EvaluationEngine> = match &gpu {
-                Some(gpu) => {
-                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes)?;
-                    Box::new(LightweightEngine::load(model.source.as_ref(), CudaBackend::new(gpu.ordinal)?)?)
+                Some((gpu, precision)) => {
+                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes, *precision)?;
+                    let backend = CudaBackend::new(gpu.ordinal, *precision)?;
+                    Box::new(LightweightEngine::load(model.source.as_ref(), backend)?)
                 }
                 None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
             };

@@ -110,9 +110,11 @@ fn cuda_without_a_gpu() {
 }
 
 #[test]
-fn cuda_aware_without_cuda() {
+fn gpu_flags_without_cuda() {
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--cuda-aware", "on"]);
     assert_clean_error(&output, &["--cuda-aware", "--device cuda"]);
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--gpu-precision", "f32"]);
+    assert_clean_error(&output, &["--gpu-precision", "--device cuda"]);
 }
 
 #[test]

@@ -376,13 +376,22 @@ fn load(
         crate::weights::open(std::path::Path::new(&model.path), model.random_weights).map_err(|e| e.to_string())?;
     let loaded: Box<dyn LoadedStage> = match device {
         Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
-        Device::Cuda { cuda_aware } => {
+        Device::Cuda { cuda_aware, precision } => {
             let gpu = crate::backend::cuda::probe_local(place.node_index).map_err(|e| e.to_string())?;
-            check_fits_gpu(source.config(), &spec, gpu.memory_bytes).map_err(|e| {
+            check_fits_gpu(source.config(), &spec, gpu.memory_bytes, precision).map_err(|e| {
                 format!("GPU {} ({}, {} GB): {e}", gpu.ordinal, gpu.name, gpu.memory_bytes / 1_000_000_000)
             })?;
             let device_memory = match cuda_aware {
-                CudaAware::On => true,
+                CudaAware::On => {
+                    if !mpi_is_cuda_aware() {
+                        log::warn!(
+                            "rank {}: --cuda-aware on, but this MPI does not say it is CUDA-aware \
+                             (MPIX_Query_cuda_support); if it is not, sending device memory will fail in MPI",
+                            place.rank
+                        );
+                    }
+                    true
+                }
                 CudaAware::Off => false,
                 CudaAware::Auto => mpi_is_cuda_aware(),
             };
@@ -395,7 +404,7 @@ fn load(
                 gpu.name,
                 if device_memory { "in device memory" } else { "through pinned host buffers" },
             );
-            let backend = CudaBackend::new(gpu.ordinal).map_err(|e| e.to_string())?;
+            let backend = CudaBackend::new(gpu.ordinal, precision).map_err(|e| e.to_string())?;
             backend.pass_device_memory_to_mpi(device_memory);
             Box::new(load_on(source.as_ref(), spec, backend, format!("GPU {} ({})", gpu.ordinal, gpu.name), place)?)
         }

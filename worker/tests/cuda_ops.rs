@@ -6,6 +6,7 @@
 //! that is a failure.
 #![cfg(feature = "cuda")]
 
+use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend, MATMUL_ROWS};
 use evalmesh_worker::backend::HeadLayout;
@@ -13,7 +14,12 @@ use evalmesh_worker::{Backend, CpuBackend, Matrix};
 
 /// The GPU backend, or `None` (with the reason printed) where there is no usable GPU.
 fn gpu() -> Option<CudaBackend> {
-    let found = probe(0).and_then(|_| CudaBackend::new(0));
+    gpu_in(GpuPrecision::Bf16)
+}
+
+/// The GPU backend multiplying in `precision`, as [`gpu`].
+fn gpu_in(precision: GpuPrecision) -> Option<CudaBackend> {
+    let found = probe(0).and_then(|_| CudaBackend::new(0, precision));
     match found {
         Ok(backend) => {
             backend.poison_outputs(true);
@@ -74,6 +80,28 @@ fn matmul_matches_the_cpu_on_the_same_bf16_operands() {
         // products of size ≤ 1 differ by a few f32 ulps of the running sum (≤ 1e-4 absolute).
         assert_close(&format!("matmul {m}×{k}·({n}×{k})ᵀ"), &got, &want, 1e-4);
     }
+}
+
+#[test]
+fn the_f32_path_multiplies_as_the_cpu_does() {
+    let Some(gpu) = gpu_in(GpuPrecision::F32) else { return };
+    let cpu = CpuBackend::default();
+    for (m, k, n, seed) in [(3, 64, 40, 11), (MATMUL_ROWS + 5, 576, 1536, 12)] {
+        let x = random(m, k, seed, 1.0);
+        let w = random(n, k, seed + 100, 1.0);
+        let got = gpu
+            .download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &gpu.upload_weight(w.clone()).unwrap()).unwrap())
+            .unwrap();
+        let want = cpu.matmul_t(&x, &cpu.upload_weight(w).unwrap()).unwrap();
+        // The same f32 operands (no bf16 rounding, no TF32), accumulated in f32 in another
+        // order: as close as the bf16 path on its rounded operands (≤ 1e-4 absolute).
+        assert_close(&format!("f32 matmul {m}×{k}·({n}×{k})ᵀ"), &got, &want, 1e-4);
+    }
+    // The embedding reads f32 rows unchanged.
+    let table = random(50, 24, 13, 1.0);
+    let ids = [7u32, 0, 49, 7];
+    let got = gpu.download(&gpu.embed(&gpu.upload_weight(table.clone()).unwrap(), &ids).unwrap()).unwrap();
+    assert_close("f32 embedding", &got, &cpu.embed(&cpu.upload_weight(table).unwrap(), &ids).unwrap(), 0.0);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The CUDA backend: one GPU, one stream. Weights are bf16 (converted at upload, stored
-//! once); activations are f32, and each matrix product converts its input to bf16 and
-//! multiplies through cuBLAS with f32 accumulation and f32 output. Norms, softmax and
-//! every element-wise op run in f32 (DESIGN §4), in the kernels of `kernels.cu`.
+//! once), or f32 on the higher-precision path (`GpuPrecision::F32`); activations are f32,
+//! and each matrix product converts its input to the weights' type and multiplies through
+//! cuBLAS with f32 accumulation and f32 output. Norms, softmax and every element-wise op
+//! run in f32 (DESIGN §4), in the kernels of `kernels.cu`.
 //!
 //! Determinism: a matrix product is cut into blocks of [`MATMUL_ROWS`] rows, the last one
 //! padded with zero rows, so cuBLAS sees the same shape for every block whatever the
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
 use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
+use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use super::kernels::{Kernel, Kernels, Param};
@@ -87,6 +89,7 @@ pub struct CudaBackend {
     kernels: Kernels,
     pool: Arc<Pool>,
     staging: Staging,
+    precision: GpuPrecision,
     matmul_flops: AtomicU64,
     /// Whether fresh outputs are filled with NaN first (tests: an element a kernel fails
     /// to write then shows).
@@ -96,9 +99,10 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
-    /// The backend of GPU `ordinal` (among the visible ones): its context, stream, cuBLAS
-    /// handle and kernels. Call [`super::probe`] first: it turns missing libraries into errors.
-    pub fn new(ordinal: usize) -> Result<Self, BackendError> {
+    /// The backend of GPU `ordinal` (among the visible ones) multiplying in `precision`: its
+    /// context, stream, cuBLAS handle and kernels. Call [`super::probe`] first: it turns
+    /// missing libraries into errors.
+    pub fn new(ordinal: usize, precision: GpuPrecision) -> Result<Self, BackendError> {
         let context = CudaContext::new(ordinal).map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
         let stream = context.new_stream().map_err(|e| failed(format!("creating a stream: {e}")))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| failed(format!("starting cuBLAS: {e}")))?;
@@ -112,6 +116,7 @@ impl CudaBackend {
             kernels,
             pool,
             staging,
+            precision,
             matmul_flops: AtomicU64::new(0),
             poison: AtomicBool::new(false),
             matmul_events: Mutex::new((Vec::new(), 0.0)),
@@ -231,8 +236,25 @@ impl CudaBackend {
         (blocks(n, THREADS as usize).min(65_535), 1)
     }
 
+    /// Bytes of a weight or operand value, and cuBLAS's name of their type.
+    fn operand_type(precision: GpuPrecision) -> (usize, blas_sys::cudaDataType_t) {
+        match precision {
+            GpuPrecision::Bf16 => (2, blas_sys::cudaDataType_t::CUDA_R_16BF),
+            GpuPrecision::F32 => (4, blas_sys::cudaDataType_t::CUDA_R_32F),
+        }
+    }
+
+    /// The pointer arguments of a kernel that writes (or reads) either type, the other null.
+    fn by_type(&self, ptr: CUdeviceptr, precision: GpuPrecision) -> [Arg; 2] {
+        match precision {
+            GpuPrecision::Bf16 => [Arg::Ptr(ptr), Arg::Ptr(0)],
+            GpuPrecision::F32 => [Arg::Ptr(0), Arg::Ptr(ptr)],
+        }
+    }
+
     /// `y = x · wᵀ` through cuBLAS on this backend's stream: `x` of `rows × k` and `w` of
-    /// `n × k` in bf16, `y` of `rows × n` in f32, all row-major, accumulated in f32.
+    /// `n × k` in `precision`, `y` of `rows × n` in f32, all row-major, accumulated in f32
+    /// (no TF32: CUBLAS_COMPUTE_32F).
     ///
     /// # Safety
     /// The pointers must hold those sizes, and nothing else may write them meanwhile.
@@ -241,11 +263,11 @@ impl CudaBackend {
         x: CUdeviceptr,
         w: CUdeviceptr,
         y: CUdeviceptr,
-        rows: usize,
-        n: usize,
-        k: usize,
+        (rows, n, k): (usize, usize, usize),
+        precision: GpuPrecision,
     ) -> Result<(), BackendError> {
         let (alpha, beta) = (1.0f32, 0.0f32);
+        let operand = Self::operand_type(precision).1;
         // Row-major Y (rows × n) = X · Wᵀ is column-major Yᵀ (n × rows) = Wᵀᶜ · Xᶜ, where
         // W row-major (n × k) is column-major k × n and X row-major is column-major k × rows.
         // SAFETY: the handle works on this backend's stream; the caller vouches for the sizes.
@@ -259,10 +281,10 @@ impl CudaBackend {
                 k as i32,
                 &alpha as *const f32 as *const c_void,
                 w as *const c_void,
-                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                operand,
                 k as i32,
                 x as *const c_void,
-                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                operand,
                 k as i32,
                 &beta as *const f32 as *const c_void,
                 y as *mut c_void,
@@ -279,22 +301,20 @@ impl CudaBackend {
     /// of cuBLAS on square `size`-wide products (bf16 operands, f32 accumulation and output,
     /// as [`Backend::matmul_t`] multiplies), the median of `repeats` after a warm-up.
     pub fn matmul_peak(&self, size: usize, repeats: usize) -> Result<f64, BackendError> {
-        let operands = self.pool.take(size * size * 2)?;
-        let weight = self.random_weight(size, size, 1, 1.0)?;
-        self.launch(
-            &self.kernels.random_bf16,
-            Self::grid_stride(size * size),
-            THREADS,
-            0,
-            &mut [Arg::Ptr(operands.ptr()), Arg::I64((size * size) as i64), Arg::I64(2), Arg::F32(1.0)],
-        )?;
+        let (operands, weight) = (self.pool.take(size * size * 2)?, self.pool.take(size * size * 2)?);
+        for (buffer, seed) in [(&operands, 1), (&weight, 2)] {
+            let [y16, y32] = self.by_type(buffer.ptr(), GpuPrecision::Bf16);
+            let n = (size * size) as i64;
+            let mut args = [y16, y32, Arg::I64(n), Arg::I64(seed), Arg::F32(1.0)];
+            self.launch(&self.kernels.random_weight, Self::grid_stride(size * size), THREADS, 0, &mut args)?;
+        }
         let out = self.pool.take(size * size * 4)?;
         let repeats = repeats.max(1);
         let mut times = Vec::with_capacity(repeats);
         for round in 0..repeats + 2 {
             let start = self.event()?;
             // SAFETY: the three buffers hold size × size values of their types.
-            unsafe { self.gemm(operands.ptr(), weight.buffer.ptr(), out.ptr(), size, size, size) }?;
+            unsafe { self.gemm(operands.ptr(), weight.ptr(), out.ptr(), (size, size, size), GpuPrecision::Bf16) }?;
             let end = self.event()?;
             let ms = start.elapsed_ms(&end).map_err(|e| failed(format!("timing a product: {e}")))?;
             if round >= 2 {
@@ -333,27 +353,29 @@ impl Backend for CudaBackend {
 
     fn upload_weight(&self, w: Matrix) -> Result<CudaWeight, BackendError> {
         self.bind()?;
-        let values: Vec<u16> = w.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-        let buffer = self.pool.take_exact(values.len() * 2)?;
-        // SAFETY: the buffer holds exactly the values; the copy is synchronised before
-        // `values` is dropped.
-        unsafe { result::memcpy_htod_async(buffer.ptr(), &values, self.stream.cu_stream()) }
-            .map_err(|e| failed(format!("copying a weight to the device: {e}")))?;
+        let buffer = self.pool.take_exact(w.data.len() * Self::operand_type(self.precision).0)?;
+        let copied = match self.precision {
+            GpuPrecision::Bf16 => {
+                let values: Vec<u16> = w.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+                // SAFETY: the buffer holds exactly the values; the copy is synchronised
+                // below, before they are dropped.
+                unsafe { result::memcpy_htod_async(buffer.ptr(), &values, self.stream.cu_stream()) }
+            }
+            // SAFETY: as above.
+            GpuPrecision::F32 => unsafe { result::memcpy_htod_async(buffer.ptr(), &w.data, self.stream.cu_stream()) },
+        };
+        copied.map_err(|e| failed(format!("copying a weight to the device: {e}")))?;
         self.synchronize()?;
         Ok(CudaWeight { buffer, out_features: w.rows, in_features: w.cols })
     }
 
     fn random_weight(&self, rows: usize, cols: usize, seed: u64, scale: f32) -> Result<CudaWeight, BackendError> {
         let n = rows * cols;
-        let buffer = self.pool.take_exact(n * 2)?;
+        let buffer = self.pool.take_exact(n * Self::operand_type(self.precision).0)?;
         if n > 0 {
-            self.launch(
-                &self.kernels.random_bf16,
-                Self::grid_stride(n),
-                THREADS,
-                0,
-                &mut [Arg::Ptr(buffer.ptr()), Arg::I64(n as i64), Arg::I64(seed as i64), Arg::F32(scale)],
-            )?;
+            let [y16, y32] = self.by_type(buffer.ptr(), self.precision);
+            let mut args = [y16, y32, Arg::I64(n as i64), Arg::I64(seed as i64), Arg::F32(scale)];
+            self.launch(&self.kernels.random_weight, Self::grid_stride(n), THREADS, 0, &mut args)?;
         }
         Ok(CudaWeight { buffer, out_features: rows, in_features: cols })
     }
@@ -396,17 +418,13 @@ impl Backend for CudaBackend {
             return Ok(out);
         }
         let device_ids = self.upload_values(ids)?;
+        let [table16, table32] = self.by_type(table.buffer.ptr(), self.precision);
         self.launch(
             &self.kernels.embed,
             (ids.len() as u32, blocks(hidden, THREADS as usize)),
             THREADS,
             0,
-            &mut [
-                Arg::Ptr(table.buffer.ptr()),
-                Arg::Ptr(device_ids.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::I64(hidden as i64),
-            ],
+            &mut [table16, table32, Arg::Ptr(device_ids.ptr()), Arg::Ptr(out.ptr()), Arg::I64(hidden as i64)],
         )?;
         Ok(out)
     }
@@ -415,28 +433,24 @@ impl Backend for CudaBackend {
         let (m, n, k) = (x.rows, w.out_features, w.in_features);
         check(x.cols == k, || format!("matmul of {m}×{} by ({n}×{k})ᵀ", x.cols))?;
         let padded = m.div_ceil(MATMUL_ROWS).max(1) * MATMUL_ROWS;
-        let operand = self.pool.take(padded * k * 2)?;
+        let bytes = Self::operand_type(self.precision).0;
+        let operand = self.pool.take(padded * k * bytes)?;
+        let [y16, y32] = self.by_type(operand.ptr(), self.precision);
         self.launch(
-            &self.kernels.to_bf16,
+            &self.kernels.to_operand,
             Self::grid_stride(padded * k),
             THREADS,
             0,
-            &mut [
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(operand.ptr()),
-                Arg::I64(m as i64),
-                Arg::I64(padded as i64),
-                Arg::I64(k as i64),
-            ],
+            &mut [Arg::Ptr(x.ptr()), y16, y32, Arg::I64(m as i64), Arg::I64(padded as i64), Arg::I64(k as i64)],
         )?;
         let out = self.output(m, n, padded)?;
         let start = self.event()?;
         for block in 0..padded / MATMUL_ROWS {
-            let x_block = operand.ptr() + (block * MATMUL_ROWS * k * 2) as u64;
+            let x_block = operand.ptr() + (block * MATMUL_ROWS * k * bytes) as u64;
             let y_block = out.ptr() + (block * MATMUL_ROWS * n * 4) as u64;
-            // SAFETY: the operand holds `padded` bf16 rows of k, the weight n × k bf16, the
-            // output `padded` f32 rows of n.
-            unsafe { self.gemm(x_block, w.buffer.ptr(), y_block, MATMUL_ROWS, n, k) }?;
+            // SAFETY: the operand holds `padded` rows of k and the weight n × k, both in the
+            // backend's precision; the output `padded` f32 rows of n.
+            unsafe { self.gemm(x_block, w.buffer.ptr(), y_block, (MATMUL_ROWS, n, k), self.precision) }?;
         }
         let end = self.event()?;
         self.matmul_flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);

@@ -49,33 +49,43 @@ __device__ float block_sum(float v, float* scratch) {
     return total;
 }
 
-// A random model's weight: y[i] = bf16(scale * u) for the i-th value u of the stream `seed`,
-// uniform in [-1, 1) (SplitMix64, top 24 bits: weights/random.rs's `random_unit`).
-extern "C" __global__ void random_bf16(unsigned short* y, long long n, long long seed, float scale) {
+// A random model's weight: the i-th value is scale * u for the i-th value u of the stream
+// `seed`, uniform in [-1, 1) (SplitMix64, top 24 bits: weights/random.rs's `random_unit`),
+// written as bf16 to `y16` or as f32 to `y32`, whichever is not null.
+extern "C" __global__ void random_weight(unsigned short* y16, float* y32, long long n, long long seed, float scale) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         unsigned long long z = (unsigned long long)seed ^ ((unsigned long long)i * 0x9e3779b97f4a7c15ull);
         z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
         z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
         z ^= z >> 31;
-        float u = (float)(z >> 40) / 8388608.0f - 1.0f;
-        y[i] = f32_to_bf16(scale * u);
+        float v = scale * ((float)(z >> 40) / 8388608.0f - 1.0f);
+        if (y16) y16[i] = f32_to_bf16(v);
+        else y32[i] = v;
     }
 }
 
-// x (rows x cols, f32) to bf16 in `y` (padded_rows x cols): the rows past `rows` are zeros.
-extern "C" __global__ void to_bf16(const float* x, unsigned short* y, long long rows, long long padded_rows,
-                                   long long cols) {
+// A matrix product's operand: x (rows x cols, f32) as bf16 in `y16` or as f32 in `y32`
+// (whichever is not null), padded_rows x cols: the rows past `rows` are zeros.
+extern "C" __global__ void to_operand(const float* x, unsigned short* y16, float* y32, long long rows,
+                                      long long padded_rows, long long cols) {
     long long n = padded_rows * cols, valid = rows * cols;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        y[i] = i < valid ? f32_to_bf16(x[i]) : (unsigned short)0;
+        float v = i < valid ? x[i] : 0.0f;
+        if (y16) y16[i] = f32_to_bf16(v);
+        else y32[i] = v;
     }
 }
 
-// Rows `ids` of a bf16 table (vocab x hidden) as f32 rows. Grid: (rows, column blocks).
-extern "C" __global__ void embed(const unsigned short* table, const unsigned int* ids, float* y, long long hidden) {
+// Rows `ids` of a table (vocab x hidden; bf16 in `table16` or f32 in `table32`, whichever
+// is not null) as f32 rows. Grid: (rows, column blocks).
+extern "C" __global__ void embed(const unsigned short* table16, const float* table32, const unsigned int* ids, float* y,
+                                 long long hidden) {
     long long row = blockIdx.x;
     long long col = blockIdx.y * (long long)blockDim.x + threadIdx.x;
-    if (col < hidden) y[row * hidden + col] = bf16_to_f32(table[ids[row] * hidden + col]);
+    if (col < hidden) {
+        long long at = ids[row] * hidden + col;
+        y[row * hidden + col] = table16 ? bf16_to_f32(table16[at]) : table32[at];
+    }
 }
 
 // y = x / rms(x) * w per row, sums in f32. One block per row.

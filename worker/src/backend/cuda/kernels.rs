@@ -74,8 +74,8 @@ pub struct Kernel {
 
 /// The loaded kernels.
 pub struct Kernels {
-    pub random_bf16: Kernel,
-    pub to_bf16: Kernel,
+    pub random_weight: Kernel,
+    pub to_operand: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
     pub rope: Kernel,
@@ -103,8 +103,8 @@ impl Kernels {
             })
         };
         Ok(Kernels {
-            random_bf16: function("random_bf16")?,
-            to_bf16: function("to_bf16")?,
+            random_weight: function("random_weight")?,
+            to_operand: function("to_operand")?,
             embed: function("embed")?,
             rms_norm: function("rms_norm")?,
             rope: function("rope")?,
@@ -149,12 +149,12 @@ mod tests {
             "columns",
             "embed",
             "gather_rows",
-            "random_bf16",
+            "random_weight",
             "rms_norm",
             "rope",
             "score",
             "silu_mul",
-            "to_bf16",
+            "to_operand",
         ];
         assert_eq!(names, loaded);
         let this = include_str!("kernels.rs");

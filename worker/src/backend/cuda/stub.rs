@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::ops::Range;
 
+use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use crate::backend::{Backend, BackendError, HeadLayout, MatmulStats};
@@ -12,7 +13,7 @@ use crate::tensor::Matrix;
 pub enum CudaBackend {}
 
 impl CudaBackend {
-    pub fn new(_ordinal: usize) -> Result<Self, BackendError> {
+    pub fn new(_ordinal: usize, _precision: GpuPrecision) -> Result<Self, BackendError> {
         Err(BackendError::CudaNotCompiled)
     }
 
