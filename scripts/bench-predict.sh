@@ -3,25 +3,26 @@
 # configurations (single process with 2 threads; DP=2, PP=2, TP=2 with 1 thread per worker;
 # PP=3 and DP=2 x PP=2, oversubscribed) and --strategy auto with 2 workers, each run's
 # prediction made from a profile `evalmesh calibrate` measured (under mpirun -np 2, so that
-# the link between ranks is measured too) at the start of the same round.
+# the link between ranks is measured too) right before the run.
 #
-# This machine's speed wanders by a fifth or more within seconds (a shared virtual machine):
-# a few seconds of calibration can land anywhere in that range. So each calibration goes on
-# for CALIBRATE_SECONDS (default 30, about as long as a run) and keeps the medians, and the
-# benchmark runs ROUNDS rounds of calibration and all seven runs, each round in a rotated
-# order, and takes per configuration the median over the rounds of the predicted and measured
-# tokens/s and of the error. It prints them with every round's error (target: every median
+# This machine's speed wanders by a fifth or more within seconds and drifts by as much over
+# minutes (a shared virtual machine): a few seconds of calibration can land anywhere in that
+# range, and a profile of a few minutes ago may describe another machine. So each run has a
+# calibration of its own just before it, which goes on for CALIBRATE_SECONDS (default 15)
+# and keeps the medians, and the benchmark runs ROUNDS rounds of all seven, each round in a
+# rotated order, and takes per configuration the median over the rounds of the predicted and
+# measured tokens/s and of the error. It prints them with every round's error (target: every median
 # error within 15%), then what --strategy auto chose for 2 workers and its median measured
 # tokens/s against the best 2-worker configuration's.
 #
 # Environment: EVALMESH_SHARED (default ../shared), BYTES (slice size, default 60000),
-# ROUNDS (default 3), CALIBRATE_SECONDS (default 30). About 4 minutes a round here. Run it on
+# ROUNDS (default 3), CALIBRATE_SECONDS (default 15). About 5 minutes a round here. Run it on
 # an otherwise idle machine: other work skews calibration and runs.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
 bytes="${BYTES:-60000}"
 rounds="${ROUNDS:-3}"
-calibrate_seconds="${CALIBRATE_SECONDS:-30}"
+calibrate_seconds="${CALIBRATE_SECONDS:-15}"
 
 head -c "$bytes" "$shared/data/wikitext-2/wiki.test.raw" > "$out/slice.txt"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
@@ -31,15 +32,15 @@ configs=("single 0 --threads 2" "dp2 3 --threads 1 --strategy dp" "pp2 3 --threa
          "auto 3 --threads 1 --strategy auto")
 for ((r = 0; r < rounds; r++)); do
     echo "round $((r + 1)) of $rounds" >&2
-    mpirun --oversubscribe --bind-to none -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 \
-        --seconds "$calibrate_seconds" --output "$out/profile-$r.json" > /dev/null
     for ((i = 0; i < ${#configs[@]}; i++)); do
         read -r name ranks flags <<< "${configs[$(((i + r) % ${#configs[@]}))]}"
+        mpirun --oversubscribe --bind-to none -np 2 "$bin" calibrate --model "$model" --batch-tokens 512 \
+            --seconds "$calibrate_seconds" --output "$out/profile-$name-$r.json" > /dev/null
         launch=()
         if ((ranks > 0)); then launch=(mpirun --oversubscribe -np "$ranks"); fi
         # shellcheck disable=SC2086 # the flags are words
         "${launch[@]}" "$bin" run --model "$model" --task perplexity --data "$out/slice.txt" \
-            --perplexity-mode llamacpp --ctx 512 --batch-tokens 512 --profile "$out/profile-$r.json" \
+            --perplexity-mode llamacpp --ctx 512 --batch-tokens 512 --profile "$out/profile-$name-$r.json" \
             $flags --output "$out/$name-$r.json" > /dev/null
     done
 done
