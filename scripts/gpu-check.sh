@@ -23,7 +23,7 @@
 #   (default: the bundle's mpi/, from scripts/mpi-bundle.sh): a folder with an env.sh to
 #   source, or Debian's OpenMPI packages unpacked with dpkg -x (usr/bin/mpirun, ...).
 # Exit status 0 only if every part passed and both targets were met. Each part has a time
-# limit (together 440 s), so the check ends within 8 minutes.
+# limit (together 450 s), so the check ends within 8 minutes.
 set -uo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
     echo "usage: $0 OUT_DIR [MPI_DIR]" >&2

@@ -58,7 +58,7 @@ pub struct Work {
 impl Work {
     pub fn seconds(&self, r: &Rates) -> f64 {
         self.matmul_flops / r.matmul_flops_per_s
-            + self.head_flops / r.head_matmul_flops_per_s.unwrap_or(r.matmul_flops_per_s)
+            + self.head_flops / r.head_matmul_rate()
             + self.attention_flops / r.attention_flops_per_s
             + self.elementwise_bytes / r.elementwise_bytes_per_s
             + self.softmax_entries / r.softmax_entries_per_s

@@ -39,6 +39,13 @@ pub struct Rates {
     pub softmax_entries_per_s: f64,
 }
 
+impl Rates {
+    /// The LM head's product rate: its own where measured, else the block products'.
+    pub fn head_matmul_rate(&self) -> f64 {
+        self.head_matmul_flops_per_s.unwrap_or(self.matmul_flops_per_s)
+    }
+}
+
 /// A point-to-point link: a message of `b` bytes takes `latency_s + b / bytes_per_s`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Link {

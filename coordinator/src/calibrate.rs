@@ -144,11 +144,6 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
 /// Rounds of measurement per mode, at least.
 const ROUNDS: usize = 3;
 
-/// The head's product rate of a measurement.
-fn head_rate(r: &Rates) -> f64 {
-    r.head_matmul_flops_per_s.unwrap_or(r.matmul_flops_per_s)
-}
-
 /// The median of each figure.
 fn median_rates(rounds: &[Rates]) -> Rates {
     let median = |f: fn(&Rates) -> f64| {
@@ -158,7 +153,7 @@ fn median_rates(rounds: &[Rates]) -> Rates {
     };
     Rates {
         matmul_flops_per_s: median(|r| r.matmul_flops_per_s),
-        head_matmul_flops_per_s: Some(median(head_rate)),
+        head_matmul_flops_per_s: Some(median(Rates::head_matmul_rate)),
         attention_flops_per_s: median(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: median(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: median(|r| r.softmax_entries_per_s),
@@ -188,7 +183,7 @@ fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usi
         threads_per_worker: threads,
         concurrent_workers: workers,
         matmul_flops_per_s: mean(|r| r.matmul_flops_per_s),
-        head_matmul_flops_per_s: Some(mean(head_rate)),
+        head_matmul_flops_per_s: Some(mean(Rates::head_matmul_rate)),
         attention_flops_per_s: mean(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: mean(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: mean(|r| r.softmax_entries_per_s),

@@ -245,7 +245,7 @@ impl CudaBackend {
     }
 
     /// The pointer arguments of a kernel that writes (or reads) either type, the other null.
-    fn by_type(&self, ptr: CUdeviceptr, precision: GpuPrecision) -> [Arg; 2] {
+    fn by_type(ptr: CUdeviceptr, precision: GpuPrecision) -> [Arg; 2] {
         match precision {
             GpuPrecision::Bf16 => [Arg::Ptr(ptr), Arg::Ptr(0)],
             GpuPrecision::F32 => [Arg::Ptr(0), Arg::Ptr(ptr)],
@@ -303,7 +303,7 @@ impl CudaBackend {
     pub fn matmul_peak(&self, size: usize, repeats: usize) -> Result<f64, BackendError> {
         let (operands, weight) = (self.pool.take(size * size * 2)?, self.pool.take(size * size * 2)?);
         for (buffer, seed) in [(&operands, 1), (&weight, 2)] {
-            let [y16, y32] = self.by_type(buffer.ptr(), GpuPrecision::Bf16);
+            let [y16, y32] = Self::by_type(buffer.ptr(), GpuPrecision::Bf16);
             let n = (size * size) as i64;
             let mut args = [y16, y32, Arg::I64(n), Arg::I64(seed), Arg::F32(1.0)];
             self.launch(&self.kernels.random_weight, Self::grid_stride(size * size), THREADS, 0, &mut args)?;
@@ -373,7 +373,7 @@ impl Backend for CudaBackend {
         let n = rows * cols;
         let buffer = self.pool.take_exact(n * Self::operand_type(self.precision).0)?;
         if n > 0 {
-            let [y16, y32] = self.by_type(buffer.ptr(), self.precision);
+            let [y16, y32] = Self::by_type(buffer.ptr(), self.precision);
             let mut args = [y16, y32, Arg::I64(n as i64), Arg::I64(seed as i64), Arg::F32(scale)];
             self.launch(&self.kernels.random_weight, Self::grid_stride(n), THREADS, 0, &mut args)?;
         }
@@ -418,7 +418,7 @@ impl Backend for CudaBackend {
             return Ok(out);
         }
         let device_ids = self.upload_values(ids)?;
-        let [table16, table32] = self.by_type(table.buffer.ptr(), self.precision);
+        let [table16, table32] = Self::by_type(table.buffer.ptr(), self.precision);
         self.launch(
             &self.kernels.embed,
             (ids.len() as u32, blocks(hidden, THREADS as usize)),
@@ -435,7 +435,7 @@ impl Backend for CudaBackend {
         let padded = m.div_ceil(MATMUL_ROWS).max(1) * MATMUL_ROWS;
         let bytes = Self::operand_type(self.precision).0;
         let operand = self.pool.take(padded * k * bytes)?;
-        let [y16, y32] = self.by_type(operand.ptr(), self.precision);
+        let [y16, y32] = Self::by_type(operand.ptr(), self.precision);
         self.launch(
             &self.kernels.to_operand,
             Self::grid_stride(padded * k),
