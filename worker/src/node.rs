@@ -25,8 +25,8 @@ use crate::backend::{Backend, MatmulStats};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 use crate::stage::GroupSum;
 use crate::transport::{
-    mpi_is_cuda_aware, send, send_activations, try_receive, try_receive_activations, yield_while_polling, Backoff,
-    NodeShare, ShardSum,
+    mpi_is_cuda_aware, send, send_activations, set_polling, try_receive, try_receive_activations, Backoff, NodeShare,
+    ShardSum,
 };
 use crate::wire::{HostLanding, Landing, Outbound, Wire};
 use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, WeightSource};
@@ -211,7 +211,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
             Work::Setup { version, model, stage: spec, device, threads, next: n, shards } => {
                 next = n;
                 let threads = if threads == 0 { node.threads() } else { threads };
-                yield_while_polling(node.spare_core(threads));
+                set_polling(node.spare_core(threads), node.own_cores(threads));
                 let place = Place { rank, node_index: node.index, threads, shards };
                 match load(version, &model, spec, device, &place) {
                     Ok((loaded, bytes_read, load_seconds)) => {

@@ -29,14 +29,15 @@ use crate::wire::{Landing, Wire};
 /// The longest pause between two polls: the most a message waits unnoticed.
 pub const MAX_POLL_PAUSE: Duration = Duration::from_millis(2);
 
-/// How long a tensor-parallel sum's wait yields before it sleeps: longer than a shard's
-/// share of a layer takes, since a sleep there delays the whole stage by up to
-/// [`MAX_POLL_PAUSE`] twice a layer (measured on 2 cores, TP=2: yielding for 2 ms, then
-/// sleeping, made the stage a third slower than yielding throughout).
+/// How long a tensor-parallel sum's wait yields before it sleeps where every worker has
+/// cores of its own: longer than a shard's share of a layer takes, since a sleep there
+/// delays the whole stage by up to [`MAX_POLL_PAUSE`] twice a layer (measured on 2 cores,
+/// TP=2: yielding for 2 ms, then sleeping, made the stage a third slower than yielding
+/// throughout).
 const SUM_YIELD_FOR: Duration = Duration::from_millis(200);
 
 /// How long a wait yields the core between polls before it starts sleeping, when the
-/// node has cores to spare ([`yield_while_polling`]).
+/// node has cores to spare ([`set_polling`]).
 const YIELD_FOR: Duration = Duration::from_micros(200);
 
 /// Whether waits begin by yielding instead of sleeping: set where the node has a core to
@@ -44,9 +45,16 @@ const YIELD_FOR: Duration = Duration::from_micros(200);
 /// compute threads (measured: a fifth of data-parallel throughput on 2 cores).
 static POLL_YIELDS: AtomicBool = AtomicBool::new(false);
 
-/// Lets waits begin with [`YIELD_FOR`] of yielding (`true`) or sleep from the start.
-pub fn yield_while_polling(on: bool) {
-    POLL_YIELDS.store(on, Ordering::Relaxed);
+/// Whether a sum's wait yields for [`SUM_YIELD_FOR`] (every worker has cores of its own)
+/// or for [`MAX_POLL_PAUSE`] only: where workers share cores, the long yields take turns
+/// from the very peers they wait for (measured: PP=2 × TP=2 on 2 cores, a fifth slower).
+static SUMS_YIELD: AtomicBool = AtomicBool::new(false);
+
+/// Sets how this process's waits poll: `spare_core`, whether waits begin with
+/// [`YIELD_FOR`] of yielding; `own_cores`, whether sums' waits yield throughout.
+pub fn set_polling(spare_core: bool, own_cores: bool) {
+    POLL_YIELDS.store(spare_core, Ordering::Relaxed);
+    SUMS_YIELD.store(own_cores, Ordering::Relaxed);
 }
 
 /// A poll pause: where the node has cores to spare, for the first [`YIELD_FOR`] of a wait
@@ -69,9 +77,11 @@ impl Default for Backoff {
 impl Backoff {
     /// A wait of a compute thread in the middle of its work (a tensor-parallel sum, which
     /// the shard's peers send within milliseconds): its core would idle anyway, so it
-    /// yields for up to [`SUM_YIELD_FOR`] whatever the node, then sleeps.
+    /// yields before it sleeps whatever the node: for [`SUM_YIELD_FOR`] where every worker
+    /// has cores of its own, else for [`MAX_POLL_PAUSE`].
     pub fn computing() -> Self {
-        Backoff { yield_for: SUM_YIELD_FOR, ..Backoff::default() }
+        let yield_for = if SUMS_YIELD.load(Ordering::Relaxed) { SUM_YIELD_FOR } else { MAX_POLL_PAUSE };
+        Backoff { yield_for, ..Backoff::default() }
     }
 
     pub fn wait(&mut self) {
@@ -298,5 +308,10 @@ impl NodeShare {
     /// Whether a core is left over once every worker runs `threads` compute threads.
     pub fn spare_core(&self, threads: usize) -> bool {
         self.cores > self.workers * threads
+    }
+
+    /// Whether every worker's `threads` compute threads have cores of their own.
+    pub fn own_cores(&self, threads: usize) -> bool {
+        self.cores >= self.workers * threads
     }
 }
