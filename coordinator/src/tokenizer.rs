@@ -141,9 +141,7 @@ impl TextTokenizer {
         let json = gguf_tokenizer_json(file)?;
         let bad = |problem: String| TokenizerError::Model { path: file.path.clone(), problem };
         check_merges(&json).map_err(|e| bad(format!("tokenizer.ggml.merges: {e}")))?;
-        let inner = json
-            .to_string()
-            .parse::<tokenizers::Tokenizer>()
+        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json)
             .map_err(|e| bad(format!("tokenizer from GGUF vocabulary: {e}")))?;
         let id = |key: &str| file.get(key).and_then(Value::as_u64).map(|v| v as u32);
         Ok(TextTokenizer {
@@ -161,7 +159,7 @@ impl TextTokenizer {
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         check_merges(&json).map_err(bad)?;
-        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| bad(e.to_string()))?;
+        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json).map_err(|e| bad(e.to_string()))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>", "<|endoftext|>"]);
         let eos = find(&["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"]);
