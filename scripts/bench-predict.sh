@@ -16,7 +16,7 @@
 # tokens/s against the best 2-worker configuration's.
 #
 # Environment: EVALMESH_SHARED (default ../shared), BYTES (slice size, default 60000),
-# ROUNDS (default 3), CALIBRATE_SECONDS (default 15). About 5 minutes a round here. Run it on
+# ROUNDS (default 3), CALIBRATE_SECONDS (default 15). About 6 minutes a round here. Run it on
 # an otherwise idle machine: other work skews calibration and runs.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"

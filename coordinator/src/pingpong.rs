@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use evalmesh_worker::transport::{send_activations, set_polling, try_receive_activations, Backoff};
+use evalmesh_worker::transport::{send_activations, set_polling, try_receive_activations, Backoff, Polling};
 use evalmesh_worker::wire::{HostLanding, Wire};
 use evalmesh_worker::Matrix;
 use mpi::point_to_point::{Destination, Source};
@@ -49,7 +49,7 @@ pub fn measure(
     }
     let peer: Rank = 1 - world.rank();
     // Nothing else runs: the receivers may poll without sleeping, like ranks with cores to spare.
-    set_polling(true, true);
+    set_polling(Polling { spare_core: true, own_cores: true });
     let mut results = Vec::new();
     for &r in rows {
         let m = Matrix::from_vec(r, width, (0..r * width).map(|i| i as f32).collect());

@@ -211,7 +211,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
             Work::Setup { version, model, stage: spec, device, threads, next: n, shards } => {
                 next = n;
                 let threads = if threads == 0 { node.threads() } else { threads };
-                set_polling(node.spare_core(threads), node.own_cores(threads));
+                set_polling(node.polling(threads));
                 let place = Place { rank, node_index: node.index, threads, shards };
                 match load(version, &model, spec, device, &place) {
                     Ok((loaded, bytes_read, load_seconds)) => {

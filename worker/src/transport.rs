@@ -50,11 +50,19 @@ static POLL_YIELDS: AtomicBool = AtomicBool::new(false);
 /// from the very peers they wait for (measured: PP=2 × TP=2 on 2 cores, a fifth slower).
 static SUMS_YIELD: AtomicBool = AtomicBool::new(false);
 
-/// Sets how this process's waits poll: `spare_core`, whether waits begin with
-/// [`YIELD_FOR`] of yielding; `own_cores`, whether sums' waits yield throughout.
-pub fn set_polling(spare_core: bool, own_cores: bool) {
-    POLL_YIELDS.store(spare_core, Ordering::Relaxed);
-    SUMS_YIELD.store(own_cores, Ordering::Relaxed);
+/// How a process's waits poll, from its node's share of the cores.
+#[derive(Debug, Clone, Copy)]
+pub struct Polling {
+    /// A core is left over: waits begin with [`YIELD_FOR`] of yielding.
+    pub spare_core: bool,
+    /// Every worker has cores of its own: sums' waits yield for [`SUM_YIELD_FOR`].
+    pub own_cores: bool,
+}
+
+/// Sets how this process's waits poll.
+pub fn set_polling(polling: Polling) {
+    POLL_YIELDS.store(polling.spare_core, Ordering::Relaxed);
+    SUMS_YIELD.store(polling.own_cores, Ordering::Relaxed);
 }
 
 /// A poll pause: where the node has cores to spare, for the first [`YIELD_FOR`] of a wait
@@ -305,13 +313,10 @@ impl NodeShare {
         (self.cores / self.workers).max(1)
     }
 
-    /// Whether a core is left over once every worker runs `threads` compute threads.
-    pub fn spare_core(&self, threads: usize) -> bool {
-        self.cores > self.workers * threads
-    }
-
-    /// Whether every worker's `threads` compute threads have cores of their own.
-    pub fn own_cores(&self, threads: usize) -> bool {
-        self.cores >= self.workers * threads
+    /// How waits poll once every worker runs `threads` compute threads: whether a core is
+    /// left over, and whether every thread has a core of its own.
+    pub fn polling(&self, threads: usize) -> Polling {
+        let busy = self.workers * threads;
+        Polling { spare_core: self.cores > busy, own_cores: self.cores >= busy }
     }
 }
