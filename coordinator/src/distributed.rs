@@ -14,9 +14,10 @@ use evalmesh_common::protocol::{
 };
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 use evalmesh_worker::transport::{receive, send};
-use mpi::topology::{Rank, SimpleCommunicator};
+use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 
 use crate::engine::{pack_micro_batches, validate_trees, EngineError, EvaluationEngine, ScoreSink};
+use crate::results::{EngineDetails, WorkerPlacement};
 
 /// What a worker reported when it was ready.
 #[derive(Debug, Clone)]
@@ -32,6 +33,27 @@ pub struct WorkerInfo {
 struct Pipeline {
     ranks: Vec<Rank>,
     in_flight: usize,
+}
+
+/// Releases every worker of the job when dropped, so that no rank is left waiting
+/// whatever rank 0's command did: each is sent `Shutdown` (the workers of a run stop
+/// serving, those of a calibration stop waiting).
+pub struct WorkerRelease<'a> {
+    world: &'a SimpleCommunicator,
+}
+
+impl<'a> WorkerRelease<'a> {
+    pub fn new(world: &'a SimpleCommunicator) -> Self {
+        WorkerRelease { world }
+    }
+}
+
+impl Drop for WorkerRelease<'_> {
+    fn drop(&mut self) {
+        for worker in 1..self.world.size() {
+            send(self.world, worker, &ToWorker::Shutdown);
+        }
+    }
 }
 
 pub struct DistributedEngine<'a> {
@@ -231,18 +253,21 @@ impl EvaluationEngine for DistributedEngine<'_> {
         Ok(all)
     }
 
-    fn details(&self) -> serde_json::Value {
-        let workers: Vec<serde_json::Value> = self
+    fn details(&self) -> EngineDetails {
+        let workers = self
             .workers
             .iter()
-            .map(|w| {
-                serde_json::json!({"rank": w.rank, "layers": [w.stage.layers.start, w.stage.layers.end],
-                    "groups": [w.stage.groups.start, w.stage.groups.end],
-                    "embedding": w.stage.embedding, "head": w.stage.head, "threads": w.threads,
-                    "bytes_read": w.bytes_read, "load_seconds": w.load_seconds})
+            .map(|w| WorkerPlacement {
+                rank: w.rank,
+                layers: [w.stage.layers.start, w.stage.layers.end],
+                groups: [w.stage.groups.start, w.stage.groups.end],
+                embedding: w.stage.embedding,
+                head: w.stage.head,
+                threads: w.threads,
+                bytes_read: w.bytes_read,
+                load_seconds: w.load_seconds,
             })
             .collect();
-        serde_json::json!({"kind": "distributed", "dp": self.layout.dp, "pp": self.layout.pp, "tp": self.layout.tp,
-            "workers": workers})
+        EngineDetails::Distributed { dp: self.layout.dp, pp: self.layout.pp, tp: self.layout.tp, workers }
     }
 }

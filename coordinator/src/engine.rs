@@ -7,6 +7,8 @@ use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
 use evalmesh_worker::{Backend, LlamaStage, LocalSum, StageError, StageInput, StageOutput, StageSpec, WeightSource};
 
+use crate::results::EngineDetails;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("request {index}: {problem}")]
@@ -38,7 +40,7 @@ pub trait EvaluationEngine {
     /// How many workers compute at once.
     fn parallel_workers(&self) -> usize;
     /// Where the work ran, for the results' `evalmesh.engine_details`.
-    fn details(&self) -> serde_json::Value;
+    fn details(&self) -> EngineDetails;
     /// What each worker measured so far, labelled by rank; with its timeline when `trace` is set.
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError>;
 }
@@ -144,8 +146,11 @@ impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
         )])
     }
 
-    fn details(&self) -> serde_json::Value {
-        serde_json::json!({"kind": "lightweight", "layers": [0, self.stage.config().num_layers], "threads": rayon::current_num_threads()})
+    fn details(&self) -> EngineDetails {
+        EngineDetails::Lightweight {
+            layers: [0, self.stage.config().num_layers],
+            threads: rayon::current_num_threads(),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runs tasks through an engine: plans each task's trees, takes what the journal already
 //! holds, scores the rest (journaling each tree as it finishes), turns scores into
-//! metrics and fills the report and the per-sample logs.
+//! metrics (lm-evaluation-harness's part of the results, and what each task cost) and writes
+//! the per-sample logs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,10 @@ use evalmesh_common::{ScoreTree, TreeScores};
 use serde_json::{json, Value};
 
 use crate::engine::{EngineError, EvaluationEngine};
-use crate::journal::{hash_hex, tree_key, Journal, JournalError};
+use crate::journal::{task_key, tree_key, Journal, JournalError};
 use crate::prediction::{error_percent, Predictor};
 use crate::progress::token_bar;
-use crate::results::Report;
+use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
 use crate::tasks::metrics::{aggregate, outcome, pooled, Outcome};
 use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
 use crate::tasks::{Task, TaskError};
@@ -119,49 +120,48 @@ impl Tuner {
         Ok(todo)
     }
 
-    fn summary(&self, budget: usize) -> Value {
-        let tried: Vec<Value> = self
+    fn summary(&self, budget: usize) -> TuningSummary {
+        let tried = self
             .tried
             .iter()
-            .map(|&(b, tokens, seconds, ratio)| {
-                json!({"batch_tokens": b, "tokens": tokens, "seconds": seconds, "measured_over_predicted": ratio})
+            .map(|&(batch_tokens, tokens, seconds, measured_over_predicted)| TuningTrial {
+                batch_tokens,
+                measured_over_predicted,
+                seconds,
+                tokens,
             })
             .collect();
-        json!({"tried": tried, "chosen_batch_tokens": budget})
+        TuningSummary { tried, chosen_batch_tokens: budget }
     }
 }
 
-/// What one task cost.
-#[derive(Debug, Default)]
-struct TaskStats {
-    trees: usize,
-    trees_from_journal: usize,
-    tokens_computed: usize,
-    tokens_without_sharing: usize,
-    seconds: f64,
+/// What a run of tasks produced: their metrics in lm-evaluation-harness's layout, and
+/// what each cost, predicted beside measured.
+pub struct Evaluation {
+    pub results: TaskResults,
+    pub tasks: BTreeMap<String, TaskStats>,
+    pub prediction: Option<PredictionSummary>,
+    pub tuning: Option<TuningSummary>,
 }
 
-/// Scores `tasks` and fills `report`.
+/// Scores `tasks`.
 pub fn evaluate(
     engine: &mut dyn EvaluationEngine,
     tokenizer: &TextTokenizer,
     tasks: &[Task],
     settings: &Settings,
     mut journal: Option<&mut Journal>,
-    report: &mut Report,
-) -> Result<(), EvaluateError> {
+) -> Result<Evaluation, EvaluateError> {
+    let mut results = TaskResults::default();
     let mut groups: BTreeMap<String, Vec<(f64, f64, usize)>> = BTreeMap::new();
-    let mut task_stats = serde_json::Map::new();
+    let mut task_stats = BTreeMap::new();
     let mut predicted = Totals::default();
     let mut budget = settings.batch_tokens;
     let mut tuner = settings.tune.then(Tuner::default);
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         let plan = plan(docs, tokenizer, settings.windows, settings.max_position, settings.share_prefixes)?;
-        let config_hash = hash_hex(&[
-            task.config.to_string().as_bytes(),
-            format!("{:?} fewshot={}", settings.windows, task.num_fewshot).as_bytes(),
-        ]);
+        let config_hash = task_key(&task.config, settings.windows, task.num_fewshot);
         let keys: Vec<String> =
             plan.trees.iter().map(|t| tree_key(settings.model_fingerprint, &config_hash, t)).collect();
         let mut scores: Vec<Option<TreeScores>> = vec![None; plan.trees.len()];
@@ -176,9 +176,11 @@ pub fn evaluate(
         let mut stats = TaskStats {
             trees: plan.trees.len(),
             trees_from_journal: plan.trees.len() - todo.len(),
+            trees_computed: todo.len(),
             tokens_computed: todo_trees.iter().map(ScoreTree::input_len).sum(),
-            tokens_without_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
-            seconds: 0.0,
+            tokens_without_prefix_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
+            tokens_scored: plan.trees.iter().map(ScoreTree::target_count).sum(),
+            ..TaskStats::default()
         };
         let bar = token_bar(stats.tokens_computed, &task.name);
         let started = Instant::now();
@@ -235,37 +237,25 @@ pub fn evaluate(
             groups.entry(group.clone()).or_default().push((acc, se, docs.len()));
         }
         metrics.insert("alias".into(), json!(task.name));
-        report.results.insert(task.name.clone(), metrics);
-        report.configs.insert(
+        results.results.insert(task.name.clone(), metrics);
+        results.configs.insert(
             task.name.clone(),
             json!({"task": task.name, "config": task.config, "num_fewshot": task.num_fewshot}),
         );
-        report.versions.insert(task.name.clone(), json!(task.version));
-        report.n_shot.insert(task.name.clone(), json!(task.num_fewshot));
-        report.n_samples.insert(task.name.clone(), json!({"original": task.docs.len(), "effective": docs.len()}));
-        let mut entry = json!({
-            "trees": stats.trees,
-            "trees_from_journal": stats.trees_from_journal,
-            "trees_computed": stats.trees - stats.trees_from_journal,
-            "tokens_computed": stats.tokens_computed,
-            "tokens_without_prefix_sharing": stats.tokens_without_sharing,
-            "tokens_scored": plan.trees.iter().map(ScoreTree::target_count).sum::<usize>(),
-            "seconds": stats.seconds,
-            "tokens_per_s": stats.tokens_computed as f64 / stats.seconds.max(1e-9),
-        });
+        results.versions.insert(task.name.clone(), json!(task.version));
+        results.n_shot.insert(task.name.clone(), json!(task.num_fewshot));
+        results.n_samples.insert(task.name.clone(), json!({"original": task.docs.len(), "effective": docs.len()}));
+        stats.tokens_per_s = stats.tokens_computed as f64 / stats.seconds.max(1e-9);
         if let Some(p) = &prediction {
-            let measured = stats.tokens_computed as f64 / stats.seconds.max(1e-9);
-            entry["predicted_seconds"] = json!(p.seconds);
-            entry["predicted_tokens_per_s"] = json!(p.tokens_per_s);
-            entry["prediction_error_percent"] = json!(error_percent(p.tokens_per_s, measured));
+            stats.predicted_seconds = Some(p.seconds);
+            stats.predicted_tokens_per_s = Some(p.tokens_per_s);
+            stats.prediction_error_percent = Some(error_percent(p.tokens_per_s, stats.tokens_per_s));
             predicted.add(p, stats.seconds, stats.tokens_computed);
         }
         if let Windows::Llamacpp { .. } = settings.windows {
-            if let Some(curve) = cumulative_perplexity(&scores) {
-                entry["cumulative_perplexity"] = json!(curve);
-            }
+            stats.cumulative_perplexity = cumulative_perplexity(&scores);
         }
-        task_stats.insert(task.name.clone(), entry);
+        task_stats.insert(task.name.clone(), stats);
         if let Some(dir) = settings.samples_dir {
             write_samples(&dir.join(format!("samples_{}.jsonl", task.name)), docs, &per_doc)?;
         }
@@ -276,17 +266,15 @@ pub fn evaluate(
         metrics.insert("alias".to_string(), json!(group));
         metrics.insert("acc,none".to_string(), json!(acc));
         metrics.insert("acc_stderr,none".to_string(), json!(se));
-        report.results.insert(group.clone(), metrics);
-        report.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
+        results.results.insert(group.clone(), metrics);
+        results.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
     }
-    report.evalmesh.insert("tasks".into(), Value::Object(task_stats));
-    if let Some(p) = settings.predictor {
-        report.evalmesh.insert("prediction".into(), predicted.summary(p));
-    }
-    if let Some(t) = tuner {
-        report.evalmesh.insert("tuning".into(), t.summary(budget));
-    }
-    Ok(())
+    Ok(Evaluation {
+        results,
+        tasks: task_stats,
+        prediction: settings.predictor.map(|p| predicted.summary(p)),
+        tuning: tuner.map(|t| t.summary(budget)),
+    })
 }
 
 /// Predicted and measured figures summed over the tasks of a run.
@@ -309,22 +297,23 @@ impl Totals {
         self.tokens += tokens;
     }
 
-    fn summary(&self, p: &Predictor) -> Value {
+    fn summary(&self, p: &Predictor) -> PredictionSummary {
         let rate = |seconds: f64| self.tokens as f64 / seconds.max(1e-9);
         let (predicted, measured) = (rate(self.predicted_seconds), rate(self.measured_seconds));
-        json!({
-            "profile": p.profile.name,
-            "profile_source": p.profile.source,
-            "layout": {"dp": p.layout.dp, "pp": p.layout.pp, "tp": p.layout.tp},
-            "stages": p.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect::<Vec<_>>(),
-            "threads_per_worker": p.placement.threads_per_worker,
-            "predicted_seconds": self.predicted_seconds,
-            "measured_seconds": self.measured_seconds,
-            "predicted_tokens_per_s": predicted,
-            "measured_tokens_per_s": measured,
-            "error_percent": error_percent(predicted, measured),
-            "predicted_stage_seconds": self.stage_seconds,
-        })
+        PredictionSummary {
+            profile: p.profile.name.clone(),
+            profile_source: p.profile.source.clone(),
+            layout: LayoutSizes { dp: p.layout.dp, pp: p.layout.pp, tp: p.layout.tp },
+            stages: p.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect(),
+            threads_per_worker: p.placement.threads_per_worker,
+            predicted_seconds: self.predicted_seconds,
+            measured_seconds: self.measured_seconds,
+            predicted_tokens_per_s: predicted,
+            measured_tokens_per_s: measured,
+            error_percent: error_percent(predicted, measured),
+            predicted_stage_seconds: self.stage_seconds.clone(),
+            measured_stage_seconds: Vec::new(),
+        }
     }
 }
 

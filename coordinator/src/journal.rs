@@ -18,6 +18,8 @@ use evalmesh_worker::backend::ARITHMETIC;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::tasks::requests::Windows;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {}: {error}", path.display())]
@@ -92,6 +94,24 @@ pub fn hash_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of a task's settings that its trees' keys include: its configuration (as
+/// JSON), its perplexity windows and its shot count, in encoding 1: the text
+/// `{config}`, then `Rolling { max_len: N } fewshot=K` or `Llamacpp { ctx: N } fewshot=K`
+/// (written out, so that renaming a type cannot change a key; it is the text earlier
+/// builds took from `Debug`, so their journals resume).
+pub fn task_key(config: &serde_json::Value, windows: Windows, num_fewshot: usize) -> String {
+    let windows = match windows {
+        Windows::Rolling { max_len } => format!("Rolling {{ max_len: {max_len} }}"),
+        Windows::Llamacpp { ctx } => format!("Llamacpp {{ ctx: {ctx} }}"),
+    };
+    hash_hex(&[config.to_string().as_bytes(), format!("{windows} fewshot={num_fewshot}").as_bytes()])
+}
+
+/// Where the journal of a results file lives: `results.json` → `results.journal.jsonl`.
+pub fn journal_path(output: &Path) -> PathBuf {
+    output.with_extension("journal.jsonl")
 }
 
 /// The key of a tree: the model, the task's configuration hash and the tree's tokens.
@@ -246,6 +266,17 @@ mod tests {
 
     fn scores(v: f32) -> TreeScores {
         TreeScores { prefix: vec![TokenScore { logprob: v, greedy: true }], branches: vec![] }
+    }
+
+    #[test]
+    fn task_keys_hash_the_text_of_encoding_1() {
+        let config = serde_json::json!({"data": "built-in wikitext-2 excerpt"});
+        let expected = |windows: &str| hash_hex(&[br#"{"data":"built-in wikitext-2 excerpt"}"#, windows.as_bytes()]);
+        assert_eq!(task_key(&config, Windows::Llamacpp { ctx: 512 }, 0), expected("Llamacpp { ctx: 512 } fewshot=0"));
+        assert_eq!(
+            task_key(&config, Windows::Rolling { max_len: 8192 }, 5),
+            expected("Rolling { max_len: 8192 } fewshot=5")
+        );
     }
 
     #[test]

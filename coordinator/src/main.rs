@@ -1,15 +1,16 @@
 //! The `evalmesh` binary: parses the command line, decides the rank's role once (under
 //! `mpirun` or `srun`, rank 0 coordinates and every other rank serves as a worker), sets
 //! up logging with the rank, and turns any error into one line on standard error and a
-//! non-zero exit.
+//! non-zero exit: the binary's one error path.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use evalmesh::cli::{Cli, CliError, Command};
+use evalmesh::cli::{is_stopped, Cli, Command};
+use evalmesh::distributed::WorkerRelease;
 use evalmesh::signals::STOPPED_EXIT_CODE;
-use evalmesh_common::protocol::ToWorker;
+use evalmesh_worker::transport::NodeShare;
 use mpi::topology::Communicator;
 
 /// mimalloc keeps freed activation buffers for reuse; glibc's malloc returns large
@@ -29,25 +30,18 @@ fn init_logging(rank: i32) {
         .init();
 }
 
-fn report(result: Result<(), anyhow::Error>) -> ExitCode {
+/// A command's outcome as the exit code: a run stopped in order by a signal exits with
+/// [`STOPPED_EXIT_CODE`] (resumable), any other error with 1 after one line naming it.
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match is_stopped(&e) {
+                true => ExitCode::from(STOPPED_EXIT_CODE),
+                false => ExitCode::FAILURE,
+            }
         }
-    }
-}
-
-/// A command's outcome: a run stopped in order by a signal exits with
-/// [`STOPPED_EXIT_CODE`] (resumable), any other error with 1.
-fn report_command(result: Result<(), CliError>) -> ExitCode {
-    let stopped = result.as_ref().is_err_and(CliError::is_stopped);
-    let code = report(result.map_err(anyhow::Error::from));
-    if stopped {
-        ExitCode::from(STOPPED_EXIT_CODE)
-    } else {
-        code
     }
 }
 
@@ -56,7 +50,7 @@ fn main() -> ExitCode {
     if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_) | Command::Calibrate(_)) && launched_as_mpi_job())
     {
         init_logging(0);
-        return report_command(evalmesh::cli::execute(cli, None));
+        return report(evalmesh::cli::execute(cli, None));
     }
     // Workers make their MPI calls from a communication thread.
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Multiple) else {
@@ -66,24 +60,25 @@ fn main() -> ExitCode {
     let world = universe.world();
     let rank = world.rank();
     init_logging(rank);
-    // Every rank takes part in these measurements.
-    if let Command::Pingpong(_) | Command::Calibrate(_) = &cli.command {
-        return report_command(evalmesh::cli::execute(cli, Some(&world)));
+    // Every rank takes part in the ping-pong.
+    if let Command::Pingpong(_) = &cli.command {
+        return report(evalmesh::cli::execute(cli, Some(&world)));
     }
-    let node = evalmesh_worker::transport::NodeShare::of(&world);
+    // Collective: every rank of a run learns its node, rank 0 included.
+    let node = matches!(cli.command, Command::Run(_)).then(|| NodeShare::of(&world));
     if rank == 0 {
-        // The outcome is printed first: once told to stop, a failed worker exits non-zero
-        // and mpirun may end this rank before it could say why.
-        let code = report_command(evalmesh::cli::execute(cli, Some(&world)));
-        // Success or failure, every worker is told to stop, so that no rank is left waiting.
-        for worker in 1..world.size() {
-            evalmesh_worker::transport::send(&world, worker, &ToWorker::Shutdown);
-        }
-        code
-    } else {
-        if let Err(e) = evalmesh::signals::leave_stopping_to_the_coordinator() {
-            return report(Err(anyhow::Error::from(e).context("signal handlers")));
-        }
-        report(evalmesh_worker::node::serve(rank, node).map_err(anyhow::Error::from))
+        // Success or failure, every worker is released (when `_release` drops), so that no
+        // rank is left waiting; the outcome is printed first: once told to stop, a failed
+        // worker exits non-zero and mpirun may end this rank before it could say why.
+        let _release = WorkerRelease::new(&world);
+        return report(evalmesh::cli::execute(cli, Some(&world)));
     }
+    let Some(node) = node else {
+        // The other ranks of a calibration wait inside it until rank 0 releases them.
+        return report(evalmesh::cli::execute(cli, Some(&world)));
+    };
+    if let Err(e) = evalmesh::signals::leave_stopping_to_the_coordinator() {
+        return report(Err(anyhow::Error::from(e).context("signal handlers")));
+    }
+    report(evalmesh_worker::node::serve(rank, node).map_err(anyhow::Error::from))
 }

@@ -1,6 +1,6 @@
 //! Opens a model for the coordinator: its weight source (GGUF file, Hugging Face
 //! directory, or a config.json with random weights) and its tokenizer, checked against
-//! each other.
+//! each other; and where the cached test model lives.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +8,21 @@ use evalmesh_worker::weights::{GgufModel, HfModel, RandomModel};
 use evalmesh_worker::{WeightError, WeightSource};
 
 use crate::tokenizer::{TextTokenizer, TokenizerError};
+
+/// The test model's file name in the cache (see scripts/fetch-test-model.sh).
+pub const TEST_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The cache folder of scripts/fetch-test-model.sh and of hardware profiles:
+/// `$EVALMESH_CACHE`, else `$XDG_CACHE_HOME/evalmesh` or `~/.cache/evalmesh`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EVALMESH_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    base.join("evalmesh")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

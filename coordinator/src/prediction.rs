@@ -106,3 +106,15 @@ impl Predictor {
 pub fn error_percent(predicted: f64, measured: f64) -> f64 {
     100.0 * (predicted - measured) / measured.max(1e-12)
 }
+
+/// Where the workers run: on the CPU, all on this node sharing its cores (`threads` each
+/// when given); on GPUs, one worker per device.
+pub fn placement(profile: &HardwareProfile, workers: usize, threads: Option<usize>) -> Placement {
+    if profile.backend == "cpu" {
+        let per_node = workers.min(profile.devices_per_node).max(1);
+        let threads = threads.unwrap_or((profile.devices_per_node / per_node).max(1));
+        Placement { threads_per_worker: threads, workers_per_node: workers }
+    } else {
+        Placement { threads_per_worker: 1, workers_per_node: workers.min(profile.devices_per_node) }
+    }
+}

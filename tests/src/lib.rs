@@ -7,6 +7,7 @@ pub mod fuzz;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use evalmesh::results::Report;
 use evalmesh_worker::weights::gguf::writer::{write, RawTensor};
 use evalmesh_worker::weights::gguf::{GgufFile, Value};
 
@@ -27,7 +28,7 @@ pub fn evalmesh_bin() -> PathBuf {
 pub fn test_model() -> PathBuf {
     let path = match std::env::var_os("EVALMESH_TEST_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => evalmesh::cli::cache_dir().join(evalmesh::cli::TEST_MODEL_FILE),
+        None => evalmesh::model::cache_dir().join(evalmesh::model::TEST_MODEL_FILE),
     };
     assert!(
         path.is_file(),
@@ -134,6 +135,15 @@ pub fn mpirun_command(np: usize, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `mpirun -np NP evalmesh ARGS` to its end; prints the command and output.
+pub fn mpirun(np: usize, args: &[&str]) -> Output {
+    let output = mpirun_command(np, args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start mpirun (scripts/setup.sh installs OpenMPI): {e}"));
+    print_output(&format!("mpirun -np {np} evalmesh {}", args.join(" ")), &output);
+    output
+}
+
 /// Prints a finished command's exit and output, so that a failing test shows them.
 pub fn print_output(what: &str, output: &Output) {
     eprintln!(
@@ -163,16 +173,85 @@ pub fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
     })
 }
 
+/// An `evalmesh run` command line, built flag by flag: [`RunArgs::new`] starts with
+/// `run --model TEST_MODEL`, the task helpers add a task and its data, and [`RunArgs::run`]
+/// or [`RunArgs::mpirun`] start it.
+#[derive(Debug, Clone)]
+pub struct RunArgs(Vec<String>);
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs::new()
+    }
+}
+
+impl RunArgs {
+    /// `run --model TEST_MODEL`.
+    pub fn new() -> Self {
+        RunArgs(vec!["run".into(), "--model".into(), path_str(&test_model()).into()])
+    }
+
+    /// `FLAG VALUE`.
+    pub fn flag(mut self, flag: &str, value: impl ToString) -> Self {
+        self.0.extend([flag.to_string(), value.to_string()]);
+        self
+    }
+
+    /// `FLAG PATH`.
+    pub fn path(self, flag: &str, path: &Path) -> Self {
+        self.flag(flag, path_str(path))
+    }
+
+    /// Flags without values, and whole `FLAG VALUE` pairs, as given.
+    pub fn extend(mut self, args: &[&str]) -> Self {
+        self.0.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The first `limit` of llama.cpp's HellaSwag items (`shared/reference`) as the
+    /// `multiple_choice` task.
+    pub fn hellaswag_items(self, limit: usize) -> Self {
+        let data = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+        self.flag("--task", "multiple_choice").path("--data", &data).flag("--limit", limit)
+    }
+
+    /// The `perplexity` task over the text file `text`.
+    pub fn perplexity_of(self, text: &Path) -> Self {
+        self.flag("--task", "perplexity").path("--data", text)
+    }
+
+    /// `--log-samples --output OUT`.
+    pub fn samples_beside(self, out: &Path) -> Self {
+        self.extend(&["--log-samples"]).path("--output", out)
+    }
+
+    pub fn args(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+
+    /// Runs it in one process (see [`run_evalmesh`]).
+    pub fn run(&self) -> Output {
+        run_evalmesh(&self.args())
+    }
+
+    /// Runs it under `mpirun -np NP` (see [`mpirun`]).
+    pub fn mpirun(&self, np: usize) -> Output {
+        mpirun(np, &self.args())
+    }
+}
+
+/// A results file, read into the types evalmesh writes it from.
+pub fn read_report(path: &Path) -> Report {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// `evalmesh run` arguments for the first `limit` of llama.cpp's HellaSwag items, in
 /// micro-batches of about one tree (so that a fault lands part-way), one thread per
 /// rank, with samples beside `out`.
 pub fn hellaswag_sample_args(out: &Path, limit: usize) -> Vec<String> {
-    let (model, data) = (test_model(), shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl"));
-    let limit = limit.to_string();
-    let args = ["run", "--model", path_str(&model), "--task", "multiple_choice", "--data", path_str(&data)];
-    let more =
-        ["--limit", &limit, "--batch-tokens", "256", "--threads", "1", "--log-samples", "--output", path_str(out)];
-    args.iter().chain(more.iter()).map(|s| s.to_string()).collect()
+    let args = RunArgs::new().hellaswag_items(limit).flag("--batch-tokens", 256).flag("--threads", 1);
+    args.samples_beside(out).0
 }
 
 /// The samples file a `hellaswag_sample_args` run wrote beside `out`.

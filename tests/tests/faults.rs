@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use evalmesh_tests::{
-    hellaswag_sample_args, hellaswag_samples, journal_keys, mpirun_command, print_output, rank_pid, run_evalmesh,
+    hellaswag_sample_args, hellaswag_samples, journal_keys, mpirun_command, print_output, rank_pid, read_report,
+    run_evalmesh,
 };
 
 const LIMIT: usize = 40;
@@ -96,12 +97,12 @@ fn interrupt_and_resume(fault: Fault) {
     assert!(hellaswag_samples(&out) == uninterrupted(), "resumed scores differ from an uninterrupted run");
     let keys = journal_keys(&journal);
     assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len(), "a request was scored twice");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let task = &report["evalmesh"]["tasks"]["multiple_choice"];
+    let report = read_report(&out);
+    let task = &report.evalmesh.tasks["multiple_choice"];
     // A record cut short by the kill is not reused.
-    let reused = task["trees_from_journal"].as_u64().unwrap() as usize;
+    let reused = task.trees_from_journal;
     assert!(reused == journaled || reused + 1 == journaled, "{reused} trees reused of {journaled} journaled");
-    assert_eq!(keys.len() as u64, task["trees"].as_u64().unwrap());
+    assert_eq!(keys.len(), task.trees);
 }
 
 #[test]

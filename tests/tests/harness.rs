@@ -9,37 +9,22 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evalmesh_tests::{evalmesh_bin, journal_keys, run_evalmesh, shared_dir, test_model};
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use evalmesh::results::Report;
+use evalmesh_tests::{evalmesh_bin, journal_keys, read_report, shared_dir, RunArgs};
 
 #[test]
 fn hellaswag_acc_norm_tokens_matches_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
-    let data = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
-    let model = test_model();
-    let output = run_evalmesh(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "multiple_choice",
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let output = RunArgs::new().hellaswag_items(400).path("--output", &out).run();
     assert!(output.status.success());
-    let r = read_json(&out);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let score = 100.0 * r["results"]["multiple_choice"]["acc_norm_tokens,none"].as_f64().unwrap();
     // llama.cpp on the dequantised F32 model: 40.75 over these 400 items (shared/reference/README.md).
     // Same weights and the same per-token mean, so only near-ties could flip: 0.5 points is 2 items.
     assert!((score - 40.75).abs() <= 0.5, "acc_norm_tokens {score} vs llama.cpp's 40.75");
-    let stats = &r["evalmesh"]["tasks"]["multiple_choice"];
-    let shared = stats["tokens_computed"].as_f64().unwrap() / stats["tokens_without_prefix_sharing"].as_f64().unwrap();
+    let stats = &read_report(&out).evalmesh.tasks["multiple_choice"];
+    let shared = stats.tokens_computed as f64 / stats.tokens_without_prefix_sharing as f64;
     assert!(shared <= 0.55, "prefix sharing computes {:.1}% of the unshared tokens", 100.0 * shared);
     for key in ["results", "configs", "versions", "n-shot", "n-samples", "evalmesh"] {
         assert!(r.get(key).is_some(), "results lack `{key}`");
@@ -48,34 +33,21 @@ fn hellaswag_acc_norm_tokens_matches_llama_cpp() {
 }
 
 /// Runs hellaswag and arc_easy on a few documents with `--log-samples`; returns the samples files.
-fn sample_run(dir: &Path, batch_tokens: &str, extra: &[&str]) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
+fn sample_run(dir: &Path, batch_tokens: &str, extra: &[&str]) -> (Vec<u8>, Vec<u8>, Report) {
     let out = dir.join("r.json");
-    let model = test_model();
-    let data_dir = shared_dir().join("data");
-    let mut args = vec![
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--tasks",
-        "hellaswag,arc_easy",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--limit",
-        "40",
-        "--batch-tokens",
-        batch_tokens,
-        "--log-samples",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let output = run_evalmesh(&args);
+    let output = sample_args(&out).flag("--batch-tokens", batch_tokens).extend(extra).run();
     assert!(output.status.success());
     (
         std::fs::read(dir.join("samples_hellaswag.jsonl")).unwrap(),
         std::fs::read(dir.join("samples_arc_easy.jsonl")).unwrap(),
-        read_json(&out),
+        read_report(&out),
     )
+}
+
+/// Hellaswag and arc_easy on their first 40 documents, with samples beside `out`.
+fn sample_args(out: &Path) -> RunArgs {
+    let args = RunArgs::new().flag("--tasks", "hellaswag,arc_easy").path("--data-dir", &shared_dir().join("data"));
+    args.flag("--limit", 40).samples_beside(out)
 }
 
 #[test]
@@ -99,13 +71,9 @@ fn scores_are_bit_identical_across_batch_sizes_and_a_killed_run_resumed() {
     let dir = base.path().join("killed");
     std::fs::create_dir(&dir).unwrap();
     let journal = dir.join("r.journal.jsonl");
-    let model = test_model();
-    let data_dir = shared_dir().join("data");
     let out = dir.join("r.json");
     let mut child = Command::new(evalmesh_bin())
-        .args(["run", "--model", model.to_str().unwrap(), "--tasks", "hellaswag,arc_easy", "--data-dir"])
-        .args([data_dir.to_str().unwrap(), "--limit", "40", "--batch-tokens", "256", "--log-samples", "--output"])
-        .arg(&out)
+        .args(sample_args(&out).flag("--batch-tokens", 256).args())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,46 +92,44 @@ fn scores_are_bit_identical_across_batch_sizes_and_a_killed_run_resumed() {
 
     let resumed = sample_run(&dir, "2048", &["--resume"]);
     assert!(resumed.0 == runs[0].0 && resumed.1 == runs[0].1, "resumed scores differ from an uninterrupted run");
-    let stats = &resumed.2["evalmesh"]["tasks"];
-    let from_journal: u64 =
-        ["hellaswag", "arc_easy"].iter().map(|t| stats[t]["trees_from_journal"].as_u64().unwrap()).sum();
-    let computed: u64 = ["hellaswag", "arc_easy"].iter().map(|t| stats[t]["trees_computed"].as_u64().unwrap()).sum();
-    let total: u64 = ["hellaswag", "arc_easy"].iter().map(|t| stats[t]["trees"].as_u64().unwrap()).sum();
+    let stats = &resumed.2.evalmesh.tasks;
+    let from_journal: usize = stats.values().map(|t| t.trees_from_journal).sum();
+    let computed: usize = stats.values().map(|t| t.trees_computed).sum();
+    let total: usize = stats.values().map(|t| t.trees).sum();
+    assert_eq!(stats.len(), 2);
     assert!(
-        from_journal as usize >= journaled.min(total as usize) && from_journal >= 12,
+        from_journal >= journaled.min(total) && from_journal >= 12,
         "{from_journal} trees reused of {journaled} journaled"
     );
     assert_eq!(from_journal + computed, total, "every tree is either reused or computed, once");
     let keys = journal_keys(&journal);
     let unique: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), unique.len(), "a tree was scored twice");
-    assert_eq!(keys.len() as u64, total);
+    assert_eq!(keys.len(), total);
 }
 
 #[test]
 fn a_terminated_run_stops_in_order_and_resumes_to_the_same_bits() {
     let base = tempfile::tempdir().unwrap();
-    let model = test_model();
-    let args = |out: &Path| -> Vec<String> {
-        let model = model.to_str().unwrap();
-        ["run", "--model", model, "--task", "perplexity", "--perplexity-mode", "llamacpp", "--ctx", "128"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--batch-tokens", "256", "--log-samples", "--output"].iter().map(|s| s.to_string()))
-            .chain([out.display().to_string()])
-            .collect()
+    let args = |out: &Path| {
+        let args = RunArgs::new().flag("--task", "perplexity").flag("--perplexity-mode", "llamacpp").flag("--ctx", 128);
+        args.flag("--batch-tokens", 256).samples_beside(out)
     };
     let whole = base.path().join("whole");
     std::fs::create_dir(&whole).unwrap();
-    let status = Command::new(evalmesh_bin()).args(args(&whole.join("r.json"))).output().unwrap().status;
+    let status = Command::new(evalmesh_bin()).args(args(&whole.join("r.json")).args()).output().unwrap().status;
     assert!(status.success());
 
     let stopped = base.path().join("stopped");
     std::fs::create_dir(&stopped).unwrap();
     let out = stopped.join("r.json");
     let journal = stopped.join("r.journal.jsonl");
-    let child =
-        Command::new(evalmesh_bin()).args(args(&out)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = Command::new(evalmesh_bin())
+        .args(args(&out).args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     let records = |p: &Path| journal_keys(p).len();
     while records(&journal) < 4 {
@@ -179,15 +145,12 @@ fn a_terminated_run_stops_in_order_and_resumes_to_the_same_bits() {
     assert!(!out.exists(), "a stopped run writes no results");
     let journaled = records(&journal);
 
-    let resumed = Command::new(evalmesh_bin()).args(args(&out)).arg("--resume").output().unwrap();
+    let resumed = Command::new(evalmesh_bin()).args(args(&out).args()).arg("--resume").output().unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let samples = |dir: &Path| std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap();
     assert!(samples(&stopped) == samples(&whole), "resumed scores differ from an uninterrupted run");
-    let report = read_json(&out);
-    let task = &report["evalmesh"]["tasks"]["perplexity"];
-    assert!(task["trees_from_journal"].as_u64().unwrap() as usize >= journaled.min(4));
-    assert_eq!(
-        task["trees_from_journal"].as_u64().unwrap() + task["trees_computed"].as_u64().unwrap(),
-        task["trees"].as_u64().unwrap()
-    );
+    let report = read_report(&out);
+    let task = &report.evalmesh.tasks["perplexity"];
+    assert!(task.trees_from_journal >= journaled.min(4));
+    assert_eq!(task.trees_from_journal + task.trees_computed, task.trees);
 }

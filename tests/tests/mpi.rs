@@ -9,73 +9,26 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use evalmesh_tests::{
-    assert_clean_error, edited_model, mpirun_command, print_output, run_evalmesh, shared_dir, test_model,
-};
+use evalmesh_tests::{assert_clean_error, edited_model, mpirun, read_report, run_evalmesh, test_model, RunArgs};
 use evalmesh_worker::weights::gguf::Value;
-
-/// Runs evalmesh under `mpirun`; prints the command and output.
-fn mpirun(np: usize, args: &[&str]) -> Output {
-    let output = mpirun_command(np, args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start mpirun (scripts/setup.sh installs OpenMPI): {e}"));
-    print_output(&format!("mpirun -np {np} evalmesh {}", args.join(" ")), &output);
-    output
-}
 
 /// The samples of a HellaSwag sample and a perplexity sample, computed by `launch` with
 /// `extra` arguments.
-fn samples(dir: &Path, launch: impl Fn(&[&str]) -> Output, extra: &[&str]) -> Vec<u8> {
-    let model = test_model();
-    let hellaswag = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+fn samples(dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra: &[&str]) -> Vec<u8> {
     let text = dir.join("text.txt");
     std::fs::write(&text, &evalmesh::tasks::perplexity::BUILTIN_TEXT[..4000]).unwrap();
-    let out = dir.join("mc.json");
-    let mut args = vec![
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "multiple_choice",
-        "--data",
-        hellaswag.to_str().unwrap(),
-        "--limit",
-        "16",
-        "--batch-tokens",
-        "384",
-        "--log-samples",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    assert!(launch(&args).status.success());
+    let hellaswag = RunArgs::new().hellaswag_items(16).flag("--batch-tokens", 384);
+    assert!(launch(&hellaswag.samples_beside(&dir.join("mc.json")).extend(extra)).status.success());
     let mc = std::fs::read(dir.join("samples_multiple_choice.jsonl")).unwrap();
-    let out = dir.join("ppl.json");
-    let mut args = vec![
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        "perplexity",
-        "--data",
-        text.to_str().unwrap(),
-        "--ctx",
-        "256",
-        "--batch-tokens",
-        "512",
-        "--log-samples",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    assert!(launch(&args).status.success());
+    let perplexity = RunArgs::new().perplexity_of(&text).flag("--ctx", 256).flag("--batch-tokens", 512);
+    assert!(launch(&perplexity.samples_beside(&dir.join("ppl.json")).extend(extra)).status.success());
     [mc, std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap()].concat()
 }
 
 #[test]
 fn every_layout_gives_the_single_process_bits() {
     let single_dir = tempfile::tempdir().unwrap();
-    let single = samples(single_dir.path(), run_evalmesh, &[]);
+    let single = samples(single_dir.path(), RunArgs::run, &[]);
     let layouts: [(usize, &[&str], &str); 7] = [
         (3, &["--strategy", "dp"], "DP=2"),
         (3, &["--strategy", "pp"], "PP=2"),
@@ -87,7 +40,7 @@ fn every_layout_gives_the_single_process_bits() {
     ];
     for (np, layout, name) in layouts {
         let dir = tempfile::tempdir().unwrap();
-        let got = samples(dir.path(), |args| mpirun(np, args), layout);
+        let got = samples(dir.path(), |args| args.mpirun(np), layout);
         assert!(got == single, "{name}: scores differ from the single process");
     }
 }
@@ -156,29 +109,8 @@ fn gpu_workers_without_a_gpu_end_the_run_naming_a_rank() {
 fn the_trace_has_a_track_per_rank_and_the_results_a_table_per_rank() {
     let dir = tempfile::tempdir().unwrap();
     let (trace, out) = (dir.path().join("trace.json"), dir.path().join("r.json"));
-    let hellaswag = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
-    let output = mpirun(
-        3,
-        &[
-            "run",
-            "--model",
-            test_model().to_str().unwrap(),
-            "--strategy",
-            "pp",
-            "--task",
-            "multiple_choice",
-            "--data",
-            hellaswag.to_str().unwrap(),
-            "--limit",
-            "6",
-            "--batch-tokens",
-            "256",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    );
+    let args = RunArgs::new().flag("--strategy", "pp").hellaswag_items(6).flag("--batch-tokens", 256);
+    let output = args.path("--trace", &trace).path("--output", &out).mpirun(3);
     assert!(output.status.success());
     let events: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let events = events["traceEvents"].as_array().unwrap();
@@ -190,11 +122,8 @@ fn the_trace_has_a_track_per_rank_and_the_results_a_table_per_rank() {
     // The second stage waits for the first stage's activations, the first sends them.
     assert!(events.iter().any(|e| e["name"] == "receive-wait" && e["pid"] == 2));
     assert!(events.iter().any(|e| e["name"] == "send" && e["pid"] == 1 && e["args"]["micro_batch"].is_u64()));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let ranks = r["evalmesh"]["monitoring"].as_array().unwrap();
-    assert_eq!(ranks.len(), 2);
-    assert!(ranks
-        .iter()
-        .all(|m| m["stats"]["batches"].as_u64().unwrap() > 0 && m["stats"]["peak_memory_bytes"].as_u64().unwrap() > 0));
+    let ranks = read_report(&out).evalmesh.monitoring;
+    assert_eq!(ranks.iter().map(|r| r.rank).collect::<Vec<_>>(), [1, 2]);
+    assert!(ranks.iter().all(|r| r.stats.batches > 0 && r.stats.peak_memory_bytes > 0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("| Rank | Batches |"));
 }

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use evalmesh_tests::{repo_dir, run_evalmesh, shared_dir, test_model};
+use evalmesh_tests::{read_report, repo_dir, run_evalmesh, shared_dir, test_model, RunArgs};
 
 /// The reference's cumulative perplexity after each chunk (`chunks<TAB>cumulative_ppl`).
 fn reference_curve(file: &str) -> Vec<f64> {
@@ -16,26 +16,10 @@ fn reference_curve(file: &str) -> Vec<f64> {
 fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
-    let model = test_model();
-    let output = run_evalmesh(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--perplexity-mode",
-        "llamacpp",
-        "--ctx",
-        "512",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let output = RunArgs::new().flag("--perplexity-mode", "llamacpp").flag("--ctx", 512).path("--output", &out).run();
     assert!(output.status.success());
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let curve: Vec<f64> = results["evalmesh"]["tasks"]["perplexity"]["cumulative_perplexity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let results = read_report(&out);
+    let curve = results.evalmesh.tasks["perplexity"].cumulative_perplexity.clone().unwrap();
     // The built-in excerpt is the start of the reference file: 6867 tokens, 13 chunks.
     assert_eq!(curve.len(), 13);
     let f32_ref = reference_curve("wikitext-ppl-llamacpp-f32.tsv");
@@ -50,7 +34,7 @@ fn llamacpp_perplexity_matches_llama_cpp_chunk_by_chunk() {
         let q4_err = (ppl / q4_ref[i] - 1.0).abs();
         assert!(q4_err < 1e-2, "chunk {}: {ppl} vs llama.cpp Q4_1 {} ({:.2e})", i + 1, q4_ref[i], q4_err);
     }
-    assert_eq!(results["results"]["perplexity"]["perplexity,none"].as_f64(), curve.last().copied());
+    assert_eq!(results.tasks.results["perplexity"]["perplexity,none"].as_f64(), curve.last().copied());
 }
 
 #[test]
@@ -76,18 +60,17 @@ fn rolling_perplexity_reports_word_and_byte_figures() {
     let out = dir.path().join("results.json");
     let model = test_model();
     // Windows of 1024 tokens over the excerpt: 7 windows, every token scored once.
-    let output =
-        run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--ctx", "1024", "--output", out.to_str().unwrap()]);
+    let output = RunArgs::new().flag("--ctx", 1024).path("--output", &out).run();
     assert!(output.status.success());
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let m = &r["results"]["perplexity"];
-    let stats = &r["evalmesh"]["tasks"]["perplexity"];
+    let r = read_report(&out);
+    let m = &r.tasks.results["perplexity"];
+    let stats = &r.evalmesh.tasks["perplexity"];
     let excerpt = repo_dir().join("coordinator/data/wikitext-2-excerpt.txt");
     let tokens =
         run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", excerpt.to_str().unwrap(), "--ids"]);
     let token_count = String::from_utf8_lossy(&tokens.stdout).lines().count();
-    assert_eq!(stats["tokens_scored"].as_u64().unwrap() as usize, token_count, "every token is scored once");
-    assert_eq!(stats["trees"], token_count.div_ceil(1024));
+    assert_eq!(stats.tokens_scored, token_count, "every token is scored once");
+    assert_eq!(stats.trees, token_count.div_ceil(1024));
     let (ppl, word, byte, bpb) = (
         m["perplexity,none"].as_f64().unwrap(),
         m["word_perplexity,none"].as_f64().unwrap(),

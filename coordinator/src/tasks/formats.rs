@@ -11,18 +11,57 @@ use serde_json::json;
 use super::fewshot::{self, Example, Sampler};
 use super::{read_text, Doc, Target, Task, TaskError};
 
-pub const TASK_NAMES: &[&str] = &[
-    "hellaswag",
-    "arc_easy",
-    "arc_challenge",
-    "piqa",
-    "winogrande",
-    "lambada_openai",
-    "mmlu",
-    "wikitext",
-    "multiple_choice",
-    "perplexity",
+/// A built-in task: its name, what `--help` says of it, and how its documents are read.
+pub struct BuiltinTask {
+    pub name: &'static str,
+    pub about: &'static str,
+    load: fn(&str, &Source) -> Result<Vec<Task>, TaskError>,
+}
+
+/// Every built-in task, in the order `--help` and the unknown-task error list them.
+pub const TASKS: &[BuiltinTask] = &[
+    BuiltinTask { name: "hellaswag", about: "HellaSwag validation (hellaswag/)", load: hellaswag_task },
+    BuiltinTask { name: "arc_easy", about: "ARC-Easy test (arc/)", load: arc_task },
+    BuiltinTask { name: "arc_challenge", about: "ARC-Challenge test (arc/)", load: arc_task },
+    BuiltinTask { name: "piqa", about: "PIQA validation (piqa/)", load: piqa_task },
+    BuiltinTask {
+        name: "winogrande",
+        about: "WinoGrande xl validation, partial scoring (winogrande/)",
+        load: winogrande_task,
+    },
+    BuiltinTask {
+        name: "lambada_openai",
+        about: "LAMBADA (OpenAI) test: acc and perplexity (lambada/)",
+        load: lambada_task,
+    },
+    BuiltinTask { name: "mmlu", about: "MMLU: 57 subjects and the group score (mmlu/)", load: mmlu_task },
+    BuiltinTask {
+        name: "wikitext",
+        about: "wikitext-2 test: word and byte perplexity, one document per article (wikitext-2/)",
+        load: wikitext_task,
+    },
+    BuiltinTask {
+        name: "multiple_choice",
+        about: "JSON lines {\"context\", \"choices\", \"gold\"} from --data FILE.jsonl",
+        load: multiple_choice_task,
+    },
+    BuiltinTask {
+        name: "perplexity",
+        about: "rolling perplexity of --data FILE.txt (default: a built-in wikitext-2 excerpt)",
+        load: perplexity_task,
+    },
 ];
+
+/// The names of the built-in tasks, separated by commas.
+pub fn task_names() -> String {
+    TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+}
+
+/// `--task`'s help: every built-in task with what it reads.
+pub fn tasks_help() -> String {
+    let lines: Vec<String> = TASKS.iter().map(|t| format!("  {}: {}", t.name, t.about)).collect();
+    format!("Tasks to score, separated by commas:\n{}", lines.join("\n"))
+}
 
 /// Where a task's data comes from.
 pub struct Source<'a> {
@@ -102,73 +141,96 @@ impl Source<'_> {
 
 /// Loads a task by name; `mmlu` gives one task per subject.
 pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let random = |pool: Vec<Example>| Sampler::Random { pool, draws_extra: false };
-    let task = match name {
-        "hellaswag" => {
-            let docs = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
-            let config = json!({"dataset": "Rowan/hellaswag", "split": "validation", "fewshot_split": "train"});
-            source.example_task(name, docs, config, || {
-                Ok(random(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?))
-            })?
-        }
-        "arc_easy" | "arc_challenge" => {
-            let split = if name == "arc_easy" { "arc/ARC-Easy" } else { "arc/ARC-Challenge" };
-            let docs = arc(&source.file(name, &format!("{split}-Test.jsonl"))?)?;
-            let config = json!({"dataset": "allenai/ai2_arc", "split": "test", "fewshot_split": "train"});
-            source.example_task(name, docs, config, || {
-                Ok(random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
-            })?
-        }
-        "piqa" => {
-            let docs = piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
-            let config = json!({"dataset": "baber/piqa", "split": "validation", "fewshot_split": "train"});
-            source.example_task(name, docs, config, || {
-                let train = source.fewshot_file(name, "piqa/train.jsonl")?;
-                Ok(random(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?))
-            })?
-        }
-        "winogrande" => {
-            let docs = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
-            let config = json!({"dataset": "allenai/winogrande", "config": "winogrande_xl", "fewshot_split": "train"});
-            source.example_task(name, docs, config, || {
-                Ok(random(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?))
-            })?
-        }
-        "lambada_openai" => {
-            let docs = lambada(&source.file(name, "lambada/lambada_test.jsonl")?)?;
-            // No few-shot split: lm-evaluation-harness draws from the test split without the extra draw.
-            let config = json!({"dataset": "EleutherAI/lambada_openai", "split": "test", "fewshot_split": null});
-            source.example_task(name, docs.clone(), config, || Ok(random(docs)))?
-        }
-        "multiple_choice" => {
-            let path = source.generic_file(name)?;
-            let docs = multiple_choice(path)?;
-            let config = json!({"data": path.display().to_string(), "fewshot_split": "the same file"});
-            source.example_task(name, docs.clone(), config, || Ok(Sampler::Random { pool: docs, draws_extra: true }))?
-        }
-        "wikitext" | "perplexity" if source.num_fewshot > 0 => {
-            return Err(TaskError::Settings(format!(
-                "{name} is scored by rolling perplexity over whole documents and takes no --num-fewshot"
-            )))
-        }
-        "wikitext" => {
-            let path = source.file(name, "wikitext-2/wiki.test.raw")?;
-            let docs = wikitext(&path)?;
-            let config = json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"});
-            Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, group: None }
-        }
-        "perplexity" => {
-            let (text, data) = match source.data_file {
-                Some(path) => (read_text(path)?, path.display().to_string()),
-                None => (super::perplexity::BUILTIN_TEXT.to_string(), "built-in wikitext-2 excerpt".into()),
-            };
-            let docs = vec![rolling_doc(0, &text, text.clone())];
-            Task { name: name.into(), docs, config: json!({"data": data}), version: 1.0, num_fewshot: 0, group: None }
-        }
-        "mmlu" => return mmlu(source),
-        other => return Err(TaskError::UnknownTask(other.to_string())),
-    };
+    let task = TASKS.iter().find(|t| t.name == name).ok_or_else(|| TaskError::UnknownTask(name.to_string()))?;
+    (task.load)(name, source)
+}
+
+/// Draws demonstrations from `pool` as lm-evaluation-harness does for a task whose few-shot
+/// split is not its test split.
+fn random(pool: Vec<Example>) -> Sampler {
+    Sampler::Random { pool, draws_extra: false }
+}
+
+fn hellaswag_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let docs = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
+    let config = json!({"dataset": "Rowan/hellaswag", "split": "validation", "fewshot_split": "train"});
+    let task = source.example_task(name, docs, config, || {
+        Ok(random(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?))
+    })?;
     Ok(vec![task])
+}
+
+fn arc_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let split = if name == "arc_easy" { "arc/ARC-Easy" } else { "arc/ARC-Challenge" };
+    let docs = arc(&source.file(name, &format!("{split}-Test.jsonl"))?)?;
+    let config = json!({"dataset": "allenai/ai2_arc", "split": "test", "fewshot_split": "train"});
+    let task = source.example_task(name, docs, config, || {
+        Ok(random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
+    })?;
+    Ok(vec![task])
+}
+
+fn piqa_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let docs = piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
+    let config = json!({"dataset": "baber/piqa", "split": "validation", "fewshot_split": "train"});
+    let task = source.example_task(name, docs, config, || {
+        let train = source.fewshot_file(name, "piqa/train.jsonl")?;
+        Ok(random(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?))
+    })?;
+    Ok(vec![task])
+}
+
+fn winogrande_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let docs = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
+    let config = json!({"dataset": "allenai/winogrande", "config": "winogrande_xl", "fewshot_split": "train"});
+    let task = source.example_task(name, docs, config, || {
+        Ok(random(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?))
+    })?;
+    Ok(vec![task])
+}
+
+fn lambada_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let docs = lambada(&source.file(name, "lambada/lambada_test.jsonl")?)?;
+    // No few-shot split: lm-evaluation-harness draws from the test split without the extra draw.
+    let config = json!({"dataset": "EleutherAI/lambada_openai", "split": "test", "fewshot_split": null});
+    Ok(vec![source.example_task(name, docs.clone(), config, || Ok(random(docs)))?])
+}
+
+fn multiple_choice_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    let path = source.generic_file(name)?;
+    let docs = multiple_choice(path)?;
+    let config = json!({"data": path.display().to_string(), "fewshot_split": "the same file"});
+    let task =
+        source.example_task(name, docs.clone(), config, || Ok(Sampler::Random { pool: docs, draws_extra: true }))?;
+    Ok(vec![task])
+}
+
+/// Rolling-perplexity tasks score whole documents and take no demonstrations.
+fn refuse_fewshot(name: &str, source: &Source) -> Result<(), TaskError> {
+    match source.num_fewshot {
+        0 => Ok(()),
+        _ => Err(TaskError::Settings(format!(
+            "{name} is scored by rolling perplexity over whole documents and takes no --num-fewshot"
+        ))),
+    }
+}
+
+fn wikitext_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    refuse_fewshot(name, source)?;
+    let path = source.file(name, "wikitext-2/wiki.test.raw")?;
+    let docs = wikitext(&path)?;
+    let config = json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"});
+    Ok(vec![Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, group: None }])
+}
+
+fn perplexity_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+    refuse_fewshot(name, source)?;
+    let (text, data) = match source.data_file {
+        Some(path) => (read_text(path)?, path.display().to_string()),
+        None => (super::perplexity::BUILTIN_TEXT.to_string(), "built-in wikitext-2 excerpt".into()),
+    };
+    let docs = vec![rolling_doc(0, &text, text.clone())];
+    Ok(vec![Task { name: name.into(), docs, config: json!({"data": data}), version: 1.0, num_fewshot: 0, group: None }])
 }
 
 /// Reads a JSON-lines file into records; errors name the file and line.
@@ -497,7 +559,7 @@ const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
 /// The 57 subjects, each its own task in group `mmlu`; few-shot examples are the first
 /// `num_fewshot` of the subject's dev split (lm-evaluation-harness's `first_n` sampler).
-fn mmlu(source: &Source) -> Result<Vec<Task>, TaskError> {
+fn mmlu_task(_name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let dir = source.file("mmlu", "mmlu/test").or_else(|e| match e {
         TaskError::MissingData { path, .. } if path.is_dir() => Ok(path),
         other => Err(other),

@@ -57,6 +57,24 @@ pub enum LayerTensor {
     Down,
 }
 
+impl LayerTensor {
+    /// The tensor's name in keys that must not move when the code does (random models'
+    /// seeds): written out, not taken from `Debug`.
+    pub fn key_name(self) -> &'static str {
+        match self {
+            LayerTensor::AttnNorm => "AttnNorm",
+            LayerTensor::Q => "Q",
+            LayerTensor::K => "K",
+            LayerTensor::V => "V",
+            LayerTensor::O => "O",
+            LayerTensor::FfnNorm => "FfnNorm",
+            LayerTensor::Gate => "Gate",
+            LayerTensor::Up => "Up",
+            LayerTensor::Down => "Down",
+        }
+    }
+}
+
 /// Every tensor of a Llama-family model, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorId {

@@ -56,11 +56,25 @@ impl WeightSource for RandomModel {
     }
 }
 
-/// The seed of the part `rows × cols` of tensor `id`: FNV-1a of their description.
+/// The seed of the part `rows × cols` of tensor `id`: FNV-1a of their description
+/// ([`seed_text`]).
 pub fn seed_of(id: TensorId, rows: &std::ops::Range<usize>, cols: &std::ops::Range<usize>) -> u64 {
-    format!("{id:?} {rows:?} {cols:?}")
+    seed_text(id, rows, cols)
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The description a part's seed hashes, written out so that renaming a type cannot move
+/// the weights: encoding 1, `Layer(3, Q) 0..64 0..576` (the text earlier builds took from
+/// `Debug`, so a random model draws the same values as before).
+pub fn seed_text(id: TensorId, rows: &std::ops::Range<usize>, cols: &std::ops::Range<usize>) -> String {
+    let tensor = match id {
+        TensorId::Embedding => "Embedding".to_string(),
+        TensorId::Layer(layer, t) => format!("Layer({layer}, {})", t.key_name()),
+        TensorId::FinalNorm => "FinalNorm".to_string(),
+        TensorId::Head => "Head".to_string(),
+    };
+    format!("{tensor} {}..{} {}..{}", rows.start, rows.end, cols.start, cols.end)
 }
 
 /// The `index`-th value of the stream `seed`, uniform in [-1, 1): SplitMix64 of both,
@@ -87,6 +101,15 @@ mod tests {
         // Uniform on [-1, 1): mean 0, variance 1/3; 10⁵ draws put both within 0.01.
         assert!(mean.abs() < 0.01 && (variance - 1.0 / 3.0).abs() < 0.01, "mean {mean}, variance {variance}");
         assert_ne!(random_unit(7, 0), random_unit(8, 0));
+    }
+
+    #[test]
+    fn seeds_hash_the_descriptions_of_encoding_1() {
+        let q = TensorId::Layer(3, super::super::LayerTensor::Q);
+        assert_eq!(seed_text(q, &(0..64), &(0..576)), "Layer(3, Q) 0..64 0..576");
+        let down = TensorId::Layer(29, super::super::LayerTensor::Down);
+        assert_eq!(seed_text(down, &(0..576), &(512..1536)), "Layer(29, Down) 0..576 512..1536");
+        assert_eq!(seed_text(TensorId::Head, &(0..49152), &(0..576)), "Head 0..49152 0..576");
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! The command line as clap parses it: the commands, their flags with their help texts,
+//! and the flag values' own parsers. Nothing here checks flags against each other:
+//! `settings` does that once, into the settings a command runs with.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use evalmesh_common::Strategy;
+
+use crate::evaluate::Limit;
+use crate::tasks::perplexity::PerplexityMode;
+
+#[derive(Debug, Parser)]
+#[command(name = "evalmesh", version, about = "Evaluates language models, in one process or across MPI ranks.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scores a task with a model and writes the results.
+    Run(Box<RunArgs>),
+    /// Prints a model's architecture, configuration, parameter count and tensor types.
+    Inspect(InspectArgs),
+    /// Prints the tokens of a text, like llama.cpp's llama-tokenize.
+    Tokenize(TokenizeArgs),
+    /// Measures activation transfers between two ranks beside a raw MPI ping-pong of the
+    /// same sizes (start it with mpirun -np 2).
+    Pingpong(PingPongArgs),
+    /// Measures this machine for the cost model (under `mpirun --bind-to none -np 2`, also
+    /// the link between ranks; mpirun would otherwise bind rank 0 to one core) and writes a
+    /// hardware profile.
+    Calibrate(CalibrateArgs),
+    /// Lists the ways to spread a model over N workers, predicted from its configuration
+    /// alone, and the one --strategy auto picks.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens per micro-batch to measure at.
+    #[arg(long, default_value_t = 512)]
+    pub batch_tokens: usize,
+    /// Where to write the profile (default: this host's cached profile of the device, which runs use).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// What to measure: the CPU, or GPU 0 (`cuda`: its rates at the model's shapes and its
+    /// bf16 matrix peak).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Go on measuring for this long, round after round, and keep the median of each figure:
+    /// on a machine whose speed wanders (a shared virtual machine), a profile measured over
+    /// about as long as a run predicts runs better (default: 3 rounds, a few seconds).
+    #[arg(long, value_parser = non_negative_seconds, allow_negative_numbers = true)]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A GGUF file, a Hugging Face directory, or a config.json (only the configuration is read).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Workers to spread the model over (ranks besides the coordinator).
+    #[arg(long)]
+    pub workers: usize,
+    /// A built-in device profile (h100, h200, a100, l40s) or `cpu` (this machine's profile).
+    #[arg(long, default_value = "cpu", conflicts_with = "profile")]
+    pub device: String,
+    /// A hardware profile written by evalmesh calibrate.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Tokens per micro-batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// Tokens per sequence of the assumed workload (half of each is scored).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Print the plans as JSON, the chosen one under `chosen`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PingPongArgs {
+    /// Rows (tokens) of each activation message, separated by commas.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024,4096")]
+    pub rows: Vec<usize>,
+    /// Columns of each message: the model's hidden size (SmolLM2-135M: 576).
+    #[arg(long, default_value_t = 576)]
+    pub width: usize,
+    /// Round trips per trial.
+    #[arg(long, default_value_t = 50)]
+    pub round_trips: usize,
+    /// Trials per path and size, alternating the two paths; the best of each is kept.
+    #[arg(long, default_value_t = 5)]
+    pub trials: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face directory (config.json + safetensors). Default: the
+    /// test model in the cache ($EVALMESH_CACHE, else $XDG_CACHE_HOME/evalmesh or ~/.cache/evalmesh).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the model's own tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::formats::tasks_help())]
+    pub task: String,
+    /// The data file of the generic tasks: multiple_choice (JSON lines {"context", "choices", "gold"})
+    /// and perplexity (a UTF-8 text; default: a built-in wikitext-2 excerpt).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The benchmarks' data folder, laid out like shared/data (hellaswag/, arc/, piqa/, …).
+    #[arg(long, env = "EVALMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Score only the first N documents of each task, or a fraction (0.1) of them.
+    #[arg(long, value_parser = parse_limit)]
+    pub limit: Option<Limit>,
+    /// Solved examples before each question, picked as lm-evaluation-harness does (seed 1234;
+    /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split).
+    #[arg(long, default_value_t = 0)]
+    pub num_fewshot: usize,
+    /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.
+    #[arg(long, value_enum, default_value_t = PerplexityMode::Rolling)]
+    pub perplexity_mode: PerplexityMode,
+    /// Context length in tokens. Default: 512 for llamacpp mode, the model's maximum for rolling.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Compute threads (of each worker, under MPI). Default: all cores; under MPI, each node's
+    /// cores shared among its workers.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Most input tokens in one micro-batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// How to spread the work over the ranks of an MPI job (see README).
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
+    /// Data-parallel replicas (with --pp and --tp: their product is the number of workers).
+    #[arg(long)]
+    pub dp: Option<usize>,
+    /// Pipeline stages per replica.
+    #[arg(long)]
+    pub pp: Option<usize>,
+    /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
+    #[arg(long)]
+    pub tp: Option<usize>,
+    /// Where the workers compute: `cpu`, or `cuda` (one GPU per worker; needs a build with
+    /// `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// With --device cuda under mpirun: `on` passes activations to MPI in device memory
+    /// (the MPI must be CUDA-aware), `off` stages them through pinned host buffers, `auto`
+    /// asks the MPI (`MPIX_Query_cuda_support`).
+    #[arg(long, value_enum, default_value_t = CudaAwareArg::Auto)]
+    pub cuda_aware: CudaAwareArg,
+    /// With --device cuda: the type of the weights and of the matrix products' operands,
+    /// `bf16` (the default) or `f32` (the CPU's, at a fraction of the speed: for checking
+    /// numerics). Products accumulate in f32 either way.
+    #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Bf16)]
+    pub gpu_precision: GpuPrecisionArg,
+    /// Draw every weight at random (fixed seeds; on the GPU with --device cuda) instead of
+    /// reading weight files, to measure a model's speed from its config.json alone: --model
+    /// names the config.json or its directory, the tokenizer comes from --tokenizer (a
+    /// tokenizer.json or a GGUF file) or the directory's tokenizer.json. The scores mean nothing.
+    #[arg(long)]
+    pub random_weights: bool,
+    /// Try micro-batch budgets of 512 to 4096 tokens on the first trees (their scores count:
+    /// they do not depend on the budget) and keep the fastest for the rest; the results'
+    /// `evalmesh.tuning` records the trials.
+    #[arg(long)]
+    pub tune: bool,
+    /// A hardware profile from evalmesh calibrate for the cost model (default: this host's
+    /// cached profile, measured on the first run).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
+    #[arg(long)]
+    pub no_prefix_sharing: bool,
+    /// Where to write the results JSON; the journal goes beside it (NAME.journal.jsonl).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Write samples_<task>.jsonl beside the results: every document's scores.
+    #[arg(long)]
+    pub log_samples: bool,
+    /// Reuse the scores in the journal of an earlier run of the same model and tasks.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace an existing results file and journal.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write a Chrome trace of every rank's timeline (open it in Perfetto).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["file", "text"])))]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Read the text from this file.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The text to tokenize.
+    pub text: Option<String>,
+    /// Print only the ids, one per line.
+    #[arg(long)]
+    pub ids: bool,
+}
+
+/// The compute device of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+/// How GPU workers hand activations to MPI (`--cuda-aware`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CudaAwareArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// The type of a GPU's weights and matrix-product operands (`--gpu-precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuPrecisionArg {
+    Bf16,
+    F32,
+}
+
+/// How the work is spread over the ranks of an MPI job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// The cost model's fastest plan that fits (evalmesh plan shows the candidates).
+    Auto,
+    /// Data parallel: every worker holds the whole model.
+    Dp,
+    /// Pipeline parallel: the layers split over the workers.
+    Pp,
+    /// Tensor parallel: every layer split over the workers by KV-head group.
+    Tp,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Strategy {
+        match s {
+            StrategyArg::Auto => Strategy::Auto,
+            StrategyArg::Dp => Strategy::Dp,
+            StrategyArg::Pp => Strategy::Pp,
+            StrategyArg::Tp => Strategy::Tp,
+        }
+    }
+}
+
+/// `--limit`: a count of documents, or a fraction below 1.
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v < 1.0 {
+        Ok(Limit::Fraction(v))
+    } else if v >= 1.0 && v.fract() == 0.0 {
+        Ok(Limit::First(v as usize))
+    } else {
+        Err(format!("`{s}` is neither a whole count nor a fraction in (0, 1)"))
+    }
+}
+
+/// A duration in seconds: finite and not negative.
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds (0 or more)")),
+    }
+}

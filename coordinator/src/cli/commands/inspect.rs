@@ -1,0 +1,61 @@
+//! `evalmesh inspect`: a model's architecture, configuration, parameter count and, for
+//! a GGUF file, its tensors by type.
+
+use std::collections::BTreeMap;
+
+use evalmesh_worker::weights::gguf::GgufFile;
+use serde_json::json;
+
+use crate::cli::args::InspectArgs;
+
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let (path, model) = super::open_model(&args.model, false)?;
+    let config = model.source.config();
+    let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let format = if path.is_dir() {
+        "huggingface"
+    } else {
+        let file = GgufFile::open(&path)?;
+        for info in file.tensors.values() {
+            let entry = by_type.entry(info.ggml_type.name().to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += info.byte_len;
+        }
+        "gguf"
+    };
+    let summary = json!({
+        "model": path.display().to_string(),
+        "format": format,
+        "architecture": "llama",
+        "config": config,
+        "parameters": config.parameter_count(),
+        "tensor_types": by_type.iter().map(|(t, (n, b))| (t.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+        "vocabulary": model.tokenizer.vocab_size(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        return Ok(());
+    }
+    println!("model:        {}", path.display());
+    println!("format:       {format}");
+    println!(
+        "architecture: llama ({} layers, width {}, {} heads, {} KV heads, head dim {}, FFN {}, vocab {})",
+        config.num_layers,
+        config.hidden_size,
+        config.num_heads,
+        config.num_kv_heads,
+        config.head_dim,
+        config.intermediate_size,
+        config.vocab_size
+    );
+    println!(
+        "rope:         base {}, {:?}; RMSNorm eps {:e}; tied embeddings: {}",
+        config.rope_theta, config.rope_style, config.rms_norm_eps, config.tied_embeddings
+    );
+    println!("context:      {} positions", config.max_position);
+    println!("parameters:   {}", config.parameter_count());
+    for (t, (n, bytes)) in &by_type {
+        println!("tensors {t:>5}: {n:>4} tensors, {bytes:>12} bytes");
+    }
+    Ok(())
+}

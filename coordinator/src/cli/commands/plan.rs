@@ -1,0 +1,68 @@
+//! `evalmesh plan`: every way to spread a model over N workers, predicted by the cost
+//! model from the model's configuration alone, and the one `--strategy auto` picks.
+
+use std::path::Path;
+
+use anyhow::Context;
+use evalmesh_common::cost::BatchShape;
+use evalmesh_common::hardware::HardwareProfile;
+use evalmesh_common::protocol::Device;
+use evalmesh_common::{strategy, HfConfig, ModelConfig};
+use serde_json::json;
+
+use crate::cli::args::PlanArgs;
+use crate::cli::settings::model_path;
+use crate::cli::tables::plan_table;
+use crate::model::cache_dir;
+use crate::prediction::{placement, run_profile, PredictionError};
+use crate::tasks::read_text;
+
+/// The configuration of a model file, directory or config.json, reading nothing else.
+pub fn plan_config(path: &Path) -> anyhow::Result<ModelConfig> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        let text = read_text(path)?;
+        let config = HfConfig::parse(&text).and_then(|c| c.to_plan_config());
+        return config.with_context(|| path.display().to_string());
+    }
+    Ok(evalmesh_worker::weights::open(path, false)?.config().clone())
+}
+
+/// Every layout predicted on a workload of `--ctx`-token sequences.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let path = model_path(args.model.as_deref())?;
+    let config = plan_config(&path)?;
+    let profile = match (&args.profile, args.device.as_str()) {
+        (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
+        (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu)?,
+        (None, device) => HardwareProfile::built_in(device).map_err(PredictionError::from)?,
+    };
+    let per_batch = args.batch_tokens / args.ctx;
+    let batches = vec![BatchShape::sequences(per_batch, args.ctx, args.ctx / 2); 64];
+    let place = placement(&profile, args.workers, None);
+    let candidates = strategy::candidates(&config, args.workers, &batches, &profile, place);
+    let chosen = strategy::choose(&candidates);
+    if args.json {
+        let chosen_json = chosen.as_ref().ok().map(|c| plan_json(c));
+        let all: Vec<_> = candidates.iter().map(plan_json).collect();
+        let out = json!({"model": path.display().to_string(), "workers": args.workers, "profile": profile.name,
+            "profile_source": profile.source, "memory_bytes": profile.memory_bytes, "candidates": all, "chosen": chosen_json});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print!("{}", plan_table(&config, args.workers, &profile, &candidates));
+    }
+    chosen.map(|_| ()).map_err(anyhow::Error::from)
+}
+
+/// A plan as JSON: sizes, stages as layer ranges, memory and predicted throughput.
+fn plan_json(c: &strategy::Candidate) -> serde_json::Value {
+    json!({
+        "dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp,
+        "stages": c.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect::<Vec<_>>(),
+        "memory_per_rank_bytes": c.prediction.memory_per_rank_bytes.iter().copied().max().unwrap_or(0),
+        "predicted_tokens_per_s": c.prediction.tokens_per_s,
+        "bubble_share": c.prediction.bubble_share,
+        "communication_share": c.prediction.communication_share,
+        "rejected": c.rejected,
+    })
+}

@@ -1,0 +1,245 @@
+//! `evalmesh run`: loads the tasks and the model, starts the engine (the lightweight one
+//! in a single process, the distributed one on rank 0 of an MPI job), evaluates with
+//! the journal, and prints and writes the results.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use evalmesh_common::cost::{BatchShape, Placement};
+use evalmesh_common::hardware::HardwareProfile;
+use evalmesh_common::protocol::{Device, GpuPrecision, ModelRef};
+use evalmesh_common::{partition_layers, strategy, ModelConfig, ParallelLayout, StageSpec};
+use evalmesh_worker::backend::cuda::CudaBackend;
+use evalmesh_worker::backend::MatmulStats;
+use evalmesh_worker::CpuBackend;
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+use crate::cli::args::RunArgs;
+use crate::cli::settings::{LayoutRequest, RunSettings};
+use crate::cli::tables::{monitoring_table, prediction_line};
+use crate::cli::trace::write_trace;
+use crate::distributed::DistributedEngine;
+use crate::engine::{EvaluationEngine, LightweightEngine};
+use crate::evaluate::{evaluate, Settings};
+use crate::journal::{model_fingerprint, Journal};
+use crate::model::cache_dir;
+use crate::prediction::{placement, run_profile, Predictor};
+use crate::results::{EvalmeshSection, RankStats, Report};
+use crate::tasks::formats::{self, Source};
+use crate::tasks::perplexity::PerplexityMode;
+use crate::tasks::requests::Windows;
+
+/// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
+pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<()> {
+    let settings = args.resolve(world.is_some())?;
+    if let Some(threads) = settings.threads {
+        // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .with_context(|| format!("cannot start {threads} threads"))?;
+    }
+    if let Some(dir) = settings.output.as_ref().and_then(|o| o.results.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    // In one process, its GPU is found before anything is read, so that a machine without
+    // one fails at once; under MPI each worker finds its own (rank 0 needs none).
+    let distributed = world.is_some_and(|w| w.size() > 1);
+    let gpu = match settings.device {
+        Device::Cuda { precision, .. } if !distributed => {
+            let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
+            let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
+            log::info!(
+                "GPU {} of {}: {} ({} GB)",
+                gpu.ordinal,
+                gpu.visible,
+                gpu.name,
+                gpu.memory_bytes / 1_000_000_000
+            );
+            Some((gpu, precision))
+        }
+        _ => None,
+    };
+    let source = Source {
+        data_dir: settings.data_dir.as_deref(),
+        data_file: settings.data.as_deref(),
+        num_fewshot: settings.num_fewshot,
+    };
+    let mut tasks = Vec::new();
+    for name in &settings.tasks {
+        tasks.extend(formats::load(name, &source)?);
+    }
+    let (model_path, model) = super::open_model(&settings.model, settings.random_weights)?;
+    let config = model.source.config().clone();
+    let windows = match settings.perplexity_mode {
+        PerplexityMode::Llamacpp => Windows::Llamacpp { ctx: settings.ctx.unwrap_or(512) },
+        PerplexityMode::Rolling => Windows::Rolling { max_len: settings.ctx.unwrap_or(config.max_position) },
+    };
+    let fingerprint =
+        model_fingerprint(&model_path, settings.random_weights).with_context(|| model_path.display().to_string())?;
+    let mut journal = match &settings.output {
+        Some(output) => Some(Journal::open(
+            &output.journal,
+            &fingerprint,
+            settings.device.arithmetic(),
+            settings.resume,
+            settings.overwrite,
+        )?),
+        None => None,
+    };
+
+    let mut profile =
+        run_profile(settings.profile.as_deref(), &cache_dir(), &config, settings.batch_tokens, settings.device)?;
+    if let Device::Cuda { precision: GpuPrecision::F32, .. } = settings.device {
+        // Weights of 4 bytes for the memory model; the rates stay bf16's, so the predicted
+        // throughput of the f32 path is optimistic.
+        profile.compute_bytes = 4;
+    }
+    let stop = crate::signals::coordinator_stop_flag().context("signal handlers")?;
+    let load_start = Instant::now();
+    let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match world {
+        Some(world) if world.size() > 1 => {
+            let workers = world.size() as usize - 1;
+            let (layout, stages) = choose_layout(&settings, &config, workers, &profile)?;
+            let threads = settings.threads.unwrap_or(0);
+            let model = ModelRef { path: model_path.display().to_string(), random_weights: settings.random_weights };
+            let engine = DistributedEngine::start(world, &model, &config, layout, &stages, settings.device, threads)?;
+            let threads = engine.workers().first().map_or(1, |w| w.threads);
+            let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
+            (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
+        }
+        _ => {
+            let engine: Box<dyn EvaluationEngine> = match &gpu {
+                Some((gpu, precision)) => {
+                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes, *precision)?;
+                    let backend = CudaBackend::new(gpu.ordinal, *precision)?;
+                    Box::new(LightweightEngine::load(model.source.as_ref(), backend)?)
+                }
+                None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
+            };
+            let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
+            let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
+            let stages = vec![StageSpec::whole(&config)];
+            (engine, Predictor { config: config.clone(), layout, stages, profile, placement })
+        }
+    };
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
+
+    let evaluation_settings = Settings {
+        windows,
+        limit: settings.limit,
+        max_position: config.max_position,
+        share_prefixes: settings.share_prefixes,
+        samples_dir: settings.output.as_ref().and_then(|o| o.samples_dir.as_deref()),
+        model_fingerprint: &fingerprint,
+        batch_tokens: settings.batch_tokens,
+        predictor: Some(&predictor),
+        tune: settings.tune,
+        stop: Some(&stop),
+    };
+    let start = Instant::now();
+    let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let mut monitoring: Vec<RankStats> = engine
+        .monitoring(settings.trace.is_some())?
+        .into_iter()
+        .map(|(rank, stats)| RankStats { rank, stats })
+        .collect();
+    let matmul = monitoring.iter().fold(MatmulStats::default(), |m, r| MatmulStats {
+        flops: m.flops + r.stats.matmul_flops,
+        seconds: m.seconds + r.stats.matmul_seconds,
+    });
+    let engine_details = engine.details();
+    if let Some(path) = &settings.trace {
+        write_trace(path, &monitoring, &engine_details).with_context(|| path.display().to_string())?;
+        log::info!("timeline written to {} (open it in Perfetto or chrome://tracing)", path.display());
+    }
+    for rank in &mut monitoring {
+        rank.stats.trace.clear();
+    }
+    let mut prediction = evaluation.prediction;
+    if let Some(p) = &mut prediction {
+        p.measured_stage_seconds = stage_busy_seconds(&monitoring, predictor.layout);
+    }
+    let report = Report {
+        tasks: evaluation.results,
+        evalmesh: EvalmeshSection {
+            batch_tokens: settings.batch_tokens,
+            config,
+            engine: engine.describe(),
+            engine_details,
+            eval_seconds: seconds,
+            load_seconds,
+            matmul_gflop: matmul.flops as f64 / 1e9,
+            matmul_gflops_per_s: matmul.gflops_per_s(),
+            matmul_seconds: matmul.seconds,
+            model: model_path.display().to_string(),
+            model_fingerprint: fingerprint,
+            monitoring,
+            prediction,
+            tasks: evaluation.tasks,
+            tuning: evaluation.tuning,
+            workers: engine.parallel_workers(),
+        },
+    };
+
+    print!("{}", report.tasks.table());
+    print!("{}", monitoring_table(&report.evalmesh.monitoring));
+    println!(
+        "evaluated in {seconds:.1} s; matrix products {:.1} GFLOP/s, {:.0}% of the time",
+        matmul.gflops_per_s(),
+        100.0 * matmul.seconds / (seconds * engine.parallel_workers() as f64).max(1e-9)
+    );
+    if let Some(p) = &report.evalmesh.prediction {
+        println!("{}", prediction_line(p));
+    }
+    if let Some(output) = &settings.output {
+        report.write(&output.results)?;
+        log::info!("results written to {}", output.results.display());
+    }
+    Ok(())
+}
+
+/// The layout and stages of a distributed run: `--strategy auto` without sizes takes the
+/// cost model's fastest plan that fits; otherwise the sizes or strategy given, with the
+/// layers balanced by the cost model.
+fn choose_layout(
+    settings: &RunSettings,
+    config: &ModelConfig,
+    workers: usize,
+    profile: &HardwareProfile,
+) -> anyhow::Result<(ParallelLayout, Vec<StageSpec>)> {
+    let place = placement(profile, workers, settings.threads);
+    let sequence = settings.ctx.unwrap_or(512).min(settings.batch_tokens);
+    let batches = vec![BatchShape::sequences(settings.batch_tokens / sequence, sequence, sequence / 2); 64];
+    let LayoutRequest { strategy: wanted, dp, pp, tp } = settings.layout;
+    if settings.layout.is_auto() {
+        let candidates = strategy::candidates(config, workers, &batches, profile, place);
+        let chosen = strategy::choose(&candidates)?;
+        log::info!(
+            "--strategy auto: DP={} × PP={} × TP={}, predicted {:.0} tokens/s, the fastest of {} plans that fit \
+             (evalmesh plan lists them)",
+            chosen.layout.dp,
+            chosen.layout.pp,
+            chosen.layout.tp,
+            chosen.prediction.tokens_per_s,
+            candidates.iter().filter(|c| c.rejected.is_none()).count()
+        );
+        return Ok((chosen.layout, chosen.stages.clone()));
+    }
+    let layout = ParallelLayout::resolve(workers, wanted, dp, pp, tp)?;
+    let (embedding, head) = strategy::end_costs(config, &batches, profile, place);
+    Ok((layout, partition_layers(config, layout.pp, embedding, head)?))
+}
+
+/// Busy seconds (compute and send) of each stage: its slowest rank.
+fn stage_busy_seconds(monitoring: &[RankStats], layout: ParallelLayout) -> Vec<f64> {
+    let mut busy = vec![0.0f64; layout.pp];
+    for RankStats { rank, stats: s } in monitoring {
+        let stage = layout.stage_of(*rank as usize);
+        busy[stage] = busy[stage].max((s.compute.total_ms + s.send.total_ms) / 1000.0);
+    }
+    busy
+}

@@ -1,0 +1,236 @@
+//! Flags checked once: `RunArgs::resolve` turns what clap parsed into the [`RunSettings`]
+//! a run works from, and the other commands' `check`s refuse what cannot work, each with a
+//! [`UsageError`] that names the flag and what to do. Nothing here reads a model or data.
+
+use std::path::{Path, PathBuf};
+
+use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision};
+use evalmesh_common::Strategy;
+
+use super::args::{CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, StrategyArg};
+use crate::evaluate::Limit;
+use crate::journal::journal_path;
+use crate::model::{cache_dir, TEST_MODEL_FILE};
+use crate::tasks::perplexity::PerplexityMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("no --model given and the test model is not in the cache at {}: run scripts/fetch-test-model.sh, or pass --model", .0.display())]
+    NoDefaultModel(PathBuf),
+    #[error("results file {} exists: pass --overwrite to replace it, or --resume to finish the run it belongs to", .0.display())]
+    OutputExists(PathBuf),
+    #[error("{0} measures MPI transfers: start it with mpirun -np 2 evalmesh {0}")]
+    NeedsMpi(&'static str),
+    #[error("{0} spreads the model over worker ranks, and this is one process: start it under mpirun or srun (for example mpirun -np 3 evalmesh run …), or leave out {0}")]
+    LayoutNeedsRanks(String),
+    #[error("{0} sets how GPUs compute or pass activations: it needs --device cuda (drop it for --device cpu)")]
+    GpuFlagWithoutCuda(&'static str),
+    #[error("--resume needs --output: the journal lives next to the results file")]
+    ResumeWithoutOutput,
+    #[error("--log-samples needs --output: the samples files are written next to the results file")]
+    SamplesWithoutOutput,
+    #[error("{flag} must be at least {min}, got {value}")]
+    TooSmall { flag: &'static str, min: usize, value: usize },
+}
+
+/// The fewest tokens a micro-batch may hold (`--batch-tokens`).
+const MIN_BATCH_TOKENS: usize = 16;
+
+/// How the workers of an MPI job are to be laid out: `--strategy` and the sizes given.
+#[derive(Debug, Clone, Copy)]
+pub struct LayoutRequest {
+    pub strategy: Strategy,
+    pub dp: Option<usize>,
+    pub pp: Option<usize>,
+    pub tp: Option<usize>,
+}
+
+impl LayoutRequest {
+    /// Whether the cost model chooses the whole layout: `--strategy auto` and no size given.
+    pub fn is_auto(&self) -> bool {
+        self.strategy == Strategy::Auto && self.dp.is_none() && self.pp.is_none() && self.tp.is_none()
+    }
+}
+
+/// The files a run writes: the results, the journal beside them, and the samples' folder
+/// when `--log-samples` asks for them.
+#[derive(Debug, Clone)]
+pub struct OutputFiles {
+    pub results: PathBuf,
+    pub journal: PathBuf,
+    pub samples_dir: Option<PathBuf>,
+}
+
+/// A run's settings, every flag checked.
+#[derive(Debug)]
+pub struct RunSettings {
+    pub model: ModelArgs,
+    pub random_weights: bool,
+    pub tasks: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub num_fewshot: usize,
+    pub limit: Option<Limit>,
+    pub perplexity_mode: PerplexityMode,
+    pub ctx: Option<usize>,
+    pub threads: Option<usize>,
+    pub batch_tokens: usize,
+    pub layout: LayoutRequest,
+    pub device: Device,
+    pub tune: bool,
+    pub profile: Option<PathBuf>,
+    pub share_prefixes: bool,
+    pub output: Option<OutputFiles>,
+    pub resume: bool,
+    pub overwrite: bool,
+    pub trace: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Checks the flags against each other; `under_mpi` says whether a launcher started
+    /// this process as a rank of a job (layout flags need one).
+    pub fn resolve(self, under_mpi: bool) -> Result<RunSettings, UsageError> {
+        if self.batch_tokens < MIN_BATCH_TOKENS {
+            return Err(UsageError::TooSmall {
+                flag: "--batch-tokens",
+                min: MIN_BATCH_TOKENS,
+                value: self.batch_tokens,
+            });
+        }
+        if self.ctx == Some(0) {
+            return Err(UsageError::TooSmall { flag: "--ctx", min: 1, value: 0 });
+        }
+        if !under_mpi {
+            let sizes = [("--dp", self.dp), ("--pp", self.pp), ("--tp", self.tp)];
+            if let Some((flag, Some(n))) = sizes.iter().find(|(_, n)| n.is_some()) {
+                return Err(UsageError::LayoutNeedsRanks(format!("{flag} {n}")));
+            }
+            if self.strategy != StrategyArg::Auto {
+                let name = clap::ValueEnum::to_possible_value(&self.strategy)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default();
+                return Err(UsageError::LayoutNeedsRanks(format!("--strategy {name}")));
+            }
+        }
+        if self.threads == Some(0) {
+            return Err(UsageError::TooSmall { flag: "--threads", min: 1, value: 0 });
+        }
+        if let Some(output) = &self.output {
+            if output.exists() && !self.overwrite && !self.resume {
+                return Err(UsageError::OutputExists(output.clone()));
+            }
+        }
+        if self.resume && self.output.is_none() {
+            return Err(UsageError::ResumeWithoutOutput);
+        }
+        if self.log_samples && self.output.is_none() {
+            return Err(UsageError::SamplesWithoutOutput);
+        }
+        let device = device_of(self.device, self.cuda_aware, self.gpu_precision)?;
+        let log_samples = self.log_samples;
+        let output = self.output.map(|results| OutputFiles {
+            journal: journal_path(&results),
+            samples_dir: log_samples.then(|| match results.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
+            results,
+        });
+        Ok(RunSettings {
+            model: self.model,
+            random_weights: self.random_weights,
+            tasks: self.task.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+            data_dir: self.data_dir,
+            data: self.data,
+            num_fewshot: self.num_fewshot,
+            limit: self.limit,
+            perplexity_mode: self.perplexity_mode,
+            ctx: self.ctx,
+            threads: self.threads,
+            batch_tokens: self.batch_tokens,
+            layout: LayoutRequest { strategy: self.strategy.into(), dp: self.dp, pp: self.pp, tp: self.tp },
+            device,
+            tune: self.tune,
+            profile: self.profile,
+            share_prefixes: !self.no_prefix_sharing,
+            output,
+            resume: self.resume,
+            overwrite: self.overwrite,
+            trace: self.trace,
+        })
+    }
+}
+
+impl PlanArgs {
+    pub fn check(&self) -> Result<(), UsageError> {
+        if self.workers == 0 {
+            return Err(UsageError::TooSmall { flag: "--workers", min: 1, value: 0 });
+        }
+        if self.ctx == 0 {
+            return Err(UsageError::TooSmall { flag: "--ctx", min: 1, value: 0 });
+        }
+        if self.batch_tokens < self.ctx {
+            return Err(UsageError::TooSmall {
+                flag: "--batch-tokens (at least --ctx)",
+                min: self.ctx,
+                value: self.batch_tokens,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl CalibrateArgs {
+    pub fn check(&self) -> Result<Device, UsageError> {
+        if self.batch_tokens < MIN_BATCH_TOKENS {
+            return Err(UsageError::TooSmall {
+                flag: "--batch-tokens",
+                min: MIN_BATCH_TOKENS,
+                value: self.batch_tokens,
+            });
+        }
+        device_of(self.device, CudaAwareArg::Auto, GpuPrecisionArg::Bf16)
+    }
+}
+
+impl ModelArgs {
+    /// `--model`, or the cached test model where it is not given.
+    pub fn path(&self) -> Result<PathBuf, UsageError> {
+        model_path(self.model.as_deref())
+    }
+}
+
+/// A model path as given, or the cached test model.
+pub fn model_path(given: Option<&Path>) -> Result<PathBuf, UsageError> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => {
+            let default = cache_dir().join(TEST_MODEL_FILE);
+            match default.is_file() {
+                true => Ok(default),
+                false => Err(UsageError::NoDefaultModel(default)),
+            }
+        }
+    }
+}
+
+/// The workers' device from `--device`, and `--cuda-aware` and `--gpu-precision`, which
+/// only a GPU run takes.
+fn device_of(device: DeviceArg, cuda_aware: CudaAwareArg, precision: GpuPrecisionArg) -> Result<Device, UsageError> {
+    match (device, cuda_aware, precision) {
+        (DeviceArg::Cpu, CudaAwareArg::Auto, GpuPrecisionArg::Bf16) => Ok(Device::Cpu),
+        (DeviceArg::Cpu, CudaAwareArg::Auto, _) => Err(UsageError::GpuFlagWithoutCuda("--gpu-precision")),
+        (DeviceArg::Cpu, _, _) => Err(UsageError::GpuFlagWithoutCuda("--cuda-aware")),
+        (DeviceArg::Cuda, cuda_aware, precision) => Ok(Device::Cuda {
+            cuda_aware: match cuda_aware {
+                CudaAwareArg::Auto => CudaAware::Auto,
+                CudaAwareArg::On => CudaAware::On,
+                CudaAwareArg::Off => CudaAware::Off,
+            },
+            precision: match precision {
+                GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
+                GpuPrecisionArg::F32 => GpuPrecision::F32,
+            },
+        }),
+    }
+}
