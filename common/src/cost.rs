@@ -1,4 +1,4 @@
-//! The cost model (DESIGN §9): pure functions from a model configuration, a layout of
+//! The cost model (docs/ARCHITECTURE.md §9): pure functions from a model configuration, a layout of
 //! workers, the micro-batches and a hardware profile to predicted time per stage,
 //! throughput, pipeline bubble, communication and memory per rank.
 //!
@@ -140,7 +140,7 @@ pub fn weight_values(c: &ModelConfig, spec: &StageSpec) -> u64 {
     (block * spec.layers.len() as f64) as u64 + embedding + head
 }
 
-/// Bytes of an activation value: f32 on every backend (DESIGN §4), in memory and on the wire.
+/// Bytes of an activation value: f32 on every backend (docs/ARCHITECTURE.md §4), in memory and on the wire.
 pub const ACTIVATION_BYTES: usize = 4;
 
 /// Rows of logits the head computes at once: the CPU backend's `head_rows`, and the GPU's

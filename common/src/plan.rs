@@ -6,7 +6,7 @@
 //! query heads that share it, and the `g`-th of `num_kv_heads` equal slices of the
 //! feed-forward width. A tensor-parallel rank owns a contiguous range of groups. The
 //! row-parallel layers (attention output, down projection) sum one partial product per
-//! group in group order on every path, the single process included (DESIGN §6).
+//! group in group order on every path, the single process included (docs/ARCHITECTURE.md §6).
 
 use std::ops::Range;
 

@@ -1,4 +1,4 @@
-//! Scoring requests and their packed form (DESIGN §5).
+//! Scoring requests and their packed form (docs/ARCHITECTURE.md §5).
 //!
 //! A [`ScoreTree`] is one shared prefix and zero or more branches; a branch token
 //! attends to the whole prefix and causally within its branch. The coordinator packs

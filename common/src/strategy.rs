@@ -1,4 +1,4 @@
-//! Strategy search (DESIGN §9): every layout of the workers (dp · pp · tp = workers, tp
+//! Strategy search (docs/ARCHITECTURE.md §9): every layout of the workers (dp · pp · tp = workers, tp
 //! at most the KV-head groups, pp at most the layers), its layers balanced over the
 //! stages by the cost model, plans that do not fit in memory set aside with the reason,
 //! the rest ranked by predicted throughput.

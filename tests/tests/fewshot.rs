@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use evalmesh::tasks::formats::{load, Source};
+use evalmesh::tasks::builtin::{load, Source};
 use evalmesh::tasks::Doc;
 use evalmesh_tests::{assert_clean_error, run_evalmesh, shared_dir, test_model};
 

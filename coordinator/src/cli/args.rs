@@ -114,7 +114,7 @@ pub struct ModelArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::formats::tasks_help())]
+    #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::builtin::tasks_help())]
     pub task: String,
     /// The data file of the generic tasks: multiple_choice (JSON lines {"context", "choices", "gold"})
     /// and perplexity (a UTF-8 text; default: a built-in wikitext-2 excerpt).

@@ -1,237 +1,14 @@
 //! The benchmarks' data files and lm-evaluation-harness's templates for them
-//! (`shared/data/LM_EVAL_FORMATS.md`): each loader reads one task's files from the
-//! data folder (the layout of `shared/data`) and returns its documents as requests.
+//! (`shared/data/LM_EVAL_FORMATS.md`): each reader parses one task's file into examples
+//! (or documents), applying lm-evaluation-harness's preprocessing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::fewshot::{self, Example, Sampler};
-use super::{read_text, Doc, Target, Task, TaskError};
-
-/// A built-in task: its name, what `--help` says of it, and how its documents are read.
-pub struct BuiltinTask {
-    pub name: &'static str,
-    pub about: &'static str,
-    load: fn(&str, &Source) -> Result<Vec<Task>, TaskError>,
-}
-
-/// Every built-in task, in the order `--help` and the unknown-task error list them.
-pub const TASKS: &[BuiltinTask] = &[
-    BuiltinTask { name: "hellaswag", about: "HellaSwag validation (hellaswag/)", load: hellaswag_task },
-    BuiltinTask { name: "arc_easy", about: "ARC-Easy test (arc/)", load: arc_task },
-    BuiltinTask { name: "arc_challenge", about: "ARC-Challenge test (arc/)", load: arc_task },
-    BuiltinTask { name: "piqa", about: "PIQA validation (piqa/)", load: piqa_task },
-    BuiltinTask {
-        name: "winogrande",
-        about: "WinoGrande xl validation, partial scoring (winogrande/)",
-        load: winogrande_task,
-    },
-    BuiltinTask {
-        name: "lambada_openai",
-        about: "LAMBADA (OpenAI) test: acc and perplexity (lambada/)",
-        load: lambada_task,
-    },
-    BuiltinTask { name: "mmlu", about: "MMLU: 57 subjects and the group score (mmlu/)", load: mmlu_task },
-    BuiltinTask {
-        name: "wikitext",
-        about: "wikitext-2 test: word and byte perplexity, one document per article (wikitext-2/)",
-        load: wikitext_task,
-    },
-    BuiltinTask {
-        name: "multiple_choice",
-        about: "JSON lines {\"context\", \"choices\", \"gold\"} from --data FILE.jsonl",
-        load: multiple_choice_task,
-    },
-    BuiltinTask {
-        name: "perplexity",
-        about: "rolling perplexity of --data FILE.txt (default: a built-in wikitext-2 excerpt)",
-        load: perplexity_task,
-    },
-];
-
-/// The names of the built-in tasks, separated by commas.
-pub fn task_names() -> String {
-    TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
-}
-
-/// `--task`'s help: every built-in task with what it reads.
-pub fn tasks_help() -> String {
-    let lines: Vec<String> = TASKS.iter().map(|t| format!("  {}: {}", t.name, t.about)).collect();
-    format!("Tasks to score, separated by commas:\n{}", lines.join("\n"))
-}
-
-/// Where a task's data comes from.
-pub struct Source<'a> {
-    /// A folder laid out like `shared/data`.
-    pub data_dir: Option<&'a Path>,
-    /// The file of the generic tasks (`multiple_choice`, `perplexity`).
-    pub data_file: Option<&'a Path>,
-    pub num_fewshot: usize,
-}
-
-impl Source<'_> {
-    fn file(&self, task: &str, relative: &str) -> Result<PathBuf, TaskError> {
-        let dir = self.data_dir.ok_or_else(|| {
-            TaskError::Settings(format!(
-                "{task} reads its data from a folder laid out like shared/data: pass --data-dir"
-            ))
-        })?;
-        let path = dir.join(relative);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(TaskError::MissingData { task: task.into(), path, data_dir: dir.to_path_buf() })
-        }
-    }
-
-    /// A file of a task's few-shot split, which shared/data does not ship for every task.
-    fn fewshot_file(&self, task: &str, relative: &str) -> Result<PathBuf, TaskError> {
-        self.file(task, relative).map_err(|e| match e {
-            TaskError::MissingData { task, path, data_dir } => TaskError::MissingFewShotSplit { task, path, data_dir },
-            other => other,
-        })
-    }
-
-    fn generic_file(&self, task: &str) -> Result<&Path, TaskError> {
-        self.data_file.ok_or_else(|| TaskError::Settings(format!("task {task} needs --data FILE")))
-    }
-
-    /// A task of `examples`, each preceded by `--num-fewshot` demonstrations from the
-    /// sampler, which is built (and its split read) only when few-shot is asked for.
-    fn example_task(
-        &self,
-        name: &str,
-        examples: Vec<Example>,
-        config: serde_json::Value,
-        sampler: impl FnOnce() -> Result<Sampler, TaskError>,
-    ) -> Result<Task, TaskError> {
-        let docs = self.fewshot_docs(name, "", examples, sampler)?;
-        Ok(Task { name: name.into(), docs, config, version: 1.0, num_fewshot: self.num_fewshot, group: None })
-    }
-
-    /// The documents of `examples`, each context led by `description` and the document's demonstrations.
-    fn fewshot_docs(
-        &self,
-        name: &str,
-        description: &str,
-        examples: Vec<Example>,
-        sampler: impl FnOnce() -> Result<Sampler, TaskError>,
-    ) -> Result<Vec<Doc>, TaskError> {
-        let shots = self.num_fewshot;
-        let prefixes = if shots == 0 {
-            vec![String::new(); examples.len()]
-        } else {
-            fewshot::contexts(&examples, &sampler()?, shots).map_err(|most| {
-                TaskError::Settings(format!(
-                    "--num-fewshot {shots} is more than {name}'s few-shot split allows ({most})"
-                ))
-            })?
-        };
-        Ok(examples
-            .into_iter()
-            .zip(prefixes)
-            .enumerate()
-            .map(|(i, (example, prefix))| example.into_doc(i, &format!("{description}{prefix}")))
-            .collect())
-    }
-}
-
-/// Loads a task by name; `mmlu` gives one task per subject.
-pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let task = TASKS.iter().find(|t| t.name == name).ok_or_else(|| TaskError::UnknownTask(name.to_string()))?;
-    (task.load)(name, source)
-}
-
-/// Draws demonstrations from `pool` as lm-evaluation-harness does for a task whose few-shot
-/// split is not its test split.
-fn random(pool: Vec<Example>) -> Sampler {
-    Sampler::Random { pool, draws_extra: false }
-}
-
-fn hellaswag_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
-    let config = json!({"dataset": "Rowan/hellaswag", "split": "validation", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        Ok(random(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?))
-    })?;
-    Ok(vec![task])
-}
-
-fn arc_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let split = if name == "arc_easy" { "arc/ARC-Easy" } else { "arc/ARC-Challenge" };
-    let docs = arc(&source.file(name, &format!("{split}-Test.jsonl"))?)?;
-    let config = json!({"dataset": "allenai/ai2_arc", "split": "test", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        Ok(random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
-    })?;
-    Ok(vec![task])
-}
-
-fn piqa_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
-    let config = json!({"dataset": "baber/piqa", "split": "validation", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        let train = source.fewshot_file(name, "piqa/train.jsonl")?;
-        Ok(random(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?))
-    })?;
-    Ok(vec![task])
-}
-
-fn winogrande_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
-    let config = json!({"dataset": "allenai/winogrande", "config": "winogrande_xl", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        Ok(random(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?))
-    })?;
-    Ok(vec![task])
-}
-
-fn lambada_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = lambada(&source.file(name, "lambada/lambada_test.jsonl")?)?;
-    // No few-shot split: lm-evaluation-harness draws from the test split without the extra draw.
-    let config = json!({"dataset": "EleutherAI/lambada_openai", "split": "test", "fewshot_split": null});
-    Ok(vec![source.example_task(name, docs.clone(), config, || Ok(random(docs)))?])
-}
-
-fn multiple_choice_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let path = source.generic_file(name)?;
-    let docs = multiple_choice(path)?;
-    let config = json!({"data": path.display().to_string(), "fewshot_split": "the same file"});
-    let task =
-        source.example_task(name, docs.clone(), config, || Ok(Sampler::Random { pool: docs, draws_extra: true }))?;
-    Ok(vec![task])
-}
-
-/// Rolling-perplexity tasks score whole documents and take no demonstrations.
-fn refuse_fewshot(name: &str, source: &Source) -> Result<(), TaskError> {
-    match source.num_fewshot {
-        0 => Ok(()),
-        _ => Err(TaskError::Settings(format!(
-            "{name} is scored by rolling perplexity over whole documents and takes no --num-fewshot"
-        ))),
-    }
-}
-
-fn wikitext_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    refuse_fewshot(name, source)?;
-    let path = source.file(name, "wikitext-2/wiki.test.raw")?;
-    let docs = wikitext(&path)?;
-    let config = json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"});
-    Ok(vec![Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, group: None }])
-}
-
-fn perplexity_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    refuse_fewshot(name, source)?;
-    let (text, data) = match source.data_file {
-        Some(path) => (read_text(path)?, path.display().to_string()),
-        None => (super::perplexity::BUILTIN_TEXT.to_string(), "built-in wikitext-2 excerpt".into()),
-    };
-    let docs = vec![rolling_doc(0, &text, text.clone())];
-    Ok(vec![Task { name: name.into(), docs, config: json!({"data": data}), version: 1.0, num_fewshot: 0, group: None }])
-}
+use super::fewshot::Example;
+use super::{read_text, Doc, Target, TaskError};
 
 /// Reads a JSON-lines file into records; errors name the file and line.
 fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
@@ -305,7 +82,7 @@ struct HellaswagRecord {
     label: serde_json::Value,
 }
 
-fn hellaswag(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn hellaswag(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<HellaswagRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -345,7 +122,7 @@ struct ArcRecord {
     answer_key: String,
 }
 
-fn arc(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn arc(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<ArcRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -368,7 +145,7 @@ struct PiqaRecord {
     sol2: String,
 }
 
-fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<PiqaRecord> = read_jsonl(path)?;
     let labels_text = read_text(labels_path)?;
     let labels: Vec<&str> = labels_text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -401,7 +178,7 @@ struct WinograndeRecord {
 }
 
 /// Partial scoring: the option goes in the context, the text after the blank is the continuation.
-fn winogrande(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn winogrande(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<WinograndeRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -424,7 +201,7 @@ struct LambadaRecord {
     text: String,
 }
 
-fn lambada(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn lambada(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<LambadaRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -441,7 +218,7 @@ fn lambada(path: &Path) -> Result<Vec<Example>, TaskError> {
 
 /// A document scored whole by rolling windows: `scored` is the text the model sees,
 /// `original` the one whose words and bytes normalise the perplexities.
-fn rolling_doc(id: usize, original: &str, scored: String) -> Doc {
+pub fn rolling_doc(id: usize, original: &str, scored: String) -> Doc {
     let target = Target::Rolling { words: super::perplexity::word_count(original), bytes: original.len() };
     Doc { id, requests: vec![super::Request { context: String::new(), continuation: scored }], target }
 }
@@ -494,7 +271,7 @@ pub fn wikitext_detokenize(page: &str) -> String {
     s
 }
 
-fn wikitext(path: &Path) -> Result<Vec<Doc>, TaskError> {
+pub fn wikitext(path: &Path) -> Result<Vec<Doc>, TaskError> {
     let text = read_text(path)?;
     Ok(wikitext_articles(&text)
         .into_iter()
@@ -510,7 +287,7 @@ struct ChoiceRecord {
     gold: i64,
 }
 
-fn multiple_choice(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn multiple_choice(path: &Path) -> Result<Vec<Example>, TaskError> {
     let records: Vec<ChoiceRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -526,7 +303,7 @@ fn multiple_choice(path: &Path) -> Result<Vec<Example>, TaskError> {
 }
 
 /// Reads a hendrycks MMLU csv (question,A,B,C,D,answer-letter) with lm-evaluation-harness's template.
-fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
+pub fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
     let text = read_text(path)?;
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
     let mut out = Vec::new();
@@ -556,43 +333,6 @@ fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
 }
 
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
-
-/// The 57 subjects, each its own task in group `mmlu`; few-shot examples are the first
-/// `num_fewshot` of the subject's dev split (lm-evaluation-harness's `first_n` sampler).
-fn mmlu_task(_name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let dir = source.file("mmlu", "mmlu/test").or_else(|e| match e {
-        TaskError::MissingData { path, .. } if path.is_dir() => Ok(path),
-        other => Err(other),
-    })?;
-    let mut subjects: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|error| TaskError::Io { path: dir.clone(), error })?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix("_test.csv").map(str::to_string))
-        .collect();
-    subjects.sort();
-    if subjects.is_empty() {
-        return Err(TaskError::Data { path: dir, problem: "no <subject>_test.csv files".into() });
-    }
-    subjects
-        .iter()
-        .map(|subject| {
-            let name = format!("mmlu_{subject}");
-            let questions = read_mmlu_csv(&dir.join(format!("{subject}_test.csv")))?;
-            let description =
-                format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
-            let docs = source.fewshot_docs(&name, &description, questions, || {
-                Ok(Sampler::FirstN(read_mmlu_csv(&source.fewshot_file("mmlu", &format!("mmlu/dev/{subject}_dev.csv"))?)?))
-            })?;
-            Ok(Task {
-                name,
-                docs,
-                config: json!({"dataset": "cais/mmlu", "subject": subject, "split": "test", "fewshot_split": "dev", "sampler": "first_n"}),
-                version: 1.0,
-                num_fewshot: source.num_fewshot,
-                group: Some("mmlu".into()),
-            })
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,9 @@
-//! Evaluation tasks: reading each benchmark's data with lm-evaluation-harness's
-//! preprocessing and templates ([`formats`]), turning documents into scoring requests
+//! Evaluation tasks: the built-in tasks ([`builtin`]), reading each benchmark's data with
+//! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
 //! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
 //! into metrics ([`metrics`]), plus perplexity over a text.
 
+pub mod builtin;
 pub mod fewshot;
 pub mod formats;
 pub mod metrics;
@@ -21,7 +22,7 @@ pub enum TaskError {
     MissingData { task: String, path: PathBuf, data_dir: PathBuf },
     #[error("{task}: --num-fewshot draws its examples from {}, which is not there (--data-dir is {}); shared/data does not ship the training splits: add the official file there, or run 0-shot", path.display(), data_dir.display())]
     MissingFewShotSplit { task: String, path: PathBuf, data_dir: PathBuf },
-    #[error("unknown task `{0}`; available: {tasks}", tasks = formats::task_names())]
+    #[error("unknown task `{0}`; available: {tasks}", tasks = builtin::task_names())]
     UnknownTask(String),
     #[error("{0}")]
     Settings(String),

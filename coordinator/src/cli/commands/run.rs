@@ -25,7 +25,7 @@ use crate::journal::{model_fingerprint, Journal};
 use crate::model::cache_dir;
 use crate::prediction::{placement, run_profile, Predictor};
 use crate::results::{EvalmeshSection, RankStats, Report};
-use crate::tasks::formats::{self, Source};
+use crate::tasks::builtin::{self, Source};
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::requests::Windows;
 
@@ -67,7 +67,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     };
     let mut tasks = Vec::new();
     for name in &settings.tasks {
-        tasks.extend(formats::load(name, &source)?);
+        tasks.extend(builtin::load(name, &source)?);
     }
     let (model_path, model) = super::open_model(&settings.model, settings.random_weights)?;
     let config = model.source.config().clone();
