@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use evalmesh_common::protocol::{
-    check_version, CudaAware, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
+    check_version, CudaAware, Device, ModelRef, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
 use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
@@ -42,15 +42,7 @@ pub struct NodeError {
 
 /// What the communication thread hands the compute thread.
 enum Work {
-    Setup {
-        version: u32,
-        model: ModelRef,
-        stage: StageSpec,
-        device: Device,
-        threads: usize,
-        next: Option<Rank>,
-        shards: Vec<Rank>,
-    },
+    Setup(Setup),
     Batch {
         id: u64,
         batch: MicroBatch,
@@ -114,9 +106,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
             busy = true;
             let forward = match message {
-                Ok(ToWorker::Setup { version, model, stage, device, threads, previous: p, next, shards }) => {
-                    previous = p;
-                    Some(Work::Setup { version, model, stage, device, threads, next, shards })
+                Ok(ToWorker::Setup(setup)) => {
+                    previous = setup.previous;
+                    Some(Work::Setup(setup))
                 }
                 Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
                     batches.push_back((id, batch));
@@ -208,7 +200,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         let waiting = Instant::now();
         let Ok(w) = work.recv() else { break };
         match w {
-            Work::Setup { version, model, stage: spec, device, threads, next: n, shards } => {
+            Work::Setup(Setup { version, model, stage: spec, device, threads, next: n, shards, .. }) => {
                 next = n;
                 let threads = if threads == 0 { node.threads() } else { threads };
                 set_polling(node.polling(threads));
