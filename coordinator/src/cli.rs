@@ -12,11 +12,10 @@ use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, ModelRef, ToWor
 use evalmesh_common::{
     partition_layers, strategy, HfConfig, ModelConfig, ParallelLayout, PlanError, StageSpec, Strategy,
 };
-use evalmesh_worker::backend::cuda::CudaBackend;
 use evalmesh_worker::backend::MatmulStats;
-use evalmesh_worker::transport::{receive, send};
+use evalmesh_worker::comm::{receive, send};
 use evalmesh_worker::weights::gguf::GgufFile;
-use evalmesh_worker::CpuBackend;
+use evalmesh_worker::Target;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
 
@@ -74,6 +73,8 @@ pub enum CliError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Weights(#[from] evalmesh_worker::WeightError),
+    #[error(transparent)]
+    Load(#[from] evalmesh_worker::LoadError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
@@ -789,20 +790,9 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
     let distributed = world.is_some_and(|w| w.size() > 1);
     let device = device_of(args.device, args.cuda_aware, args.gpu_precision)?;
-    let gpu = match device {
-        Device::Cuda { precision, .. } if !distributed => {
-            let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
-            let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
-            log::info!(
-                "GPU {} of {}: {} ({} GB)",
-                gpu.ordinal,
-                gpu.visible,
-                gpu.name,
-                gpu.memory_bytes / 1_000_000_000
-            );
-            Some((gpu, precision))
-        }
-        _ => None,
+    let alone = match distributed {
+        false => Some(Target::alone(device)?),
+        true => None,
     };
     let names: Vec<&str> = args.task.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
     let source =
@@ -847,14 +837,8 @@ fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> Result<(), CliError
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
         _ => {
-            let engine: Box<dyn EvaluationEngine> = match &gpu {
-                Some((gpu, precision)) => {
-                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes, *precision)?;
-                    let backend = CudaBackend::new(gpu.ordinal, *precision)?;
-                    Box::new(LightweightEngine::load(model.source.as_ref(), backend)?)
-                }
-                None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
-            };
+            let Some(target) = &alone else { unreachable!("a single process finds its target first") };
+            let engine = Box::new(LightweightEngine::load(model.source.as_ref(), target)?);
             let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
             let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
             let stages = vec![StageSpec::whole(&config)];

@@ -13,7 +13,7 @@ use evalmesh_common::protocol::{
     check_version, Device, ModelRef, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
-use evalmesh_worker::transport::{receive, send};
+use evalmesh_worker::comm::{receive, send};
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::engine::{pack_micro_batches, validate_trees, EngineError, EvaluationEngine, ScoreSink};

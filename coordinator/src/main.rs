@@ -70,14 +70,14 @@ fn main() -> ExitCode {
     if let Command::Pingpong(_) | Command::Calibrate(_) = &cli.command {
         return report_command(evalmesh::cli::execute(cli, Some(&world)));
     }
-    let node = evalmesh_worker::transport::NodeShare::of(&world);
+    let node = evalmesh_worker::comm::NodeShare::of(&world);
     if rank == 0 {
         // The outcome is printed first: once told to stop, a failed worker exits non-zero
         // and mpirun may end this rank before it could say why.
         let code = report_command(evalmesh::cli::execute(cli, Some(&world)));
         // Success or failure, every worker is told to stop, so that no rank is left waiting.
         for worker in 1..world.size() {
-            evalmesh_worker::transport::send(&world, worker, &ToWorker::Shutdown);
+            evalmesh_worker::comm::send(&world, worker, &ToWorker::Shutdown);
         }
         code
     } else {

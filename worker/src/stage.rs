@@ -11,7 +11,8 @@ use std::ops::Range;
 
 use evalmesh_common::{group_slice, MicroBatch, ModelConfig, StageSpec, TokenScore};
 
-use crate::backend::{Backend, BackendError, HeadLayout};
+use crate::backend::error::BackendError;
+use crate::backend::{Backend, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::random::seed_of;
 use crate::weights::{load, load_part, LayerTensor, TensorId, WeightError, WeightSource};
