@@ -90,22 +90,28 @@ pub struct ModelRef {
     pub random_weights: bool,
 }
 
+/// A worker's setup: load `stage` of the model at `model` on `device` with `threads` compute
+/// threads (0: the worker decides); hidden states come from rank `previous` and go to rank
+/// `next` (pipeline neighbours), and `shards` are the ranks of the stage's tensor-parallel
+/// shards in group order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    pub version: u32,
+    pub model: ModelRef,
+    pub stage: StageSpec,
+    pub device: Device,
+    pub threads: usize,
+    pub previous: Option<i32>,
+    pub next: Option<i32>,
+    pub shards: Vec<i32>,
+}
+
 /// From the coordinator to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Load `stage` of the model at `model` on `device` with `threads` compute threads (0: the
-    /// worker decides); hidden states come from rank `previous` and go to rank `next` (pipeline
-    /// neighbours), and `shards` are the ranks of the stage's tensor-parallel shards in group order.
-    Setup {
-        version: u32,
-        model: ModelRef,
-        stage: StageSpec,
-        device: Device,
-        threads: usize,
-        previous: Option<i32>,
-        next: Option<i32>,
-        shards: Vec<i32>,
-    },
+    /// The first message to a worker. bincode encodes this newtype variant as it did the
+    /// struct variant before it: the variant's index, then the fields in order.
+    Setup(Setup),
     /// Compute a micro-batch and return its scores.
     Batch { id: u64, batch: MicroBatch },
     /// Report the monitoring figures gathered so far, with the timeline when `trace` is set.
@@ -231,6 +237,28 @@ mod tests {
         let stats = WorkerStats { trace: vec![event; 200_000], ..WorkerStats::default() };
         let report = ToCoordinator::Stats { stats: Box::new(stats) };
         assert_eq!(decode::<ToCoordinator>(&encode(&report)).unwrap(), report);
+    }
+
+    #[test]
+    fn a_setup_encodes_as_the_struct_variant_did() {
+        let setup = ToWorker::Setup(Setup {
+            version: 4,
+            model: ModelRef { path: "models/m.gguf".into(), random_weights: true },
+            stage: StageSpec { layers: 2..5, embedding: false, head: true, groups: 1..3 },
+            device: Device::Cuda { cuda_aware: CudaAware::Off, precision: GpuPrecision::F32 },
+            threads: 300,
+            previous: Some(1),
+            next: None,
+            shards: vec![2, 5],
+        });
+        // The bytes of `ToWorker::Setup { .. }` with these fields, when Setup was a struct
+        // variant (protocol version 4).
+        let struct_variant = [
+            0, 4, 13, 109, 111, 100, 101, 108, 115, 47, 109, 46, 103, 103, 117, 102, 1, 2, 5, 0, 1, 1, 3, 1, 2, 1, 251,
+            44, 1, 1, 2, 0, 2, 4, 10,
+        ];
+        assert_eq!(encode(&setup), struct_variant);
+        assert_eq!(decode::<ToWorker>(&struct_variant).unwrap(), setup);
     }
 
     #[test]

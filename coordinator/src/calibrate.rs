@@ -32,18 +32,6 @@ const SEQUENCE: usize = 512;
 /// same interruptions, so the fastest would flatter them).
 const REPEATS: usize = 7;
 
-/// Deterministic values in [−0.5, 0.5): a fixed-seed LCG, enough to keep the kernels honest.
-fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let data = (0..rows * cols)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    Matrix::from_vec(rows, cols, data)
-}
-
 /// The median time of `f`'s work on `b`, each run waited for to its end.
 fn median_of<B: Backend>(b: &B, mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
     f()?;
@@ -66,15 +54,16 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     let sequences = (tokens / SEQUENCE).max(1);
     let tokens = sequences * SEQUENCE;
     let shape = BatchShape::sequences(sequences, SEQUENCE, 0);
-    let x = b.upload(random(tokens, h, 1))?;
-    let qkv_w = b.upload_weight(random(q + 2 * kv, h, 2))?;
-    let out_w: Vec<_> = (0..g).map(|k| b.upload_weight(random(h, q / g, 3 + k as u64))).collect::<Result<_, _>>()?;
-    let gate_up_w = b.upload_weight(random(2 * ffn, h, 4))?;
+    let x = b.upload(Matrix::random(tokens, h, 1, 0.5))?;
+    let qkv_w = b.upload_weight(Matrix::random(q + 2 * kv, h, 2, 0.5))?;
+    let out_w: Vec<_> =
+        (0..g).map(|k| b.upload_weight(Matrix::random(h, q / g, 3 + k as u64, 0.5))).collect::<Result<_, _>>()?;
+    let gate_up_w = b.upload_weight(Matrix::random(2 * ffn, h, 4, 0.5))?;
     let down_w = (0..g)
-        .map(|k| b.upload_weight(random(h, group_slice(ffn, g, k..k + 1).len(), 5 + k as u64)))
+        .map(|k| b.upload_weight(Matrix::random(h, group_slice(ffn, g, k..k + 1).len(), 5 + k as u64, 0.5)))
         .collect::<Result<Vec<_>, _>>()?;
-    let attended = b.upload(random(tokens, q, 6))?;
-    let act = b.upload(random(tokens, ffn, 7))?;
+    let attended = b.upload(Matrix::random(tokens, q, 6, 0.5))?;
+    let act = b.upload(Matrix::random(tokens, ffn, 7, 0.5))?;
     let matmul = median_of(b, || {
         b.matmul_t(&x, &qkv_w)?;
         b.matmul_t(&x, &gate_up_w)?;
@@ -93,12 +82,12 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         b.attention(&qkv, &trees, heads)?;
         Ok(())
     })?;
-    let norm = b.upload(random(1, h, 8))?;
+    let norm = b.upload(Matrix::random(1, h, 8, 0.5))?;
     let positions: Vec<u32> = (0..tokens).map(|i| (i % SEQUENCE) as u32).collect();
     let rope = b.rope_table(&positions, c.head_dim, c.rope_theta)?;
-    let gate_up = b.upload(random(tokens, 2 * ffn, 9))?;
-    let mut rotated = b.upload(random(tokens, q + 2 * kv, 10))?;
-    let mut sum = b.upload(random(tokens, h, 11))?;
+    let gate_up = b.upload(Matrix::random(tokens, 2 * ffn, 9, 0.5))?;
+    let mut rotated = b.upload(Matrix::random(tokens, q + 2 * kv, 10, 0.5))?;
+    let mut sum = b.upload(Matrix::random(tokens, h, 11, 0.5))?;
     // The element-wise work of one block, as the cost model counts it.
     let elementwise = median_of(b, || {
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
@@ -116,13 +105,13 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     })?;
     // The head as a stage runs it: a chunk of the backend's head rows at a time.
     let rows = b.head_rows();
-    let scored = b.upload(random(rows, h, 12))?;
-    let head_w = b.upload_weight(random(c.vocab_size, h, 13))?;
+    let scored = b.upload(Matrix::random(rows, h, 12, 0.5))?;
+    let head_w = b.upload_weight(Matrix::random(c.vocab_size, h, 13, 0.5))?;
     let head_matmul = median_of(b, || {
         b.matmul_t(&scored, &head_w)?;
         Ok(())
     })?;
-    let logits = b.upload(random(rows, c.vocab_size, 14))?;
+    let logits = b.upload(Matrix::random(rows, c.vocab_size, 14, 0.5))?;
     let targets: Vec<u32> = (0..rows as u32).collect();
     let softmax = median_of(b, || {
         b.score(&logits, &targets)?;

@@ -10,10 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use evalmesh_common::protocol::{
-    check_version, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
+    check_version, Device, ModelRef, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
-use evalmesh_worker::transport::{receive, send};
+use evalmesh_worker::comm::{receive, send};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 
 use crate::engine::{pack_micro_batches, validate_trees, EngineError, EvaluationEngine, ScoreSink};
@@ -100,7 +100,7 @@ impl<'a> DistributedEngine<'a> {
                         if spec.embedding { " + embedding" } else { "" },
                         if spec.head { " + head" } else { "" }
                     );
-                    let setup = ToWorker::Setup {
+                    let setup = ToWorker::Setup(Setup {
                         version: PROTOCOL_VERSION,
                         model: model.clone(),
                         stage: spec.clone(),
@@ -109,7 +109,7 @@ impl<'a> DistributedEngine<'a> {
                         previous: s.checked_sub(1).map(|s| rank_of(p, s, t)),
                         next: (s + 1 < layout.pp).then(|| rank_of(p, s + 1, t)),
                         shards: stage_ranks.clone(),
-                    };
+                    });
                     send(world, rank, &setup);
                     specs.insert(rank, spec.clone());
                 }

@@ -5,7 +5,9 @@
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
-use evalmesh_worker::{Backend, LlamaStage, LocalSum, StageError, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::{
+    load_stage, Forwarded, LoadError, LoadedStage, Site, StageError, StageSpec, Target, WeightSource,
+};
 
 use crate::results::EngineDetails;
 
@@ -78,29 +80,30 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
 }
 
 /// The whole model in this process, on one backend.
-pub struct LightweightEngine<B: Backend> {
-    stage: LlamaStage<B>,
+pub struct LightweightEngine {
+    stage: Box<dyn LoadedStage>,
     compute: Durations,
     spans: Spans,
     batches: u64,
     tokens: u64,
 }
 
-impl<B: Backend> LightweightEngine<B> {
-    pub fn load(source: &dyn WeightSource, backend: B) -> Result<Self, EngineError> {
-        let stage = LlamaStage::load(source, StageSpec::whole(source.config()), backend)?;
+impl LightweightEngine {
+    /// The whole model of `source` on `target` (found before the model was opened).
+    pub fn load(source: &dyn WeightSource, target: &Target) -> Result<Self, LoadError> {
+        let stage = load_stage(source, StageSpec::whole(source.config()), target, &Site::Alone)?;
         Ok(LightweightEngine { stage, compute: Durations::default(), spans: Spans::default(), batches: 0, tokens: 0 })
     }
 }
 
-impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
+impl EvaluationEngine for LightweightEngine {
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, self.stage.config())?;
         for indices in pack_micro_batches(trees, batch_tokens) {
             let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
             let batch = MicroBatch::pack(&members);
             let started = std::time::Instant::now();
-            let StageOutput::Scores(scores) = self.stage.forward(&batch, StageInput::Tokens, &mut LocalSum)? else {
+            let Forwarded::Scores(scores) = self.stage.forward(&batch, None, false)? else {
                 return Err(EngineError::NoScores);
             };
             self.spans.record(&mut self.compute, "compute", started, 0, None);
@@ -118,7 +121,7 @@ impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
     fn describe(&self) -> String {
         format!(
             "lightweight engine: one process, {} backend, {} threads, layers 0..{}",
-            self.stage.backend().name(),
+            self.stage.backend_name(),
             rayon::current_num_threads(),
             self.stage.config().num_layers
         )
@@ -129,7 +132,7 @@ impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
     }
 
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
-        let matmul = self.stage.backend().matmul_stats();
+        let matmul = self.stage.matmul_stats();
         Ok(vec![(
             0,
             WorkerStats {
@@ -137,7 +140,7 @@ impl<B: Backend> EvaluationEngine for LightweightEngine<B> {
                 tokens: self.tokens,
                 compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
-                peak_device_memory_bytes: self.stage.backend().peak_device_bytes(),
+                peak_device_memory_bytes: self.stage.peak_device_bytes(),
                 matmul_flops: matmul.flops,
                 matmul_seconds: matmul.seconds,
                 trace: if trace { self.spans.timeline.clone() } else { Vec::new() },

@@ -10,7 +10,7 @@ use clap::Parser;
 use evalmesh::cli::{is_stopped, Cli, Command};
 use evalmesh::distributed::WorkerRelease;
 use evalmesh::signals::STOPPED_EXIT_CODE;
-use evalmesh_worker::transport::NodeShare;
+use evalmesh_worker::comm::NodeShare;
 use mpi::topology::Communicator;
 
 /// mimalloc keeps freed activation buffers for reuse; glibc's malloc returns large

@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-use evalmesh_worker::transport::{send_activations, set_polling, try_receive_activations, Backoff, Polling};
-use evalmesh_worker::wire::{HostLanding, Wire};
+use evalmesh_worker::comm::{
+    send_activations, set_polling, try_receive_activations, ActivationHeader, Backoff, HostLanding, Polling, Wire,
+};
 use evalmesh_worker::Matrix;
 use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
@@ -91,20 +92,21 @@ fn activation_round_trips(world: &SimpleCommunicator, peer: Rank, m: &Matrix, n:
         let mut backoff = Backoff::default();
         loop {
             match try_receive_activations(world, peer, &HostLanding) {
-                Some(received) => return received.map(|(_, _, _, wire)| wire).map_err(PingPongError::Message),
+                Some(received) => return received.map(|activations| activations.wire).map_err(PingPongError::Message),
                 None => backoff.wait(),
             }
         }
     };
     let mut wire = Wire::host(m.data.clone());
     let started = Instant::now();
-    for id in 0..n as u64 {
+    for batch in 0..n as u64 {
+        let header = ActivationHeader { batch, rows: m.rows, cols: m.cols };
         if world.rank() == 0 {
-            send_activations(world, peer, id, m.rows, m.cols, &wire);
+            send_activations(world, peer, header, &wire);
             wire = receive()?;
         } else {
             wire = receive()?;
-            send_activations(world, peer, id, m.rows, m.cols, &wire);
+            send_activations(world, peer, header, &wire);
         }
     }
     Ok(started.elapsed().as_secs_f64())

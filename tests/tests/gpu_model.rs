@@ -11,16 +11,10 @@ use std::path::Path;
 use evalmesh_tests::{
     hellaswag_sample_args, hellaswag_samples, mpirun_command, path_str, print_output, run_evalmesh, test_model,
 };
+use evalmesh_worker::backend::cuda::{probe, skip_without_gpu};
 
 fn have_gpu() -> bool {
-    match evalmesh_worker::backend::cuda::probe(0) {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("EVALMESH_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped: no usable GPU here: {e}");
-            false
-        }
-        Err(e) => panic!("EVALMESH_REQUIRE_GPU is set, but: {e}"),
-    }
+    skip_without_gpu(probe(0)).is_some()
 }
 
 fn results(path: &Path) -> serde_json::Value {

@@ -1,17 +1,20 @@
 //! evalmesh workers: tensors and backends, weight loading (GGUF, safetensors) and the
-//! transformer stage. Workers see token ids, never text.
+//! transformer stage; loading a stage on its device ([`loaded`]), everything between
+//! ranks over MPI ([`comm`]) and a worker rank's life ([`node`]). Workers see token ids,
+//! never text.
 
 pub mod backend;
+pub mod comm;
+pub mod loaded;
 pub mod monitor;
 pub mod node;
 pub mod stage;
 pub mod tensor;
-pub mod transport;
 pub mod weights;
-pub mod wire;
 
-pub use backend::{cpu::CpuBackend, Backend, BackendError};
+pub use backend::{cpu::CpuBackend, Backend, BackendError, DeviceMemory, Transfer};
 pub use evalmesh_common::StageSpec;
+pub use loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
 pub use stage::{GroupSum, LlamaStage, LocalSum, StageError, StageInput, StageOutput};
 pub use tensor::Matrix;
 pub use weights::{WeightError, WeightSource};

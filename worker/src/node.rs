@@ -3,7 +3,7 @@
 //! compute thread runs the stage; the communication thread alone talks MPI (it receives
 //! control messages and the previous stage's activations, and sends scores and
 //! activations), so a micro-batch travels while the next one computes. Activations cross
-//! in the backend's wires (`crate::wire`): host memory on the CPU; on a GPU, device
+//! in the backend's wires (`crate::comm::wire`): host memory on the CPU; on a GPU, device
 //! memory where the MPI is CUDA-aware and pinned host buffers otherwise. Every failure
 //! goes back to the coordinator as a message, so no rank is left waiting.
 
@@ -13,23 +13,17 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use evalmesh_common::protocol::{
-    check_version, CudaAware, Device, ModelRef, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
-};
-use evalmesh_common::strategy::check_fits_gpu;
-use evalmesh_common::{MicroBatch, StageSpec, TokenScore};
+use evalmesh_common::protocol::{check_version, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
+use evalmesh_common::MicroBatch;
 use mpi::topology::{Rank, SimpleCommunicator};
 
-use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, MatmulStats};
+use crate::comm::activations::{send_activations, try_receive_activations, ActivationHeader, Activations};
+use crate::comm::control::{send, try_receive};
+use crate::comm::node_share::NodeShare;
+use crate::comm::polling::{set_polling, Backoff};
+use crate::comm::wire::{HostLanding, Landing, Outbound};
+use crate::loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
-use crate::stage::GroupSum;
-use crate::transport::{
-    mpi_is_cuda_aware, send, send_activations, set_polling, try_receive, try_receive_activations, Backoff, NodeShare,
-    ShardSum,
-};
-use crate::wire::{HostLanding, Landing, Outbound, Wire};
-use crate::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, WeightSource};
 
 const COORDINATOR: Rank = 0;
 
@@ -42,19 +36,11 @@ pub struct NodeError {
 
 /// What the communication thread hands the compute thread.
 enum Work {
-    Setup {
-        version: u32,
-        model: ModelRef,
-        stage: StageSpec,
-        device: Device,
-        threads: usize,
-        next: Option<Rank>,
-        shards: Vec<Rank>,
-    },
+    Setup(Setup),
     Batch {
         id: u64,
         batch: MicroBatch,
-        hidden: Option<Received>,
+        hidden: Option<Activations>,
     },
     /// Report the figures; the communication thread adds its send times and spans.
     Report {
@@ -64,13 +50,6 @@ enum Work {
     },
     Broken(String),
     Shutdown,
-}
-
-/// The previous stage's `rows × cols` hidden states, landed in a wire of the stage's backend.
-struct Received {
-    rows: usize,
-    cols: usize,
-    wire: Wire,
 }
 
 /// What the compute thread hands the communication thread.
@@ -106,7 +85,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let mut previous: Option<Rank> = None;
     let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
     let (mut send_times, mut send_spans) = (Durations::default(), Spans::default());
-    let mut activations: VecDeque<(u64, Received)> = VecDeque::new();
+    let mut activations: VecDeque<Activations> = VecDeque::new();
     let mut landing: Arc<dyn Landing> = Arc::new(HostLanding);
     let mut backoff = Backoff::default();
     loop {
@@ -114,9 +93,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
             busy = true;
             let forward = match message {
-                Ok(ToWorker::Setup { version, model, stage, device, threads, previous: p, next, shards }) => {
-                    previous = p;
-                    Some(Work::Setup { version, model, stage, device, threads, next, shards })
+                Ok(ToWorker::Setup(setup)) => {
+                    previous = setup.previous;
+                    Some(Work::Setup(setup))
                 }
                 Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
                     batches.push_back((id, batch));
@@ -137,7 +116,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             while let Some(received) = try_receive_activations(&world, from, landing.as_ref()) {
                 busy = true;
                 match received {
-                    Ok((id, rows, cols, wire)) => activations.push_back((id, Received { rows, cols, wire })),
+                    Ok(received) => activations.push_back(received),
                     Err(problem) => {
                         let _ = work.send(Work::Broken(problem));
                     }
@@ -145,13 +124,13 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             }
         }
         while !batches.is_empty() && !activations.is_empty() {
-            let (Some((id, batch)), Some((hidden_id, hidden))) = (batches.pop_front(), activations.pop_front()) else {
+            let (Some((id, batch)), Some(hidden)) = (batches.pop_front(), activations.pop_front()) else {
                 break;
             };
-            let w = if id == hidden_id {
+            let w = if id == hidden.header.batch {
                 Work::Batch { id, batch, hidden: Some(hidden) }
             } else {
-                Work::Broken(format!("activations of micro-batch {hidden_id} arrived for micro-batch {id}"))
+                Work::Broken(format!("activations of micro-batch {} arrived for micro-batch {id}", hidden.header.batch))
             };
             let _ = work.send(w);
         }
@@ -167,9 +146,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     None
                 }
                 Ok(Outgoing::Activations { to, id, hidden }) => {
-                    let (rows, cols) = (hidden.rows, hidden.cols);
+                    let header = ActivationHeader { batch: id, rows: hidden.rows, cols: hidden.cols };
                     match hidden.ready() {
-                        Ok(wire) => send_activations(&world, to, id, rows, cols, &wire),
+                        Ok(wire) => send_activations(&world, to, header, &wire),
                         Err(e) => {
                             let _ = work.send(Work::Broken(format!("micro-batch {id}'s activations: {e}")));
                         }
@@ -208,12 +187,11 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         let waiting = Instant::now();
         let Ok(w) = work.recv() else { break };
         match w {
-            Work::Setup { version, model, stage: spec, device, threads, next: n, shards } => {
-                next = n;
-                let threads = if threads == 0 { node.threads() } else { threads };
+            Work::Setup(setup) => {
+                next = setup.next;
+                let threads = if setup.threads == 0 { node.threads() } else { setup.threads };
                 set_polling(node.polling(threads));
-                let place = Place { rank, node_index: node.index, threads, shards };
-                match load(version, &model, spec, device, &place) {
+                match load(setup, threads, rank, node.index) {
                     Ok((loaded, bytes_read, load_seconds)) => {
                         let spec = loaded.spec();
                         log::info!(
@@ -242,15 +220,15 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                 batches += 1;
                 tokens += batch.tokens.len() as u64;
                 let started = Instant::now();
-                match stage.forward(&batch, hidden, next) {
-                    Ok(Computed::Scores(scores)) => {
+                match (stage.forward(&batch, hidden, next.is_some()), next) {
+                    (Ok(Forwarded::Scores(scores)), _) => {
                         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id, scores }));
                     }
-                    Ok(Computed::Hidden { to, hidden }) => {
+                    (Ok(Forwarded::Hidden(hidden)), Some(to)) => {
                         let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
                     }
-                    Ok(Computed::Nothing) => {}
-                    Err(message) => fail(message),
+                    (Ok(Forwarded::Hidden(_) | Forwarded::Summed), _) => {}
+                    (Err(e), _) => fail(e.to_string()),
                 }
                 spans.record(&mut compute_times, "compute", started, 0, Some(id));
             }
@@ -278,156 +256,27 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
     failure.map_or(Ok(()), Err)
 }
 
-/// What a micro-batch's forward pass hands on.
-enum Computed {
-    Scores(Vec<TokenScore>),
-    /// Hidden states for the next stage's rank `to`.
-    Hidden {
-        to: Rank,
-        hidden: Outbound,
-    },
-    /// A shard of the last stage without the head: its part went into the shards' sums.
-    Nothing,
-}
-
-/// A loaded stage on whatever backend the setup chose, with its shards' sums.
-trait LoadedStage {
-    fn spec(&self) -> &StageSpec;
-    fn device(&self) -> &str;
-    /// One micro-batch: from tokens (`hidden` absent) or the previous stage's hidden states;
-    /// hidden states out go to `next`, the next stage's rank, if there is one.
-    fn forward(&mut self, batch: &MicroBatch, hidden: Option<Received>, next: Option<Rank>)
-        -> Result<Computed, String>;
-    /// Where the previous stage's hidden states land.
-    fn landing(&self) -> Arc<dyn Landing>;
-    fn matmul_stats(&self) -> MatmulStats;
-    fn peak_device_bytes(&self) -> u64;
-}
-
-struct Loaded<B: Backend> {
-    stage: LlamaStage<B>,
-    sums: Box<dyn GroupSum<B>>,
-    device: String,
-}
-
-impl<B: Backend> LoadedStage for Loaded<B> {
-    fn spec(&self) -> &StageSpec {
-        self.stage.spec()
-    }
-
-    fn device(&self) -> &str {
-        &self.device
-    }
-
-    fn forward(
-        &mut self,
-        batch: &MicroBatch,
-        hidden: Option<Received>,
-        next: Option<Rank>,
-    ) -> Result<Computed, String> {
-        let backend = self.stage.backend();
-        let input = match hidden {
-            Some(h) => StageInput::Hidden(backend.adopt(h.wire, h.rows, h.cols).map_err(|e| e.to_string())?),
-            None => StageInput::Tokens,
-        };
-        match (self.stage.forward(batch, input, self.sums.as_mut()).map_err(|e| e.to_string())?, next) {
-            (StageOutput::Scores(scores), _) => Ok(Computed::Scores(scores)),
-            (StageOutput::Hidden(h), Some(to)) => {
-                Ok(Computed::Hidden { to, hidden: backend.send_out(h).map_err(|e| e.to_string())? })
-            }
-            (StageOutput::Hidden(_), None) => Ok(Computed::Nothing),
-        }
-    }
-
-    fn landing(&self) -> Arc<dyn Landing> {
-        self.stage.backend().landing()
-    }
-
-    fn matmul_stats(&self) -> MatmulStats {
-        self.stage.backend().matmul_stats()
-    }
-
-    fn peak_device_bytes(&self) -> u64 {
-        self.stage.backend().peak_device_bytes()
-    }
-}
-
-/// Where a worker sits: its rank, its place among its node's workers, its threads, and the
-/// ranks of its stage's shards.
-struct Place {
+/// Loads the stage of `setup` with `threads` compute threads for worker `node_index` of
+/// its node; returns it with the bytes read from the model and the seconds taken.
+fn load(
+    setup: Setup,
+    threads: usize,
     rank: Rank,
     node_index: usize,
-    threads: usize,
-    shards: Vec<Rank>,
-}
-
-/// Loads a stage on `device`; returns it with the bytes read from the model and the seconds taken.
-fn load(
-    version: u32,
-    model: &ModelRef,
-    spec: StageSpec,
-    device: Device,
-    place: &Place,
 ) -> Result<(Box<dyn LoadedStage>, u64, f64), String> {
     let started = Instant::now();
-    check_version(version).map_err(|e| e.to_string())?;
-    rayon::ThreadPoolBuilder::new().num_threads(place.threads).build_global().map_err(|e| e.to_string())?;
+    check_version(setup.version).map_err(|e| e.to_string())?;
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    let model = &setup.model;
     let source =
         crate::weights::open(std::path::Path::new(&model.path), model.random_weights).map_err(|e| e.to_string())?;
-    let loaded: Box<dyn LoadedStage> = match device {
-        Device::Cpu => Box::new(load_on(source.as_ref(), spec, CpuBackend::default(), "cpu".into(), place)?),
-        Device::Cuda { cuda_aware, precision } => {
-            let gpu = crate::backend::cuda::probe_local(place.node_index).map_err(|e| e.to_string())?;
-            check_fits_gpu(source.config(), &spec, gpu.memory_bytes, precision).map_err(|e| {
-                format!("GPU {} ({}, {} GB): {e}", gpu.ordinal, gpu.name, gpu.memory_bytes / 1_000_000_000)
-            })?;
-            let device_memory = match cuda_aware {
-                CudaAware::On => {
-                    if !mpi_is_cuda_aware() {
-                        log::warn!(
-                            "rank {}: --cuda-aware on, but this MPI does not say it is CUDA-aware \
-                             (MPIX_Query_cuda_support); if it is not, sending device memory will fail in MPI",
-                            place.rank
-                        );
-                    }
-                    true
-                }
-                CudaAware::Off => false,
-                CudaAware::Auto => mpi_is_cuda_aware(),
-            };
-            log::info!(
-                "rank {}: worker {} of its node takes GPU {} of {} ({}); activations pass to MPI {} (--cuda-aware {cuda_aware:?})",
-                place.rank,
-                place.node_index,
-                gpu.ordinal,
-                gpu.visible,
-                gpu.name,
-                if device_memory { "in device memory" } else { "through pinned host buffers" },
-            );
-            let backend = CudaBackend::new(gpu.ordinal, precision).map_err(|e| e.to_string())?;
-            backend.pass_device_memory_to_mpi(device_memory);
-            Box::new(load_on(source.as_ref(), spec, backend, format!("GPU {} ({})", gpu.ordinal, gpu.name), place)?)
+    let target = Target::find(setup.device, node_index).map_err(|e| e.to_string())?;
+    let site = Site::Worker { rank, node_index, shards: setup.shards };
+    let loaded = load_stage(source.as_ref(), setup.stage, &target, &site).map_err(|e| match e {
+        LoadError::TooBig { gpu, error } => {
+            format!("GPU {} ({}, {} GB): {error}", gpu.ordinal, gpu.name, gpu.memory_bytes / 1_000_000_000)
         }
-    };
+        e => e.to_string(),
+    })?;
     Ok((loaded, source.bytes_read().load(Ordering::Relaxed), started.elapsed().as_secs_f64()))
-}
-
-fn load_on<B: Backend + 'static>(
-    source: &dyn WeightSource,
-    spec: StageSpec,
-    backend: B,
-    device: String,
-    place: &Place,
-) -> Result<Loaded<B>, String> {
-    let stage = LlamaStage::load(source, spec, backend).map_err(|e| e.to_string())?;
-    let sums: Box<dyn GroupSum<B>> = match place.shards.iter().position(|&r| r == place.rank) {
-        Some(index) if place.shards.len() > 1 => Box::new(ShardSum {
-            comm: SimpleCommunicator::world(),
-            shards: place.shards.clone(),
-            index,
-            width: stage.config().hidden_size,
-        }),
-        _ => Box::new(LocalSum),
-    };
-    Ok(Loaded { stage, sums, device })
 }

@@ -1,6 +1,8 @@
-//! The Llama-family transformer stage (DESIGN §3): a contiguous range of blocks,
-//! optionally with the token embedding in front and the final norm, LM head and
+//! The Llama-family transformer stage (docs/ARCHITECTURE.md §3): a contiguous range of
+//! blocks, optionally with the token embedding in front and the final norm, LM head and
 //! scoring behind, over some or all of the model's groups (`evalmesh_common::plan`).
+//! Each block is two named sublayers, [`Attention`] and [`FeedForward`], each loaded and
+//! run on its own and added to the residual stream by [`Block::forward`].
 //! The single process runs one stage over all layers and groups; a pipeline splits the
 //! layers over several stages, tensor parallelism the groups over several shards, whose
 //! row-parallel sums a [`GroupSum`] completes in group order.
@@ -9,9 +11,10 @@ use std::sync::Arc;
 
 use std::ops::Range;
 
-use evalmesh_common::{group_slice, MicroBatch, ModelConfig, StageSpec, TokenScore};
+use evalmesh_common::{group_slice, MicroBatch, ModelConfig, StageSpec, TokenScore, TreeLayout};
 
-use crate::backend::{Backend, BackendError, HeadLayout};
+use crate::backend::error::BackendError;
+use crate::backend::{Backend, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::random::seed_of;
 use crate::weights::{load, load_part, LayerTensor, TensorId, WeightError, WeightSource};
@@ -77,49 +80,114 @@ pub fn fold<B: Backend>(
 
 /// A row-parallel weight cut by group: each group's input columns (within this
 /// worker's share of them) and its slice of the weight.
-struct ByGroup<W> {
-    parts: Vec<(Range<usize>, W)>,
+struct ByGroup<B: Backend> {
+    parts: Vec<(Range<usize>, B::Weight)>,
 }
 
-struct Block<B: Backend> {
-    attn_norm: B::Tensor,
+impl<B: Backend> ByGroup<B> {
+    /// `x · wᵀ` summed over the groups: one product per group, completed by `sums`.
+    fn forward(&self, b: &B, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+        let partials = self.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, cols.clone())?, part)?));
+        let partials = partials.collect::<Result<Vec<_>, StageError>>()?;
+        sums.sum(b, partials)
+    }
+}
+
+/// What every block shares in one micro-batch's pass.
+struct Pass<'a, B: Backend> {
+    backend: &'a B,
+    config: &'a ModelConfig,
+    /// This worker's heads of the fused QKV activation.
+    heads: HeadLayout,
+    /// The rotary table of the micro-batch's positions.
+    rope: B::Tensor,
+    trees: &'a [TreeLayout],
+}
+
+/// The attention sublayer: `attention(norm(x))`, its output projection summed by group.
+struct Attention<B: Backend> {
+    norm: B::Tensor,
     /// This worker's rows of the Q, K and V projections stacked.
     qkv: B::Weight,
-    out: ByGroup<B::Weight>,
-    ffn_norm: B::Tensor,
+    out: ByGroup<B>,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(weights: &Weights<'_, B>, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
+        let c = weights.source.config();
+        let (q, kv) = (c.q_dim(), c.kv_dim());
+        Ok(Attention {
+            norm: weights.norm(TensorId::Layer(layer, LayerTensor::AttnNorm))?,
+            qkv: weights.stacked(layer, groups, &[(LayerTensor::Q, q), (LayerTensor::K, kv), (LayerTensor::V, kv)])?,
+            out: weights.by_group(layer, groups, LayerTensor::O, q)?,
+        })
+    }
+
+    fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+        let (b, c, heads) = (pass.backend, pass.config, pass.heads);
+        let h = b.rms_norm(x, &self.norm, c.rms_norm_eps)?;
+        let mut qkv = b.matmul_t(&h, &self.qkv)?;
+        b.apply_rope(&mut qkv, &pass.rope, heads.q_cols().start..heads.k_cols().end, c.head_dim, c.rope_style)?;
+        let attended = b.attention(&qkv, pass.trees, heads)?;
+        self.out.forward(b, &attended, sums)
+    }
+}
+
+/// The feed-forward sublayer: `down(silu(gate(norm(x))) · up(norm(x)))`, its down
+/// projection summed by group.
+struct FeedForward<B: Backend> {
+    norm: B::Tensor,
     /// This worker's rows of the gate and up projections stacked.
     gate_up: B::Weight,
-    down: ByGroup<B::Weight>,
+    down: ByGroup<B>,
+}
+
+impl<B: Backend> FeedForward<B> {
+    fn load(weights: &Weights<'_, B>, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
+        let ffn = weights.source.config().intermediate_size;
+        Ok(FeedForward {
+            norm: weights.norm(TensorId::Layer(layer, LayerTensor::FfnNorm))?,
+            gate_up: weights.stacked(layer, groups, &[(LayerTensor::Gate, ffn), (LayerTensor::Up, ffn)])?,
+            down: weights.by_group(layer, groups, LayerTensor::Down, ffn)?,
+        })
+    }
+
+    fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+        let b = pass.backend;
+        let h = b.rms_norm(x, &self.norm, pass.config.rms_norm_eps)?;
+        let act = b.silu_mul(&b.matmul_t(&h, &self.gate_up)?)?;
+        self.down.forward(b, &act, sums)
+    }
+}
+
+/// A transformer block: attention, then feed-forward, each added to the residual stream.
+struct Block<B: Backend> {
+    attention: Attention<B>,
+    feed_forward: FeedForward<B>,
 }
 
 impl<B: Backend> Block<B> {
     /// Loads the block's tensors, only the parts of `groups`.
     fn load(weights: &Weights<'_, B>, layer: usize, groups: &Range<usize>) -> Result<Self, StageError> {
-        let c = weights.source.config();
-        let g = c.num_kv_heads;
-        let id = |t: LayerTensor| TensorId::Layer(layer, t);
-        let stacked = |parts: &[(LayerTensor, usize)]| {
-            let parts: Vec<_> = parts.iter().map(|&(t, size)| (id(t), group_slice(size, g, groups.clone()))).collect();
-            weights.matrix(&parts, 0..c.hidden_size)
-        };
-        let by_group = |t: LayerTensor, size: usize| -> Result<ByGroup<B::Weight>, StageError> {
-            let local = group_slice(size, g, groups.clone()).start;
-            let parts = groups.clone().map(|k| {
-                let cols = group_slice(size, g, k..k + 1);
-                let weight = weights.matrix(&[(id(t), 0..id(t).shape(c).0)], cols.clone())?;
-                Ok((cols.start - local..cols.end - local, weight))
-            });
-            Ok(ByGroup { parts: parts.collect::<Result<_, StageError>>()? })
-        };
-        let (q, kv, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         Ok(Block {
-            attn_norm: weights.norm(id(LayerTensor::AttnNorm))?,
-            qkv: stacked(&[(LayerTensor::Q, q), (LayerTensor::K, kv), (LayerTensor::V, kv)])?,
-            out: by_group(LayerTensor::O, q)?,
-            ffn_norm: weights.norm(id(LayerTensor::FfnNorm))?,
-            gate_up: stacked(&[(LayerTensor::Gate, ffn), (LayerTensor::Up, ffn)])?,
-            down: by_group(LayerTensor::Down, ffn)?,
+            attention: Attention::load(weights, layer, groups)?,
+            feed_forward: FeedForward::load(weights, layer, groups)?,
         })
+    }
+
+    /// `x + attention(x)`, then `+ feed_forward(x)`, on the residual stream `residual`.
+    fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        mut residual: B::Tensor,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
+        let b = pass.backend;
+        let attended = self.attention.forward(pass, &residual, sums)?;
+        b.add_assign(&mut residual, &attended)?;
+        let fed_forward = self.feed_forward.forward(pass, &residual, sums)?;
+        b.add_assign(&mut residual, &fed_forward)?;
+        Ok(residual)
     }
 }
 
@@ -151,6 +219,42 @@ impl<B: Backend> Weights<'_, B> {
             .collect::<Result<Vec<_>, _>>()?;
         let matrix = if read.len() == 1 { read.remove(0) } else { Matrix::vstack(&read) };
         Ok(self.backend.upload_weight(matrix)?)
+    }
+
+    /// The rows of `parts` of a layer stacked, each tensor's rows of `groups` (a tensor of
+    /// `size` rows cut into the model's groups), by all the hidden columns.
+    fn stacked(
+        &self,
+        layer: usize,
+        groups: &Range<usize>,
+        parts: &[(LayerTensor, usize)],
+    ) -> Result<B::Weight, StageError> {
+        let c = self.source.config();
+        let parts: Vec<_> = parts
+            .iter()
+            .map(|&(t, size)| (TensorId::Layer(layer, t), group_slice(size, c.num_kv_heads, groups.clone())))
+            .collect();
+        self.matrix(&parts, 0..c.hidden_size)
+    }
+
+    /// A layer's row-parallel tensor `t`, whose `size` input columns are cut into the
+    /// model's groups: one weight per group of `groups`.
+    fn by_group(
+        &self,
+        layer: usize,
+        groups: &Range<usize>,
+        t: LayerTensor,
+        size: usize,
+    ) -> Result<ByGroup<B>, StageError> {
+        let c = self.source.config();
+        let (g, id) = (c.num_kv_heads, TensorId::Layer(layer, t));
+        let local = group_slice(size, g, groups.clone()).start;
+        let parts = groups.clone().map(|k| {
+            let cols = group_slice(size, g, k..k + 1);
+            let weight = self.matrix(&[(id, 0..id.shape(c).0)], cols.clone())?;
+            Ok((cols.start - local..cols.end - local, weight))
+        });
+        Ok(ByGroup { parts: parts.collect::<Result<_, StageError>>()? })
     }
 
     /// A whole tensor (the embedding or the head).
@@ -256,15 +360,9 @@ impl<B: Backend> LlamaStage<B> {
         let heads =
             HeadLayout { num_heads: c.num_heads / c.num_kv_heads * groups, num_kv_heads: groups, head_dim: c.head_dim };
         let rope = b.rope_table(&batch.positions(), c.head_dim, c.rope_theta)?;
+        let pass = Pass { backend: b, config: c, heads, rope, trees: &batch.trees };
         for block in &self.blocks {
-            let h = b.rms_norm(&x, &block.attn_norm, c.rms_norm_eps)?;
-            let mut qkv = b.matmul_t(&h, &block.qkv)?;
-            b.apply_rope(&mut qkv, &rope, heads.q_cols().start..heads.k_cols().end, c.head_dim, c.rope_style)?;
-            let attended = b.attention(&qkv, &batch.trees, heads)?;
-            b.add_assign(&mut x, &self.row_parallel(&attended, &block.out, sums)?)?;
-            let h = b.rms_norm(&x, &block.ffn_norm, c.rms_norm_eps)?;
-            let act = b.silu_mul(&b.matmul_t(&h, &block.gate_up)?)?;
-            b.add_assign(&mut x, &self.row_parallel(&act, &block.down, sums)?)?;
+            x = block.forward(&pass, x, sums)?;
         }
         let Some(head) = &self.head else {
             return Ok(StageOutput::Hidden(x));
@@ -281,18 +379,5 @@ impl<B: Backend> LlamaStage<B> {
             return Err(StageError::NonFiniteScores { count, total: scores.len() });
         }
         Ok(StageOutput::Scores(scores))
-    }
-
-    /// `x · wᵀ` summed over the groups: one product per group, completed by `sums`.
-    fn row_parallel(
-        &self,
-        x: &B::Tensor,
-        w: &ByGroup<B::Weight>,
-        sums: &mut dyn GroupSum<B>,
-    ) -> Result<B::Tensor, StageError> {
-        let b = &self.backend;
-        let partials = w.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, cols.clone())?, part)?));
-        let partials = partials.collect::<Result<Vec<_>, StageError>>()?;
-        sums.sum(b, partials)
     }
 }

@@ -1,5 +1,6 @@
 //! `Matrix`: a row-major f32 matrix in host memory. It is what weight loaders produce
-//! and the CPU backend's tensor.
+//! and the CPU backend's tensor. Random matrices (`Matrix::random`) are drawn in
+//! `weights::random`, next to the stream they come from.
 
 /// Row-major `rows × cols` f32 values.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,9 +8,9 @@
 
 use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TreeLayout};
-use evalmesh_worker::backend::cuda::{probe, CudaBackend, MATMUL_ROWS};
+use evalmesh_worker::backend::cuda::{probe, skip_without_gpu, CudaBackend, MATMUL_ROWS};
 use evalmesh_worker::backend::HeadLayout;
-use evalmesh_worker::{Backend, CpuBackend, Matrix};
+use evalmesh_worker::{Backend, CpuBackend, DeviceMemory, Matrix};
 
 /// The GPU backend, or `None` (with the reason printed) where there is no usable GPU.
 fn gpu() -> Option<CudaBackend> {
@@ -19,30 +19,9 @@ fn gpu() -> Option<CudaBackend> {
 
 /// The GPU backend multiplying in `precision`, as [`gpu`].
 fn gpu_in(precision: GpuPrecision) -> Option<CudaBackend> {
-    let found = probe(0).and_then(|_| CudaBackend::new(0, precision));
-    match found {
-        Ok(backend) => {
-            backend.poison_outputs(true);
-            Some(backend)
-        }
-        Err(e) if std::env::var_os("EVALMESH_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped: no usable GPU here: {e}");
-            None
-        }
-        Err(e) => panic!("EVALMESH_REQUIRE_GPU is set, but: {e}"),
-    }
-}
-
-/// Values in [−scale, scale) from a fixed-seed generator (a fresh seed per test input).
-fn random(rows: usize, cols: usize, seed: u64, scale: f32) -> Matrix {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let data = (0..rows * cols)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Matrix::from_vec(rows, cols, data)
+    let backend = skip_without_gpu(probe(0).and_then(|_| CudaBackend::new(0, precision)))?;
+    backend.poison_outputs(true);
+    Some(backend)
 }
 
 /// The same values rounded to bf16, as the GPU stores weights and multiplies activations.
@@ -70,8 +49,8 @@ fn matmul_matches_the_cpu_on_the_same_bf16_operands() {
     let cpu = CpuBackend::default();
     // Rows across a block edge; K and N of the test model's shapes and odd ones.
     for (m, k, n, seed) in [(3, 64, 40, 1), (MATMUL_ROWS + 5, 576, 1536, 2), (300, 130, 200, 3)] {
-        let x = random(m, k, seed, 1.0);
-        let w = random(n, k, seed + 100, 1.0);
+        let x = Matrix::random(m, k, seed, 1.0);
+        let w = Matrix::random(n, k, seed + 100, 1.0);
         let got = gpu
             .download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &gpu.upload_weight(w.clone()).unwrap()).unwrap())
             .unwrap();
@@ -87,8 +66,8 @@ fn the_f32_path_multiplies_as_the_cpu_does() {
     let Some(gpu) = gpu_in(GpuPrecision::F32) else { return };
     let cpu = CpuBackend::default();
     for (m, k, n, seed) in [(3, 64, 40, 11), (MATMUL_ROWS + 5, 576, 1536, 12)] {
-        let x = random(m, k, seed, 1.0);
-        let w = random(n, k, seed + 100, 1.0);
+        let x = Matrix::random(m, k, seed, 1.0);
+        let w = Matrix::random(n, k, seed + 100, 1.0);
         let got = gpu
             .download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &gpu.upload_weight(w.clone()).unwrap()).unwrap())
             .unwrap();
@@ -98,7 +77,7 @@ fn the_f32_path_multiplies_as_the_cpu_does() {
         assert_close(&format!("f32 matmul {m}×{k}·({n}×{k})ᵀ"), &got, &want, 1e-4);
     }
     // The embedding reads f32 rows unchanged.
-    let table = random(50, 24, 13, 1.0);
+    let table = Matrix::random(50, 24, 13, 1.0);
     let ids = [7u32, 0, 49, 7];
     let got = gpu.download(&gpu.embed(&gpu.upload_weight(table.clone()).unwrap(), &ids).unwrap()).unwrap();
     assert_close("f32 embedding", &got, &cpu.embed(&cpu.upload_weight(table).unwrap(), &ids).unwrap(), 0.0);
@@ -126,8 +105,8 @@ fn random_weights_are_the_cpus_drawn_on_the_device() {
 #[test]
 fn matmul_rows_do_not_depend_on_the_batch() {
     let Some(gpu) = gpu() else { return };
-    let w = gpu.upload_weight(random(1536, 576, 4, 1.0)).unwrap();
-    let x = random(MATMUL_ROWS + 900, 576, 5, 1.0);
+    let w = gpu.upload_weight(Matrix::random(1536, 576, 4, 1.0)).unwrap();
+    let x = Matrix::random(MATMUL_ROWS + 900, 576, 5, 1.0);
     let all = gpu.download(&gpu.matmul_t(&gpu.upload(x.clone()).unwrap(), &w).unwrap()).unwrap();
     for rows in [1usize, 2, 17, 513, MATMUL_ROWS, MATMUL_ROWS + 1] {
         let part = Matrix::from_vec(rows, 576, x.data[..rows * 576].to_vec());
@@ -141,9 +120,9 @@ fn matmul_rows_do_not_depend_on_the_batch() {
 fn element_wise_ops_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::default();
-    let x = random(37, 576, 6, 3.0);
+    let x = Matrix::random(37, 576, 6, 3.0);
     let gx = gpu.upload(x.clone()).unwrap();
-    let norm = random(1, 576, 7, 1.0);
+    let norm = Matrix::random(1, 576, 7, 1.0);
     // f32 throughout; the sums of squares are taken in another order (and the CPU finishes
     // in f64): a few ulps.
     assert_close(
@@ -152,7 +131,7 @@ fn element_wise_ops_match_the_cpu() {
         &cpu.rms_norm(&x, &norm, 1e-5).unwrap(),
         1e-5,
     );
-    let gate_up = random(37, 2 * 300, 8, 6.0);
+    let gate_up = Matrix::random(37, 2 * 300, 8, 6.0);
     // expf on the GPU and the CPU's polynomial exp agree within a few ulps.
     assert_close(
         "silu_mul",
@@ -160,7 +139,7 @@ fn element_wise_ops_match_the_cpu() {
         &cpu.silu_mul(&gate_up).unwrap(),
         1e-5,
     );
-    let y = random(37, 576, 9, 3.0);
+    let y = Matrix::random(37, 576, 9, 3.0);
     let mut sum = gpu.upload(x.clone()).unwrap();
     gpu.add_assign(&mut sum, &gpu.upload(y.clone()).unwrap()).unwrap();
     let mut want = x.clone();
@@ -181,7 +160,7 @@ fn element_wise_ops_match_the_cpu() {
         &cpu.columns(&x, 64..256).unwrap(),
         0.0,
     );
-    let table = random(1000, 576, 10, 1.0);
+    let table = Matrix::random(1000, 576, 10, 1.0);
     let ids = [999u32, 0, 17, 17, 500];
     // The GPU's table is bf16: the same rows of the rounded table, exactly.
     assert_close(
@@ -198,7 +177,7 @@ fn rope_matches_the_cpu_in_both_conventions() {
     let cpu = CpuBackend::default();
     let positions: Vec<u32> = (0..29).map(|i| (i * 37) % 2000).collect();
     for style in [RopeStyle::AdjacentPairs, RopeStyle::RotateHalf] {
-        let x = random(29, 9 * 64 + 2 * 3 * 64, 11, 2.0);
+        let x = Matrix::random(29, 9 * 64 + 2 * 3 * 64, 11, 2.0);
         let cols = 0..12 * 64;
         let mut g = gpu.upload(x.clone()).unwrap();
         gpu.apply_rope(&mut g, &gpu.rope_table(&positions, 64, 1e4).unwrap(), cols.clone(), 64, style).unwrap();
@@ -221,7 +200,7 @@ fn attention_over_trees_matches_the_cpu() {
         TreeLayout { start: 70, prefix_len: 33, branch_lens: vec![5, 1, 40] },
         TreeLayout { start: 149, prefix_len: 1, branch_lens: vec![2] },
     ];
-    let qkv = random(152, heads.width(), 12, 2.0);
+    let qkv = Matrix::random(152, heads.width(), 12, 2.0);
     let got = gpu.download(&gpu.attention(&gpu.upload(qkv.clone()).unwrap(), &trees, heads).unwrap()).unwrap();
     let want = cpu.attention(&qkv, &trees, heads).unwrap();
     // f32 throughout with another summation order and an online softmax: weighted means of
@@ -233,7 +212,7 @@ fn attention_over_trees_matches_the_cpu() {
 fn scores_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::default();
-    let mut logits = random(40, 49152, 13, 8.0);
+    let mut logits = Matrix::random(40, 49152, 13, 8.0);
     // A tie for the maximum: the first index wins on both.
     logits.data[3 * 49152 + 10] = 20.0;
     logits.data[3 * 49152 + 20] = 20.0;
@@ -253,13 +232,13 @@ fn the_pool_stops_allocating_once_warm() {
     let Some(gpu) = gpu() else { return };
     let mut warm = None;
     {
-        let w = gpu.upload_weight(random(1536, 576, 14, 1.0)).unwrap();
-        let norm = gpu.upload(random(1, 576, 15, 1.0)).unwrap();
+        let w = gpu.upload_weight(Matrix::random(1536, 576, 14, 1.0)).unwrap();
+        let norm = gpu.upload(Matrix::random(1, 576, 15, 1.0)).unwrap();
         for step in 0..100 {
             // Micro-batches of ten lengths in turn, as a run packs them: every shape is seen
             // in the first ten steps.
             let rows = 200 + (step % 10) * 50;
-            let x = gpu.upload(random(rows, 576, 16 + step as u64, 1.0)).unwrap();
+            let x = gpu.upload(Matrix::random(rows, 576, 16 + step as u64, 1.0)).unwrap();
             let h = gpu.rms_norm(&x, &norm, 1e-5).unwrap();
             let act = gpu.silu_mul(&gpu.matmul_t(&h, &w).unwrap()).unwrap();
             gpu.download(&act).unwrap();

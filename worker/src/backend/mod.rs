@@ -1,28 +1,26 @@
-//! The compute backend: one small op set ([`Backend`]) that the transformer stage is
-//! written against, and its implementations: [`cpu`], and [`cuda`]'s behind the `cuda`
-//! cargo feature. Every op keeps each row's arithmetic independent of the other rows, so a
-//! request's scores do not depend on the batch it was packed in.
+//! The compute backend, split by concern: the arithmetic the transformer stage is written
+//! against ([`Backend`], here), the memory its tensors and weights live in
+//! ([`DeviceMemory`], [`memory`]) and the way its activations leave for and arrive from
+//! other ranks ([`Transfer`], [`transfer`]); how they fail ([`BackendError`], [`error`]).
+//! The implementations: [`cpu`], and [`cuda`]'s behind the `cuda` cargo feature. Every op
+//! keeps each row's arithmetic independent of the other rows, so a request's scores do not
+//! depend on the batch it was packed in.
 
 pub mod cpu;
 pub mod cuda;
+pub mod error;
+pub mod memory;
+pub mod transfer;
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
-use rayon::prelude::*;
+
+pub use error::BackendError;
+pub use memory::DeviceMemory;
+pub use transfer::Transfer;
 
 use crate::tensor::Matrix;
-use crate::weights::random::random_unit;
-use crate::wire::{HostLanding, Landing, Outbound, Wire};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("backend `{backend}`: {problem}")]
-    Failed { backend: &'static str, problem: String },
-    #[error("this evalmesh was built without CUDA: rebuild with `cargo build --release --features cuda` (no CUDA toolkit needed to build), or run with --device cpu")]
-    CudaNotCompiled,
-}
 
 /// The arithmetic version: bumped with every change that moves any score's bits (an order
 /// of summation, a kernel), so that a resumed run never mixes scores of two builds.
@@ -92,19 +90,10 @@ impl MatmulStats {
     }
 }
 
-/// Activations are matrices of rows (tokens) by features. Matrix-product weights are
-/// given as `out × in` and kept in whatever layout suits the backend.
-pub trait Backend: Send + Sync {
-    type Tensor: Send + Sync;
-    type Weight: Send + Sync;
-
-    fn name(&self) -> &'static str;
-    fn upload(&self, m: Matrix) -> Result<Self::Tensor, BackendError>;
-    /// Takes an `out × in` weight for [`Backend::matmul_t`] and [`Backend::embed`].
-    fn upload_weight(&self, w: Matrix) -> Result<Self::Weight, BackendError>;
-    fn download(&self, t: &Self::Tensor) -> Result<Matrix, BackendError>;
-    fn rows(&self, t: &Self::Tensor) -> usize;
-
+/// The arithmetic of a backend on the tensors and weights of its [`DeviceMemory`]:
+/// activations are matrices of rows (tokens) by features, and matrix-product weights are
+/// given as `out × in`.
+pub trait Backend: DeviceMemory + Transfer {
     /// Rows `ids` of `table` (an embedding, `vocab × hidden`).
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// `x · wᵀ` for `x` of `M × K` and `w` of `N × K`.
@@ -137,49 +126,10 @@ pub trait Backend: Send + Sync {
     fn columns(&self, x: &Self::Tensor, cols: Range<usize>) -> Result<Self::Tensor, BackendError>;
     /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
-    /// Waits until every op queued so far is done (a GPU queues ops and returns at once).
-    fn synchronize(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
     /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.
     fn matmul_stats(&self) -> MatmulStats;
-    /// The most device memory held so far (weights and buffers), where the backend has its own.
-    fn peak_device_bytes(&self) -> u64 {
-        0
-    }
-    /// A `rows × cols` weight of `scale · random_unit(seed, i)` for its values in row-major
-    /// order (a random model's: `weights::random`), drawn on the host and uploaded unless
-    /// the backend draws them where it keeps them.
-    fn random_weight(&self, rows: usize, cols: usize, seed: u64, scale: f32) -> Result<Self::Weight, BackendError> {
-        let data = (0..rows * cols).into_par_iter().map(|i| scale * random_unit(seed, i as u64)).collect();
-        self.upload_weight(Matrix::from_vec(rows, cols, data))
-    }
     /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
     fn head_rows(&self) -> usize {
         evalmesh_common::cost::CPU_HEAD_ROWS
-    }
-    /// `t` on its way to another rank, in memory MPI can send from (on the host unless
-    /// the backend says otherwise).
-    fn send_out(&self, t: Self::Tensor) -> Result<Outbound, BackendError> {
-        let m = self.download(&t)?;
-        Ok(Outbound::now(m.rows, m.cols, Wire::host(m.data)))
-    }
-    /// Where activations from another rank land before [`Backend::adopt`] takes them in.
-    fn landing(&self) -> Arc<dyn Landing> {
-        Arc::new(HostLanding)
-    }
-    /// A `rows × cols` tensor from values received into a wire of [`Backend::landing`].
-    fn adopt(&self, wire: Wire, rows: usize, cols: usize) -> Result<Self::Tensor, BackendError> {
-        match wire.into_host_values() {
-            Ok(values) if values.len() == rows * cols => self.upload(Matrix::from_vec(rows, cols, values)),
-            Ok(values) => Err(BackendError::Failed {
-                backend: self.name(),
-                problem: format!("{} values received for {rows} × {cols}", values.len()),
-            }),
-            Err(_) => Err(BackendError::Failed {
-                backend: self.name(),
-                problem: "activations landed in memory this backend did not lend".into(),
-            }),
-        }
     }
 }

@@ -1,17 +1,20 @@
 //! A model drawn at random from its `config.json` alone ([`RandomModel`]), for measuring
 //! a model's speed without its weights: every weight uniform with the variance of a
 //! fan-in initialisation (1/fan-in), every norm 1, from seeds fixed by the tensor and the
-//! part of it a stage holds. The backend draws the values where the weights live
-//! (`Backend::random_weight`: on the GPU for a GPU run), so nothing is read or sent.
+//! part of it a stage holds, drawn from one stream ([`random_unit`], also behind
+//! `Matrix::random`). The backend draws the values where the weights live
+//! (`DeviceMemory::random_weight`: on the GPU for a GPU run), so nothing is read or sent.
 //! The scores of such a model mean nothing; its throughput is the real model's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use evalmesh_common::{HfConfig, ModelConfig};
+use rayon::prelude::*;
 
 use super::hf::CONFIG_FILE;
 use super::{Located, TensorId, WeightError, WeightSource};
+use crate::tensor::Matrix;
 
 pub struct RandomModel {
     config_path: PathBuf,
@@ -85,6 +88,16 @@ pub fn random_unit(seed: u64, index: u64) -> f32 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+impl Matrix {
+    /// A `rows × cols` matrix of `scale · random_unit(seed, i)` for its values in row-major
+    /// order: a random model's weights as the CPU holds them, and the inputs of tests and
+    /// calibration (uniform in [−scale, scale)).
+    pub fn random(rows: usize, cols: usize, seed: u64, scale: f32) -> Matrix {
+        let data = (0..rows * cols).into_par_iter().map(|i| scale * random_unit(seed, i as u64)).collect();
+        Matrix::from_vec(rows, cols, data)
+    }
 }
 
 #[cfg(test)]

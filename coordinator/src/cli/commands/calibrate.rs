@@ -18,7 +18,7 @@ pub fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> an
     // The other ranks wait, sleeping between polls, until rank 0 is done and releases them
     // (`WorkerRelease`): MPI's own finalisation would spin a core and skew what rank 0 measures.
     if let Some(w) = world.filter(|w| w.rank() != 0) {
-        let _ = evalmesh_worker::transport::receive::<_, evalmesh_common::protocol::ToWorker>(w, Some(0));
+        let _ = evalmesh_worker::comm::receive::<_, evalmesh_common::protocol::ToWorker>(w, Some(0));
         return Ok(());
     }
     let profile = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0), device)?;

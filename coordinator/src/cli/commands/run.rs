@@ -9,9 +9,8 @@ use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
 use evalmesh_common::protocol::{Device, GpuPrecision, ModelRef};
 use evalmesh_common::{partition_layers, strategy, ModelConfig, ParallelLayout, StageSpec};
-use evalmesh_worker::backend::cuda::CudaBackend;
 use evalmesh_worker::backend::MatmulStats;
-use evalmesh_worker::CpuBackend;
+use evalmesh_worker::Target;
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 use crate::cli::args::RunArgs;
@@ -29,6 +28,12 @@ use crate::tasks::builtin::{self, Source};
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::requests::Windows;
 
+/// Where a run computes: on the worker ranks of an MPI job, or in this process.
+enum Place<'w> {
+    Ranks(&'w SimpleCommunicator),
+    Alone(Target),
+}
+
 /// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
 pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<()> {
     let settings = args.resolve(world.is_some())?;
@@ -44,21 +49,9 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     }
     // In one process, its GPU is found before anything is read, so that a machine without
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
-    let distributed = world.is_some_and(|w| w.size() > 1);
-    let gpu = match settings.device {
-        Device::Cuda { precision, .. } if !distributed => {
-            let local = evalmesh_worker::backend::cuda::local_rank_from_env().unwrap_or(0);
-            let gpu = evalmesh_worker::backend::cuda::probe_local(local)?;
-            log::info!(
-                "GPU {} of {}: {} ({} GB)",
-                gpu.ordinal,
-                gpu.visible,
-                gpu.name,
-                gpu.memory_bytes / 1_000_000_000
-            );
-            Some((gpu, precision))
-        }
-        _ => None,
+    let place = match world.filter(|w| w.size() > 1) {
+        Some(world) => Place::Ranks(world),
+        None => Place::Alone(Target::alone(settings.device)?),
     };
     let source = Source {
         data_dir: settings.data_dir.as_deref(),
@@ -97,8 +90,8 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     }
     let stop = crate::signals::coordinator_stop_flag().context("signal handlers")?;
     let load_start = Instant::now();
-    let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match world {
-        Some(world) if world.size() > 1 => {
+    let (mut engine, predictor): (Box<dyn EvaluationEngine + '_>, Predictor) = match place {
+        Place::Ranks(world) => {
             let workers = world.size() as usize - 1;
             let (layout, stages) = choose_layout(&settings, &config, workers, &profile)?;
             let threads = settings.threads.unwrap_or(0);
@@ -108,15 +101,8 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
             let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
-        _ => {
-            let engine: Box<dyn EvaluationEngine> = match &gpu {
-                Some((gpu, precision)) => {
-                    strategy::check_fits_gpu(&config, &StageSpec::whole(&config), gpu.memory_bytes, *precision)?;
-                    let backend = CudaBackend::new(gpu.ordinal, *precision)?;
-                    Box::new(LightweightEngine::load(model.source.as_ref(), backend)?)
-                }
-                None => Box::new(LightweightEngine::load(model.source.as_ref(), CpuBackend::default())?),
-            };
+        Place::Alone(target) => {
+            let engine = Box::new(LightweightEngine::load(model.source.as_ref(), &target)?);
             let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
             let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
             let stages = vec![StageSpec::whole(&config)];

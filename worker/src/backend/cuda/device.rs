@@ -3,8 +3,7 @@
 
 use cudarc::driver::CudaContext;
 
-use super::GpuChoice;
-use crate::backend::BackendError;
+use crate::backend::error::BackendError;
 
 fn failed(problem: impl Into<String>) -> BackendError {
     BackendError::Failed { backend: "cuda", problem: problem.into() }
@@ -35,13 +34,13 @@ pub fn count() -> Result<usize, BackendError> {
     Ok(usize::try_from(visible).unwrap_or(0))
 }
 
-pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
-    let visible = count()?;
+/// The name and memory of GPU `ordinal` of the `visible` ones.
+pub fn describe(ordinal: usize, visible: usize) -> Result<(String, u64), BackendError> {
     if ordinal >= visible {
         return Err(failed(format!("GPU {ordinal} asked for, {visible} visible (check CUDA_VISIBLE_DEVICES)")));
     }
     let context = CudaContext::new(ordinal).map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
     let name = context.name().map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
     let memory_bytes = context.total_mem().map_err(|e| failed(format!("GPU {ordinal}: {e}")))? as u64;
-    Ok(GpuChoice { ordinal, name, memory_bytes, visible })
+    Ok((name, memory_bytes))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use crate::backend::BackendError;
+use crate::backend::error::BackendError;
 
 /// The kernels' source, kept beside this file.
 pub const SOURCE: &str = include_str!("kernels.cu");

@@ -2,7 +2,8 @@
 //! ([`CudaBackend`]). The CUDA libraries are loaded at run time (cudarc's dynamic loading),
 //! so their absence is an error here and never a panic; without the `cuda` cargo feature
 //! [`CudaBackend`] is a type that cannot be made and every call says how to build with it,
-//! so callers need no `cfg` of their own.
+//! so callers need no `cfg` of their own. Tests that need a GPU skip through
+//! [`skip_without_gpu`].
 
 #[cfg(feature = "cuda")]
 mod backend;
@@ -11,18 +12,24 @@ mod device;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 #[cfg(feature = "cuda")]
+mod memory;
+#[cfg(feature = "cuda")]
+mod ops;
+#[cfg(feature = "cuda")]
 pub mod pool;
 #[cfg(feature = "cuda")]
 mod staging;
 #[cfg(not(feature = "cuda"))]
 mod stub;
+#[cfg(feature = "cuda")]
+mod transfer;
 
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS};
 #[cfg(not(feature = "cuda"))]
 pub use stub::CudaBackend;
 
-use super::BackendError;
+use super::error::BackendError;
 
 /// The GPU a worker takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +55,9 @@ pub fn local_rank_from_env() -> Option<usize> {
 pub fn probe(ordinal: usize) -> Result<GpuChoice, BackendError> {
     #[cfg(feature = "cuda")]
     {
-        device::probe(ordinal)
+        let visible = device::count()?;
+        let (name, memory_bytes) = device::describe(ordinal, visible)?;
+        Ok(GpuChoice { ordinal, name, memory_bytes, visible })
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -67,13 +76,28 @@ pub fn probe_local(local: usize) -> Result<GpuChoice, BackendError> {
                 backend: "cuda",
                 problem: "no GPU visible (check CUDA_VISIBLE_DEVICES), or run with --device cpu".into(),
             }),
-            visible => device::probe(local % visible),
+            visible => probe(local % visible),
         }
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = local;
         Err(BackendError::CudaNotCompiled)
+    }
+}
+
+/// For a test that needs a GPU: what `found` holds, or `None` where finding it failed
+/// because no GPU can be used here, after printing why (the test then returns: skipped).
+/// Where `EVALMESH_REQUIRE_GPU` is set (scripts/gpu-check.sh sets it), that failure panics
+/// instead, so that a GPU machine cannot pass by skipping.
+pub fn skip_without_gpu<T>(found: Result<T, BackendError>) -> Option<T> {
+    match found {
+        Ok(found) => Some(found),
+        Err(e) if std::env::var_os("EVALMESH_REQUIRE_GPU").is_none() => {
+            eprintln!("skipped: no usable GPU here: {e}");
+            None
+        }
+        Err(e) => panic!("EVALMESH_REQUIRE_GPU is set, but: {e}"),
     }
 }
 

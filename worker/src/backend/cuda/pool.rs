@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result, CudaContext};
 
-use crate::backend::BackendError;
+use crate::backend::error::BackendError;
 
 /// The smallest size class: also the alignment every buffer gets from the driver.
 const MIN_CLASS: usize = 256;

@@ -18,8 +18,8 @@ use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
 use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
 
 use super::pool::{size_class, Pool};
-use crate::backend::BackendError;
-use crate::wire::{Landing, Memory, Outbound, Wire};
+use crate::backend::error::BackendError;
+use crate::comm::wire::{Landing, Memory, Outbound, Wire};
 
 fn failed(problem: impl Into<String>) -> BackendError {
     BackendError::Failed { backend: "cuda", problem: problem.into() }

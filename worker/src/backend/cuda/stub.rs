@@ -7,7 +7,10 @@ use std::ops::Range;
 use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
-use crate::backend::{Backend, BackendError, HeadLayout, MatmulStats};
+use crate::backend::error::BackendError;
+use crate::backend::memory::DeviceMemory;
+use crate::backend::transfer::Transfer;
+use crate::backend::{Backend, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
 
 pub enum CudaBackend {}
@@ -26,7 +29,7 @@ impl CudaBackend {
     }
 }
 
-impl Backend for CudaBackend {
+impl DeviceMemory for CudaBackend {
     type Tensor = Infallible;
     type Weight = Infallible;
 
@@ -45,6 +48,11 @@ impl Backend for CudaBackend {
     fn rows(&self, _: &Infallible) -> usize {
         match *self {}
     }
+}
+
+impl Transfer for CudaBackend {}
+
+impl Backend for CudaBackend {
     fn embed(&self, _: &Infallible, _: &[u32]) -> Result<Infallible, BackendError> {
         match *self {}
     }

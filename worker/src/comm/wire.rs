@@ -3,11 +3,11 @@
 //! CUDA-aware) with whatever keeps that memory alive and unused until MPI is done with it;
 //! values leaving a stage ([`Outbound`], whose copy off the device may still be running);
 //! and where values from another rank land ([`Landing`]). A backend makes all three
-//! (`Backend::send_out`, `Backend::landing`, `Backend::adopt`).
+//! (`Transfer::send_out`, `Transfer::landing`, `Transfer::adopt`).
 
 use std::any::Any;
 
-use crate::backend::BackendError;
+use crate::backend::error::BackendError;
 
 /// Where a wire's values live, which says how MPI may be handed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Outbound {
     }
 }
 
-/// Where activations from another rank land, for `Backend::adopt` to take in.
+/// Where activations from another rank land, for `Transfer::adopt` to take in.
 pub trait Landing: Send + Sync {
     /// Memory for `len` values.
     fn take(&self, len: usize) -> Result<Wire, BackendError>;

@@ -1,0 +1,246 @@
+//! Loading a stage, one way for the single process and the workers alike: what it computes
+//! on, found before anything is read ([`Target`]); the fit of its weights on a GPU, the
+//! backend, the stage and its row-parallel sums ([`load_stage`]); and the loaded stage
+//! behind one object-safe face whatever its backend ([`LoadedStage`]).
+
+use std::sync::Arc;
+
+use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision};
+use evalmesh_common::strategy::check_fits_gpu;
+use evalmesh_common::{MicroBatch, ModelConfig, PlanError, StageSpec, TokenScore};
+use mpi::topology::{Rank, SimpleCommunicator};
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{local_rank_from_env, probe_local, CudaBackend, GpuChoice};
+use crate::backend::error::BackendError;
+use crate::backend::{Backend, MatmulStats};
+use crate::comm::activations::Activations;
+use crate::comm::cuda_aware::mpi_is_cuda_aware;
+use crate::comm::shard_sum::ShardSum;
+use crate::comm::wire::{Landing, Outbound};
+use crate::stage::{GroupSum, LlamaStage, LocalSum, StageError, StageInput, StageOutput};
+use crate::weights::WeightSource;
+
+/// What a stage computes on, found before anything is read, so that a machine without
+/// the GPU asked for fails at once: the CPU, or a GPU with the type of its products and
+/// the way its activations pass to MPI.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Cpu,
+    Gpu { gpu: GpuChoice, precision: GpuPrecision, cuda_aware: CudaAware },
+}
+
+impl Target {
+    /// The target of `device` for the `local`-th worker of a node: for CUDA, its GPU
+    /// ([`probe_local`]).
+    pub fn find(device: Device, local: usize) -> Result<Target, BackendError> {
+        Ok(match device {
+            Device::Cpu => Target::Cpu,
+            Device::Cuda { cuda_aware, precision } => Target::Gpu { gpu: probe_local(local)?, precision, cuda_aware },
+        })
+    }
+
+    /// The target of a single process: for CUDA, the GPU of its node-local rank (0 outside
+    /// a launcher), logged.
+    pub fn alone(device: Device) -> Result<Target, BackendError> {
+        let target = Target::find(device, local_rank_from_env().unwrap_or(0))?;
+        if let Target::Gpu { gpu, .. } = &target {
+            log::info!(
+                "GPU {} of {}: {} ({} GB)",
+                gpu.ordinal,
+                gpu.visible,
+                gpu.name,
+                gpu.memory_bytes / 1_000_000_000
+            );
+        }
+        Ok(target)
+    }
+}
+
+/// Where a stage runs.
+#[derive(Debug, Clone)]
+pub enum Site {
+    /// The whole model in this process: no other rank to send to or sum with.
+    Alone,
+    /// A worker rank of an MPI job: its place among its node's workers (which picked its
+    /// GPU), and the ranks of its stage's tensor-parallel shards in group order.
+    Worker { rank: Rank, node_index: usize, shards: Vec<Rank> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The stage's weights do not fit the memory of `gpu`.
+    #[error("{error}")]
+    TooBig { gpu: GpuChoice, error: PlanError },
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
+/// What a micro-batch's forward pass gives.
+pub enum Forwarded {
+    /// The last stage's scores.
+    Scores(Vec<TokenScore>),
+    /// Hidden states on their way to the next stage.
+    Hidden(Outbound),
+    /// Hidden states that go nowhere: a shard of a last stage without the head, whose part
+    /// went into the shards' sums.
+    Summed,
+}
+
+/// A stage loaded on whatever backend its target chose, with its row-parallel sums.
+pub trait LoadedStage {
+    fn spec(&self) -> &StageSpec;
+    fn config(&self) -> &ModelConfig;
+    /// Where it computes, for logs: `cpu`, or the GPU's ordinal and name.
+    fn device(&self) -> &str;
+    /// Its backend's name, as `--device` spells it.
+    fn backend_name(&self) -> &'static str;
+    /// One micro-batch: from its tokens (`hidden` absent) or the previous stage's
+    /// activations; hidden states out are sent on their way where `hand_on` is set.
+    fn forward(
+        &mut self,
+        batch: &MicroBatch,
+        hidden: Option<Activations>,
+        hand_on: bool,
+    ) -> Result<Forwarded, StageError>;
+    /// Where the previous stage's activations land.
+    fn landing(&self) -> Arc<dyn Landing>;
+    fn matmul_stats(&self) -> MatmulStats;
+    fn peak_device_bytes(&self) -> u64;
+}
+
+/// Loads `spec` of `source` on `target` at `site`: checks that a GPU's memory holds it,
+/// makes the backend (passing activations to MPI as the target says, for a worker), loads
+/// the stage's tensors and completes its sums across the shards of its stage, if any.
+pub fn load_stage(
+    source: &dyn WeightSource,
+    spec: StageSpec,
+    target: &Target,
+    site: &Site,
+) -> Result<Box<dyn LoadedStage>, LoadError> {
+    Ok(match target {
+        Target::Cpu => Box::new(Loaded::load(source, spec, CpuBackend::default(), "cpu".into(), site)?),
+        Target::Gpu { gpu, precision, cuda_aware } => {
+            check_fits_gpu(source.config(), &spec, gpu.memory_bytes, *precision)
+                .map_err(|error| LoadError::TooBig { gpu: gpu.clone(), error })?;
+            let device_memory = match site {
+                Site::Alone => false,
+                Site::Worker { rank, node_index, .. } => {
+                    let device_memory = passes_device_memory(*cuda_aware, *rank);
+                    log::info!(
+                        "rank {rank}: worker {node_index} of its node takes GPU {} of {} ({}); activations pass to MPI {} (--cuda-aware {cuda_aware:?})",
+                        gpu.ordinal,
+                        gpu.visible,
+                        gpu.name,
+                        if device_memory { "in device memory" } else { "through pinned host buffers" },
+                    );
+                    device_memory
+                }
+            };
+            let backend = CudaBackend::new(gpu.ordinal, *precision)?;
+            backend.pass_device_memory_to_mpi(device_memory);
+            Box::new(Loaded::load(source, spec, backend, format!("GPU {} ({})", gpu.ordinal, gpu.name), site)?)
+        }
+    })
+}
+
+/// Whether a worker's activations go to MPI in device memory, as `--cuda-aware` says.
+fn passes_device_memory(cuda_aware: CudaAware, rank: Rank) -> bool {
+    match cuda_aware {
+        CudaAware::On => {
+            if !mpi_is_cuda_aware() {
+                log::warn!(
+                    "rank {rank}: --cuda-aware on, but this MPI does not say it is CUDA-aware \
+                     (MPIX_Query_cuda_support); if it is not, sending device memory will fail in MPI"
+                );
+            }
+            true
+        }
+        CudaAware::Off => false,
+        CudaAware::Auto => mpi_is_cuda_aware(),
+    }
+}
+
+struct Loaded<B: Backend> {
+    stage: LlamaStage<B>,
+    sums: Box<dyn GroupSum<B>>,
+    device: String,
+}
+
+impl<B: Backend + 'static> Loaded<B> {
+    fn load(
+        source: &dyn WeightSource,
+        spec: StageSpec,
+        backend: B,
+        device: String,
+        site: &Site,
+    ) -> Result<Self, StageError> {
+        let stage = LlamaStage::load(source, spec, backend)?;
+        let shard = match site {
+            Site::Worker { rank, shards, .. } if shards.len() > 1 => {
+                shards.iter().position(|r| r == rank).map(|index| (shards, index))
+            }
+            _ => None,
+        };
+        let sums: Box<dyn GroupSum<B>> = match shard {
+            Some((shards, index)) => Box::new(ShardSum {
+                comm: SimpleCommunicator::world(),
+                shards: shards.clone(),
+                index,
+                width: stage.config().hidden_size,
+            }),
+            None => Box::new(LocalSum),
+        };
+        Ok(Loaded { stage, sums, device })
+    }
+}
+
+impl<B: Backend> LoadedStage for Loaded<B> {
+    fn spec(&self) -> &StageSpec {
+        self.stage.spec()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        self.stage.config()
+    }
+
+    fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.stage.backend().name()
+    }
+
+    fn forward(
+        &mut self,
+        batch: &MicroBatch,
+        hidden: Option<Activations>,
+        hand_on: bool,
+    ) -> Result<Forwarded, StageError> {
+        let backend = self.stage.backend();
+        let input = match hidden {
+            Some(h) => StageInput::Hidden(backend.adopt(h.wire, h.header.rows, h.header.cols)?),
+            None => StageInput::Tokens,
+        };
+        Ok(match self.stage.forward(batch, input, self.sums.as_mut())? {
+            StageOutput::Scores(scores) => Forwarded::Scores(scores),
+            StageOutput::Hidden(h) if hand_on => Forwarded::Hidden(backend.send_out(h)?),
+            StageOutput::Hidden(_) => Forwarded::Summed,
+        })
+    }
+
+    fn landing(&self) -> Arc<dyn Landing> {
+        self.stage.backend().landing()
+    }
+
+    fn matmul_stats(&self) -> MatmulStats {
+        self.stage.backend().matmul_stats()
+    }
+
+    fn peak_device_bytes(&self) -> u64 {
+        self.stage.backend().peak_device_bytes()
+    }
+}
