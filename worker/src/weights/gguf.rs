@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::quant::GgmlType;
+use super::quant::{unsupported_type, GgmlType};
 use super::WeightError;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -141,7 +141,7 @@ impl GgufHeader {
         let mut tensors = BTreeMap::new();
         for (name, dims, code, relative) in infos {
             let ggml_type = GgmlType::from_code(code)
-                .ok_or_else(|| bad(format!("tensor `{name}` has unknown or unsupported type code {code}")))?;
+                .ok_or_else(|| bad(format!("tensor `{name}` has {}", unsupported_type(code))))?;
             let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let byte_len = elements.and_then(|n| ggml_type.byte_size(n)).ok_or_else(|| {
                 bad(format!("tensor `{name}` shape {dims:?} does not fill whole {} blocks", ggml_type.name()))
@@ -481,6 +481,18 @@ mod tests {
         let t = RawTensor { name: "w".into(), dims: vec![4], type_code: 77, bytes: vec![0; 16] };
         let b = write(&[], &[t]);
         assert!(error_of(&b).contains("unknown or unsupported type code 77"));
+    }
+
+    #[test]
+    fn unsupported_tensor_type_is_named() {
+        let t = RawTensor { name: "blk.0.attn_k.weight".into(), dims: vec![256], type_code: 16, bytes: vec![0; 66] };
+        let e = error_of(&write(&[], &[t]));
+        assert!(
+            e.contains("tensor `blk.0.attn_k.weight` has type IQ2_XXS (code 16), which evalmesh does not read"),
+            "{e}"
+        );
+        assert!(e.contains("supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! GGML tensor types and their widening to f32: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-//! Q4_K, Q5_K and Q6_K, bit for bit as ggml's reference `dequantize_row_*`.
+//! Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS, bit for bit as ggml's
+//! reference `dequantize_row_*`; also ggml's names for every type code, read or not.
 
 use half::{bf16, f16};
 
@@ -12,12 +13,37 @@ pub enum GgmlType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
+    Iq4Nl,
+    Iq4Xs,
 }
 
 impl GgmlType {
+    /// Every type evalmesh reads, in order of type code.
+    pub const ALL: [GgmlType; 15] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::Iq4Nl,
+        GgmlType::Iq4Xs,
+        GgmlType::Bf16,
+    ];
+
     /// Maps GGUF's type code; `None` for a code evalmesh does not read.
     pub fn from_code(code: u32) -> Option<Self> {
         Some(match code {
@@ -25,10 +51,16 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
             12 => GgmlType::Q4K,
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
+            20 => GgmlType::Iq4Nl,
+            23 => GgmlType::Iq4Xs,
             30 => GgmlType::Bf16,
             _ => return None,
         })
@@ -41,10 +73,16 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::Iq4Nl => 20,
+            GgmlType::Iq4Xs => 23,
             GgmlType::Bf16 => 30,
         }
     }
@@ -57,9 +95,15 @@ impl GgmlType {
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
+            GgmlType::Iq4Nl => "IQ4_NL",
+            GgmlType::Iq4Xs => "IQ4_XS",
         }
     }
 
@@ -71,9 +115,15 @@ impl GgmlType {
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
+            GgmlType::Q2K => (256, 84),
+            GgmlType::Q3K => (256, 110),
             GgmlType::Q4K => (256, 144),
             GgmlType::Q5K => (256, 176),
             GgmlType::Q6K => (256, 210),
+            GgmlType::Iq4Nl => (32, 18),
+            GgmlType::Iq4Xs => (256, 136),
         }
     }
 
@@ -95,10 +145,69 @@ impl GgmlType {
             GgmlType::Q8_0 => blocks.for_each(|(b, y)| q8_0(b, y)),
             GgmlType::Q4_0 => blocks.for_each(|(b, y)| q4_0(b, y)),
             GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
+            GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
+            GgmlType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
+            GgmlType::Q2K => blocks.for_each(|(b, y)| q2_k(b, y)),
+            GgmlType::Q3K => blocks.for_each(|(b, y)| q3_k(b, y)),
             GgmlType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
             GgmlType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
             GgmlType::Q6K => blocks.for_each(|(b, y)| q6_k(b, y)),
+            GgmlType::Iq4Nl => blocks.for_each(|(b, y)| iq4_nl(b, y)),
+            GgmlType::Iq4Xs => blocks.for_each(|(b, y)| iq4_xs(b, y)),
         }
+    }
+}
+
+/// ggml's name for a tensor type code (as `enum ggml_type` in ggml.h, in GGUF's upper
+/// case), whether evalmesh reads it or not; `None` for a code ggml has removed or never used.
+pub fn type_name(code: u32) -> Option<&'static str> {
+    Some(match code {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        30 => "BF16",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        40 => "NVFP4",
+        41 => "Q1_0",
+        42 => "Q2_0",
+        _ => return None,
+    })
+}
+
+/// Why a tensor of type `code` cannot be read, on one line: the type by its ggml name
+/// (or that ggml has none for the code) and the types evalmesh does read.
+pub fn unsupported_type(code: u32) -> String {
+    let supported = GgmlType::ALL.map(GgmlType::name).join(", ");
+    match type_name(code) {
+        Some(name) => format!("type {name} (code {code}), which evalmesh does not read; supported: {supported}"),
+        None => format!("unknown or unsupported type code {code} (ggml has no type with it); supported: {supported}"),
     }
 }
 
@@ -129,6 +238,86 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
     for (j, &q) in b[4..20].iter().enumerate() {
         y[j] = (q & 0x0F) as f32 * d + m;
         y[j + 16] = (q >> 4) as f32 * d + m;
+    }
+}
+
+/// The 32 five-bit values of a Q5_0 or Q5_1 block: four low bits from the nibbles in `qs`
+/// (low nibbles are elements 0..16, high 16..32), the fifth from bit i of the little-endian
+/// u32 `qh` for element i.
+fn five_bit_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|i| {
+        let nibble = if i < 16 { qs[i] & 0x0F } else { qs[i - 16] >> 4 };
+        nibble | ((((qh >> i) & 1) as u8) << 4)
+    })
+}
+
+/// Q5_0: f16 scale d, 4 bytes of fifth bits, 16 bytes of nibbles; y = d·(q − 16).
+fn q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (y, q) in y.iter_mut().zip(five_bit_values(&b[2..6], &b[6..22])) {
+        *y = (q as i32 - 16) as f32 * d;
+    }
+}
+
+/// Q5_1: f16 scale d and minimum m, 4 bytes of fifth bits, 16 bytes of nibbles; y = d·q + m.
+fn q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (y, q) in y.iter_mut().zip(five_bit_values(&b[4..8], &b[8..24])) {
+        *y = q as f32 * d + m;
+    }
+}
+
+/// Where Q2_K's and Q3_K's 16 sub-blocks of 16 keep their 2-bit values: sub-block `sub` is the
+/// bits at `shift` of 16 bytes from `start` in the 64 value bytes. Each 32-byte half holds
+/// 128 elements; within it sub-blocks 2j and 2j+1 take shift 2j of bytes 0..16 and 16..32.
+fn two_bit_sub_block(sub: usize) -> (usize, u32) {
+    let (half, pair) = (sub / 8, sub % 8);
+    (32 * half + 16 * (pair % 2), 2 * (pair / 2) as u32)
+}
+
+/// Q2_K: 16 scale bytes (low nibble a scale, high nibble a minimum), 64 bytes of 2-bit
+/// values, f16 d and dmin; 16 sub-blocks of 16, each y = d·sc·q − dmin·m.
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    let qs = &b[16..80];
+    for (sub, (&sc, y)) in b[..16].iter().zip(y.chunks_exact_mut(16)).enumerate() {
+        let (start, shift) = two_bit_sub_block(sub);
+        let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+        for (y, &q) in y.iter_mut().zip(&qs[start..start + 16]) {
+            *y = dl * ((q >> shift) & 3) as f32 - ml;
+        }
+    }
+}
+
+/// Q3_K's sixteen 6-bit scales (stored offset by 32) from their 12 packed bytes: the low
+/// nibbles of bytes 0..8 then their high nibbles, each topped by two bits of bytes 8..12.
+fn q3_k_scales(p: &[u8]) -> [u8; 16] {
+    std::array::from_fn(|i| {
+        let low = if i < 8 { p[i] & 0x0F } else { p[i - 8] >> 4 };
+        let high = (p[8 + i % 4] >> (2 * (i / 4))) & 3;
+        low | (high << 4)
+    })
+}
+
+/// Q3_K: 32 bytes of high bits, 64 bytes of 2-bit values, 12 scale bytes, f16 d; 16
+/// sub-blocks of 16, each y = d·(sc − 32)·(q − 4), with no 4 subtracted where the element's
+/// high bit is set. Sub-block 8·half + 2j (+ 1) takes bit 4·half + j of high-bit bytes
+/// 0..16 (16..32).
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let (hmask, qs) = (&b[..32], &b[32..96]);
+    let scales = q3_k_scales(&b[96..108]);
+    let d = f16_at(b, 108);
+    for (sub, y) in y.chunks_exact_mut(16).enumerate() {
+        let (start, shift) = two_bit_sub_block(sub);
+        let high_start = 16 * (sub % 2);
+        let bit = 1u8 << (4 * (sub / 8) + (sub % 8) / 2);
+        let dl = d * (scales[sub] as i32 - 32) as f32;
+        let values = qs[start..start + 16].iter().zip(&hmask[high_start..high_start + 16]);
+        for (y, (&q, &h)) in y.iter_mut().zip(values) {
+            let q = ((q >> shift) & 3) as i32 - if h & bit != 0 { 0 } else { 4 };
+            *y = dl * q as f32;
+        }
     }
 }
 
@@ -203,9 +392,42 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// The 16 non-linear levels of IQ4_NL and IQ4_XS (ggml's `kvalues_iq4nl`).
+const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// 32 elements from 16 bytes of IQ4 nibbles (low nibbles are elements 0..16, high 16..32);
+/// y = d·level.
+fn iq4_levels(d: f32, qs: &[u8], y: &mut [f32]) {
+    for (j, &q) in qs.iter().enumerate() {
+        y[j] = d * IQ4_LEVELS[(q & 0x0F) as usize] as f32;
+        y[j + 16] = d * IQ4_LEVELS[(q >> 4) as usize] as f32;
+    }
+}
+
+/// IQ4_NL: f16 scale d, 16 bytes of nibbles indexing the IQ4 levels.
+fn iq4_nl(b: &[u8], y: &mut [f32]) {
+    iq4_levels(f16_at(b, 0), &b[2..18], y);
+}
+
+/// IQ4_XS: f16 d, a u16 of scales' high bits, 4 bytes of scales' low nibbles, 128 bytes of
+/// IQ4 nibbles; 8 sub-blocks of 32, each at scale d·(ls − 32), where sub-block i's 6-bit ls
+/// is nibble i of the low bytes topped by bits 2i and 2i + 1 of the u16.
+fn iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let scales_high = u16::from_le_bytes([b[2], b[3]]);
+    let scales_low = &b[4..8];
+    for (i, (qs, y)) in b[8..136].chunks_exact(16).zip(y.chunks_exact_mut(32)).enumerate() {
+        let low = (scales_low[i / 2] >> (4 * (i % 2))) & 0x0F;
+        let high = ((scales_high >> (2 * i)) & 3) as u8;
+        let ls = (low | (high << 4)) as i32 - 32;
+        iq4_levels(d * ls as f32, qs, y);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    //! Each block is built by hand; expected values follow from the format's definition.
+    //! Most blocks are built by hand, their expected values following from the format's
+    //! definition; `matches_gguf_py_bit_for_bit` checks every type against gguf-py.
     use super::*;
 
     fn h(x: f32) -> [u8; 2] {
@@ -318,6 +540,79 @@ mod tests {
         assert_eq!(y[64], 0.5 * -4.0 * (0x5 - 32) as f32);
         assert_eq!(y[96], 0.5 * -2.0 * ((3 << 4) - 32) as f32);
         assert_eq!(y[128], 0.5 * 0.0 * -32.0);
+    }
+
+    /// The blocks and values written by `worker/tests/data/quant/generate.py`.
+    macro_rules! fixture {
+        ($name:literal) => {
+            (
+                include_bytes!(concat!("../../tests/data/quant/", $name, ".bin")).as_slice(),
+                include_bytes!(concat!("../../tests/data/quant/", $name, ".f32")).as_slice(),
+            )
+        };
+    }
+
+    /// An external reference: random blocks (finite f16 scales, every other byte random)
+    /// and the f32 values that gguf-py 0.19.0's `gguf.quants.dequantize` (with numpy 2.4.6)
+    /// widens them to. gguf-py computes in the same order as ggml's `dequantize_row_*`, so
+    /// every element must match to the bit.
+    #[test]
+    fn matches_gguf_py_bit_for_bit() {
+        let cases = [
+            (GgmlType::F32, fixture!("f32")),
+            (GgmlType::F16, fixture!("f16")),
+            (GgmlType::Bf16, fixture!("bf16")),
+            (GgmlType::Q4_0, fixture!("q4_0")),
+            (GgmlType::Q4_1, fixture!("q4_1")),
+            (GgmlType::Q5_0, fixture!("q5_0")),
+            (GgmlType::Q5_1, fixture!("q5_1")),
+            (GgmlType::Q8_0, fixture!("q8_0")),
+            (GgmlType::Q2K, fixture!("q2_k")),
+            (GgmlType::Q3K, fixture!("q3_k")),
+            (GgmlType::Q4K, fixture!("q4_k")),
+            (GgmlType::Q5K, fixture!("q5_k")),
+            (GgmlType::Q6K, fixture!("q6_k")),
+            (GgmlType::Iq4Nl, fixture!("iq4_nl")),
+            (GgmlType::Iq4Xs, fixture!("iq4_xs")),
+        ];
+        let mut covered: Vec<GgmlType> = cases.iter().map(|&(t, _)| t).collect();
+        covered.sort();
+        let mut all = GgmlType::ALL.to_vec();
+        all.sort();
+        assert_eq!(covered, all, "every type has a fixture");
+        for (t, (blocks, values)) in cases {
+            let want: Vec<f32> = values.chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().unwrap())).collect();
+            let (block_elems, block_bytes) = t.block();
+            assert!(blocks.len().is_multiple_of(block_bytes) && blocks.len() >= 4 * block_bytes, "{}", t.name());
+            assert_eq!(blocks.len() / block_bytes * block_elems, want.len(), "{}", t.name());
+            let mut got = vec![f32::NAN; want.len()];
+            t.dequantize(blocks, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{} element {i}: {g} but gguf-py gives {w}", t.name());
+            }
+        }
+    }
+
+    #[test]
+    fn type_names_follow_ggml() {
+        for t in GgmlType::ALL {
+            assert_eq!(type_name(t.code()), Some(t.name()));
+        }
+        assert_eq!(type_name(16), Some("IQ2_XXS"));
+        assert_eq!(type_name(9), Some("Q8_1"));
+        assert_eq!(type_name(39), Some("MXFP4"));
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 43, 99] {
+            assert_eq!(type_name(removed), None, "code {removed}");
+        }
+    }
+
+    #[test]
+    fn unsupported_types_are_named() {
+        let why = unsupported_type(16);
+        assert!(why.starts_with("type IQ2_XXS (code 16), which evalmesh does not read; supported: F32, F16, Q4_0,"));
+        assert!(why.ends_with("IQ4_NL, IQ4_XS, BF16"), "{why}");
+        assert!(unsupported_type(77).starts_with("unknown or unsupported type code 77 (ggml has no type with it)"));
+        assert!(!why.contains('\n'));
     }
 
     #[test]
