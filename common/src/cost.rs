@@ -82,7 +82,7 @@ fn widths(c: &ModelConfig, groups: std::ops::Range<usize>) -> ShardWidths {
         hidden: c.hidden_size as f64,
         q: len(c.q_dim()),
         kv: len(c.kv_dim()),
-        ffn: len(c.intermediate_size),
+        ffn: len(c.ffn_width()),
         heads: len(c.num_heads),
         groups: groups.len() as f64,
     }
@@ -96,11 +96,23 @@ fn block_elementwise_values(w: &ShardWidths) -> f64 {
     4.0 * w.hidden + 2.0 * (w.q + w.kv) + 2.0 * (w.q + w.ffn) + 3.0 * w.ffn + 3.0 * w.hidden * 2.0 * w.groups
 }
 
+/// A shard's attention projections, in values.
+fn attention_weights(w: &ShardWidths) -> f64 {
+    w.hidden * (w.q + 2.0 * w.kv) + w.q * w.hidden
+}
+
+/// A shard's share of `mlps` of a block's MLPs (a token's chosen experts, or all of them),
+/// with a mixture's router, which every shard holds whole, in values.
+fn mlp_weights(c: &ModelConfig, w: &ShardWidths, mlps: usize) -> f64 {
+    let router = c.experts.as_ref().map_or(0.0, |e| (e.count * c.hidden_size) as f64);
+    3.0 * w.hidden * w.ffn * mlps as f64 + router
+}
+
 /// One block's work on `shape` for the shard holding `groups`.
 pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &BatchShape) -> Work {
     let w = widths(c, groups);
     let tokens = shape.tokens as f64;
-    let weights = w.hidden * (w.q + 2.0 * w.kv) + w.q * w.hidden + 3.0 * w.hidden * w.ffn;
+    let weights = attention_weights(&w) + mlp_weights(c, &w, c.active_mlps());
     Work {
         matmul_flops: 2.0 * tokens * weights,
         attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
@@ -128,7 +140,7 @@ pub fn embedding_work(c: &ModelConfig, shape: &BatchShape) -> Work {
 /// Weights a shard holds, in values.
 pub fn weight_values(c: &ModelConfig, spec: &StageSpec) -> u64 {
     let w = widths(c, spec.groups.clone());
-    let block = w.hidden * (w.q + 2.0 * w.kv) + w.q * w.hidden + 3.0 * w.hidden * w.ffn + 2.0 * w.hidden;
+    let block = attention_weights(&w) + mlp_weights(c, &w, c.stored_mlps()) + 2.0 * w.hidden;
     let table = (c.vocab_size * c.hidden_size) as u64;
     let embedding = if spec.embedding { table } else { 0 };
     // A tied head shares the embedding's table where both are on the rank.
@@ -298,23 +310,11 @@ fn batches_max_tokens(batches: &[BatchShape]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MicroBatch, RopeStyle, ScoreTree};
+    use crate::{MicroBatch, ScoreTree};
 
     fn tiny() -> ModelConfig {
-        ModelConfig {
-            vocab_size: 100,
-            hidden_size: 8,
-            intermediate_size: 12,
-            num_layers: 4,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 2,
-            rope_theta: 1e4,
-            rms_norm_eps: 1e-5,
-            max_position: 64,
-            tied_embeddings: true,
-            rope_style: RopeStyle::AdjacentPairs,
-        }
+        let json = r#"{"model_type": "llama", "vocab_size": 100, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
+        crate::HfConfig::parse(json).unwrap().to_model_config().unwrap()
     }
 
     #[test]

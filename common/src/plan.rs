@@ -145,7 +145,7 @@ impl ParallelLayout {
 /// them in perplexity chunks, far fewer in multiple choice).
 pub fn head_cost_in_layers(config: &ModelConfig) -> f64 {
     let block = (config.hidden_size * (2 * config.q_dim() + 2 * config.kv_dim())
-        + 3 * config.hidden_size * config.intermediate_size) as f64;
+        + 3 * config.hidden_size * config.ffn_width() * config.active_mlps()) as f64;
     0.5 * (config.vocab_size * config.hidden_size) as f64 / block
 }
 
@@ -223,23 +223,10 @@ fn least_costliest_stage(layers: usize, stages: usize, first: f64, last: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RopeStyle;
 
     fn smollm() -> ModelConfig {
-        ModelConfig {
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_layers: 30,
-            num_heads: 9,
-            num_kv_heads: 3,
-            head_dim: 64,
-            rope_theta: 1e5,
-            rms_norm_eps: 1e-5,
-            max_position: 8192,
-            tied_embeddings: true,
-            rope_style: RopeStyle::AdjacentPairs,
-        }
+        let json = r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 1e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": true}"#;
+        crate::HfConfig::parse(json).unwrap().to_model_config().unwrap()
     }
 
     #[test]

@@ -118,7 +118,7 @@ mod tests {
     use crate::HfConfig;
 
     fn llama(json: &str) -> ModelConfig {
-        HfConfig::parse(json).unwrap().to_plan_config().unwrap()
+        HfConfig::parse(json).unwrap().to_model_config().unwrap()
     }
 
     const LLAMA3_70B: &str = include_str!("../../tests/fixtures/configs/llama-3-70b.json");

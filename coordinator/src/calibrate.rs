@@ -12,7 +12,7 @@ use evalmesh_common::hardware::{HardwareProfile, Link, Rates, GPU_OVERHEAD_BYTES
 use evalmesh_common::protocol::{Device, GpuPrecision};
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend};
-use evalmesh_worker::backend::HeadLayout;
+use evalmesh_worker::backend::{AttentionSpec, HeadLayout};
 use evalmesh_worker::{Backend, CpuBackend, Matrix};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -50,7 +50,7 @@ fn median_of<B: Backend>(b: &B, mut f: impl FnMut() -> Result<(), CalibrateError
 /// One worker's rates on `b` on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
 fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
     let g = c.num_kv_heads;
-    let (h, q, kv, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let (h, q, kv, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.ffn_width());
     let sequences = (tokens / SEQUENCE).max(1);
     let tokens = sequences * SEQUENCE;
     let shape = BatchShape::sequences(sequences, SEQUENCE, 0);
@@ -68,8 +68,8 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         b.matmul_t(&x, &qkv_w)?;
         b.matmul_t(&x, &gate_up_w)?;
         for k in 0..g {
-            b.matmul_t(&b.columns(&attended, group_slice(q, g, k..k + 1))?, &out_w[k])?;
-            b.matmul_t(&b.columns(&act, group_slice(ffn, g, k..k + 1))?, &down_w[k])?;
+            b.matmul_t(&b.columns(&attended, &[group_slice(q, g, k..k + 1)])?, &out_w[k])?;
+            b.matmul_t(&b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?, &down_w[k])?;
         }
         Ok(())
     })?;
@@ -78,13 +78,15 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
         .collect();
     let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
+    let spec = AttentionSpec { scale: c.block.attention_scale as f32, softcap: None, window: None };
     let attention = median_of(b, || {
-        b.attention(&qkv, &trees, heads)?;
+        b.attention(&qkv, &trees, heads, spec)?;
         Ok(())
     })?;
     let norm = b.upload(Matrix::random(1, h, 8, 0.5))?;
     let positions: Vec<u32> = (0..tokens).map(|i| (i % SEQUENCE) as u32).collect();
-    let rope = b.rope_table(&positions, c.head_dim, c.rope_theta)?;
+    let rope = &c.ropes[0];
+    let rope = b.upload(Matrix::from_vec(tokens, rope.rotary_dim, rope.table(&positions, &vec![SEQUENCE; tokens])))?;
     let gate_up = b.upload(Matrix::random(tokens, 2 * ffn, 9, 0.5))?;
     let mut rotated = b.upload(Matrix::random(tokens, q + 2 * kv, 10, 0.5))?;
     let mut sum = b.upload(Matrix::random(tokens, h, 11, 0.5))?;
@@ -94,10 +96,10 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         b.rms_norm(&x, &norm, c.rms_norm_eps)?;
         b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
         for k in 0..g {
-            b.columns(&attended, group_slice(q, g, k..k + 1))?;
-            b.columns(&act, group_slice(ffn, g, k..k + 1))?;
+            b.columns(&attended, &[group_slice(q, g, k..k + 1)])?;
+            b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?;
         }
-        b.silu_mul(&gate_up)?;
+        b.gated(&gate_up, c.block.activation)?;
         for _ in 0..2 * g {
             b.add_assign(&mut sum, &x)?;
         }

@@ -47,7 +47,7 @@ pub fn safetensors_header(data: &[u8]) {
 /// 8 GPUs.
 pub fn config_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(config) = HfConfig::parse(text).and_then(|c| c.to_plan_config()) else { return };
+    let Ok(config) = HfConfig::parse(text).and_then(|c| c.to_model_config()) else { return };
     let Ok(profile) = HardwareProfile::built_in("h100") else { return };
     let batches = vec![BatchShape::sequences(4, 512, 256); 4];
     let place = Placement { threads_per_worker: 1, workers_per_node: 8 };

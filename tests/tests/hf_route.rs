@@ -11,8 +11,10 @@ use std::path::Path;
 use evalmesh::tokenizer::{gguf_tokenizer_json, TextTokenizer};
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TokenScore};
 use evalmesh_tests::{run_evalmesh, test_model};
-use evalmesh_worker::weights::{hf_tensor_name, load, GgufModel, HfModel, LayerTensor, TensorId};
-use evalmesh_worker::{CpuBackend, LlamaStage, LocalSum, Matrix, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::weights::{hf_tensor, load, GgufModel, HfModel, LayerTensor, TensorId};
+use evalmesh_worker::{
+    CpuBackend, LocalSum, Matrix, StageInput, StageOutput, StageSpec, TransformerStage, WeightSource,
+};
 use safetensors::tensor::{Dtype, TensorView};
 
 /// GGUF stores each head's Q/K rows so that dimensions (2i, 2i+1) rotate together;
@@ -36,7 +38,7 @@ fn hf_config(c: &ModelConfig) -> serde_json::Value {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
         "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
-        "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position,
+        "rope_theta": c.ropes[0].theta, "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position,
         "tie_word_embeddings": c.tied_embeddings,
     })
 }
@@ -56,7 +58,7 @@ fn export_hf(gguf: &GgufModel, dir: &Path) {
             m = to_rotate_half(&m, c.head_dim);
         }
         let shard = matches!(id, TensorId::Layer(l, _) if l >= c.num_layers / 2) as usize;
-        shards[shard].push((hf_tensor_name(id, c.tied_embeddings), m));
+        shards[shard].push((hf_tensor(&c, id).0, m));
     }
     let mut weight_map = BTreeMap::new();
     for (i, tensors) in shards.iter().enumerate() {
@@ -82,7 +84,7 @@ fn export_hf(gguf: &GgufModel, dir: &Path) {
 }
 
 fn scores(source: &dyn WeightSource, trees: &[ScoreTree]) -> Vec<TokenScore> {
-    let stage = LlamaStage::load(source, StageSpec::whole(source.config()), CpuBackend::default()).unwrap();
+    let stage = TransformerStage::load(source, StageSpec::whole(source.config()), CpuBackend::default()).unwrap();
     let refs: Vec<&ScoreTree> = trees.iter().collect();
     match stage.forward(&MicroBatch::pack(&refs), StageInput::Tokens, &mut LocalSum).unwrap() {
         StageOutput::Scores(s) => s,

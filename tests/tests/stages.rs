@@ -6,7 +6,7 @@
 use evalmesh_common::{MicroBatch, ScoreTree, TokenScore};
 use evalmesh_tests::test_model;
 use evalmesh_worker::weights::GgufModel;
-use evalmesh_worker::{CpuBackend, LlamaStage, LocalSum, StageInput, StageOutput, StageSpec, WeightSource};
+use evalmesh_worker::{CpuBackend, LocalSum, StageInput, StageOutput, StageSpec, TransformerStage, WeightSource};
 
 fn trees() -> Vec<ScoreTree> {
     let ids = |start: u32, n: u32| (start..start + n).map(|i| (i * 7919) % 49152).collect::<Vec<u32>>();
@@ -40,15 +40,15 @@ fn two_stages_give_the_whole_models_bits() {
     let refs: Vec<&ScoreTree> = trees.iter().collect();
     let batch = MicroBatch::pack(&refs);
 
-    let whole = LlamaStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
+    let whole = TransformerStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
     let expected = scores_of(whole.forward(&batch, StageInput::Tokens, &mut LocalSum).unwrap());
     drop(whole);
 
     let groups = 0..model.config().num_kv_heads;
     let spec = StageSpec { layers: 0..12, embedding: true, head: false, groups: groups.clone() };
-    let first = LlamaStage::load(&model, spec, CpuBackend::default()).unwrap();
+    let first = TransformerStage::load(&model, spec, CpuBackend::default()).unwrap();
     let spec = StageSpec { layers: 12..layers, embedding: false, head: true, groups };
-    let last = LlamaStage::load(&model, spec, CpuBackend::default()).unwrap();
+    let last = TransformerStage::load(&model, spec, CpuBackend::default()).unwrap();
     let StageOutput::Hidden(hidden) = first.forward(&batch, StageInput::Tokens, &mut LocalSum).unwrap() else {
         panic!("a first stage without the head returns hidden states");
     };
@@ -63,7 +63,7 @@ fn two_stages_give_the_whole_models_bits() {
 #[test]
 fn a_trees_scores_do_not_depend_on_its_neighbours() {
     let model = GgufModel::open(&test_model()).unwrap();
-    let stage = LlamaStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
+    let stage = TransformerStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
     let trees = trees();
     let together: Vec<&ScoreTree> = trees.iter().collect();
     let packed = scores_of(stage.forward(&MicroBatch::pack(&together), StageInput::Tokens, &mut LocalSum).unwrap());

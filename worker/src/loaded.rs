@@ -18,7 +18,7 @@ use crate::comm::activations::Activations;
 use crate::comm::cuda_aware::mpi_is_cuda_aware;
 use crate::comm::shard_sum::ShardSum;
 use crate::comm::wire::{Landing, Outbound};
-use crate::stage::{GroupSum, LlamaStage, LocalSum, StageError, StageInput, StageOutput};
+use crate::stage::{GroupSum, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
 use crate::weights::WeightSource;
 
 /// What a stage computes on, found before anything is read, so that a machine without
@@ -164,7 +164,7 @@ fn passes_device_memory(cuda_aware: CudaAware, rank: Rank) -> bool {
 }
 
 struct Loaded<B: Backend> {
-    stage: LlamaStage<B>,
+    stage: TransformerStage<B>,
     sums: Box<dyn GroupSum<B>>,
     device: String,
 }
@@ -177,7 +177,7 @@ impl<B: Backend + 'static> Loaded<B> {
         device: String,
         site: &Site,
     ) -> Result<Self, StageError> {
-        let stage = LlamaStage::load(source, spec, backend)?;
+        let stage = TransformerStage::load(source, spec, backend)?;
         let shard = match site {
             Site::Worker { rank, shards, .. } if shards.len() > 1 => {
                 shards.iter().position(|r| r == rank).map(|index| (shards, index))

@@ -14,13 +14,12 @@ pub mod transfer;
 
 use std::ops::Range;
 
+use evalmesh_common::config::Activation;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 pub use error::BackendError;
 pub use memory::DeviceMemory;
 pub use transfer::Transfer;
-
-use crate::tensor::Matrix;
 
 /// The arithmetic version: bumped with every change that moves any score's bits (an order
 /// of summation, a kernel), so that a resumed run never mixes scores of two builds.
@@ -56,21 +55,15 @@ impl HeadLayout {
     }
 }
 
-/// The rotary table of [`Backend::rope_table`] on the host: per position, the cosines then the
-/// sines of its angle with each pair's frequency, computed in f64.
-pub fn rope_table(positions: &[u32], head_dim: usize, theta: f64) -> Matrix {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
-    let mut table = Matrix::zeros(positions.len(), head_dim);
-    for (row, &p) in table.data.chunks_exact_mut(head_dim).zip(positions) {
-        let (cos, sin) = row.split_at_mut(half);
-        for ((c, s), f) in cos.iter_mut().zip(sin.iter_mut()).zip(&inv_freq) {
-            let angle = p as f64 * f;
-            *c = angle.cos() as f32;
-            *s = angle.sin() as f32;
-        }
-    }
-    table
+/// What a layer's attention does beyond softmax(q·kᵀ)·v over the visible keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    /// The factor of every query·key product.
+    pub scale: f32,
+    /// `cap·tanh(s/cap)` on the scaled scores.
+    pub softcap: Option<f32>,
+    /// A query sees only the keys of its last `window` positions, itself included.
+    pub window: Option<usize>,
 }
 
 /// Work done in matrix products, for throughput reports.
@@ -100,9 +93,17 @@ pub trait Backend: DeviceMemory + Transfer {
     fn matmul_t(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor, BackendError>;
     /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;
-    /// Cosines and sines for each row's position: `rows × head_dim` (cos then sin per pair).
-    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f64) -> Result<Self::Tensor, BackendError>;
-    /// Rotates each head of the columns `cols` of `x` in place.
+    /// Normalises in place, within the columns `cols` of every row, each run of
+    /// `weight`'s width (a head, or all of them) to unit root-mean-square, scaled by `weight`.
+    fn rms_norm_runs(
+        &self,
+        x: &mut Self::Tensor,
+        cols: Range<usize>,
+        weight: &Self::Tensor,
+        eps: f64,
+    ) -> Result<(), BackendError>;
+    /// Rotates the first `table`-width dimensions of each head of the columns `cols` of `x`
+    /// in place; `table` holds each row's cosines then sines (`common::config::Rope::table`).
     fn apply_rope(
         &self,
         x: &mut Self::Tensor,
@@ -117,13 +118,24 @@ pub trait Backend: DeviceMemory + Transfer {
         qkv: &Self::Tensor,
         trees: &[TreeLayout],
         heads: HeadLayout,
+        spec: AttentionSpec,
     ) -> Result<Self::Tensor, BackendError>;
-    /// `silu(gate) · up` where the first half of the columns is the gate and the second the up projection.
-    fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// `act(gate) · up` where the first half of the columns is the gate and the second the up projection.
+    fn gated(&self, gate_up: &Self::Tensor, act: Activation) -> Result<Self::Tensor, BackendError>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), BackendError>;
+    /// Adds the one-row `row` to every row of `x` (a bias).
+    fn add_row(&self, x: &mut Self::Tensor, row: &Self::Tensor) -> Result<(), BackendError>;
+    /// Multiplies every value of `x` by `factor`.
+    fn scale(&self, x: &mut Self::Tensor, factor: f32) -> Result<(), BackendError>;
+    /// Multiplies row `i` of `x` by `factors[i]`.
+    fn scale_rows(&self, x: &mut Self::Tensor, factors: &[f32]) -> Result<(), BackendError>;
+    /// `cap·tanh(v/cap)` on every value of `x`.
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> Result<(), BackendError>;
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor, BackendError>;
-    /// The columns `cols` of `x`, as a tensor of their own.
-    fn columns(&self, x: &Self::Tensor, cols: Range<usize>) -> Result<Self::Tensor, BackendError>;
+    /// Adds row `i` of `y` to row `rows[i]` of `x`, in order.
+    fn scatter_add_rows(&self, x: &mut Self::Tensor, y: &Self::Tensor, rows: &[usize]) -> Result<(), BackendError>;
+    /// The columns `cols` of `x`, side by side in order, as a tensor of their own.
+    fn columns(&self, x: &Self::Tensor, cols: &[Range<usize>]) -> Result<Self::Tensor, BackendError>;
     /// Log-softmax of each row of `logits` at `targets[row]`, and whether the target is the argmax.
     fn score(&self, logits: &Self::Tensor, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError>;
     /// Floating-point operations and time spent in [`Backend::matmul_t`] so far.

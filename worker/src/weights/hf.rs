@@ -1,9 +1,11 @@
 //! A Hugging Face model directory as a [`WeightSource`]: `config.json` plus
 //! `model.safetensors`, or shards listed by `model.safetensors.index.json`.
-//! F32, F16 and BF16 tensors are read; Q/K rows are in rotate-half order.
+//! F32, F16 and BF16 tensors are read; Q/K rows are in rotate-half order. [`hf_tensor`]
+//! maps each tensor role to its name in the family's checkpoints.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
@@ -99,28 +101,53 @@ impl HfModel {
     }
 }
 
-/// A tensor's name in Hugging Face Llama checkpoints; a tied head is the embedding.
-pub fn hf_tensor_name(id: TensorId, tied_embeddings: bool) -> String {
-    match id {
-        TensorId::Embedding => "model.embed_tokens.weight".into(),
-        TensorId::FinalNorm => "model.norm.weight".into(),
-        TensorId::Head if tied_embeddings => "model.embed_tokens.weight".into(),
-        TensorId::Head => "lm_head.weight".into(),
-        TensorId::Layer(l, t) => {
-            let part = match t {
-                LayerTensor::AttnNorm => "input_layernorm",
-                LayerTensor::Q => "self_attn.q_proj",
-                LayerTensor::K => "self_attn.k_proj",
-                LayerTensor::V => "self_attn.v_proj",
-                LayerTensor::O => "self_attn.o_proj",
-                LayerTensor::FfnNorm => "post_attention_layernorm",
-                LayerTensor::Gate => "mlp.gate_proj",
-                LayerTensor::Up => "mlp.up_proj",
-                LayerTensor::Down => "mlp.down_proj",
-            };
-            format!("model.layers.{l}.{part}.weight")
-        }
-    }
+/// Where a tensor lies in a Hugging Face checkpoint: its name, and the rows it takes of a
+/// tensor that fuses several (Phi-3's `qkv_proj` and `gate_up_proj`); a tied head is the embedding.
+pub fn hf_tensor(c: &ModelConfig, id: TensorId) -> (String, Option<Range<usize>>) {
+    let (q, kv, f) = (c.q_dim(), c.kv_dim(), c.ffn_width());
+    let fused = c.architecture == "phi3";
+    let experts = if c.architecture == "mixtral" { "block_sparse_moe" } else { "mlp" };
+    let expert = |e: usize, mixtral: &str, other: &str| match c.architecture.as_str() {
+        "mixtral" => format!("block_sparse_moe.experts.{e}.{mixtral}"),
+        _ => format!("mlp.experts.{e}.{other}"),
+    };
+    let (part, rows) = match id {
+        TensorId::Embedding => return ("model.embed_tokens.weight".into(), None),
+        TensorId::FinalNorm => return ("model.norm.weight".into(), None),
+        TensorId::Head if c.tied_embeddings => return ("model.embed_tokens.weight".into(), None),
+        TensorId::Head => return ("lm_head.weight".into(), None),
+        TensorId::Layer(_, t) => match t {
+            LayerTensor::AttnNorm => ("input_layernorm.weight".into(), None),
+            // Gemma and OLMo 2 name the attention's output norm as Llama names the MLP's input norm.
+            LayerTensor::PostAttnNorm => ("post_attention_layernorm.weight".into(), None),
+            LayerTensor::FfnNorm if c.block.post_norms => ("pre_feedforward_layernorm.weight".into(), None),
+            LayerTensor::FfnNorm => ("post_attention_layernorm.weight".into(), None),
+            LayerTensor::PostFfnNorm => ("post_feedforward_layernorm.weight".into(), None),
+            LayerTensor::Q if fused => ("self_attn.qkv_proj.weight".into(), Some(0..q)),
+            LayerTensor::K if fused => ("self_attn.qkv_proj.weight".into(), Some(q..q + kv)),
+            LayerTensor::V if fused => ("self_attn.qkv_proj.weight".into(), Some(q + kv..q + 2 * kv)),
+            LayerTensor::Q => ("self_attn.q_proj.weight".into(), None),
+            LayerTensor::K => ("self_attn.k_proj.weight".into(), None),
+            LayerTensor::V => ("self_attn.v_proj.weight".into(), None),
+            LayerTensor::QBias => ("self_attn.q_proj.bias".into(), None),
+            LayerTensor::KBias => ("self_attn.k_proj.bias".into(), None),
+            LayerTensor::VBias => ("self_attn.v_proj.bias".into(), None),
+            LayerTensor::QNorm => ("self_attn.q_norm.weight".into(), None),
+            LayerTensor::KNorm => ("self_attn.k_norm.weight".into(), None),
+            LayerTensor::O => ("self_attn.o_proj.weight".into(), None),
+            LayerTensor::Gate if fused => ("mlp.gate_up_proj.weight".into(), Some(0..f)),
+            LayerTensor::Up if fused => ("mlp.gate_up_proj.weight".into(), Some(f..2 * f)),
+            LayerTensor::Gate => ("mlp.gate_proj.weight".into(), None),
+            LayerTensor::Up => ("mlp.up_proj.weight".into(), None),
+            LayerTensor::Down => ("mlp.down_proj.weight".into(), None),
+            LayerTensor::Router => (format!("{experts}.gate.weight"), None),
+            LayerTensor::ExpertGate(e) => (format!("{}.weight", expert(e, "w1", "gate_proj")), None),
+            LayerTensor::ExpertUp(e) => (format!("{}.weight", expert(e, "w3", "up_proj")), None),
+            LayerTensor::ExpertDown(e) => (format!("{}.weight", expert(e, "w2", "down_proj")), None),
+        },
+    };
+    let TensorId::Layer(l, _) = id else { unreachable!("whole-model tensors returned above") };
+    (format!("model.layers.{l}.{part}"), rows)
 }
 
 impl WeightSource for HfModel {
@@ -133,7 +160,7 @@ impl WeightSource for HfModel {
     }
 
     fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError> {
-        let name = hf_tensor_name(id, self.config.tied_embeddings);
+        let (name, rows) = hf_tensor(&self.config, id);
         let missing = || WeightError::MissingTensor { path: self.dir.clone(), name: name.clone() };
         let shard = &self.shards[*self.index.get(&name).ok_or_else(missing)?];
         let info = shard.metadata.info(&name).ok_or_else(missing)?;
@@ -150,7 +177,21 @@ impl WeightSource for HfModel {
             _ => return Err(bad(format!("tensor `{name}` has shape {:?}, expected 1 or 2 dimensions", info.shape))),
         };
         let (start, end) = info.data_offsets;
-        let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
+        let mut bytes = &shard.map[shard.data_start + start..shard.data_start + end];
+        let shape = match rows {
+            Some(rows) if rows.end <= shape.0 => {
+                let row_bytes = bytes.len() / shape.0;
+                bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+                (rows.len(), shape.1)
+            }
+            Some(rows) => {
+                return Err(bad(format!(
+                    "tensor `{name}` has {} rows; the config implies at least {}: the file and its config disagree",
+                    shape.0, rows.end
+                )))
+            }
+            None => shape,
+        };
         Ok(Located { name, shape, dtype, bytes })
     }
 

@@ -1,7 +1,8 @@
 //! Weight loading: the [`WeightSource`] trait over a model file, its GGUF and
 //! Hugging Face safetensors implementations, and [`load`] and [`load_part`], which read
 //! a tensor (or a rectangle of it) widened to f32 after checking its shape against the
-//! configuration.
+//! configuration. A source locates each tensor by role ([`TensorId`]), also where the file
+//! fuses several into one (Phi-3's QKV) or stacks experts in one array (GGUF).
 
 pub mod gguf;
 mod gguf_model;
@@ -13,11 +14,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use evalmesh_common::config::QkNorm;
 use evalmesh_common::{ConfigError, ModelConfig};
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
-pub use hf::{hf_tensor_name, read_shard_header, HfModel};
+pub use hf::{hf_tensor, read_shard_header, HfModel};
 pub use random::RandomModel;
 
 /// Why a model's weights could not be read.
@@ -46,36 +48,63 @@ impl WeightError {
 /// A tensor of one transformer block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerTensor {
+    /// The norm of the attention's input.
     AttnNorm,
+    /// The norm of the attention's output (Gemma 2/3, OLMo 2).
+    PostAttnNorm,
     Q,
     K,
     V,
+    QBias,
+    KBias,
+    VBias,
+    QNorm,
+    KNorm,
     O,
+    /// The norm of the MLP's input.
     FfnNorm,
+    /// The norm of the MLP's output (Gemma 2/3, OLMo 2).
+    PostFfnNorm,
     Gate,
     Up,
     Down,
+    /// A mixture's router: one row of logits weights per expert.
+    Router,
+    ExpertGate(usize),
+    ExpertUp(usize),
+    ExpertDown(usize),
 }
 
 impl LayerTensor {
     /// The tensor's name in keys that must not move when the code does (random models'
     /// seeds): written out, not taken from `Debug`.
-    pub fn key_name(self) -> &'static str {
+    pub fn key_name(self) -> String {
         match self {
-            LayerTensor::AttnNorm => "AttnNorm",
-            LayerTensor::Q => "Q",
-            LayerTensor::K => "K",
-            LayerTensor::V => "V",
-            LayerTensor::O => "O",
-            LayerTensor::FfnNorm => "FfnNorm",
-            LayerTensor::Gate => "Gate",
-            LayerTensor::Up => "Up",
-            LayerTensor::Down => "Down",
+            LayerTensor::AttnNorm => "AttnNorm".into(),
+            LayerTensor::PostAttnNorm => "PostAttnNorm".into(),
+            LayerTensor::Q => "Q".into(),
+            LayerTensor::K => "K".into(),
+            LayerTensor::V => "V".into(),
+            LayerTensor::QBias => "QBias".into(),
+            LayerTensor::KBias => "KBias".into(),
+            LayerTensor::VBias => "VBias".into(),
+            LayerTensor::QNorm => "QNorm".into(),
+            LayerTensor::KNorm => "KNorm".into(),
+            LayerTensor::O => "O".into(),
+            LayerTensor::FfnNorm => "FfnNorm".into(),
+            LayerTensor::PostFfnNorm => "PostFfnNorm".into(),
+            LayerTensor::Gate => "Gate".into(),
+            LayerTensor::Up => "Up".into(),
+            LayerTensor::Down => "Down".into(),
+            LayerTensor::Router => "Router".into(),
+            LayerTensor::ExpertGate(e) => format!("ExpertGate{e}"),
+            LayerTensor::ExpertUp(e) => format!("ExpertUp{e}"),
+            LayerTensor::ExpertDown(e) => format!("ExpertDown{e}"),
         }
     }
 }
 
-/// Every tensor of a Llama-family model, by role.
+/// Every tensor of a model, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorId {
     Embedding,
@@ -85,20 +114,50 @@ pub enum TensorId {
 }
 
 impl TensorId {
-    /// (rows, cols) the configuration implies; norms are one row.
+    /// (rows, cols) the configuration implies; norms and biases are one row.
     pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, q, kv, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.ffn_width());
+        let qk_norm = |whole: usize| match c.block.qk_norm {
+            QkNorm::Whole => (1, whole),
+            _ => (1, c.head_dim),
+        };
         match self {
-            TensorId::Embedding | TensorId::Head => (c.vocab_size, c.hidden_size),
-            TensorId::FinalNorm => (1, c.hidden_size),
+            TensorId::Embedding | TensorId::Head => (c.vocab_size, h),
+            TensorId::FinalNorm => (1, h),
             TensorId::Layer(_, t) => match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => (1, c.hidden_size),
-                LayerTensor::Q => (c.q_dim(), c.hidden_size),
-                LayerTensor::K | LayerTensor::V => (c.kv_dim(), c.hidden_size),
-                LayerTensor::O => (c.hidden_size, c.q_dim()),
-                LayerTensor::Gate | LayerTensor::Up => (c.intermediate_size, c.hidden_size),
-                LayerTensor::Down => (c.hidden_size, c.intermediate_size),
+                LayerTensor::AttnNorm | LayerTensor::PostAttnNorm | LayerTensor::FfnNorm | LayerTensor::PostFfnNorm => {
+                    (1, h)
+                }
+                LayerTensor::Q => (q, h),
+                LayerTensor::K | LayerTensor::V => (kv, h),
+                LayerTensor::QBias => (1, q),
+                LayerTensor::KBias | LayerTensor::VBias => (1, kv),
+                LayerTensor::QNorm => qk_norm(q),
+                LayerTensor::KNorm => qk_norm(kv),
+                LayerTensor::O => (h, q),
+                LayerTensor::Gate | LayerTensor::Up | LayerTensor::ExpertGate(_) | LayerTensor::ExpertUp(_) => (f, h),
+                LayerTensor::Down | LayerTensor::ExpertDown(_) => (h, f),
+                LayerTensor::Router => (c.experts.as_ref().map_or(0, |e| e.count), h),
             },
         }
+    }
+
+    /// Whether the tensor is a norm's weight, which the stage offsets by the configuration's
+    /// `norm_weight_offset`.
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            TensorId::FinalNorm
+                | TensorId::Layer(
+                    _,
+                    LayerTensor::AttnNorm
+                        | LayerTensor::PostAttnNorm
+                        | LayerTensor::FfnNorm
+                        | LayerTensor::PostFfnNorm
+                        | LayerTensor::QNorm
+                        | LayerTensor::KNorm
+                )
+        )
     }
 }
 

@@ -26,9 +26,11 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let summary = json!({
         "model": path.display().to_string(),
         "format": format,
-        "architecture": "llama",
+        "architecture": config.architecture,
+        "features": config.features(),
         "config": config,
         "parameters": config.parameter_count(),
+        "active_parameters_per_token": config.active_parameter_count(),
         "tensor_types": by_type.iter().map(|(t, (n, b))| (t.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "vocabulary": model.tokenizer.vocab_size(),
     });
@@ -39,21 +41,23 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     println!("model:        {}", path.display());
     println!("format:       {format}");
     println!(
-        "architecture: llama ({} layers, width {}, {} heads, {} KV heads, head dim {}, FFN {}, vocab {})",
+        "architecture: {} ({} layers, width {}, {} heads, {} KV heads, head dim {}, FFN {}, vocab {})",
+        config.architecture,
         config.num_layers,
         config.hidden_size,
         config.num_heads,
         config.num_kv_heads,
         config.head_dim,
-        config.intermediate_size,
+        config.ffn_width(),
         config.vocab_size
     );
+    println!("block:        {}", config.features().join("; "));
     println!(
-        "rope:         base {}, {:?}; RMSNorm eps {:e}; tied embeddings: {}",
-        config.rope_theta, config.rope_style, config.rms_norm_eps, config.tied_embeddings
+        "rope:         {:?}; RMSNorm eps {:e}; tied embeddings: {}",
+        config.rope_style, config.rms_norm_eps, config.tied_embeddings
     );
     println!("context:      {} positions", config.max_position);
-    println!("parameters:   {}", config.parameter_count());
+    println!("parameters:   {} ({} active per token)", config.parameter_count(), config.active_parameter_count());
     for (t, (n, bytes)) in &by_type {
         println!("tensors {t:>5}: {n:>4} tensors, {bytes:>12} bytes");
     }

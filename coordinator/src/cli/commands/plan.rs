@@ -21,7 +21,7 @@ use crate::tasks::read_text;
 pub fn plan_config(path: &Path) -> anyhow::Result<ModelConfig> {
     if path.is_file() && path.extension().is_some_and(|e| e == "json") {
         let text = read_text(path)?;
-        let config = HfConfig::parse(&text).and_then(|c| c.to_plan_config());
+        let config = HfConfig::parse(&text).and_then(|c| c.to_model_config());
         return config.with_context(|| path.display().to_string());
     }
     Ok(evalmesh_worker::weights::open(path, false)?.config().clone())

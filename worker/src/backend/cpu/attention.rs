@@ -8,16 +8,23 @@ use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
 use super::kernels::{fast_exp, gemm_into, lane_sum, View};
-use crate::backend::HeadLayout;
+use crate::backend::{AttentionSpec, HeadLayout};
 use crate::tensor::Matrix;
 
 /// Query rows per attention block: bounds the score buffer and skips most of the
 /// masked upper triangle.
 const ATTENTION_BLOCK: usize = 64;
 
-/// Normalises `row[..valid]` to a softmax in place and zeroes the rest.
-fn softmax_prefix(row: &mut [f32], valid: usize) {
-    let (live, masked) = row.split_at_mut(valid);
+/// Normalises `row[visible]` to a softmax in place, after capping it with `cap·tanh(s/cap)`
+/// when `softcap` is given, and zeroes the rest.
+fn softmax_range(row: &mut [f32], visible: Range<usize>, softcap: Option<f32>) {
+    row[..visible.start].fill(0.0);
+    let (live, masked) = row[visible.start..].split_at_mut(visible.len());
+    if let Some(cap) = softcap {
+        for v in live.iter_mut() {
+            *v = cap * (*v / cap).tanh();
+        }
+    }
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in live.iter_mut() {
         *v = fast_exp(*v - max);
@@ -41,7 +48,7 @@ struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    fn compute(&self, qkv: &Matrix, heads: HeadLayout) -> Vec<f32> {
+    fn compute(&self, qkv: &Matrix, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
         let d = heads.head_dim;
         let ld = qkv.cols;
         let group = heads.num_heads / heads.num_kv_heads;
@@ -58,7 +65,7 @@ impl AttentionBlock {
         // Keys transposed: element (j, t) is component j of key t.
         let kt = |start: usize| View { ptr: at(start, k_col), rs: 1, cs: ld as isize };
         let v = |start: usize| View { ptr: at(start, v_col), rs: ld as isize, cs: 1 };
-        let scale = 1.0 / (d as f32).sqrt();
+        let scale = spec.scale;
         let mut scores = vec![0.0f32; m * keys];
         let mut out = vec![0.0f32; m * d];
         // SAFETY: every view lies inside `qkv` (rows and columns come from a validated
@@ -69,8 +76,12 @@ impl AttentionBlock {
             }
             gemm_into(m, b, d, scores.as_mut_ptr().add(a), keys, false, q, kt(self.own_start), scale, false);
         }
+        // Trees start at position 0 and a query's keys are listed in position order, so a
+        // key's index is its position.
         for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-            softmax_prefix(row, a + self.causal_offset + i + 1);
+            let end = a + self.causal_offset + i + 1;
+            let start = spec.window.map_or(0, |w| end.saturating_sub(w));
+            softmax_range(row, start..end, spec.softcap);
         }
         let s = |col: usize| View { ptr: scores[col..].as_ptr(), rs: keys as isize, cs: 1 };
         // SAFETY: as above; `out` is m × d.
@@ -117,10 +128,10 @@ fn attention_blocks(trees: &[TreeLayout], num_heads: usize) -> Vec<AttentionBloc
 
 /// Attention over `qkv` (checked against `trees` and `heads` by the caller): `rows ×
 /// num_heads·head_dim`.
-pub fn attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout) -> Matrix {
+pub fn attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
     let d = heads.head_dim;
     let blocks = attention_blocks(trees, heads.num_heads);
-    let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(qkv, heads)).collect();
+    let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(qkv, heads, spec)).collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
     for (block, result) in blocks.iter().zip(results) {
@@ -139,7 +150,7 @@ mod tests {
     use crate::backend::Backend;
 
     /// Attention computed naively in f64 for a tree, query row by query row.
-    fn reference_attention(qkv: &Matrix, tree: &TreeLayout, heads: HeadLayout) -> Vec<Vec<f64>> {
+    fn reference_attention(qkv: &Matrix, tree: &TreeLayout, heads: HeadLayout, spec: AttentionSpec) -> Vec<Vec<f64>> {
         let d = heads.head_dim;
         let group = heads.num_heads / heads.num_kv_heads;
         let mut visible: Vec<Vec<usize>> = Vec::new();
@@ -155,6 +166,12 @@ mod tests {
             }
             start += len;
         }
+        // A query's keys are in position order, the last its own: the window keeps the last `w`.
+        for keys in &mut visible {
+            if let Some(w) = spec.window {
+                keys.drain(..keys.len().saturating_sub(w));
+            }
+        }
         visible
             .iter()
             .enumerate()
@@ -168,7 +185,9 @@ mod tests {
                         .iter()
                         .map(|&k| {
                             let kr = &qkv.row(k)[heads.k_cols().start + kv * d..][..d];
-                            q.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()
+                            let s =
+                                q.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * spec.scale as f64;
+                            spec.softcap.map_or(s, |cap| cap as f64 * (s / cap as f64).tanh())
                         })
                         .collect();
                     let max = s.iter().cloned().fold(f64::MIN, f64::max);
@@ -195,13 +214,18 @@ mod tests {
             TreeLayout { start: 139, prefix_len: 5, branch_lens: vec![] },
         ];
         let qkv = Matrix::random(144, heads.width(), 5, 1.0);
-        let out = CpuBackend::default().attention(&qkv, &trees, heads).unwrap();
-        for tree in &trees {
-            for (i, want) in reference_attention(&qkv, tree, heads).iter().enumerate() {
-                let got = out.row(tree.start + i);
-                for (g, w) in got.iter().zip(want) {
-                    // f32 softmax and sums over ≤ 140 keys: absolute error ≪ 1e-5.
-                    assert!((*g as f64 - w).abs() < 1e-5, "row {} differs: {g} vs {w}", tree.start + i);
+        let plain = AttentionSpec { scale: 1.0 / 8f32.sqrt(), softcap: None, window: None };
+        // Gemma 2's kind: a cap, another scale, and a window shorter than the trees.
+        let gemma = AttentionSpec { scale: 0.5, softcap: Some(2.0), window: Some(9) };
+        for spec in [plain, gemma] {
+            let out = CpuBackend::default().attention(&qkv, &trees, heads, spec).unwrap();
+            for tree in &trees {
+                for (i, want) in reference_attention(&qkv, tree, heads, spec).iter().enumerate() {
+                    let got = out.row(tree.start + i);
+                    for (g, w) in got.iter().zip(want) {
+                        // f32 softmax and sums over ≤ 140 keys: absolute error ≪ 1e-5.
+                        assert!((*g as f64 - w).abs() < 1e-5, "{spec:?}: row {} differs: {g} vs {w}", tree.start + i);
+                    }
                 }
             }
         }
@@ -212,11 +236,12 @@ mod tests {
         let heads = HeadLayout { num_heads: 1, num_kv_heads: 1, head_dim: 4 };
         let tree = vec![TreeLayout { start: 0, prefix_len: 2, branch_lens: vec![2, 2] }];
         let mut qkv = Matrix::random(6, heads.width(), 6, 1.0);
-        let before = CpuBackend::default().attention(&qkv, &tree, heads).unwrap();
+        let spec = AttentionSpec { scale: 0.5, softcap: None, window: None };
+        let before = CpuBackend::default().attention(&qkv, &tree, heads, spec).unwrap();
         for v in &mut qkv.data[2 * heads.width()..4 * heads.width()] {
             *v += 1.0; // change the first branch only
         }
-        let after = CpuBackend::default().attention(&qkv, &tree, heads).unwrap();
+        let after = CpuBackend::default().attention(&qkv, &tree, heads, spec).unwrap();
         assert_eq!(before.data[..2 * 4], after.data[..2 * 4], "prefix rows changed");
         assert_eq!(before.data[4 * 4..], after.data[4 * 4..], "second branch changed");
     }

@@ -22,6 +22,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use evalmesh_common::config::Activation;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 use rayon::prelude::*;
 
@@ -30,7 +31,7 @@ use self::kernels::{fast_exp, gemm_into, lane_sum, View};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
-use super::{rope_table, Backend, HeadLayout, MatmulStats};
+use super::{AttentionSpec, Backend, HeadLayout, MatmulStats};
 use crate::comm::wire::{Outbound, Wire};
 use crate::tensor::Matrix;
 
@@ -52,6 +53,12 @@ impl CpuWeight {
     pub fn in_features(&self) -> usize {
         self.t.rows
     }
+}
+
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// The CPU backend; it counts the work of its matrix products.
@@ -171,8 +178,22 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f64) -> Result<Matrix, BackendError> {
-        Ok(rope_table(positions, head_dim, theta))
+    fn rms_norm_runs(&self, x: &mut Matrix, cols: Range<usize>, weight: &Matrix, eps: f64) -> Result<(), BackendError> {
+        let run = weight.data.len();
+        check(run > 0 && cols.end <= x.cols && cols.len().is_multiple_of(run), || {
+            format!("norm of runs of {run} over columns {cols:?} of {}", x.cols)
+        })?;
+        let width = x.cols;
+        x.data.par_chunks_mut(width).for_each(|row| {
+            for values in row[cols.clone()].chunks_exact_mut(run) {
+                let squares: Vec<f32> = values.iter().map(|v| v * v).collect();
+                let scale = (1.0 / (lane_sum(&squares) / run as f64 + eps).sqrt()) as f32;
+                for (v, &w) in values.iter_mut().zip(&weight.data) {
+                    *v = *v * scale * w;
+                }
+            }
+        });
+        Ok(())
     }
 
     fn apply_rope(
@@ -184,7 +205,11 @@ impl Backend for CpuBackend {
         style: RopeStyle,
     ) -> Result<(), BackendError> {
         check(
-            table.rows == x.rows && table.cols == head_dim && cols.end <= x.cols && cols.len().is_multiple_of(head_dim),
+            table.rows == x.rows
+                && table.cols <= head_dim
+                && table.cols.is_multiple_of(2)
+                && cols.end <= x.cols
+                && cols.len().is_multiple_of(head_dim),
             || {
                 format!(
                     "rope over columns {cols:?} of {}×{} with a {}×{} table",
@@ -192,9 +217,9 @@ impl Backend for CpuBackend {
                 )
             },
         )?;
-        let half = head_dim / 2;
+        let half = table.cols / 2;
         let width = x.cols;
-        x.data.par_chunks_mut(width).zip(table.data.par_chunks(head_dim)).for_each(|(row, t)| {
+        x.data.par_chunks_mut(width).zip(table.data.par_chunks(table.cols.max(1))).for_each(|(row, t)| {
             let (cos, sin) = t.split_at(half);
             for head in row[cols.clone()].chunks_exact_mut(head_dim) {
                 for i in 0..half {
@@ -211,26 +236,77 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout) -> Result<Matrix, BackendError> {
+    fn attention(
+        &self,
+        qkv: &Matrix,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+    ) -> Result<Matrix, BackendError> {
         let covered: usize = trees.iter().map(TreeLayout::len).sum();
         check(
             qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads),
             || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
         )?;
-        Ok(attention(qkv, trees, heads))
+        Ok(attention(qkv, trees, heads, spec))
     }
 
-    fn silu_mul(&self, gate_up: &Matrix) -> Result<Matrix, BackendError> {
+    fn gated(&self, gate_up: &Matrix, act: Activation) -> Result<Matrix, BackendError> {
         check(gate_up.cols.is_multiple_of(2), || format!("gate/up activation has odd width {}", gate_up.cols))?;
         let f = gate_up.cols / 2;
         let mut out = Matrix::zeros(gate_up.rows, f);
-        out.data.par_chunks_mut(f).zip(gate_up.data.par_chunks(gate_up.cols)).for_each(|(y, gu)| {
+        out.data.par_chunks_mut(f.max(1)).zip(gate_up.data.par_chunks(gate_up.cols.max(1))).for_each(|(y, gu)| {
             let (gate, up) = gu.split_at(f);
             for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-                *y = g / (1.0 + fast_exp(-g)) * u;
+                *y = match act {
+                    Activation::Silu => g / (1.0 + fast_exp(-g)) * u,
+                    Activation::GeluTanh => gelu_tanh(g) * u,
+                };
             }
         });
         Ok(out)
+    }
+
+    fn add_row(&self, x: &mut Matrix, row: &Matrix) -> Result<(), BackendError> {
+        check(row.data.len() == x.cols, || format!("row of {} added to rows of {}", row.data.len(), x.cols))?;
+        x.data.par_chunks_mut(x.cols.max(1)).for_each(|r| {
+            for (v, b) in r.iter_mut().zip(&row.data) {
+                *v += b;
+            }
+        });
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Matrix, factor: f32) -> Result<(), BackendError> {
+        x.data.par_iter_mut().for_each(|v| *v *= factor);
+        Ok(())
+    }
+
+    fn scale_rows(&self, x: &mut Matrix, factors: &[f32]) -> Result<(), BackendError> {
+        check(factors.len() == x.rows, || format!("{} factors for {} rows", factors.len(), x.rows))?;
+        x.data.par_chunks_mut(x.cols.max(1)).zip(factors.par_iter()).for_each(|(r, &f)| {
+            for v in r {
+                *v *= f;
+            }
+        });
+        Ok(())
+    }
+
+    fn soft_cap(&self, x: &mut Matrix, cap: f32) -> Result<(), BackendError> {
+        x.data.par_iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        Ok(())
+    }
+
+    fn scatter_add_rows(&self, x: &mut Matrix, y: &Matrix, rows: &[usize]) -> Result<(), BackendError> {
+        check(y.cols == x.cols && y.rows == rows.len() && rows.iter().all(|&r| r < x.rows), || {
+            format!("{} rows of {} scattered into {}×{}", y.rows, y.cols, x.rows, x.cols)
+        })?;
+        for (&r, values) in rows.iter().zip(y.data.chunks_exact(y.cols.max(1))) {
+            for (v, add) in x.data[r * x.cols..(r + 1) * x.cols].iter_mut().zip(values) {
+                *v += add;
+            }
+        }
+        Ok(())
     }
 
     fn add_assign(&self, x: &mut Matrix, y: &Matrix) -> Result<(), BackendError> {
@@ -251,10 +327,15 @@ impl Backend for CpuBackend {
         Ok(Matrix::from_vec(rows.len(), x.cols, data))
     }
 
-    fn columns(&self, x: &Matrix, cols: Range<usize>) -> Result<Matrix, BackendError> {
-        check(cols.start <= cols.end && cols.end <= x.cols, || format!("columns {cols:?} of {}", x.cols))?;
-        let data = x.data.chunks_exact(x.cols).flat_map(|row| row[cols.clone()].iter().copied()).collect();
-        Ok(Matrix::from_vec(x.rows, cols.len(), data))
+    fn columns(&self, x: &Matrix, cols: &[Range<usize>]) -> Result<Matrix, BackendError> {
+        check(cols.iter().all(|c| c.start <= c.end && c.end <= x.cols), || format!("columns {cols:?} of {}", x.cols))?;
+        let width = cols.iter().map(Range::len).sum();
+        let data = x
+            .data
+            .chunks_exact(x.cols.max(1))
+            .flat_map(|row| cols.iter().flat_map(|c| row[c.clone()].iter().copied()))
+            .collect();
+        Ok(Matrix::from_vec(x.rows, width, data))
     }
 
     fn score(&self, logits: &Matrix, targets: &[u32]) -> Result<Vec<TokenScore>, BackendError> {
@@ -295,6 +376,8 @@ impl Backend for CpuBackend {
 
 #[cfg(test)]
 mod tests {
+    use evalmesh_common::config::{Rope, RopeScaling};
+
     use super::*;
 
     #[test]
@@ -336,7 +419,8 @@ mod tests {
 
     #[test]
     fn rope_styles_rotate_their_pairs() {
-        let table = CpuBackend::default().rope_table(&[3], 4, 10_000.0).unwrap();
+        let rope = Rope { theta: 10_000.0, rotary_dim: 4, scaling: RopeScaling::None };
+        let table = Matrix::from_vec(1, 4, rope.table(&[3], &[4]));
         let (c0, s0) = (3.0f64.cos() as f32, 3.0f64.sin() as f32);
         let mut adjacent = Matrix::from_vec(1, 4, vec![1.0, 2.0, 0.0, 0.0]);
         CpuBackend::default().apply_rope(&mut adjacent, &table, 0..4, 4, RopeStyle::AdjacentPairs).unwrap();

@@ -4,13 +4,14 @@
 use std::convert::Infallible;
 use std::ops::Range;
 
+use evalmesh_common::config::Activation;
 use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use crate::backend::error::BackendError;
 use crate::backend::memory::DeviceMemory;
 use crate::backend::transfer::Transfer;
-use crate::backend::{Backend, HeadLayout, MatmulStats};
+use crate::backend::{AttentionSpec, Backend, HeadLayout, MatmulStats};
 use crate::tensor::Matrix;
 
 pub enum CudaBackend {}
@@ -62,7 +63,7 @@ impl Backend for CudaBackend {
     fn rms_norm(&self, _: &Infallible, _: &Infallible, _: f64) -> Result<Infallible, BackendError> {
         match *self {}
     }
-    fn rope_table(&self, _: &[u32], _: usize, _: f64) -> Result<Infallible, BackendError> {
+    fn rms_norm_runs(&self, _: &mut Infallible, _: Range<usize>, _: &Infallible, _: f64) -> Result<(), BackendError> {
         match *self {}
     }
     fn apply_rope(
@@ -75,10 +76,31 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         match *self {}
     }
-    fn attention(&self, _: &Infallible, _: &[TreeLayout], _: HeadLayout) -> Result<Infallible, BackendError> {
+    fn attention(
+        &self,
+        _: &Infallible,
+        _: &[TreeLayout],
+        _: HeadLayout,
+        _: AttentionSpec,
+    ) -> Result<Infallible, BackendError> {
         match *self {}
     }
-    fn silu_mul(&self, _: &Infallible) -> Result<Infallible, BackendError> {
+    fn gated(&self, _: &Infallible, _: Activation) -> Result<Infallible, BackendError> {
+        match *self {}
+    }
+    fn add_row(&self, _: &mut Infallible, _: &Infallible) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn scale(&self, _: &mut Infallible, _: f32) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn scale_rows(&self, _: &mut Infallible, _: &[f32]) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn soft_cap(&self, _: &mut Infallible, _: f32) -> Result<(), BackendError> {
+        match *self {}
+    }
+    fn scatter_add_rows(&self, _: &mut Infallible, _: &Infallible, _: &[usize]) -> Result<(), BackendError> {
         match *self {}
     }
     fn add_assign(&self, _: &mut Infallible, _: &Infallible) -> Result<(), BackendError> {
@@ -87,7 +109,7 @@ impl Backend for CudaBackend {
     fn gather_rows(&self, _: &Infallible, _: &[usize]) -> Result<Infallible, BackendError> {
         match *self {}
     }
-    fn columns(&self, _: &Infallible, _: Range<usize>) -> Result<Infallible, BackendError> {
+    fn columns(&self, _: &Infallible, _: &[Range<usize>]) -> Result<Infallible, BackendError> {
         match *self {}
     }
     fn score(&self, _: &Infallible, _: &[u32]) -> Result<Vec<TokenScore>, BackendError> {

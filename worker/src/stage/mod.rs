@@ -1,0 +1,243 @@
+//! The transformer stage (docs/ARCHITECTURE.md §3): a contiguous range of blocks,
+//! optionally with the token embedding in front and the final norm, LM head and scoring
+//! behind, over some or all of the model's groups (`evalmesh_common::plan`), for any
+//! model the configuration describes. Each block ([`block`]) is two named sublayers, each
+//! loaded and run on its own and added to the residual stream; [`weights`] reads and cuts
+//! their tensors. The single process runs one stage over all layers and groups; a
+//! pipeline splits the layers over several stages, tensor parallelism the groups over
+//! several shards, whose row-parallel sums a [`GroupSum`] completes in group order.
+
+mod block;
+mod weights;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore, TreeLayout};
+
+use self::block::Block;
+use self::weights::Weights;
+use crate::backend::error::BackendError;
+use crate::backend::{Backend, HeadLayout};
+use crate::tensor::Matrix;
+use crate::weights::{TensorId, WeightError, WeightSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("stage {0}")]
+    Spec(String),
+    #[error("the model computed non-finite scores (NaN or infinity) for {count} of {total} tokens: its weights are finite, so its activations overflow; check that the model file is what it claims to be")]
+    NonFiniteScores { count: usize, total: usize },
+}
+
+/// What a stage receives: token ids (first stage) or hidden states from the previous stage.
+pub enum StageInput<T> {
+    Tokens,
+    Hidden(T),
+}
+
+/// What a stage produces: hidden states for the next stage, or the scores (last stage).
+pub enum StageOutput<T> {
+    Hidden(T),
+    Scores(Vec<TokenScore>),
+}
+
+/// Completes a row-parallel product (attention output, down projection): adds this
+/// worker's per-group partial products, in group order, to the running sum of the groups
+/// before them, and returns the sum over all groups.
+pub trait GroupSum<B: Backend> {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError>;
+}
+
+/// Every group is local (no tensor parallelism): the sum is the fold of the partials.
+pub struct LocalSum;
+
+impl<B: Backend> GroupSum<B> for LocalSum {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError> {
+        fold(backend, None, partials)
+    }
+}
+
+/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order.
+pub fn fold<B: Backend>(
+    backend: &B,
+    running: Option<B::Tensor>,
+    partials: Vec<B::Tensor>,
+) -> Result<B::Tensor, StageError> {
+    let mut total = running;
+    for p in partials {
+        total = Some(match total {
+            None => p,
+            Some(mut t) => {
+                backend.add_assign(&mut t, &p)?;
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| StageError::Spec("a row-parallel sum over no groups".into()))
+}
+
+/// A row-parallel weight cut by group: each group's input columns (within this
+/// worker's share of them) and its slice of the weight.
+pub struct ByGroup<B: Backend> {
+    parts: Vec<(Range<usize>, B::Weight)>,
+}
+
+impl<B: Backend> ByGroup<B> {
+    /// `x · wᵀ` per group: one product of each group's columns and weight.
+    fn partials(&self, b: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>, StageError> {
+        let partials =
+            self.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, std::slice::from_ref(cols))?, part)?));
+        partials.collect()
+    }
+
+    /// `x · wᵀ` summed over the groups, completed by `sums`.
+    fn forward(&self, b: &B, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+        sums.sum(b, self.partials(b, x)?)
+    }
+}
+
+/// Each row's sequence length, for the rotary scalings that depend on it: its tree's
+/// longest path (the prefix and its longest branch), so that it never depends on the batch.
+fn sequence_lengths(trees: &[TreeLayout]) -> Vec<usize> {
+    trees
+        .iter()
+        .flat_map(|t| std::iter::repeat_n(t.prefix_len + t.branch_lens.iter().copied().max().unwrap_or(0), t.len()))
+        .collect()
+}
+
+/// What every block shares in one micro-batch's pass.
+struct Pass<'a, B: Backend> {
+    backend: &'a B,
+    config: &'a ModelConfig,
+    /// This worker's heads of the fused QKV activation.
+    heads: HeadLayout,
+    /// The rotary tables of the micro-batch's positions, one per rotary embedding of the model.
+    ropes: Vec<B::Tensor>,
+    trees: &'a [TreeLayout],
+}
+
+struct Head<B: Backend> {
+    norm: B::Tensor,
+    weight: Arc<B::Weight>,
+}
+
+pub struct TransformerStage<B: Backend> {
+    backend: B,
+    config: ModelConfig,
+    spec: StageSpec,
+    embedding: Option<Arc<B::Weight>>,
+    blocks: Vec<Block<B>>,
+    head: Option<Head<B>>,
+}
+
+impl<B: Backend> TransformerStage<B> {
+    /// Loads only the tensors the stage owns.
+    pub fn load(source: &dyn WeightSource, spec: StageSpec, backend: B) -> Result<Self, StageError> {
+        let config = source.config().clone();
+        if spec.layers.start > spec.layers.end || spec.layers.end > config.num_layers {
+            return Err(StageError::Spec(format!(
+                "layers {:?} are outside the model's {} layers",
+                spec.layers, config.num_layers
+            )));
+        }
+        if spec.groups.is_empty() || spec.groups.end > config.num_kv_heads {
+            return Err(StageError::Spec(format!(
+                "groups {:?} are outside the model's {} KV-head groups",
+                spec.groups, config.num_kv_heads
+            )));
+        }
+        let weights = Weights { source, backend: &backend };
+        let embedding = match spec.embedding {
+            true => Some(Arc::new(weights.whole(TensorId::Embedding)?)),
+            false => None,
+        };
+        let blocks =
+            spec.layers.clone().map(|l| Block::load(&weights, l, &spec.groups)).collect::<Result<Vec<_>, _>>()?;
+        let head = match (spec.head, &embedding) {
+            (false, _) => None,
+            (true, Some(shared)) if config.tied_embeddings => {
+                Some(Head { norm: weights.norm(TensorId::FinalNorm)?, weight: Arc::clone(shared) })
+            }
+            (true, _) => Some(Head {
+                norm: weights.norm(TensorId::FinalNorm)?,
+                weight: Arc::new(weights.whole(TensorId::Head)?),
+            }),
+        };
+        Ok(TransformerStage { backend, config, spec, embedding, blocks, head })
+    }
+
+    pub fn spec(&self) -> &StageSpec {
+        &self.spec
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Runs the stage on one micro-batch; `sums` completes its row-parallel products.
+    pub fn forward(
+        &self,
+        batch: &MicroBatch,
+        input: StageInput<B::Tensor>,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<StageOutput<B::Tensor>, StageError> {
+        let b = &self.backend;
+        let c = &self.config;
+        batch.validate(c.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
+        let mut x = match (input, &self.embedding) {
+            (StageInput::Tokens, Some(table)) => {
+                let mut x = b.embed(table, &batch.tokens)?;
+                if let Some(scale) = c.embedding_scale {
+                    b.scale(&mut x, scale as f32)?;
+                }
+                x
+            }
+            (StageInput::Hidden(h), None) if b.rows(&h) == batch.tokens.len() => h,
+            _ => return Err(StageError::Spec(
+                "input does not match the stage: tokens go to the first stage, hidden rows of the batch to the others"
+                    .into(),
+            )),
+        };
+        let groups = self.spec.groups.len();
+        let heads =
+            HeadLayout { num_heads: c.num_heads / c.num_kv_heads * groups, num_kv_heads: groups, head_dim: c.head_dim };
+        let positions = batch.positions();
+        let seq_lens = sequence_lengths(&batch.trees);
+        let ropes = c.ropes.iter().map(|rope| {
+            b.upload(Matrix::from_vec(positions.len(), rope.rotary_dim, rope.table(&positions, &seq_lens)))
+        });
+        let ropes = ropes.collect::<Result<Vec<_>, _>>()?;
+        let pass = Pass { backend: b, config: c, heads, ropes, trees: &batch.trees };
+        for block in &self.blocks {
+            x = block.forward(&pass, x, sums)?;
+        }
+        let Some(head) = &self.head else {
+            return Ok(StageOutput::Hidden(x));
+        };
+        let mut scores = Vec::with_capacity(batch.scored.len());
+        for chunk in batch.scored.chunks(b.head_rows()) {
+            let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
+            let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
+            let h = b.rms_norm(&b.gather_rows(&x, &rows)?, &head.norm, c.rms_norm_eps)?;
+            let mut logits = b.matmul_t(&h, &head.weight)?;
+            if let Some(cap) = c.final_softcap {
+                b.soft_cap(&mut logits, cap as f32)?;
+            }
+            scores.extend(b.score(&logits, &targets)?);
+        }
+        let count = scores.iter().filter(|s| !s.logprob.is_finite()).count();
+        if count > 0 {
+            return Err(StageError::NonFiniteScores { count, total: scores.len() });
+        }
+        Ok(StageOutput::Scores(scores))
+    }
+}
