@@ -188,7 +188,12 @@ impl Default for RunArgs {
 impl RunArgs {
     /// `run --model TEST_MODEL`.
     pub fn new() -> Self {
-        RunArgs(vec!["run".into(), "--model".into(), path_str(&test_model()).into()])
+        RunArgs::with_model(&test_model())
+    }
+
+    /// `run --model MODEL`.
+    pub fn with_model(model: &Path) -> Self {
+        RunArgs(vec!["run".into(), "--model".into(), path_str(model).into()])
     }
 
     /// `FLAG VALUE`.

@@ -34,6 +34,27 @@ fn llama3_70b_is_split_over_eight_h100s() {
     assert!(reason.contains("does not fit") && reason.contains("72.0 GB usable of 80.0 GB"), "{reason}");
 }
 
+/// Mixtral-8x7B holds 46.7B parameters (93 GB of bf16) of which 12.9B run per token;
+/// Qwen3-30B-A3B 30.5B, 3.3B per token. On 8 H100s, Mixtral cannot be copied per GPU;
+/// both get a layout that fits with a stated margin, and the table counts both figures.
+#[test]
+fn mixtures_of_experts_fit_eight_h100s() {
+    for (model, total, active, per_gpu) in
+        [("mixtral-8x7b.json", "46.70B", "12.88B", false), ("qwen3-30b-a3b.json", "30.53B", "3.35B", true)]
+    {
+        let plan = plan_json(model, "8", "h100");
+        let chosen = &plan["chosen"];
+        let memory = chosen["memory_per_rank_bytes"].as_u64().unwrap();
+        assert!(memory < 72_000_000_000, "{model}: a tenth of the memory stays free: {chosen}");
+        let replicas = plan["candidates"].as_array().unwrap().iter().find(|c| c["dp"] == 8).unwrap();
+        assert_eq!(replicas["rejected"].is_null(), per_gpu, "{model}: {replicas}");
+        let output = run_evalmesh(&["plan", "--model", &fixture(model), "--workers", "8", "--device", "h100"]);
+        let table = String::from_utf8_lossy(&output.stdout);
+        let header = format!("{total} parameters ({active} active per token)");
+        assert!(table.contains(&header) && table.contains("chosen: ") && table.contains("GB free"), "{table}");
+    }
+}
+
 #[test]
 fn llama3_8b_runs_a_copy_per_gpu() {
     let plan = plan_json("llama-3-8b.json", "8", "h100");

@@ -15,6 +15,6 @@ pub mod weights;
 pub use backend::{cpu::CpuBackend, Backend, BackendError, DeviceMemory, Transfer};
 pub use evalmesh_common::StageSpec;
 pub use loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
-pub use stage::{GroupSum, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
+pub use stage::{Alternatives, GroupSum, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
 pub use tensor::Matrix;
 pub use weights::{WeightError, WeightSource};

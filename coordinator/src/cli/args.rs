@@ -25,6 +25,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Prints the tokens of a text, like llama.cpp's llama-tokenize.
     Tokenize(TokenizeArgs),
+    /// Writes each token of a text with its log-probability given the tokens before it and
+    /// the most likely alternatives there, one JSON line per position, to compare evalmesh
+    /// with another engine token by token (runs in one process, on the CPU).
+    Score(ScoreArgs),
     /// Measures activation transfers between two ranks beside a raw MPI ping-pong of the
     /// same sizes (start it with mpirun -np 2).
     Pingpong(PingPongArgs),
@@ -226,6 +230,24 @@ pub struct TokenizeArgs {
     /// Print only the ids, one per line.
     #[arg(long)]
     pub ids: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8), tokenized with the model's BOS policy.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// The most likely tokens to list at each position.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Write the JSON lines to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Compute threads. Default: all cores.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// The compute device of the workers.

@@ -23,6 +23,7 @@ pub fn execute(cli: Cli, world: Option<&SimpleCommunicator>) -> anyhow::Result<(
         Command::Run(args) => commands::run::run(*args, world),
         Command::Inspect(args) => commands::inspect::inspect(&args),
         Command::Tokenize(args) => commands::tokenize::tokenize(&args),
+        Command::Score(args) => commands::score::score(&args, world),
         Command::Pingpong(args) => commands::pingpong::pingpong(&args, world),
         Command::Calibrate(args) => commands::calibrate::calibrate(&args, world),
         Command::Plan(args) => commands::plan::plan(&args),

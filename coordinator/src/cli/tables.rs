@@ -15,8 +15,12 @@ pub fn plan_table(
     profile: &HardwareProfile,
     candidates: &[strategy::Candidate],
 ) -> String {
+    let active = match config.experts {
+        Some(_) => format!(" ({:.2}B active per token)", config.active_parameter_count() as f64 / 1e9),
+        None => String::new(),
+    };
     let mut out = format!(
-        "{} layers, {:.2}B parameters, on {workers} × {} ({}; {} each)\n\n",
+        "{} layers, {:.2}B parameters{active}, on {workers} × {} ({}; {} each)\n\n",
         config.num_layers,
         config.parameter_count() as f64 / 1e9,
         profile.name,

@@ -110,6 +110,19 @@ fn sequence_lengths(trees: &[TreeLayout]) -> Vec<usize> {
         .collect()
 }
 
+/// A position's most likely tokens and their log-probabilities.
+pub type Alternatives = Vec<(u32, f64)>;
+
+/// The `top` most likely tokens of a row of logits, with their log-softmax in f64.
+fn most_likely(logits: &[f32], top: usize) -> Alternatives {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.truncate(top);
+    order.into_iter().map(|id| (id, logits[id as usize] as f64 - max - log_sum)).collect()
+}
+
 /// What every block shares in one micro-batch's pass.
 struct Pass<'a, B: Backend> {
     backend: &'a B,
@@ -190,6 +203,19 @@ impl<B: Backend> TransformerStage<B> {
         input: StageInput<B::Tensor>,
         sums: &mut dyn GroupSum<B>,
     ) -> Result<StageOutput<B::Tensor>, StageError> {
+        Ok(self.forward_with_alternatives(batch, input, sums, 0)?.0)
+    }
+
+    /// [`Self::forward`], and for each scored row of a last stage its `top` most likely
+    /// tokens with their log-probabilities, most likely first (ties to the lower id),
+    /// computed on the host in f64 from the logits.
+    pub fn forward_with_alternatives(
+        &self,
+        batch: &MicroBatch,
+        input: StageInput<B::Tensor>,
+        sums: &mut dyn GroupSum<B>,
+        top: usize,
+    ) -> Result<(StageOutput<B::Tensor>, Vec<Alternatives>), StageError> {
         let b = &self.backend;
         let c = &self.config;
         batch.validate(c.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
@@ -221,9 +247,10 @@ impl<B: Backend> TransformerStage<B> {
             x = block.forward(&pass, x, sums)?;
         }
         let Some(head) = &self.head else {
-            return Ok(StageOutput::Hidden(x));
+            return Ok((StageOutput::Hidden(x), Vec::new()));
         };
         let mut scores = Vec::with_capacity(batch.scored.len());
+        let mut alternatives = Vec::new();
         for chunk in batch.scored.chunks(b.head_rows()) {
             let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
@@ -233,11 +260,15 @@ impl<B: Backend> TransformerStage<B> {
                 b.soft_cap(&mut logits, cap as f32)?;
             }
             scores.extend(b.score(&logits, &targets)?);
+            if top > 0 {
+                let logits = b.download(&logits)?;
+                alternatives.extend(logits.data.chunks_exact(logits.cols).map(|row| most_likely(row, top)));
+            }
         }
         let count = scores.iter().filter(|s| !s.logprob.is_finite()).count();
         if count > 0 {
             return Err(StageError::NonFiniteScores { count, total: scores.len() });
         }
-        Ok(StageOutput::Scores(scores))
+        Ok((StageOutput::Scores(scores), alternatives))
     }
 }

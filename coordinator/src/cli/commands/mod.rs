@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod pingpong;
 pub mod plan;
 pub mod run;
+pub mod score;
 pub mod tokenize;
 
 use std::path::PathBuf;
