@@ -1,9 +1,11 @@
 //! Opens a model for the coordinator: its weight source (GGUF file, Hugging Face
 //! directory, or a config.json with random weights) and its tokenizer, checked against
-//! each other; and where the cached test model lives.
+//! each other, or its tokenizer alone (`evalmesh tokenize`); and where the cached test
+//! model lives.
 
 use std::path::{Path, PathBuf};
 
+use evalmesh_worker::weights::gguf::GgufFile;
 use evalmesh_worker::weights::{GgufModel, HfModel, RandomModel};
 use evalmesh_worker::{WeightError, WeightSource};
 
@@ -62,17 +64,9 @@ impl Model {
             };
             (Box::new(gguf), tok)
         };
-        let (tokenizer, tokenizer_path) = match (own_tokenizer, tokenizer) {
-            (Some(t), _) => (t, path.to_path_buf()),
-            (None, Some(file)) if file.extension().is_some_and(|e| e == "gguf") => {
-                (TextTokenizer::from_gguf(&GgufModel::open(file)?.file)?, file.to_path_buf())
-            }
-            (None, Some(file)) => (TextTokenizer::from_file(file)?, file.to_path_buf()),
-            (None, None) => {
-                let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
-                let file = dir.join("tokenizer.json");
-                (TextTokenizer::from_file(&file)?, file)
-            }
+        let (tokenizer, tokenizer_path) = match own_tokenizer {
+            Some(t) => (t, path.to_path_buf()),
+            None => open_tokenizer(path, tokenizer)?,
         };
         // A model's embedding may have a few more rows than its tokenizer has tokens
         // (padded to a round size: Qwen2 and Phi-3 pad by under 1%), never fewer.
@@ -82,4 +76,27 @@ impl Model {
         }
         Ok(Model { source, tokenizer })
     }
+}
+
+/// The tokenizer of the model at `path`, without its weights: `tokenizer` where given (a
+/// tokenizer.json, or a GGUF file whose vocabulary to take), else the GGUF file's own
+/// vocabulary, or the tokenizer.json in the model's directory (beside its config.json).
+/// Returns it with the file it came from.
+pub fn open_tokenizer(path: &Path, tokenizer: Option<&Path>) -> Result<(TextTokenizer, PathBuf), ModelError> {
+    let is_gguf = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let file = match tokenizer {
+        Some(file) => file.to_path_buf(),
+        None if !path.exists() => return Err(ModelError::NotFound(path.to_path_buf())),
+        None if path.is_dir() => path.join("tokenizer.json"),
+        None if path.extension().is_some_and(|e| e == "json") => {
+            path.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
+        }
+        None => return Ok((TextTokenizer::from_gguf(&GgufFile::open_metadata(path)?)?, path.to_path_buf())),
+    };
+    let tokenizer = if is_gguf(&file) {
+        TextTokenizer::from_gguf(&GgufFile::open_metadata(&file)?)?
+    } else {
+        TextTokenizer::from_file(&file)?
+    };
+    Ok((tokenizer, file))
 }

@@ -38,6 +38,17 @@ pub fn test_model() -> PathBuf {
     path
 }
 
+/// The Gemma 3 270M GGUF (a SentencePiece vocabulary): `gemma-3-270m-q4_k_m.gguf` in the
+/// test model's folder, where scripts/fetch-test-model.sh puts it.
+pub fn gemma_model() -> PathBuf {
+    let path = test_model().with_file_name(GEMMA_MODEL_FILE);
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-test-model.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// The Gemma model's file name in the cache.
+pub const GEMMA_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
 /// The project's shared folder (reference figures and data): $EVALMESH_SHARED, else `../shared` beside the repository.
 pub fn shared_dir() -> PathBuf {
     let dir = match std::env::var_os("EVALMESH_SHARED") {

@@ -109,10 +109,18 @@ pub struct ModelArgs {
     /// test model in the cache ($EVALMESH_CACHE, else $XDG_CACHE_HOME/evalmesh or ~/.cache/evalmesh).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A tokenizer.json to use instead of the model's own tokenizer.
+    /// A tokenizer.json to use instead of the model's own tokenizer (with the
+    /// tokenizer_config.json beside it, where there is one), or a GGUF file whose tokenizer to take.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
 }
+
+/// The help of `--add-bos`, shared by `run` and `tokenize`.
+const ADD_BOS_HELP: &str = "Whether to put the BOS token before each text that is tokenized (`true` or `false`). \
+Default: what the tokenizer says, as lm-evaluation-harness and llama.cpp do: GGUF tokenizer.ggml.add_bos_token \
+(when missing: yes for SentencePiece vocabularies, no for gpt2-style ones), or add_bos_token of the \
+tokenizer_config.json beside a tokenizer.json (when missing: no). With a BOS, requests' contexts, rolling \
+perplexity's texts and llamacpp perplexity's chunks start with it.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -206,6 +214,8 @@ pub struct RunArgs {
     /// Write a Chrome trace of every rank's timeline (open it in Perfetto).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    #[arg(long, value_name = "true|false", help = ADD_BOS_HELP)]
+    pub add_bos: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +240,8 @@ pub struct TokenizeArgs {
     /// Print only the ids, one per line.
     #[arg(long)]
     pub ids: bool,
+    #[arg(long, value_name = "true|false", help = ADD_BOS_HELP)]
+    pub add_bos: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,8 @@ pub struct RunSettings {
     pub resume: bool,
     pub overwrite: bool,
     pub trace: Option<PathBuf>,
+    /// `--add-bos`: overrides the tokenizer's BOS policy where given.
+    pub add_bos: Option<bool>,
 }
 
 impl RunArgs {
@@ -157,6 +159,7 @@ impl RunArgs {
             resume: self.resume,
             overwrite: self.overwrite,
             trace: self.trace,
+            add_bos: self.add_bos,
         })
     }
 }

@@ -53,7 +53,10 @@ pub struct RequestScore {
 
 /// lm-evaluation-harness's `_encode_pair`: trailing whitespace of the context moves to
 /// the continuation; the continuation's tokens are those of context + continuation past
-/// the context's own tokens; an empty context becomes the prefix token.
+/// the context's own tokens, both encoded with the tokenizer's defaults (BOS first when its
+/// policy adds one, as `tok_encode` does). An empty context becomes the prefix token, and
+/// the continuation is encoded without BOS; where it starts with the prefix token, that
+/// token is the context (lm-evaluation-harness's `loglikelihood`).
 pub fn encode_pair(
     tokenizer: &TextTokenizer,
     context: &str,
@@ -61,17 +64,21 @@ pub fn encode_pair(
 ) -> Result<(Vec<u32>, Vec<u32>), TaskError> {
     let trimmed = context.trim_end();
     let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
-    let encode = |s: &str| tokenizer.encode(s);
     if context.is_empty() {
         let prefix = tokenizer.prefix_token().ok_or_else(|| {
             TaskError::Settings(
                 "a request with an empty context needs a BOS or EOS token, and the tokenizer has neither".into(),
             )
         })?;
-        return Ok((vec![prefix], encode(&continuation)?));
+        let mut continuation = tokenizer.encode(&continuation)?;
+        if continuation.first() == Some(&prefix) {
+            let rest = continuation.split_off(1);
+            return Ok((continuation, rest));
+        }
+        return Ok((vec![prefix], continuation));
     }
-    let whole = encode(&format!("{context}{continuation}"))?;
-    let context_tokens = encode(context)?;
+    let whole = tokenizer.encode_document(&format!("{context}{continuation}"))?;
+    let context_tokens = tokenizer.encode_document(context)?;
     let continuation_tokens = whole.get(context_tokens.len()..).unwrap_or_default().to_vec();
     Ok((context_tokens, continuation_tokens))
 }
@@ -94,8 +101,12 @@ pub fn plan(
                 let start = plan.trees.len();
                 let tokens = match windows {
                     Windows::Rolling { max_len } => {
-                        let tokens =
-                            tokenizer.encode(&request.continuation).map_err(|e| TaskError::Settings(e.to_string()))?;
+                        // As lm-evaluation-harness's `loglikelihood_rolling`: the text with
+                        // the tokenizer's defaults (a BOS first where its policy adds one,
+                        // scored like any token), the first window after the prefix token.
+                        let tokens = tokenizer
+                            .encode_document(&request.continuation)
+                            .map_err(|e| TaskError::Settings(e.to_string()))?;
                         let prefix = tokenizer.prefix_token().ok_or_else(|| {
                             TaskError::Settings(
                                 "rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into(),
@@ -196,5 +207,35 @@ mod tests {
         let mut short = tree(4, &[2]);
         truncate_left(&mut short, 12);
         assert_eq!(short.prefix.len(), 4);
+    }
+
+    #[test]
+    fn contexts_start_with_bos_when_the_tokenizer_adds_one() {
+        use crate::tokenizer::testing::{word_level, HELLO, WORLD};
+        let dir = tempfile::tempdir().unwrap();
+        let bos = word_level(dir.path(), Some(serde_json::json!({"add_bos_token": true, "bos_token": "<bos>"})));
+        assert_eq!(encode_pair(&bos, "hello ", "world").unwrap(), (vec![0, HELLO], vec![WORLD]));
+        // An empty context is the prefix token alone; the continuation has no BOS.
+        assert_eq!(encode_pair(&bos, "", "hello world").unwrap(), (vec![0], vec![HELLO, WORLD]));
+        let no_bos = word_level(dir.path(), Some(serde_json::json!({"add_bos_token": false, "bos_token": "<bos>"})));
+        assert_eq!(encode_pair(&no_bos, "hello ", "world").unwrap(), (vec![HELLO], vec![WORLD]));
+        // A continuation that starts with the prefix token gives it up as the context.
+        assert_eq!(encode_pair(&no_bos, "", "<bos> world").unwrap(), (vec![0], vec![WORLD]));
+    }
+
+    #[test]
+    fn rolling_texts_start_with_bos_when_the_tokenizer_adds_one() {
+        use crate::tasks::{Doc, Request};
+        use crate::tokenizer::testing::{word_level, HELLO, WORLD};
+        let dir = tempfile::tempdir().unwrap();
+        let mut tok = word_level(dir.path(), Some(serde_json::json!({"add_bos_token": true, "bos_token": "<bos>"})));
+        let request = Request { context: String::new(), continuation: "hello world".into() };
+        let docs = [Doc { id: 0, requests: vec![request], target: Target::Rolling { words: 2, bytes: 11 } }];
+        let rolling = Windows::Rolling { max_len: 8 };
+        // As lm-evaluation-harness: the prefix token, then the text's own BOS, scored.
+        let plan_with = |tok: &TextTokenizer| plan(&docs, tok, rolling, 8, true).unwrap();
+        assert_eq!(plan_with(&tok).trees[0].prefix, vec![0, 0, HELLO, WORLD]);
+        tok.set_add_bos(false).unwrap();
+        assert_eq!(plan_with(&tok).trees[0].prefix, vec![0, HELLO, WORLD]);
     }
 }

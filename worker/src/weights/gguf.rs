@@ -104,26 +104,7 @@ impl GgufHeader {
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, WeightError> {
         let bad = |problem: String| WeightError::Format { path: path.to_path_buf(), problem };
         let mut r = Reader { bytes, pos: 0 };
-        if bytes.is_empty() {
-            return Err(bad("the file is empty: not a GGUF file".into()));
-        }
-        let magic =
-            r.take(4).map_err(|_| bad(format!("file is {} bytes, too short for a GGUF header", bytes.len())))?;
-        if magic != MAGIC {
-            return Err(bad(format!("wrong magic {magic:02x?}: not a GGUF file")));
-        }
-        let version = r.u32().map_err(bad)?;
-        if !(2..=3).contains(&version) {
-            return Err(bad(format!("GGUF version {version} is not supported (2 and 3 are)")));
-        }
-        let tensor_count = r.u64().map_err(bad)?;
-        let kv_count = r.u64().map_err(bad)?;
-        let mut metadata = BTreeMap::new();
-        for i in 0..kv_count {
-            let key = r.string().map_err(|e| bad(format!("metadata entry {i}: {e}")))?;
-            let value = r.value(0).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
-            metadata.insert(key, value);
-        }
+        let (version, tensor_count, metadata) = read_front(path, &mut r)?;
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
@@ -170,7 +151,42 @@ impl GgufHeader {
     }
 }
 
+/// The front of a GGUF header: magic, version, tensor count and metadata.
+fn read_front(path: &Path, r: &mut Reader) -> Result<(u32, u64, BTreeMap<String, Value>), WeightError> {
+    let bad = |problem: String| WeightError::Format { path: path.to_path_buf(), problem };
+    if r.bytes.is_empty() {
+        return Err(bad("the file is empty: not a GGUF file".into()));
+    }
+    let magic = r.take(4).map_err(|_| bad(format!("file is {} bytes, too short for a GGUF header", r.bytes.len())))?;
+    if magic != MAGIC {
+        return Err(bad(format!("wrong magic {magic:02x?}: not a GGUF file")));
+    }
+    let version = r.u32().map_err(bad)?;
+    if !(2..=3).contains(&version) {
+        return Err(bad(format!("GGUF version {version} is not supported (2 and 3 are)")));
+    }
+    let tensor_count = r.u64().map_err(bad)?;
+    let kv_count = r.u64().map_err(bad)?;
+    let mut metadata = BTreeMap::new();
+    for i in 0..kv_count {
+        let key = r.string().map_err(|e| bad(format!("metadata entry {i}: {e}")))?;
+        let value = r.value(0).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+        metadata.insert(key, value);
+    }
+    Ok((version, tensor_count, metadata))
+}
+
 impl GgufFile {
+    /// The file's metadata alone, its tensor directory unread (`tensors` is empty), so that
+    /// tensor types this reader does not know do not matter: for reading a vocabulary.
+    pub fn open_metadata(path: &Path) -> Result<Self, WeightError> {
+        let file = File::open(path).map_err(|e| WeightError::io(path, e))?;
+        // SAFETY: as in `open`.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| WeightError::io(path, e))?;
+        let (version, _, metadata) = read_front(path, &mut Reader { bytes: &map, pos: 0 })?;
+        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors: BTreeMap::new(), map })
+    }
+
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = File::open(path).map_err(|e| WeightError::io(path, e))?;
         // SAFETY: the map is read-only and private to this process; evalmesh never writes
@@ -493,6 +509,20 @@ mod tests {
         );
         assert!(e.contains("supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn metadata_alone_ignores_the_tensors() {
+        let t = RawTensor { name: "w".into(), dims: vec![4], type_code: 77, bytes: vec![0; 16] };
+        let b = write(&[("tokenizer.ggml.model", Value::String("llama".into()))], &[t]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &b).unwrap();
+        let f = GgufFile::open_metadata(&path).unwrap();
+        assert_eq!(f.get("tokenizer.ggml.model").and_then(Value::as_str), Some("llama"));
+        assert!(f.tensors.is_empty());
+        std::fs::write(&path, &b[..6]).unwrap();
+        assert!(GgufFile::open_metadata(&path).err().unwrap().to_string().contains("m.gguf"));
     }
 
     #[test]

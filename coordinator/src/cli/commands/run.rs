@@ -62,7 +62,10 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     for name in &settings.tasks {
         tasks.extend(builtin::load(name, &source)?);
     }
-    let (model_path, model) = super::open_model(&settings.model, settings.random_weights)?;
+    let (model_path, mut model) = super::open_model(&settings.model, settings.random_weights)?;
+    if let Some(add) = settings.add_bos {
+        model.tokenizer.set_add_bos(add)?;
+    }
     let config = model.source.config().clone();
     let windows = match settings.perplexity_mode {
         PerplexityMode::Llamacpp => Windows::Llamacpp { ctx: settings.ctx.unwrap_or(512) },

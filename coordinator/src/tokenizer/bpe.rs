@@ -1,21 +1,12 @@
-//! Text to token ids through the `tokenizers` crate: from a `tokenizer.json`, or built
-//! from a GGUF file's vocabulary (gpt2-style byte-level BPE with the pre-tokenizer
-//! that `tokenizer.ggml.pre` names), honouring the model's `add_bos_token`.
-
-use std::path::{Path, PathBuf};
+//! GGUF vocabularies of `tokenizer.ggml.model = "gpt2"` (byte-level BPE) as the
+//! `tokenizer.json` the `tokenizers` crate builds: the vocabulary, the merges, the control
+//! tokens as added tokens, and the pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`;
+//! and the check of a BPE model's merges that keeps the crate from panicking.
 
 use evalmesh_worker::weights::gguf::{GgufFile, Value};
 use serde_json::json;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("{}: {problem}", path.display())]
-    Model { path: PathBuf, problem: String },
-    #[error("{}: cannot load tokenizer: {problem}", path.display())]
-    File { path: PathBuf, problem: String },
-    #[error("tokenizing failed: {0}")]
-    Encode(String),
-}
+use super::TokenizerError;
 
 /// GGUF token type of control tokens (`<|endoftext|>` and the like).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -53,9 +44,14 @@ pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<serde_json::Value, Tokeniz
     let string = |key: &str| file.get(key).and_then(Value::as_str);
     match string("tokenizer.ggml.model") {
         Some("gpt2") => {}
+        Some("llama") => {
+            return Err(bad(
+                "tokenizer.ggml.model `llama` (SentencePiece) has no tokenizer.json form here; TextTokenizer::from_gguf tokenizes it natively".into(),
+            ))
+        }
         Some(other) => {
             return Err(bad(format!(
-                "tokenizer.ggml.model `{other}` is not supported (gpt2-style BPE is); pass a tokenizer.json with --tokenizer"
+                "tokenizer.ggml.model `{other}` is not supported (gpt2-style BPE and llama-style SentencePiece are); pass a tokenizer.json with --tokenizer"
             )))
         }
         None => return Err(bad("tokenizer.ggml.model is missing; pass a tokenizer.json with --tokenizer".into())),
@@ -105,7 +101,7 @@ pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<serde_json::Value, Tokeniz
 /// Checks a BPE model's merges before the tokenizers library builds it (which panics on
 /// a merge longer than every token instead of refusing it): each merge must join two
 /// tokens of the vocabulary into a third, as the library then checks.
-fn check_merges(tokenizer: &serde_json::Value) -> Result<(), String> {
+pub(super) fn check_merges(tokenizer: &serde_json::Value) -> Result<(), String> {
     let model = &tokenizer["model"];
     let (Some("BPE"), Some(vocab), Some(merges)) =
         (model["type"].as_str(), model["vocab"].as_object(), model["merges"].as_array())
@@ -126,77 +122,4 @@ fn check_merges(tokenizer: &serde_json::Value) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A tokenizer with the model's BOS policy.
-pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
-    bos: Option<u32>,
-    eos: Option<u32>,
-    add_bos: bool,
-}
-
-impl TextTokenizer {
-    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
-        let json = gguf_tokenizer_json(file)?;
-        let bad = |problem: String| TokenizerError::Model { path: file.path.clone(), problem };
-        check_merges(&json).map_err(|e| bad(format!("tokenizer.ggml.merges: {e}")))?;
-        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json)
-            .map_err(|e| bad(format!("tokenizer from GGUF vocabulary: {e}")))?;
-        let id = |key: &str| file.get(key).and_then(Value::as_u64).map(|v| v as u32);
-        Ok(TextTokenizer {
-            inner,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
-            add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
-        })
-    }
-
-    /// Loads a `tokenizer.json`. Like lm-evaluation-harness, no BOS is added; the
-    /// BOS and EOS ids come from the special tokens the file names.
-    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bad = |problem: String| TokenizerError::File { path: path.to_path_buf(), problem };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        check_merges(&json).map_err(bad)?;
-        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json).map_err(|e| bad(e.to_string()))?;
-        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>", "<|endoftext|>"]);
-        let eos = find(&["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"]);
-        Ok(TextTokenizer { inner, bos, eos, add_bos: false })
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    /// Token ids of `text`, without any special token added.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self.inner.encode_fast(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
-    /// Token ids of a whole document: BOS first when the model asks for it (as llama.cpp does).
-    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let mut ids = self.encode(text)?;
-        if let (true, Some(bos)) = (self.add_bos, self.bos) {
-            ids.insert(0, bos);
-        }
-        Ok(ids)
-    }
-
-    pub fn add_bos(&self) -> Option<u32> {
-        self.bos.filter(|_| self.add_bos)
-    }
-
-    /// The token that stands before a request with no context (lm-evaluation-harness's
-    /// `prefix_token_id`: BOS when the model has one, else EOS).
-    pub fn prefix_token(&self) -> Option<u32> {
-        self.bos.or(self.eos)
-    }
-
-    /// The text of one token (for display).
-    pub fn token_text(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_default()
-    }
 }
