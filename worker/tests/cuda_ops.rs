@@ -6,10 +6,11 @@
 //! that is a failure.
 #![cfg(feature = "cuda")]
 
+use evalmesh_common::config::{Activation, Rope, RopeScaling};
 use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, skip_without_gpu, CudaBackend, MATMUL_ROWS};
-use evalmesh_worker::backend::HeadLayout;
+use evalmesh_worker::backend::{AttentionSpec, HeadLayout};
 use evalmesh_worker::{Backend, CpuBackend, DeviceMemory, Matrix};
 
 /// The GPU backend, or `None` (with the reason printed) where there is no usable GPU.
@@ -131,14 +132,27 @@ fn element_wise_ops_match_the_cpu() {
         &cpu.rms_norm(&x, &norm, 1e-5).unwrap(),
         1e-5,
     );
+    // In place, each head of 64 of the first 512 columns, then the whole width as one run.
+    for (cols, run) in [(0..512, 64), (0..576, 576)] {
+        let weight = Matrix::random(1, run, 17, 1.0);
+        let mut g = gpu.upload(x.clone()).unwrap();
+        gpu.rms_norm_runs(&mut g, cols.clone(), &gpu.upload(weight.clone()).unwrap(), 1e-6).unwrap();
+        let mut c = x.clone();
+        cpu.rms_norm_runs(&mut c, cols.clone(), &weight, 1e-6).unwrap();
+        // As rms_norm: a few ulps; the columns outside `cols` are untouched on both.
+        assert_close(&format!("rms_norm_runs of {run} over {cols:?}"), &gpu.download(&g).unwrap(), &c, 1e-5);
+    }
     let gate_up = Matrix::random(37, 2 * 300, 8, 6.0);
-    // expf on the GPU and the CPU's polynomial exp agree within a few ulps.
-    assert_close(
-        "silu_mul",
-        &gpu.download(&gpu.silu_mul(&gpu.upload(gate_up.clone()).unwrap()).unwrap()).unwrap(),
-        &cpu.silu_mul(&gate_up).unwrap(),
-        1e-5,
-    );
+    // expf and tanhf on the GPU and the CPU's polynomial exp and Rust's tanh agree within a
+    // few ulps.
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        assert_close(
+            &format!("gated {act:?}"),
+            &gpu.download(&gpu.gated(&gpu.upload(gate_up.clone()).unwrap(), act).unwrap()).unwrap(),
+            &cpu.gated(&gate_up, act).unwrap(),
+            1e-5,
+        );
+    }
     let y = Matrix::random(37, 576, 9, 3.0);
     let mut sum = gpu.upload(x.clone()).unwrap();
     gpu.add_assign(&mut sum, &gpu.upload(y.clone()).unwrap()).unwrap();
@@ -154,12 +168,42 @@ fn element_wise_ops_match_the_cpu() {
         &cpu.gather_rows(&x, &rows).unwrap(),
         0.0,
     );
-    assert_close(
-        "columns",
-        &gpu.download(&gpu.columns(&gx, 64..256).unwrap()).unwrap(),
-        &cpu.columns(&x, 64..256).unwrap(),
-        0.0,
-    );
+    for cols in [vec![64..128, 128..256], vec![500..576, 3..3, 0..10, 100..164]] {
+        assert_close(
+            &format!("columns {cols:?}"),
+            &gpu.download(&gpu.columns(&gx, &cols).unwrap()).unwrap(),
+            &cpu.columns(&x, &cols).unwrap(),
+            0.0,
+        );
+    }
+    let bias = Matrix::random(1, 576, 18, 1.0);
+    let factors: Vec<f32> = (0..37).map(|i| 0.25 + i as f32 / 8.0).collect();
+    let mut g = [(); 4].map(|_| gpu.upload(x.clone()).unwrap());
+    gpu.add_row(&mut g[0], &gpu.upload(bias.clone()).unwrap()).unwrap();
+    gpu.scale(&mut g[1], 0.37).unwrap();
+    gpu.scale_rows(&mut g[2], &factors).unwrap();
+    gpu.soft_cap(&mut g[3], 2.5).unwrap();
+    let mut c = [(); 4].map(|_| x.clone());
+    cpu.add_row(&mut c[0], &bias).unwrap();
+    cpu.scale(&mut c[1], 0.37).unwrap();
+    cpu.scale_rows(&mut c[2], &factors).unwrap();
+    cpu.soft_cap(&mut c[3], 2.5).unwrap();
+    // One f32 operation per value: exact, as on the CPU; but tanhf against Rust's tanh, an
+    // ulp or two of values below the cap.
+    let ops = [("add_row", 0.0), ("scale", 0.0), ("scale_rows", 0.0), ("soft_cap", 1e-6)];
+    for (((what, tolerance), g), c) in ops.into_iter().zip(g).zip(c) {
+        assert_close(what, &gpu.download(&g).unwrap(), &c, tolerance);
+    }
+    // Distinct rows (as a mixture scatters them), then repeated ones, added in list order on
+    // both: the same additions in the same order, exact.
+    for targets in [vec![36usize, 0, 5, 20], vec![5, 36, 5, 0, 5]] {
+        let y = Matrix::random(targets.len(), 576, 19, 3.0);
+        let mut g = gpu.upload(x.clone()).unwrap();
+        gpu.scatter_add_rows(&mut g, &gpu.upload(y.clone()).unwrap(), &targets).unwrap();
+        let mut c = x.clone();
+        cpu.scatter_add_rows(&mut c, &y, &targets).unwrap();
+        assert_close(&format!("scatter_add_rows {targets:?}"), &gpu.download(&g).unwrap(), &c, 0.0);
+    }
     let table = Matrix::random(1000, 576, 10, 1.0);
     let ids = [999u32, 0, 17, 17, 500];
     // The GPU's table is bf16: the same rows of the rounded table, exactly.
@@ -176,15 +220,20 @@ fn rope_matches_the_cpu_in_both_conventions() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::default();
     let positions: Vec<u32> = (0..29).map(|i| (i * 37) % 2000).collect();
-    for style in [RopeStyle::AdjacentPairs, RopeStyle::RotateHalf] {
-        let x = Matrix::random(29, 9 * 64 + 2 * 3 * 64, 11, 2.0);
-        let cols = 0..12 * 64;
-        let mut g = gpu.upload(x.clone()).unwrap();
-        gpu.apply_rope(&mut g, &gpu.rope_table(&positions, 64, 1e4).unwrap(), cols.clone(), 64, style).unwrap();
-        let mut c = x.clone();
-        cpu.apply_rope(&mut c, &cpu.rope_table(&positions, 64, 1e4).unwrap(), cols, 64, style).unwrap();
-        // The same table (computed on the host), two f32 products and a sum: a few ulps.
-        assert_close(&format!("rope {style:?}"), &gpu.download(&g).unwrap(), &c, 1e-6);
+    // Whole heads, and partial rotary (the first 16 of 64 dimensions turn).
+    for rotary_dim in [64, 16] {
+        let rope = Rope { theta: 1e4, rotary_dim, scaling: RopeScaling::None };
+        let table = Matrix::from_vec(29, rotary_dim, rope.table(&positions, &[2000; 29]));
+        for style in [RopeStyle::AdjacentPairs, RopeStyle::RotateHalf] {
+            let x = Matrix::random(29, 9 * 64 + 2 * 3 * 64, 11, 2.0);
+            let cols = 0..12 * 64;
+            let mut g = gpu.upload(x.clone()).unwrap();
+            gpu.apply_rope(&mut g, &gpu.upload(table.clone()).unwrap(), cols.clone(), 64, style).unwrap();
+            let mut c = x.clone();
+            cpu.apply_rope(&mut c, &table, cols, 64, style).unwrap();
+            // The same table (computed on the host), two f32 products and a sum: a few ulps.
+            assert_close(&format!("rope {style:?} of {rotary_dim}"), &gpu.download(&g).unwrap(), &c, 1e-6);
+        }
     }
 }
 
@@ -201,11 +250,19 @@ fn attention_over_trees_matches_the_cpu() {
         TreeLayout { start: 149, prefix_len: 1, branch_lens: vec![2] },
     ];
     let qkv = Matrix::random(152, heads.width(), 12, 2.0);
-    let got = gpu.download(&gpu.attention(&gpu.upload(qkv.clone()).unwrap(), &trees, heads).unwrap()).unwrap();
-    let want = cpu.attention(&qkv, &trees, heads).unwrap();
-    // f32 throughout with another summation order and an online softmax: weighted means of
-    // values ≤ 2 agree within 1e-5.
-    assert_close("attention", &got, &want, 1e-5);
+    let plain = AttentionSpec { scale: 1.0 / 8.0, softcap: None, window: None };
+    // Gemma 2's kind: another scale, a cap, and windows that cut into the prefixes of branch
+    // rows (9) or only into long branches and sequences (50).
+    let capped = AttentionSpec { scale: 0.1, softcap: Some(5.0), window: Some(9) };
+    let wide = AttentionSpec { scale: 0.2, softcap: Some(50.0), window: Some(50) };
+    let gq = gpu.upload(qkv.clone()).unwrap();
+    for spec in [plain, capped, wide] {
+        let got = gpu.download(&gpu.attention(&gq, &trees, heads, spec).unwrap()).unwrap();
+        let want = cpu.attention(&qkv, &trees, heads, spec).unwrap();
+        // f32 throughout with another summation order and an online softmax: weighted means
+        // of values ≤ 2 agree within 1e-5.
+        assert_close(&format!("attention {spec:?}"), &got, &want, 1e-5);
+    }
 }
 
 #[test]
@@ -240,7 +297,7 @@ fn the_pool_stops_allocating_once_warm() {
             let rows = 200 + (step % 10) * 50;
             let x = gpu.upload(Matrix::random(rows, 576, 16 + step as u64, 1.0)).unwrap();
             let h = gpu.rms_norm(&x, &norm, 1e-5).unwrap();
-            let act = gpu.silu_mul(&gpu.matmul_t(&h, &w).unwrap()).unwrap();
+            let act = gpu.gated(&gpu.matmul_t(&h, &w).unwrap(), Activation::Silu).unwrap();
             gpu.download(&act).unwrap();
             if step == 9 {
                 warm = Some(gpu.memory().driver_allocations);

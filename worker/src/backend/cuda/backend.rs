@@ -1,7 +1,7 @@
 //! The CUDA backend on one GPU, one stream: its state ([`CudaBackend`]: context, stream,
 //! cuBLAS handle, kernels, pool and staging), its tensors and weights, and the launches
 //! and products its ops are made of. Its traits are implemented by concern: the
-//! arithmetic in `ops.rs`, the memory in `memory.rs`, the transfer in `transfer.rs`.
+//! arithmetic in `ops.rs` (its attention in `attention.rs`), the memory in `memory.rs`, the transfer in `transfer.rs`.
 //!
 //! Weights are bf16 (converted at upload, stored once), or f32 on the higher-precision
 //! path (`GpuPrecision::F32`); activations are f32, and each matrix product converts its

@@ -1,9 +1,10 @@
 // The CUDA backend's kernels, compiled at run time by NVRTC (see kernels.rs). No headers:
 // bf16 values travel as `unsigned short` and are converted by hand.
 //
-// Determinism: every kernel computes each output row from its own input rows, with a
-// reduction order fixed by the kernel's shape (the block and warp sizes below), never by
-// the number of rows, so a row's bits do not depend on the batch it was packed in.
+// Determinism: every kernel computes each output row from its own input rows (and
+// scatter_add_rows adds the rows aimed at one row in their list order), with a reduction
+// order fixed by the kernel's shape (the block and warp sizes below), never by the number
+// of rows, so a row's bits do not depend on the batch it was packed in.
 
 #define WARP 32
 #define NEG_INF (-__int_as_float(0x7f800000))
@@ -99,33 +100,41 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, lo
     for (long long c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = xr[c] * scale * w[c];
 }
 
-// Rotates each head of columns [col_start, col_end) of x (rows x width) in place by the
-// row's table entry (head_dim values: the cosines, then the sines). `adjacent`: pairs
-// (2i, 2i+1); otherwise (i, i + head_dim/2). Grid: (rows, pair blocks).
+// Rotates the first `rot` dimensions of each head (head_dim wide) of columns [col_start,
+// col_end) of x (rows x width) in place by the row's table entry (rot values: the cosines,
+// then the sines; rot <= head_dim, even); the other dimensions of a head stay as they are
+// (partial rotary). `adjacent`: pairs (2i, 2i+1); otherwise (i, i + rot/2).
+// Grid: (rows, pair blocks).
 extern "C" __global__ void rope(float* x, const float* table, long long width, long long col_start, long long col_end,
-                                int head_dim, int adjacent) {
+                                int head_dim, int rot, int adjacent) {
     long long row = blockIdx.x;
-    int half = head_dim / 2;
-    long long pairs = (col_end - col_start) / 2;
+    int half = rot / 2;
+    long long pairs = (col_end - col_start) / head_dim * half;
     long long p = blockIdx.y * (long long)blockDim.x + threadIdx.x;
     if (p >= pairs) return;
     long long head = p / half;
     int i = (int)(p % half);
     float* h = x + row * width + col_start + head * head_dim;
     int a = adjacent ? 2 * i : i, b = adjacent ? 2 * i + 1 : i + half;
-    float c = table[row * head_dim + i], s = table[row * head_dim + half + i];
+    float c = table[row * rot + i], s = table[row * rot + half + i];
     float x0 = h[a], x1 = h[b];
     h[a] = x0 * c - x1 * s;
     h[b] = x0 * s + x1 * c;
 }
 
-// y (rows x f) = silu(gate) * up, where each row of gate_up is [gate | up].
-extern "C" __global__ void silu_mul(const float* gate_up, float* y, long long rows, long long f) {
+// GELU with the tanh approximation (PyTorch's gelu(approximate="tanh")).
+__device__ __forceinline__ float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978846f * (x + 0.044715f * x * x * x)));
+}
+
+// y (rows x f) = act(gate) * up, where each row of gate_up is [gate | up] and `act` is
+// SiLU (activation 0) or GELU-tanh (activation 1).
+extern "C" __global__ void gated(const float* gate_up, float* y, long long rows, long long f, int activation) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < rows * f;
          i += (long long)gridDim.x * blockDim.x) {
         long long r = i / f, c = i % f;
         float g = gate_up[r * 2 * f + c], u = gate_up[r * 2 * f + f + c];
-        y[i] = g / (1.0f + expf(-g)) * u;
+        y[i] = (activation == 1 ? gelu_tanh(g) : g / (1.0f + expf(-g))) * u;
     }
 }
 
@@ -141,20 +150,25 @@ extern "C" __global__ void gather_rows(const float* x, const unsigned long long*
     if (col < cols) y[blockIdx.x * cols + col] = x[index[blockIdx.x] * cols + col];
 }
 
-// y (rows x len) = columns [start, start + len) of x (rows x width). Grid: (rows, column blocks).
-extern "C" __global__ void columns(const float* x, float* y, long long width, long long start, long long len) {
+// Columns [start, start + len) of x (rows x width) into columns [out_start, out_start + len)
+// of y (rows x out_width): one run of a concatenation. Grid: (rows, column blocks).
+extern "C" __global__ void columns(const float* x, float* y, long long width, long long start, long long len,
+                                   long long out_width, long long out_start) {
     long long col = blockIdx.y * (long long)blockDim.x + threadIdx.x;
-    if (col < len) y[blockIdx.x * len + col] = x[blockIdx.x * width + start + col];
+    if (col < len) y[blockIdx.x * out_width + out_start + col] = x[blockIdx.x * width + start + col];
 }
 
 // Attention over packed prefix trees. One warp per (query row, head); `spans` gives each
 // query row's keys as two runs of rows: [shared_start, shared_start + shared_len) (the tree's
-// prefix, for a branch row) and [own_start, own_start + own_len) (causal: ending at the row).
+// prefix, for a branch row) and [own_start, own_start + own_len) (causal: ending at the row);
+// a sliding window is applied by the host, which shortens the runs from their start.
+// A score is (q * scale) . k, capped to softcap * tanh(s / softcap) when softcap > 0.
 // The keys are taken in chunks of 32 from the start of each run, one key per lane, with an
 // online softmax in f32, so a row's result depends only on its own keys. head_dim <= 128.
 // out is rows x (num_heads * head_dim). Block: 128 threads (4 warps); shared memory 4 * head_dim floats.
 extern "C" __global__ void attention(const float* qkv, float* out, const long long* spans, long long rows,
-                                     long long width, int num_heads, int num_kv_heads, int head_dim, float scale) {
+                                     long long width, int num_heads, int num_kv_heads, int head_dim, float scale,
+                                     float softcap) {
     extern __shared__ float q_all[];
     int lane = threadIdx.x % WARP;
     long long item = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP;
@@ -180,7 +194,7 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
                 const float* k = qkv + key * width + k_col;
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; d++) dot += q[d] * k[d];
-                s = dot;
+                s = softcap > 0.0f ? softcap * tanhf(dot / softcap) : dot;
             }
             float m_new = fmaxf(m, warp_max(s));
             float p = valid ? expf(s - m_new) : 0.0f;
@@ -204,6 +218,65 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
         int d = lane + WARP * i;
         if (d < head_dim) o[d] = acc[i] / l;
     }
+}
+
+// Normalises in place, in each row of x (rows x width), each run of `run` columns of
+// [col_start, col_start + runs * run) to unit root-mean-square, scaled by w (run values);
+// sums in f32. One block per (row, run): grid (rows, runs).
+extern "C" __global__ void rms_norm_runs(float* x, const float* w, long long width, long long col_start, long long run,
+                                         float eps) {
+    __shared__ float scratch[WARP];
+    float* xr = x + blockIdx.x * width + col_start + blockIdx.y * run;
+    float squares = 0.0f;
+    for (long long c = threadIdx.x; c < run; c += blockDim.x) squares += xr[c] * xr[c];
+    float scale = 1.0f / sqrtf(block_sum(squares, scratch) / (float)run + eps);
+    for (long long c = threadIdx.x; c < run; c += blockDim.x) xr[c] = xr[c] * scale * w[c];
+}
+
+// Adds the one-row `bias` (cols values) to every row of x (rows x cols).
+extern "C" __global__ void add_row(float* x, const float* bias, long long rows, long long cols) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < rows * cols;
+         i += (long long)gridDim.x * blockDim.x) {
+        x[i] += bias[i % cols];
+    }
+}
+
+// x *= factor, for the n values of x.
+extern "C" __global__ void scale(float* x, long long n, float factor) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        x[i] *= factor;
+    }
+}
+
+// Row r of x (rows x cols) times factors[r].
+extern "C" __global__ void scale_rows(float* x, const float* factors, long long rows, long long cols) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < rows * cols;
+         i += (long long)gridDim.x * blockDim.x) {
+        x[i] *= factors[i / cols];
+    }
+}
+
+// x = cap * tanh(x / cap), for the n values of x.
+extern "C" __global__ void soft_cap(float* x, long long n, float cap) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        x[i] = cap * tanhf(x[i] / cap);
+    }
+}
+
+// Adds rows of y (count x cols) into rows of x, deterministically. `chains` holds two
+// values per row of y, [target, next]: the first row of y aimed at an x row (its leader)
+// has that row as target, the later ones -1; `next` is the next row of y aimed at the
+// same x row, or -1. Each leader's blocks walk its chain in the order of y, so an x row
+// gets its additions in that order whatever the launch does; rows aimed at distinct x
+// rows (the usual case) are all leaders with chains of one, added in parallel.
+// Grid: (count, column blocks).
+extern "C" __global__ void scatter_add_rows(float* x, const float* y, const long long* chains, long long cols) {
+    long long col = blockIdx.y * (long long)blockDim.x + threadIdx.x;
+    long long lead = blockIdx.x, target = chains[2 * lead];
+    if (col >= cols || target < 0) return;
+    float v = x[target * cols + col];
+    for (long long j = lead; j >= 0; j = chains[2 * j + 1]) v += y[j * cols + col];
+    x[target * cols + col] = v;
 }
 
 // Per row of logits (rows x vocab): the log-softmax at targets[row] (f32, max-subtracted)

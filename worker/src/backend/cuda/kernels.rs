@@ -78,10 +78,16 @@ pub struct Kernels {
     pub to_operand: Kernel,
     pub embed: Kernel,
     pub rms_norm: Kernel,
+    pub rms_norm_runs: Kernel,
     pub rope: Kernel,
-    pub silu_mul: Kernel,
+    pub gated: Kernel,
     pub add_assign: Kernel,
+    pub add_row: Kernel,
+    pub scale: Kernel,
+    pub scale_rows: Kernel,
+    pub soft_cap: Kernel,
     pub gather_rows: Kernel,
+    pub scatter_add_rows: Kernel,
     pub columns: Kernel,
     pub attention: Kernel,
     pub score: Kernel,
@@ -107,10 +113,16 @@ impl Kernels {
             to_operand: function("to_operand")?,
             embed: function("embed")?,
             rms_norm: function("rms_norm")?,
+            rms_norm_runs: function("rms_norm_runs")?,
             rope: function("rope")?,
-            silu_mul: function("silu_mul")?,
+            gated: function("gated")?,
             add_assign: function("add_assign")?,
+            add_row: function("add_row")?,
+            scale: function("scale")?,
+            scale_rows: function("scale_rows")?,
+            soft_cap: function("soft_cap")?,
             gather_rows: function("gather_rows")?,
+            scatter_add_rows: function("scatter_add_rows")?,
             columns: function("columns")?,
             attention: function("attention")?,
             score: function("score")?,
@@ -135,7 +147,12 @@ mod tests {
         }
         use Param::*;
         assert_eq!(params("rms_norm").unwrap(), [Ptr, Ptr, Ptr, I64, F32]);
-        assert_eq!(params("rope").unwrap(), [Ptr, Ptr, I64, I64, I64, I32, I32]);
+        assert_eq!(params("rope").unwrap(), [Ptr, Ptr, I64, I64, I64, I32, I32, I32]);
+        assert_eq!(params("attention").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I32, I32, I32, F32, F32]);
+        assert_eq!(params("scatter_add_rows").unwrap(), [Ptr, Ptr, Ptr, I64]);
+        // `scale` is not read as the start of `scale_rows`, nor the other way round.
+        assert_eq!(params("scale").unwrap(), [Ptr, I64, F32]);
+        assert_eq!(params("scale_rows").unwrap(), [Ptr, Ptr, I64, I64]);
         assert!(params("missing").is_err());
     }
 
@@ -145,15 +162,21 @@ mod tests {
         names.sort_unstable();
         let loaded = [
             "add_assign",
+            "add_row",
             "attention",
             "columns",
             "embed",
+            "gated",
             "gather_rows",
             "random_weight",
             "rms_norm",
+            "rms_norm_runs",
             "rope",
+            "scale",
+            "scale_rows",
+            "scatter_add_rows",
             "score",
-            "silu_mul",
+            "soft_cap",
             "to_operand",
         ];
         assert_eq!(names, loaded);

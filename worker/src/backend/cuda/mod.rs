@@ -6,6 +6,8 @@
 //! [`skip_without_gpu`].
 
 #[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
 mod backend;
 #[cfg(feature = "cuda")]
 mod device;

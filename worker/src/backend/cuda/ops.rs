@@ -1,16 +1,21 @@
 //! The CUDA backend's arithmetic: each op of [`Backend`] as a kernel of `kernels.cu` or a
-//! cuBLAS product on the backend's stream, and the timing of the matrix products.
+//! cuBLAS product on the backend's stream (attention in `attention.rs`), and the timing
+//! of the matrix products.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use cudarc::driver::CudaEvent;
+use evalmesh_common::config::Activation;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
-use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS, MAX_HEAD_DIM, THREADS};
+use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS, THREADS};
 use crate::backend::error::BackendError;
-use crate::backend::memory::DeviceMemory;
-use crate::backend::{rope_table, Backend, HeadLayout, MatmulStats};
+use crate::backend::{AttentionSpec, Backend, HeadLayout, MatmulStats};
+
+/// The most blocks a grid's second dimension holds.
+const MAX_GRID_Y: usize = 65_535;
 
 impl Backend for CudaBackend {
     fn embed(&self, table: &CudaWeight, ids: &[u32]) -> Result<CudaTensor, BackendError> {
@@ -88,9 +93,36 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn rope_table(&self, positions: &[u32], head_dim: usize, theta: f64) -> Result<CudaTensor, BackendError> {
-        // A small table: the CPU backend's, computed on the host.
-        self.upload(rope_table(positions, head_dim, theta))
+    fn rms_norm_runs(
+        &self,
+        x: &mut CudaTensor,
+        cols: Range<usize>,
+        weight: &CudaTensor,
+        eps: f64,
+    ) -> Result<(), BackendError> {
+        let run = weight.rows * weight.cols;
+        check(run > 0 && cols.end <= x.cols && cols.len().is_multiple_of(run), || {
+            format!("norm of runs of {run} over columns {cols:?} of {}", x.cols)
+        })?;
+        let runs = cols.len() / run;
+        if x.rows == 0 || runs == 0 {
+            return Ok(());
+        }
+        check(runs <= MAX_GRID_Y, || format!("norm of {runs} runs: more than a grid holds"))?;
+        self.launch(
+            &self.kernels.rms_norm_runs,
+            (x.rows as u32, runs as u32),
+            THREADS,
+            0,
+            &mut [
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(weight.ptr()),
+                Arg::I64(x.cols as i64),
+                Arg::I64(cols.start as i64),
+                Arg::I64(run as i64),
+                Arg::F32(eps as f32),
+            ],
+        )
     }
 
     fn apply_rope(
@@ -103,7 +135,8 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         check(
             table.rows == x.rows
-                && table.cols == head_dim
+                && table.cols <= head_dim
+                && table.cols.is_multiple_of(2)
                 && cols.end <= x.cols
                 && head_dim > 0
                 && cols.len().is_multiple_of(head_dim),
@@ -114,7 +147,8 @@ impl Backend for CudaBackend {
                 )
             },
         )?;
-        let pairs = cols.len() / 2;
+        // Only the first `table.cols` dimensions of each head turn (partial rotary).
+        let pairs = cols.len() / head_dim * (table.cols / 2);
         if x.rows == 0 || pairs == 0 {
             return Ok(());
         }
@@ -130,60 +164,43 @@ impl Backend for CudaBackend {
                 Arg::I64(cols.start as i64),
                 Arg::I64(cols.end as i64),
                 Arg::I32(head_dim as i32),
+                Arg::I32(table.cols as i32),
                 Arg::I32(i32::from(style == RopeStyle::AdjacentPairs)),
             ],
         )
     }
 
-    fn attention(&self, qkv: &CudaTensor, trees: &[TreeLayout], heads: HeadLayout) -> Result<CudaTensor, BackendError> {
-        let covered: usize = trees.iter().map(TreeLayout::len).sum();
-        check(
-            qkv.cols == heads.width()
-                && covered == qkv.rows
-                && heads.num_kv_heads > 0
-                && heads.num_heads.is_multiple_of(heads.num_kv_heads)
-                && heads.head_dim <= MAX_HEAD_DIM,
-            || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
-        )?;
-        let out = self.tensor(qkv.rows, heads.num_heads * heads.head_dim)?;
-        if qkv.rows == 0 {
-            return Ok(out);
-        }
-        let spans = attention_spans(trees, qkv.rows);
-        let spans = self.upload_values(&spans)?;
-        let items = qkv.rows * heads.num_heads;
-        let warps_per_block = 4;
-        self.launch(
-            &self.kernels.attention,
-            (blocks(items, warps_per_block), 1),
-            32 * warps_per_block as u32,
-            (warps_per_block * heads.head_dim * 4) as u32,
-            &mut [
-                Arg::Ptr(qkv.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(spans.ptr()),
-                Arg::I64(qkv.rows as i64),
-                Arg::I64(qkv.cols as i64),
-                Arg::I32(heads.num_heads as i32),
-                Arg::I32(heads.num_kv_heads as i32),
-                Arg::I32(heads.head_dim as i32),
-                Arg::F32(1.0 / (heads.head_dim as f32).sqrt()),
-            ],
-        )?;
-        Ok(out)
+    fn attention(
+        &self,
+        qkv: &CudaTensor,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+    ) -> Result<CudaTensor, BackendError> {
+        self.attend(qkv, trees, heads, spec)
     }
 
-    fn silu_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor, BackendError> {
+    fn gated(&self, gate_up: &CudaTensor, act: Activation) -> Result<CudaTensor, BackendError> {
         check(gate_up.cols.is_multiple_of(2), || format!("gate/up activation has odd width {}", gate_up.cols))?;
         let f = gate_up.cols / 2;
         let out = self.tensor(gate_up.rows, f)?;
         if gate_up.rows * f > 0 {
+            let activation = match act {
+                Activation::Silu => 0,
+                Activation::GeluTanh => 1,
+            };
             self.launch(
-                &self.kernels.silu_mul,
+                &self.kernels.gated,
                 Self::grid_stride(gate_up.rows * f),
                 THREADS,
                 0,
-                &mut [Arg::Ptr(gate_up.ptr()), Arg::Ptr(out.ptr()), Arg::I64(gate_up.rows as i64), Arg::I64(f as i64)],
+                &mut [
+                    Arg::Ptr(gate_up.ptr()),
+                    Arg::Ptr(out.ptr()),
+                    Arg::I64(gate_up.rows as i64),
+                    Arg::I64(f as i64),
+                    Arg::I32(activation),
+                ],
             )?;
         }
         Ok(out)
@@ -206,6 +223,56 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn add_row(&self, x: &mut CudaTensor, row: &CudaTensor) -> Result<(), BackendError> {
+        let len = row.rows * row.cols;
+        check(len == x.cols, || format!("row of {len} added to rows of {}", x.cols))?;
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch(
+            &self.kernels.add_row,
+            Self::grid_stride(n),
+            THREADS,
+            0,
+            &mut [Arg::Ptr(x.ptr()), Arg::Ptr(row.ptr()), Arg::I64(x.rows as i64), Arg::I64(x.cols as i64)],
+        )
+    }
+
+    fn scale(&self, x: &mut CudaTensor, factor: f32) -> Result<(), BackendError> {
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut args = [Arg::Ptr(x.ptr()), Arg::I64(n as i64), Arg::F32(factor)];
+        self.launch(&self.kernels.scale, Self::grid_stride(n), THREADS, 0, &mut args)
+    }
+
+    fn scale_rows(&self, x: &mut CudaTensor, factors: &[f32]) -> Result<(), BackendError> {
+        check(factors.len() == x.rows, || format!("{} factors for {} rows", factors.len(), x.rows))?;
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let factors = self.upload_values(factors)?;
+        self.launch(
+            &self.kernels.scale_rows,
+            Self::grid_stride(n),
+            THREADS,
+            0,
+            &mut [Arg::Ptr(x.ptr()), Arg::Ptr(factors.ptr()), Arg::I64(x.rows as i64), Arg::I64(x.cols as i64)],
+        )
+    }
+
+    fn soft_cap(&self, x: &mut CudaTensor, cap: f32) -> Result<(), BackendError> {
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut args = [Arg::Ptr(x.ptr()), Arg::I64(n as i64), Arg::F32(cap)];
+        self.launch(&self.kernels.soft_cap, Self::grid_stride(n), THREADS, 0, &mut args)
+    }
+
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor, BackendError> {
         check(rows.iter().all(|&r| r < x.rows), || format!("row index past {} rows", x.rows))?;
         let out = self.tensor(rows.len(), x.cols)?;
@@ -224,25 +291,49 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn columns(&self, x: &CudaTensor, cols: Range<usize>) -> Result<CudaTensor, BackendError> {
-        check(cols.start <= cols.end && cols.end <= x.cols, || format!("columns {cols:?} of {}", x.cols))?;
-        let out = self.tensor(x.rows, cols.len())?;
-        if x.rows == 0 || cols.is_empty() {
-            return Ok(out);
+    fn scatter_add_rows(&self, x: &mut CudaTensor, y: &CudaTensor, rows: &[usize]) -> Result<(), BackendError> {
+        check(y.cols == x.cols && y.rows == rows.len() && rows.iter().all(|&r| r < x.rows), || {
+            format!("{} rows of {} scattered into {}×{}", y.rows, y.cols, x.rows, x.cols)
+        })?;
+        if rows.is_empty() || x.cols == 0 {
+            return Ok(());
         }
+        let chains = self.upload_values(&scatter_chains(rows))?;
         self.launch(
-            &self.kernels.columns,
-            (x.rows as u32, blocks(cols.len(), THREADS as usize)),
+            &self.kernels.scatter_add_rows,
+            (rows.len() as u32, blocks(x.cols, THREADS as usize)),
             THREADS,
             0,
-            &mut [
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::I64(x.cols as i64),
-                Arg::I64(cols.start as i64),
-                Arg::I64(cols.len() as i64),
-            ],
-        )?;
+            &mut [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), Arg::Ptr(chains.ptr()), Arg::I64(x.cols as i64)],
+        )
+    }
+
+    fn columns(&self, x: &CudaTensor, cols: &[Range<usize>]) -> Result<CudaTensor, BackendError> {
+        check(cols.iter().all(|c| c.start <= c.end && c.end <= x.cols), || format!("columns {cols:?} of {}", x.cols))?;
+        let width = cols.iter().map(Range::len).sum();
+        let out = self.tensor(x.rows, width)?;
+        // One launch per run, each writing its own columns of the output.
+        let mut at = 0;
+        for run in cols.iter().filter(|c| !c.is_empty()) {
+            if x.rows > 0 {
+                self.launch(
+                    &self.kernels.columns,
+                    (x.rows as u32, blocks(run.len(), THREADS as usize)),
+                    THREADS,
+                    0,
+                    &mut [
+                        Arg::Ptr(x.ptr()),
+                        Arg::Ptr(out.ptr()),
+                        Arg::I64(x.cols as i64),
+                        Arg::I64(run.start as i64),
+                        Arg::I64(run.len() as i64),
+                        Arg::I64(width as i64),
+                        Arg::I64(at as i64),
+                    ],
+                )?;
+            }
+            at += run.len();
+        }
         Ok(out)
     }
 
@@ -300,25 +391,22 @@ fn settle(events: &mut (Vec<(CudaEvent, CudaEvent)>, f64)) {
     }
 }
 
-/// Each query row's keys as two runs `[shared_start, shared_len, own_start, own_len]`: a
-/// prefix row sees its prefix up to itself; a branch row sees the whole prefix, then its
-/// branch up to itself (the layout of docs/ARCHITECTURE.md §5, as the CPU backend reads it).
-fn attention_spans(trees: &[TreeLayout], rows: usize) -> Vec<i64> {
-    let mut spans = Vec::with_capacity(4 * rows);
-    for tree in trees {
-        let (start, prefix) = (tree.start as i64, tree.prefix_len as i64);
-        for i in 0..prefix {
-            spans.extend([0, 0, start, i + 1]);
-        }
-        let mut branch_start = start + prefix;
-        for &len in &tree.branch_lens {
-            for j in 0..len as i64 {
-                spans.extend([start, prefix, branch_start, j + 1]);
-            }
-            branch_start += len as i64;
+/// The `scatter_add_rows` kernel's plan for `rows` (the target row of each row added):
+/// `[target, next]` per added row, where the first row aimed at a target (its leader)
+/// carries the target and the later ones −1, and `next` is the next row aimed at the same
+/// target or −1. The leader's threads add the whole chain in the list's order, so repeated
+/// targets are summed in order, deterministically, and distinct ones (the usual case) in
+/// parallel.
+fn scatter_chains(rows: &[usize]) -> Vec<i64> {
+    let mut chains = vec![-1i64; 2 * rows.len()];
+    let mut last: HashMap<usize, usize> = HashMap::with_capacity(rows.len());
+    for (i, &target) in rows.iter().enumerate() {
+        match last.insert(target, i) {
+            Some(previous) => chains[2 * previous + 1] = i as i64,
+            None => chains[2 * i] = target as i64,
         }
     }
-    spans
+    chains
 }
 
 #[cfg(test)]
@@ -326,25 +414,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_follow_the_tree_layout() {
-        // Tree at row 2: prefix of 2, branches of 2 and 1.
-        let trees = [
-            TreeLayout { start: 0, prefix_len: 2, branch_lens: Vec::new() },
-            TreeLayout { start: 2, prefix_len: 2, branch_lens: vec![2, 1] },
-        ];
-        let spans = attention_spans(&trees, 7);
-        let rows: Vec<&[i64]> = spans.chunks(4).collect();
-        assert_eq!(
-            rows,
-            [
-                &[0, 0, 0, 1][..],
-                &[0, 0, 0, 2],
-                &[0, 0, 2, 1],
-                &[0, 0, 2, 2],
-                &[2, 2, 4, 1],
-                &[2, 2, 4, 2],
-                &[2, 2, 6, 1],
-            ]
-        );
+    fn scatter_chains_link_repeated_targets_in_order() {
+        // Distinct targets: every row leads a chain of one.
+        assert_eq!(scatter_chains(&[4, 0, 2]), [4, -1, 0, -1, 2, -1]);
+        // Row 3 gets rows 0, 2 and 3 of the list, in that order; row 1 gets row 1.
+        assert_eq!(scatter_chains(&[3, 1, 3, 3]), [3, 2, 1, -1, -1, 3, -1, -1]);
+        assert!(scatter_chains(&[]).is_empty());
     }
 }

@@ -1,0 +1,154 @@
+//! The CUDA backend's attention over packed prefix trees: each query row's visible keys
+//! as runs of rows, worked out on the host from the trees and the layer's sliding window
+//! ([`attention_spans`]), and the `attention` kernel of `kernels.cu` over them, with the
+//! layer's scale and score cap.
+
+use evalmesh_common::TreeLayout;
+
+use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, MAX_HEAD_DIM};
+use crate::backend::error::BackendError;
+use crate::backend::{AttentionSpec, HeadLayout};
+
+impl CudaBackend {
+    /// [`crate::backend::Backend::attention`] on the device.
+    pub(super) fn attend(
+        &self,
+        qkv: &CudaTensor,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+    ) -> Result<CudaTensor, BackendError> {
+        let covered: usize = trees.iter().map(TreeLayout::len).sum();
+        check(
+            qkv.cols == heads.width()
+                && covered == qkv.rows
+                && heads.num_kv_heads > 0
+                && heads.num_heads.is_multiple_of(heads.num_kv_heads)
+                && heads.head_dim <= MAX_HEAD_DIM,
+            || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
+        )?;
+        // The kernel reads a cap of 0 as none; a window of 0 would leave a query no key.
+        check(spec.softcap.is_none_or(|cap| cap > 0.0) && spec.window != Some(0), || {
+            format!("attention with {spec:?}: a cap must be positive and a window at least 1")
+        })?;
+        let out = self.tensor(qkv.rows, heads.num_heads * heads.head_dim)?;
+        if qkv.rows == 0 {
+            return Ok(out);
+        }
+        let spans = attention_spans(trees, qkv.rows, spec.window);
+        let spans = self.upload_values(&spans)?;
+        let items = qkv.rows * heads.num_heads;
+        let warps_per_block = 4;
+        self.launch(
+            &self.kernels.attention,
+            (blocks(items, warps_per_block), 1),
+            32 * warps_per_block as u32,
+            (warps_per_block * heads.head_dim * 4) as u32,
+            &mut [
+                Arg::Ptr(qkv.ptr()),
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(spans.ptr()),
+                Arg::I64(qkv.rows as i64),
+                Arg::I64(qkv.cols as i64),
+                Arg::I32(heads.num_heads as i32),
+                Arg::I32(heads.num_kv_heads as i32),
+                Arg::I32(heads.head_dim as i32),
+                Arg::F32(spec.scale),
+                Arg::F32(spec.softcap.unwrap_or(0.0)),
+            ],
+        )?;
+        Ok(out)
+    }
+}
+
+/// Each query row's keys as two runs `[shared_start, shared_len, own_start, own_len]`: a
+/// prefix row sees its prefix up to itself; a branch row sees the whole prefix, then its
+/// branch up to itself (the layout of docs/ARCHITECTURE.md §5, as the CPU backend reads it).
+/// Trees start at position 0 and a query's keys are listed in position order, so with a
+/// `window` a query keeps the last `window` of its keys (itself included): the runs are
+/// cut from the start, the shared one first.
+fn attention_spans(trees: &[TreeLayout], rows: usize, window: Option<usize>) -> Vec<i64> {
+    let mut spans = Vec::with_capacity(4 * rows);
+    let mut push = |shared: (i64, i64), own: (i64, i64)| {
+        let ((mut shared_start, mut shared_len), (mut own_start, mut own_len)) = (shared, own);
+        if let Some(w) = window {
+            let excess = (shared_len + own_len - w as i64).max(0);
+            let from_shared = excess.min(shared_len);
+            shared_start += from_shared;
+            shared_len -= from_shared;
+            own_start += excess - from_shared;
+            own_len -= excess - from_shared;
+        }
+        spans.extend([shared_start, shared_len, own_start, own_len]);
+    };
+    for tree in trees {
+        let (start, prefix) = (tree.start as i64, tree.prefix_len as i64);
+        for i in 0..prefix {
+            push((0, 0), (start, i + 1));
+        }
+        let mut branch_start = start + prefix;
+        for &len in &tree.branch_lens {
+            for j in 0..len as i64 {
+                push((start, prefix), (branch_start, j + 1));
+            }
+            branch_start += len as i64;
+        }
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tree at row 2: prefix of 2, branches of 2 and 1, after a sequence of 2.
+    fn trees() -> [TreeLayout; 2] {
+        [
+            TreeLayout { start: 0, prefix_len: 2, branch_lens: Vec::new() },
+            TreeLayout { start: 2, prefix_len: 2, branch_lens: vec![2, 1] },
+        ]
+    }
+
+    #[test]
+    fn spans_follow_the_tree_layout() {
+        let spans = attention_spans(&trees(), 7, None);
+        let rows: Vec<&[i64]> = spans.chunks(4).collect();
+        assert_eq!(
+            rows,
+            [
+                &[0, 0, 0, 1][..],
+                &[0, 0, 0, 2],
+                &[0, 0, 2, 1],
+                &[0, 0, 2, 2],
+                &[2, 2, 4, 1],
+                &[2, 2, 4, 2],
+                &[2, 2, 6, 1],
+            ]
+        );
+        // A window wider than every row's keys changes nothing.
+        assert_eq!(attention_spans(&trees(), 7, Some(4)), spans);
+    }
+
+    #[test]
+    fn a_window_keeps_each_rows_last_keys() {
+        let spans = attention_spans(&trees(), 7, Some(2));
+        let rows: Vec<&[i64]> = spans.chunks(4).collect();
+        assert_eq!(
+            rows,
+            [
+                &[0, 0, 0, 1][..],
+                &[0, 0, 0, 2],
+                &[0, 0, 2, 1],
+                &[0, 0, 2, 2],
+                // Keys: prefix rows 2, 3, then the branch: the last two.
+                &[3, 1, 4, 1],
+                &[4, 0, 4, 2],
+                &[3, 1, 6, 1],
+            ]
+        );
+        // A window of one: each row sees only itself.
+        for (row, span) in attention_spans(&trees(), 7, Some(1)).chunks(4).enumerate() {
+            assert_eq!((span[1], span[2], span[3]), (0, row as i64, 1), "row {row}");
+        }
+    }
+}
