@@ -1,14 +1,15 @@
 //! Every model family against its oracle: for each folder of
 //! `shared/reference/architectures/` (a tiny random model that Hugging Face transformers
 //! wrote, with transformers' log-probabilities on three texts), evalmesh's stage reproduces
-//! the log-probability of every next token within 1e-4 nats.
+//! the log-probability of every next token within 1e-4 nats, and `evalmesh score` the
+//! tokens and the whole distribution at every position.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
 use evalmesh_common::{MicroBatch, ScoreTree, TokenScore};
-use evalmesh_tests::shared_dir;
+use evalmesh_tests::{path_str, run_evalmesh, shared_dir};
 use evalmesh_worker::weights::HfModel;
 use evalmesh_worker::{CpuBackend, LocalSum, StageInput, StageOutput, StageSpec, TransformerStage, WeightSource};
 use safetensors::SafeTensors;
@@ -67,4 +68,48 @@ fn every_family_reproduces_transformers_log_probabilities() {
         }
     }
     assert!(failures.is_empty(), "beyond {TOLERANCE}: {failures:?}");
+}
+
+/// `evalmesh score --top VOCAB` lists every token at every position: the text's tokens are
+/// the tokenizer's (BOS where it adds one), and each position's whole distribution is
+/// transformers' within the tolerance.
+#[test]
+fn score_command_gives_every_tokens_log_probability() {
+    let dir = tempfile::tempdir().unwrap();
+    for family in FAMILIES {
+        let model = folder(family);
+        let texts: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("texts.json")).unwrap()).unwrap();
+        for i in 0..3 {
+            let (ids, logprobs) = expected(family, i);
+            let vocab = logprobs.len() / ids.len();
+            let text = dir.path().join("text.txt");
+            std::fs::write(&text, texts["texts"][i]["text"].as_str().unwrap()).unwrap();
+            let top = vocab.to_string();
+            let args = ["score", "--model", path_str(&model), "--file", path_str(&text), "--top", &top];
+            let output = run_evalmesh(&args);
+            assert!(output.status.success(), "{family}: {}", String::from_utf8_lossy(&output.stderr));
+            let lines: Vec<serde_json::Value> = output
+                .stdout
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect();
+            let got_ids: Vec<u32> = lines.iter().map(|l| l["id"].as_u64().unwrap() as u32).collect();
+            assert_eq!(got_ids, ids, "{family} text {i}: tokens differ from the tokenizer's");
+            assert!(lines[0]["logprob"].is_null());
+            let mut worst = 0.0f64;
+            for (position, line) in lines.iter().enumerate().skip(1) {
+                let row = &logprobs[(position - 1) * vocab..position * vocab];
+                let alternatives = line["top"].as_array().unwrap();
+                assert_eq!(alternatives.len(), vocab);
+                for alternative in alternatives {
+                    let id = alternative["id"].as_u64().unwrap() as usize;
+                    worst = worst.max((alternative["logprob"].as_f64().unwrap() - row[id] as f64).abs());
+                }
+                worst = worst.max((line["logprob"].as_f64().unwrap() - row[ids[position] as usize] as f64).abs());
+            }
+            assert!(worst < TOLERANCE, "{family} text {i}: {worst:.2e} from transformers");
+        }
+    }
 }
