@@ -66,6 +66,11 @@ pub fn read_shard_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata),
 }
 
 impl HfModel {
+    /// Whether `dir` holds weights (`model.safetensors` or a shard index), not only a config.
+    pub fn has_weights(dir: &Path) -> bool {
+        dir.join(SINGLE_FILE).is_file() || dir.join(INDEX_FILE).is_file()
+    }
+
     pub fn open(dir: &Path) -> Result<Self, WeightError> {
         let config_path = dir.join(CONFIG_FILE);
         let config = HfConfig::parse(&read_text(&config_path)?)

@@ -19,7 +19,7 @@ use evalmesh_common::{ConfigError, ModelConfig};
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
-pub use hf::{hf_tensor, read_shard_header, HfModel};
+pub use hf::{hf_tensor, read_shard_header, HfModel, CONFIG_FILE};
 pub use random::RandomModel;
 
 /// Why a model's weights could not be read.

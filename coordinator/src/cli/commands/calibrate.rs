@@ -10,7 +10,7 @@ use crate::prediction::{cached_profile_path, write_profile};
 
 pub fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<()> {
     let device = args.check()?;
-    let config = super::plan::plan_config(&args.model.path()?)?;
+    let config = super::model_config(&args.model.path()?)?;
     let link = match world {
         Some(w) => crate::calibrate::measure_link(w, &config, args.batch_tokens)?,
         None => None,

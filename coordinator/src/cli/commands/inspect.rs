@@ -1,18 +1,27 @@
-//! `evalmesh inspect`: a model's architecture, configuration, parameter count and, for
-//! a GGUF file, its tensors by type.
+//! `evalmesh inspect`: a model's architecture, block features, configuration, parameter
+//! counts and, for a GGUF file, its tensors by type; a directory with only its
+//! `config.json` (or the file itself) is read without weights or tokenizer.
 
 use std::collections::BTreeMap;
 
 use evalmesh_worker::weights::gguf::GgufFile;
+use evalmesh_worker::weights::HfModel;
 use serde_json::json;
 
 use crate::cli::args::InspectArgs;
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let (path, model) = super::open_model(&args.model, false)?;
-    let config = model.source.config();
+    let path = args.model.path()?;
+    let config = &super::model_config(&path)?;
+    let weights = !path.is_dir() || HfModel::has_weights(&path);
+    let vocabulary = match weights {
+        true => Some(super::open_model(&args.model, false)?.1.tokenizer.vocab_size()),
+        false => None,
+    };
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    let format = if path.is_dir() {
+    let format = if !weights {
+        "huggingface (config only)"
+    } else if path.is_dir() {
         "huggingface"
     } else {
         let file = GgufFile::open(&path)?;
@@ -32,7 +41,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         "parameters": config.parameter_count(),
         "active_parameters_per_token": config.active_parameter_count(),
         "tensor_types": by_type.iter().map(|(t, (n, b))| (t.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
-        "vocabulary": model.tokenizer.vocab_size(),
+        "vocabulary": vocabulary,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());

@@ -1,13 +1,10 @@
 //! `evalmesh plan`: every way to spread a model over N workers, predicted by the cost
 //! model from the model's configuration alone, and the one `--strategy auto` picks.
 
-use std::path::Path;
-
-use anyhow::Context;
 use evalmesh_common::cost::BatchShape;
 use evalmesh_common::hardware::HardwareProfile;
 use evalmesh_common::protocol::Device;
-use evalmesh_common::{strategy, HfConfig, ModelConfig};
+use evalmesh_common::strategy;
 use serde_json::json;
 
 use crate::cli::args::PlanArgs;
@@ -15,23 +12,12 @@ use crate::cli::settings::model_path;
 use crate::cli::tables::plan_table;
 use crate::model::cache_dir;
 use crate::prediction::{placement, run_profile, PredictionError};
-use crate::tasks::read_text;
-
-/// The configuration of a model file, directory or config.json, reading nothing else.
-pub fn plan_config(path: &Path) -> anyhow::Result<ModelConfig> {
-    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
-        let text = read_text(path)?;
-        let config = HfConfig::parse(&text).and_then(|c| c.to_model_config());
-        return config.with_context(|| path.display().to_string());
-    }
-    Ok(evalmesh_worker::weights::open(path, false)?.config().clone())
-}
 
 /// Every layout predicted on a workload of `--ctx`-token sequences.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     args.check()?;
     let path = model_path(args.model.as_deref())?;
-    let config = plan_config(&path)?;
+    let config = super::model_config(&path)?;
     let profile = match (&args.profile, args.device.as_str()) {
         (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
         (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu)?,
