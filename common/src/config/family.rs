@@ -142,24 +142,19 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
-/// The supported families, for error messages.
-pub fn supported_list() -> String {
-    FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+/// The error for an architecture no family describes, listing the supported ones.
+pub fn unsupported(name: &str) -> ConfigError {
+    let supported = FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>().join(", ");
+    ConfigError::UnsupportedArchitecture { name: name.to_string(), supported }
 }
 
 impl Family {
     pub fn by_hf_model_type(model_type: &str) -> Result<&'static Family, ConfigError> {
-        FAMILIES
-            .iter()
-            .find(|f| f.hf_model_types.contains(&model_type))
-            .ok_or_else(|| ConfigError::UnsupportedArchitecture(model_type.to_string()))
+        FAMILIES.iter().find(|f| f.hf_model_types.contains(&model_type)).ok_or_else(|| unsupported(model_type))
     }
 
     pub fn by_gguf_architecture(arch: &str) -> Result<&'static Family, ConfigError> {
-        FAMILIES
-            .iter()
-            .find(|f| f.gguf_architecture == Some(arch))
-            .ok_or_else(|| ConfigError::UnsupportedArchitecture(arch.to_string()))
+        FAMILIES.iter().find(|f| f.gguf_architecture == Some(arch)).ok_or_else(|| unsupported(arch))
     }
 
     pub fn by_name(name: &str) -> Option<&'static Family> {

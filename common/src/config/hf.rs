@@ -5,8 +5,9 @@
 
 use serde_json::{Map, Value};
 
-use super::family::{FieldNames, RawConfig, RawRope};
-use super::{Activation, ConfigError, Family, ModelConfig, RopeScaling};
+use super::family::{Family, FieldNames, RawConfig, RawRope};
+use super::model::{Activation, ConfigError, ModelConfig};
+use super::rope::RopeScaling;
 
 /// A parsed `config.json`.
 #[derive(Debug, Clone)]
@@ -292,7 +293,7 @@ impl HfConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::QkNorm;
+    use crate::config::model::QkNorm;
 
     fn config(json: serde_json::Value) -> Result<ModelConfig, ConfigError> {
         HfConfig::parse(&json.to_string())?.to_model_config()

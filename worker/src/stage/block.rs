@@ -8,11 +8,25 @@ use std::ops::Range;
 use evalmesh_common::config::{LayerSpec, QkNorm};
 use evalmesh_common::group_slice;
 
+use evalmesh_common::{ModelConfig, TreeLayout};
+
+use super::error::StageError;
+use super::sums::{ByGroup, GroupSum};
 use super::weights::Weights;
-use super::{ByGroup, GroupSum, Pass, StageError};
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::{LayerTensor, TensorId};
+
+/// What every block shares in one micro-batch's pass.
+pub struct Pass<'a, B: Backend> {
+    pub backend: &'a B,
+    pub config: &'a ModelConfig,
+    /// This worker's heads of the fused QKV activation.
+    pub heads: HeadLayout,
+    /// The rotary tables of the micro-batch's positions, one per rotary embedding of the model.
+    pub ropes: Vec<B::Tensor>,
+    pub trees: &'a [TreeLayout],
+}
 
 /// The norms around a sublayer: of its input, and of its output before the residual add.
 struct Norms<B: Backend> {

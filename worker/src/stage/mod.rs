@@ -8,31 +8,21 @@
 //! several shards, whose row-parallel sums a [`GroupSum`] completes in group order.
 
 mod block;
+mod error;
+mod sums;
 mod weights;
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore, TreeLayout};
 
-use self::block::Block;
+use self::block::{Block, Pass};
+pub use self::error::StageError;
+pub use self::sums::{fold, ByGroup, GroupSum, LocalSum};
 use self::weights::Weights;
-use crate::backend::error::BackendError;
 use crate::backend::{Backend, HeadLayout};
 use crate::tensor::Matrix;
-use crate::weights::{TensorId, WeightError, WeightSource};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error("stage {0}")]
-    Spec(String),
-    #[error("the model computed non-finite scores (NaN or infinity) for {count} of {total} tokens: its weights are finite, so its activations overflow; check that the model file is what it claims to be")]
-    NonFiniteScores { count: usize, total: usize },
-}
+use crate::weights::{TensorId, WeightSource};
 
 /// What a stage receives: token ids (first stage) or hidden states from the previous stage.
 pub enum StageInput<T> {
@@ -44,61 +34,6 @@ pub enum StageInput<T> {
 pub enum StageOutput<T> {
     Hidden(T),
     Scores(Vec<TokenScore>),
-}
-
-/// Completes a row-parallel product (attention output, down projection): adds this
-/// worker's per-group partial products, in group order, to the running sum of the groups
-/// before them, and returns the sum over all groups.
-pub trait GroupSum<B: Backend> {
-    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError>;
-}
-
-/// Every group is local (no tensor parallelism): the sum is the fold of the partials.
-pub struct LocalSum;
-
-impl<B: Backend> GroupSum<B> for LocalSum {
-    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError> {
-        fold(backend, None, partials)
-    }
-}
-
-/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order.
-pub fn fold<B: Backend>(
-    backend: &B,
-    running: Option<B::Tensor>,
-    partials: Vec<B::Tensor>,
-) -> Result<B::Tensor, StageError> {
-    let mut total = running;
-    for p in partials {
-        total = Some(match total {
-            None => p,
-            Some(mut t) => {
-                backend.add_assign(&mut t, &p)?;
-                t
-            }
-        });
-    }
-    total.ok_or_else(|| StageError::Spec("a row-parallel sum over no groups".into()))
-}
-
-/// A row-parallel weight cut by group: each group's input columns (within this
-/// worker's share of them) and its slice of the weight.
-pub struct ByGroup<B: Backend> {
-    parts: Vec<(Range<usize>, B::Weight)>,
-}
-
-impl<B: Backend> ByGroup<B> {
-    /// `x · wᵀ` per group: one product of each group's columns and weight.
-    fn partials(&self, b: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>, StageError> {
-        let partials =
-            self.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, std::slice::from_ref(cols))?, part)?));
-        partials.collect()
-    }
-
-    /// `x · wᵀ` summed over the groups, completed by `sums`.
-    fn forward(&self, b: &B, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
-        sums.sum(b, self.partials(b, x)?)
-    }
 }
 
 /// Each row's sequence length, for the rotary scalings that depend on it: its tree's
@@ -121,17 +56,6 @@ fn most_likely(logits: &[f32], top: usize) -> Alternatives {
     order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
     order.truncate(top);
     order.into_iter().map(|id| (id, logits[id as usize] as f64 - max - log_sum)).collect()
-}
-
-/// What every block shares in one micro-batch's pass.
-struct Pass<'a, B: Backend> {
-    backend: &'a B,
-    config: &'a ModelConfig,
-    /// This worker's heads of the fused QKV activation.
-    heads: HeadLayout,
-    /// The rotary tables of the micro-batch's positions, one per rotary embedding of the model.
-    ropes: Vec<B::Tensor>,
-    trees: &'a [TreeLayout],
 }
 
 struct Head<B: Backend> {

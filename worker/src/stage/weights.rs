@@ -5,7 +5,8 @@ use std::ops::Range;
 
 use evalmesh_common::group_slice;
 
-use super::{ByGroup, StageError};
+use super::error::StageError;
+use super::sums::ByGroup;
 use crate::backend::Backend;
 use crate::tensor::Matrix;
 use crate::weights::random::seed_of;

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
-use evalmesh_common::config::family::{FieldNames, RawConfig, RawRope};
+use evalmesh_common::config::family::{unsupported, FieldNames, RawConfig, RawRope};
 use evalmesh_common::config::{Family, RopeScaling};
 use evalmesh_common::{ConfigError, ModelConfig, RopeStyle};
 
@@ -113,8 +113,7 @@ fn config_from_metadata(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
     let experts = uint(&names.experts)?.filter(|&n| n > 0);
     // llama.cpp writes Mixtral as `llama` with experts.
     let family = match (arch.as_str(), experts) {
-        ("llama", Some(_)) => Family::by_name("mixtral")
-            .ok_or_else(|| ConfigError::UnsupportedArchitecture("llama with experts".into()))?,
+        ("llama", Some(_)) => Family::by_name("mixtral").ok_or_else(|| unsupported("llama with experts"))?,
         _ => Family::by_gguf_architecture(&arch)?,
     };
     let head_dim = uint(&names.head_dim)?;

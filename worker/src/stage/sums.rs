@@ -1,0 +1,63 @@
+//! Row-parallel products and their sums: a weight cut by KV-head group ([`ByGroup`]),
+//! and the completion of its per-group partial products in group order ([`GroupSum`]:
+//! locally by [`fold`], or across tensor-parallel shards by `comm::shard_sum`).
+
+use std::ops::Range;
+
+use super::error::StageError;
+use crate::backend::Backend;
+
+/// Completes a row-parallel product (attention output, down projection): adds this
+/// worker's per-group partial products, in group order, to the running sum of the groups
+/// before them, and returns the sum over all groups.
+pub trait GroupSum<B: Backend> {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError>;
+}
+
+/// Every group is local (no tensor parallelism): the sum is the fold of the partials.
+pub struct LocalSum;
+
+impl<B: Backend> GroupSum<B> for LocalSum {
+    fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError> {
+        fold(backend, None, partials)
+    }
+}
+
+/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order.
+pub fn fold<B: Backend>(
+    backend: &B,
+    running: Option<B::Tensor>,
+    partials: Vec<B::Tensor>,
+) -> Result<B::Tensor, StageError> {
+    let mut total = running;
+    for p in partials {
+        total = Some(match total {
+            None => p,
+            Some(mut t) => {
+                backend.add_assign(&mut t, &p)?;
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| StageError::Spec("a row-parallel sum over no groups".into()))
+}
+
+/// A row-parallel weight cut by group: each group's input columns (within this
+/// worker's share of them) and its slice of the weight.
+pub struct ByGroup<B: Backend> {
+    pub parts: Vec<(Range<usize>, B::Weight)>,
+}
+
+impl<B: Backend> ByGroup<B> {
+    /// `x · wᵀ` per group: one product of each group's columns and weight.
+    pub fn partials(&self, b: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>, StageError> {
+        let partials =
+            self.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, std::slice::from_ref(cols))?, part)?));
+        partials.collect()
+    }
+
+    /// `x · wᵀ` summed over the groups, completed by `sums`.
+    pub fn forward(&self, b: &B, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+        sums.sum(b, self.partials(b, x)?)
+    }
+}
