@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ModelConfig;
 use crate::hardware::{HardwareProfile, Rates};
-use crate::{group_slice, MicroBatch, ModelConfig, ParallelLayout, PlanError, StageSpec};
+use crate::plan::{group_slice, ParallelLayout, PlanError, StageSpec};
+use crate::request::MicroBatch;
 
 /// What the cost model needs of one micro-batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -310,11 +312,11 @@ fn batches_max_tokens(batches: &[BatchShape]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MicroBatch, ScoreTree};
+    use crate::request::{MicroBatch, ScoreTree};
 
     fn tiny() -> ModelConfig {
         let json = r#"{"model_type": "llama", "vocab_size": 100, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
-        crate::HfConfig::parse(json).unwrap().to_model_config().unwrap()
+        crate::config::HfConfig::parse(json).unwrap().to_model_config().unwrap()
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ModelConfig;
+use crate::config::ModelConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSpec {
@@ -226,7 +226,7 @@ mod tests {
 
     fn smollm() -> ModelConfig {
         let json = r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 1e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": true}"#;
-        crate::HfConfig::parse(json).unwrap().to_model_config().unwrap()
+        crate::config::HfConfig::parse(json).unwrap().to_model_config().unwrap()
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{MicroBatch, StageSpec, TokenScore};
+use crate::plan::StageSpec;
+use crate::request::{MicroBatch, TokenScore};
 
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The MPI tag of control messages.
@@ -223,7 +224,7 @@ pub fn check_version(theirs: u32) -> Result<(), ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ScoreTree;
+    use crate::request::ScoreTree;
 
     #[test]
     fn messages_round_trip() {

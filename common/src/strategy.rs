@@ -5,10 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ModelConfig;
 use crate::cost::{block_work, embedding_work, head_work, predict, weight_values, BatchShape, Placement, Prediction};
 use crate::hardware::{HardwareProfile, GPU_OVERHEAD_BYTES};
+use crate::plan::{partition_layers, ParallelLayout, PlanError, StageSpec};
 use crate::protocol::GpuPrecision;
-use crate::{partition_layers, ModelConfig, ParallelLayout, PlanError, StageSpec};
 
 /// Share of a device's memory a plan may fill: the rest is headroom for allocator
 /// fragmentation and what the estimate leaves out.
@@ -115,7 +116,7 @@ pub fn gigabytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HfConfig;
+    use crate::config::HfConfig;
 
     fn llama(json: &str) -> ModelConfig {
         HfConfig::parse(json).unwrap().to_model_config().unwrap()

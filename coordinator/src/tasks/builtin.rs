@@ -143,7 +143,10 @@ impl Source<'_> {
 
 /// Loads a task by name; `mmlu` gives one task per subject.
 pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let task = TASKS.iter().find(|t| t.name == name).ok_or_else(|| TaskError::UnknownTask(name.to_string()))?;
+    let task = TASKS
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| TaskError::UnknownTask { name: name.to_string(), available: task_names() })?;
     (task.load)(name, source)
 }
 

@@ -22,8 +22,8 @@ pub enum TaskError {
     MissingData { task: String, path: PathBuf, data_dir: PathBuf },
     #[error("{task}: --num-fewshot draws its examples from {}, which is not there (--data-dir is {}); shared/data does not ship the training splits: add the official file there, or run 0-shot", path.display(), data_dir.display())]
     MissingFewShotSplit { task: String, path: PathBuf, data_dir: PathBuf },
-    #[error("unknown task `{0}`; available: {tasks}", tasks = builtin::task_names())]
-    UnknownTask(String),
+    #[error("unknown task `{name}`; available: {available}")]
+    UnknownTask { name: String, available: String },
     #[error("{0}")]
     Settings(String),
     #[error(transparent)]
