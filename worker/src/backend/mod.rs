@@ -69,6 +69,24 @@ pub struct AttentionSpec {
     pub window: Option<usize>,
 }
 
+/// The shapes a rotation accepts ([`Backend::apply_rope`]): a table row per row of `x`, at
+/// most a head's width of even columns, and whole heads inside `x`; `None` when they fit,
+/// else the problem in words.
+pub fn rope_shape_problem(
+    (rows, width): (usize, usize),
+    (table_rows, table_cols): (usize, usize),
+    cols: &Range<usize>,
+    head_dim: usize,
+) -> Option<String> {
+    let fits = table_rows == rows
+        && table_cols <= head_dim
+        && table_cols.is_multiple_of(2)
+        && cols.end <= width
+        && head_dim > 0
+        && cols.len().is_multiple_of(head_dim);
+    (!fits).then(|| format!("rope over columns {cols:?} of {rows}×{width} with a {table_rows}×{table_cols} table"))
+}
+
 /// Work done in matrix products, for throughput reports.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct MatmulStats {

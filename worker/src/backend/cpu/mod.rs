@@ -31,7 +31,7 @@ use self::kernels::{fast_exp, gemm_into, lane_sum, View};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
-use super::{AttentionSpec, Backend, HeadLayout, MatmulStats};
+use super::{rope_shape_problem, AttentionSpec, Backend, HeadLayout, MatmulStats};
 use crate::comm::wire::{Outbound, Wire};
 use crate::tensor::Matrix;
 
@@ -217,19 +217,9 @@ impl Backend for CpuBackend {
         head_dim: usize,
         style: RopeStyle,
     ) -> Result<(), BackendError> {
-        check(
-            table.rows == x.rows
-                && table.cols <= head_dim
-                && table.cols.is_multiple_of(2)
-                && cols.end <= x.cols
-                && cols.len().is_multiple_of(head_dim),
-            || {
-                format!(
-                    "rope over columns {cols:?} of {}×{} with a {}×{} table",
-                    x.rows, x.cols, table.rows, table.cols
-                )
-            },
-        )?;
+        if let Some(problem) = rope_shape_problem((x.rows, x.cols), (table.rows, table.cols), &cols, head_dim) {
+            return Err(failed(problem));
+        }
         let half = table.cols / 2;
         let width = x.cols;
         x.data.par_chunks_mut(width).zip(table.data.par_chunks(table.cols.max(1))).for_each(|(row, t)| {

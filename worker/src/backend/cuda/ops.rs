@@ -10,9 +10,9 @@ use cudarc::driver::CudaEvent;
 use evalmesh_common::config::Activation;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
-use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS, THREADS};
+use super::backend::{blocks, check, failed, Arg, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS, THREADS};
 use crate::backend::error::BackendError;
-use crate::backend::{AttentionSpec, Backend, HeadLayout, MatmulStats};
+use crate::backend::{rope_shape_problem, AttentionSpec, Backend, HeadLayout, MatmulStats};
 
 /// The most blocks a grid's second dimension holds.
 const MAX_GRID_Y: usize = 65_535;
@@ -133,20 +133,9 @@ impl Backend for CudaBackend {
         head_dim: usize,
         style: RopeStyle,
     ) -> Result<(), BackendError> {
-        check(
-            table.rows == x.rows
-                && table.cols <= head_dim
-                && table.cols.is_multiple_of(2)
-                && cols.end <= x.cols
-                && head_dim > 0
-                && cols.len().is_multiple_of(head_dim),
-            || {
-                format!(
-                    "rope over columns {cols:?} of {}×{} with a {}×{} table",
-                    x.rows, x.cols, table.rows, table.cols
-                )
-            },
-        )?;
+        if let Some(problem) = rope_shape_problem((x.rows, x.cols), (table.rows, table.cols), &cols, head_dim) {
+            return Err(failed(problem));
+        }
         // Only the first `table.cols` dimensions of each head turn (partial rotary).
         let pairs = cols.len() / head_dim * (table.cols / 2);
         if x.rows == 0 || pairs == 0 {
