@@ -132,6 +132,11 @@ pub struct RunArgs {
     /// and perplexity (a UTF-8 text; default: a built-in wikitext-2 excerpt).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// A folder of lm-evaluation-harness task YAML files (every *.yaml under it): their tasks,
+    /// groups and tags become names --task accepts, looked up before the built-in tasks. Data
+    /// must be local: dataset_path json, csv or text with dataset_kwargs.data_files.
+    #[arg(long, alias = "include_path")]
+    pub include_path: Option<PathBuf>,
     /// The benchmarks' data folder, laid out like shared/data (hellaswag/, arc/, piqa/, …).
     #[arg(long, env = "EVALMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

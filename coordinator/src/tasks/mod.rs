@@ -1,14 +1,17 @@
 //! Evaluation tasks: the built-in tasks ([`builtin`]), reading each benchmark's data with
 //! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
 //! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
-//! into metrics ([`metrics`]), plus perplexity over a text.
+//! into metrics ([`metrics`]), plus perplexity over a text; lm-evaluation-harness task
+//! YAML files ([`yaml`]), and the one place a task name is looked up in both ([`catalog`]).
 
 pub mod builtin;
+pub mod catalog;
 pub mod fewshot;
 pub mod formats;
 pub mod metrics;
 pub mod perplexity;
 pub mod requests;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 

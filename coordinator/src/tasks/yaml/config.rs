@@ -1,0 +1,344 @@
+//! lm-evaluation-harness task YAML files read into definitions: a task ([`TaskDef`]: its
+//! data files and splits, its templates, delimiters, few-shot settings, output type and
+//! metrics) or a group ([`GroupDef`]: a name and its member tasks), each from one file
+//! after its `include` chain is merged. Every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_norway::{Mapping, Value};
+
+use crate::tasks::TaskError;
+
+/// A `doc_to_*` entry: a field name or a Jinja template, a literal index, or a list of either.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Template {
+    Text(String),
+    Index(i64),
+    List(Vec<String>),
+}
+
+/// What a task's documents are scored for (`output_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputType {
+    MultipleChoice,
+    Loglikelihood,
+    LoglikelihoodRolling,
+}
+
+/// Where the demonstrations come from (`fewshot_config.sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// `default`: drawn with `random.Random(1234)` per document.
+    Random,
+    /// `first_n`: the first examples of the split.
+    FirstN,
+}
+
+/// One task file.
+#[derive(Debug, Clone)]
+pub struct TaskDef {
+    pub file: PathBuf,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// The data files of each split, by split name.
+    pub data_files: BTreeMap<String, Vec<PathBuf>>,
+    /// `json`, `csv` or `text`.
+    pub format: String,
+    pub eval_split: String,
+    pub fewshot_split: Option<String>,
+    pub doc_to_text: Template,
+    pub doc_to_target: Template,
+    pub doc_to_choice: Option<Template>,
+    pub target_delimiter: String,
+    pub fewshot_delimiter: String,
+    pub description: String,
+    pub num_fewshot: Option<usize>,
+    pub sampler: SamplerKind,
+    pub output_type: OutputType,
+    pub metrics: Vec<String>,
+    pub version: f64,
+    /// The whole merged configuration, for the results' `configs`.
+    pub config: serde_json::Value,
+}
+
+/// One group file: a name and its members (task or tag names), in order.
+#[derive(Debug, Clone)]
+pub struct GroupDef {
+    pub file: PathBuf,
+    pub name: String,
+    pub tasks: Vec<String>,
+}
+
+/// A parsed file.
+#[derive(Debug, Clone)]
+pub enum Definition {
+    Task(Box<TaskDef>),
+    Group(GroupDef),
+}
+
+/// The metrics evalmesh computes for lm-eval's output types.
+pub const KNOWN_METRICS: &[&str] =
+    &["acc", "acc_norm", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"];
+
+fn problem(file: &Path, key: &str, what: impl std::fmt::Display) -> TaskError {
+    TaskError::Data { path: file.to_path_buf(), problem: format!("`{key}`: {what}") }
+}
+
+/// Reads a YAML file's mapping, with its `include` (a file beside it) merged underneath.
+fn mapping(file: &Path, depth: usize) -> Result<Mapping, TaskError> {
+    let text = crate::tasks::read_text(file)?;
+    let value: Value = serde_norway::from_str(&text)
+        .map_err(|e| TaskError::Data { path: file.to_path_buf(), problem: format!("not valid YAML: {e}") })?;
+    let Value::Mapping(mut map) = value else {
+        return Err(TaskError::Data { path: file.to_path_buf(), problem: "the top level must be a mapping".into() });
+    };
+    let Some(include) = map.remove("include") else { return Ok(map) };
+    let name = include.as_str().ok_or_else(|| problem(file, "include", "must be a file name"))?;
+    if depth > 8 {
+        return Err(problem(file, "include", "includes nest more than 8 deep"));
+    }
+    let base_file = file.parent().unwrap_or(Path::new(".")).join(name);
+    if !base_file.is_file() {
+        return Err(problem(file, "include", format!("{} does not exist", base_file.display())));
+    }
+    let mut base = mapping(&base_file, depth + 1)?;
+    base.extend(map);
+    Ok(base)
+}
+
+/// The name of a `!function` reference, which evalmesh cannot run.
+fn function_error(file: &Path, key: &str, value: &Value) -> Option<TaskError> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "!function" => {
+            let name = tagged.value.as_str().unwrap_or("?");
+            Some(problem(
+                file,
+                key,
+                format!("`!function {name}` is Python, which evalmesh does not run; write it as a field name, a Jinja template or a list"),
+            ))
+        }
+        Value::Tagged(tagged) => Some(problem(file, key, format!("unknown YAML tag {}", tagged.tag))),
+        _ => None,
+    }
+}
+
+fn text(map: &Mapping, file: &Path, key: &str) -> Result<Option<String>, TaskError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(function_error(file, key, v).unwrap_or_else(|| problem(file, key, "must be a string"))),
+    }
+}
+
+fn template(map: &Mapping, file: &Path, key: &str) -> Result<Option<Template>, TaskError> {
+    Ok(Some(match map.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => Template::Text(s.clone()),
+        Some(Value::Number(n)) => Template::Index(n.as_i64().ok_or_else(|| problem(file, key, "must be an integer"))?),
+        Some(Value::Sequence(items)) => Template::List(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    Value::Bool(b) => Ok(b.to_string()),
+                    _ => Err(problem(file, key, "a list must hold strings")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(v) => {
+            return Err(function_error(file, key, v)
+                .unwrap_or_else(|| problem(file, key, "must be a field name, a template or a list")))
+        }
+    }))
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Tagged(tagged) => serde_json::json!(format!("{} {}", tagged.tag, tagged.value.as_str().unwrap_or("?"))),
+        Value::Mapping(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}")), to_json(v)))
+                .collect(),
+        ),
+        Value::Sequence(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The data files of `dataset_kwargs.data_files`: a path, a list, or a mapping from split
+/// to either; relative paths are taken beside the YAML file when a file is there.
+fn data_files(map: &Mapping, file: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, TaskError> {
+    let key = "dataset_kwargs.data_files";
+    let files = map
+        .get("dataset_kwargs")
+        .and_then(|k| k.get("data_files"))
+        .ok_or_else(|| problem(file, key, "is missing: evalmesh reads local files only"))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let resolve = |v: &Value| -> Result<Vec<PathBuf>, TaskError> {
+        let names: Vec<&str> = match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Sequence(items) => items
+                .iter()
+                .map(|i| i.as_str().ok_or_else(|| problem(file, key, "must list paths")))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(problem(file, key, "must be a path, a list of paths or a mapping of splits")),
+        };
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let beside = dir.join(n);
+                if beside.is_file() {
+                    beside
+                } else {
+                    PathBuf::from(n)
+                }
+            })
+            .collect())
+    };
+    Ok(match files {
+        Value::Mapping(splits) => splits
+            .iter()
+            .map(|(split, v)| Ok((split.as_str().unwrap_or("?").to_string(), resolve(v)?)))
+            .collect::<Result<_, TaskError>>()?,
+        other => BTreeMap::from([("train".to_string(), resolve(other)?)]),
+    })
+}
+
+fn task_list(map: &Mapping, file: &Path) -> Result<Vec<String>, TaskError> {
+    let Some(Value::Sequence(items)) = map.get("task") else {
+        return Err(problem(file, "task", "a group lists its tasks"));
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(s) => Ok(s.clone()),
+            Value::Mapping(m) => m
+                .get("task")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| problem(file, "task", "each entry needs a task name")),
+            _ => Err(problem(file, "task", "entries must be task names")),
+        })
+        .collect()
+}
+
+/// Reads one YAML file into a task or group definition; `None` for a file that defines
+/// neither (a template other files `include`).
+pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
+    let map = mapping(file, 0)?;
+    if map.get("group").is_some() && matches!(map.get("task"), Some(Value::Sequence(_))) {
+        let name = text(&map, file, "group")?.ok_or_else(|| problem(file, "group", "must be a name"))?;
+        return Ok(Some(Definition::Group(GroupDef { file: file.to_path_buf(), name, tasks: task_list(&map, file)? })));
+    }
+    if map.get("task").is_none() {
+        return Ok(None);
+    }
+    for key in ["process_docs", "process_results", "doc_to_decontamination_query"] {
+        if let Some(err) = map.get(key).and_then(|v| function_error(file, key, v)) {
+            return Err(err);
+        }
+    }
+    let name = text(&map, file, "task")?.ok_or_else(|| problem(file, "task", "is missing"))?;
+    let format = text(&map, file, "dataset_path")?.ok_or_else(|| problem(file, "dataset_path", "is missing"))?;
+    if !["json", "csv", "text"].contains(&format.as_str()) {
+        return Err(problem(
+            file,
+            "dataset_path",
+            format!("`{format}`: evalmesh reads local json, csv or text files (with dataset_kwargs.data_files)"),
+        ));
+    }
+    let data_files = data_files(&map, file)?;
+    let split = |key: &str| text(&map, file, key);
+    let eval_split = match (split("test_split")?, split("validation_split")?) {
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => return Err(problem(file, "test_split", "neither test_split nor validation_split is given")),
+    };
+    for split_name in std::iter::once(&eval_split) {
+        if !data_files.contains_key(split_name) {
+            return Err(problem(
+                file,
+                "dataset_kwargs.data_files",
+                format!("has no files for the split `{split_name}`"),
+            ));
+        }
+    }
+    let fewshot_config = map.get("fewshot_config");
+    let sampler = match fewshot_config.and_then(|c| c.get("sampler")).and_then(Value::as_str) {
+        None | Some("default") => SamplerKind::Random,
+        Some("first_n") => SamplerKind::FirstN,
+        Some(other) => {
+            return Err(problem(file, "fewshot_config.sampler", format!("`{other}`: use default or first_n")))
+        }
+    };
+    let fewshot_split = match split("fewshot_split")? {
+        Some(s) => Some(s),
+        None => split("training_split")?.or(split("validation_split")?),
+    };
+    let output_type = match text(&map, file, "output_type")?.as_deref() {
+        Some("multiple_choice") => OutputType::MultipleChoice,
+        None | Some("loglikelihood") => OutputType::Loglikelihood,
+        Some("loglikelihood_rolling") => OutputType::LoglikelihoodRolling,
+        Some("generate_until") => {
+            return Err(problem(file, "output_type", "generate_until needs generation, which evalmesh does not do yet"))
+        }
+        Some(other) => return Err(problem(file, "output_type", format!("`{other}` is not an lm-eval output type"))),
+    };
+    let mut metrics = Vec::new();
+    if let Some(list) = map.get("metric_list") {
+        let items = list.as_sequence().ok_or_else(|| problem(file, "metric_list", "must be a list"))?;
+        for item in items {
+            let metric = item.get("metric").ok_or_else(|| problem(file, "metric_list", "each entry needs a metric"))?;
+            if let Some(err) = function_error(file, "metric_list.metric", metric) {
+                return Err(err);
+            }
+            let name = metric.as_str().ok_or_else(|| problem(file, "metric_list.metric", "must be a name"))?;
+            if !KNOWN_METRICS.contains(&name) {
+                return Err(problem(
+                    file,
+                    "metric_list.metric",
+                    format!("`{name}` is not a metric evalmesh computes ({})", KNOWN_METRICS.join(", ")),
+                ));
+            }
+            metrics.push(name.to_string());
+        }
+    }
+    let doc_to_choice = template(&map, file, "doc_to_choice")?;
+    if output_type == OutputType::MultipleChoice && doc_to_choice.is_none() {
+        return Err(problem(file, "doc_to_choice", "a multiple_choice task needs its choices"));
+    }
+    let tags = match map.get("tag") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Sequence(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(_) => return Err(problem(file, "tag", "must be a name or a list of names")),
+    };
+    let num_fewshot = match map.get("num_fewshot") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| problem(file, "num_fewshot", "must be a whole number"))? as usize),
+    };
+    let version = map.get("metadata").and_then(|m| m.get("version")).and_then(Value::as_f64).unwrap_or(1.0);
+    Ok(Some(Definition::Task(Box::new(TaskDef {
+        file: file.to_path_buf(),
+        name,
+        tags,
+        data_files,
+        format,
+        eval_split,
+        fewshot_split,
+        doc_to_text: template(&map, file, "doc_to_text")?.ok_or_else(|| problem(file, "doc_to_text", "is missing"))?,
+        doc_to_target: template(&map, file, "doc_to_target")?
+            .ok_or_else(|| problem(file, "doc_to_target", "is missing"))?,
+        doc_to_choice,
+        target_delimiter: text(&map, file, "target_delimiter")?.unwrap_or_else(|| " ".into()),
+        fewshot_delimiter: text(&map, file, "fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into()),
+        description: text(&map, file, "description")?.unwrap_or_default(),
+        num_fewshot,
+        sampler,
+        output_type,
+        metrics,
+        version,
+        config: to_json(&Value::Mapping(map)),
+    }))))
+}

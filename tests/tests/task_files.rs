@@ -1,0 +1,104 @@
+//! lm-evaluation-harness task YAML files through `--include-path`: a multiple-choice task
+//! (from an `include`d base) scores exactly as the built-in `multiple_choice` task on the
+//! same items, a loglikelihood task renders its Jinja templates as Jinja would, a group
+//! runs its members; bad files get one error line naming the file and key.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use evalmesh_tests::{assert_clean_error, path_str, read_report, repo_dir, shared_dir, RunArgs};
+
+/// The fixture folder copied beside the first 24 of llama.cpp's HellaSwag items (`items.jsonl`).
+fn task_dir(dir: &Path) {
+    let fixtures = repo_dir().join("tests/fixtures/lmeval_tasks");
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let items = std::fs::read_to_string(shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl")).unwrap();
+    let first: Vec<&str> = items.lines().take(24).collect();
+    std::fs::write(dir.join("items.jsonl"), first.join("\n") + "\n").unwrap();
+}
+
+fn samples(dir: &Path, task: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(format!("samples_{task}.jsonl"))).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_yaml_multiple_choice_task_scores_as_the_built_in_one() {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    let out = tempfile::tempdir().unwrap();
+    let yaml = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "story_endings");
+    assert!(yaml.samples_beside(&out.path().join("yaml.json")).run().status.success());
+    let builtin = RunArgs::new().flag("--task", "multiple_choice").path("--data", &tasks.path().join("items.jsonl"));
+    assert!(builtin.samples_beside(&out.path().join("builtin.json")).run().status.success());
+    let (yaml, builtin) = (samples(out.path(), "story_endings"), samples(out.path(), "multiple_choice"));
+    assert_eq!(yaml.len(), 24);
+    for (y, b) in yaml.iter().zip(&builtin) {
+        assert_eq!(y["requests"], b["requests"], "document {}", y["doc_id"]);
+    }
+    let report = read_report(&out.path().join("yaml.json"));
+    assert_eq!(report.tasks.results["story_endings"]["acc,none"], report_acc(&out.path().join("builtin.json")));
+}
+
+fn report_acc(path: &Path) -> serde_json::Value {
+    read_report(path).tasks.results["multiple_choice"]["acc,none"].clone()
+}
+
+#[test]
+fn templates_filters_and_groups_run() {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    let out = tempfile::tempdir().unwrap();
+    let args = RunArgs::new().path("--include_path", tasks.path()).flag("--task", "suite");
+    let output = args.samples_beside(&out.path().join("r.json")).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let capitals = samples(out.path(), "capitals");
+    let requests: Vec<(String, String)> = capitals
+        .iter()
+        .map(|s| {
+            let r = &s["requests"][0];
+            (r["context"].as_str().unwrap().to_string(), r["continuation"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let expected = [
+        ("The capital of FRANCE is", " Paris"),
+        ("The capital of JAPAN is", " Tokyo"),
+        ("The capital of KENYA is", " Nairobi"),
+        ("The capital of PERU is", " Lima"),
+    ];
+    assert_eq!(requests, expected.map(|(c, t)| (c.to_string(), t.to_string())));
+    let report = read_report(&out.path().join("r.json"));
+    for name in ["story_endings", "capitals", "suite"] {
+        assert!(report.tasks.results.contains_key(name), "{name} missing from {:?}", report.tasks.results.keys());
+    }
+}
+
+/// Writes `body` as `bad.yaml` in a copy of the fixtures and runs it.
+fn run_bad(body: &str) -> std::process::Output {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    std::fs::write(tasks.path().join("bad.yaml"), body).unwrap();
+    RunArgs::new().path("--include-path", tasks.path()).flag("--task", "bad").run()
+}
+
+const BAD_BASE: &str = "task: bad\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: items.jsonl\n\
+validation_split: validation\noutput_type: multiple_choice\ndoc_to_text: context\ndoc_to_choice: choices\ndoc_to_target: gold\n";
+
+#[test]
+fn bad_task_files_name_the_file_and_key() {
+    let output = run_bad(&format!("{BAD_BASE}process_docs: !function utils.process_docs\n"));
+    assert_clean_error(&output, &["bad.yaml", "`process_docs`", "!function utils.process_docs", "Python"]);
+    let output = run_bad(&format!("{BAD_BASE}metric_list:\n  - metric: bleu\n"));
+    assert_clean_error(&output, &["bad.yaml", "`metric_list.metric`", "`bleu`", "acc_norm"]);
+    let output = run_bad(&BAD_BASE.replace("items.jsonl", "missing.jsonl"));
+    assert_clean_error(&output, &["bad.yaml", "`dataset_kwargs.data_files`", "missing.jsonl", "does not exist"]);
+    let output = run_bad(&BAD_BASE.replace("doc_to_text: context", "doc_to_text: \"{{ contxt }}\""));
+    assert_clean_error(&output, &["bad.yaml", "`doc_to_text` on document 0", "undefined"]);
+    let path = Path::new("/nonexistent-folder");
+    let output = RunArgs::new().path("--include-path", path).flag("--task", "bad").run();
+    assert_clean_error(&output, &["--include-path", path_str(path), "not a folder"]);
+}
