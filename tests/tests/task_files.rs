@@ -102,3 +102,31 @@ fn bad_task_files_name_the_file_and_key() {
     let output = RunArgs::new().path("--include-path", path).flag("--task", "bad").run();
     assert_clean_error(&output, &["--include-path", path_str(path), "not a folder"]);
 }
+
+/// ARC-Easy as a YAML task over shared/data's AI2 files, its templates using Jinja's
+/// `map`/`list` and Python's `list.index` (as lm-eval's own arc YAML does): the same
+/// requests and scores as the built-in `arc_easy` task.
+#[test]
+fn a_yaml_arc_task_scores_as_the_built_in_one() {
+    let tasks = tempfile::tempdir().unwrap();
+    let data = shared_dir().join("data/arc/ARC-Easy-Test.jsonl");
+    let yaml = format!(
+        "task: arc_yaml\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}\ntest_split: test\n\
+         output_type: multiple_choice\ndoc_to_text: \"Question: {{{{question.stem}}}}\\nAnswer:\"\n\
+         doc_to_target: \"{{{{ (question.choices | map(attribute='label') | list).index(answerKey) }}}}\"\n\
+         doc_to_choice: \"{{{{ question.choices | map(attribute='text') | list }}}}\"\n",
+        path_str(&data)
+    );
+    std::fs::write(tasks.path().join("arc.yaml"), yaml).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let args = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "arc_yaml").flag("--limit", 30);
+    let output = args.samples_beside(&out.path().join("yaml.json")).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let builtin = RunArgs::new().flag("--task", "arc_easy").path("--data-dir", &shared_dir().join("data"));
+    assert!(builtin.flag("--limit", 30).samples_beside(&out.path().join("builtin.json")).run().status.success());
+    let (yaml, builtin) = (samples(out.path(), "arc_yaml"), samples(out.path(), "arc_easy"));
+    assert_eq!(yaml.len(), 30);
+    for (y, b) in yaml.iter().zip(&builtin) {
+        assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "document {}", y["doc_id"]);
+    }
+}

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::value::{Value as MjValue, ValueKind};
+use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Map, Value};
 
 use super::config::{TaskDef, Template};
@@ -70,16 +71,30 @@ fn csv_records(path: &Path) -> Result<Vec<Record>, TaskError> {
         .collect()
 }
 
+/// Python's methods on values that lm-eval's templates call (Jinja runs them in Python):
+/// `list.index(x)` here, the string and dict ones through minijinja-contrib's `pycompat`.
+fn python_method(state: &State, value: &MjValue, method: &str, args: &[MjValue]) -> Result<MjValue, minijinja::Error> {
+    match (method, value.kind(), args) {
+        ("index", ValueKind::Seq, [wanted]) => {
+            value.try_iter()?.position(|item| &item == wanted).map(MjValue::from).ok_or_else(|| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("{wanted} is not in the list"))
+            })
+        }
+        _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
+    }
+}
+
 /// lm-eval's Jinja environment: strict about undefined names, trailing newlines kept,
-/// and its `regex_replace(pattern, replacement)` filter.
+/// its `regex_replace(pattern, replacement)` filter, and Python's methods.
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    env.set_unknown_method_callback(python_method);
     env.add_filter("regex_replace", |value: String, pattern: String, replacement: String| {
         regex::Regex::new(&pattern)
             .map(|re| re.replace_all(&value, replacement.replace("\\\\", "$").as_str()).into_owned())
-            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
     });
     env
 }
@@ -142,7 +157,7 @@ impl Renderer<'_> {
                     let value = self.env.compile_expression(expression).and_then(|e| e.eval(record));
                     let value = value.map_err(|e| self.fail(key, doc, e))?;
                     if let Ok(items) = value.try_iter() {
-                        if value.kind() == minijinja::value::ValueKind::Seq {
+                        if value.kind() == ValueKind::Seq {
                             return Ok(Rendered::List(
                                 items.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect(),
                             ));
