@@ -19,7 +19,7 @@ use crate::progress::token_bar;
 use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
 use crate::tasks::metrics::{aggregate, outcome, pooled, Outcome};
 use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
-use crate::tasks::{Task, TaskError};
+use crate::tasks::{Group, Task, TaskError};
 use crate::tokenizer::TextTokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,8 @@ pub fn evaluate(
     mut journal: Option<&mut Journal>,
 ) -> Result<Evaluation, EvaluateError> {
     let mut results = TaskResults::default();
-    let mut groups: BTreeMap<String, Vec<(f64, f64, usize)>> = BTreeMap::new();
+    // Per group: its tasks' (acc, acc stderr, documents).
+    let mut groups: BTreeMap<Group, Vec<(f64, Option<f64>, usize)>> = BTreeMap::new();
     let mut task_stats = BTreeMap::new();
     let mut predicted = Totals::default();
     let mut budget = settings.batch_tokens;
@@ -229,12 +230,11 @@ pub fn evaluate(
             // Chunks score only their second halves: per-word and per-byte figures do not apply.
             metrics.retain(|k, _| k.starts_with("perplexity"));
         }
-        if let (Some(group), Some(acc), Some(se)) = (
-            &task.group,
-            metrics.get("acc,none").and_then(Value::as_f64),
-            metrics.get("acc_stderr,none").and_then(Value::as_f64),
-        ) {
-            groups.entry(group.clone()).or_default().push((acc, se, docs.len()));
+        if let Some(acc) = metrics.get("acc,none").and_then(Value::as_f64) {
+            let se = metrics.get("acc_stderr,none").and_then(Value::as_f64);
+            for group in &task.groups {
+                groups.entry(group.clone()).or_default().push((acc, se, docs.len()));
+            }
         }
         metrics.insert("alias".into(), json!(task.name));
         results.results.insert(task.name.clone(), metrics);
@@ -260,12 +260,12 @@ pub fn evaluate(
             write_samples(&dir.join(format!("samples_{}.jsonl", task.name)), docs, &per_doc)?;
         }
     }
-    for (group, parts) in groups {
+    for (Group { name: group, alias }, parts) in groups {
         let (acc, se) = pooled(&parts);
         let mut metrics = BTreeMap::new();
-        metrics.insert("alias".to_string(), json!(group));
+        metrics.insert("alias".to_string(), json!(alias));
         metrics.insert("acc,none".to_string(), json!(acc));
-        metrics.insert("acc_stderr,none".to_string(), json!(se));
+        metrics.insert("acc_stderr,none".to_string(), se.map_or(json!("N/A"), |se| json!(se)));
         results.results.insert(group.clone(), metrics);
         results.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
     }

@@ -1,6 +1,6 @@
 //! The evaluation harness end to end: llama.cpp's HellaSwag score, bit-identical scores
 //! across micro-batch sizes, across a kill and `--resume`, and across an orderly stop on
-//! SIGTERM and `--resume`, and the results layout.
+//! SIGTERM and `--resume`, and the results layout, MMLU's groups included.
 
 #![allow(clippy::unwrap_used)]
 
@@ -153,4 +153,65 @@ fn a_terminated_run_stops_in_order_and_resumes_to_the_same_bits() {
     let task = &report.evalmesh.tasks["perplexity"];
     assert!(task.trees_from_journal >= journaled.min(4));
     assert_eq!(task.trees_from_journal + task.trees_computed, task.trees);
+}
+
+#[test]
+fn mmlu_groups_weigh_subjects_by_size_and_keep_scores_without_a_stderr() {
+    // Six subjects of 1 to 3 made-up questions: lm-eval's YAMLs put abstract_algebra and anatomy
+    // in mmlu_stem ("stem"), formal_logic and philosophy in mmlu_humanities ("humanities"),
+    // econometrics in mmlu_social_sciences ("social sciences"), business_ethics in mmlu_other ("other").
+    let subjects = [
+        ("abstract_algebra", 1, "mmlu_stem"),
+        ("anatomy", 3, "mmlu_stem"),
+        ("formal_logic", 2, "mmlu_humanities"),
+        ("philosophy", 3, "mmlu_humanities"),
+        ("econometrics", 2, "mmlu_social_sciences"),
+        ("business_ethics", 1, "mmlu_other"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("data/mmlu/test");
+    std::fs::create_dir_all(&test).unwrap();
+    // The answers go A, B, C, D, A, … across the subjects, so that their scores differ.
+    let mut answers = ["A", "B", "C", "D"].iter().cycle();
+    for (subject, n, _) in subjects {
+        let rows: String = (0..n)
+            .map(|i| {
+                format!("What is {i} plus one?,{},{},{},{},{}\n", i + 1, i + 2, i + 3, i + 4, answers.next().unwrap())
+            })
+            .collect();
+        std::fs::write(test.join(format!("{subject}_test.csv")), rows).unwrap();
+    }
+    let out = dir.path().join("r.json");
+    let output = RunArgs::new()
+        .flag("--tasks", "mmlu")
+        .path("--data-dir", &dir.path().join("data"))
+        .path("--output", &out)
+        .run();
+    assert!(output.status.success());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let results = &r["results"];
+    let aliases = [("mmlu", "mmlu"), ("mmlu_stem", "stem"), ("mmlu_humanities", "humanities")];
+    let aliases = aliases.into_iter().chain([("mmlu_social_sciences", "social sciences"), ("mmlu_other", "other")]);
+    for (group, alias) in aliases {
+        assert_eq!(results[group]["alias"], alias);
+        // lm-eval's Group.aggregate with weight_by_size: the size-weighted mean; the pooled
+        // stderr (pooled_sample_stderr), or "N/A" where a subject's stderr is (one question).
+        let members: Vec<_> = subjects.iter().filter(|s| group == "mmlu" || s.2 == group).collect();
+        let task = |s: &str| &results[format!("mmlu_{s}")];
+        let total: f64 = members.iter().map(|s| s.1 as f64).sum();
+        let mean = members.iter().map(|s| task(s.0)["acc,none"].as_f64().unwrap() * s.1 as f64).sum::<f64>() / total;
+        assert!((results[group]["acc,none"].as_f64().unwrap() - mean).abs() < 1e-12, "{group}");
+        let stderr = &results[group]["acc_stderr,none"];
+        if members.iter().any(|s| s.1 == 1) {
+            assert_eq!(stderr, "N/A", "{group}");
+        } else {
+            let var = members
+                .iter()
+                .map(|s| (s.1 as f64 - 1.0) * task(s.0)["acc_stderr,none"].as_f64().unwrap().powi(2) * s.1 as f64)
+                .sum::<f64>()
+                / (total - members.len() as f64);
+            assert!((stderr.as_f64().unwrap() - (var / total).sqrt()).abs() < 1e-12, "{group}: {stderr}");
+        }
+        assert_eq!(r["n-samples"][group]["effective"], total as u64, "{group}");
+    }
 }

@@ -26,14 +26,25 @@ fn samples(dir: &Path, task: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// At 0 and 3 shots: with neither `fewshot_split` nor `test_split`, lm-eval draws the
+/// demonstrations from the validation split itself, leaving the document out, as the
+/// built-in task does with its file.
 #[test]
 fn a_yaml_multiple_choice_task_scores_as_the_built_in_one() {
+    for shots in ["0", "3"] {
+        multiple_choice_matches_at(shots);
+    }
+}
+
+fn multiple_choice_matches_at(shots: &str) {
     let tasks = tempfile::tempdir().unwrap();
     task_dir(tasks.path());
     let out = tempfile::tempdir().unwrap();
     let yaml = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "story_endings");
+    let yaml = yaml.flag("--num-fewshot", shots);
     assert!(yaml.samples_beside(&out.path().join("yaml.json")).run().status.success());
     let builtin = RunArgs::new().flag("--task", "multiple_choice").path("--data", &tasks.path().join("items.jsonl"));
+    let builtin = builtin.flag("--num-fewshot", shots);
     assert!(builtin.samples_beside(&out.path().join("builtin.json")).run().status.success());
     let (yaml, builtin) = (samples(out.path(), "story_endings"), samples(out.path(), "multiple_choice"));
     assert_eq!(yaml.len(), 24);

@@ -144,7 +144,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_limit)]
     pub limit: Option<Limit>,
     /// Solved examples before each question, picked as lm-evaluation-harness does (seed 1234;
-    /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split).
+    /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split;
+    /// lambada_openai: its test split).
     #[arg(long, default_value_t = 0)]
     pub num_fewshot: usize,
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.

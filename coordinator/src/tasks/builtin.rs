@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::fewshot::{self, Example, Sampler};
+use super::fewshot::{self, Example, Sampler, Split};
 use super::formats::{
     arc, hellaswag, lambada, multiple_choice, piqa, read_mmlu_csv, rolling_doc, wikitext, winogrande,
 };
@@ -36,7 +36,11 @@ pub const TASKS: &[BuiltinTask] = &[
         about: "LAMBADA (OpenAI) test: acc and perplexity (lambada/)",
         load: lambada_task,
     },
-    BuiltinTask { name: "mmlu", about: "MMLU: 57 subjects and the group score (mmlu/)", load: mmlu_task },
+    BuiltinTask {
+        name: "mmlu",
+        about: "MMLU: 57 subjects, their four category groups and the mmlu group (mmlu/)",
+        load: mmlu_task,
+    },
     BuiltinTask {
         name: "wikitext",
         about: "wikitext-2 test: word and byte perplexity, one document per article (wikitext-2/)",
@@ -111,7 +115,7 @@ impl Source<'_> {
         sampler: impl FnOnce() -> Result<Sampler, TaskError>,
     ) -> Result<Task, TaskError> {
         let docs = self.fewshot_docs(name, "", examples, sampler)?;
-        Ok(Task { name: name.into(), docs, config, version: 1.0, num_fewshot: self.num_fewshot, group: None })
+        Ok(Task { name: name.into(), docs, config, version: 1.0, num_fewshot: self.num_fewshot, groups: Vec::new() })
     }
 
     /// The documents of `examples`, each context led by `description` and the document's demonstrations.
@@ -126,7 +130,7 @@ impl Source<'_> {
         let prefixes = if shots == 0 {
             vec![String::new(); examples.len()]
         } else {
-            fewshot::contexts(&examples, &sampler()?, shots).map_err(|most| {
+            fewshot::contexts(examples.len(), &sampler()?, shots).map_err(|most| {
                 TaskError::Settings(format!(
                     "--num-fewshot {shots} is more than {name}'s few-shot split allows ({most})"
                 ))
@@ -150,17 +154,18 @@ pub fn load(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     (task.load)(name, source)
 }
 
-/// Draws demonstrations from `pool` as lm-evaluation-harness does for a task whose few-shot
-/// split is not its test split.
-fn random(pool: Vec<Example>) -> Sampler {
-    Sampler::Random { pool, draws_extra: false }
-}
+// How lm-evaluation-harness samples each task's demonstrations (`fewshot_context` hands the
+// document to the sampler when `fewshot_split == test_split`): hellaswag, piqa and winogrande
+// set neither (None == None), so they draw one more from the training split and leave the
+// document out (`Sampler::excluding`); arc and lambada_openai set `test_split: test`, so they
+// draw from the training split (lambada_openai, which has none: the test split) and keep
+// every draw (`Sampler::random`).
 
 fn hellaswag_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
+    let Split { examples, rows } = hellaswag(&source.file(name, "hellaswag/hellaswag_val.jsonl")?)?;
     let config = json!({"dataset": "Rowan/hellaswag", "split": "validation", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        Ok(random(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?))
+    let task = source.example_task(name, examples, config, || {
+        Ok(Sampler::excluding(hellaswag(&source.fewshot_file(name, "hellaswag/hellaswag_train.jsonl")?)?, rows))
     })?;
     Ok(vec![task])
 }
@@ -170,43 +175,45 @@ fn arc_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let docs = arc(&source.file(name, &format!("{split}-Test.jsonl"))?)?;
     let config = json!({"dataset": "allenai/ai2_arc", "split": "test", "fewshot_split": "train"});
     let task = source.example_task(name, docs, config, || {
-        Ok(random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
+        Ok(Sampler::random(arc(&source.fewshot_file(name, &format!("{split}-Train.jsonl"))?)?))
     })?;
     Ok(vec![task])
 }
 
 fn piqa_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
+    let Split { examples, rows } =
+        piqa(&source.file(name, "piqa/valid.jsonl")?, &source.file(name, "piqa/valid-labels.lst")?)?;
     let config = json!({"dataset": "baber/piqa", "split": "validation", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
+    let task = source.example_task(name, examples, config, || {
         let train = source.fewshot_file(name, "piqa/train.jsonl")?;
-        Ok(random(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?))
+        Ok(Sampler::excluding(piqa(&train, &source.fewshot_file(name, "piqa/train-labels.lst")?)?, rows))
     })?;
     Ok(vec![task])
 }
 
 fn winogrande_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
-    let docs = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
+    let Split { examples, rows } = winogrande(&source.file(name, "winogrande/winogrande_xl_validation.jsonl")?)?;
     let config = json!({"dataset": "allenai/winogrande", "config": "winogrande_xl", "fewshot_split": "train"});
-    let task = source.example_task(name, docs, config, || {
-        Ok(random(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?))
+    let task = source.example_task(name, examples, config, || {
+        Ok(Sampler::excluding(winogrande(&source.fewshot_file(name, "winogrande/winogrande_xl_train.jsonl")?)?, rows))
     })?;
     Ok(vec![task])
 }
 
 fn lambada_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let docs = lambada(&source.file(name, "lambada/lambada_test.jsonl")?)?;
-    // No few-shot split: lm-evaluation-harness draws from the test split without the extra draw.
+    // No few-shot split: lm-evaluation-harness draws from the test split, the document itself included.
     let config = json!({"dataset": "EleutherAI/lambada_openai", "split": "test", "fewshot_split": null});
-    Ok(vec![source.example_task(name, docs.clone(), config, || Ok(random(docs)))?])
+    Ok(vec![source.example_task(name, docs.clone(), config, || Ok(Sampler::random(docs)))?])
 }
 
 fn multiple_choice_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let path = source.generic_file(name)?;
-    let docs = multiple_choice(path)?;
+    let split = multiple_choice(path)?;
     let config = json!({"data": path.display().to_string(), "fewshot_split": "the same file"});
-    let task =
-        source.example_task(name, docs.clone(), config, || Ok(Sampler::Random { pool: docs, draws_extra: true }))?;
+    // The file is its own few-shot split, as a task whose fewshot_split is its test_split: the document is left out.
+    let rows = split.rows.clone();
+    let task = source.example_task(name, split.examples.clone(), config, || Ok(Sampler::excluding(split, rows)))?;
     Ok(vec![task])
 }
 
@@ -225,7 +232,7 @@ fn wikitext_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let path = source.file(name, "wikitext-2/wiki.test.raw")?;
     let docs = wikitext(&path)?;
     let config = json!({"dataset": "wikitext-2-raw-v1", "split": "test", "unit": "article"});
-    Ok(vec![Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, group: None }])
+    Ok(vec![Task { name: name.into(), docs, config, version: 2.0, num_fewshot: 0, groups: Vec::new() }])
 }
 
 fn perplexity_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
@@ -235,10 +242,17 @@ fn perplexity_task(name: &str, source: &Source) -> Result<Vec<Task>, TaskError> 
         None => (super::perplexity::BUILTIN_TEXT.to_string(), "built-in wikitext-2 excerpt".into()),
     };
     let docs = vec![rolling_doc(0, &text, text.clone())];
-    Ok(vec![Task { name: name.into(), docs, config: json!({"data": data}), version: 1.0, num_fewshot: 0, group: None }])
+    Ok(vec![Task {
+        name: name.into(),
+        docs,
+        config: json!({"data": data}),
+        version: 1.0,
+        num_fewshot: 0,
+        groups: Vec::new(),
+    }])
 }
 
-/// The 57 subjects, each its own task in group `mmlu`; few-shot examples are the first
+/// The 57 subjects, each its own task in its category's group and in `mmlu`; few-shot examples are the first
 /// `num_fewshot` of the subject's dev split (lm-evaluation-harness's `first_n` sampler).
 fn mmlu_task(_name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
     let dir = source.file("mmlu", "mmlu/test").or_else(|e| match e {
@@ -269,7 +283,7 @@ fn mmlu_task(_name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
                 config: json!({"dataset": "cais/mmlu", "subject": subject, "split": "test", "fewshot_split": "dev", "sampler": "first_n"}),
                 version: 1.0,
                 num_fewshot: source.num_fewshot,
-                group: Some("mmlu".into()),
+                groups: super::mmlu::groups(subject),
             })
         })
         .collect()

@@ -1,7 +1,9 @@
 //! Few-shot contexts as lm-evaluation-harness builds them: the documents of a task in
 //! template form ([`Example`]), their solved demonstrations, and the samplers that pick
-//! them: `first_n` (MMLU) and the default one, Python's `random.Random(1234).sample`
-//! drawn once per document in document order (`lm_eval/api/samplers.py`).
+//! them: `first_n` (MMLU) and the default `ContextSampler`, CPython's `random.Random(1234)`
+//! seeded once per task and drawn from once per document in document order, with or without
+//! the document handed over to be left out ([`EvalDoc`]; `lm_eval/api/samplers.py`,
+//! `lm_eval/api/task.py`).
 
 use rand_mt::Mt;
 
@@ -62,19 +64,61 @@ impl Example {
     }
 }
 
+/// A document as lm-evaluation-harness's sampler compares it (`x != eval_doc`): its dataset
+/// row, equal to another with the same keys and equal values (Python's dict equality).
+pub type Row = serde_json::Value;
+
+/// A split read for few-shot use: its examples and, for each, the row the sampler compares.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub examples: Vec<Example>,
+    pub rows: Vec<Row>,
+}
+
+impl FromIterator<(Example, Row)> for Split {
+    fn from_iter<I: IntoIterator<Item = (Example, Row)>>(iter: I) -> Self {
+        let (examples, rows) = iter.into_iter().unzip();
+        Split { examples, rows }
+    }
+}
+
 /// Where a task's demonstrations come from.
 pub enum Sampler {
     /// The first examples of a split, the same for every document (`first_n`).
     FirstN(Vec<Example>),
-    /// Examples drawn at random from `pool` for each document in turn. `draws_extra`: the
-    /// pool is the evaluated split itself (`fewshot_split == test_split`), so one more is
-    /// drawn; in every case a drawn example equal to the document is dropped.
-    Random { pool: Vec<Example>, draws_extra: bool },
+    /// lm-evaluation-harness's default sampler: examples drawn from `pool` for each document
+    /// in turn by one `random.Random(1234)`, seeded once for the task (`set_fewshot_seed`).
+    Random { pool: Vec<Example>, eval_doc: EvalDoc },
 }
 
-/// The demonstrations (each followed by `"\n\n"`) that precede each of `docs` with `shots`
-/// examples, or the most shots the sampler allows when it holds too few.
-pub fn contexts(docs: &[Example], sampler: &Sampler, shots: usize) -> Result<Vec<String>, usize> {
+/// Whether lm-evaluation-harness hands the document to the sampler as `eval_doc`: it does
+/// when `fewshot_cfg.split == config.test_split` (`lm_eval/api/task.py`), both unset included.
+pub enum EvalDoc {
+    /// Not handed over (arc and lambada_openai: `test_split: test`, no `fewshot_split`): `k`
+    /// drawn and kept, even one that is the document itself.
+    Ignored,
+    /// Handed over (hellaswag, piqa, winogrande: neither split set, `None == None`; the generic
+    /// file, its own few-shot split): `k + 1` drawn, those equal to the document dropped, the
+    /// first `k` kept; where that leaves fewer than `k` (the document drawn twice), `k` drawn
+    /// again from the pool without it. Document `d` is `doc_rows[d]`, pool example `i` is `pool_rows[i]`.
+    Excluded { pool_rows: Vec<Row>, doc_rows: Vec<Row> },
+}
+
+impl Sampler {
+    /// The default sampler over `pool` for documents that are not handed over.
+    pub fn random(pool: Vec<Example>) -> Sampler {
+        Sampler::Random { pool, eval_doc: EvalDoc::Ignored }
+    }
+
+    /// The default sampler over `pool` for documents handed over, whose rows are `doc_rows`.
+    pub fn excluding(pool: Split, doc_rows: Vec<Row>) -> Sampler {
+        Sampler::Random { pool: pool.examples, eval_doc: EvalDoc::Excluded { pool_rows: pool.rows, doc_rows } }
+    }
+}
+
+/// The demonstrations (each followed by `"\n\n"`) that precede each of `docs` documents with
+/// `shots` examples, or the most shots the sampler allows when it holds too few.
+pub fn contexts(docs: usize, sampler: &Sampler, shots: usize) -> Result<Vec<String>, usize> {
     let join = |examples: &mut dyn Iterator<Item = &Example>| -> String {
         examples.map(|e| e.demonstration() + DELIMITER).collect()
     };
@@ -84,23 +128,55 @@ pub fn contexts(docs: &[Example], sampler: &Sampler, shots: usize) -> Result<Vec
                 return Err(examples.len());
             }
             let context = join(&mut examples[..shots].iter());
-            Ok(vec![context; docs.len()])
+            Ok(vec![context; docs])
         }
-        Sampler::Random { pool, draws_extra } => {
-            let extra = usize::from(*draws_extra);
-            if pool.len() < shots + extra {
-                return Err(pool.len().saturating_sub(extra));
-            }
-            let mut random = PythonRandom::new(SEED);
-            Ok(docs
-                .iter()
-                .map(|doc| {
-                    let drawn = random.sample(pool.len(), shots + extra);
-                    join(&mut drawn.into_iter().map(|i| &pool[i]).filter(|e| *e != doc).take(shots))
-                })
-                .collect())
+        Sampler::Random { pool, eval_doc } => {
+            let same = match eval_doc {
+                EvalDoc::Ignored => None,
+                EvalDoc::Excluded { pool_rows, doc_rows } => Some(|d: usize, i: usize| pool_rows[i] == doc_rows[d]),
+            };
+            let same = same.as_ref().map(|f| f as &dyn Fn(usize, usize) -> bool);
+            let draws = random_draws(pool.len(), docs, shots, same)?;
+            Ok(draws.iter().map(|drawn| join(&mut drawn.iter().map(|&i| &pool[i]))).collect())
         }
     }
+}
+
+/// The indices into a pool of `pool` examples that lm-evaluation-harness's default sampler
+/// picks for each of `docs` documents in turn (`ContextSampler.sample` after `set_rnd(1234)`).
+/// `same`: the documents are handed over, and `same(d, i)` says whether document `d` equals
+/// pool example `i`. Err: the most shots the pool allows.
+pub fn random_draws(
+    pool: usize,
+    docs: usize,
+    shots: usize,
+    same: Option<&dyn Fn(usize, usize) -> bool>,
+) -> Result<Vec<Vec<usize>>, usize> {
+    if shots == 0 {
+        return Ok(vec![Vec::new(); docs]);
+    }
+    let extra = usize::from(same.is_some());
+    if pool < shots + extra {
+        return Err(pool.saturating_sub(extra));
+    }
+    let mut random = PythonRandom::new(SEED);
+    (0..docs)
+        .map(|d| {
+            let Some(same) = same else { return Ok(random.sample(pool, shots)) };
+            // rm_eval_doc(eval_doc, rnd.sample(pool, n + 1), n)
+            let kept: Vec<usize> =
+                random.sample(pool, shots + 1).into_iter().filter(|&i| !same(d, i)).take(shots).collect();
+            if kept.len() == shots {
+                return Ok(kept);
+            }
+            // The document was drawn more than once: rnd.sample([x for x in pool if x != eval_doc], n).
+            let others: Vec<usize> = (0..pool).filter(|&i| !same(d, i)).collect();
+            if others.len() < shots {
+                return Err(others.len());
+            }
+            Ok(random.sample(others.len(), shots).into_iter().map(|j| others[j]).collect())
+        })
+        .collect()
 }
 
 /// CPython's `random.Random(seed)` for a seed below 2³², as far as `sample` uses it:
@@ -183,17 +259,51 @@ mod tests {
         Example::Choice { text: text.into(), choices: vec!["no".into(), "yes".into()], gold: 1 }
     }
 
+    fn rows(values: &[&str]) -> Vec<Row> {
+        values.iter().map(|v| serde_json::json!(v)).collect()
+    }
+
+    fn handed_over(pool: Vec<Example>, pool_rows: &[&str], doc_rows: &[&str]) -> Sampler {
+        Sampler::excluding(Split { examples: pool, rows: rows(pool_rows) }, rows(doc_rows))
+    }
+
     #[test]
-    fn random_demonstrations_follow_the_draws_and_skip_the_document() {
+    fn handed_over_documents_are_left_out_of_one_draw_more() {
         let pool: Vec<Example> = (0..10).map(|i| choice(&format!("q{i}"))).collect();
+        let names: Vec<String> = (0..10).map(|i| format!("q{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         // Draws for 3 documents, one extra each: [7, 1], [0, 1], [9, 0] (see above).
         // The first document is q7 itself, so it gets the second draw.
-        let docs = [pool[7].clone(), pool[5].clone(), pool[9].clone()];
-        let sampler = Sampler::Random { pool, draws_extra: true };
-        let got = contexts(&docs, &sampler, 1).unwrap();
+        let sampler = handed_over(pool, &names, &["q7", "q5", "q9"]);
+        let got = contexts(3, &sampler, 1).unwrap();
         assert_eq!(got, ["q1 yes\n\n", "q0 yes\n\n", "q0 yes\n\n"]);
         // Ten examples, one drawn beside the document's own: nine shots at most.
-        assert_eq!(contexts(&docs, &sampler, 10), Err(9));
+        assert_eq!(contexts(3, &sampler, 10), Err(9));
+    }
+
+    #[test]
+    fn a_document_drawn_twice_has_the_pool_drawn_again_without_it() {
+        // lm-eval 0.4.13: s = ContextSampler([a, a, b, c]); s.set_rnd(1234);
+        // [s.sample(n=2, eval_doc=a) for _ in range(4)] picks rows [3, 2], [2, 3], [2, 3], [3, 2]:
+        // the third draw, [0, 3, 1], holds both copies of a, so [b, c] is drawn from again.
+        let pool: Vec<Example> = (0..4).map(|i| choice(&format!("q{i}"))).collect();
+        let sampler = handed_over(pool, &["a", "a", "b", "c"], &["a"; 4]);
+        let got = contexts(4, &sampler, 2).unwrap();
+        let [two_three, three_two] = ["q2 yes\n\nq3 yes\n\n", "q3 yes\n\nq2 yes\n\n"];
+        assert_eq!(got, [three_two, two_three, two_three, three_two]);
+        let same = |_: usize, i: usize| i < 2;
+        assert_eq!(random_draws(4, 4, 3, Some(&same)), Err(2), "b and c are all that is left");
+    }
+
+    #[test]
+    fn documents_not_handed_over_keep_every_draw() {
+        // CPython: r = random.Random(1234); [r.sample(range(10), 1) for _ in range(3)] == [[7], [1], [0]].
+        let pool: Vec<Example> = (0..10).map(|i| choice(&format!("q{i}"))).collect();
+        let got = contexts(3, &Sampler::random(pool), 1).unwrap();
+        // The first document may be q7: it keeps q7 all the same.
+        assert_eq!(got, ["q7 yes\n\n", "q1 yes\n\n", "q0 yes\n\n"]);
+        assert_eq!(random_draws(10, 2, 10, None).map(|d| d.len()), Ok(2), "all ten may be drawn");
+        assert_eq!(random_draws(10, 2, 0, None), Ok(vec![vec![], vec![]]));
     }
 
     #[test]
@@ -202,6 +312,6 @@ mod tests {
             Example::Partial { contexts: vec!["A went".into(), "B went".into()], target: "home.".into(), gold: 1 };
         let greedy = Example::Greedy { text: "the last".into(), target: " word".into() };
         let sampler = Sampler::FirstN(vec![partial, greedy]);
-        assert_eq!(contexts(&[choice("x")], &sampler, 2).unwrap(), ["B went home.\n\nthe last  word\n\n"]);
+        assert_eq!(contexts(1, &sampler, 2).unwrap(), ["B went home.\n\nthe last  word\n\n"]);
     }
 }

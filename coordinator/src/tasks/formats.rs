@@ -1,24 +1,26 @@
 //! The benchmarks' data files and lm-evaluation-harness's templates for them
 //! (`shared/data/LM_EVAL_FORMATS.md`): each reader parses one task's file into examples
-//! (or documents), applying lm-evaluation-harness's preprocessing.
+//! (or documents), applying lm-evaluation-harness's preprocessing; the readers of the tasks
+//! whose documents lm-evaluation-harness's sampler compares ([`Split`]) keep each document's row.
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::{json, Value};
 
-use super::fewshot::Example;
+use super::fewshot::{Example, Split};
 use super::{read_text, Doc, Target, TaskError};
 
-/// Reads a JSON-lines file into records; errors name the file and line.
-fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
+/// Parses each non-blank line of a JSON-lines file with `parse`; errors name the file and line.
+fn read_lines<R>(path: &Path, parse: impl Fn(&str) -> serde_json::Result<R>) -> Result<Vec<R>, TaskError> {
     let text = read_text(path)?;
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(line)
+        let record = parse(line)
             .map_err(|e| TaskError::Data { path: path.to_path_buf(), problem: format!("line {}: {e}", i + 1) })?;
         records.push(record);
     }
@@ -26,6 +28,19 @@ fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
         return Err(TaskError::Data { path: path.to_path_buf(), problem: "no documents in the file".into() });
     }
     Ok(records)
+}
+
+/// Reads a JSON-lines file into records.
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
+    read_lines(path, |line| serde_json::from_str(line))
+}
+
+/// Reads a JSON-lines file into records, each beside the row it was read from.
+fn read_jsonl_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<(T, Value)>, TaskError> {
+    read_lines(path, |line| {
+        let row: Value = serde_json::from_str(line)?;
+        Ok((T::deserialize(&row)?, row))
+    })
 }
 
 fn bad(path: &Path, line: usize, problem: String) -> TaskError {
@@ -82,12 +97,14 @@ struct HellaswagRecord {
     label: serde_json::Value,
 }
 
-pub fn hellaswag(path: &Path) -> Result<Vec<Example>, TaskError> {
-    let records: Vec<HellaswagRecord> = read_jsonl(path)?;
+/// Each row is the whole record: lm-evaluation-harness compares its dataset rows, `ind` and
+/// `split` included, so no validation document equals a training one.
+pub fn hellaswag(path: &Path) -> Result<Split, TaskError> {
+    let records: Vec<(HellaswagRecord, Value)> = read_jsonl_rows(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, row))| {
             let gold = match &r.label {
                 serde_json::Value::Number(n) => n.as_u64().map(|v| v as usize),
                 serde_json::Value::String(s) => s.parse().ok(),
@@ -98,7 +115,7 @@ pub fn hellaswag(path: &Path) -> Result<Vec<Example>, TaskError> {
             let query = hellaswag_preprocess(&format!("{}: {ctx}", r.activity_label));
             let choices: Vec<String> = r.endings.iter().map(|e| hellaswag_preprocess(e)).collect();
             check_choices(path, i + 1, &choices, gold)?;
-            Ok(Example::Choice { text: query, choices, gold })
+            Ok((Example::Choice { text: query, choices, gold }, row))
         })
         .collect()
 }
@@ -145,7 +162,8 @@ struct PiqaRecord {
     sol2: String,
 }
 
-pub fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Example>, TaskError> {
+/// Each row holds the fields of lm-evaluation-harness's dataset (`baber/piqa`): goal, sol1, sol2, label.
+pub fn piqa(path: &Path, labels_path: &Path) -> Result<Split, TaskError> {
     let records: Vec<PiqaRecord> = read_jsonl(path)?;
     let labels_text = read_text(labels_path)?;
     let labels: Vec<&str> = labels_text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -162,9 +180,10 @@ pub fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Example>, TaskError> 
         .map(|(i, (r, label))| {
             let gold: usize =
                 label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
+            let row = json!({"goal": r.goal, "sol1": r.sol1, "sol2": r.sol2, "label": gold});
             let choices = vec![r.sol1, r.sol2];
             check_choices(labels_path, i + 1, &choices, gold)?;
-            Ok(Example::Choice { text: format!("Question: {}\nAnswer:", r.goal), choices, gold })
+            Ok((Example::Choice { text: format!("Question: {}\nAnswer:", r.goal), choices, gold }, row))
         })
         .collect()
 }
@@ -178,7 +197,8 @@ struct WinograndeRecord {
 }
 
 /// Partial scoring: the option goes in the context, the text after the blank is the continuation.
-pub fn winogrande(path: &Path) -> Result<Vec<Example>, TaskError> {
+/// Each row holds the fields of lm-evaluation-harness's dataset: sentence, option1, option2, answer.
+pub fn winogrande(path: &Path) -> Result<Split, TaskError> {
     let records: Vec<WinograndeRecord> = read_jsonl(path)?;
     records
         .into_iter()
@@ -190,8 +210,9 @@ pub fn winogrande(path: &Path) -> Result<Vec<Example>, TaskError> {
                 "2" => 1,
                 other => return Err(bad(path, i + 1, format!("answer `{other}` is neither \"1\" nor \"2\""))),
             };
-            let contexts = [r.option1, r.option2].iter().map(|o| format!("{}{o}", &r.sentence[..blank])).collect();
-            Ok(Example::Partial { contexts, target: r.sentence[blank + 1..].trim().to_string(), gold })
+            let row = json!({"sentence": r.sentence, "option1": r.option1, "option2": r.option2, "answer": r.answer});
+            let contexts = [&r.option1, &r.option2].iter().map(|o| format!("{}{o}", &r.sentence[..blank])).collect();
+            Ok((Example::Partial { contexts, target: r.sentence[blank + 1..].trim().to_string(), gold }, row))
         })
         .collect()
 }
@@ -287,17 +308,18 @@ struct ChoiceRecord {
     gold: i64,
 }
 
-pub fn multiple_choice(path: &Path) -> Result<Vec<Example>, TaskError> {
-    let records: Vec<ChoiceRecord> = read_jsonl(path)?;
+/// Each row is the whole record, as a JSON dataset would give it.
+pub fn multiple_choice(path: &Path) -> Result<Split, TaskError> {
+    let records: Vec<(ChoiceRecord, Value)> = read_jsonl_rows(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, row))| {
             let gold = usize::try_from(r.gold).map_err(|_| {
                 bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len()))
             })?;
             check_choices(path, i + 1, &r.choices, gold)?;
-            Ok(Example::Choice { text: r.context, choices: r.choices, gold })
+            Ok((Example::Choice { text: r.context, choices: r.choices, gold }, row))
         })
         .collect()
 }

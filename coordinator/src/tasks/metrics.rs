@@ -178,14 +178,20 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
     out
 }
 
-/// A group's score from its tasks' (mean, stderr, size): the size-weighted mean and
-/// lm-evaluation-harness's pooled standard error.
-pub fn pooled(parts: &[(f64, f64, usize)]) -> (f64, f64) {
+/// A group's score from its tasks' (mean, stderr, size), as lm-evaluation-harness aggregates
+/// a group with `weight_by_size: true` (`lm_eval/api/group.py`): the size-weighted mean, and
+/// the pooled standard error (`pooled_sample_stderr`), or `None` (lm-eval's `"N/A"`) where a
+/// task's standard error is undefined (a task of one document): the mean is kept either way.
+pub fn pooled(parts: &[(f64, Option<f64>, usize)]) -> (f64, Option<f64>) {
     let total: usize = parts.iter().map(|p| p.2).sum();
     let mean = parts.iter().map(|(m, _, n)| m * *n as f64).sum::<f64>() / total as f64;
-    let var = parts.iter().map(|(_, se, n)| (*n as f64 - 1.0) * se * se * *n as f64).sum::<f64>()
-        / (total as f64 - parts.len() as f64);
-    (mean, (var / total as f64).sqrt())
+    let stderrs: Option<Vec<(f64, usize)>> = parts.iter().map(|(_, se, n)| se.map(|se| (se, *n))).collect();
+    let stderr = stderrs.map(|stderrs| {
+        let var = stderrs.iter().map(|(se, n)| (*n as f64 - 1.0) * se * se * *n as f64).sum::<f64>()
+            / (total as f64 - parts.len() as f64);
+        (var / total as f64).sqrt()
+    });
+    (mean, stderr.filter(|se| se.is_finite()))
 }
 
 #[cfg(test)]
@@ -236,7 +242,19 @@ mod tests {
 
     #[test]
     fn pooled_group_weights_by_size() {
-        let (m, _) = pooled(&[(1.0, 0.0, 10), (0.0, 0.0, 30)]);
+        let (m, _) = pooled(&[(1.0, Some(0.0), 10), (0.0, Some(0.0), 30)]);
         assert_eq!(m, 0.25);
+        // lm-eval's pooled_sample_stderr([0.1, 0.2], [10, 20]):
+        // sqrt((9·0.01·10 + 19·0.04·20) / (30 − 2) / 30) = sqrt(16.1 / 28 / 30).
+        let (m, se) = pooled(&[(0.5, Some(0.1), 10), (0.25, Some(0.2), 20)]);
+        assert!((m - 1.0 / 3.0).abs() < 1e-15);
+        assert!((se.unwrap() - (16.1f64 / 28.0 / 30.0).sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_group_keeps_its_score_where_a_stderr_is_undefined() {
+        // A task of one document has no stderr (lm-eval: "N/A"); the group's is then "N/A" too.
+        assert_eq!(pooled(&[(1.0, None, 1), (0.0, Some(0.0), 3)]), (0.25, None));
+        assert_eq!(pooled(&[(1.0, None, 1)]), (1.0, None));
     }
 }

@@ -1,14 +1,16 @@
 //! Evaluation tasks: the built-in tasks ([`builtin`]), reading each benchmark's data with
 //! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
 //! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
-//! into metrics ([`metrics`]), plus perplexity over a text; lm-evaluation-harness task
-//! YAML files ([`yaml`]), and the one place a task name is looked up in both ([`catalog`]).
+//! into metrics ([`metrics`]) and group scores (MMLU's groups: [`mmlu`]), plus perplexity
+//! over a text; lm-evaluation-harness task YAML files ([`yaml`]), and the one place a task
+//! name is looked up in both ([`catalog`]).
 
 pub mod builtin;
 pub mod catalog;
 pub mod fewshot;
 pub mod formats;
 pub mod metrics;
+pub mod mmlu;
 pub mod perplexity;
 pub mod requests;
 pub mod yaml;
@@ -81,6 +83,13 @@ pub struct Task {
     pub config: serde_json::Value,
     pub version: f64,
     pub num_fewshot: usize,
-    /// The group this task's score rolls up into (MMLU subjects).
-    pub group: Option<String>,
+    /// The groups this task's score rolls up into, innermost first (an MMLU subject: its category, then `mmlu`).
+    pub groups: Vec<Group>,
+}
+
+/// A group of tasks, whose score lm-evaluation-harness aggregates from theirs: its name and alias.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Group {
+    pub name: String,
+    pub alias: String,
 }

@@ -47,6 +47,9 @@ pub struct TaskDef {
     pub format: String,
     pub eval_split: String,
     pub fewshot_split: Option<String>,
+    /// Whether lm-eval hands each document to its sampler to leave out of the draw: when the
+    /// YAML's `fewshot_split` equals its `test_split`, both unset included.
+    pub sampler_sees_document: bool,
     pub doc_to_text: Template,
     pub doc_to_target: Template,
     pub doc_to_choice: Option<Template>,
@@ -67,6 +70,8 @@ pub struct TaskDef {
 pub struct GroupDef {
     pub file: PathBuf,
     pub name: String,
+    /// `group_alias`, else the name.
+    pub alias: String,
     pub tasks: Vec<String>,
 }
 
@@ -230,7 +235,9 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
     let map = mapping(file, 0)?;
     if map.get("group").is_some() && matches!(map.get("task"), Some(Value::Sequence(_))) {
         let name = text(&map, file, "group")?.ok_or_else(|| problem(file, "group", "must be a name"))?;
-        return Ok(Some(Definition::Group(GroupDef { file: file.to_path_buf(), name, tasks: task_list(&map, file)? })));
+        let alias = text(&map, file, "group_alias")?.unwrap_or_else(|| name.clone());
+        let tasks = task_list(&map, file)?;
+        return Ok(Some(Definition::Group(GroupDef { file: file.to_path_buf(), name, alias, tasks })));
     }
     if map.get("task").is_none() {
         return Ok(None);
@@ -272,6 +279,7 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
             return Err(problem(file, "fewshot_config.sampler", format!("`{other}`: use default or first_n")))
         }
     };
+    let sampler_sees_document = split("fewshot_split")? == split("test_split")?;
     let fewshot_split = match split("fewshot_split")? {
         Some(s) => Some(s),
         None => split("training_split")?.or(split("validation_split")?),
@@ -327,6 +335,7 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
         format,
         eval_split,
         fewshot_split,
+        sampler_sees_document,
         doc_to_text: template(&map, file, "doc_to_text")?.ok_or_else(|| problem(file, "doc_to_text", "is missing"))?,
         doc_to_target: template(&map, file, "doc_to_target")?
             .ok_or_else(|| problem(file, "doc_to_target", "is missing"))?,

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use self::config::{Definition, OutputType, SamplerKind, TaskDef};
 use self::docs::{read_split, Record, Rendered, Renderer};
-use crate::tasks::fewshot::{self, Example, Sampler};
+use crate::tasks::fewshot::{self, EvalDoc, Example, Row, Sampler};
 use crate::tasks::formats::rolling_doc;
-use crate::tasks::{Doc, Request, Target, Task, TaskError};
+use crate::tasks::{Doc, Group, Request, Target, Task, TaskError};
 
 /// The task and group definitions of an include folder, by name, and the tasks of each tag.
 #[derive(Debug, Default)]
@@ -105,7 +105,7 @@ impl Registry {
                         });
                     }
                     for mut task in self.load_nested(member, cli_fewshot, depth + 1)? {
-                        task.group.get_or_insert_with(|| group.name.clone());
+                        task.groups.push(Group { name: group.name.clone(), alias: group.alias.clone() });
                         tasks.push(task);
                     }
                 }
@@ -233,7 +233,7 @@ fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
     let shots = if cli_fewshot > 0 { cli_fewshot } else { def.num_fewshot.unwrap_or(0) };
     let prefixes = match shots {
         0 => vec![String::new(); examples.len()],
-        _ => fewshot_prefixes(def, &renderer, &examples, shots)?,
+        _ => fewshot_prefixes(def, &renderer, &records, shots)?,
     };
     let docs = examples
         .into_iter()
@@ -247,7 +247,7 @@ fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
         config: def.config.clone(),
         version: def.version,
         num_fewshot: shots,
-        group: None,
+        groups: Vec::new(),
     })
 }
 
@@ -255,7 +255,7 @@ fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
 fn fewshot_prefixes(
     def: &TaskDef,
     renderer: &Renderer<'_>,
-    examples: &[Example],
+    documents: &[Record],
     shots: usize,
 ) -> Result<Vec<String>, TaskError> {
     let refuse = |what: &str| TaskError::Data { path: def.file.clone(), problem: format!("`num_fewshot`: {what}") };
@@ -273,10 +273,15 @@ fn fewshot_prefixes(
         .enumerate()
         .map(|(i, r)| example(def, i, r))
         .collect::<Result<Vec<_>, _>>()?;
-    let sampler = match def.sampler {
-        SamplerKind::FirstN => Sampler::FirstN(pool),
-        SamplerKind::Random => Sampler::Random { pool, draws_extra: split == def.eval_split },
+    let rows = |records: &[Record]| records.iter().map(|r| Row::Object(r.clone())).collect();
+    let sampler = match (def.sampler, def.sampler_sees_document) {
+        (SamplerKind::FirstN, _) => Sampler::FirstN(pool),
+        (SamplerKind::Random, false) => Sampler::random(pool),
+        (SamplerKind::Random, true) => Sampler::Random {
+            pool,
+            eval_doc: EvalDoc::Excluded { pool_rows: rows(&records), doc_rows: rows(documents) },
+        },
     };
-    fewshot::contexts(examples, &sampler, shots)
+    fewshot::contexts(documents.len(), &sampler, shots)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
 }
