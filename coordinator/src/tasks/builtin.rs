@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::fewshot::{self, Example, Sampler, Split};
+use super::fewshot::{self, Delimiters, Example, Sampler, Split};
 use super::formats::{
     arc, hellaswag, lambada, multiple_choice, piqa, read_mmlu_csv, rolling_doc, wikitext, winogrande,
 };
@@ -130,7 +130,7 @@ impl Source<'_> {
         let prefixes = if shots == 0 {
             vec![String::new(); examples.len()]
         } else {
-            fewshot::contexts(examples.len(), &sampler()?, shots).map_err(|most| {
+            fewshot::contexts(examples.len(), &sampler()?, shots, &Delimiters::default()).map_err(|most| {
                 TaskError::Settings(format!(
                     "--num-fewshot {shots} is more than {name}'s few-shot split allows ({most})"
                 ))

@@ -12,8 +12,19 @@ use super::{Doc, Request, Target};
 /// lm-evaluation-harness's default `fewshot_random_seed`.
 pub const SEED: u32 = 1234;
 
-/// lm-evaluation-harness's `fewshot_delimiter`, written after every demonstration.
-const DELIMITER: &str = "\n\n";
+/// What joins a demonstration's text to its answer (`target_delimiter`) and follows each
+/// demonstration (`fewshot_delimiter`); lm-evaluation-harness's defaults are `" "` and `"\n\n"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiters {
+    pub target: String,
+    pub fewshot: String,
+}
+
+impl Default for Delimiters {
+    fn default() -> Self {
+        Delimiters { target: " ".into(), fewshot: "\n\n".into() }
+    }
+}
 
 /// A document as the task's templates render it, before it becomes scoring requests.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,13 +39,13 @@ pub enum Example {
 
 impl Example {
     /// The example solved, as a few-shot demonstration: the text, the target delimiter
-    /// `" "` and the answer (the sampler's `doc_to_text + target_delimiter + doc_to_target`).
-    pub fn demonstration(&self) -> String {
+    /// and the answer (the sampler's `doc_to_text + target_delimiter + doc_to_target`).
+    pub fn demonstration(&self, delimiter: &str) -> String {
         match self {
-            Example::Choice { text, choices, gold } => format!("{text} {}", choices[*gold]),
+            Example::Choice { text, choices, gold } => format!("{text}{delimiter}{}", choices[*gold]),
             Example::Partial { contexts, target, gold } if target.is_empty() => contexts[*gold].clone(),
-            Example::Partial { contexts, target, gold } => format!("{} {target}", contexts[*gold]),
-            Example::Greedy { text, target } => format!("{text} {target}"),
+            Example::Partial { contexts, target, gold } => format!("{}{delimiter}{target}", contexts[*gold]),
+            Example::Greedy { text, target } => format!("{text}{delimiter}{target}"),
         }
     }
 
@@ -116,11 +127,11 @@ impl Sampler {
     }
 }
 
-/// The demonstrations (each followed by `"\n\n"`) that precede each of `docs` documents with
-/// `shots` examples, or the most shots the sampler allows when it holds too few.
-pub fn contexts(docs: usize, sampler: &Sampler, shots: usize) -> Result<Vec<String>, usize> {
+/// The demonstrations (each followed by the few-shot delimiter) that precede each of `docs`
+/// documents with `shots` examples, or the most shots the sampler allows when it holds too few.
+pub fn contexts(docs: usize, sampler: &Sampler, shots: usize, delimiters: &Delimiters) -> Result<Vec<String>, usize> {
     let join = |examples: &mut dyn Iterator<Item = &Example>| -> String {
-        examples.map(|e| e.demonstration() + DELIMITER).collect()
+        examples.map(|e| e.demonstration(&delimiters.target) + &delimiters.fewshot).collect()
     };
     match sampler {
         Sampler::FirstN(examples) => {
@@ -275,10 +286,18 @@ mod tests {
         // Draws for 3 documents, one extra each: [7, 1], [0, 1], [9, 0] (see above).
         // The first document is q7 itself, so it gets the second draw.
         let sampler = handed_over(pool, &names, &["q7", "q5", "q9"]);
-        let got = contexts(3, &sampler, 1).unwrap();
+        let got = contexts(3, &sampler, 1, &Delimiters::default()).unwrap();
         assert_eq!(got, ["q1 yes\n\n", "q0 yes\n\n", "q0 yes\n\n"]);
         // Ten examples, one drawn beside the document's own: nine shots at most.
-        assert_eq!(contexts(3, &sampler, 10), Err(9));
+        assert_eq!(contexts(3, &sampler, 10, &Delimiters::default()), Err(9));
+    }
+
+    /// A task's own `target_delimiter` and `fewshot_delimiter` join and follow each demonstration.
+    #[test]
+    fn custom_delimiters_join_the_demonstrations() {
+        let sampler = Sampler::FirstN(vec![choice("q0"), choice("q1")]);
+        let delimiters = Delimiters { target: " => ".into(), fewshot: "\n###\n".into() };
+        assert_eq!(contexts(1, &sampler, 2, &delimiters).unwrap(), ["q0 => yes\n###\nq1 => yes\n###\n"]);
     }
 
     #[test]
@@ -288,7 +307,7 @@ mod tests {
         // the third draw, [0, 3, 1], holds both copies of a, so [b, c] is drawn from again.
         let pool: Vec<Example> = (0..4).map(|i| choice(&format!("q{i}"))).collect();
         let sampler = handed_over(pool, &["a", "a", "b", "c"], &["a"; 4]);
-        let got = contexts(4, &sampler, 2).unwrap();
+        let got = contexts(4, &sampler, 2, &Delimiters::default()).unwrap();
         let [two_three, three_two] = ["q2 yes\n\nq3 yes\n\n", "q3 yes\n\nq2 yes\n\n"];
         assert_eq!(got, [three_two, two_three, two_three, three_two]);
         let same = |_: usize, i: usize| i < 2;
@@ -299,7 +318,7 @@ mod tests {
     fn documents_not_handed_over_keep_every_draw() {
         // CPython: r = random.Random(1234); [r.sample(range(10), 1) for _ in range(3)] == [[7], [1], [0]].
         let pool: Vec<Example> = (0..10).map(|i| choice(&format!("q{i}"))).collect();
-        let got = contexts(3, &Sampler::random(pool), 1).unwrap();
+        let got = contexts(3, &Sampler::random(pool), 1, &Delimiters::default()).unwrap();
         // The first document may be q7: it keeps q7 all the same.
         assert_eq!(got, ["q7 yes\n\n", "q1 yes\n\n", "q0 yes\n\n"]);
         assert_eq!(random_draws(10, 2, 10, None).map(|d| d.len()), Ok(2), "all ten may be drawn");
@@ -312,6 +331,6 @@ mod tests {
             Example::Partial { contexts: vec!["A went".into(), "B went".into()], target: "home.".into(), gold: 1 };
         let greedy = Example::Greedy { text: "the last".into(), target: " word".into() };
         let sampler = Sampler::FirstN(vec![partial, greedy]);
-        assert_eq!(contexts(1, &sampler, 2).unwrap(), ["B went home.\n\nthe last  word\n\n"]);
+        assert_eq!(contexts(1, &sampler, 2, &Delimiters::default()).unwrap(), ["B went home.\n\nthe last  word\n\n"]);
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use self::config::{Definition, OutputType, SamplerKind, TaskDef};
 use self::docs::{read_split, Record, Rendered, Renderer};
-use crate::tasks::fewshot::{self, EvalDoc, Example, Row, Sampler};
+use crate::tasks::fewshot::{self, Delimiters, EvalDoc, Example, Row, Sampler};
 use crate::tasks::formats::rolling_doc;
 use crate::tasks::{Doc, Group, Request, Target, Task, TaskError};
 
@@ -262,9 +262,6 @@ fn fewshot_prefixes(
     if def.output_type == OutputType::LoglikelihoodRolling {
         return Err(refuse("rolling log-likelihood tasks take no demonstrations"));
     }
-    if def.target_delimiter != " " || def.fewshot_delimiter != "\n\n" {
-        return Err(refuse("demonstrations with a target_delimiter other than \" \" or a fewshot_delimiter other than \"\\n\\n\" are not built yet"));
-    }
     let split =
         def.fewshot_split.as_deref().ok_or_else(|| refuse("the task names no split to draw demonstrations from"))?;
     let records = read_split(def, split)?;
@@ -282,6 +279,7 @@ fn fewshot_prefixes(
             eval_doc: EvalDoc::Excluded { pool_rows: rows(&records), doc_rows: rows(documents) },
         },
     };
-    fewshot::contexts(documents.len(), &sampler, shots)
+    let delimiters = Delimiters { target: def.target_delimiter.clone(), fewshot: def.fewshot_delimiter.clone() };
+    fewshot::contexts(documents.len(), &sampler, shots, &delimiters)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
 }
