@@ -141,3 +141,53 @@ fn a_yaml_arc_task_scores_as_the_built_in_one() {
         assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "document {}", y["doc_id"]);
     }
 }
+
+/// lm-eval 0.4.13's `lm_eval/tasks/hellaswag/hellaswag.yaml`, its dataset made local.
+const LM_EVAL_HELLASWAG: &str = r#"tag:
+  - multiple_choice
+task: hellaswag
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files:
+    validation: DATA
+output_type: multiple_choice
+training_split: null
+validation_split: validation
+test_split: null
+process_docs: !function utils.process_docs
+doc_to_text: "{{query}}"
+doc_to_target: "{{label}}"
+doc_to_choice: "choices"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"#;
+
+/// lm-eval's own `hellaswag.yaml` (its `process_docs: !function utils.process_docs`, which
+/// evalmesh runs natively), with the data made local: the requests of the built-in task.
+#[test]
+fn lm_evals_hellaswag_yaml_scores_as_the_built_in_task() {
+    let tasks = tempfile::tempdir().unwrap();
+    let data = shared_dir().join("data/hellaswag/hellaswag_val.jsonl");
+    let yaml = LM_EVAL_HELLASWAG.replace("DATA", path_str(&data));
+    std::fs::write(tasks.path().join("hellaswag.yaml"), yaml).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let yaml_run = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "hellaswag").flag("--limit", 30);
+    let output = yaml_run.samples_beside(&out.path().join("yaml/r.json")).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let builtin = RunArgs::new().flag("--task", "hellaswag").path("--data-dir", &shared_dir().join("data"));
+    assert!(builtin.flag("--limit", 30).samples_beside(&out.path().join("builtin/r.json")).run().status.success());
+    let (yaml, builtin) =
+        (samples(&out.path().join("yaml"), "hellaswag"), samples(&out.path().join("builtin"), "hellaswag"));
+    assert_eq!(yaml.len(), 30);
+    for (y, b) in yaml.iter().zip(&builtin) {
+        assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "document {}", y["doc_id"]);
+    }
+}

@@ -80,7 +80,7 @@ pub fn hellaswag_preprocess(text: &str) -> String {
 }
 
 /// Python's `str.capitalize`: the first character upper-cased, the rest lower-cased.
-fn capitalize(s: &str) -> String {
+pub fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),

@@ -61,6 +61,9 @@ pub struct TaskDef {
     pub output_type: OutputType,
     pub metrics: Vec<String>,
     pub version: f64,
+    /// `process_docs: !function NAME`: a preprocessing function of lm-eval's own tasks that
+    /// evalmesh implements natively (`native`).
+    pub process_docs: Option<String>,
     /// The whole merged configuration, for the results' `configs`.
     pub config: serde_json::Value,
 }
@@ -112,16 +115,20 @@ fn mapping(file: &Path, depth: usize) -> Result<Mapping, TaskError> {
     Ok(base)
 }
 
+/// The error for a `!function` reference evalmesh has no native version of.
+pub fn python_function(file: &Path, key: &str, name: &str) -> TaskError {
+    problem(
+        file,
+        key,
+        format!("`!function {name}` is Python, which evalmesh does not run; write it as a field name, a Jinja template or a list"),
+    )
+}
+
 /// The name of a `!function` reference, which evalmesh cannot run.
 fn function_error(file: &Path, key: &str, value: &Value) -> Option<TaskError> {
     match value {
         Value::Tagged(tagged) if tagged.tag == "!function" => {
-            let name = tagged.value.as_str().unwrap_or("?");
-            Some(problem(
-                file,
-                key,
-                format!("`!function {name}` is Python, which evalmesh does not run; write it as a field name, a Jinja template or a list"),
-            ))
+            Some(python_function(file, key, tagged.value.as_str().unwrap_or("?")))
         }
         Value::Tagged(tagged) => Some(problem(file, key, format!("unknown YAML tag {}", tagged.tag))),
         _ => None,
@@ -242,11 +249,19 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
     if map.get("task").is_none() {
         return Ok(None);
     }
-    for key in ["process_docs", "process_results", "doc_to_decontamination_query"] {
+    for key in ["process_results", "doc_to_decontamination_query"] {
         if let Some(err) = map.get(key).and_then(|v| function_error(file, key, v)) {
             return Err(err);
         }
     }
+    let process_docs = match map.get("process_docs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => tagged.value.as_str().map(str::to_string),
+        Some(v) => {
+            return Err(function_error(file, "process_docs", v)
+                .unwrap_or_else(|| problem(file, "process_docs", "must be a !function reference")))
+        }
+    };
     let name = text(&map, file, "task")?.ok_or_else(|| problem(file, "task", "is missing"))?;
     let format = text(&map, file, "dataset_path")?.ok_or_else(|| problem(file, "dataset_path", "is missing"))?;
     if !["json", "csv", "text"].contains(&format.as_str()) {
@@ -348,6 +363,7 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
         output_type,
         metrics,
         version,
+        process_docs,
         config: to_json(&Value::Mapping(map)),
     }))))
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod docs;
+pub mod native;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -224,7 +225,8 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
 
 fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
     let renderer = Renderer { env: docs::environment(), def };
-    let records = read_split(def, &def.eval_split)?;
+    let mut records = read_split(def, &def.eval_split)?;
+    native::process_docs(def, &mut records)?;
     let examples = render_all(def, &renderer, &records)?
         .into_iter()
         .enumerate()
@@ -264,7 +266,8 @@ fn fewshot_prefixes(
     }
     let split =
         def.fewshot_split.as_deref().ok_or_else(|| refuse("the task names no split to draw demonstrations from"))?;
-    let records = read_split(def, split)?;
+    let mut records = read_split(def, split)?;
+    native::process_docs(def, &mut records)?;
     let pool = render_all(def, renderer, &records)?
         .into_iter()
         .enumerate()
