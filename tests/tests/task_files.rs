@@ -170,24 +170,56 @@ metadata:
   version: 1.0
 "#;
 
-/// lm-eval's own `hellaswag.yaml` (its `process_docs: !function utils.process_docs`, which
-/// evalmesh runs natively), with the data made local: the requests of the built-in task.
+/// lm-eval 0.4.13's `lm_eval/tasks/winogrande/default.yaml`, its dataset made local.
+const LM_EVAL_WINOGRANDE: &str = r#"task: winogrande
+dataset_path: json
+dataset_name: winogrande_xl
+output_type: multiple_choice
+training_split: train
+validation_split: validation
+doc_to_text: !function preprocess_winogrande.doc_to_text
+doc_to_target: !function preprocess_winogrande.doc_to_target
+doc_to_choice: !function preprocess_winogrande.doc_to_choice
+should_decontaminate: true
+doc_to_decontamination_query: sentence
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+dataset_kwargs:
+  trust_remote_code: true
+  data_files:
+    validation: DATA
+"#;
+
+/// lm-eval's own task files, their data made local, with the `!function`s evalmesh runs
+/// natively (hellaswag's `process_docs`; winogrande's `doc_to_*`, a multiple-input task):
+/// the requests and golds of the built-in tasks on their first 30 documents.
 #[test]
-fn lm_evals_hellaswag_yaml_scores_as_the_built_in_task() {
-    let tasks = tempfile::tempdir().unwrap();
-    let data = shared_dir().join("data/hellaswag/hellaswag_val.jsonl");
-    let yaml = LM_EVAL_HELLASWAG.replace("DATA", path_str(&data));
-    std::fs::write(tasks.path().join("hellaswag.yaml"), yaml).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let yaml_run = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "hellaswag").flag("--limit", 30);
-    let output = yaml_run.samples_beside(&out.path().join("yaml/r.json")).run();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let builtin = RunArgs::new().flag("--task", "hellaswag").path("--data-dir", &shared_dir().join("data"));
-    assert!(builtin.flag("--limit", 30).samples_beside(&out.path().join("builtin/r.json")).run().status.success());
-    let (yaml, builtin) =
-        (samples(&out.path().join("yaml"), "hellaswag"), samples(&out.path().join("builtin"), "hellaswag"));
-    assert_eq!(yaml.len(), 30);
-    for (y, b) in yaml.iter().zip(&builtin) {
-        assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "document {}", y["doc_id"]);
+fn lm_evals_own_task_files_score_as_the_built_in_tasks() {
+    let cases = [
+        ("hellaswag", LM_EVAL_HELLASWAG, "data/hellaswag/hellaswag_val.jsonl"),
+        ("winogrande", LM_EVAL_WINOGRANDE, "data/winogrande/winogrande_xl_validation.jsonl"),
+    ];
+    for (task, yaml, data) in cases {
+        let tasks = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tasks.path().join(format!("{task}.yaml")),
+            yaml.replace("DATA", path_str(&shared_dir().join(data))),
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let yaml_run = RunArgs::new().path("--include-path", tasks.path()).flag("--task", task).flag("--limit", 30);
+        let output = yaml_run.samples_beside(&out.path().join("yaml/r.json")).run();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let builtin = RunArgs::new().flag("--task", task).path("--data-dir", &shared_dir().join("data"));
+        assert!(builtin.flag("--limit", 30).samples_beside(&out.path().join("builtin/r.json")).run().status.success());
+        let (yaml, builtin) = (samples(&out.path().join("yaml"), task), samples(&out.path().join("builtin"), task));
+        assert_eq!(yaml.len(), 30);
+        for (y, b) in yaml.iter().zip(&builtin) {
+            assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "{task} document {}", y["doc_id"]);
+        }
     }
 }

@@ -10,12 +10,14 @@ use serde_norway::{Mapping, Value};
 
 use crate::tasks::TaskError;
 
-/// A `doc_to_*` entry: a field name or a Jinja template, a literal index, or a list of either.
+/// A `doc_to_*` entry: a field name or a Jinja template, a literal index, a list of either,
+/// or a `!function` of lm-eval's own tasks that evalmesh runs natively.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Template {
     Text(String),
     Index(i64),
     List(Vec<String>),
+    Function(String),
 }
 
 /// What a task's documents are scored for (`output_type`).
@@ -158,6 +160,9 @@ fn template(map: &Mapping, file: &Path, key: &str) -> Result<Option<Template>, T
                     _ => Err(problem(file, key, "a list must hold strings")),
                 })
                 .collect::<Result<_, _>>()?,
+        ),
+        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => Template::Function(
+            tagged.value.as_str().ok_or_else(|| problem(file, key, "names no function"))?.to_string(),
         ),
         Some(v) => {
             return Err(function_error(file, key, v)

@@ -140,6 +140,7 @@ impl Renderer<'_> {
         choices: bool,
     ) -> Result<Rendered, TaskError> {
         match template {
+            Template::Function(function) => super::native::doc_to(self.def, key, function, doc, record),
             Template::Index(i) => {
                 usize::try_from(*i).map(Rendered::Index).map_err(|_| self.fail(key, doc, "a negative index"))
             }

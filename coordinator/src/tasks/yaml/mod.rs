@@ -124,9 +124,15 @@ impl Registry {
     }
 }
 
+/// What `doc_to_text` gave: the context, or (a multiple-input task) the gold option.
+enum Text {
+    Plain(String),
+    GoldOption(usize),
+}
+
 /// A document rendered: its text, choices and target.
 struct Rendering {
-    text: String,
+    text: Text,
     choices: Option<Vec<String>>,
     target: Rendered,
 }
@@ -149,13 +155,14 @@ fn render_all(def: &TaskDef, renderer: &Renderer<'_>, records: &[Record]) -> Res
                 },
             };
             let text = match renderer.apply("doc_to_text", &def.doc_to_text, i, record, choices.is_some())? {
-                Rendered::Text(t) => t,
+                Rendered::Text(t) => Text::Plain(t),
+                // A multiple-input task (lm-eval's `multiple_input`): the text is the gold
+                // index, and the choices are the contexts.
+                Rendered::Index(gold) if choices.is_some() => Text::GoldOption(gold),
                 _ => {
                     return Err(TaskError::Data {
                         path: def.file.clone(),
-                        problem: format!(
-                            "`doc_to_text` on document {i}: gives no text (multiple-input tasks are not read yet)"
-                        ),
+                        problem: format!("`doc_to_text` on document {i}: gives neither a text nor an option's index"),
                     })
                 }
             };
@@ -178,6 +185,20 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
         }
         _ => Err(fail("does not give a target text".into())),
     };
+    let text = match r.text {
+        Text::Plain(text) => text,
+        Text::GoldOption(gold) => {
+            let contexts = r.choices.clone().unwrap_or_default();
+            if def.output_type != OutputType::MultipleChoice || gold >= contexts.len() {
+                return Err(fail(format!(
+                    "option {gold} of {} in a multiple-input {:?} task",
+                    contexts.len(),
+                    def.output_type
+                )));
+            }
+            return Ok(Example::Partial { target: target_text(&None)?, contexts, gold });
+        }
+    };
     Ok(match def.output_type {
         OutputType::MultipleChoice => {
             let choices = r.choices.clone().unwrap_or_default();
@@ -190,10 +211,10 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
                 Rendered::Index(i) => return Err(fail(format!("index {i} of {} choices", choices.len()))),
                 Rendered::List(_) => return Err(fail("gives a list, not one answer".into())),
             };
-            Example::Choice { text: r.text, choices, gold }
+            Example::Choice { text, choices, gold }
         }
         OutputType::Loglikelihood | OutputType::LoglikelihoodRolling => {
-            Example::Greedy { target: target_text(&r.choices)?, text: r.text }
+            Example::Greedy { target: target_text(&r.choices)?, text }
         }
     })
 }
@@ -211,6 +232,13 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
                 .map(|c| Request { context: context.clone(), continuation: format!("{delimiter}{c}") })
                 .collect();
             Doc { id, requests, target: Target::Choice { gold, choices } }
+        }
+        (_, Example::Partial { contexts, target, gold }) => {
+            let requests = contexts
+                .iter()
+                .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!("{delimiter}{target}") })
+                .collect();
+            Doc { id, requests, target: Target::Partial { gold } }
         }
         (_, example) => {
             let (text, target) = match example {
