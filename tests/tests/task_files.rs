@@ -194,6 +194,32 @@ dataset_kwargs:
     validation: DATA
 "#;
 
+/// lm-eval 0.4.13's `lm_eval/tasks/lambada/lambada_openai.yaml`, its dataset made local.
+const LM_EVAL_LAMBADA: &str = r#"tag:
+  - lambada
+task: lambada_openai
+dataset_path: json
+dataset_name: default
+dataset_kwargs:
+  data_files:
+    test: DATA
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}"
+doc_to_target: "{{' '+text.split(' ')[-1]}}"
+should_decontaminate: true
+doc_to_decontamination_query: "{{text}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"#;
+
 /// lm-eval's own task files, their data made local, with the `!function`s evalmesh runs
 /// natively (hellaswag's `process_docs`; winogrande's `doc_to_*`, a multiple-input task):
 /// the requests and golds of the built-in tasks on their first 30 documents.
@@ -202,6 +228,7 @@ fn lm_evals_own_task_files_score_as_the_built_in_tasks() {
     let cases = [
         ("hellaswag", LM_EVAL_HELLASWAG, "data/hellaswag/hellaswag_val.jsonl"),
         ("winogrande", LM_EVAL_WINOGRANDE, "data/winogrande/winogrande_xl_validation.jsonl"),
+        ("lambada_openai", LM_EVAL_LAMBADA, "data/lambada/lambada_test.jsonl"),
     ];
     for (task, yaml, data) in cases {
         let tasks = tempfile::tempdir().unwrap();

@@ -219,8 +219,9 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
     })
 }
 
-/// A document's requests: `prefix` (description and demonstrations) before its text, the
-/// target delimiter before each continuation.
+/// A document's requests as lm-eval's `construct_requests` makes them: `prefix` (description
+/// and demonstrations) before its text; the target delimiter before each choice of a
+/// multiple-choice task, and none before a loglikelihood task's target.
 fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
     let delimiter = &def.target_delimiter;
     match (def.output_type, example) {
@@ -245,7 +246,8 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
                 Example::Greedy { text, target } => (text, target),
                 Example::Choice { text, .. } | Example::Partial { target: text, .. } => (text, String::new()),
             };
-            let request = Request { context: format!("{prefix}{text}"), continuation: format!("{delimiter}{target}") };
+            // lm-eval's loglikelihood request is `(ctx, doc_to_target)`: no delimiter.
+            let request = Request { context: format!("{prefix}{text}"), continuation: target };
             Doc { id, requests: vec![request], target: Target::Greedy }
         }
     }
