@@ -36,7 +36,8 @@ impl Example {
         }
     }
 
-    /// The example's scoring requests, `prefix` (description and demonstrations) before every context.
+    /// The example's scoring requests, `prefix` (description and demonstrations) before every
+    /// context; the document's record is left for the caller to set.
     pub fn into_doc(self, id: usize, prefix: &str) -> Doc {
         match self {
             Example::Choice { text, choices, gold } => {
@@ -45,18 +46,18 @@ impl Example {
                     .iter()
                     .map(|c| Request { context: context.clone(), continuation: format!(" {c}") })
                     .collect();
-                Doc { id, requests, target: Target::Choice { gold, choices } }
+                Doc { id, requests, target: Target::Choice { gold, choices }, record: serde_json::Value::Null }
             }
             Example::Partial { contexts, target, gold } => {
                 let requests = contexts
                     .iter()
                     .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!(" {target}") })
                     .collect();
-                Doc { id, requests, target: Target::Partial { gold } }
+                Doc { id, requests, target: Target::Partial { gold }, record: serde_json::Value::Null }
             }
             Example::Greedy { text, target } => {
                 let request = Request { context: format!("{prefix}{text}"), continuation: target };
-                Doc { id, requests: vec![request], target: Target::Greedy }
+                Doc { id, requests: vec![request], target: Target::Greedy, record: serde_json::Value::Null }
             }
         }
     }

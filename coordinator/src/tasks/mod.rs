@@ -1,9 +1,11 @@
-//! Evaluation tasks: the built-in tasks ([`builtin`]), reading each benchmark's data with
+//! Evaluation tasks: the built-in tasks ([`builtin`]) and their lm-evaluation-harness task
+//! configurations ([`configs`]), reading each benchmark's data with
 //! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
 //! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
 //! into metrics ([`metrics`]), plus perplexity over a text.
 
 pub mod builtin;
+pub mod configs;
 pub mod fewshot;
 pub mod formats;
 pub mod metrics;
@@ -67,6 +69,8 @@ pub struct Doc {
     pub id: usize,
     pub requests: Vec<Request>,
     pub target: Target,
+    /// The document as its data file holds it: the samples' `doc` (null where there is none).
+    pub record: serde_json::Value,
 }
 
 /// A task's documents and how it was set up.
@@ -74,8 +78,12 @@ pub struct Doc {
 pub struct Task {
     pub name: String,
     pub docs: Vec<Doc>,
-    /// The settings that define the task's requests (goes into results' `configs` and the journal key).
+    /// The settings that define the task's requests (the journal key; kept in the results'
+    /// `configs[task].metadata.evalmesh`).
     pub config: serde_json::Value,
+    /// The task as lm-evaluation-harness's `TaskConfig` would describe it (results' `configs`),
+    /// without what a run sets: `num_fewshot` and `metric_list`.
+    pub lm_eval_config: serde_json::Map<String, serde_json::Value>,
     pub version: f64,
     pub num_fewshot: usize,
     /// The group this task's score rolls up into (MMLU subjects).
