@@ -1,7 +1,7 @@
 //! Runs tasks through an engine: plans each task's trees, takes what the journal already
 //! holds, scores the rest (journaling each tree as it finishes), turns scores into
 //! metrics (lm-evaluation-harness's part of the results, and what each task cost) and writes
-//! the per-sample logs.
+//! the per-sample logs in lm-evaluation-harness's schema.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use evalmesh_common::cost::Prediction;
 use evalmesh_common::{ScoreTree, TreeScores};
-use serde_json::{json, Value};
 
 use crate::engine::{EngineError, EvaluationEngine};
 use crate::journal::{task_key, tree_key, Journal, JournalError};
+use crate::lm_eval::files::SamplesFiles;
+use crate::lm_eval::python::hash_string;
+use crate::lm_eval::samples::sample;
 use crate::prediction::{error_percent, Predictor};
 use crate::progress::token_bar;
 use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
-use crate::tasks::metrics::{aggregate, outcome, pooled, Outcome};
+use crate::tasks::metrics::{aggregate, outcome, Outcome};
 use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
 use crate::tasks::{Group, Task, TaskError};
 use crate::tokenizer::TextTokenizer;
@@ -56,11 +58,13 @@ pub struct Settings<'a> {
     pub limit: Option<Limit>,
     pub max_position: usize,
     pub share_prefixes: bool,
-    /// Folder for `samples_<task>.jsonl` files, when they are wanted.
-    pub samples_dir: Option<&'a Path>,
+    /// Where `samples_<task>_<date>.jsonl` files go, when they are wanted.
+    pub samples: Option<SamplesFiles<'a>>,
     pub model_fingerprint: &'a str,
     /// The micro-batch token budget the engine packs with.
     pub batch_tokens: usize,
+    /// `--batch-size N`: each task's budget is N times its longest request instead.
+    pub batch_size: Option<usize>,
     /// The cost model of the run, for predicted beside measured.
     pub predictor: Option<&'a Predictor>,
     /// Try several micro-batch budgets on the first trees and keep the fastest.
@@ -153,8 +157,8 @@ pub fn evaluate(
     mut journal: Option<&mut Journal>,
 ) -> Result<Evaluation, EvaluateError> {
     let mut results = TaskResults::default();
-    // Per group: its tasks' (acc, acc stderr, documents).
-    let mut groups: BTreeMap<Group, Vec<(f64, Option<f64>, usize)>> = BTreeMap::new();
+    // Per group (innermost first for each task), its tasks in order.
+    let mut groups: BTreeMap<Group, Vec<String>> = BTreeMap::new();
     let mut task_stats = BTreeMap::new();
     let mut predicted = Totals::default();
     let mut budget = settings.batch_tokens;
@@ -172,6 +176,9 @@ pub fn evaluate(
                 *slot = j.get(key).cloned();
             }
         }
+        if let Some(n) = settings.batch_size {
+            budget = n * longest_request(&plan.trees);
+        }
         let todo: Vec<usize> = (0..plan.trees.len()).filter(|&i| scores[i].is_none()).collect();
         let todo_trees: Vec<ScoreTree> = todo.iter().map(|&i| plan.trees[i].clone()).collect();
         let mut stats = TaskStats {
@@ -181,6 +188,7 @@ pub fn evaluate(
             tokens_computed: todo_trees.iter().map(ScoreTree::input_len).sum(),
             tokens_without_prefix_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
             tokens_scored: plan.trees.iter().map(ScoreTree::target_count).sum(),
+            batch_tokens: settings.batch_size.map(|_| budget),
             ..TaskStats::default()
         };
         let bar = token_bar(stats.tokens_computed, &task.name);
@@ -230,21 +238,16 @@ pub fn evaluate(
             // Chunks score only their second halves: per-word and per-byte figures do not apply.
             metrics.retain(|k, _| k.starts_with("perplexity"));
         }
-        if let Some(acc) = metrics.get("acc,none").and_then(Value::as_f64) {
-            let se = metrics.get("acc_stderr,none").and_then(Value::as_f64);
-            for group in &task.groups {
-                groups.entry(group.clone()).or_default().push((acc, se, docs.len()));
-            }
+        for group in &task.groups {
+            groups.entry(group.clone()).or_default().push(task.name.clone());
         }
-        metrics.insert("alias".into(), json!(task.name));
-        results.results.insert(task.name.clone(), metrics);
-        results.configs.insert(
-            task.name.clone(),
-            json!({"task": task.name, "config": task.config, "num_fewshot": task.num_fewshot}),
-        );
-        results.versions.insert(task.name.clone(), json!(task.version));
-        results.n_shot.insert(task.name.clone(), json!(task.num_fewshot));
-        results.n_samples.insert(task.name.clone(), json!({"original": task.docs.len(), "effective": docs.len()}));
+        let reported = |m: &str| metrics.contains_key(&format!("{m},none"));
+        let samples: Vec<_> = docs.iter().zip(&per_doc).map(|(doc, (s, o))| sample(doc, s, o, &reported)).collect();
+        let task_hash = hash_string(&samples.iter().map(|s| s.hashes.as_str()).collect::<String>());
+        if let Some(files) = settings.samples {
+            write_samples(&files.path(&task.name), &samples)?;
+        }
+        crate::lm_eval::add_task(&mut results, task, metrics, docs.len(), task_hash);
         stats.tokens_per_s = stats.tokens_computed as f64 / stats.seconds.max(1e-9);
         if let Some(p) = &prediction {
             stats.predicted_seconds = Some(p.seconds);
@@ -256,19 +259,8 @@ pub fn evaluate(
             stats.cumulative_perplexity = cumulative_perplexity(&scores);
         }
         task_stats.insert(task.name.clone(), stats);
-        if let Some(dir) = settings.samples_dir {
-            write_samples(&dir.join(format!("samples_{}.jsonl", task.name)), docs, &per_doc)?;
-        }
     }
-    for (Group { name: group, alias }, parts) in groups {
-        let (acc, se) = pooled(&parts);
-        let mut metrics = BTreeMap::new();
-        metrics.insert("alias".to_string(), json!(alias));
-        metrics.insert("acc,none".to_string(), json!(acc));
-        metrics.insert("acc_stderr,none".to_string(), se.map_or(json!("N/A"), |se| json!(se)));
-        results.results.insert(group.clone(), metrics);
-        results.n_samples.insert(group, json!({"effective": parts.iter().map(|p| p.2).sum::<usize>()}));
-    }
+    crate::lm_eval::add_groups(&mut results, &groups);
     Ok(Evaluation {
         results,
         tasks: task_stats,
@@ -330,40 +322,22 @@ fn cumulative_perplexity(scores: &[TreeScores]) -> Option<Vec<f64>> {
         .collect()
 }
 
-/// One line per document with every request's log-probability, token count and greedy
-/// flag and the document's metrics; nothing that changes between runs.
-fn write_samples(
-    path: &Path,
-    docs: &[crate::tasks::Doc],
-    per_doc: &[(Vec<RequestScore>, Outcome)],
-) -> Result<(), EvaluateError> {
+/// The longest request of a task's trees in tokens, as a batch of lm-evaluation-harness
+/// pads it: a context with its longest continuation, or a rolling window.
+fn longest_request(trees: &[ScoreTree]) -> usize {
+    let request = |t: &ScoreTree| match t.branches.iter().map(Vec::len).max() {
+        Some(branch) => t.prefix.len() + branch - 1,
+        None => t.prefix.len().saturating_sub(1),
+    };
+    trees.iter().map(request).max().unwrap_or(1).max(1)
+}
+
+/// The samples file of a task: one line per document (see [`sample`]).
+fn write_samples(path: &Path, samples: &[crate::lm_eval::samples::Sample]) -> Result<(), EvaluateError> {
     let mut out = Vec::new();
-    for (doc, (scores, outcome)) in docs.iter().zip(per_doc) {
-        let requests: Vec<Value> = doc
-            .requests
-            .iter()
-            .zip(scores)
-            .map(|(r, s)| {
-                json!({"context": r.context, "continuation": r.continuation, "logprob": s.logprob,
-                       "tokens": s.token_logprobs.len(), "greedy": s.greedy})
-            })
-            .collect();
-        let metrics = match outcome {
-            Outcome::Choice { acc, acc_norm, acc_norm_tokens } => {
-                json!({"acc": acc, "acc_norm": acc_norm, "acc_norm_tokens": acc_norm_tokens})
-            }
-            Outcome::Partial { acc } => json!({"acc": acc}),
-            Outcome::Greedy { acc, logprob } => json!({"acc": acc, "logprob": logprob}),
-            Outcome::Rolling { logprob, tokens, words, bytes } => {
-                json!({"logprob": logprob, "tokens": tokens, "words": words, "bytes": bytes})
-            }
-        };
-        let gold = match &doc.target {
-            crate::tasks::Target::Choice { gold, .. } | crate::tasks::Target::Partial { gold } => json!(gold),
-            _ => Value::Null,
-        };
-        let line = json!({"doc_id": doc.id, "gold": gold, "requests": requests, "metrics": metrics});
-        out.extend_from_slice(format!("{line}\n").as_bytes());
+    for s in samples {
+        out.extend_from_slice(s.line.as_bytes());
+        out.push(b'\n');
     }
     crate::results::write_atomically(path, &out)
         .map_err(|error| EvaluateError::Samples { path: path.to_path_buf(), error })

@@ -7,6 +7,7 @@ pub mod distributed;
 pub mod engine;
 pub mod evaluate;
 pub mod journal;
+pub mod lm_eval;
 pub mod model;
 pub mod pingpong;
 pub mod prediction;

@@ -1,7 +1,8 @@
-//! The results file: lm-evaluation-harness's layout (`results`, `configs`, `versions`,
-//! `n-shot`, `n-samples`: [`TaskResults`]) plus a typed `evalmesh` section
-//! ([`EvalmeshSection`]) with what ran where and how fast. The printers and the tests
-//! read the same types. Written atomically.
+//! The results file: lm-evaluation-harness's layout, key for key (`results`, `groups`,
+//! `group_subtasks`, `configs`, `versions`, `n-shot`, `higher_is_better`, `n-samples`,
+//! `task_hashes`: [`TaskResults`]; `config`, `date` and what its tracker adds: [`RunInfo`])
+//! plus a typed `evalmesh` section ([`EvalmeshSection`]) with what ran where and how fast.
+//! The printers and the tests read the same types. Written atomically.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,20 +25,92 @@ pub struct ResultsError {
 pub struct Report {
     #[serde(flatten)]
     pub tasks: TaskResults,
+    #[serde(flatten)]
+    pub run: RunInfo,
     pub evalmesh: EvalmeshSection,
 }
 
-/// The part of the results lm-evaluation-harness's readers know, keyed by task (and group).
+/// The part of the results lm-evaluation-harness's readers know, keyed by task (and group),
+/// as `EvalAcc._to_eval_results` (`lm_eval/evaluator_utils.py`) lays it out.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TaskResults {
-    /// Per task, `metric,filter` → value (and `alias`).
+    /// Per task and group: `name`, `alias`, `sample_len` (documents scored), `metric,filter`
+    /// → value, a stderr that is not a number `"N/A"`; a group's also `sample_count`.
     pub results: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The groups' entries again; lm-evaluation-harness leaves the key out when there is none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Per group, its tasks.
+    #[serde(default)]
+    pub group_subtasks: BTreeMap<String, Vec<String>>,
+    /// Per task, its configuration as lm-evaluation-harness's `TaskConfig` dictionary.
     pub configs: BTreeMap<String, Value>,
+    /// Per task its version (a number), per group `"N/A"`.
     pub versions: BTreeMap<String, Value>,
     #[serde(rename = "n-shot")]
     pub n_shot: BTreeMap<String, Value>,
+    /// Per task and group, per metric: whether higher is better (`null` where its tasks disagree).
+    #[serde(default)]
+    pub higher_is_better: BTreeMap<String, BTreeMap<String, Option<bool>>>,
+    /// Per task, the documents there are and those scored (`--limit`).
     #[serde(rename = "n-samples")]
-    pub n_samples: BTreeMap<String, Value>,
+    pub n_samples: BTreeMap<String, SampleCount>,
+    /// Per task, the hash of its samples' hashes (lm-evaluation-harness's formula, written
+    /// whether or not `--log-samples` writes the samples).
+    #[serde(default)]
+    pub task_hashes: BTreeMap<String, String>,
+}
+
+/// A task's documents: all of them, and those scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleCount {
+    pub original: usize,
+    pub effective: usize,
+}
+
+/// What lm-evaluation-harness's `simple_evaluate` and its `EvaluationTracker` add to the
+/// results about the run (`lm_eval/evaluator.py`, `lm_eval/loggers/evaluation_tracker.py`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub config: RunConfig,
+    /// When the run started, in seconds since the UNIX epoch.
+    pub date: f64,
+    /// The engine: `evalmesh`.
+    pub model_source: String,
+    /// `--model` as given.
+    pub model_name: String,
+    /// `model_name` as a folder name (`sanitize_model_name`).
+    pub model_name_sanitized: String,
+    pub system_instruction: Option<String>,
+    pub system_instruction_sha: Option<String>,
+    pub fewshot_as_multiturn: Option<bool>,
+    pub chat_template: Option<String>,
+    pub chat_template_sha: Option<String>,
+    /// Seconds from the start of the run to the results, as Python's `str` of a float.
+    pub total_evaluation_time_seconds: String,
+}
+
+/// The results' `config`: the model and how the run was set up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The engine (lm-evaluation-harness writes its model type here, such as `hf`).
+    pub model: String,
+    /// `model` (the `--model` path), and `tokenizer` and `add_bos_token` where given.
+    pub model_args: BTreeMap<String, Value>,
+    pub model_num_parameters: u64,
+    /// `--batch-size` as given (requests per micro-batch), or null.
+    pub batch_size: Option<String>,
+    pub batch_sizes: Vec<usize>,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    pub use_cache: Option<String>,
+    /// `--limit` as given: a count, a fraction, or null.
+    pub limit: Option<Value>,
+    /// Resamples for the bootstrap standard errors (the perplexities'; means have a closed form).
+    pub bootstrap_iters: usize,
+    pub gen_kwargs: Option<Value>,
+    /// The seed of the few-shot draws.
+    pub fewshot_seed: u32,
 }
 
 /// evalmesh's own figures: the model, the engine and where it ran, per task what was
@@ -100,6 +173,9 @@ pub struct RankStats {
 /// What one task cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskStats {
+    /// The micro-batch budget in tokens, where `--batch-size` set it for this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_tokens: Option<usize>,
     /// Perplexity after each chunk, as llama.cpp prints it (llama.cpp-style perplexity only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cumulative_perplexity: Option<Vec<f64>>,

@@ -1,8 +1,10 @@
 //! Helpers for the integration tests: where the built binary, the test model and the
 //! shared reference data are, running the binary with its command and output printed
-//! on failure, and rewriting GGUF files to make bad inputs.
+//! on failure, finding the samples files as lm-evaluation-harness's readers do
+//! ([`lm_eval`]), and rewriting GGUF files to make bad inputs.
 
 pub mod fuzz;
+pub mod lm_eval;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -272,7 +274,30 @@ pub fn hellaswag_sample_args(out: &Path, limit: usize) -> Vec<String> {
 
 /// The samples file a `hellaswag_sample_args` run wrote beside `out`.
 pub fn hellaswag_samples(out: &Path) -> Vec<u8> {
-    let path = out.with_file_name("samples_multiple_choice.jsonl");
+    read_samples(out.parent().unwrap_or(Path::new(".")), "multiple_choice")
+}
+
+/// Task `task`'s samples file in `dir`, found as lm-evaluation-harness's readers find it:
+/// among the `samples_*.json*` files, those whose task (`get_file_task_name`) is `task`,
+/// the latest by the date in the name (`get_latest_filename`).
+pub fn samples_file(dir: &Path, task: &str) -> PathBuf {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .map(|name| format!("/{name}"))
+        .collect();
+    let mine: Vec<String> = lm_eval::get_sample_results_filenames(&names)
+        .into_iter()
+        .filter(|f| lm_eval::get_file_task_name(&f[1..]) == task)
+        .collect();
+    let latest = lm_eval::get_latest_filename(&mine);
+    let latest = latest.unwrap_or_else(|| panic!("no samples of {task} in {} (among {names:?})", dir.display()));
+    dir.join(&latest[1..])
+}
+
+/// The bytes of task `task`'s samples file in `dir` (see [`samples_file`]).
+pub fn read_samples(dir: &Path, task: &str) -> Vec<u8> {
+    let path = samples_file(dir, task);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

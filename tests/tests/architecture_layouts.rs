@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use evalmesh_tests::{print_output, shared_dir, RunArgs};
+use evalmesh_tests::{print_output, read_samples, shared_dir, RunArgs};
 
 const FAMILIES: [&str; 10] =
     ["llama3", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3", "mixtral", "olmo2"];
@@ -35,7 +35,7 @@ fn samples(model: &Path, dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra:
             print_output(&format!("{} {extra:?}", model.display()), &output);
             panic!("{} {extra:?} failed", model.display());
         }
-        all.extend(std::fs::read(dir.join(format!("samples_{name}.jsonl"))).unwrap());
+        all.extend(read_samples(dir, name));
     }
     all
 }

@@ -88,14 +88,19 @@ fn perplexity_on_the_gpu_is_within_half_a_percent_of_the_cpu_and_its_f32_path_cl
     assert!(error < 1e-4, "f32 perplexity on the GPU {} against the CPU's {} ({error:.1e})", ppl[2], ppl[0]);
 }
 
-/// Each document's choice: the request with the highest log-likelihood.
+/// Each document's choice: the request with the highest log-likelihood (evalmesh's exact
+/// figures, beside lm-evaluation-harness's `resps`).
 fn decisions(samples: &[u8]) -> Vec<usize> {
     String::from_utf8_lossy(samples)
         .lines()
         .map(|line| {
             let doc: serde_json::Value = serde_json::from_str(line).unwrap();
-            let logprobs: Vec<f64> =
-                doc["requests"].as_array().unwrap().iter().map(|r| r["logprob"].as_f64().unwrap()).collect();
+            let logprobs: Vec<f64> = doc["evalmesh"]["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["logprob"].as_f64().unwrap())
+                .collect();
             (0..logprobs.len()).fold(0, |best, i| if logprobs[i] > logprobs[best] { i } else { best })
         })
         .collect()

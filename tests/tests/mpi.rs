@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use evalmesh_tests::{assert_clean_error, edited_model, mpirun, read_report, run_evalmesh, test_model, RunArgs};
+use evalmesh_tests::{
+    assert_clean_error, edited_model, mpirun, read_report, read_samples, run_evalmesh, test_model, RunArgs,
+};
 use evalmesh_worker::weights::gguf::Value;
 
 /// The samples of a HellaSwag sample and a perplexity sample, computed by `launch` with
@@ -19,10 +21,10 @@ fn samples(dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra: &[&str]) -> V
     std::fs::write(&text, &evalmesh::tasks::perplexity::BUILTIN_TEXT[..4000]).unwrap();
     let hellaswag = RunArgs::new().hellaswag_items(16).flag("--batch-tokens", 384);
     assert!(launch(&hellaswag.samples_beside(&dir.join("mc.json")).extend(extra)).status.success());
-    let mc = std::fs::read(dir.join("samples_multiple_choice.jsonl")).unwrap();
+    let mc = read_samples(dir, "multiple_choice");
     let perplexity = RunArgs::new().perplexity_of(&text).flag("--ctx", 256).flag("--batch-tokens", 512);
     assert!(launch(&perplexity.samples_beside(&dir.join("ppl.json")).extend(extra)).status.success());
-    [mc, std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap()].concat()
+    [mc, read_samples(dir, "perplexity")].concat()
 }
 
 #[test]

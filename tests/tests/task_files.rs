@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use evalmesh_tests::{assert_clean_error, path_str, read_report, repo_dir, shared_dir, RunArgs};
+use evalmesh_tests::{assert_clean_error, path_str, read_report, read_samples, repo_dir, shared_dir, RunArgs};
 
 /// The fixture folder copied beside the first 24 of llama.cpp's HellaSwag items (`items.jsonl`).
 fn task_dir(dir: &Path) {
@@ -22,8 +22,14 @@ fn task_dir(dir: &Path) {
 }
 
 fn samples(dir: &Path, task: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join(format!("samples_{task}.jsonl"))).unwrap();
+    let text = String::from_utf8(read_samples(dir, task)).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// What two runs of a document must share to have scored the same requests: lm-eval's
+/// `arguments` and `target`, and evalmesh's exact scores and gold.
+fn scored(sample: &serde_json::Value) -> (&serde_json::Value, &serde_json::Value, &serde_json::Value) {
+    (&sample["arguments"], &sample["target"], &sample["evalmesh"])
 }
 
 /// At 0 and 3 shots: with neither `fewshot_split` nor `test_split`, lm-eval draws the
@@ -49,7 +55,7 @@ fn multiple_choice_matches_at(shots: &str) {
     let (yaml, builtin) = (samples(out.path(), "story_endings"), samples(out.path(), "multiple_choice"));
     assert_eq!(yaml.len(), 24);
     for (y, b) in yaml.iter().zip(&builtin) {
-        assert_eq!(y["requests"], b["requests"], "document {}", y["doc_id"]);
+        assert_eq!(scored(y), scored(b), "document {}", y["doc_id"]);
     }
     let report = read_report(&out.path().join("yaml.json"));
     assert_eq!(report.tasks.results["story_endings"]["acc,none"], report_acc(&out.path().join("builtin.json")));
@@ -71,8 +77,8 @@ fn templates_filters_and_groups_run() {
     let requests: Vec<(String, String)> = capitals
         .iter()
         .map(|s| {
-            let r = &s["requests"][0];
-            (r["context"].as_str().unwrap().to_string(), r["continuation"].as_str().unwrap().to_string())
+            let r = &s["arguments"]["gen_args_0"];
+            (r["arg_0"].as_str().unwrap().to_string(), r["arg_1"].as_str().unwrap().to_string())
         })
         .collect();
     let expected = [
@@ -138,7 +144,7 @@ fn a_yaml_arc_task_scores_as_the_built_in_one() {
     let (yaml, builtin) = (samples(out.path(), "arc_yaml"), samples(out.path(), "arc_easy"));
     assert_eq!(yaml.len(), 30);
     for (y, b) in yaml.iter().zip(&builtin) {
-        assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "document {}", y["doc_id"]);
+        assert_eq!(scored(y), scored(b), "document {}", y["doc_id"]);
     }
 }
 
@@ -246,7 +252,7 @@ fn lm_evals_own_task_files_score_as_the_built_in_tasks() {
         let (yaml, builtin) = (samples(&out.path().join("yaml"), task), samples(&out.path().join("builtin"), task));
         assert_eq!(yaml.len(), 30);
         for (y, b) in yaml.iter().zip(&builtin) {
-            assert_eq!((&y["requests"], &y["gold"]), (&b["requests"], &b["gold"]), "{task} document {}", y["doc_id"]);
+            assert_eq!(scored(y), scored(b), "{task} document {}", y["doc_id"]);
         }
     }
 }

@@ -5,14 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use evalmesh::results::Report;
-use evalmesh_tests::{read_report, RunArgs};
+use evalmesh_tests::{read_report, read_samples, RunArgs};
 
 fn run(dir: &std::path::Path, text: &std::path::Path, extra: &[&str]) -> (Vec<u8>, Report) {
     let out = dir.join("r.json");
     let args = RunArgs::new().perplexity_of(text).flag("--perplexity-mode", "llamacpp").flag("--ctx", 128);
     let output = args.samples_beside(&out).extend(extra).run();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    (std::fs::read(dir.join("samples_perplexity.jsonl")).unwrap(), read_report(&out))
+    (read_samples(dir, "perplexity"), read_report(&out))
 }
 
 #[test]

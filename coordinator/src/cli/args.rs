@@ -146,7 +146,7 @@ pub struct RunArgs {
     /// Solved examples before each question, picked as lm-evaluation-harness does (seed 1234;
     /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split;
     /// lambada_openai: its test split).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, visible_alias = "num_fewshot", default_value_t = 0)]
     pub num_fewshot: usize,
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.
     #[arg(long, value_enum, default_value_t = PerplexityMode::Rolling)]
@@ -161,6 +161,13 @@ pub struct RunArgs {
     /// Most input tokens in one micro-batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
+    /// lm-evaluation-harness's batch size, for its users: N requests per micro-batch, taken as a
+    /// token budget of N times each task's longest request (a context with its longest
+    /// continuation, or a rolling window), instead of --batch-tokens. Scores do not depend on
+    /// it; the results' `evalmesh.tasks.<task>.batch_tokens` records each task's budget.
+    #[arg(long, visible_alias = "batch_size", value_name = "N", value_parser = parse_batch_size,
+          conflicts_with_all = ["batch_tokens", "tune"])]
+    pub batch_size: Option<usize>,
     /// How to spread the work over the ranks of an MPI job (see README).
     #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     pub strategy: StrategyArg,
@@ -205,11 +212,15 @@ pub struct RunArgs {
     /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
     #[arg(long)]
     pub no_prefix_sharing: bool,
-    /// Where to write the results JSON; the journal goes beside it (NAME.journal.jsonl).
-    #[arg(long)]
+    /// Where to write the results: a FILE.json, the journal beside it (FILE.journal.jsonl); or,
+    /// as lm-evaluation-harness's --output_path, a folder (any path not ending in .json):
+    /// DIR/<model>/results_<date>.json (<model>: --model with `/` and the like as `__`),
+    /// the journal beside it (results.journal.jsonl).
+    #[arg(long, visible_alias = "output_path")]
     pub output: Option<PathBuf>,
-    /// Write samples_<task>.jsonl beside the results: every document's scores.
-    #[arg(long)]
+    /// Write samples_<task>_<date>.jsonl beside the results, in lm-evaluation-harness's schema:
+    /// every document with its requests, scores and metrics.
+    #[arg(long, visible_alias = "log_samples")]
     pub log_samples: bool,
     /// Reuse the scores in the journal of an earlier run of the same model and tasks.
     #[arg(long)]
@@ -323,6 +334,17 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
         Ok(Limit::First(v as usize))
     } else {
         Err(format!("`{s}` is neither a whole count nor a fraction in (0, 1)"))
+    }
+}
+
+/// `--batch-size`: a number of requests, 1 or more (not lm-evaluation-harness's `auto`).
+fn parse_batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ if s.starts_with("auto") => Err(format!(
+            "`{s}`: evalmesh packs micro-batches by tokens, and --tune picks the fastest budget; give a number of requests"
+        )),
+        _ => Err(format!("`{s}` is not a number of requests (1 or more)")),
     }
 }
 

@@ -10,6 +10,7 @@ use evalmesh_common::Strategy;
 use super::args::{CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, StrategyArg};
 use crate::evaluate::Limit;
 use crate::journal::journal_path;
+use crate::lm_eval::files::{date_id, results_in_folder};
 use crate::model::{cache_dir, TEST_MODEL_FILE};
 use crate::tasks::perplexity::PerplexityMode;
 
@@ -29,6 +30,8 @@ pub enum UsageError {
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
     SamplesWithoutOutput,
+    #[error("--output {}: not a folder (a results file's name ends in .json)", .0.display())]
+    OutputNotAFolder(PathBuf),
     #[error("{flag} must be at least {min}, got {value}")]
     TooSmall { flag: &'static str, min: usize, value: usize },
 }
@@ -59,6 +62,34 @@ pub struct OutputFiles {
     pub results: PathBuf,
     pub journal: PathBuf,
     pub samples_dir: Option<PathBuf>,
+    /// The run's date in lm-evaluation-harness's file names (the samples', and the results'
+    /// in an output folder).
+    pub date_id: String,
+}
+
+impl OutputFiles {
+    /// `--output`: a path ending in `.json` is the results file, the journal and samples
+    /// beside it; any other path is a folder, as lm-evaluation-harness's `--output_path`:
+    /// the results go to `DIR/<model>/results_<date>.json`, the samples beside them, the
+    /// journal to `DIR/<model>/results.journal.jsonl` (one name, for `--resume`).
+    fn new(output: PathBuf, model: &Path, log_samples: bool) -> Result<Self, UsageError> {
+        let date_id = date_id(std::time::SystemTime::now());
+        let (results, journal) = if output.extension().is_some_and(|e| e == "json") {
+            (output.clone(), journal_path(&output))
+        } else {
+            if output.is_file() {
+                return Err(UsageError::OutputNotAFolder(output));
+            }
+            let results = results_in_folder(&output, &model.display().to_string(), &date_id);
+            let journal = results.with_file_name("results.journal.jsonl");
+            (results, journal)
+        };
+        let dir = match results.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(OutputFiles { samples_dir: log_samples.then_some(dir), results, journal, date_id })
+    }
 }
 
 /// A run's settings, every flag checked.
@@ -76,6 +107,8 @@ pub struct RunSettings {
     pub ctx: Option<usize>,
     pub threads: Option<usize>,
     pub batch_tokens: usize,
+    /// `--batch-size N`: each task's budget is N times its longest request.
+    pub batch_size: Option<usize>,
     pub layout: LayoutRequest,
     pub device: Device,
     pub tune: bool,
@@ -118,7 +151,9 @@ impl RunArgs {
         if self.threads == Some(0) {
             return Err(UsageError::TooSmall { flag: "--threads", min: 1, value: 0 });
         }
-        if let Some(output) = &self.output {
+        // A results file named by --output is never replaced unawares; in an output folder each
+        // run writes a new dated one.
+        if let Some(output) = self.output.as_ref().filter(|o| o.extension().is_some_and(|e| e == "json")) {
             if output.exists() && !self.overwrite && !self.resume {
                 return Err(UsageError::OutputExists(output.clone()));
             }
@@ -130,15 +165,10 @@ impl RunArgs {
             return Err(UsageError::SamplesWithoutOutput);
         }
         let device = device_of(self.device, self.cuda_aware, self.gpu_precision)?;
-        let log_samples = self.log_samples;
-        let output = self.output.map(|results| OutputFiles {
-            journal: journal_path(&results),
-            samples_dir: log_samples.then(|| match results.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            }),
-            results,
-        });
+        let output = match self.output {
+            Some(output) => Some(OutputFiles::new(output, &self.model.path()?, self.log_samples)?),
+            None => None,
+        };
         Ok(RunSettings {
             model: self.model,
             random_weights: self.random_weights,
@@ -152,6 +182,7 @@ impl RunArgs {
             ctx: self.ctx,
             threads: self.threads,
             batch_tokens: self.batch_tokens,
+            batch_size: self.batch_size,
             layout: LayoutRequest { strategy: self.strategy.into(), dp: self.dp, pp: self.pp, tp: self.tp },
             device,
             tune: self.tune,

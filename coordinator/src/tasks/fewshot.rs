@@ -49,7 +49,8 @@ impl Example {
         }
     }
 
-    /// The example's scoring requests, `prefix` (description and demonstrations) before every context.
+    /// The example's scoring requests, `prefix` (description and demonstrations) before every
+    /// context; the document's record is left for the caller to set.
     pub fn into_doc(self, id: usize, prefix: &str) -> Doc {
         match self {
             Example::Choice { text, choices, gold } => {
@@ -58,18 +59,18 @@ impl Example {
                     .iter()
                     .map(|c| Request { context: context.clone(), continuation: format!(" {c}") })
                     .collect();
-                Doc { id, requests, target: Target::Choice { gold, choices } }
+                Doc { id, requests, target: Target::Choice { gold, choices }, record: serde_json::Value::Null }
             }
             Example::Partial { contexts, target, gold } => {
                 let requests = contexts
                     .iter()
                     .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!(" {target}") })
                     .collect();
-                Doc { id, requests, target: Target::Partial { gold } }
+                Doc { id, requests, target: Target::Partial { gold }, record: serde_json::Value::Null }
             }
             Example::Greedy { text, target } => {
                 let request = Request { context: format!("{prefix}{text}"), continuation: target };
-                Doc { id, requests: vec![request], target: Target::Greedy }
+                Doc { id, requests: vec![request], target: Target::Greedy, record: serde_json::Value::Null }
             }
         }
     }
@@ -78,20 +79,6 @@ impl Example {
 /// A document as lm-evaluation-harness's sampler compares it (`x != eval_doc`): its dataset
 /// row, equal to another with the same keys and equal values (Python's dict equality).
 pub type Row = serde_json::Value;
-
-/// A split read for few-shot use: its examples and, for each, the row the sampler compares.
-#[derive(Debug, Clone, Default)]
-pub struct Split {
-    pub examples: Vec<Example>,
-    pub rows: Vec<Row>,
-}
-
-impl FromIterator<(Example, Row)> for Split {
-    fn from_iter<I: IntoIterator<Item = (Example, Row)>>(iter: I) -> Self {
-        let (examples, rows) = iter.into_iter().unzip();
-        Split { examples, rows }
-    }
-}
 
 /// Where a task's demonstrations come from.
 pub enum Sampler {
@@ -121,9 +108,10 @@ impl Sampler {
         Sampler::Random { pool, eval_doc: EvalDoc::Ignored }
     }
 
-    /// The default sampler over `pool` for documents handed over, whose rows are `doc_rows`.
-    pub fn excluding(pool: Split, doc_rows: Vec<Row>) -> Sampler {
-        Sampler::Random { pool: pool.examples, eval_doc: EvalDoc::Excluded { pool_rows: pool.rows, doc_rows } }
+    /// The default sampler over `pool` (whose rows are `pool_rows`) for documents handed
+    /// over, whose rows are `doc_rows`.
+    pub fn excluding(pool: Vec<Example>, pool_rows: Vec<Row>, doc_rows: Vec<Row>) -> Sampler {
+        Sampler::Random { pool, eval_doc: EvalDoc::Excluded { pool_rows, doc_rows } }
     }
 }
 
@@ -275,7 +263,7 @@ mod tests {
     }
 
     fn handed_over(pool: Vec<Example>, pool_rows: &[&str], doc_rows: &[&str]) -> Sampler {
-        Sampler::excluding(Split { examples: pool, rows: rows(pool_rows) }, rows(doc_rows))
+        Sampler::excluding(pool, rows(pool_rows), rows(doc_rows))
     }
 
     #[test]

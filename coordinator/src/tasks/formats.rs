@@ -1,7 +1,7 @@
 //! The benchmarks' data files and lm-evaluation-harness's templates for them
 //! (`shared/data/LM_EVAL_FORMATS.md`): each reader parses one task's file into examples
-//! (or documents), applying lm-evaluation-harness's preprocessing; the readers of the tasks
-//! whose documents lm-evaluation-harness's sampler compares ([`Split`]) keep each document's row.
+//! (or documents), applying lm-evaluation-harness's preprocessing, and keeps each
+//! document as the file holds it ([`Documented::doc`], the samples' `doc`).
 
 use std::path::Path;
 
@@ -9,38 +9,42 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::fewshot::{Example, Split};
+use super::fewshot::Example;
 use super::{read_text, Doc, Target, TaskError};
 
-/// Parses each non-blank line of a JSON-lines file with `parse`; errors name the file and line.
-fn read_lines<R>(path: &Path, parse: impl Fn(&str) -> serde_json::Result<R>) -> Result<Vec<R>, TaskError> {
+/// One document of a data file: the example it becomes and the record it was read from.
+#[derive(Debug, Clone)]
+pub struct Documented {
+    pub example: Example,
+    /// The document as its file holds it (lm-evaluation-harness's `doc` in the samples).
+    pub doc: Value,
+}
+
+/// The examples of `documents`, without their records (a few-shot pool).
+pub fn examples(documents: Vec<Documented>) -> Vec<Example> {
+    documents.into_iter().map(|d| d.example).collect()
+}
+
+/// Reads a JSON-lines file into records, each beside the JSON it was read from; errors
+/// name the file and line.
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(T, Value)>, TaskError> {
     let text = read_text(path)?;
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let record = parse(line)
-            .map_err(|e| TaskError::Data { path: path.to_path_buf(), problem: format!("line {}: {e}", i + 1) })?;
-        records.push(record);
+        let bad_line = |e: serde_json::Error| TaskError::Data {
+            path: path.to_path_buf(),
+            problem: format!("line {}: {e}", i + 1),
+        };
+        let record = serde_json::from_str(line).map_err(bad_line)?;
+        records.push((record, serde_json::from_str(line).map_err(bad_line)?));
     }
     if records.is_empty() {
         return Err(TaskError::Data { path: path.to_path_buf(), problem: "no documents in the file".into() });
     }
     Ok(records)
-}
-
-/// Reads a JSON-lines file into records.
-fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TaskError> {
-    read_lines(path, |line| serde_json::from_str(line))
-}
-
-/// Reads a JSON-lines file into records, each beside the row it was read from.
-fn read_jsonl_rows<T: DeserializeOwned>(path: &Path) -> Result<Vec<(T, Value)>, TaskError> {
-    read_lines(path, |line| {
-        let row: Value = serde_json::from_str(line)?;
-        Ok((T::deserialize(&row)?, row))
-    })
 }
 
 fn bad(path: &Path, line: usize, problem: String) -> TaskError {
@@ -97,14 +101,12 @@ struct HellaswagRecord {
     label: serde_json::Value,
 }
 
-/// Each row is the whole record: lm-evaluation-harness compares its dataset rows, `ind` and
-/// `split` included, so no validation document equals a training one.
-pub fn hellaswag(path: &Path) -> Result<Split, TaskError> {
-    let records: Vec<(HellaswagRecord, Value)> = read_jsonl_rows(path)?;
+pub fn hellaswag(path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(HellaswagRecord, Value)> = read_jsonl(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, (r, row))| {
+        .map(|(i, (r, doc))| {
             let gold = match &r.label {
                 serde_json::Value::Number(n) => n.as_u64().map(|v| v as usize),
                 serde_json::Value::String(s) => s.parse().ok(),
@@ -115,7 +117,7 @@ pub fn hellaswag(path: &Path) -> Result<Split, TaskError> {
             let query = hellaswag_preprocess(&format!("{}: {ctx}", r.activity_label));
             let choices: Vec<String> = r.endings.iter().map(|e| hellaswag_preprocess(e)).collect();
             check_choices(path, i + 1, &choices, gold)?;
-            Ok((Example::Choice { text: query, choices, gold }, row))
+            Ok(Documented { example: Example::Choice { text: query, choices, gold }, doc })
         })
         .collect()
 }
@@ -139,18 +141,25 @@ struct ArcRecord {
     answer_key: String,
 }
 
-pub fn arc(path: &Path) -> Result<Vec<Example>, TaskError> {
-    let records: Vec<ArcRecord> = read_jsonl(path)?;
+pub fn arc(path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(ArcRecord, Value)> = read_jsonl(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, record))| {
             let gold = r.question.choices.iter().position(|c| c.label == r.answer_key).ok_or_else(|| {
                 bad(path, i + 1, format!("answerKey `{}` is not among the choice labels", r.answer_key))
             })?;
+            // The record in the Hugging Face dataset's shape (`allenai/ai2_arc`), which
+            // lm-evaluation-harness's templates name.
+            let labels: Vec<&str> = r.question.choices.iter().map(|c| c.label.as_str()).collect();
+            let texts: Vec<&str> = r.question.choices.iter().map(|c| c.text.as_str()).collect();
+            let doc = json!({"id": record.get("id"), "question": r.question.stem, "choices": {"text": texts, "label": labels},
+                "answerKey": r.answer_key});
             let choices: Vec<String> = r.question.choices.into_iter().map(|c| c.text).collect();
             check_choices(path, i + 1, &choices, gold)?;
-            Ok(Example::Choice { text: format!("Question: {}\nAnswer:", r.question.stem), choices, gold })
+            let text = format!("Question: {}\nAnswer:", r.question.stem);
+            Ok(Documented { example: Example::Choice { text, choices, gold }, doc })
         })
         .collect()
 }
@@ -162,9 +171,8 @@ struct PiqaRecord {
     sol2: String,
 }
 
-/// Each row holds the fields of lm-evaluation-harness's dataset (`baber/piqa`): goal, sol1, sol2, label.
-pub fn piqa(path: &Path, labels_path: &Path) -> Result<Split, TaskError> {
-    let records: Vec<PiqaRecord> = read_jsonl(path)?;
+pub fn piqa(path: &Path, labels_path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(PiqaRecord, Value)> = read_jsonl(path)?;
     let labels_text = read_text(labels_path)?;
     let labels: Vec<&str> = labels_text.lines().filter(|l| !l.trim().is_empty()).collect();
     if labels.len() != records.len() {
@@ -177,13 +185,17 @@ pub fn piqa(path: &Path, labels_path: &Path) -> Result<Split, TaskError> {
         .into_iter()
         .zip(labels)
         .enumerate()
-        .map(|(i, (r, label))| {
+        .map(|(i, ((r, mut doc), label))| {
             let gold: usize =
                 label.trim().parse().map_err(|_| bad(labels_path, i + 1, format!("label `{label}` is not 0 or 1")))?;
-            let row = json!({"goal": r.goal, "sol1": r.sol1, "sol2": r.sol2, "label": gold});
             let choices = vec![r.sol1, r.sol2];
             check_choices(labels_path, i + 1, &choices, gold)?;
-            Ok((Example::Choice { text: format!("Question: {}\nAnswer:", r.goal), choices, gold }, row))
+            // The labels file's label joins the record, as in the Hugging Face dataset.
+            if let Value::Object(fields) = &mut doc {
+                fields.insert("label".into(), json!(gold));
+            }
+            let text = format!("Question: {}\nAnswer:", r.goal);
+            Ok(Documented { example: Example::Choice { text, choices, gold }, doc })
         })
         .collect()
 }
@@ -197,22 +209,21 @@ struct WinograndeRecord {
 }
 
 /// Partial scoring: the option goes in the context, the text after the blank is the continuation.
-/// Each row holds the fields of lm-evaluation-harness's dataset: sentence, option1, option2, answer.
-pub fn winogrande(path: &Path) -> Result<Split, TaskError> {
-    let records: Vec<WinograndeRecord> = read_jsonl(path)?;
+pub fn winogrande(path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(WinograndeRecord, Value)> = read_jsonl(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, doc))| {
             let blank = r.sentence.find('_').ok_or_else(|| bad(path, i + 1, "sentence has no `_` blank".into()))?;
             let gold = match r.answer.as_str() {
                 "1" => 0,
                 "2" => 1,
                 other => return Err(bad(path, i + 1, format!("answer `{other}` is neither \"1\" nor \"2\""))),
             };
-            let row = json!({"sentence": r.sentence, "option1": r.option1, "option2": r.option2, "answer": r.answer});
-            let contexts = [&r.option1, &r.option2].iter().map(|o| format!("{}{o}", &r.sentence[..blank])).collect();
-            Ok((Example::Partial { contexts, target: r.sentence[blank + 1..].trim().to_string(), gold }, row))
+            let contexts = [r.option1, r.option2].iter().map(|o| format!("{}{o}", &r.sentence[..blank])).collect();
+            let target = r.sentence[blank + 1..].trim().to_string();
+            Ok(Documented { example: Example::Partial { contexts, target, gold }, doc })
         })
         .collect()
 }
@@ -222,26 +233,27 @@ struct LambadaRecord {
     text: String,
 }
 
-pub fn lambada(path: &Path) -> Result<Vec<Example>, TaskError> {
-    let records: Vec<LambadaRecord> = read_jsonl(path)?;
+pub fn lambada(path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(LambadaRecord, Value)> = read_jsonl(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, doc))| {
             let (context, word) = r
                 .text
                 .rsplit_once(' ')
                 .ok_or_else(|| bad(path, i + 1, "text has no space to split the last word at".into()))?;
-            Ok(Example::Greedy { text: context.to_string(), target: format!(" {word}") })
+            let example = Example::Greedy { text: context.to_string(), target: format!(" {word}") };
+            Ok(Documented { example, doc })
         })
         .collect()
 }
 
 /// A document scored whole by rolling windows: `scored` is the text the model sees,
-/// `original` the one whose words and bytes normalise the perplexities.
-pub fn rolling_doc(id: usize, original: &str, scored: String) -> Doc {
+/// `original` the one whose words and bytes normalise the perplexities, `doc` the record.
+pub fn rolling_doc(id: usize, original: &str, scored: String, doc: Value) -> Doc {
     let target = Target::Rolling { words: super::perplexity::word_count(original), bytes: original.len() };
-    Doc { id, requests: vec![super::Request { context: String::new(), continuation: scored }], target }
+    Doc { id, requests: vec![super::Request { context: String::new(), continuation: scored }], target, record: doc }
 }
 
 /// Splits the wikitext test file into its articles: an article starts at a ` = Title = ` line.
@@ -297,7 +309,10 @@ pub fn wikitext(path: &Path) -> Result<Vec<Doc>, TaskError> {
     Ok(wikitext_articles(&text)
         .into_iter()
         .enumerate()
-        .map(|(i, page)| rolling_doc(i, &page, wikitext_detokenize(&page)))
+        .map(|(i, page)| {
+            let scored = wikitext_detokenize(&page);
+            rolling_doc(i, &page, scored, json!({ "page": page }))
+        })
         .collect())
 }
 
@@ -308,24 +323,24 @@ struct ChoiceRecord {
     gold: i64,
 }
 
-/// Each row is the whole record, as a JSON dataset would give it.
-pub fn multiple_choice(path: &Path) -> Result<Split, TaskError> {
-    let records: Vec<(ChoiceRecord, Value)> = read_jsonl_rows(path)?;
+pub fn multiple_choice(path: &Path) -> Result<Vec<Documented>, TaskError> {
+    let records: Vec<(ChoiceRecord, Value)> = read_jsonl(path)?;
     records
         .into_iter()
         .enumerate()
-        .map(|(i, (r, row))| {
+        .map(|(i, (r, doc))| {
             let gold = usize::try_from(r.gold).map_err(|_| {
                 bad(path, i + 1, format!("gold {} is out of range for {} choices", r.gold, r.choices.len()))
             })?;
             check_choices(path, i + 1, &r.choices, gold)?;
-            Ok((Example::Choice { text: r.context, choices: r.choices, gold }, row))
+            Ok(Documented { example: Example::Choice { text: r.context, choices: r.choices, gold }, doc })
         })
         .collect()
 }
 
-/// Reads a hendrycks MMLU csv (question,A,B,C,D,answer-letter) with lm-evaluation-harness's template.
-pub fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
+/// Reads a hendrycks MMLU csv (question,A,B,C,D,answer-letter) of `subject` with
+/// lm-evaluation-harness's template; each record as `cais/mmlu` holds it.
+pub fn read_mmlu_csv(path: &Path, subject: &str) -> Result<Vec<Documented>, TaskError> {
     let text = read_text(path)?;
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
     let mut out = Vec::new();
@@ -346,7 +361,11 @@ pub fn read_mmlu_csv(path: &Path) -> Result<Vec<Example>, TaskError> {
             &record[3],
             &record[4]
         );
-        out.push(Example::Choice { text, choices: LETTERS.map(String::from).to_vec(), gold });
+        let doc = json!({"question": &record[0], "subject": subject, "choices": [&record[1], &record[2], &record[3], &record[4]], "answer": gold});
+        out.push(Documented {
+            example: Example::Choice { text, choices: LETTERS.map(String::from).to_vec(), gold },
+            doc,
+        });
     }
     if out.is_empty() {
         return Err(TaskError::Data { path: path.to_path_buf(), problem: "no questions in the file".into() });

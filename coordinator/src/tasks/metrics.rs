@@ -11,7 +11,7 @@ use super::requests::{PlannedRequest, RequestScore};
 use super::Target;
 
 /// Resamples for bootstrap standard errors (lm-evaluation-harness's default count).
-const BOOTSTRAP_ITERATIONS: usize = 100_000;
+pub const BOOTSTRAP_ITERATIONS: usize = 100_000;
 
 /// One document's outcome, for aggregation and the samples log.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,5 @@
-//! Evaluation tasks: the built-in tasks ([`builtin`]), reading each benchmark's data with
+//! Evaluation tasks: the built-in tasks ([`builtin`]) and their lm-evaluation-harness task
+//! configurations ([`configs`]), reading each benchmark's data with
 //! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
 //! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
 //! into metrics ([`metrics`]) and group scores (MMLU's groups: [`mmlu`]), plus perplexity
@@ -7,6 +8,7 @@
 
 pub mod builtin;
 pub mod catalog;
+pub mod configs;
 pub mod fewshot;
 pub mod formats;
 pub mod metrics;
@@ -72,6 +74,8 @@ pub struct Doc {
     pub id: usize,
     pub requests: Vec<Request>,
     pub target: Target,
+    /// The document as its data file holds it: the samples' `doc` (null where there is none).
+    pub record: serde_json::Value,
 }
 
 /// A task's documents and how it was set up.
@@ -79,8 +83,12 @@ pub struct Doc {
 pub struct Task {
     pub name: String,
     pub docs: Vec<Doc>,
-    /// The settings that define the task's requests (goes into results' `configs` and the journal key).
+    /// The settings that define the task's requests (the journal key; kept in the results'
+    /// `configs[task].metadata.evalmesh`).
     pub config: serde_json::Value,
+    /// The task as lm-evaluation-harness's `TaskConfig` would describe it (results' `configs`),
+    /// without what a run sets: `num_fewshot` and `metric_list`.
+    pub lm_eval_config: serde_json::Map<String, serde_json::Value>,
     pub version: f64,
     pub num_fewshot: usize,
     /// The groups this task's score rolls up into, innermost first (an MMLU subject: its category, then `mmlu`).

@@ -230,7 +230,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut tok = word_level(dir.path(), Some(serde_json::json!({"add_bos_token": true, "bos_token": "<bos>"})));
         let request = Request { context: String::new(), continuation: "hello world".into() };
-        let docs = [Doc { id: 0, requests: vec![request], target: Target::Rolling { words: 2, bytes: 11 } }];
+        let target = Target::Rolling { words: 2, bytes: 11 };
+        let docs = [Doc { id: 0, requests: vec![request], target, record: serde_json::Value::Null }];
         let rolling = Windows::Rolling { max_len: 8 };
         // As lm-evaluation-harness: the prefix token, then the text's own BOS, scored.
         let plan_with = |tok: &TextTokenizer| plan(&docs, tok, rolling, 8, true).unwrap();

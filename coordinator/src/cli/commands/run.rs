@@ -2,7 +2,9 @@
 //! in a single process, the distributed one on rank 0 of an MPI job), evaluates with
 //! the journal, and prints and writes the results.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use evalmesh_common::cost::{BatchShape, Placement};
@@ -19,13 +21,17 @@ use crate::cli::tables::{monitoring_table, prediction_line};
 use crate::cli::trace::write_trace;
 use crate::distributed::DistributedEngine;
 use crate::engine::{EvaluationEngine, LightweightEngine};
-use crate::evaluate::{evaluate, Settings};
+use crate::evaluate::{evaluate, Limit, Settings};
 use crate::journal::{model_fingerprint, Journal};
+use crate::lm_eval::files::{sanitize_model_name, SamplesFiles};
+use crate::lm_eval::python::float_repr;
 use crate::model::cache_dir;
 use crate::prediction::{placement, run_profile, Predictor};
-use crate::results::{EvalmeshSection, RankStats, Report};
+use crate::results::{EvalmeshSection, RankStats, Report, RunConfig, RunInfo};
 use crate::tasks::builtin::Source;
 use crate::tasks::catalog;
+use crate::tasks::fewshot::SEED;
+use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::requests::Windows;
 use crate::tasks::yaml::Registry;
@@ -38,6 +44,7 @@ enum Place<'w> {
 
 /// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
 pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<()> {
+    let (started, started_at) = (Instant::now(), SystemTime::now());
     let settings = args.resolve(world.is_some())?;
     if let Some(threads) = settings.threads {
         // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
@@ -123,9 +130,13 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         limit: settings.limit,
         max_position: config.max_position,
         share_prefixes: settings.share_prefixes,
-        samples_dir: settings.output.as_ref().and_then(|o| o.samples_dir.as_deref()),
+        samples: settings
+            .output
+            .as_ref()
+            .and_then(|o| Some(SamplesFiles { dir: o.samples_dir.as_deref()?, date_id: o.date_id.as_str() })),
         model_fingerprint: &fingerprint,
         batch_tokens: settings.batch_tokens,
+        batch_size: settings.batch_size,
         predictor: Some(&predictor),
         tune: settings.tune,
         stop: Some(&stop),
@@ -157,6 +168,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     }
     let report = Report {
         tasks: evaluation.results,
+        run: run_info(&settings, &model_path, config.parameter_count(), started_at, started.elapsed().as_secs_f64()),
         evalmesh: EvalmeshSection {
             batch_tokens: settings.batch_tokens,
             config,
@@ -192,6 +204,54 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         log::info!("results written to {}", output.results.display());
     }
     Ok(())
+}
+
+/// What lm-evaluation-harness's results say about the run: its `config` (the model, the
+/// batch size, the device, the limit, the seeds), its date and how long it took.
+fn run_info(settings: &RunSettings, model: &Path, parameters: u64, started: SystemTime, seconds: f64) -> RunInfo {
+    let model_name = model.display().to_string();
+    let mut model_args = BTreeMap::from([("model".to_string(), serde_json::json!(model_name))]);
+    if let Some(tokenizer) = &settings.model.tokenizer {
+        model_args.insert("tokenizer".into(), serde_json::json!(tokenizer.display().to_string()));
+    }
+    if let Some(add_bos) = settings.add_bos {
+        model_args.insert("add_bos_token".into(), serde_json::json!(add_bos));
+    }
+    if settings.random_weights {
+        model_args.insert("random_weights".into(), serde_json::json!(true));
+    }
+    let device = match settings.device {
+        Device::Cpu => "cpu",
+        Device::Cuda { .. } => "cuda",
+    };
+    RunInfo {
+        config: RunConfig {
+            model: "evalmesh".into(),
+            model_args,
+            model_num_parameters: parameters,
+            batch_size: settings.batch_size.map(|n| n.to_string()),
+            batch_sizes: Vec::new(),
+            device: device.into(),
+            use_cache: None,
+            limit: settings.limit.map(|l| match l {
+                Limit::First(n) => serde_json::json!(n),
+                Limit::Fraction(f) => serde_json::json!(f),
+            }),
+            bootstrap_iters: BOOTSTRAP_ITERATIONS,
+            gen_kwargs: None,
+            fewshot_seed: SEED,
+        },
+        date: started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+        model_source: "evalmesh".into(),
+        model_name_sanitized: sanitize_model_name(&model_name),
+        model_name,
+        system_instruction: None,
+        system_instruction_sha: None,
+        fewshot_as_multiturn: None,
+        chat_template: None,
+        chat_template_sha: None,
+        total_evaluation_time_seconds: float_repr(seconds),
+    }
 }
 
 /// The layout and stages of a distributed run: `--strategy auto` without sizes takes the

@@ -222,24 +222,27 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
 /// A document's requests as lm-eval's `construct_requests` makes them: `prefix` (description
 /// and demonstrations) before its text; the target delimiter before each choice of a
 /// multiple-choice task, and none before a loglikelihood task's target.
-fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
+fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, record: Record) -> Doc {
     let delimiter = &def.target_delimiter;
+    let record = Row::Object(record);
     match (def.output_type, example) {
-        (OutputType::LoglikelihoodRolling, Example::Greedy { target, .. }) => rolling_doc(id, &target, target.clone()),
+        (OutputType::LoglikelihoodRolling, Example::Greedy { target, .. }) => {
+            rolling_doc(id, &target, target.clone(), record)
+        }
         (_, Example::Choice { text, choices, gold }) => {
             let context = format!("{prefix}{text}");
             let requests = choices
                 .iter()
                 .map(|c| Request { context: context.clone(), continuation: format!("{delimiter}{c}") })
                 .collect();
-            Doc { id, requests, target: Target::Choice { gold, choices } }
+            Doc { id, requests, target: Target::Choice { gold, choices }, record }
         }
         (_, Example::Partial { contexts, target, gold }) => {
             let requests = contexts
                 .iter()
                 .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!("{delimiter}{target}") })
                 .collect();
-            Doc { id, requests, target: Target::Partial { gold } }
+            Doc { id, requests, target: Target::Partial { gold }, record }
         }
         (_, example) => {
             let (text, target) = match example {
@@ -248,7 +251,7 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str) -> Doc {
             };
             // lm-eval's loglikelihood request is `(ctx, doc_to_target)`: no delimiter.
             let request = Request { context: format!("{prefix}{text}"), continuation: target };
-            Doc { id, requests: vec![request], target: Target::Greedy }
+            Doc { id, requests: vec![request], target: Target::Greedy, record }
         }
     }
 }
@@ -270,12 +273,18 @@ fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
     let docs = examples
         .into_iter()
         .zip(prefixes)
+        .zip(records)
         .enumerate()
-        .map(|(i, (example, prefix))| into_doc(def, i, example, &format!("{}{prefix}", def.description)))
+        .map(|(i, ((example, prefix), record))| {
+            into_doc(def, i, example, &format!("{}{prefix}", def.description), record)
+        })
         .collect();
+    // The YAML is lm-evaluation-harness's own `TaskConfig`.
+    let lm_eval_config = def.config.as_object().cloned().unwrap_or_default();
     Ok(Task {
         name: def.name.clone(),
         docs,
+        lm_eval_config,
         config: def.config.clone(),
         version: def.version,
         num_fewshot: shots,

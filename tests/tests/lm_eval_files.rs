@@ -1,0 +1,267 @@
+//! The files other tools read: evalmesh's results and samples files against checks written
+//! from lm-evaluation-harness 0.4.13's code (`evalmesh_tests::lm_eval`), and, where a
+//! Python with `lm_eval` is found ($EVALMESH_LM_EVAL_PYTHON, else python3), against
+//! lm-evaluation-harness's own readers (scripts/check-lm-eval-files.py); and
+//! lm-evaluation-harness's spellings of the common flags.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use evalmesh_tests::lm_eval::{
+    get_file_datetime, get_file_task_name, get_results_filenames, get_sample_results_filenames, hash_string,
+    results_problems, sample_problems, task_hash,
+};
+use evalmesh_tests::{read_report, read_samples, repo_dir, samples_file, shared_dir, test_model, RunArgs};
+use serde_json::{json, Value};
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Whether a JSON value holds a float anywhere (Python and serde_json write some differently).
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(has_float),
+        Value::Object(fields) => fields.values().any(has_float),
+        _ => false,
+    }
+}
+
+/// A Python that imports lm_eval, or why there is none.
+fn lm_eval_python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("EVALMESH_LM_EVAL_PYTHON").map_or(PathBuf::from("python3"), PathBuf::from);
+    let probe = Command::new(&python).args(["-c", "import lm_eval.utils, lm_eval.result_schema"]).output();
+    match probe {
+        Ok(o) if o.status.success() => Ok(python),
+        Ok(_) => Err(format!("{} cannot import lm_eval (set EVALMESH_LM_EVAL_PYTHON)", python.display())),
+        Err(e) => Err(format!("{}: {e}", python.display())),
+    }
+}
+
+#[test]
+fn results_and_samples_read_as_lm_eval_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let tasks = "hellaswag,arc_easy,piqa,winogrande,lambada_openai,mmlu,wikitext";
+    let args = RunArgs::new().path("--data-dir", &shared_dir().join("data")).flag("--tasks", tasks);
+    let output = args.flag("--limit", 2).flag("--ctx", 256).samples_beside(&out).run();
+    assert!(output.status.success());
+    let r = read_json(&out);
+    assert_eq!(results_problems(&r), Vec::<String>::new());
+
+    let mut dates = Vec::new();
+    for (task, config) in r["configs"].as_object().unwrap() {
+        let path = samples_file(dir.path(), task);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(get_file_task_name(name), task);
+        dates.push(get_file_datetime(name));
+        let samples = lines(&path);
+        assert_eq!(samples.len() as u64, r["n-samples"][task]["effective"].as_u64().unwrap());
+        for (i, s) in samples.iter().enumerate() {
+            assert_eq!(s["doc_id"], i, "{task}");
+            // serde_json's indented text is Python's json.dumps(indent=2) where there is no float.
+            assert!(!has_float(&s["doc"]), "{task}: a float in the doc");
+            let problems = sample_problems(s, config, &serde_json::to_string_pretty(&s["doc"]).unwrap());
+            assert_eq!(problems, Vec::<String>::new(), "{task} document {i}");
+        }
+        assert_eq!(r["task_hashes"][task], task_hash(&samples).as_str(), "{task}");
+    }
+    dates.dedup();
+    assert_eq!(dates.len(), 1, "one date for the whole run: {dates:?}");
+
+    // The group, as lm-evaluation-harness lays it out.
+    assert_eq!(r["results"]["mmlu"]["sample_len"], 114, "57 subjects × 2 questions");
+    assert_eq!(r["results"]["mmlu"]["sample_count"], json!({"acc,none": 114}));
+    assert_eq!(r["group_subtasks"]["mmlu"].as_array().unwrap().len(), 57);
+    assert!(r["configs"].get("mmlu").is_none() && r["n-samples"].get("mmlu").is_none());
+
+    // The prompts and targets of lm-evaluation-harness's templates, from the data's first records.
+    let first = |task: &str| lines(&samples_file(dir.path(), task)).swap_remove(0);
+    let hellaswag = first("hellaswag");
+    assert_eq!(hellaswag["arguments"]["gen_args_0"]["arg_0"], "Roof shingle removal: A man is sitting on a roof. He");
+    assert_eq!(hellaswag["arguments"]["gen_args_3"]["arg_1"], " starts pulling up roofing on a roof.");
+    assert_eq!(hellaswag["target"], "3");
+    let winogrande = first("winogrande");
+    assert_eq!(winogrande["target"], "always got the easier cases.");
+    assert_eq!(winogrande["arguments"]["gen_args_1"]["arg_0"], "Sarah was a much better surgeon than Maria so Maria");
+    let lambada = first("lambada_openai");
+    let text = lambada["doc"]["text"].as_str().unwrap();
+    let (context, word) = text.rsplit_once(' ').unwrap();
+    assert_eq!(
+        (&lambada["arguments"]["gen_args_0"]["arg_0"], &lambada["target"]),
+        (&json!(context), &json!(format!(" {word}")))
+    );
+    assert_eq!(lambada["metrics"], json!(["perplexity", "acc"]));
+    let anatomy = first("mmlu_anatomy");
+    let prompt = anatomy["arguments"]["gen_args_0"]["arg_0"].as_str().unwrap();
+    assert!(prompt.starts_with("The following are multiple choice questions (with answers) about anatomy.\n\n"));
+    assert_eq!(anatomy["target"], anatomy["doc"]["answer"].to_string());
+    let wikitext = first("wikitext");
+    assert_eq!(wikitext["arguments"]["gen_args_0"].as_object().unwrap().len(), 1, "a rolling request is (text,)");
+    assert_eq!(wikitext["resps"][0].as_array().unwrap().len(), 1);
+    assert!(wikitext["word_perplexity"][1].is_u64(), "(log-likelihood, words)");
+
+    match lm_eval_python() {
+        Ok(python) => {
+            let script = repo_dir().join("scripts/check-lm-eval-files.py");
+            let checked = Command::new(&python).arg(&script).arg(dir.path()).output().unwrap();
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+            assert!(checked.status.success(), "lm-evaluation-harness's readers: {said}");
+        }
+        Err(why) => eprintln!("lm-evaluation-harness's own readers not run: {why}"),
+    }
+}
+
+/// A results file and a samples line as lm-evaluation-harness writes them (written by hand
+/// from its code, not by evalmesh), for the checks to pass and then fail once each is broken.
+fn lm_eval_style() -> (Value, Value) {
+    let results = json!({
+        "results": {"t": {"name": "t", "alias": "t", "sample_len": 2, "acc,none": 0.5, "acc_stderr,none": 0.5},
+                    "g": {"name": "g", "alias": "g", "sample_len": 2, "acc,none": 0.5, "acc_stderr,none": "N/A",
+                          "sample_count": {"acc,none": 2}}},
+        "groups": {"g": {"name": "g", "alias": "g", "sample_len": 2, "acc,none": 0.5, "acc_stderr,none": "N/A",
+                         "sample_count": {"acc,none": 2}}},
+        "group_subtasks": {"g": ["t"]},
+        "configs": {"t": {"task": "t", "output_type": "multiple_choice", "num_fewshot": 0, "metric_list": [{"metric": "acc"}]}},
+        "versions": {"t": 1.0, "g": "N/A"},
+        "n-shot": {"t": 0, "g": 0},
+        "higher_is_better": {"t": {"acc": true}, "g": {"acc": true}},
+        "n-samples": {"t": {"original": 10, "effective": 2}},
+        "config": {"model": "hf", "model_args": "pretrained=x", "batch_size": "1", "batch_sizes": [], "limit": 2},
+        "date": 1700000000.5,
+        "task_hashes": {"t": hash_string("")},
+    });
+    let doc = json!({"q": "sky?"});
+    let target = "0";
+    let prompt = "Q: sky?\nA:";
+    let sample = json!({
+        "doc_id": 0, "doc": doc, "target": target,
+        "arguments": {"gen_args_0": {"arg_0": prompt, "arg_1": " blue"}, "gen_args_1": {"arg_0": prompt, "arg_1": " red"}},
+        "resps": [[["-1.5", "True"]], [["-2.5", "False"]]],
+        "filtered_resps": [["-1.5", "True"], ["-2.5", "False"]],
+        "filter": "none", "metrics": ["acc"],
+        // CPython: hashlib.sha256(json.dumps({"q": "sky?"}, indent=2, ensure_ascii=False).encode()).hexdigest()
+        "doc_hash": "6bbf0845a65fdef3f7bf7b4dbb3deeba6ff4f6ae172517bdec3c25dbf2825fd9",
+        "prompt_hash": hash_string(prompt), "target_hash": hash_string(target), "acc": 1.0,
+    });
+    (results, sample)
+}
+
+/// A way to break a file, and what it breaks.
+type Edit = (&'static str, fn(&mut Value));
+
+#[test]
+fn the_checks_catch_what_lm_eval_would_trip_on() {
+    let (results, sample) = lm_eval_style();
+    let config = &results["configs"]["t"];
+    let doc_json = serde_json::to_string_pretty(&sample["doc"]).unwrap();
+    assert_eq!(results_problems(&results), Vec::<String>::new());
+    assert_eq!(sample_problems(&sample, config, &doc_json), Vec::<String>::new());
+
+    let broken: [Edit; 7] = [
+        ("a null stderr (make_table formats it with :.4f)", |r| r["results"]["t"]["acc_stderr,none"] = Value::Null),
+        ("no higher_is_better", |r| drop(r.as_object_mut().unwrap().remove("higher_is_better"))),
+        ("a group in n-samples without `original`", |r| r["n-samples"]["g"] = json!({"effective": 2})),
+        ("no sample_len", |r| drop(r["results"]["t"].as_object_mut().unwrap().remove("sample_len"))),
+        ("a group entry that is not in results", |r| r["groups"]["g"]["acc,none"] = json!(0.25)),
+        ("an unknown top-level key", |r| r["extra"] = json!(1)),
+        ("a date that is not a number", |r| r["date"] = json!("2024-01-01")),
+    ];
+    for (what, edit) in broken {
+        let mut r = results.clone();
+        edit(&mut r);
+        assert!(!results_problems(&r).is_empty(), "not caught: {what}");
+    }
+    let broken: [Edit; 6] = [
+        ("a target that is not a string", |s| s["target"] = json!(0)),
+        ("arguments as a list", |s| s["arguments"] = json!([["Q: sky?\nA:", " blue"]])),
+        ("a response that is a number", |s| s["resps"][0][0][0] = json!(-1.5)),
+        ("a prompt hash of another prompt", |s| s["prompt_hash"] = json!(hash_string("Q:"))),
+        ("a metric without its value", |s| drop(s.as_object_mut().unwrap().remove("acc"))),
+        ("another document's hash", |s| s["doc"] = json!({"q": "sea?"})),
+    ];
+    for (what, edit) in broken {
+        let mut s = sample.clone();
+        edit(&mut s);
+        let doc_json = serde_json::to_string_pretty(&s["doc"]).unwrap();
+        assert!(!sample_problems(&s, config, &doc_json).is_empty(), "not caught: {what}");
+    }
+}
+
+#[test]
+fn a_stderr_lm_eval_has_none_is_na() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    assert!(RunArgs::new().hellaswag_items(1).path("--output", &out).run().status.success());
+    let r = read_json(&out);
+    // One document: no standard error (evaluator_utils.py 221-225 writes "N/A").
+    assert_eq!(r["results"]["multiple_choice"]["acc_stderr,none"], "N/A");
+    assert_eq!(results_problems(&r), Vec::<String>::new());
+    // evalmesh's own reader and printer take it too.
+    assert_eq!(read_report(&out).tasks.results["multiple_choice"]["acc_stderr,none"], "N/A");
+}
+
+/// lm-evaluation-harness's `sanitize_model_name` (utils.py 300-304): each run of `"<>:/|\?*[]` → `__`.
+fn sanitize_model_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut in_run = false;
+    for c in name.chars() {
+        let special = "\"<>:/|\\?*[]".contains(c);
+        if special && !in_run {
+            out.push_str("__");
+        } else if !special {
+            out.push(c);
+        }
+        in_run = special;
+    }
+    out
+}
+
+#[test]
+fn lm_eval_flag_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("out");
+    let lm_eval_style = RunArgs::new()
+        .hellaswag_items(8)
+        .extend(&["--log_samples", "--num_fewshot", "0", "--batch_size", "2"])
+        .path("--output_path", &folder);
+    assert!(lm_eval_style.run().status.success());
+    // The output folder as lm-evaluation-harness lays it out (evaluation_tracker.py 269-279, 337-346).
+    let mut files: Vec<String> = Vec::new();
+    let model_dir = folder.join(sanitize_model_name(test_model().to_str().unwrap()));
+    for entry in std::fs::read_dir(&model_dir).unwrap() {
+        files.push(entry.unwrap().path().to_str().unwrap().to_string());
+    }
+    let results = get_results_filenames(&files);
+    let samples = get_sample_results_filenames(&files);
+    assert_eq!((results.len(), samples.len()), (1, 1), "{files:?}");
+    let date = |f: &str| get_file_datetime(Path::new(f).file_name().unwrap().to_str().unwrap()).replace(".json", "");
+    assert_eq!(date(&results[0]), date(&samples[0]), "the results and samples of a run share its date");
+    assert!(model_dir.join("results.journal.jsonl").is_file());
+    let report = read_report(Path::new(&results[0]));
+    assert_eq!(report.run.config.batch_size.as_deref(), Some("2"));
+    let budget = report.evalmesh.tasks["multiple_choice"].batch_tokens.unwrap();
+    assert!(budget >= 2 && budget & 1 == 0, "a budget of 2 requests: {budget}");
+
+    // The same scores with evalmesh's own flags.
+    let out = dir.path().join("r.json");
+    assert!(RunArgs::new().hellaswag_items(8).samples_beside(&out).run().status.success());
+    assert!(read_samples(dir.path(), "multiple_choice") == std::fs::read(&samples[0]).unwrap());
+
+    for (flags, says) in [
+        (&["--batch_size", "auto"][..], "--tune"),
+        (&["--batch_size", "2", "--batch-tokens", "512"][..], "cannot be used with"),
+    ] {
+        let output = RunArgs::new().hellaswag_items(1).extend(flags).run();
+        assert_eq!(output.status.code(), Some(2), "a usage error");
+        assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{flags:?}");
+    }
+}
