@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use super::mmlu::CATEGORIES;
+
 /// What sets one built-in task's configuration apart: lm-evaluation-harness's YAML fields
 /// for it, as `(key, value)` in `TaskConfig`'s order.
 struct Yaml {
@@ -114,68 +116,15 @@ fn yaml(task: &str) -> Option<Yaml> {
     Some(yaml)
 }
 
-/// The MMLU category lm-evaluation-harness files a subject under: the `tag`
-/// (`mmlu_<category>_tasks`) of `lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml`.
+/// The MMLU category lm-evaluation-harness files a subject under (the `tag`
+/// `mmlu_<category>_tasks` of `lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml`): its group's
+/// name in [`CATEGORIES`] without `mmlu_`; `other` for a subject lm-eval does not list.
 fn category(subject: &str) -> &'static str {
-    const STEM: &[&str] = &[
-        "abstract_algebra",
-        "anatomy",
-        "astronomy",
-        "college_biology",
-        "college_chemistry",
-        "college_computer_science",
-        "college_mathematics",
-        "college_physics",
-        "computer_security",
-        "conceptual_physics",
-        "electrical_engineering",
-        "elementary_mathematics",
-        "high_school_biology",
-        "high_school_chemistry",
-        "high_school_computer_science",
-        "high_school_mathematics",
-        "high_school_physics",
-        "high_school_statistics",
-        "machine_learning",
-    ];
-    const HUMANITIES: &[&str] = &[
-        "formal_logic",
-        "high_school_european_history",
-        "high_school_us_history",
-        "high_school_world_history",
-        "international_law",
-        "jurisprudence",
-        "logical_fallacies",
-        "moral_disputes",
-        "moral_scenarios",
-        "philosophy",
-        "prehistory",
-        "professional_law",
-        "world_religions",
-    ];
-    const SOCIAL_SCIENCES: &[&str] = &[
-        "econometrics",
-        "high_school_geography",
-        "high_school_government_and_politics",
-        "high_school_macroeconomics",
-        "high_school_microeconomics",
-        "high_school_psychology",
-        "human_sexuality",
-        "professional_psychology",
-        "public_relations",
-        "security_studies",
-        "sociology",
-        "us_foreign_policy",
-    ];
-    if STEM.contains(&subject) {
-        "stem"
-    } else if HUMANITIES.contains(&subject) {
-        "humanities"
-    } else if SOCIAL_SCIENCES.contains(&subject) {
-        "social_sciences"
-    } else {
-        "other"
-    }
+    CATEGORIES
+        .iter()
+        .find(|(_, _, subjects)| subjects.contains(&subject))
+        .and_then(|(group, _, _)| group.strip_prefix("mmlu_"))
+        .unwrap_or("other")
 }
 
 /// The `TaskConfig` dictionary of task `task`: lm-evaluation-harness's YAML fields for it
