@@ -542,45 +542,96 @@ mod tests {
         assert_eq!(y[128], 0.5 * 0.0 * -32.0);
     }
 
-    /// The blocks and values written by `worker/tests/data/quant/generate.py`.
-    macro_rules! fixture {
-        ($name:literal) => {
-            (
-                include_bytes!(concat!("../../tests/data/quant/", $name, ".bin")).as_slice(),
-                include_bytes!(concat!("../../tests/data/quant/", $name, ".f32")).as_slice(),
-            )
-        };
+    /// `generate.py`'s SplitMix64 stream, seeded with its SEED plus the type's code.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let z = (self.0 ^ (self.0 >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
     }
 
-    /// An external reference: random blocks (finite f16 scales, every other byte random)
-    /// and the f32 values that gguf-py 0.19.0's `gguf.quants.dequantize` (with numpy 2.4.6)
-    /// widens them to. gguf-py computes in the same order as ggml's `dequantize_row_*`, so
-    /// every element must match to the bit.
+    /// `generate.py`'s `scale_bits`: a finite f16 between 2⁻⁷ and 2⁻¹ in magnitude.
+    fn scale_bits(r: u64) -> [u8; 2] {
+        (((r & 1) << 15 | (8 + (r >> 1) % 6) << 10 | (r >> 8) & 0x3FF) as u16).to_le_bytes()
+    }
+
+    /// `generate.py`'s `fixture_bytes`: the input the reference values were computed from,
+    /// drawn here rather than kept as a binary file.
+    fn fixture_bytes(t: GgmlType) -> Vec<u8> {
+        let mut rng = SplitMix64(20240611 + u64::from(t.code()));
+        let (blocks, scales): (usize, &[usize]) = match t {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => (64, &[]),
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Iq4Nl => (8, &[0]),
+            GgmlType::Q4_1 | GgmlType::Q5_1 => (8, &[0, 2]),
+            GgmlType::Q2K => (4, &[80, 82]),
+            GgmlType::Q3K => (4, &[108]),
+            GgmlType::Q4K | GgmlType::Q5K => (4, &[0, 2]),
+            GgmlType::Q6K => (4, &[208]),
+            GgmlType::Iq4Xs => (4, &[0]),
+        };
+        let mut data = Vec::new();
+        for _ in 0..blocks {
+            let r = rng.next();
+            let (sign, exponent) = (r & 1, 120 + (r >> 1) % 11);
+            match t {
+                GgmlType::F32 => {
+                    data.extend(((sign << 31 | exponent << 23 | (r >> 8) & 0x7F_FFFF) as u32).to_le_bytes())
+                }
+                GgmlType::Bf16 => data.extend(((sign << 15 | exponent << 7 | (r >> 8) & 0x7F) as u16).to_le_bytes()),
+                GgmlType::F16 => data.extend(scale_bits(r)),
+                _ => {
+                    let mut block: Vec<u8> =
+                        std::iter::once(r as u8).chain((1..t.block().1).map(|_| rng.next() as u8)).collect();
+                    for &at in scales {
+                        block[at..at + 2].copy_from_slice(&scale_bits(rng.next()));
+                    }
+                    data.extend(block);
+                }
+            }
+        }
+        data
+    }
+
+    /// An external reference: blocks drawn by [`fixture_bytes`] (finite f16 scales, every
+    /// other byte random) and the f32 values that gguf-py 0.19.0's `gguf.quants.dequantize`
+    /// (with numpy 2.4.6) widens them to (`worker/tests/data/quant/generate.py`). gguf-py
+    /// computes in the same order as ggml's `dequantize_row_*`, so every element must match
+    /// to the bit.
     #[test]
     fn matches_gguf_py_bit_for_bit() {
+        macro_rules! values {
+            ($name:literal) => {
+                include_bytes!(concat!("../../tests/data/quant/", $name, ".f32")).as_slice()
+            };
+        }
         let cases = [
-            (GgmlType::F32, fixture!("f32")),
-            (GgmlType::F16, fixture!("f16")),
-            (GgmlType::Bf16, fixture!("bf16")),
-            (GgmlType::Q4_0, fixture!("q4_0")),
-            (GgmlType::Q4_1, fixture!("q4_1")),
-            (GgmlType::Q5_0, fixture!("q5_0")),
-            (GgmlType::Q5_1, fixture!("q5_1")),
-            (GgmlType::Q8_0, fixture!("q8_0")),
-            (GgmlType::Q2K, fixture!("q2_k")),
-            (GgmlType::Q3K, fixture!("q3_k")),
-            (GgmlType::Q4K, fixture!("q4_k")),
-            (GgmlType::Q5K, fixture!("q5_k")),
-            (GgmlType::Q6K, fixture!("q6_k")),
-            (GgmlType::Iq4Nl, fixture!("iq4_nl")),
-            (GgmlType::Iq4Xs, fixture!("iq4_xs")),
+            (GgmlType::F32, values!("f32")),
+            (GgmlType::F16, values!("f16")),
+            (GgmlType::Bf16, values!("bf16")),
+            (GgmlType::Q4_0, values!("q4_0")),
+            (GgmlType::Q4_1, values!("q4_1")),
+            (GgmlType::Q5_0, values!("q5_0")),
+            (GgmlType::Q5_1, values!("q5_1")),
+            (GgmlType::Q8_0, values!("q8_0")),
+            (GgmlType::Q2K, values!("q2_k")),
+            (GgmlType::Q3K, values!("q3_k")),
+            (GgmlType::Q4K, values!("q4_k")),
+            (GgmlType::Q5K, values!("q5_k")),
+            (GgmlType::Q6K, values!("q6_k")),
+            (GgmlType::Iq4Nl, values!("iq4_nl")),
+            (GgmlType::Iq4Xs, values!("iq4_xs")),
         ];
         let mut covered: Vec<GgmlType> = cases.iter().map(|&(t, _)| t).collect();
         covered.sort();
         let mut all = GgmlType::ALL.to_vec();
         all.sort();
         assert_eq!(covered, all, "every type has a fixture");
-        for (t, (blocks, values)) in cases {
+        for (t, values) in cases {
+            let blocks = &fixture_bytes(t)[..];
             let want: Vec<f32> = values.chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().unwrap())).collect();
             let (block_elems, block_bytes) = t.block();
             assert!(blocks.len().is_multiple_of(block_bytes) && blocks.len() >= 4 * block_bytes, "{}", t.name());
