@@ -22,7 +22,7 @@ fn wrong(field: &str, value: &Value, expected: &str) -> ConfigError {
 /// The fields of one JSON object, `null` read as absent; errors name `prefix.field`.
 struct Fields<'a> {
     map: &'a Map<String, Value>,
-    prefix: &'a str,
+    prefix: String,
 }
 
 impl Fields<'_> {
@@ -64,16 +64,10 @@ impl Fields<'_> {
     fn object(&self, key: &str) -> Result<Option<Fields<'_>>, ConfigError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(Fields { map, prefix: leak_prefix(&self.name(key)) })),
+            Some(Value::Object(map)) => Ok(Some(Fields { map, prefix: format!("{}.", self.name(key)) })),
             Some(v) => Err(wrong(&self.name(key), v, "an object")),
         }
     }
-}
-
-/// Field prefixes live as long as the error messages that name them: a handful of short
-/// strings per configuration read.
-fn leak_prefix(name: &str) -> &'static str {
-    Box::leak(format!("{name}.").into_boxed_str())
 }
 
 /// A rope scaling object (`rope_scaling`, or a `rope_parameters` entry), with `top` the
@@ -184,7 +178,7 @@ impl HfConfig {
     }
 
     fn top(&self) -> Fields<'_> {
-        Fields { map: &self.fields, prefix: "" }
+        Fields { map: &self.fields, prefix: String::new() }
     }
 
     /// The family its `model_type` names.

@@ -244,11 +244,7 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, record: Re
                 .collect();
             Doc { id, requests, target: Target::Partial { gold }, record }
         }
-        (_, example) => {
-            let (text, target) = match example {
-                Example::Greedy { text, target } => (text, target),
-                Example::Choice { text, .. } | Example::Partial { target: text, .. } => (text, String::new()),
-            };
+        (_, Example::Greedy { text, target }) => {
             // lm-eval's loglikelihood request is `(ctx, doc_to_target)`: no delimiter.
             let request = Request { context: format!("{prefix}{text}"), continuation: target };
             Doc { id, requests: vec![request], target: Target::Greedy, record }
