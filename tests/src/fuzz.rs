@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use evalmesh::tasks::builtin::{self, Source};
+use evalmesh::tasks::catalog::{Catalog, Source};
 use evalmesh_common::cost::{BatchShape, Placement};
 use evalmesh_common::hardware::HardwareProfile;
 use evalmesh_common::protocol::{self, ToCoordinator, ToWorker};
@@ -91,7 +91,9 @@ pub fn task_files(data: &[u8]) {
     }
     let source =
         Source { data_dir: Some(&dir), data_file: Some(&path), num_fewshot: (pick as usize / TASKS.len()) % 3 };
-    let _ = builtin::load(task, &source);
+    if let Ok(catalog) = Catalog::new(None) {
+        let _ = catalog.load(task, &source);
+    }
 }
 
 /// A control message as a worker or the coordinator receives it: decoded within the

@@ -177,7 +177,8 @@ pub fn results_problems(r: &Value) -> Vec<String> {
     }
     // _SampleCount (result_schema.py 140-147): both counts, for every entry.
     for (task, counts) in object("n-samples") {
-        let keys: Vec<&String> = counts.as_object().map(|c| c.keys().collect()).unwrap_or_default();
+        let mut keys: Vec<&String> = counts.as_object().map(|c| c.keys().collect()).unwrap_or_default();
+        keys.sort();
         check(keys == ["effective", "original"], format!("n-samples.{task} has keys {keys:?}"));
     }
     for (task, n) in object("n-shot") {

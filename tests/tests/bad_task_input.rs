@@ -36,7 +36,7 @@ fn missing_field_is_named() {
     let path = write(dir.path(), "mc.jsonl", &format!("{GOOD}{{\"context\": \"x\", \"gold\": 0}}\n"));
     assert_clean_error(
         &run_multiple_choice(&path, &[]),
-        &[path.to_str().unwrap(), "line 2", "missing field `choices`"],
+        &[path.to_str().unwrap(), "line 2", "`doc_to_choice`", "no field `choices`"],
     );
 }
 
@@ -46,7 +46,7 @@ fn gold_out_of_range() {
     let path = write(dir.path(), "mc.jsonl", "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"gold\": 2}\n");
     assert_clean_error(
         &run_multiple_choice(&path, &[]),
-        &[path.to_str().unwrap(), "line 1", "gold 2 is out of range for 2 choices"],
+        &[path.to_str().unwrap(), "line 1", "`doc_to_target`", "2 is out of range for 2 choices"],
     );
 }
 
@@ -67,7 +67,7 @@ fn empty_file() {
 #[test]
 fn unknown_task_lists_the_known_ones() {
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--task", "hellaswagg"]);
-    assert_clean_error(&output, &["unknown task `hellaswagg`", "hellaswag, arc_easy"]);
+    assert_clean_error(&output, &["unknown task `hellaswagg`", "arc_easy, hellaswag", "mmlu"]);
 }
 
 #[test]

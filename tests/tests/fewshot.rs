@@ -8,13 +8,13 @@
 
 use std::path::Path;
 
-use evalmesh::tasks::builtin::{load, Source};
+use evalmesh::tasks::catalog::{Catalog, Source};
 use evalmesh::tasks::Doc;
 use evalmesh_tests::{assert_clean_error, repo_dir, run_evalmesh, shared_dir, test_model};
 use serde_json::Value;
 
 fn load_docs(task: &str, data_dir: Option<&Path>, data_file: Option<&Path>, shots: usize) -> Vec<Doc> {
-    let tasks = load(task, &Source { data_dir, data_file, num_fewshot: shots }).unwrap();
+    let tasks = Catalog::new(None).unwrap().load(task, &Source { data_dir, data_file, num_fewshot: shots }).unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].num_fewshot, shots);
     tasks.into_iter().next().unwrap().docs
@@ -230,7 +230,8 @@ fn a_generic_file_is_its_own_few_shot_split_without_the_document_itself() {
 #[test]
 fn mmlu_takes_the_first_dev_examples_after_the_description() {
     let data = shared_dir().join("data");
-    let tasks = load("mmlu", &Source { data_dir: Some(&data), data_file: None, num_fewshot: 1 }).unwrap();
+    let source = Source { data_dir: Some(&data), data_file: None, num_fewshot: 1 };
+    let tasks = Catalog::new(None).unwrap().load("mmlu", &source).unwrap();
     let algebra = tasks.iter().find(|t| t.name == "mmlu_abstract_algebra").unwrap();
     let context = &algebra.docs[0].requests[0].context;
     let description = "The following are multiple choice questions (with answers) about abstract algebra.\n\n";

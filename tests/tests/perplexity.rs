@@ -67,7 +67,7 @@ fn rolling_perplexity_reports_word_and_byte_figures() {
     let r = read_report(&out);
     let m = &r.tasks.results["perplexity"];
     let stats = &r.evalmesh.tasks["perplexity"];
-    let excerpt = repo_dir().join("coordinator/data/wikitext-2-excerpt.txt");
+    let excerpt = repo_dir().join("coordinator/tasks/perplexity/wikitext-2-excerpt.txt");
     let tokens =
         run_evalmesh(&["tokenize", "--model", model.to_str().unwrap(), "--file", excerpt.to_str().unwrap(), "--ids"]);
     let token_count = String::from_utf8_lossy(&tokens.stdout).lines().count();

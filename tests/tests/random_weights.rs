@@ -13,7 +13,8 @@ use evalmesh_tests::{mpirun_command, print_output, repo_dir, run_evalmesh, test_
 /// The arguments of a perplexity run of the random model on the start of the built-in
 /// wikitext excerpt (its first 15 of 70 lines, about 1500 tokens), written into `dir`.
 fn args(dir: &Path, batch_tokens: &str) -> Vec<String> {
-    let excerpt = std::fs::read_to_string(repo_dir().join("coordinator/data/wikitext-2-excerpt.txt")).unwrap();
+    let excerpt =
+        std::fs::read_to_string(repo_dir().join("coordinator/tasks/perplexity/wikitext-2-excerpt.txt")).unwrap();
     let text = dir.join("text.txt");
     std::fs::write(&text, excerpt.lines().take(15).collect::<Vec<_>>().join("\n")).unwrap();
     let config = repo_dir().join("tests/fixtures/configs/smollm2-135m.json");

@@ -1,7 +1,7 @@
 //! lm-evaluation-harness task YAML files through `--include-path`: a multiple-choice task
 //! (from an `include`d base) scores exactly as the built-in `multiple_choice` task on the
-//! same items, a loglikelihood task renders its Jinja templates as Jinja would, a group
-//! runs its members; bad files get one error line naming the file and key.
+//! same items, a loglikelihood task renders its Jinja templates as Jinja would (from CSV
+//! and from parquet alike), a group runs its members; bad files get one error line naming the file and key.
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,8 +88,14 @@ fn templates_filters_and_groups_run() {
         ("The capital of PERU is", " Lima"),
     ];
     assert_eq!(requests, expected.map(|(c, t)| (c.to_string(), t.to_string())));
+    // The same rows from a parquet file: the same documents and requests.
+    let parquet = samples(out.path(), "capitals_parquet");
+    assert_eq!(parquet.len(), capitals.len());
+    for (p, c) in parquet.iter().zip(&capitals) {
+        assert_eq!((&p["doc"], &p["arguments"], &p["doc_hash"]), (&c["doc"], &c["arguments"], &c["doc_hash"]));
+    }
     let report = read_report(&out.path().join("r.json"));
-    for name in ["story_endings", "capitals", "suite"] {
+    for name in ["story_endings", "capitals", "capitals_parquet", "suite"] {
         assert!(report.tasks.results.contains_key(name), "{name} missing from {:?}", report.tasks.results.keys());
     }
 }
@@ -114,7 +120,13 @@ fn bad_task_files_name_the_file_and_key() {
     let output = run_bad(&BAD_BASE.replace("items.jsonl", "missing.jsonl"));
     assert_clean_error(&output, &["bad.yaml", "`dataset_kwargs.data_files`", "missing.jsonl", "does not exist"]);
     let output = run_bad(&BAD_BASE.replace("doc_to_text: context", "doc_to_text: \"{{ contxt }}\""));
-    assert_clean_error(&output, &["bad.yaml", "`doc_to_text` on document 0", "undefined"]);
+    assert_clean_error(&output, &["bad.yaml", "`doc_to_text` on ", "items.jsonl line 1", "no field `contxt`"]);
+    let output = run_bad(&BAD_BASE.replace("dataset_path: json", "dataset_path: someone/dataset"));
+    assert_clean_error(&output, &["bad.yaml", "`dataset_path`", "`someone/dataset`", "cais/mmlu"]);
+    let output = run_bad(&format!("{BAD_BASE}filter_list:\n  - name: m\n    filter:\n      - function: regex\n"));
+    assert_clean_error(&output, &["bad.yaml", "`filter_list`", "`regex`", "generate_until"]);
+    let output = run_bad(&BAD_BASE.replace("doc_to_target: gold", "doc_to_target: 7"));
+    assert_clean_error(&output, &["bad.yaml", "`doc_to_target` on ", "items.jsonl line 1", "7 is out of range"]);
     let path = Path::new("/nonexistent-folder");
     let output = RunArgs::new().path("--include-path", path).flag("--task", "bad").run();
     assert_clean_error(&output, &["--include-path", path_str(path), "not a folder"]);

@@ -126,18 +126,21 @@ perplexity's texts and llamacpp perplexity's chunks start with it.";
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::builtin::tasks_help())]
+    #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::catalog::tasks_help())]
     pub task: String,
-    /// The data file of the generic tasks: multiple_choice (JSON lines {"context", "choices", "gold"})
-    /// and perplexity (a UTF-8 text; default: a built-in wikitext-2 excerpt).
+    /// The data file of the evaluated split, in place of the task file's: the input of the
+    /// generic tasks multiple_choice (JSON lines {"context", "choices", "gold"}) and perplexity
+    /// (a UTF-8 text; default: a built-in wikitext-2 excerpt).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A folder of lm-evaluation-harness task YAML files (every *.yaml under it): their tasks,
-    /// groups and tags become names --task accepts, looked up before the built-in tasks. Data
-    /// must be local: dataset_path json, csv or text with dataset_kwargs.data_files.
+    /// groups and tags become names --task accepts, looked up before the shipped tasks. Data
+    /// must be local (dataset_kwargs.data_files, found beside the file, under --data-dir or
+    /// as written): dataset_path json, csv or text, or one of the shipped tasks' datasets.
     #[arg(long, alias = "include_path")]
     pub include_path: Option<PathBuf>,
-    /// The benchmarks' data folder, laid out like shared/data (hellaswag/, arc/, piqa/, …).
+    /// The benchmarks' data folder, laid out like shared/data (hellaswag/, arc/, piqa/, …):
+    /// where task files' data files are looked for when they are not beside the file.
     #[arg(long, env = "EVALMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Score only the first N documents of each task, or a fraction (0.1) of them.
@@ -145,7 +148,7 @@ pub struct RunArgs {
     pub limit: Option<Limit>,
     /// Solved examples before each question, picked as lm-evaluation-harness does (seed 1234;
     /// mmlu: the first N of the dev split; hellaswag, arc, piqa, winogrande: the training split;
-    /// lambada_openai: its test split).
+    /// lambada_openai: its test split); 0: the task file's own num_fewshot, else none.
     #[arg(long, visible_alias = "num_fewshot", default_value_t = 0)]
     pub num_fewshot: usize,
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.

@@ -1,19 +1,65 @@
-//! Where a task name is looked up: the `--include-path` folder's YAML tasks, groups and
-//! tags first, then the built-in tasks; an unknown name lists both.
+//! Where a task name is looked up: the `--include-path` folder's task, group and tag files
+//! first, then the task files shipped with evalmesh (the built-in tasks); an unknown name
+//! lists both. Also what a run gives the tasks it loads ([`Source`]).
 
-use super::builtin::{self, Source};
+use std::path::Path;
+
 use super::yaml::Registry;
 use super::{Task, TaskError};
 
-/// The tasks a name stands for.
-pub fn load(name: &str, source: &Source, registry: Option<&Registry>) -> Result<Vec<Task>, TaskError> {
-    match registry.filter(|r| r.contains(name)) {
-        Some(registry) => registry.load(name, source.num_fewshot),
-        None => builtin::load(name, source).map_err(|e| match (e, registry) {
-            (TaskError::UnknownTask { name, available }, Some(r)) => {
-                TaskError::UnknownTask { name, available: format!("{available}; from --include-path: {}", r.names()) }
-            }
-            (e, _) => e,
-        }),
+/// What a run gives the tasks it loads.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// `--data-dir`: a folder laid out like `shared/data`, where data files are looked for
+    /// that are not beside their task file.
+    pub data_dir: Option<&'a Path>,
+    /// `--data FILE`: the file of the evaluated split, in place of the task file's.
+    pub data_file: Option<&'a Path>,
+    /// `--num-fewshot` (0: the task file's own `num_fewshot`, else none).
+    pub num_fewshot: usize,
+}
+
+/// The shipped tasks and a user's.
+pub struct Catalog {
+    shipped: Registry,
+    included: Option<Registry>,
+}
+
+impl Catalog {
+    /// The shipped tasks, and those under `include_path`.
+    pub fn new(include_path: Option<&Path>) -> Result<Self, TaskError> {
+        Ok(Catalog { shipped: Registry::shipped()?, included: include_path.map(Registry::scan).transpose()? })
     }
+
+    /// The tasks a name stands for.
+    pub fn load(&self, name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+        match self.included.as_ref().filter(|r| r.contains(name)) {
+            Some(included) => included.load(name, source),
+            None if self.shipped.contains(name) => self.shipped.load(name, source),
+            None => {
+                let mut available = names(&self.shipped);
+                if let Some(included) = &self.included {
+                    available.push_str(&format!("; from --include-path: {}", names(included)));
+                }
+                Err(TaskError::UnknownTask { name: name.to_string(), available })
+            }
+        }
+    }
+}
+
+fn names(registry: &Registry) -> String {
+    let lines = registry.summary();
+    lines.iter().filter_map(|l| l.split(':').next()).collect::<Vec<_>>().join(", ")
+}
+
+/// `--task`'s help: the shipped tasks, groups and tags with what each reads.
+pub fn tasks_help() -> String {
+    let listed = match Registry::shipped() {
+        Ok(shipped) => shipped.summary().iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"),
+        Err(e) => format!("  (the shipped task files cannot be read: {e})"),
+    };
+    format!(
+        "Tasks, groups or tags to score, separated by commas: lm-evaluation-harness task files shipped with \
+         evalmesh (coordinator/tasks/), reading --data-dir (laid out like shared/data), or from --include-path:\n{listed}"
+    )
 }

@@ -7,8 +7,6 @@
 
 use rand_mt::Mt;
 
-use super::{Doc, Request, Target};
-
 /// lm-evaluation-harness's default `fewshot_random_seed`.
 pub const SEED: u32 = 1234;
 
@@ -46,32 +44,6 @@ impl Example {
             Example::Partial { contexts, target, gold } if target.is_empty() => contexts[*gold].clone(),
             Example::Partial { contexts, target, gold } => format!("{}{delimiter}{target}", contexts[*gold]),
             Example::Greedy { text, target } => format!("{text}{delimiter}{target}"),
-        }
-    }
-
-    /// The example's scoring requests, `prefix` (description and demonstrations) before every
-    /// context; the document's record is left for the caller to set.
-    pub fn into_doc(self, id: usize, prefix: &str) -> Doc {
-        match self {
-            Example::Choice { text, choices, gold } => {
-                let context = format!("{prefix}{text}");
-                let requests = choices
-                    .iter()
-                    .map(|c| Request { context: context.clone(), continuation: format!(" {c}") })
-                    .collect();
-                Doc { id, requests, target: Target::Choice { gold, choices }, record: serde_json::Value::Null }
-            }
-            Example::Partial { contexts, target, gold } => {
-                let requests = contexts
-                    .iter()
-                    .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!(" {target}") })
-                    .collect();
-                Doc { id, requests, target: Target::Partial { gold }, record: serde_json::Value::Null }
-            }
-            Example::Greedy { text, target } => {
-                let request = Request { context: format!("{prefix}{text}"), continuation: target };
-                Doc { id, requests: vec![request], target: Target::Greedy, record: serde_json::Value::Null }
-            }
         }
     }
 }

@@ -1,18 +1,14 @@
-//! Evaluation tasks: the built-in tasks ([`builtin`]) and their lm-evaluation-harness task
-//! configurations ([`configs`]), reading each benchmark's data with
-//! lm-evaluation-harness's preprocessing and templates ([`formats`]), turning documents into scoring requests
-//! ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and scores
-//! into metrics ([`metrics`]) and group scores (MMLU's groups: [`mmlu`]), plus perplexity
-//! over a text; lm-evaluation-harness task YAML files ([`yaml`]), and the one place a task
-//! name is looked up in both ([`catalog`]).
+//! Evaluation tasks: lm-evaluation-harness task files ([`yaml`]), those shipped with
+//! evalmesh (the built-in tasks) and a user's, looked up by name in one place ([`catalog`])
+//! and described as lm-eval's `TaskConfig` ([`configs`]); documents turned into scoring
+//! requests ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and
+//! scores into metrics and group scores ([`metrics`]), plus perplexity over a text
+//! ([`perplexity`]).
 
-pub mod builtin;
 pub mod catalog;
 pub mod configs;
 pub mod fewshot;
-pub mod formats;
 pub mod metrics;
-pub mod mmlu;
 pub mod perplexity;
 pub mod requests;
 pub mod yaml;

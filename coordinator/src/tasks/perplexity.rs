@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::TaskError;
 
-/// The text scored by the `perplexity` task when no `--data` is given (see `coordinator/data/README.md`).
-pub const BUILTIN_TEXT: &str = include_str!("../../data/wikitext-2-excerpt.txt");
+/// The text scored by the `perplexity` task when no `--data` is given (see `coordinator/tasks/perplexity/README.md`).
+pub const BUILTIN_TEXT: &str = include_str!("../../tasks/perplexity/wikitext-2-excerpt.txt");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

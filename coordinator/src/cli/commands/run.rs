@@ -28,13 +28,11 @@ use crate::lm_eval::python::float_repr;
 use crate::model::cache_dir;
 use crate::prediction::{placement, run_profile, Predictor};
 use crate::results::{EvalmeshSection, RankStats, Report, RunConfig, RunInfo};
-use crate::tasks::builtin::Source;
-use crate::tasks::catalog;
+use crate::tasks::catalog::{Catalog, Source};
 use crate::tasks::fewshot::SEED;
 use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::requests::Windows;
-use crate::tasks::yaml::Registry;
 
 /// Where a run computes: on the worker ranks of an MPI job, or in this process.
 enum Place<'w> {
@@ -67,10 +65,10 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         data_file: settings.data.as_deref(),
         num_fewshot: settings.num_fewshot,
     };
-    let registry = settings.include_path.as_deref().map(Registry::scan).transpose()?;
+    let catalog = Catalog::new(settings.include_path.as_deref())?;
     let mut tasks = Vec::new();
     for name in &settings.tasks {
-        tasks.extend(catalog::load(name, &source, registry.as_ref())?);
+        tasks.extend(catalog.load(name, &source)?);
     }
     let (model_path, mut model) = super::open_model(&settings.model, settings.random_weights)?;
     if let Some(add) = settings.add_bos {

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde_norway::{Mapping, Value};
 
+use super::datasets::{self, Dataset};
+use super::files::Origin;
+use super::native;
 use crate::tasks::TaskError;
 
 /// A `doc_to_*` entry: a field name or a Jinja template, a literal index, a list of either,
@@ -28,6 +31,17 @@ pub enum OutputType {
     LoglikelihoodRolling,
 }
 
+impl OutputType {
+    /// lm-eval's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputType::MultipleChoice => "multiple_choice",
+            OutputType::Loglikelihood => "loglikelihood",
+            OutputType::LoglikelihoodRolling => "loglikelihood_rolling",
+        }
+    }
+}
+
 /// Where the demonstrations come from (`fewshot_config.sampler`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerKind {
@@ -41,12 +55,16 @@ pub enum SamplerKind {
 #[derive(Debug, Clone)]
 pub struct TaskDef {
     pub file: PathBuf,
+    pub origin: Origin,
     pub name: String,
     pub tags: Vec<String>,
-    /// The data files of each split, by split name.
-    pub data_files: BTreeMap<String, Vec<PathBuf>>,
-    /// `json`, `csv` or `text`.
-    pub format: String,
+    /// The data files of each split as written, by split name (found by `files::find`).
+    pub data_files: BTreeMap<String, Vec<String>>,
+    /// `dataset_path`.
+    pub dataset: &'static Dataset,
+    pub dataset_name: Option<String>,
+    /// `dataset_kwargs.sample_by: document` (the `text` dataset).
+    pub whole_documents: bool,
     pub eval_split: String,
     pub fewshot_split: Option<String>,
     /// Whether lm-eval hands each document to its sampler to leave out of the draw: when the
@@ -66,6 +84,8 @@ pub struct TaskDef {
     /// `process_docs: !function NAME`: a preprocessing function of lm-eval's own tasks that
     /// evalmesh implements natively (`native`).
     pub process_docs: Option<String>,
+    /// `process_results: !function NAME` of a rolling task, run natively.
+    pub process_results: Option<String>,
     /// The whole merged configuration, for the results' `configs`.
     pub config: serde_json::Value,
 }
@@ -96,8 +116,8 @@ fn problem(file: &Path, key: &str, what: impl std::fmt::Display) -> TaskError {
 }
 
 /// Reads a YAML file's mapping, with its `include` (a file beside it) merged underneath.
-fn mapping(file: &Path, depth: usize) -> Result<Mapping, TaskError> {
-    let text = crate::tasks::read_text(file)?;
+fn mapping(file: &Path, origin: Origin, depth: usize) -> Result<Mapping, TaskError> {
+    let text = origin.read(file)?;
     let value: Value = serde_norway::from_str(&text)
         .map_err(|e| TaskError::Data { path: file.to_path_buf(), problem: format!("not valid YAML: {e}") })?;
     let Value::Mapping(mut map) = value else {
@@ -109,10 +129,10 @@ fn mapping(file: &Path, depth: usize) -> Result<Mapping, TaskError> {
         return Err(problem(file, "include", "includes nest more than 8 deep"));
     }
     let base_file = file.parent().unwrap_or(Path::new(".")).join(name);
-    if !base_file.is_file() {
+    if !origin.is_file(&base_file) {
         return Err(problem(file, "include", format!("{} does not exist", base_file.display())));
     }
-    let mut base = mapping(&base_file, depth + 1)?;
+    let mut base = mapping(&base_file, origin, depth + 1)?;
     base.extend(map);
     Ok(base)
 }
@@ -145,7 +165,8 @@ fn text(map: &Mapping, file: &Path, key: &str) -> Result<Option<String>, TaskErr
     }
 }
 
-fn template(map: &Mapping, file: &Path, key: &str) -> Result<Option<Template>, TaskError> {
+/// A `doc_to_*` entry; a `!function` must be one evalmesh runs natively for `task`.
+fn template(map: &Mapping, file: &Path, task: &str, key: &str) -> Result<Option<Template>, TaskError> {
     Ok(Some(match map.get(key) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => Template::Text(s.clone()),
@@ -161,14 +182,37 @@ fn template(map: &Mapping, file: &Path, key: &str) -> Result<Option<Template>, T
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => Template::Function(
-            tagged.value.as_str().ok_or_else(|| problem(file, key, "names no function"))?.to_string(),
-        ),
+        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => {
+            Template::Function(native_function(file, task, key, &tagged.value)?)
+        }
         Some(v) => {
             return Err(function_error(file, key, v)
                 .unwrap_or_else(|| problem(file, key, "must be a field name, a template or a list")))
         }
     }))
+}
+
+/// The reference of a `!function` that evalmesh runs natively for `task` under `key`.
+fn native_function(file: &Path, task: &str, key: &str, reference: &Value) -> Result<String, TaskError> {
+    let name = reference.as_str().ok_or_else(|| problem(file, key, "names no function"))?;
+    if native::known(task, key, name) {
+        Ok(name.to_string())
+    } else {
+        Err(python_function(file, key, name))
+    }
+}
+
+/// An optional `!function` entry (`process_docs`, `process_results`).
+fn function(map: &Mapping, file: &Path, task: &str, key: &str) -> Result<Option<String>, TaskError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => {
+            native_function(file, task, key, &tagged.value).map(Some)
+        }
+        Some(v) => {
+            Err(function_error(file, key, v).unwrap_or_else(|| problem(file, key, "must be a !function reference")))
+        }
+    }
 }
 
 fn to_json(value: &Value) -> serde_json::Value {
@@ -184,42 +228,30 @@ fn to_json(value: &Value) -> serde_json::Value {
     }
 }
 
-/// The data files of `dataset_kwargs.data_files`: a path, a list, or a mapping from split
-/// to either; relative paths are taken beside the YAML file when a file is there.
-fn data_files(map: &Mapping, file: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, TaskError> {
+/// The data files of `dataset_kwargs.data_files` as written: a path, a list, or a mapping
+/// from split to either (a path alone is the `train` split, as in `datasets`).
+fn data_files(map: &Mapping, file: &Path) -> Result<BTreeMap<String, Vec<String>>, TaskError> {
     let key = "dataset_kwargs.data_files";
     let files = map
         .get("dataset_kwargs")
         .and_then(|k| k.get("data_files"))
         .ok_or_else(|| problem(file, key, "is missing: evalmesh reads local files only"))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let resolve = |v: &Value| -> Result<Vec<PathBuf>, TaskError> {
-        let names: Vec<&str> = match v {
-            Value::String(s) => vec![s.as_str()],
+    let names = |v: &Value| -> Result<Vec<String>, TaskError> {
+        match v {
+            Value::String(s) => Ok(vec![s.clone()]),
             Value::Sequence(items) => items
                 .iter()
-                .map(|i| i.as_str().ok_or_else(|| problem(file, key, "must list paths")))
-                .collect::<Result<_, _>>()?,
-            _ => return Err(problem(file, key, "must be a path, a list of paths or a mapping of splits")),
-        };
-        Ok(names
-            .into_iter()
-            .map(|n| {
-                let beside = dir.join(n);
-                if beside.is_file() {
-                    beside
-                } else {
-                    PathBuf::from(n)
-                }
-            })
-            .collect())
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| problem(file, key, "must list paths")))
+                .collect(),
+            _ => Err(problem(file, key, "must be a path, a list of paths or a mapping of splits")),
+        }
     };
     Ok(match files {
         Value::Mapping(splits) => splits
             .iter()
-            .map(|(split, v)| Ok((split.as_str().unwrap_or("?").to_string(), resolve(v)?)))
+            .map(|(split, v)| Ok((split.as_str().unwrap_or("?").to_string(), names(v)?)))
             .collect::<Result<_, TaskError>>()?,
-        other => BTreeMap::from([("train".to_string(), resolve(other)?)]),
+        other => BTreeMap::from([("train".to_string(), names(other)?)]),
     })
 }
 
@@ -241,10 +273,39 @@ fn task_list(map: &Mapping, file: &Path) -> Result<Vec<String>, TaskError> {
         .collect()
 }
 
+/// Checks `filter_list`: on log-likelihood responses only `take_first` filters mean
+/// anything, and they change nothing (lm-eval's default `none` filter is one); the others
+/// work on generated text.
+fn filter_list(map: &Mapping, file: &Path) -> Result<(), TaskError> {
+    let key = "filter_list";
+    let Some(list) = map.get(key) else { return Ok(()) };
+    let chains = list.as_sequence().ok_or_else(|| problem(file, key, "must be a list of named filter chains"))?;
+    for chain in chains {
+        let steps = chain
+            .get("filter")
+            .and_then(Value::as_sequence)
+            .ok_or_else(|| problem(file, key, "each entry needs `name` and a `filter` list"))?;
+        for step in steps {
+            match step.get("function").and_then(Value::as_str) {
+                Some("take_first") => {}
+                Some(other) => {
+                    return Err(problem(
+                        file,
+                        key,
+                        format!("`{other}` filters generated text (generate_until), which evalmesh does not do yet"),
+                    ))
+                }
+                None => return Err(problem(file, key, "each filter needs a `function`")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads one YAML file into a task or group definition; `None` for a file that defines
 /// neither (a template other files `include`).
-pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
-    let map = mapping(file, 0)?;
+pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError> {
+    let map = mapping(file, origin, 0)?;
     if map.get("group").is_some() && matches!(map.get("task"), Some(Value::Sequence(_))) {
         let name = text(&map, file, "group")?.ok_or_else(|| problem(file, "group", "must be a name"))?;
         let alias = text(&map, file, "group_alias")?.unwrap_or_else(|| name.clone());
@@ -254,28 +315,32 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
     if map.get("task").is_none() {
         return Ok(None);
     }
-    for key in ["process_results", "doc_to_decontamination_query"] {
-        if let Some(err) = map.get(key).and_then(|v| function_error(file, key, v)) {
-            return Err(err);
-        }
-    }
-    let process_docs = match map.get("process_docs") {
-        None | Some(Value::Null) => None,
-        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => tagged.value.as_str().map(str::to_string),
-        Some(v) => {
-            return Err(function_error(file, "process_docs", v)
-                .unwrap_or_else(|| problem(file, "process_docs", "must be a !function reference")))
-        }
-    };
     let name = text(&map, file, "task")?.ok_or_else(|| problem(file, "task", "is missing"))?;
-    let format = text(&map, file, "dataset_path")?.ok_or_else(|| problem(file, "dataset_path", "is missing"))?;
-    if !["json", "csv", "text"].contains(&format.as_str()) {
-        return Err(problem(
+    if let Some(err) =
+        map.get("doc_to_decontamination_query").and_then(|v| function_error(file, "doc_to_decontamination_query", v))
+    {
+        return Err(err);
+    }
+    let process_docs = function(&map, file, &name, "process_docs")?;
+    let process_results = function(&map, file, &name, "process_results")?;
+    let dataset_path = text(&map, file, "dataset_path")?.ok_or_else(|| problem(file, "dataset_path", "is missing"))?;
+    let dataset = datasets::lookup(&dataset_path).ok_or_else(|| {
+        problem(
             file,
             "dataset_path",
-            format!("`{format}`: evalmesh reads local json, csv or text files (with dataset_kwargs.data_files)"),
-        ));
-    }
+            format!(
+                "`{dataset_path}`: evalmesh reads local files (dataset_kwargs.data_files) of {}",
+                datasets::names()
+            ),
+        )
+    })?;
+    let whole_documents = match map.get("dataset_kwargs").and_then(|k| k.get("sample_by")).and_then(Value::as_str) {
+        None | Some("line") => false,
+        Some("document") => true,
+        Some(other) => {
+            return Err(problem(file, "dataset_kwargs.sample_by", format!("`{other}`: use line or document")))
+        }
+    };
     let data_files = data_files(&map, file)?;
     let split = |key: &str| text(&map, file, key);
     let eval_split = match (split("test_split")?, split("validation_split")?) {
@@ -300,16 +365,21 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
         }
     };
     let sampler_sees_document = split("fewshot_split")? == split("test_split")?;
+    // lm-eval's `fewshot_docs`: the few-shot split, else the training, validation or test split.
     let fewshot_split = match split("fewshot_split")? {
         Some(s) => Some(s),
-        None => split("training_split")?.or(split("validation_split")?),
+        None => split("training_split")?.or(split("validation_split")?).or(split("test_split")?),
     };
     let output_type = match text(&map, file, "output_type")?.as_deref() {
         Some("multiple_choice") => OutputType::MultipleChoice,
-        None | Some("loglikelihood") => OutputType::Loglikelihood,
+        Some("loglikelihood") => OutputType::Loglikelihood,
         Some("loglikelihood_rolling") => OutputType::LoglikelihoodRolling,
-        Some("generate_until") => {
-            return Err(problem(file, "output_type", "generate_until needs generation, which evalmesh does not do yet"))
+        None | Some("generate_until") => {
+            return Err(problem(
+                file,
+                "output_type",
+                "generate_until (lm-eval's default) needs generation, which evalmesh does not do yet",
+            ))
         }
         Some(other) => return Err(problem(file, "output_type", format!("`{other}` is not an lm-eval output type"))),
     };
@@ -332,7 +402,8 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
             metrics.push(name.to_string());
         }
     }
-    let doc_to_choice = template(&map, file, "doc_to_choice")?;
+    filter_list(&map, file)?;
+    let doc_to_choice = template(&map, file, &name, "doc_to_choice")?;
     if output_type == OutputType::MultipleChoice && doc_to_choice.is_none() {
         return Err(problem(file, "doc_to_choice", "a multiple_choice task needs its choices"));
     }
@@ -349,15 +420,18 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
     let version = map.get("metadata").and_then(|m| m.get("version")).and_then(Value::as_f64).unwrap_or(1.0);
     Ok(Some(Definition::Task(Box::new(TaskDef {
         file: file.to_path_buf(),
-        name,
+        origin,
         tags,
         data_files,
-        format,
+        dataset,
+        dataset_name: text(&map, file, "dataset_name")?,
+        whole_documents,
         eval_split,
         fewshot_split,
         sampler_sees_document,
-        doc_to_text: template(&map, file, "doc_to_text")?.ok_or_else(|| problem(file, "doc_to_text", "is missing"))?,
-        doc_to_target: template(&map, file, "doc_to_target")?
+        doc_to_text: template(&map, file, &name, "doc_to_text")?
+            .ok_or_else(|| problem(file, "doc_to_text", "is missing"))?,
+        doc_to_target: template(&map, file, &name, "doc_to_target")?
             .ok_or_else(|| problem(file, "doc_to_target", "is missing"))?,
         doc_to_choice,
         target_delimiter: text(&map, file, "target_delimiter")?.unwrap_or_else(|| " ".into()),
@@ -369,6 +443,8 @@ pub fn read(file: &Path) -> Result<Option<Definition>, TaskError> {
         metrics,
         version,
         process_docs,
+        process_results,
         config: to_json(&Value::Mapping(map)),
+        name,
     }))))
 }

@@ -1,74 +1,45 @@
-//! A YAML task's documents: its data files read as lm-eval's `datasets` builders read them
-//! (`json`: JSON lines or an array of objects; `csv`: one object per row, by the header;
-//! `text`: one `{"text": line}` per line), and its `doc_to_*` entries applied to each as
+//! A YAML task's documents: its data files found and read ([`super::datasets`]), and its
+//! `doc_to_*` entries applied to each as
 //! lm-evaluation-harness applies them (a field name, else a Jinja template with its
 //! `regex_replace` filter; digits from a template become an index where there are choices).
 
-use std::path::Path;
-
 use minijinja::value::{Value as MjValue, ValueKind};
 use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::config::{TaskDef, Template};
-use crate::tasks::{read_text, TaskError};
+use super::datasets::{Document, Reading, Record};
+use super::files::{self, DataFile, Origin};
+use crate::tasks::catalog::Source;
+use crate::tasks::TaskError;
 
-pub type Record = Map<String, Value>;
-
-/// The documents of `split`, in file order.
-pub fn read_split(def: &TaskDef, split: &str) -> Result<Vec<Record>, TaskError> {
-    let files = def.data_files.get(split).ok_or_else(|| TaskError::Data {
+/// The documents of `split`, in file order: its data files found (`--data FILE` in place
+/// of the evaluated split's) and read by the task's dataset.
+pub fn read_split(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
+    let written = def.data_files.get(split).ok_or_else(|| TaskError::Data {
         path: def.file.clone(),
         problem: format!("`dataset_kwargs.data_files`: no files for the split `{split}`"),
     })?;
-    let mut records = Vec::new();
-    for file in files {
-        if !file.is_file() {
-            return Err(TaskError::Data {
-                path: def.file.clone(),
-                problem: format!("`dataset_kwargs.data_files`: {} does not exist", file.display()),
-            });
+    let files = match source.data_file {
+        Some(path) if split == def.eval_split => vec![DataFile { path: path.to_path_buf(), origin: Origin::Disk }],
+        _ if written.is_empty() => {
+            return Err(TaskError::Settings(format!("task {} needs --data FILE", def.name)));
         }
-        records.extend(match def.format.as_str() {
-            "json" => json_records(file)?,
-            "csv" => csv_records(file)?,
-            _ => read_text(file)?.lines().map(|l| Record::from_iter([("text".to_string(), Value::from(l))])).collect(),
-        });
-    }
-    Ok(records)
-}
-
-fn bad(path: &Path, problem: String) -> TaskError {
-    TaskError::Data { path: path.to_path_buf(), problem }
-}
-
-fn json_records(path: &Path) -> Result<Vec<Record>, TaskError> {
-    let text = read_text(path)?;
-    let object = |v: Value, line: usize| match v {
-        Value::Object(map) => Ok(map),
-        _ => Err(bad(path, format!("line {line}: each document must be a JSON object"))),
+        _ => written
+            .iter()
+            .map(|name| files::find(name, &def.file, def.origin, source.data_dir))
+            .collect::<Result<_, _>>()?,
     };
-    if text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| bad(path, format!("not a JSON array: {e}")))?;
-        return items.into_iter().map(|v| object(v, 1)).collect();
+    let reading = Reading { dataset_name: def.dataset_name.as_deref(), whole_document: def.whole_documents };
+    let mut documents = Vec::new();
+    for file in &files {
+        let read = def.dataset.read(file, &reading)?;
+        if read.is_empty() {
+            return Err(TaskError::Data { path: file.path.clone(), problem: "no documents in the file".into() });
+        }
+        documents.extend(read);
     }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| object(serde_json::from_str(l).map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?, i + 1))
-        .collect()
-}
-
-fn csv_records(path: &Path) -> Result<Vec<Record>, TaskError> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| bad(path, e.to_string()))?;
-    let headers = reader.headers().map_err(|e| bad(path, e.to_string()))?.clone();
-    reader
-        .records()
-        .map(|row| {
-            let row = row.map_err(|e| bad(path, e.to_string()))?;
-            Ok(headers.iter().zip(row.iter()).map(|(h, v)| (h.to_string(), Value::from(v))).collect())
-        })
-        .collect()
+    Ok(documents)
 }
 
 /// Python's methods on values that lm-eval's templates call (Jinja runs them in Python):
@@ -107,10 +78,12 @@ pub enum Rendered {
     List(Vec<String>),
 }
 
-/// Applies templates to the documents of one task; errors name the task file and key.
+/// Applies templates to the documents of one split of a task; errors name the task file,
+/// the key and where the document was read.
 pub struct Renderer<'a> {
-    pub env: Environment<'static>,
+    pub env: &'a Environment<'static>,
     pub def: &'a TaskDef,
+    pub documents: &'a [Document],
 }
 
 fn plain(value: &Value) -> String {
@@ -121,26 +94,54 @@ fn plain(value: &Value) -> String {
 }
 
 impl Renderer<'_> {
-    fn fail(&self, key: &str, doc: usize, what: impl std::fmt::Display) -> TaskError {
-        TaskError::Data { path: self.def.file.clone(), problem: format!("`{key}` on document {doc}: {what}") }
+    pub fn fail(&self, key: &str, doc: usize, what: impl std::fmt::Display) -> TaskError {
+        let place = self.documents.get(doc).map_or_else(|| format!("document {doc}"), |d| d.place.clone());
+        TaskError::Data { path: self.def.file.clone(), problem: format!("`{key}` on {place}: {what}") }
+    }
+
+    /// A template's error; an undefined name is named, with the fields the document has.
+    fn template_error(
+        &self,
+        key: &str,
+        doc: usize,
+        error: minijinja::Error,
+        names: impl FnOnce() -> Vec<String>,
+    ) -> TaskError {
+        let record = &self.documents[doc].record;
+        let mut missing: Vec<String> = names().into_iter().filter(|n| !record.contains_key(n)).collect();
+        missing.sort();
+        match (error.kind(), missing.first()) {
+            (ErrorKind::UndefinedError, Some(name)) => {
+                let fields: Vec<&str> = record.keys().map(String::as_str).collect();
+                self.fail(
+                    key,
+                    doc,
+                    format!("undefined value: the document has no field `{name}` (it has {})", fields.join(", ")),
+                )
+            }
+            _ => self.fail(key, doc, error),
+        }
     }
 
     fn render(&self, key: &str, doc: usize, template: &str, record: &Record) -> Result<String, TaskError> {
-        self.env.render_str(template, record).map_err(|e| self.fail(key, doc, e))
+        self.env.render_str(template, record).map_err(|e| {
+            let names = || {
+                self.env
+                    .template_from_str(template)
+                    .map(|t| t.undeclared_variables(false).into_iter().collect())
+                    .unwrap_or_default()
+            };
+            self.template_error(key, doc, e, names)
+        })
     }
 
     /// One `doc_to_*` entry on one document; `choices` says whether the task has choices
     /// (then a template's digits are an index, as lm-eval's `ast.literal_eval` makes them).
-    pub fn apply(
-        &self,
-        key: &str,
-        template: &Template,
-        doc: usize,
-        record: &Record,
-        choices: bool,
-    ) -> Result<Rendered, TaskError> {
+    pub fn apply(&self, key: &str, template: &Template, doc: usize, choices: bool) -> Result<Rendered, TaskError> {
+        let record = &self.documents[doc].record;
         match template {
-            Template::Function(function) => super::native::doc_to(self.def, key, function, doc, record),
+            Template::Function(function) => super::native::doc_to(&self.def.name, key, function, record)
+                .map_err(|what| self.fail(key, doc, format!("{function} (native): {what}"))),
             Template::Index(i) => {
                 usize::try_from(*i).map(Rendered::Index).map_err(|_| self.fail(key, doc, "a negative index"))
             }
@@ -155,8 +156,10 @@ impl Renderer<'_> {
             Template::Text(text) => {
                 let expression = text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}"));
                 if let Some(expression) = expression.filter(|e| !e.contains("{{") && !e.contains("}}")) {
-                    let value = self.env.compile_expression(expression).and_then(|e| e.eval(record));
-                    let value = value.map_err(|e| self.fail(key, doc, e))?;
+                    let compiled = self.env.compile_expression(expression).map_err(|e| self.fail(key, doc, e))?;
+                    let value = compiled.eval(record).map_err(|e| {
+                        self.template_error(key, doc, e, || compiled.undeclared_variables(false).into_iter().collect())
+                    })?;
                     if let Ok(items) = value.try_iter() {
                         if value.kind() == ValueKind::Seq {
                             return Ok(Rendered::List(

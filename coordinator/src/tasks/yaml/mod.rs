@@ -1,19 +1,26 @@
-//! lm-evaluation-harness task YAML files (`--include-path DIR`): every `*.yaml` under the
-//! folder read into task and group definitions ([`config`]), a task's documents read and
-//! rendered through its templates ([`docs`]), and turned into the same [`Task`] a
-//! built-in task is, each document led by its few-shot demonstrations.
+//! lm-evaluation-harness task YAML files, those shipped with evalmesh (the built-in tasks,
+//! `coordinator/tasks/`) and a user's (`--include-path DIR`): every `*.yaml` read into task
+//! and group definitions ([`config`]) from where it lives ([`files`]), a task's documents
+//! read ([`datasets`]) and rendered through its templates ([`docs`], [`native`]), and turned
+//! into a [`Task`], each document led by its few-shot demonstrations.
 
 pub mod config;
+pub mod datasets;
 pub mod docs;
+pub mod files;
 pub mod native;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use self::config::{Definition, OutputType, SamplerKind, TaskDef};
-use self::docs::{read_split, Record, Rendered, Renderer};
+use self::datasets::Document;
+use self::docs::{read_split, Rendered, Renderer};
+use self::files::Origin;
+use crate::tasks::catalog::Source;
+use crate::tasks::configs::task_config;
 use crate::tasks::fewshot::{self, Delimiters, EvalDoc, Example, Row, Sampler};
-use crate::tasks::formats::rolling_doc;
+use crate::tasks::perplexity::word_count;
 use crate::tasks::{Doc, Group, Request, Target, Task, TaskError};
 
 /// The task and group definitions of an include folder, by name, and the tasks of each tag.
@@ -45,9 +52,18 @@ impl Registry {
         }
         let mut files = Vec::new();
         yaml_files(dir, &mut files)?;
+        Registry::read(files, Origin::Disk)
+    }
+
+    /// The task files shipped with evalmesh: the built-in tasks.
+    pub fn shipped() -> Result<Self, TaskError> {
+        Registry::read(files::shipped_yaml_files(), Origin::Shipped)
+    }
+
+    fn read(files: Vec<PathBuf>, origin: Origin) -> Result<Self, TaskError> {
         let mut registry = Registry::default();
         for file in files {
-            let Some(definition) = config::read(&file)? else { continue };
+            let Some(definition) = config::read(&file, origin)? else { continue };
             let name = match &definition {
                 Definition::Task(t) => {
                     for tag in &t.tags {
@@ -75,27 +91,50 @@ impl Registry {
         self.definitions.contains_key(name) || self.tags.contains_key(name)
     }
 
-    /// The names it defines (tasks, groups and tags), separated by commas.
-    pub fn names(&self) -> String {
-        let names: Vec<&str> = self.definitions.keys().chain(self.tags.keys()).map(String::as_str).collect();
-        names.join(", ")
+    /// The names a user picks from, each with what it is, one a line: the tasks and groups
+    /// no group holds (MMLU's subjects are reached through `mmlu` and its categories), and the tags.
+    pub fn summary(&self) -> Vec<String> {
+        let mut held: Vec<&str> = Vec::new();
+        for definition in self.definitions.values() {
+            if let Definition::Group(g) = definition {
+                for member in &g.tasks {
+                    held.push(member);
+                    held.extend(self.tags.get(member).into_iter().flatten().map(String::as_str));
+                }
+            }
+        }
+        let tasks =
+            self.definitions.iter().filter(|(name, _)| !held.contains(&name.as_str())).map(|(name, d)| match d {
+                Definition::Task(t) => {
+                    let files = t.data_files.get(&t.eval_split).filter(|f| !f.is_empty());
+                    let files = files.map_or_else(|| "--data FILE".to_string(), |f| f.join(", "));
+                    format!("{name}: {} on {files}", t.output_type.name())
+                }
+                Definition::Group(g) => format!("{name}: a group of {}", g.tasks.join(", ")),
+            });
+        let tags = self
+            .tags
+            .iter()
+            .filter(|(name, _)| !held.contains(&name.as_str()) && !self.definitions.contains_key(*name))
+            .map(|(name, members)| format!("{name}: a tag of {}", members.join(", ")));
+        tasks.chain(tags).collect()
     }
 
-    /// The tasks of a task, group or tag name; `cli_fewshot` (when above 0) overrides a
-    /// task's own `num_fewshot`, as lm-eval's `--num_fewshot` does.
-    pub fn load(&self, name: &str, cli_fewshot: usize) -> Result<Vec<Task>, TaskError> {
-        self.load_nested(name, cli_fewshot, 0)
+    /// The tasks of a task, group or tag name; `source.num_fewshot` (when above 0) overrides
+    /// a task's own `num_fewshot`, as lm-eval's `--num_fewshot` does.
+    pub fn load(&self, name: &str, source: &Source) -> Result<Vec<Task>, TaskError> {
+        self.load_nested(name, source, 0)
     }
 
-    fn load_nested(&self, name: &str, cli_fewshot: usize, depth: usize) -> Result<Vec<Task>, TaskError> {
+    fn load_nested(&self, name: &str, source: &Source, depth: usize) -> Result<Vec<Task>, TaskError> {
         if depth > 8 {
             return Err(TaskError::Settings(format!(
                 "group `{name}` nests more than 8 deep (does it include itself?)"
             )));
         }
-        let unknown = || TaskError::Settings(format!("`{name}` is not a task, group or tag of --include-path"));
+        let unknown = || TaskError::Settings(format!("`{name}` is not a task, group or tag here"));
         match self.definitions.get(name) {
-            Some(Definition::Task(def)) => Ok(vec![load_task(def, cli_fewshot)?]),
+            Some(Definition::Task(def)) => Ok(vec![load_task(def, source)?]),
             Some(Definition::Group(group)) => {
                 let mut tasks = Vec::new();
                 for member in &group.tasks {
@@ -105,7 +144,7 @@ impl Registry {
                             problem: format!("`task`: `{member}` is not a task, group or tag in the include folder"),
                         });
                     }
-                    for mut task in self.load_nested(member, cli_fewshot, depth + 1)? {
+                    for mut task in self.load_nested(member, source, depth + 1)? {
                         task.groups.push(Group { name: group.name.clone(), alias: group.alias.clone() });
                         tasks.push(task);
                     }
@@ -116,7 +155,7 @@ impl Registry {
                 let members = self.tags.get(name).ok_or_else(unknown)?;
                 members
                     .iter()
-                    .map(|m| self.load_nested(m, cli_fewshot, depth + 1))
+                    .map(|m| self.load_nested(m, source, depth + 1))
                     .collect::<Result<Vec<_>, _>>()
                     .map(|t| t.concat())
             }
@@ -137,51 +176,41 @@ struct Rendering {
     target: Rendered,
 }
 
-fn render_all(def: &TaskDef, renderer: &Renderer<'_>, records: &[Record]) -> Result<Vec<Rendering>, TaskError> {
-    records
-        .iter()
-        .enumerate()
-        .map(|(i, record)| {
+fn render_all(renderer: &Renderer<'_>) -> Result<Vec<Rendering>, TaskError> {
+    let def = renderer.def;
+    (0..renderer.documents.len())
+        .map(|i| {
             let choices = match &def.doc_to_choice {
                 None => None,
-                Some(t) => match renderer.apply("doc_to_choice", t, i, record, false)? {
-                    Rendered::List(items) => Some(items),
-                    _ => {
-                        return Err(TaskError::Data {
-                            path: def.file.clone(),
-                            problem: format!("`doc_to_choice` on document {i}: does not give a list"),
-                        })
+                Some(t) => match renderer.apply("doc_to_choice", t, i, false)? {
+                    Rendered::List(items) if items.is_empty() => {
+                        return Err(renderer.fail("doc_to_choice", i, "gives no choices"))
                     }
+                    Rendered::List(items) => Some(items),
+                    _ => return Err(renderer.fail("doc_to_choice", i, "does not give a list")),
                 },
             };
-            let text = match renderer.apply("doc_to_text", &def.doc_to_text, i, record, choices.is_some())? {
+            let text = match renderer.apply("doc_to_text", &def.doc_to_text, i, choices.is_some())? {
                 Rendered::Text(t) => Text::Plain(t),
                 // A multiple-input task (lm-eval's `multiple_input`): the text is the gold
                 // index, and the choices are the contexts.
                 Rendered::Index(gold) if choices.is_some() => Text::GoldOption(gold),
-                _ => {
-                    return Err(TaskError::Data {
-                        path: def.file.clone(),
-                        problem: format!("`doc_to_text` on document {i}: gives neither a text nor an option's index"),
-                    })
-                }
+                _ => return Err(renderer.fail("doc_to_text", i, "gives neither a text nor an option's index")),
             };
-            let target = renderer.apply("doc_to_target", &def.doc_to_target, i, record, choices.is_some())?;
+            let target = renderer.apply("doc_to_target", &def.doc_to_target, i, choices.is_some())?;
             Ok(Rendering { text, choices, target })
         })
         .collect()
 }
 
 /// A rendered document as a few-shot example (and the shape its requests take).
-fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError> {
-    let fail = |what: String| TaskError::Data {
-        path: def.file.clone(),
-        problem: format!("`doc_to_target` on document {doc}: {what}"),
-    };
+fn example(renderer: &Renderer<'_>, doc: usize, r: Rendering) -> Result<Example, TaskError> {
+    let def = renderer.def;
+    let fail = |what: String| renderer.fail("doc_to_target", doc, what);
     let target_text = |choices: &Option<Vec<String>>| match (&r.target, choices) {
         (Rendered::Text(t), _) => Ok(t.clone()),
         (Rendered::Index(i), Some(c)) => {
-            c.get(*i).cloned().ok_or_else(|| fail(format!("index {i} of {} choices", c.len())))
+            c.get(*i).cloned().ok_or_else(|| fail(format!("{i} is out of range for {} choices", c.len())))
         }
         _ => Err(fail("does not give a target text".into())),
     };
@@ -208,7 +237,7 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
                     .iter()
                     .position(|c| c == t)
                     .ok_or_else(|| fail(format!("`{t}` is not one of the choices")))?,
-                Rendered::Index(i) => return Err(fail(format!("index {i} of {} choices", choices.len()))),
+                Rendered::Index(i) => return Err(fail(format!("{i} is out of range for {} choices", choices.len()))),
                 Rendered::List(_) => return Err(fail("gives a list, not one answer".into())),
             };
             Example::Choice { text, choices, gold }
@@ -222,12 +251,24 @@ fn example(def: &TaskDef, doc: usize, r: Rendering) -> Result<Example, TaskError
 /// A document's requests as lm-eval's `construct_requests` makes them: `prefix` (description
 /// and demonstrations) before its text; the target delimiter before each choice of a
 /// multiple-choice task, and none before a loglikelihood task's target.
-fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, record: Record) -> Doc {
+fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: Document) -> Result<Doc, TaskError> {
     let delimiter = &def.target_delimiter;
-    let record = Row::Object(record);
-    match (def.output_type, example) {
+    let record = Row::Object(document.record);
+    Ok(match (def.output_type, example) {
         (OutputType::LoglikelihoodRolling, Example::Greedy { target, .. }) => {
-            rolling_doc(id, &target, target.clone(), record)
+            // Words and bytes of the target, or of what the task's `process_results` counts.
+            let counted = match (&def.process_results, record.as_object()) {
+                (Some(function), Some(fields)) => {
+                    native::counted_text(&def.name, function, fields).map_err(|what| TaskError::Data {
+                        path: def.file.clone(),
+                        problem: format!("`process_results` on {}: {function} (native): {what}", document.place),
+                    })?
+                }
+                _ => target.clone(),
+            };
+            let target_counts = Target::Rolling { words: word_count(&counted), bytes: counted.len() };
+            let request = Request { context: String::new(), continuation: target };
+            Doc { id, requests: vec![request], target: target_counts, record }
         }
         (_, Example::Choice { text, choices, gold }) => {
             let context = format!("{prefix}{text}");
@@ -249,39 +290,58 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, record: Re
             let request = Request { context: format!("{prefix}{text}"), continuation: target };
             Doc { id, requests: vec![request], target: Target::Greedy, record }
         }
-    }
+    })
 }
 
-fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
-    let renderer = Renderer { env: docs::environment(), def };
-    let mut records = read_split(def, &def.eval_split)?;
-    native::process_docs(def, &mut records)?;
-    let examples = render_all(def, &renderer, &records)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| example(def, i, r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let shots = if cli_fewshot > 0 { cli_fewshot } else { def.num_fewshot.unwrap_or(0) };
+/// A split's documents, each through the task's `process_docs`.
+fn documents(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
+    let mut documents = read_split(def, split, source)?;
+    if let Some(function) = &def.process_docs {
+        for document in &mut documents {
+            native::process_doc(&def.name, function, &mut document.record).map_err(|what| TaskError::Data {
+                path: def.file.clone(),
+                problem: format!("`process_docs` on {}: {function} (native): {what}", document.place),
+            })?;
+        }
+    }
+    Ok(documents)
+}
+
+/// The documents of a split as examples.
+fn examples(renderer: &Renderer<'_>) -> Result<Vec<Example>, TaskError> {
+    render_all(renderer)?.into_iter().enumerate().map(|(i, r)| example(renderer, i, r)).collect()
+}
+
+fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
+    let env = docs::environment();
+    let documents = documents(def, &def.eval_split, source)?;
+    let examples = examples(&Renderer { env: &env, def, documents: &documents })?;
+    let shots = if source.num_fewshot > 0 { source.num_fewshot } else { def.num_fewshot.unwrap_or(0) };
     let prefixes = match shots {
         0 => vec![String::new(); examples.len()],
-        _ => fewshot_prefixes(def, &renderer, &records, shots)?,
+        _ => fewshot_prefixes(def, &env, &documents, shots, source)?,
     };
+    let files: Vec<(String, String)> = def
+        .data_files
+        .iter()
+        .filter(|(split, _)| **split == def.eval_split || (shots > 0 && Some(*split) == def.fewshot_split.as_ref()))
+        .flat_map(|(split, names)| names.iter().map(move |n| (split.clone(), n.clone())))
+        .collect();
     let docs = examples
         .into_iter()
         .zip(prefixes)
-        .zip(records)
+        .zip(documents)
         .enumerate()
-        .map(|(i, ((example, prefix), record))| {
-            into_doc(def, i, example, &format!("{}{prefix}", def.description), record)
+        .map(|(i, ((example, prefix), document))| {
+            into_doc(def, i, example, &format!("{}{prefix}", def.description), document)
         })
-        .collect();
-    // The YAML is lm-evaluation-harness's own `TaskConfig`.
-    let lm_eval_config = def.config.as_object().cloned().unwrap_or_default();
+        .collect::<Result<_, _>>()?;
+    let config = serde_json::json!({"task": def.config, "data_files": files});
     Ok(Task {
         name: def.name.clone(),
         docs,
-        lm_eval_config,
-        config: def.config.clone(),
+        lm_eval_config: task_config(&def.config, &config),
+        config,
         version: def.version,
         num_fewshot: shots,
         groups: Vec::new(),
@@ -291,33 +351,45 @@ fn load_task(def: &TaskDef, cli_fewshot: usize) -> Result<Task, TaskError> {
 /// Each document's demonstrations, as lm-eval's sampler picks them from the few-shot split.
 fn fewshot_prefixes(
     def: &TaskDef,
-    renderer: &Renderer<'_>,
-    documents: &[Record],
+    env: &minijinja::Environment<'static>,
+    documents: &[Document],
     shots: usize,
+    source: &Source,
 ) -> Result<Vec<String>, TaskError> {
     let refuse = |what: &str| TaskError::Data { path: def.file.clone(), problem: format!("`num_fewshot`: {what}") };
     if def.output_type == OutputType::LoglikelihoodRolling {
-        return Err(refuse("rolling log-likelihood tasks take no demonstrations"));
+        return Err(TaskError::Settings(format!(
+            "{} is scored by rolling log-likelihood over whole documents and takes no --num-fewshot",
+            def.name
+        )));
     }
     let split =
         def.fewshot_split.as_deref().ok_or_else(|| refuse("the task names no split to draw demonstrations from"))?;
-    let mut records = read_split(def, split)?;
-    native::process_docs(def, &mut records)?;
-    let pool = render_all(def, renderer, &records)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| example(def, i, r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows = |records: &[Record]| records.iter().map(|r| Row::Object(r.clone())).collect();
+    let pool_documents = documents_of_fewshot_split(def, split, source)?;
+    let pool = examples(&Renderer { env, def, documents: &pool_documents })?;
+    let rows = |documents: &[Document]| documents.iter().map(|d| Row::Object(d.record.clone())).collect();
     let sampler = match (def.sampler, def.sampler_sees_document) {
         (SamplerKind::FirstN, _) => Sampler::FirstN(pool),
         (SamplerKind::Random, false) => Sampler::random(pool),
         (SamplerKind::Random, true) => Sampler::Random {
             pool,
-            eval_doc: EvalDoc::Excluded { pool_rows: rows(&records), doc_rows: rows(documents) },
+            eval_doc: EvalDoc::Excluded { pool_rows: rows(&pool_documents), doc_rows: rows(documents) },
         },
     };
     let delimiters = Delimiters { target: def.target_delimiter.clone(), fewshot: def.fewshot_delimiter.clone() };
     fewshot::contexts(documents.len(), &sampler, shots, &delimiters)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
+}
+
+/// The few-shot split's documents; a missing file says that 0-shot needs none.
+fn documents_of_fewshot_split(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
+    documents(def, split, source).map_err(|e| match e {
+        TaskError::Data { path, problem } if problem.starts_with("`dataset_kwargs.data_files`") => TaskError::Data {
+            path,
+            problem: format!(
+                "{problem}; the few-shot split `{split}` is needed for --num-fewshot (shared/data does not ship the training splits): add its file, or run 0-shot"
+            ),
+        },
+        other => other,
+    })
 }
