@@ -234,12 +234,21 @@ pub fn evaluate(
             .collect();
         let outcomes: Vec<Outcome> = per_doc.iter().map(|(_, o)| o.clone()).collect();
         let mut metrics = aggregate(&outcomes);
+        metrics.retain(|key, _| {
+            let metric = key.split(',').next().unwrap_or(key);
+            task.reports(metric.strip_suffix("_stderr").unwrap_or(metric))
+        });
         if let Windows::Llamacpp { .. } = settings.windows {
             // Chunks score only their second halves: per-word and per-byte figures do not apply.
             metrics.retain(|k, _| k.starts_with("perplexity"));
         }
-        for group in &task.groups {
-            groups.entry(group.clone()).or_default().push(task.name.clone());
+        // Each group's children are what sits right under it: the task, or the group inside it.
+        let children = std::iter::once(&task.name).chain(task.groups.iter().map(|g| &g.name));
+        for (group, child) in task.groups.iter().zip(children) {
+            let members = groups.entry(group.clone()).or_default();
+            if !members.contains(child) {
+                members.push(child.clone());
+            }
         }
         let reported = |m: &str| metrics.contains_key(&format!("{m},none"));
         let samples: Vec<_> = docs.iter().zip(&per_doc).map(|(doc, (s, o))| sample(doc, s, o, &reported)).collect();

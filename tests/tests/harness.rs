@@ -152,24 +152,24 @@ fn a_terminated_run_stops_in_order_and_resumes_to_the_same_bits() {
 }
 
 #[test]
-fn mmlu_groups_weigh_subjects_by_size_and_keep_scores_without_a_stderr() {
-    // Six subjects of 1 to 3 made-up questions: lm-eval's YAMLs put abstract_algebra and anatomy
-    // in mmlu_stem ("stem"), formal_logic and philosophy in mmlu_humanities ("humanities"),
-    // econometrics in mmlu_social_sciences ("social sciences"), business_ethics in mmlu_other ("other").
-    let subjects = [
-        ("abstract_algebra", 1, "mmlu_stem"),
-        ("anatomy", 3, "mmlu_stem"),
-        ("formal_logic", 2, "mmlu_humanities"),
-        ("philosophy", 3, "mmlu_humanities"),
-        ("econometrics", 2, "mmlu_social_sciences"),
-        ("business_ethics", 1, "mmlu_other"),
-    ];
+fn mmlu_groups_weigh_their_children_by_size_and_keep_scores_without_a_stderr() {
+    // Every subject with 2 to 4 made-up questions, abstract_algebra with one (its stderr is
+    // undefined, so mmlu_stem's and mmlu's are "N/A"); lm-eval's YAMLs file the subjects under
+    // the four categories, and the categories under mmlu.
+    let shared = shared_dir().join("data/mmlu/test");
+    let mut subjects: Vec<String> = std::fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap().trim_end_matches("_test.csv").to_string())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects.len(), 57);
     let dir = tempfile::tempdir().unwrap();
     let test = dir.path().join("data/mmlu/test");
     std::fs::create_dir_all(&test).unwrap();
     // The answers go A, B, C, D, A, … across the subjects, so that their scores differ.
     let mut answers = ["A", "B", "C", "D"].iter().cycle();
-    for (subject, n, _) in subjects {
+    for (k, subject) in subjects.iter().enumerate() {
+        let n = if subject == "abstract_algebra" { 1 } else { 2 + k % 3 };
         let rows: String = (0..n)
             .map(|i| {
                 format!("What is {i} plus one?,{},{},{},{},{}\n", i + 1, i + 2, i + 3, i + 4, answers.next().unwrap())
@@ -183,32 +183,42 @@ fn mmlu_groups_weigh_subjects_by_size_and_keep_scores_without_a_stderr() {
         .path("--data-dir", &dir.path().join("data"))
         .path("--output", &out)
         .run();
-    assert!(output.status.success());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let results = &r["results"];
+    let (results, children) = (&r["results"], &r["group_subtasks"]);
+    assert_eq!(children["mmlu"], serde_json::json!(["mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"]));
+    assert!(children["mmlu_stem"].as_array().unwrap().contains(&"mmlu_abstract_algebra".into()));
+    assert!(children["mmlu_humanities"].as_array().unwrap().contains(&"mmlu_philosophy".into()));
     let aliases = [("mmlu", "mmlu"), ("mmlu_stem", "stem"), ("mmlu_humanities", "humanities")];
     let aliases = aliases.into_iter().chain([("mmlu_social_sciences", "social sciences"), ("mmlu_other", "other")]);
+    let mut subtasks = 0;
     for (group, alias) in aliases {
         assert_eq!(results[group]["alias"], alias);
-        // lm-eval's Group.aggregate with weight_by_size: the size-weighted mean; the pooled
-        // stderr (pooled_sample_stderr), or "N/A" where a subject's stderr is (one question).
-        let members: Vec<_> = subjects.iter().filter(|s| group == "mmlu" || s.2 == group).collect();
-        let task = |s: &str| &results[format!("mmlu_{s}")];
-        let total: f64 = members.iter().map(|s| s.1 as f64).sum();
-        let mean = members.iter().map(|s| task(s.0)["acc,none"].as_f64().unwrap() * s.1 as f64).sum::<f64>() / total;
+        // lm-eval's Group.aggregate with weight_by_size over the group's children: the
+        // size-weighted mean; the pooled stderr (pooled_sample_stderr), or "N/A" where a
+        // child's is.
+        let members: Vec<&serde_json::Value> =
+            children[group].as_array().unwrap().iter().map(|c| &results[c.as_str().unwrap()]).collect();
+        let size = |m: &serde_json::Value| m["sample_len"].as_f64().unwrap();
+        let total: f64 = members.iter().map(|m| size(m)).sum();
+        let mean = members.iter().map(|m| m["acc,none"].as_f64().unwrap() * size(m)).sum::<f64>() / total;
         assert!((results[group]["acc,none"].as_f64().unwrap() - mean).abs() < 1e-12, "{group}");
         let stderr = &results[group]["acc_stderr,none"];
-        if members.iter().any(|s| s.1 == 1) {
+        if members.iter().any(|m| m["acc_stderr,none"] == "N/A") {
             assert_eq!(stderr, "N/A", "{group}");
         } else {
             let var = members
                 .iter()
-                .map(|s| (s.1 as f64 - 1.0) * task(s.0)["acc_stderr,none"].as_f64().unwrap().powi(2) * s.1 as f64)
+                .map(|m| (size(m) - 1.0) * m["acc_stderr,none"].as_f64().unwrap().powi(2) * size(m))
                 .sum::<f64>()
                 / (total - members.len() as f64);
             assert!((stderr.as_f64().unwrap() - (var / total).sqrt()).abs() < 1e-12, "{group}: {stderr}");
         }
         // lm-eval counts a group's documents in its result (`sample_len`), not in `n-samples`.
-        assert_eq!(results[group]["sample_len"], total as u64, "{group}");
+        assert_eq!(results[group]["sample_len"].as_f64(), Some(total), "{group}");
+        subtasks += if group == "mmlu" { 0 } else { members.len() };
     }
+    assert_eq!(subtasks, 57);
+    assert_eq!(results["mmlu_stem"]["acc_stderr,none"], "N/A");
+    assert!(results["mmlu_humanities"]["acc_stderr,none"].is_f64());
 }

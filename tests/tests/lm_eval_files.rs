@@ -79,7 +79,14 @@ fn results_and_samples_read_as_lm_eval_reads_them() {
     // The group, as lm-evaluation-harness lays it out.
     assert_eq!(r["results"]["mmlu"]["sample_len"], 114, "57 subjects × 2 questions");
     assert_eq!(r["results"]["mmlu"]["sample_count"], json!({"acc,none": 114}));
-    assert_eq!(r["group_subtasks"]["mmlu"].as_array().unwrap().len(), 57);
+    // The metrics of each task file's metric_list (evalmesh's acc_norm_tokens beside them).
+    assert!(r["results"]["mmlu_anatomy"].get("acc_norm,none").is_none(), "mmlu's metric_list is acc alone");
+    assert!(r["results"]["hellaswag"]["acc_norm,none"].is_number());
+    // Its children are the four category groups, theirs the subjects.
+    assert_eq!(r["group_subtasks"]["mmlu"].as_array().unwrap().len(), 4);
+    let categories = ["mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"];
+    let subjects: usize = categories.iter().map(|c| r["group_subtasks"][c].as_array().unwrap().len()).sum();
+    assert_eq!(subjects, 57);
     assert!(r["configs"].get("mmlu").is_none() && r["n-samples"].get("mmlu").is_none());
 
     // The prompts and targets of lm-evaluation-harness's templates, from the data's first records.

@@ -64,14 +64,29 @@ pub fn add_task(
     results.task_hashes.insert(name, task_hash);
 }
 
-/// Adds each group's entries from its `children` (task names), as lm-evaluation-harness's
+/// Adds each group's entries from its `children` (task or group names), as lm-evaluation-harness's
 /// `Group.aggregate` with `aggregate_metric_list: [{metric: acc, weight_by_size: true}]`:
 /// the size-weighted mean of the children's `acc`, the pooled stderr where every child has a
 /// number for it (else `"N/A"`), the documents summed; the entry goes into `results` and
 /// `groups`, the children into `group_subtasks`, and `n-shot` and `higher_is_better` are
 /// carried up where the children agree (`_propagate_num_fewshot`, `_propagate_higher_is_better`).
 pub fn add_groups(results: &mut TaskResults, groups: &BTreeMap<Group, Vec<String>>) {
-    for (Group { name: group, alias }, children) in groups {
+    // A group is aggregated once its children are: MMLU's categories before `mmlu`, whose
+    // standard error lm-eval pools from theirs.
+    let mut order: Vec<(&Group, &Vec<String>)> = Vec::new();
+    while order.len() < groups.len() {
+        let before = order.len();
+        for (group, children) in groups {
+            let ready = children.iter().all(|c| !groups.keys().any(|g| &g.name == c) || order.iter().any(|(o, _)| &o.name == c));
+            if ready && !order.iter().any(|(o, _)| *o == group) {
+                order.push((group, children));
+            }
+        }
+        if order.len() == before {
+            break;
+        }
+    }
+    for (Group { name: group, alias }, children) in order {
         let entries: Vec<&BTreeMap<String, Value>> = children.iter().filter_map(|c| results.results.get(c)).collect();
         let size = |e: &BTreeMap<String, Value>| e.get("sample_len").and_then(Value::as_u64).unwrap_or(0) as usize;
         let mut entry = BTreeMap::new();
@@ -146,5 +161,30 @@ mod tests {
         assert_eq!(r.group_subtasks["g"], ["a", "b"]);
         assert_eq!((&r.n_shot["g"], &r.versions["g"]), (&json!(0), &json!("N/A")));
         assert_eq!(r.higher_is_better["g"]["acc"], Some(true));
+    }
+
+    #[test]
+    fn a_group_of_groups_pools_its_childrens_figures_as_lm_eval_does() {
+        let mut r = TaskResults::default();
+        child(&mut r, "a", 0.5, json!(0.1), 10);
+        child(&mut r, "b", 0.25, json!(0.2), 30);
+        child(&mut r, "c", 1.0, json!(0.05), 20);
+        let group = |name: &str| Group { name: name.into(), alias: name.into() };
+        let groups = [
+            (group("all"), vec!["inner".to_string(), "c".to_string()]),
+            (group("inner"), vec!["a".to_string(), "b".to_string()]),
+        ];
+        add_groups(&mut r, &groups.into());
+        assert_eq!(r.group_subtasks["all"], ["inner", "c"]);
+        // lm-eval's pooled_sample_stderr, first over a and b, then over inner and c.
+        let pool = |parts: &[(f64, f64)]| {
+            let total: f64 = parts.iter().map(|p| p.1).sum();
+            let var = parts.iter().map(|(se, n)| (n - 1.0) * se * se * n).sum::<f64>() / (total - parts.len() as f64);
+            (var / total).sqrt()
+        };
+        let inner = pool(&[(0.1, 10.0), (0.2, 30.0)]);
+        assert_eq!(r.results["inner"]["acc_stderr,none"], json!(inner));
+        assert_eq!(r.results["all"]["acc_stderr,none"], json!(pool(&[(inner, 40.0), (0.05, 20.0)])));
+        assert_eq!(r.results["all"]["acc,none"], json!((0.3125 * 40.0 + 20.0) / 60.0));
     }
 }

@@ -87,6 +87,10 @@ pub struct Task {
     pub lm_eval_config: serde_json::Map<String, serde_json::Value>,
     pub version: f64,
     pub num_fewshot: usize,
+    /// The task file's `metric_list`: the lm-eval metrics reported (all of the output type's
+    /// when empty); evalmesh's own (`acc_norm_tokens`, a rolling task's token perplexity) are
+    /// reported beside them.
+    pub metric_list: Vec<String>,
     /// The groups this task's score rolls up into, innermost first (an MMLU subject: its category, then `mmlu`).
     pub groups: Vec<Group>,
 }
@@ -96,4 +100,15 @@ pub struct Task {
 pub struct Group {
     pub name: String,
     pub alias: String,
+}
+
+impl Task {
+    /// Whether the results report `metric` (its name, without `_stderr`).
+    pub fn reports(&self, metric: &str) -> bool {
+        let rolling = matches!(self.docs.first().map(|d| &d.target), Some(Target::Rolling { .. }));
+        self.metric_list.is_empty()
+            || self.metric_list.iter().any(|m| m == metric)
+            || metric == "acc_norm_tokens"
+            || (rolling && metric == "perplexity")
+    }
 }

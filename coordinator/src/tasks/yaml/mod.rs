@@ -344,6 +344,7 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
         config,
         version: def.version,
         num_fewshot: shots,
+        metric_list: def.metrics.clone(),
         groups: Vec::new(),
     })
 }
