@@ -5,7 +5,9 @@ lm-eval and through evalmesh, compared metric by metric and request by request.
 Run it through scripts/compare-lm-eval.sh, which says how to install lm-eval. For each
 TASK:LIMIT:SHOTS it
 - writes the task's documents in the Hugging Face datasets' shape (from the official files
-  of --data-dir, laid out as shared/data) as JSON lines lm-eval's `json` loader reads;
+  of --data-dir, laid out as shared/data) as JSON lines lm-eval's `json` loader reads; with
+  --stand-in-training-splits, a few-shot run whose training split is not there draws from
+  the evaluated split's documents after the first LIMIT instead (on both sides);
 - writes a task file for lm-eval that includes lm-eval's own YAML for the task (copied from
   the installed package, its `!function` modules beside it) and points it at those files;
 - runs `lm_eval --model hf` on the GGUF (dequantised by transformers, float32), unless the
@@ -86,6 +88,31 @@ def task_spec(task):
     if task not in TASKS:
         sys.exit(f"compare-lm-eval: unknown task {task}; known: {', '.join(TASKS)}, mmlu_<subject>")
     return TASKS[task]
+
+
+def with_stand_in_training_split(task, limit, shots, data_dir, work):
+    """The data folder for a run: `data_dir` itself, or, where a few-shot run needs the
+    training split and the folder lacks it, a folder of links to its files with a stand-in
+    training split: the evaluated split's documents after the first `limit` (so never one
+    that is evaluated), in the official file's format. Both sides read the same files."""
+    _, _, splits = task_spec(task)
+    if shots == 0 or "train" not in splits or (data_dir / splits["train"]).is_file():
+        return data_dir
+    folder = work / "data" / f"{task}-{limit}"
+    shutil.rmtree(folder, ignore_errors=True)
+    evaluated = next(relative for split, relative in splits.items() if split != "train")
+    for relative in splits.values():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        if (data_dir / relative).is_file():
+            (folder / relative).symlink_to(data_dir / relative)
+    pairs = [(evaluated, splits["train"])]
+    if task == "piqa":
+        pairs.append(("piqa/valid-labels.lst", "piqa/train-labels.lst"))
+        (folder / pairs[1][0]).symlink_to(data_dir / pairs[1][0])
+    for source, stand_in in pairs:
+        lines = (data_dir / source).read_text(encoding="utf-8").splitlines(keepends=True)
+        (folder / stand_in).write_text("".join(lines[int(limit):]), encoding="utf-8")
+    return folder
 
 
 def lm_eval_task(task, shots, data_dir, work):
@@ -193,6 +220,9 @@ def main():
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--batch-size", default="16")
+    parser.add_argument("--stand-in-training-splits", action="store_true",
+                        help="where a few-shot run needs a training split the data folder lacks, use the "
+                             "evaluated split's documents after the first LIMIT in its place")
     parser.add_argument("specs", nargs="+", help="TASK:LIMIT:SHOTS, e.g. hellaswag:400:0")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -208,7 +238,10 @@ def main():
     for spec in args.specs:
         task, limit, shots = spec.split(":")
         name = f"{task}-{limit}-{shots}shot"
-        folder = lm_eval_task(task, int(shots), args.data_dir.resolve(), work)
+        data_dir = args.data_dir.resolve()
+        if args.stand_in_training_splits:
+            data_dir = with_stand_in_training_split(task, limit, int(shots), data_dir, work)
+        folder = lm_eval_task(task, int(shots), data_dir, work)
         if folder is None:
             table.append(f"| {task} | {shots} | - | (the few-shot split is not in {args.data_dir}) | | | | | | |")
             continue
@@ -220,7 +253,7 @@ def main():
                  "--limit", limit, "--batch_size", args.batch_size, "--log_samples", "--output_path", lm_dir],
                 work / f"{name}.lm-eval.log", env)
         shutil.rmtree(em_dir, ignore_errors=True)
-        run([args.evalmesh, "run", "--model", args.model, "--task", task, "--data-dir", args.data_dir,
+        run([args.evalmesh, "run", "--model", args.model, "--task", task, "--data-dir", data_dir,
              "--num_fewshot", shots, "--limit", limit, "--log_samples", "--output_path", em_dir],
             work / f"{name}.evalmesh.log")
         rows, flips = compare(task, shots, limit, lm_dir, em_dir)

@@ -2,8 +2,9 @@
 # Side by side with lm-evaluation-harness 0.4.13 (scripts/compare-lm-eval.py says what it
 # runs and prints): by default the test model on hellaswag (400 documents), arc_easy,
 # winogrande, piqa and lambada_openai (500 each) and two MMLU subjects, at 0 and 5 shots
-# (5 shots only where --data-dir holds the few-shot split). Not part of CI: lm-eval with
-# torch and transformers is about 4 GB and its runs take tens of minutes on a CPU.
+# (shared/data ships no training splits: a 5-shot run without one draws its examples from
+# the evaluated split's documents after the first LIMIT, on both sides). Not part of CI:
+# lm-eval with torch and transformers is about 4 GB and its runs take tens of minutes on a CPU.
 #
 # Usage: scripts/compare-lm-eval.sh [TASK:LIMIT:SHOTS ...]
 # Environment:
@@ -30,4 +31,4 @@ if [ ${#specs[@]} -eq 0 ]; then
     done
 fi
 exec "$python" "$repo/scripts/compare-lm-eval.py" --evalmesh "$repo/target/release/evalmesh" --model "$model" \
-    --data-dir "$shared/data" --work "${COMPARE_WORK:-$repo/target/compare-lm-eval}" "${specs[@]}"
+    --data-dir "$shared/data" --stand-in-training-splits --work "${COMPARE_WORK:-$repo/target/compare-lm-eval}" "${specs[@]}"

@@ -186,7 +186,10 @@ fn mmlu_groups_weigh_their_children_by_size_and_keep_scores_without_a_stderr() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let (results, children) = (&r["results"], &r["group_subtasks"]);
-    assert_eq!(children["mmlu"], serde_json::json!(["mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"]));
+    assert_eq!(
+        children["mmlu"],
+        serde_json::json!(["mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"])
+    );
     assert!(children["mmlu_stem"].as_array().unwrap().contains(&"mmlu_abstract_algebra".into()));
     assert!(children["mmlu_humanities"].as_array().unwrap().contains(&"mmlu_philosophy".into()));
     let aliases = [("mmlu", "mmlu"), ("mmlu_stem", "stem"), ("mmlu_humanities", "humanities")];

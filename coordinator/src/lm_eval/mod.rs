@@ -77,7 +77,9 @@ pub fn add_groups(results: &mut TaskResults, groups: &BTreeMap<Group, Vec<String
     while order.len() < groups.len() {
         let before = order.len();
         for (group, children) in groups {
-            let ready = children.iter().all(|c| !groups.keys().any(|g| &g.name == c) || order.iter().any(|(o, _)| &o.name == c));
+            let ready = children
+                .iter()
+                .all(|c| !groups.keys().any(|g| &g.name == c) || order.iter().any(|(o, _)| &o.name == c));
             if ready && !order.iter().any(|(o, _)| *o == group) {
                 order.push((group, children));
             }

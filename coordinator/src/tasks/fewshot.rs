@@ -5,7 +5,7 @@
 //! the document handed over to be left out ([`EvalDoc`]; `lm_eval/api/samplers.py`,
 //! `lm_eval/api/task.py`).
 
-use rand_mt::Mt;
+use super::python_random::PythonRandom;
 
 /// lm-evaluation-harness's default `fewshot_random_seed`.
 pub const SEED: u32 = 1234;
@@ -150,81 +150,9 @@ pub fn random_draws(
         .collect()
 }
 
-/// CPython's `random.Random(seed)` for a seed below 2³², as far as `sample` uses it:
-/// MT19937 seeded by `init_by_array([seed])`, `getrandbits` and `_randbelow`.
-pub struct PythonRandom(Mt);
-
-impl PythonRandom {
-    pub fn new(seed: u32) -> Self {
-        PythonRandom(Mt::new_with_key([seed]))
-    }
-
-    /// `getrandbits(bits)` for `bits` in 1..=32: the top bits of one 32-bit output.
-    fn bits(&mut self, bits: u32) -> u64 {
-        u64::from(self.0.next_u32() >> (32 - bits))
-    }
-
-    /// `_randbelow_with_getrandbits(n)`: rejection sampling on `n.bit_length()` bits.
-    fn below(&mut self, n: usize) -> usize {
-        let bits = usize::BITS - n.leading_zeros();
-        assert!(bits <= 32, "pool of {n} examples is beyond getrandbits' one-word path");
-        loop {
-            let r = self.bits(bits);
-            if r < n as u64 {
-                return r as usize;
-            }
-        }
-    }
-
-    /// `sample(range(n), k)`: a partial Fisher-Yates over a pool list when the
-    /// population is small, else rejection of repeats through a set.
-    pub fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut set_size = 21;
-        if k > 5 {
-            set_size += 4usize.pow(((k * 3) as f64).log(4.0).ceil() as u32);
-        }
-        if n <= set_size {
-            let mut pool: Vec<usize> = (0..n).collect();
-            (0..k)
-                .map(|i| {
-                    let j = self.below(n - i);
-                    let chosen = pool[j];
-                    pool[j] = pool[n - i - 1];
-                    chosen
-                })
-                .collect()
-        } else {
-            let mut selected = std::collections::HashSet::new();
-            (0..k)
-                .map(|_| loop {
-                    let j = self.below(n);
-                    if selected.insert(j) {
-                        return j;
-                    }
-                })
-                .collect()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Expected values printed by CPython 3 (`random.Random(1234)`), the sampler lm-evaluation-harness uses.
-    #[test]
-    fn python_random_matches_cpython() {
-        let mut r = PythonRandom::new(SEED);
-        assert_eq!([r.0.next_u32(), r.0.next_u32(), r.0.next_u32()], [4150886329, 3342196574, 1892932127]);
-        let mut r = PythonRandom::new(SEED);
-        assert_eq!([r.sample(10, 2), r.sample(10, 2), r.sample(10, 2)], [[7, 1], [0, 1], [9, 0]]);
-        let mut r = PythonRandom::new(SEED);
-        assert_eq!(r.sample(1000, 6), [989, 796, 451, 119, 7, 92]);
-        assert_eq!(r.sample(1000, 6), [932, 965, 961, 826, 596, 35]);
-        let mut r = PythonRandom::new(SEED);
-        assert_eq!(r.sample(5153, 4), [3610, 957, 61, 742]);
-        assert_eq!(r.sample(5153, 4), [4769, 286, 687, 806]);
-    }
 
     fn choice(text: &str) -> Example {
         Example::Choice { text: text.into(), choices: vec!["no".into(), "yes".into()], gold: 1 }

@@ -1,17 +1,22 @@
 //! Metrics as lm-evaluation-harness defines them: `acc`, `acc_norm` (log-probability per
 //! character of the choice), llama.cpp's `acc_norm_tokens`, LAMBADA's perplexity and
-//! accuracy, and the rolling-perplexity family; standard errors in closed form for means,
-//! by bootstrap for perplexities, pooled for groups.
+//! accuracy, and the rolling-perplexity family; standard errors as lm-eval computes them:
+//! in closed form for means, by its own bootstrap for LAMBADA's perplexity, none for the
+//! weighted rolling figures, pooled for groups.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::python_random::PythonRandom;
 use super::requests::{PlannedRequest, RequestScore};
 use super::Target;
 
-/// Resamples for bootstrap standard errors (lm-evaluation-harness's default count).
+/// lm-evaluation-harness's bootstrap: `bootstrap_iters` (100,000) resamples in chunks of
+/// 1,000, chunk `i` drawn by `random.Random(i).choices`.
 pub const BOOTSTRAP_ITERATIONS: usize = 100_000;
+const BOOTSTRAP_CHUNK: usize = 1000;
+const BOOTSTRAP_CHUNKS: u32 = (BOOTSTRAP_ITERATIONS / BOOTSTRAP_CHUNK) as u32;
 
 /// One document's outcome, for aggregation and the samples log.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,39 +72,36 @@ pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestSco
     }
 }
 
-/// Mean and its standard error, with the sample standard deviation (n − 1), as lm-evaluation-harness.
+/// Python's `sum(xs) / len(xs)`, lm-evaluation-harness's `mean`.
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// lm-evaluation-harness's `sample_stddev`, its operations in its order.
+fn sample_stddev(xs: &[f64]) -> f64 {
+    let mu = mean(xs);
+    (xs.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (xs.len() as f64 - 1.0)).sqrt()
+}
+
+/// Mean and its standard error (`mean_stderr`: the sample standard deviation over √n).
 pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
+    (mean(xs), sample_stddev(xs) / (xs.len() as f64).sqrt())
 }
 
-/// A deterministic generator for bootstrap resampling (SplitMix64).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (((z ^ (z >> 31)) as u128 * n as u128) >> 64) as usize
-    }
-}
-
-/// Standard deviation of `f` over resamples of `items` with replacement.
-fn bootstrap_stderr<T>(items: &[T], f: impl Fn(&[&T]) -> f64) -> f64 {
-    let mut rng = SplitMix(1234);
-    let mut sample: Vec<&T> = Vec::with_capacity(items.len());
-    let values: Vec<f64> = (0..BOOTSTRAP_ITERATIONS)
-        .map(|_| {
+/// lm-evaluation-harness's `bootstrap_stderr` of `f` over `items`: the same resamples, so
+/// the same figure.
+fn bootstrap_stderr(items: &[f64], f: impl Fn(&[f64]) -> f64) -> f64 {
+    let mut sample = Vec::with_capacity(items.len());
+    let mut values = Vec::with_capacity(BOOTSTRAP_CHUNKS as usize * BOOTSTRAP_CHUNK);
+    for chunk in 0..BOOTSTRAP_CHUNKS {
+        let mut random = PythonRandom::new(chunk);
+        for _ in 0..BOOTSTRAP_CHUNK {
             sample.clear();
-            sample.extend((0..items.len()).map(|_| &items[rng.below(items.len())]));
-            f(&sample)
-        })
-        .collect();
-    mean_stderr(&values).1 * (values.len() as f64).sqrt()
+            sample.extend(random.choices(items.len(), items.len()).map(|i| items[i]));
+            values.push(f(&sample));
+        }
+    }
+    sample_stddev(&values)
 }
 
 /// The task's metrics under lm-evaluation-harness's `metric,none` and `metric_stderr,none` keys.
@@ -140,10 +142,9 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
     }
     let lls = column(|o| if let Outcome::Greedy { logprob, .. } = o { Some(*logprob) } else { None });
     if !lls.is_empty() {
-        // lambada: perplexity = exp(−mean log-likelihood) over documents.
-        let ppl = |xs: &[&f64]| (-xs.iter().copied().sum::<f64>() / xs.len() as f64).exp();
-        let refs: Vec<&f64> = lls.iter().collect();
-        put("perplexity", ppl(&refs), bootstrap_stderr(&lls, ppl));
+        // lambada: perplexity = exp(−mean log-likelihood) over documents, bootstrapped.
+        let ppl = |xs: &[f64]| (-mean(xs)).exp();
+        put("perplexity", ppl(&lls), if lls.len() > 1 { bootstrap_stderr(&lls, ppl) } else { f64::NAN });
     }
     let rolling: Vec<(f64, f64, f64, f64)> = outcomes
         .iter()
@@ -155,25 +156,14 @@ pub fn aggregate(outcomes: &[Outcome]) -> BTreeMap<String, Value> {
         })
         .collect();
     if !rolling.is_empty() {
-        // Weighted perplexities: exp(−Σ log-likelihood / Σ units).
-        let weighted = |unit: fn(&(f64, f64, f64, f64)) -> f64| {
-            move |xs: &[&(f64, f64, f64, f64)]| {
-                (-xs.iter().map(|x| x.0).sum::<f64>() / xs.iter().map(|x| unit(x)).sum::<f64>()).exp()
-            }
-        };
-        let refs: Vec<&(f64, f64, f64, f64)> = rolling.iter().collect();
-        for (name, unit) in [
-            ("perplexity", (|x: &(f64, f64, f64, f64)| x.1) as fn(&(f64, f64, f64, f64)) -> f64),
-            ("word_perplexity", |x| x.2),
-            ("byte_perplexity", |x| x.3),
-        ] {
-            let f = weighted(unit);
-            put(name, f(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, f) } else { f64::NAN });
-        }
-        let bits = |xs: &[&(f64, f64, f64, f64)]| {
-            -xs.iter().map(|x| x.0).sum::<f64>() / xs.iter().map(|x| x.3).sum::<f64>() / std::f64::consts::LN_2
-        };
-        put("bits_per_byte", bits(&refs), if rolling.len() > 1 { bootstrap_stderr(&rolling, bits) } else { f64::NAN });
+        // Weighted perplexities, exp(−Σ log-likelihood / Σ units), and bits per byte: lm-eval
+        // has no standard error for these aggregations ("N/A").
+        let total = |unit: fn(&(f64, f64, f64, f64)) -> f64| rolling.iter().map(unit).sum::<f64>();
+        let logprob = total(|x| x.0);
+        put("perplexity", (-logprob / total(|x| x.1)).exp(), f64::NAN);
+        put("word_perplexity", (-logprob / total(|x| x.2)).exp(), f64::NAN);
+        put("byte_perplexity", (-logprob / total(|x| x.3)).exp(), f64::NAN);
+        put("bits_per_byte", -logprob / total(|x| x.3) / std::f64::consts::LN_2, f64::NAN);
     }
     out
 }
@@ -237,7 +227,24 @@ mod tests {
         assert!((get("word_perplexity,none") - 4.0f64.exp()).abs() < 1e-12);
         assert!((get("perplexity,none") - 2.0f64.exp()).abs() < 1e-12);
         assert!((get("bits_per_byte,none") - 40.0 / 60.0 / std::f64::consts::LN_2).abs() < 1e-12);
-        assert!(get("word_perplexity_stderr,none") > 0.0);
+        // lm-eval has no standard error for weighted aggregations: null here, "N/A" in the results.
+        assert!(m["word_perplexity_stderr,none"].is_null());
+    }
+
+    #[test]
+    fn perplexity_is_bootstrapped_as_lm_eval_does() {
+        // CPython, lm-eval's _bootstrap_internal_no_mp over 10 chunks of 10 resamples of
+        // [-1.5, -0.25, -3.0, -0.75, -2.0] with `perplexity`, then `sample_stddev`: 2.0634356760358963.
+        let xs = [-1.5, -0.25, -3.0, -0.75, -2.0];
+        let mut values = Vec::new();
+        for chunk in 0..10 {
+            let mut random = PythonRandom::new(chunk);
+            for _ in 0..10 {
+                let sample: Vec<f64> = random.choices(xs.len(), xs.len()).map(|i| xs[i]).collect();
+                values.push((-mean(&sample)).exp());
+            }
+        }
+        assert_eq!(sample_stddev(&values), 2.0634356760358963);
     }
 
     #[test]

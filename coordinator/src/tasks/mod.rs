@@ -3,13 +3,14 @@
 //! and described as lm-eval's `TaskConfig` ([`configs`]); documents turned into scoring
 //! requests ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and
 //! scores into metrics and group scores ([`metrics`]), plus perplexity over a text
-//! ([`perplexity`]).
+//! ([`perplexity`]); the draws of CPython's `random` that lm-eval makes ([`python_random`]).
 
 pub mod catalog;
 pub mod configs;
 pub mod fewshot;
 pub mod metrics;
 pub mod perplexity;
+pub mod python_random;
 pub mod requests;
 pub mod yaml;
 

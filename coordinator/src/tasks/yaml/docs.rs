@@ -3,6 +3,8 @@
 //! lm-evaluation-harness applies them (a field name, else a Jinja template with its
 //! `regex_replace` filter; digits from a template become an index where there are choices).
 
+use std::path::PathBuf;
+
 use minijinja::value::{Value as MjValue, ValueKind};
 use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
@@ -14,8 +16,13 @@ use crate::tasks::catalog::Source;
 use crate::tasks::TaskError;
 
 /// The documents of `split`, in file order: its data files found (`--data FILE` in place
-/// of the evaluated split's) and read by the task's dataset.
-pub fn read_split(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
+/// of the evaluated split's, each added to `read` with its split) and read by the task's dataset.
+pub fn read_split(
+    def: &TaskDef,
+    split: &str,
+    source: &Source,
+    read: &mut Vec<(String, PathBuf)>,
+) -> Result<Vec<Document>, TaskError> {
     let written = def.data_files.get(split).ok_or_else(|| TaskError::Data {
         path: def.file.clone(),
         problem: format!("`dataset_kwargs.data_files`: no files for the split `{split}`"),
@@ -33,11 +40,12 @@ pub fn read_split(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Doc
     let reading = Reading { dataset_name: def.dataset_name.as_deref(), whole_document: def.whole_documents };
     let mut documents = Vec::new();
     for file in &files {
-        let read = def.dataset.read(file, &reading)?;
-        if read.is_empty() {
+        let found = def.dataset.read(file, &reading)?;
+        if found.is_empty() {
             return Err(TaskError::Data { path: file.path.clone(), problem: "no documents in the file".into() });
         }
-        documents.extend(read);
+        documents.extend(found);
+        read.push((split.to_string(), file.path.clone()));
     }
     Ok(documents)
 }

@@ -294,8 +294,13 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
 }
 
 /// A split's documents, each through the task's `process_docs`.
-fn documents(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
-    let mut documents = read_split(def, split, source)?;
+fn documents(
+    def: &TaskDef,
+    split: &str,
+    source: &Source,
+    read: &mut Vec<(String, PathBuf)>,
+) -> Result<Vec<Document>, TaskError> {
+    let mut documents = read_split(def, split, source, read)?;
     if let Some(function) = &def.process_docs {
         for document in &mut documents {
             native::process_doc(&def.name, function, &mut document.record).map_err(|what| TaskError::Data {
@@ -314,19 +319,14 @@ fn examples(renderer: &Renderer<'_>) -> Result<Vec<Example>, TaskError> {
 
 fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
     let env = docs::environment();
-    let documents = documents(def, &def.eval_split, source)?;
+    let mut read = Vec::new();
+    let documents = documents(def, &def.eval_split, source, &mut read)?;
     let examples = examples(&Renderer { env: &env, def, documents: &documents })?;
     let shots = if source.num_fewshot > 0 { source.num_fewshot } else { def.num_fewshot.unwrap_or(0) };
     let prefixes = match shots {
         0 => vec![String::new(); examples.len()],
-        _ => fewshot_prefixes(def, &env, &documents, shots, source)?,
+        _ => fewshot_prefixes(def, &env, &documents, shots, source, &mut read)?,
     };
-    let files: Vec<(String, String)> = def
-        .data_files
-        .iter()
-        .filter(|(split, _)| **split == def.eval_split || (shots > 0 && Some(*split) == def.fewshot_split.as_ref()))
-        .flat_map(|(split, names)| names.iter().map(move |n| (split.clone(), n.clone())))
-        .collect();
     let docs = examples
         .into_iter()
         .zip(prefixes)
@@ -336,11 +336,22 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
             into_doc(def, i, example, &format!("{}{prefix}", def.description), document)
         })
         .collect::<Result<_, _>>()?;
-    let config = serde_json::json!({"task": def.config, "data_files": files});
+    // The files read, as `dataset_kwargs.data_files` of the results' configs.
+    let mut data_files = serde_json::Map::new();
+    for (split, path) in read {
+        let files = data_files.entry(split).or_insert_with(|| serde_json::json!([]));
+        let path = serde_json::Value::from(path.display().to_string());
+        if let Some(files) = files.as_array_mut().filter(|f| !f.contains(&path)) {
+            files.push(path);
+        }
+    }
+    let config = serde_json::json!({"task": def.config, "data_files": data_files});
+    let mut lm_eval_config = task_config(&def.config, &config);
+    lm_eval_config.insert("dataset_kwargs".into(), serde_json::json!({"data_files": data_files}));
     Ok(Task {
         name: def.name.clone(),
         docs,
-        lm_eval_config: task_config(&def.config, &config),
+        lm_eval_config,
         config,
         version: def.version,
         num_fewshot: shots,
@@ -356,6 +367,7 @@ fn fewshot_prefixes(
     documents: &[Document],
     shots: usize,
     source: &Source,
+    read: &mut Vec<(String, PathBuf)>,
 ) -> Result<Vec<String>, TaskError> {
     let refuse = |what: &str| TaskError::Data { path: def.file.clone(), problem: format!("`num_fewshot`: {what}") };
     if def.output_type == OutputType::LoglikelihoodRolling {
@@ -366,7 +378,7 @@ fn fewshot_prefixes(
     }
     let split =
         def.fewshot_split.as_deref().ok_or_else(|| refuse("the task names no split to draw demonstrations from"))?;
-    let pool_documents = documents_of_fewshot_split(def, split, source)?;
+    let pool_documents = documents_of_fewshot_split(def, split, source, read)?;
     let pool = examples(&Renderer { env, def, documents: &pool_documents })?;
     let rows = |documents: &[Document]| documents.iter().map(|d| Row::Object(d.record.clone())).collect();
     let sampler = match (def.sampler, def.sampler_sees_document) {
@@ -383,8 +395,13 @@ fn fewshot_prefixes(
 }
 
 /// The few-shot split's documents; a missing file says that 0-shot needs none.
-fn documents_of_fewshot_split(def: &TaskDef, split: &str, source: &Source) -> Result<Vec<Document>, TaskError> {
-    documents(def, split, source).map_err(|e| match e {
+fn documents_of_fewshot_split(
+    def: &TaskDef,
+    split: &str,
+    source: &Source,
+    read: &mut Vec<(String, PathBuf)>,
+) -> Result<Vec<Document>, TaskError> {
+    documents(def, split, source, read).map_err(|e| match e {
         TaskError::Data { path, problem } if problem.starts_with("`dataset_kwargs.data_files`") => TaskError::Data {
             path,
             problem: format!(
