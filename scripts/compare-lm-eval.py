@@ -128,7 +128,9 @@ def lm_eval_task(task, shots, data_dir, work):
             continue
         files[split] = folder / f"{split}.jsonl"
         write_jsonl(files[split], hf_docs(task, official))
-    if shots and len(files) < 2:
+    # The split lm-eval draws demonstrations from (lambada_openai has none: its test split).
+    fewshot = next((split for split in ("dev", "train") if split in splits), None)
+    if shots and fewshot and fewshot not in files:
         return None
     # lm-eval's YAML beside its modules, renamed so that neither is found as a task or
     # shadows another module named alike.
