@@ -61,6 +61,27 @@ fn multiple_choice_matches_at(shots: &str) {
     assert_eq!(report.tasks.results["story_endings"]["acc,none"], report_acc(&out.path().join("builtin.json")));
 }
 
+/// `fewshot_config.samples`, its own `doc_to_text` and delimiters: the demonstrations as
+/// lm-eval's `fewshot_context` joins them, the document itself in the task's template.
+#[test]
+fn demonstrations_written_into_the_task_file_lead_each_document() {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    let out = tempfile::tempdir().unwrap();
+    let args = RunArgs::new().path("--include-path", tasks.path()).flag("--task", "worked_examples").flag("--limit", 2);
+    assert!(args.samples_beside(&out.path().join("r.json")).run().status.success());
+    let items = std::fs::read_to_string(tasks.path().join("items.jsonl")).unwrap();
+    let demonstrations =
+        "Story: A cook cracks an egg. -> He fries it.\n--\nStory: A dog sees a ball. -> It runs after it.\n--\n";
+    for (sample, item) in samples(out.path(), "worked_examples").iter().zip(items.lines()) {
+        let item: serde_json::Value = serde_json::from_str(item).unwrap();
+        let context = format!("{demonstrations}{}", item["context"].as_str().unwrap());
+        assert_eq!(sample["arguments"]["gen_args_0"]["arg_0"], context.as_str());
+        assert_eq!(sample["arguments"]["gen_args_0"]["arg_1"], format!(" {}", item["choices"][0].as_str().unwrap()));
+    }
+    assert_eq!(read_report(&out.path().join("r.json")).tasks.n_shot["worked_examples"], 2);
+}
+
 fn report_acc(path: &Path) -> serde_json::Value {
     read_report(path).tasks.results["multiple_choice"]["acc,none"].clone()
 }

@@ -66,7 +66,16 @@ pub struct TaskDef {
     /// `dataset_kwargs.sample_by: document` (the `text` dataset).
     pub whole_documents: bool,
     pub eval_split: String,
+    /// Where demonstrations come from: `fewshot_config.split`, `fewshot_split`, else the
+    /// training, validation or test split (lm-eval's `fewshot_docs`)…
     pub fewshot_split: Option<String>,
+    /// …or, with no split named, `fewshot_config.samples`: the demonstrations themselves.
+    pub fewshot_samples: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// `fewshot_config`'s own `doc_to_text`, `doc_to_target`, `doc_to_choice`, which render
+    /// the demonstrations in place of the task's.
+    pub fewshot_templates: [Option<Template>; 3],
+    /// `fewshot_config`'s `target_delimiter` and `fewshot_delimiter`, else the task's.
+    pub fewshot_delimiters: (String, String),
     /// Whether lm-eval hands each document to its sampler to leave out of the draw: when the
     /// YAML's `fewshot_split` equals its `test_split`, both unset included.
     pub sampler_sees_document: bool,
@@ -74,7 +83,6 @@ pub struct TaskDef {
     pub doc_to_target: Template,
     pub doc_to_choice: Option<Template>,
     pub target_delimiter: String,
-    pub fewshot_delimiter: String,
     pub description: String,
     pub num_fewshot: Option<usize>,
     pub sampler: SamplerKind,
@@ -364,12 +372,54 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
             return Err(problem(file, "fewshot_config.sampler", format!("`{other}`: use default or first_n")))
         }
     };
-    let sampler_sees_document = split("fewshot_split")? == split("test_split")?;
-    // lm-eval's `fewshot_docs`: the few-shot split, else the training, validation or test split.
-    let fewshot_split = match split("fewshot_split")? {
+    let fewshot_text = |key: &str| match fewshot_config.map(|c| c.get(key)) {
+        None | Some(None) | Some(Some(Value::Null)) => Ok(None),
+        Some(Some(Value::String(s))) => Ok(Some(s.clone())),
+        Some(Some(_)) => Err(problem(file, &format!("fewshot_config.{key}"), "must be a string")),
+    };
+    // FewshotConfig.split: its own, else the task's `fewshot_split`; lm-eval hands the
+    // document to the sampler when that equals `test_split`.
+    let named_split = match fewshot_text("split")? {
         Some(s) => Some(s),
+        None => split("fewshot_split")?,
+    };
+    let sampler_sees_document = named_split == split("test_split")?;
+    let fewshot_samples = match (&named_split, fewshot_config.and_then(|c| c.get("samples"))) {
+        (None, Some(samples)) => {
+            if let Some(err) = function_error(file, "fewshot_config.samples", samples) {
+                return Err(err);
+            }
+            let items = samples
+                .as_sequence()
+                .ok_or_else(|| problem(file, "fewshot_config.samples", "must be a list of documents"))?;
+            let records = items.iter().map(|item| match to_json(item) {
+                serde_json::Value::Object(record) => Ok(record),
+                _ => Err(problem(file, "fewshot_config.samples", "each sample must be a mapping of fields")),
+            });
+            Some(records.collect::<Result<Vec<_>, _>>()?)
+        }
+        _ => None,
+    };
+    // lm-eval's `fewshot_docs`: the named split, the samples, else the training, validation or test split.
+    let fewshot_split = match named_split {
+        Some(s) => Some(s),
+        None if fewshot_samples.is_some() => None,
         None => split("training_split")?.or(split("validation_split")?).or(split("test_split")?),
     };
+    let fewshot_template = |key: &str| -> Result<Option<Template>, TaskError> {
+        match fewshot_config.and_then(Value::as_mapping) {
+            Some(own) => template(own, file, &name, key),
+            None => Ok(None),
+        }
+    };
+    let fewshot_templates =
+        [fewshot_template("doc_to_text")?, fewshot_template("doc_to_target")?, fewshot_template("doc_to_choice")?];
+    let target_delimiter = text(&map, file, "target_delimiter")?.unwrap_or_else(|| " ".into());
+    let fewshot_delimiter = text(&map, file, "fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into());
+    let fewshot_delimiters = (
+        fewshot_text("target_delimiter")?.unwrap_or_else(|| target_delimiter.clone()),
+        fewshot_text("fewshot_delimiter")?.unwrap_or_else(|| fewshot_delimiter.clone()),
+    );
     let output_type = match text(&map, file, "output_type")?.as_deref() {
         Some("multiple_choice") => OutputType::MultipleChoice,
         Some("loglikelihood") => OutputType::Loglikelihood,
@@ -428,14 +478,16 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         whole_documents,
         eval_split,
         fewshot_split,
+        fewshot_samples,
+        fewshot_templates,
+        fewshot_delimiters,
         sampler_sees_document,
         doc_to_text: template(&map, file, &name, "doc_to_text")?
             .ok_or_else(|| problem(file, "doc_to_text", "is missing"))?,
         doc_to_target: template(&map, file, &name, "doc_to_target")?
             .ok_or_else(|| problem(file, "doc_to_target", "is missing"))?,
         doc_to_choice,
-        target_delimiter: text(&map, file, "target_delimiter")?.unwrap_or_else(|| " ".into()),
-        fewshot_delimiter: text(&map, file, "fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into()),
+        target_delimiter,
         description: text(&map, file, "description")?.unwrap_or_default(),
         num_fewshot,
         sampler,

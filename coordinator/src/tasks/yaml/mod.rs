@@ -376,10 +376,24 @@ fn fewshot_prefixes(
             def.name
         )));
     }
-    let split =
-        def.fewshot_split.as_deref().ok_or_else(|| refuse("the task names no split to draw demonstrations from"))?;
-    let pool_documents = documents_of_fewshot_split(def, split, source, read)?;
-    let pool = examples(&Renderer { env, def, documents: &pool_documents })?;
+    // The demonstrations rendered by `fewshot_config`'s own templates where it has them.
+    let [text, target, choice] = def.fewshot_templates.clone();
+    let fewshot_def = TaskDef {
+        doc_to_text: text.unwrap_or_else(|| def.doc_to_text.clone()),
+        doc_to_target: target.unwrap_or_else(|| def.doc_to_target.clone()),
+        doc_to_choice: choice.or_else(|| def.doc_to_choice.clone()),
+        ..def.clone()
+    };
+    let (split, pool_documents) = match (&def.fewshot_split, &def.fewshot_samples) {
+        (Some(split), _) => (split.as_str(), documents_of_fewshot_split(&fewshot_def, split, source, read)?),
+        (None, Some(samples)) => {
+            let place = |i: usize| format!("fewshot_config.samples item {}", i + 1);
+            let samples = samples.iter().enumerate().map(|(i, r)| Document { record: r.clone(), place: place(i) });
+            ("fewshot_config.samples", samples.collect())
+        }
+        (None, None) => return Err(refuse("the task names no split to draw demonstrations from")),
+    };
+    let pool = examples(&Renderer { env, def: &fewshot_def, documents: &pool_documents })?;
     let rows = |documents: &[Document]| documents.iter().map(|d| Row::Object(d.record.clone())).collect();
     let sampler = match (def.sampler, def.sampler_sees_document) {
         (SamplerKind::FirstN, _) => Sampler::FirstN(pool),
@@ -389,7 +403,8 @@ fn fewshot_prefixes(
             eval_doc: EvalDoc::Excluded { pool_rows: rows(&pool_documents), doc_rows: rows(documents) },
         },
     };
-    let delimiters = Delimiters { target: def.target_delimiter.clone(), fewshot: def.fewshot_delimiter.clone() };
+    let (target, fewshot) = def.fewshot_delimiters.clone();
+    let delimiters = Delimiters { target, fewshot };
     fewshot::contexts(documents.len(), &sampler, shots, &delimiters)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
 }
