@@ -62,7 +62,8 @@ fn multiple_choice_matches_at(shots: &str) {
 }
 
 /// `fewshot_config.samples`, its own `doc_to_text` and delimiters: the demonstrations as
-/// lm-eval's `fewshot_context` joins them, the document itself in the task's template.
+/// lm-eval's `fewshot_context` joins them, after the description (a template of the
+/// document), and the document itself in the task's template.
 #[test]
 fn demonstrations_written_into_the_task_file_lead_each_document() {
     let tasks = tempfile::tempdir().unwrap();
@@ -75,7 +76,7 @@ fn demonstrations_written_into_the_task_file_lead_each_document() {
         "Story: A cook cracks an egg. -> He fries it.\n--\nStory: A dog sees a ball. -> It runs after it.\n--\n";
     for (sample, item) in samples(out.path(), "worked_examples").iter().zip(items.lines()) {
         let item: serde_json::Value = serde_json::from_str(item).unwrap();
-        let context = format!("{demonstrations}{}", item["context"].as_str().unwrap());
+        let context = format!("Item {}.\n{demonstrations}{}", item["id"], item["context"].as_str().unwrap());
         assert_eq!(sample["arguments"]["gen_args_0"]["arg_0"], context.as_str());
         assert_eq!(sample["arguments"]["gen_args_0"]["arg_1"], format!(" {}", item["choices"][0].as_str().unwrap()));
     }

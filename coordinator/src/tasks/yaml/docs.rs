@@ -143,6 +143,15 @@ impl Renderer<'_> {
         })
     }
 
+    /// A text entry (`description`) on one document: a field of it, else a template.
+    pub fn resolve(&self, key: &str, doc: usize, text: &str) -> Result<String, TaskError> {
+        let record = &self.documents[doc].record;
+        match record.get(text) {
+            Some(value) => Ok(plain(value)),
+            None => self.render(key, doc, text, record),
+        }
+    }
+
     /// One `doc_to_*` entry on one document; `choices` says whether the task has choices
     /// (then a template's digits are an index, as lm-eval's `ast.literal_eval` makes them).
     pub fn apply(&self, key: &str, template: &Template, doc: usize, choices: bool) -> Result<Rendered, TaskError> {

@@ -321,7 +321,15 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
     let env = docs::environment();
     let mut read = Vec::new();
     let documents = documents(def, &def.eval_split, source, &mut read)?;
-    let examples = examples(&Renderer { env: &env, def, documents: &documents })?;
+    let renderer = Renderer { env: &env, def, documents: &documents };
+    let examples = examples(&renderer)?;
+    // lm-eval's `resolve_field`: the description is a field of the document or a template.
+    let descriptions = (0..documents.len())
+        .map(|i| match &def.description {
+            d if d.is_empty() => Ok(String::new()),
+            d => renderer.resolve("description", i, d),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let shots = if source.num_fewshot > 0 { source.num_fewshot } else { def.num_fewshot.unwrap_or(0) };
     let prefixes = match shots {
         0 => vec![String::new(); examples.len()],
@@ -329,11 +337,11 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
     };
     let docs = examples
         .into_iter()
-        .zip(prefixes)
+        .zip(descriptions.into_iter().zip(prefixes))
         .zip(documents)
         .enumerate()
-        .map(|(i, ((example, prefix), document))| {
-            into_doc(def, i, example, &format!("{}{prefix}", def.description), document)
+        .map(|(i, ((example, (description, prefix)), document))| {
+            into_doc(def, i, example, &format!("{description}{prefix}"), document)
         })
         .collect::<Result<_, _>>()?;
     // The files read, as `dataset_kwargs.data_files` of the results' configs.
