@@ -15,9 +15,16 @@ TASK:LIMIT:SHOTS it
 - runs `evalmesh run` on the same official files with its shipped task;
 - prints, per task and shots: each metric from both results files, the number of requests
   whose prompt (context and continuation) differs, the documents whose samples' hashes
-  (doc_hash, prompt_hash, target_hash) differ, the largest per-request log-likelihood
-  difference, and each document whose accuracy differs with the gap between its two best
-  choices (a flip below 1e-3 is a near-tie, not a different prompt).
+  (doc_hash, prompt_hash, target_hash) differ, whether the results' task_hashes agree, the
+  largest per-request log-likelihood difference, and each document whose accuracy differs
+  with the gap between its two best choices (a flip below 1e-3 is a near-tie, not a
+  different prompt).
+
+transformers builds lm-eval's tokenizer from the GGUF, and may build it unlike the model's
+own (for SmolLM2 it drops the pre-tokenizer that splits digits, so text with runs of spaces
+before digits is cut otherwise than llama.cpp and evalmesh cut it): --lm-eval-tokenizer DIR
+gives lm-eval the model's own tokenizer files instead (a new --work folder, since lm-eval's
+runs are reused by name).
 """
 
 import argparse
@@ -210,8 +217,10 @@ def compare(task, shots, limit, lm_dir, em_dir):
         metric = key.split(",")[0]
         if "," not in key or "stderr" in key or metric == "sample_len":
             continue
+        same_task_hash = lm_results["task_hashes"].get(f"cmp_{task}") == em_results["task_hashes"].get(task)
         rows.append(f"| {task} | {shots} | {len(lm_samples)} | {metric} | {figure(lm_metrics, key)} | "
-                    f"{figure(em_metrics, key)} | {prompts} | {hashes} | {largest:.1e} | {len(flips)} |")
+                    f"{figure(em_metrics, key)} | {prompts} | {hashes} | {'same' if same_task_hash else 'differs'} "
+                    f"| {largest:.1e} | {len(flips)} |")
     return rows, flips
 
 
@@ -222,6 +231,7 @@ def main():
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--batch-size", default="16")
+    parser.add_argument("--lm-eval-tokenizer", type=Path, help="a folder with the model's own tokenizer files")
     parser.add_argument("--stand-in-training-splits", action="store_true",
                         help="where a few-shot run needs a training split the data folder lacks, use the "
                              "evaluated split's documents after the first LIMIT in its place")
@@ -234,8 +244,8 @@ def main():
     if not link.exists():
         link.symlink_to(args.model.resolve())
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    table = ["| task | shots | docs | metric | lm-eval | evalmesh | prompts differing | hashes differing "
-             "| largest Δ log-likelihood | flips |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| task | shots | docs | metric | lm-eval | evalmesh | prompts differing | samples' hashes differing "
+             "| task hash | largest Δ log-likelihood | flips |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     all_flips = []
     for spec in args.specs:
         task, limit, shots = spec.split(":")
@@ -245,12 +255,13 @@ def main():
             data_dir = with_stand_in_training_split(task, limit, int(shots), data_dir, work)
         folder = lm_eval_task(task, int(shots), data_dir, work)
         if folder is None:
-            table.append(f"| {task} | {shots} | - | (the few-shot split is not in {args.data_dir}) | | | | | | |")
+            table.append(f"| {task} | {shots} | - | (the few-shot split is not in {args.data_dir}) | | | | | | | |")
             continue
         lm_dir, em_dir = work / "lm-eval" / name, work / "evalmesh" / name
         if newest(lm_dir, "results_*.json") is None:
             run([Path(sys.executable).parent / "lm_eval", "--model", "hf", "--model_args",
-                 f"pretrained={model_dir},gguf_file={args.model.name},dtype=float32",
+                 f"pretrained={model_dir},gguf_file={args.model.name},dtype=float32"
+                 + (f",tokenizer={args.lm_eval_tokenizer.resolve()}" if args.lm_eval_tokenizer else ""),
                  "--tasks", f"cmp_{task}", "--include_path", folder, "--num_fewshot", shots,
                  "--limit", limit, "--batch_size", args.batch_size, "--log_samples", "--output_path", lm_dir],
                 work / f"{name}.lm-eval.log", env)
