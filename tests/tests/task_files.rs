@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use evalmesh_tests::{assert_clean_error, path_str, read_report, read_samples, repo_dir, shared_dir, RunArgs};
+use evalmesh_tests::{
+    assert_clean_error, path_str, read_report, read_samples, repo_dir, run_evalmesh, shared_dir, RunArgs,
+};
 
 /// The fixture folder copied beside the first 24 of llama.cpp's HellaSwag items (`items.jsonl`).
 fn task_dir(dir: &Path) {
@@ -81,6 +83,25 @@ fn demonstrations_written_into_the_task_file_lead_each_document() {
         assert_eq!(sample["arguments"]["gen_args_0"]["arg_1"], format!(" {}", item["choices"][0].as_str().unwrap()));
     }
     assert_eq!(read_report(&out.path().join("r.json")).tasks.n_shot["worked_examples"], 2);
+}
+
+/// lm-eval's `--tasks list`: every shipped and included name with what it reads, nothing run.
+#[test]
+fn tasks_list_names_every_task_and_what_it_reads() {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    let output = run_evalmesh(&["run", "--tasks", "list", "--include-path", path_str(tasks.path())]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listing = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "  mmlu_anatomy: multiple_choice on mmlu/test/anatomy_test.csv",
+        "  mmlu: a group of mmlu_stem, mmlu_other, mmlu_social_sciences, mmlu_humanities",
+        "  multiple_choice: multiple_choice on --data FILE",
+        "  capitals_parquet: loglikelihood on capitals.parquet",
+        "  geography: a tag of capitals, capitals_parquet",
+    ] {
+        assert!(listing.lines().any(|l| l == line), "no line `{line}` in:\n{listing}");
+    }
 }
 
 fn report_acc(path: &Path) -> serde_json::Value {

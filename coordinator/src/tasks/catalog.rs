@@ -47,19 +47,34 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The names `--tasks` takes, one a line with what each is: the shipped tasks, then
+    /// the `--include-path` folder's.
+    pub fn listing(&self) -> String {
+        let mut lines = vec!["Shipped with evalmesh (data from --data-dir):".to_string()];
+        lines.extend(self.shipped.summary(true).iter().map(|l| format!("  {l}")));
+        if let Some(included) = &self.included {
+            lines.push("From --include-path:".into());
+            lines.extend(included.summary(true).iter().map(|l| format!("  {l}")));
+        }
+        lines.join("\n")
+    }
+}
+
 fn names(registry: &Registry) -> String {
-    let lines = registry.summary();
+    let lines = registry.summary(false);
     lines.iter().filter_map(|l| l.split(':').next()).collect::<Vec<_>>().join(", ")
 }
 
 /// `--task`'s help: the shipped tasks, groups and tags with what each reads.
 pub fn tasks_help() -> String {
     let listed = match Registry::shipped() {
-        Ok(shipped) => shipped.summary().iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"),
+        Ok(shipped) => shipped.summary(false).iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"),
         Err(e) => format!("  (the shipped task files cannot be read: {e})"),
     };
     format!(
-        "Tasks, groups or tags to score, separated by commas: lm-evaluation-harness task files shipped with \
-         evalmesh (coordinator/tasks/), reading --data-dir (laid out like shared/data), or from --include-path:\n{listed}"
+        "Tasks, groups or tags to score, separated by commas (`list`: print them, with --include-path's, and \
+         stop): lm-evaluation-harness task files shipped with evalmesh (coordinator/tasks/), reading --data-dir \
+         (laid out like shared/data), or from --include-path:\n{listed}"
     )
 }

@@ -42,6 +42,11 @@ enum Place<'w> {
 
 /// `world` is the MPI world of an `mpirun`/`srun` job, seen from rank 0; `None` in a single process.
 pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<()> {
+    if args.task == "list" {
+        // lm-eval's `--tasks list`: what the names stand for, and nothing run.
+        println!("{}", Catalog::new(args.include_path.as_deref())?.listing());
+        return Ok(());
+    }
     let (started, started_at) = (Instant::now(), SystemTime::now());
     let settings = args.resolve(world.is_some())?;
     if let Some(threads) = settings.threads {

@@ -92,10 +92,11 @@ impl Registry {
     }
 
     /// The names a user picks from, each with what it is, one a line: the tasks and groups
-    /// no group holds (MMLU's subjects are reached through `mmlu` and its categories), and the tags.
-    pub fn summary(&self) -> Vec<String> {
+    /// (`all`: every one; else those no group holds, so that MMLU's subjects are reached
+    /// through `mmlu` and its categories), and the tags.
+    pub fn summary(&self, all: bool) -> Vec<String> {
         let mut held: Vec<&str> = Vec::new();
-        for definition in self.definitions.values() {
+        for definition in self.definitions.values().filter(|_| !all) {
             if let Definition::Group(g) = definition {
                 for member in &g.tasks {
                     held.push(member);
