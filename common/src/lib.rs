@@ -1,11 +1,13 @@
 //! Types shared by the evalmesh coordinator and its workers: the validated model
-//! configuration, the scoring requests with their packed micro-batch layout, the plan
+//! configuration, the scoring requests with their packed micro-batch layout, the steps of
+//! generation, the plan
 //! of stages, the control protocol, and the strategy logic: hardware profiles, the cost
 //! model and the search over layouts.
 //! Nothing here does I/O beyond parsing.
 
 pub mod config;
 pub mod cost;
+pub mod decode;
 pub mod hardware;
 pub mod plan;
 pub mod protocol;

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use evalmesh_common::decode::{kv_bytes_per_token, DecodeBatch, NextToken};
 use evalmesh_common::protocol::{
     check_version, Device, ModelRef, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION,
 };
@@ -184,6 +185,13 @@ impl Schedule {
     }
 }
 
+/// Generation runs in one process for now; the workers' protocol has no generation steps yet.
+fn generation_unsupported() -> EngineError {
+    EngineError::Unsupported(
+        "generate_until tasks run in one process for now (the lightweight engine): run evalmesh without mpirun".into(),
+    )
+}
+
 impl EvaluationEngine for DistributedEngine<'_> {
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, &self.config)?;
@@ -217,6 +225,18 @@ impl EvaluationEngine for DistributedEngine<'_> {
             }
         }
         Ok(())
+    }
+
+    fn decode(&mut self, _batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
+        Err(generation_unsupported())
+    }
+
+    fn set_kv_budget(&mut self, _bytes: usize) -> Result<(), EngineError> {
+        Err(generation_unsupported())
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        kv_bytes_per_token(&self.config, self.config.num_layers, self.config.num_kv_heads)
     }
 
     fn describe(&self) -> String {

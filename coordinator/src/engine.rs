@@ -2,6 +2,7 @@
 //! every engine shares, and the `LightweightEngine`: one process that runs the whole
 //! model in one stage.
 
+use evalmesh_common::decode::{kv_bytes_per_token, DecodeBatch, NextToken};
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
@@ -17,8 +18,10 @@ pub enum EngineError {
     Request { index: usize, problem: String },
     #[error(transparent)]
     Stage(#[from] StageError),
-    #[error("the last stage returned hidden states instead of scores")]
+    #[error("the last stage returned hidden states instead of its answer")]
     NoScores,
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Sink(String),
     #[error("plan: {0}")]
@@ -37,6 +40,13 @@ pub trait EvaluationEngine {
     /// Scores every tree in micro-batches of at most `batch_tokens` input tokens, handing
     /// each result to `done` (in no particular order).
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError>;
+    /// One generation step (docs/ARCHITECTURE.md §12): the next token of each of its sequences.
+    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError>;
+    /// Sets the KV-cache budget of every stage, freeing what the caches hold.
+    fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError>;
+    /// The most bytes of KV cache a token takes on any one worker: the coordinator admits
+    /// the sequences that the budget holds there.
+    fn kv_bytes_per_token(&self) -> usize;
     /// One line saying what runs where.
     fn describe(&self) -> String;
     /// How many workers compute at once.
@@ -116,6 +126,27 @@ impl EvaluationEngine for LightweightEngine {
             }
         }
         Ok(())
+    }
+
+    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
+        let started = std::time::Instant::now();
+        let Forwarded::Next(next) = self.stage.decode(batch, None, false)? else {
+            return Err(EngineError::NoScores);
+        };
+        self.spans.record(&mut self.compute, "compute", started, 0, None);
+        self.batches += 1;
+        self.tokens += batch.rows() as u64;
+        Ok(next)
+    }
+
+    fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError> {
+        self.stage.set_kv_budget(bytes);
+        Ok(())
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        let c = self.stage.config();
+        kv_bytes_per_token(c, c.num_layers, c.num_kv_heads)
     }
 
     fn describe(&self) -> String {

@@ -9,19 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use evalmesh_common::cost::Prediction;
+use evalmesh_common::decode::Choice;
 use evalmesh_common::{ScoreTree, TreeScores};
 
 use crate::engine::{EngineError, EvaluationEngine};
+use crate::generation::{generate, Batching, Generation, GenerationRequest};
 use crate::journal::{task_key, tree_key, Journal, JournalError};
 use crate::lm_eval::files::SamplesFiles;
 use crate::lm_eval::python::hash_string;
-use crate::lm_eval::samples::sample;
+use crate::lm_eval::samples::{generation_sample, sample, Sample};
 use crate::prediction::{error_percent, Predictor};
-use crate::progress::token_bar;
+use crate::progress::{sequence_bar, token_bar};
 use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
-use crate::tasks::metrics::{aggregate, outcome, Outcome};
+use crate::tasks::metrics::{aggregate, mean_stderr, outcome, Outcome};
 use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
-use crate::tasks::{Group, Task, TaskError};
+use crate::tasks::{Doc, Group, Target, Task, TaskError};
 use crate::tokenizer::TextTokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,10 @@ pub struct Settings<'a> {
     pub tune: bool,
     /// Set by SIGTERM, SIGUSR1 or SIGINT: stop after the micro-batch in hand.
     pub stop: Option<&'a AtomicBool>,
+    /// Sequences decoding at once (generate_until tasks).
+    pub max_sequences: usize,
+    /// KV-cache bytes per worker (generate_until tasks).
+    pub kv_budget_bytes: usize,
 }
 
 /// Scores some of a task's computed trees with a budget.
@@ -165,6 +171,17 @@ pub fn evaluate(
     let mut tuner = settings.tune.then(Tuner::default);
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
+        if docs.iter().any(|d| matches!(d.target, Target::Generate { .. })) {
+            let Scored { metrics, samples, stats } = generate_task(engine, tokenizer, task, docs, settings)?;
+            add_to_groups(&mut groups, task);
+            let task_hash = hash_string(&samples.iter().map(|s| s.hashes.as_str()).collect::<String>());
+            if let Some(files) = settings.samples {
+                write_samples(&files.path(&task.name), &samples)?;
+            }
+            crate::lm_eval::add_task(&mut results, task, metrics, docs.len(), task_hash);
+            task_stats.insert(task.name.clone(), stats);
+            continue;
+        }
         let plan = plan(docs, tokenizer, settings.windows, settings.max_position, settings.share_prefixes)?;
         let config_hash = task_key(&task.config, settings.windows, task.num_fewshot);
         let keys: Vec<String> =
@@ -226,10 +243,9 @@ pub fn evaluate(
         let per_doc: Vec<(Vec<RequestScore>, Outcome)> = docs
             .iter()
             .zip(&plan.docs)
-            .map(|(doc, planned)| {
+            .filter_map(|(doc, planned)| {
                 let s = request_scores(planned, &scores);
-                let o = outcome(&doc.target, planned, &s);
-                (s, o)
+                outcome(&doc.target, planned, &s).map(|o| (s, o))
             })
             .collect();
         let outcomes: Vec<Outcome> = per_doc.iter().map(|(_, o)| o.clone()).collect();
@@ -242,14 +258,7 @@ pub fn evaluate(
             // Chunks score only their second halves: per-word and per-byte figures do not apply.
             metrics.retain(|k, _| k.starts_with("perplexity"));
         }
-        // Each group's children are what sits right under it: the task, or the group inside it.
-        let children = std::iter::once(&task.name).chain(task.groups.iter().map(|g| &g.name));
-        for (group, child) in task.groups.iter().zip(children) {
-            let members = groups.entry(group.clone()).or_default();
-            if !members.contains(child) {
-                members.push(child.clone());
-            }
-        }
+        add_to_groups(&mut groups, task);
         let reported = |m: &str| metrics.contains_key(&format!("{m},none"));
         let samples: Vec<_> = docs.iter().zip(&per_doc).map(|(doc, (s, o))| sample(doc, s, o, &reported)).collect();
         let task_hash = hash_string(&samples.iter().map(|s| s.hashes.as_str()).collect::<String>());
@@ -276,6 +285,140 @@ pub fn evaluate(
         prediction: settings.predictor.map(|p| predicted.summary(p)),
         tuning: tuner.map(|t| t.summary(budget)),
     })
+}
+
+/// Adds `task` to its groups: each group's children are what sits right under it, the
+/// task or the group inside it.
+fn add_to_groups(groups: &mut BTreeMap<Group, Vec<String>>, task: &Task) {
+    let children = std::iter::once(&task.name).chain(task.groups.iter().map(|g| &g.name));
+    for (group, child) in task.groups.iter().zip(children) {
+        let members = groups.entry(group.clone()).or_default();
+        if !members.contains(child) {
+            members.push(child.clone());
+        }
+    }
+}
+
+/// What a task's run gave: its metrics under lm-evaluation-harness's keys, its samples and its cost.
+struct Scored {
+    metrics: BTreeMap<String, serde_json::Value>,
+    samples: Vec<Sample>,
+    stats: TaskStats,
+}
+
+/// The seed of a sampled document's draws: lm-evaluation-harness seeds its run with 1234;
+/// here each document has its own stream, so its text does not depend on the others.
+const SAMPLING_SEED: u64 = 1234;
+
+/// A generate_until task (docs/ARCHITECTURE.md §12): each document's context tokenised
+/// (left-truncated, as lm-evaluation-harness does, to leave `max_gen_toks` positions), its
+/// continuation generated, filtered by each filter chain and matched with `exact_match`.
+fn generate_task(
+    engine: &mut dyn EvaluationEngine,
+    tokenizer: &TextTokenizer,
+    task: &Task,
+    docs: &[Doc],
+    settings: &Settings,
+) -> Result<Scored, EvaluateError> {
+    let mut requests = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let Target::Generate { kwargs, prompt_ids, .. } = &doc.target else {
+            return Err(TaskError::Settings(format!("{}: document {} is not a generation", task.name, doc.id)).into());
+        };
+        let room = settings.max_position.checked_sub(kwargs.max_gen_toks).filter(|&r| r > 0).ok_or_else(|| {
+            TaskError::Settings(format!(
+                "{}: max_gen_toks {} leaves no room for a prompt in the model's {} positions",
+                task.name, kwargs.max_gen_toks, settings.max_position
+            ))
+        })?;
+        let context = doc.requests.first().map_or("", |r| r.context.as_str());
+        let mut prompt = match prompt_ids {
+            Some(ids) => ids.clone(),
+            None => tokenizer.encode_document(context).map_err(TaskError::from)?,
+        };
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
+            return Err(TaskError::Settings(format!(
+                "{}: document {}: prompt token {id} is outside the vocabulary of {}",
+                task.name,
+                doc.id,
+                tokenizer.vocab_size()
+            ))
+            .into());
+        }
+        if prompt.is_empty() {
+            prompt.extend(tokenizer.prefix_token());
+        }
+        prompt.drain(..prompt.len().saturating_sub(room));
+        let choice = match kwargs.do_sample {
+            true => Choice::Sample {
+                temperature: kwargs.temperature as f32,
+                top_k: kwargs.top_k,
+                top_p: kwargs.top_p as f32,
+                seed: SAMPLING_SEED << 32 | doc.id as u64,
+            },
+            false => Choice::Greedy,
+        };
+        requests.push(GenerationRequest {
+            prompt,
+            until: kwargs.until.clone(),
+            max_tokens: kwargs.max_gen_toks,
+            stop_at_eos: !kwargs.ignore_eos,
+            choice,
+        });
+    }
+    let bar = sequence_bar(requests.len(), &task.name);
+    let started = Instant::now();
+    let mut generations: Vec<Option<Generation>> = vec![None; requests.len()];
+    let mut generated = 0usize;
+    let todo: Vec<usize> = (0..requests.len()).collect();
+    let batching = Batching {
+        batch_tokens: settings.batch_tokens,
+        max_sequences: settings.max_sequences,
+        kv_budget_bytes: settings.kv_budget_bytes,
+        max_position: settings.max_position,
+    };
+    generate(engine, tokenizer, &requests, &todo, batching, &mut |i, g| {
+        generated += g.tokens.len();
+        bar.inc(1);
+        bar.set_message(format!(
+            "{generated} tokens, {:.1} tokens/s",
+            generated as f64 / started.elapsed().as_secs_f64()
+        ));
+        generations[i] = Some(g);
+        match settings.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            true => Err(EngineError::Stopped),
+            false => Ok(()),
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let generations: Vec<Generation> = generations.into_iter().flatten().collect();
+    let mut metrics = BTreeMap::new();
+    let mut samples = Vec::new();
+    for filter in &task.filters {
+        let mut scores = Vec::with_capacity(docs.len());
+        for (doc, g) in docs.iter().zip(&generations) {
+            let Target::Generate { reference, .. } = &doc.target else { continue };
+            let filtered = filter.apply(std::slice::from_ref(&g.text)).into_iter().next().unwrap_or_default();
+            let score = task.exact_match.score(&filtered, reference);
+            scores.push(score);
+            samples.push(generation_sample(doc, g, &filter.name, &filtered, score));
+        }
+        let (mean, stderr) = mean_stderr(&scores);
+        metrics.insert(format!("exact_match,{}", filter.name), serde_json::json!(mean));
+        metrics.insert(format!("exact_match_stderr,{}", filter.name), serde_json::json!(stderr));
+    }
+    let prompt_tokens: usize = requests.iter().map(|r| r.prompt.len()).sum();
+    let stats = TaskStats {
+        trees: requests.len(),
+        trees_computed: requests.len(),
+        tokens_computed: prompt_tokens + generated,
+        tokens_generated: Some(generated),
+        seconds,
+        tokens_per_s: (prompt_tokens + generated) as f64 / seconds.max(1e-9),
+        ..TaskStats::default()
+    };
+    Ok(Scored { metrics, samples, stats })
 }
 
 /// Predicted and measured figures summed over the tasks of a run.
@@ -342,7 +485,7 @@ fn longest_request(trees: &[ScoreTree]) -> usize {
 }
 
 /// The samples file of a task: one line per document (see [`sample`]).
-fn write_samples(path: &Path, samples: &[crate::lm_eval::samples::Sample]) -> Result<(), EvaluateError> {
+fn write_samples(path: &Path, samples: &[Sample]) -> Result<(), EvaluateError> {
     let mut out = Vec::new();
     for s in samples {
         out.extend_from_slice(s.line.as_bytes());

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod distributed;
 pub mod engine;
 pub mod evaluate;
+pub mod generation;
 pub mod journal;
 pub mod lm_eval;
 pub mod model;

@@ -13,3 +13,15 @@ pub fn token_bar(total_tokens: usize, label: &str) -> ProgressBar {
     bar.set_prefix(label.to_string());
     bar
 }
+
+/// A bar over generated sequences, with the tokens generated so far in its message.
+pub fn sequence_bar(total_sequences: usize, label: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total_sequences as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} sequences, {msg} ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}

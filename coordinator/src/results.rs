@@ -187,6 +187,9 @@ pub struct TaskStats {
     pub prediction_error_percent: Option<f64>,
     pub seconds: f64,
     pub tokens_computed: usize,
+    /// Tokens generated (generate_until tasks); `tokens_computed` counts them with the prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_generated: Option<usize>,
     pub tokens_per_s: f64,
     pub tokens_scored: usize,
     pub tokens_without_prefix_sharing: usize,

@@ -41,7 +41,7 @@ fn scores(stage: &TransformerStage<CpuBackend>, ids: &[u32]) -> Vec<TokenScore> 
     let tree = ScoreTree { prefix: ids.to_vec(), prefix_targets_from: 1, branches: vec![] };
     match stage.forward(&MicroBatch::pack(&[&tree]), StageInput::Tokens, &mut LocalSum).unwrap() {
         StageOutput::Scores(s) => s,
-        StageOutput::Hidden(_) => panic!("a whole stage returns scores"),
+        StageOutput::Hidden(_) | StageOutput::Next(_) => panic!("a whole stage returns scores"),
     }
 }
 

@@ -88,7 +88,7 @@ fn scores(source: &dyn WeightSource, trees: &[ScoreTree]) -> Vec<TokenScore> {
     let refs: Vec<&ScoreTree> = trees.iter().collect();
     match stage.forward(&MicroBatch::pack(&refs), StageInput::Tokens, &mut LocalSum).unwrap() {
         StageOutput::Scores(s) => s,
-        StageOutput::Hidden(_) => panic!("a whole-model stage returns scores"),
+        StageOutput::Hidden(_) | StageOutput::Next(_) => panic!("a whole-model stage returns scores"),
     }
 }
 

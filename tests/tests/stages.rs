@@ -28,7 +28,7 @@ fn bits(scores: &[TokenScore]) -> Vec<(u32, bool)> {
 fn scores_of(output: StageOutput<evalmesh_worker::Matrix>) -> Vec<TokenScore> {
     match output {
         StageOutput::Scores(s) => s,
-        StageOutput::Hidden(_) => panic!("expected scores from the last stage"),
+        StageOutput::Hidden(_) | StageOutput::Next(_) => panic!("expected scores from the last stage"),
     }
 }
 

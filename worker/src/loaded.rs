@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use evalmesh_common::decode::{DecodeBatch, NextToken};
 use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision};
 use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, ModelConfig, PlanError, StageSpec, TokenScore};
@@ -18,7 +19,7 @@ use crate::comm::activations::Activations;
 use crate::comm::cuda_aware::mpi_is_cuda_aware;
 use crate::comm::shard_sum::ShardSum;
 use crate::comm::wire::{Landing, Outbound};
-use crate::stage::{GroupSum, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
+use crate::stage::{GroupSum, KvCache, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
 use crate::weights::WeightSource;
 
 /// What a stage computes on, found before anything is read, so that a machine without
@@ -87,6 +88,8 @@ pub enum Forwarded {
     /// Hidden states that go nowhere: a shard of a last stage without the head, whose part
     /// went into the shards' sums.
     Summed,
+    /// The last stage's next token of each sequence of a generation step.
+    Next(Vec<NextToken>),
 }
 
 /// A stage loaded on whatever backend its target chose, with its row-parallel sums.
@@ -105,6 +108,18 @@ pub trait LoadedStage {
         hidden: Option<Activations>,
         hand_on: bool,
     ) -> Result<Forwarded, StageError>;
+    /// One generation step (docs/ARCHITECTURE.md §12) on the stage's KV cache, from its
+    /// tokens or the previous stage's activations, as [`LoadedStage::forward`].
+    fn decode(
+        &mut self,
+        batch: &DecodeBatch,
+        hidden: Option<Activations>,
+        hand_on: bool,
+    ) -> Result<Forwarded, StageError>;
+    /// Sets the most the stage's KV cache may hold, freeing every sequence it holds.
+    fn set_kv_budget(&mut self, bytes: usize);
+    /// Bytes the KV cache holds now.
+    fn kv_bytes(&self) -> usize;
     /// Where the previous stage's activations land.
     fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
@@ -167,7 +182,12 @@ struct Loaded<B: Backend> {
     stage: TransformerStage<B>,
     sums: Box<dyn GroupSum<B>>,
     device: String,
+    cache: KvCache,
 }
+
+/// The KV-cache budget of a stage until one is set: none, so that a generation step
+/// before [`LoadedStage::set_kv_budget`] fails with a clear error.
+const NO_KV_BUDGET: usize = 0;
 
 impl<B: Backend + 'static> Loaded<B> {
     fn load(
@@ -193,7 +213,29 @@ impl<B: Backend + 'static> Loaded<B> {
             }),
             None => Box::new(LocalSum),
         };
-        Ok(Loaded { stage, sums, device })
+        let cache = stage.kv_cache(NO_KV_BUDGET);
+        Ok(Loaded { stage, sums, device, cache })
+    }
+}
+
+impl<B: Backend> Loaded<B> {
+    /// The stage's input: its tokens, or the previous stage's activations.
+    fn input(&self, hidden: Option<Activations>) -> Result<StageInput<B::Tensor>, StageError> {
+        Ok(match hidden {
+            Some(h) => StageInput::Hidden(self.stage.backend().adopt(h.wire, h.header.rows, h.header.cols)?),
+            None => StageInput::Tokens,
+        })
+    }
+
+    /// What a pass's output becomes: scores or next tokens, or hidden states sent on
+    /// their way where `hand_on` is set.
+    fn hand_on(&self, output: StageOutput<B::Tensor>, hand_on: bool) -> Result<Forwarded, StageError> {
+        Ok(match output {
+            StageOutput::Scores(scores) => Forwarded::Scores(scores),
+            StageOutput::Next(next) => Forwarded::Next(next),
+            StageOutput::Hidden(h) if hand_on => Forwarded::Hidden(self.stage.backend().send_out(h)?),
+            StageOutput::Hidden(_) => Forwarded::Summed,
+        })
     }
 }
 
@@ -220,16 +262,28 @@ impl<B: Backend> LoadedStage for Loaded<B> {
         hidden: Option<Activations>,
         hand_on: bool,
     ) -> Result<Forwarded, StageError> {
-        let backend = self.stage.backend();
-        let input = match hidden {
-            Some(h) => StageInput::Hidden(backend.adopt(h.wire, h.header.rows, h.header.cols)?),
-            None => StageInput::Tokens,
-        };
-        Ok(match self.stage.forward(batch, input, self.sums.as_mut())? {
-            StageOutput::Scores(scores) => Forwarded::Scores(scores),
-            StageOutput::Hidden(h) if hand_on => Forwarded::Hidden(backend.send_out(h)?),
-            StageOutput::Hidden(_) => Forwarded::Summed,
-        })
+        let input = self.input(hidden)?;
+        let output = self.stage.forward(batch, input, self.sums.as_mut())?;
+        self.hand_on(output, hand_on)
+    }
+
+    fn decode(
+        &mut self,
+        batch: &DecodeBatch,
+        hidden: Option<Activations>,
+        hand_on: bool,
+    ) -> Result<Forwarded, StageError> {
+        let input = self.input(hidden)?;
+        let output = self.stage.decode(batch, input, self.sums.as_mut(), &mut self.cache)?;
+        self.hand_on(output, hand_on)
+    }
+
+    fn set_kv_budget(&mut self, bytes: usize) {
+        self.cache = self.stage.kv_cache(bytes);
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.cache.used_bytes()
     }
 
     fn landing(&self) -> Arc<dyn Landing> {

@@ -228,6 +228,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                         let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
                     }
                     (Ok(Forwarded::Hidden(_) | Forwarded::Summed), _) => {}
+                    (Ok(Forwarded::Next(_)), _) => fail("a scoring pass answered with next tokens".into()),
                     (Err(e), _) => fail(e.to_string()),
                 }
                 spans.record(&mut compute_times, "compute", started, 0, Some(id));

@@ -171,6 +171,14 @@ pub struct RunArgs {
     #[arg(long, visible_alias = "batch_size", value_name = "N", value_parser = parse_batch_size,
           conflicts_with_all = ["batch_tokens", "tune"])]
     pub batch_size: Option<usize>,
+    /// generate_until tasks: the most sequences decoding at once (continuous batching: a
+    /// finished sequence's slot is refilled at once). Generated text does not depend on it.
+    #[arg(long, default_value_t = 32)]
+    pub max_sequences: usize,
+    /// generate_until tasks: the KV cache's budget in MiB (per worker); sequences wait
+    /// until their prompt and max_gen_toks fit it.
+    #[arg(long, default_value_t = 2048)]
+    pub kv_cache_mb: usize,
     /// How to spread the work over the ranks of an MPI job (see README).
     #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     pub strategy: StrategyArg,

@@ -109,6 +109,8 @@ pub struct RunSettings {
     pub batch_tokens: usize,
     /// `--batch-size N`: each task's budget is N times its longest request.
     pub batch_size: Option<usize>,
+    pub max_sequences: usize,
+    pub kv_cache_mb: usize,
     pub layout: LayoutRequest,
     pub device: Device,
     pub tune: bool,
@@ -132,6 +134,12 @@ impl RunArgs {
                 min: MIN_BATCH_TOKENS,
                 value: self.batch_tokens,
             });
+        }
+        if self.max_sequences == 0 {
+            return Err(UsageError::TooSmall { flag: "--max-sequences", min: 1, value: 0 });
+        }
+        if self.kv_cache_mb == 0 {
+            return Err(UsageError::TooSmall { flag: "--kv-cache-mb", min: 1, value: 0 });
         }
         if self.ctx == Some(0) {
             return Err(UsageError::TooSmall { flag: "--ctx", min: 1, value: 0 });
@@ -183,6 +191,8 @@ impl RunArgs {
             threads: self.threads,
             batch_tokens: self.batch_tokens,
             batch_size: self.batch_size,
+            max_sequences: self.max_sequences,
+            kv_cache_mb: self.kv_cache_mb,
             layout: LayoutRequest { strategy: self.strategy.into(), dp: self.dp, pp: self.pp, tp: self.tp },
             device,
             tune: self.tune,

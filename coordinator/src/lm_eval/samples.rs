@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 
 use super::python::{dumps_indented, float_repr, hash_string};
+use crate::generation::Generation;
 use crate::tasks::metrics::Outcome;
 use crate::tasks::requests::RequestScore;
 use crate::tasks::{Doc, Target};
@@ -52,6 +53,7 @@ fn target(doc: &Doc) -> String {
         Target::Choice { gold, .. } => gold.to_string(),
         Target::Partial { .. } => continuation.strip_prefix(' ').unwrap_or(continuation).to_string(),
         Target::Greedy | Target::Rolling { .. } => continuation.to_string(),
+        Target::Generate { reference, .. } => reference.clone(),
     }
 }
 
@@ -115,6 +117,41 @@ pub fn sample(doc: &Doc, scores: &[RequestScore], outcome: &Outcome, reported: &
     fields.extend(metrics);
     fields.push(("evalmesh", json!({"gold": gold, "requests": requests})));
     // Written field by field to keep lm-evaluation-harness's order.
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();
+    Sample { line: format!("{{{}}}", body.join(",")), hashes: format!("{doc_hash}{prompt_hash}{target_hash}") }
+}
+
+/// The sample of one generated document under one filter chain (lm-evaluation-harness
+/// writes a line per document and filter): the context and generation arguments, the raw
+/// text, the filtered answer and its `exact_match`, with the tokens, their
+/// log-probabilities and why generation stopped under `evalmesh`.
+pub fn generation_sample(doc: &Doc, generation: &Generation, filter: &str, filtered: &str, exact_match: f64) -> Sample {
+    let context = doc.requests.first().map_or("", |r| r.context.as_str());
+    let (reference, kwargs) = match &doc.target {
+        Target::Generate { reference, kwargs, .. } => (reference.as_str(), Some(kwargs)),
+        _ => ("", None),
+    };
+    let arg_1 = kwargs.map_or(Value::Null, |k| {
+        json!({"until": k.until, "max_gen_toks": k.max_gen_toks, "do_sample": k.do_sample, "temperature": k.temperature})
+    });
+    let doc_hash = hash_string(&dumps_indented(&doc.record));
+    let prompt_hash = hash_string(context);
+    let target_hash = hash_string(reference);
+    let fields: Vec<(&str, Value)> = vec![
+        ("doc_id", json!(doc.id)),
+        ("doc", doc.record.clone()),
+        ("target", json!(reference)),
+        ("arguments", json!({"gen_args_0": {"arg_0": context, "arg_1": arg_1}})),
+        ("resps", json!([[generation.text]])),
+        ("filtered_resps", json!([filtered])),
+        ("filter", json!(filter)),
+        ("metrics", json!(["exact_match"])),
+        ("doc_hash", json!(doc_hash)),
+        ("prompt_hash", json!(prompt_hash)),
+        ("target_hash", json!(target_hash)),
+        ("exact_match", json!(exact_match)),
+        ("evalmesh", json!({"tokens": generation.tokens, "logprobs": generation.logprobs, "stop": generation.stop})),
+    ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();
     Sample { line: format!("{{{}}}", body.join(",")), hashes: format!("{doc_hash}{prompt_hash}{target_hash}") }
 }

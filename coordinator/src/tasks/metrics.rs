@@ -38,9 +38,10 @@ fn common_prefix(branches: &[&[u32]]) -> usize {
     (0..shortest).find(|&i| branches.iter().any(|b| b[i] != branches[0][i])).unwrap_or(shortest)
 }
 
-/// Scores one document.
-pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestScore]) -> Outcome {
-    match target {
+/// Scores one document by its log-likelihoods; `None` for a generated one, which its
+/// filters and `exact_match` score instead (`filters`).
+pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestScore]) -> Option<Outcome> {
+    Some(match target {
         Target::Choice { gold, choices } => {
             let lls: Vec<f64> = scores.iter().map(|s| s.logprob).collect();
             let per_char: Vec<f64> =
@@ -69,7 +70,8 @@ pub fn outcome(target: &Target, planned: &[PlannedRequest], scores: &[RequestSco
             words: *words,
             bytes: *bytes,
         },
-    }
+        Target::Generate { .. } => return None,
+    })
 }
 
 /// Python's `sum(xs) / len(xs)`, lm-evaluation-harness's `mean`.
@@ -204,7 +206,7 @@ mod tests {
         // choice 0 then averages −0.5, choice 1 averages (−0.5 −1)/2 = −0.75, so it picks 0.
         let target = Target::Choice { gold: 1, choices: vec!["a".into(), "abcdefgh".into()] };
         let p = planned(&[&[7, 1], &[7, 2, 3]]);
-        let o = outcome(&target, &p, &[score(&[-2.5, -0.5]), score(&[-2.5, -0.5, -1.0])]);
+        let o = outcome(&target, &p, &[score(&[-2.5, -0.5]), score(&[-2.5, -0.5, -1.0])]).unwrap();
         assert_eq!(o, Outcome::Choice { acc: 0.0, acc_norm: 1.0, acc_norm_tokens: 0.0 });
     }
 

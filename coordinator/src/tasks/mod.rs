@@ -3,11 +3,13 @@
 //! and described as lm-eval's `TaskConfig` ([`configs`]); documents turned into scoring
 //! requests ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and
 //! scores into metrics and group scores ([`metrics`]), plus perplexity over a text
-//! ([`perplexity`]); the draws of CPython's `random` that lm-eval makes ([`python_random`]).
+//! ([`perplexity`]); generated text filtered and matched ([`filters`]); the draws of
+//! CPython's `random` that lm-eval makes ([`python_random`]).
 
 pub mod catalog;
 pub mod configs;
 pub mod fewshot;
+pub mod filters;
 pub mod metrics;
 pub mod perplexity;
 pub mod python_random;
@@ -15,6 +17,9 @@ pub mod requests;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
+
+use self::filters::{ExactMatch, FilterChain};
+use self::yaml::config::GenerationKwargs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -63,6 +68,10 @@ pub enum Target {
     Greedy,
     /// One rolling request over a whole document, with the original text's word and byte counts.
     Rolling { words: usize, bytes: usize },
+    /// One generated continuation of the request's context, filtered and matched against
+    /// `reference` (generate_until); `prompt_ids`, where the document gives them, are the
+    /// context's tokens as given (the generic `generate` task's `prompt_ids` field).
+    Generate { reference: String, kwargs: GenerationKwargs, prompt_ids: Option<Vec<u32>> },
 }
 
 /// One document of a task.
@@ -94,6 +103,9 @@ pub struct Task {
     pub metric_list: Vec<String>,
     /// The groups this task's score rolls up into, innermost first (an MMLU subject: its category, then `mmlu`).
     pub groups: Vec<Group>,
+    /// A generate_until task's filter chains, each scored with `exact_match`.
+    pub filters: Vec<FilterChain>,
+    pub exact_match: ExactMatch,
 }
 
 /// A group of tasks, whose score lm-evaluation-harness aggregates from theirs: its name and alias.

@@ -227,6 +227,20 @@ impl TextTokenizer {
         self.bos.or(self.eos)
     }
 
+    /// The text of `ids` without special tokens (lm-evaluation-harness's `tok_decode`,
+    /// `skip_special_tokens=True`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        match &self.engine {
+            Engine::Library(inner) => inner.decode(ids, true).map_err(|e| TokenizerError::Encode(e.to_string())),
+            Engine::SentencePiece(vocab) => Ok(vocab.decode(ids)),
+        }
+    }
+
+    /// The end-of-text token, where the tokenizer has one.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
     /// The text of one token (for display).
     pub fn token_text(&self, id: u32) -> String {
         match &self.engine {

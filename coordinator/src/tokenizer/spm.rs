@@ -326,6 +326,28 @@ impl SpmVocab {
 
     /// A token's text for display: '▁' as a space, a byte token as its character where the
     /// byte is ASCII (else `<0xXX>`), special tokens as they are written.
+    /// The text of `ids` without control tokens, as SentencePiece decodes: byte tokens
+    /// joined into UTF-8 (invalid sequences replaced), `▁` as spaces, and the space the
+    /// vocabulary puts before a text dropped from the front.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for token in ids.iter().filter_map(|&id| self.tokens.get(id as usize)) {
+            match token.kind {
+                Kind::Normal | Kind::UserDefined => bytes.extend_from_slice(token.text.replace('▁', " ").as_bytes()),
+                Kind::Byte => {
+                    let hex = token.text.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'));
+                    bytes.extend(hex.and_then(|h| u8::from_str_radix(h, 16).ok()));
+                }
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match text.strip_prefix(' ') {
+            Some(rest) if self.add_space_prefix => rest.to_string(),
+            _ => text,
+        }
+    }
+
     pub fn token_text(&self, id: u32) -> String {
         let Some(token) = self.tokens.get(id as usize) else { return String::new() };
         match token.kind {

@@ -8,11 +8,16 @@ use std::ops::Range;
 use evalmesh_common::config::{LayerSpec, QkNorm};
 use evalmesh_common::group_slice;
 
+use std::cell::RefCell;
+
+use evalmesh_common::decode::SequenceStep;
 use evalmesh_common::{ModelConfig, TreeLayout};
 
+use super::cache::KvCache;
 use super::error::StageError;
 use super::sums::{ByGroup, GroupSum};
 use super::weights::Weights;
+use crate::backend::cpu::cached_attention;
 use crate::backend::{AttentionSpec, Backend, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::{LayerTensor, TensorId};
@@ -25,7 +30,16 @@ pub struct Pass<'a, B: Backend> {
     pub heads: HeadLayout,
     /// The rotary tables of the micro-batch's positions, one per rotary embedding of the model.
     pub ropes: Vec<B::Tensor>,
-    pub trees: &'a [TreeLayout],
+    pub attend: Attend<'a>,
+}
+
+/// What a pass's rows attend to.
+pub enum Attend<'a> {
+    /// Packed prefix trees (scoring, docs/ARCHITECTURE.md §5).
+    Trees(&'a [TreeLayout]),
+    /// A generation step (§12): each step's `rows` see its sequence's cache and causally
+    /// each other, and their keys and values join the cache.
+    Cached { steps: &'a [SequenceStep], rows: Vec<Range<usize>>, cache: RefCell<&'a mut KvCache> },
 }
 
 /// The norms around a sublayer: of its input, and of its output before the residual add.
@@ -72,6 +86,8 @@ struct Attention<B: Backend> {
     /// The columns of the stage's own heads after a whole-width norm, when it holds only some.
     own_columns: Option<Vec<Range<usize>>>,
     layer: LayerSpec,
+    /// The layer's index in the model.
+    index: usize,
     out: ByGroup<B>,
 }
 
@@ -112,6 +128,7 @@ impl<B: Backend> Attention<B> {
             qk_norms,
             own_columns,
             layer: c.layers[layer].clone(),
+            index: layer,
             out: weights.by_group(layer, groups, LayerTensor::O, q)?,
         })
     }
@@ -139,7 +156,18 @@ impl<B: Backend> Attention<B> {
             softcap: c.block.attention_softcap.map(|cap| cap as f32),
             window: self.layer.window,
         };
-        let attended = b.attention(&qkv, pass.trees, heads, spec)?;
+        let attended = match &pass.attend {
+            Attend::Trees(trees) => b.attention(&qkv, trees, heads, spec)?,
+            Attend::Cached { steps, rows, cache } => {
+                // The cache is kept on the host for every backend, and attention over it
+                // computed there (§12).
+                let host = b.download(&qkv)?;
+                let mut cache = cache.borrow_mut();
+                let out = cached_attention(&host, &cache.views(self.index, steps, rows)?, heads, spec);
+                cache.append(self.index, steps, rows, &host, heads.k_cols().start..heads.v_cols().end)?;
+                b.upload(out)?
+            }
+        };
         self.out.forward(b, &attended, sums)
     }
 }

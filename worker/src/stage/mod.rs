@@ -8,15 +8,21 @@
 //! several shards, whose row-parallel sums a [`GroupSum`] completes in group order.
 
 mod block;
+mod cache;
+mod choose;
 mod error;
 mod sums;
 mod weights;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
+use evalmesh_common::decode::{DecodeBatch, NextToken};
 use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore, TreeLayout};
 
-use self::block::{Block, Pass};
+use self::block::{Attend, Block, Pass};
+pub use self::cache::KvCache;
+use self::choose::choose;
 pub use self::error::StageError;
 pub use self::sums::{fold, ByGroup, GroupSum, LocalSum};
 use self::weights::Weights;
@@ -30,10 +36,12 @@ pub enum StageInput<T> {
     Hidden(T),
 }
 
-/// What a stage produces: hidden states for the next stage, or the scores (last stage).
+/// What a stage produces: hidden states for the next stage, or the last stage's answer:
+/// the scores of a micro-batch, or the next token of each sequence of a generation step.
 pub enum StageOutput<T> {
     Hidden(T),
     Scores(Vec<TokenScore>),
+    Next(Vec<NextToken>),
 }
 
 /// Each row's sequence length, for the rotary scalings that depend on it: its tree's
@@ -140,49 +148,20 @@ impl<B: Backend> TransformerStage<B> {
         sums: &mut dyn GroupSum<B>,
         top: usize,
     ) -> Result<(StageOutput<B::Tensor>, Vec<Alternatives>), StageError> {
-        let b = &self.backend;
-        let c = &self.config;
-        batch.validate(c.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
-        let mut x = match (input, &self.embedding) {
-            (StageInput::Tokens, Some(table)) => {
-                let mut x = b.embed(table, &batch.tokens)?;
-                if let Some(scale) = c.embedding_scale {
-                    b.scale(&mut x, scale as f32)?;
-                }
-                x
-            }
-            (StageInput::Hidden(h), None) if b.rows(&h) == batch.tokens.len() => h,
-            _ => return Err(StageError::Spec(
-                "input does not match the stage: tokens go to the first stage, hidden rows of the batch to the others"
-                    .into(),
-            )),
-        };
-        let groups = self.spec.groups.len();
-        let heads =
-            HeadLayout { num_heads: c.num_heads / c.num_kv_heads * groups, num_kv_heads: groups, head_dim: c.head_dim };
+        batch.validate(self.config.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
         let positions = batch.positions();
         let seq_lens = sequence_lengths(&batch.trees);
-        let ropes = c.ropes.iter().map(|rope| {
-            b.upload(Matrix::from_vec(positions.len(), rope.rotary_dim, rope.table(&positions, &seq_lens)))
-        });
-        let ropes = ropes.collect::<Result<Vec<_>, _>>()?;
-        let pass = Pass { backend: b, config: c, heads, ropes, trees: &batch.trees };
-        for block in &self.blocks {
-            x = block.forward(&pass, x, sums)?;
-        }
+        let x = self.hidden(&batch.tokens, input, &positions, &seq_lens, Attend::Trees(&batch.trees), sums)?;
         let Some(head) = &self.head else {
             return Ok((StageOutput::Hidden(x), Vec::new()));
         };
+        let b = &self.backend;
         let mut scores = Vec::with_capacity(batch.scored.len());
         let mut alternatives = Vec::new();
         for chunk in batch.scored.chunks(b.head_rows()) {
             let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
-            let h = b.rms_norm(&b.gather_rows(&x, &rows)?, &head.norm, c.rms_norm_eps)?;
-            let mut logits = b.matmul_t(&h, &head.weight)?;
-            if let Some(cap) = c.final_softcap {
-                b.soft_cap(&mut logits, cap as f32)?;
-            }
+            let logits = self.logits(head, &x, &rows)?;
             scores.extend(b.score(&logits, &targets)?);
             if top > 0 {
                 let logits = b.download(&logits)?;
@@ -194,5 +173,119 @@ impl<B: Backend> TransformerStage<B> {
             return Err(StageError::NonFiniteScores { count, total: scores.len() });
         }
         Ok((StageOutput::Scores(scores), alternatives))
+    }
+
+    /// One generation step (docs/ARCHITECTURE.md §12): frees the released sequences'
+    /// caches, runs each step's tokens after its sequence's cache, adds their keys and
+    /// values to it, and on a last stage chooses each sequence's next token from its last row.
+    pub fn decode(
+        &self,
+        batch: &DecodeBatch,
+        input: StageInput<B::Tensor>,
+        sums: &mut dyn GroupSum<B>,
+        cache: &mut KvCache,
+    ) -> Result<StageOutput<B::Tensor>, StageError> {
+        let c = &self.config;
+        for &sequence in &batch.released {
+            cache.release(sequence);
+        }
+        let (mut tokens, mut positions, mut seq_lens, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for step in &batch.steps {
+            let end = step.past + step.tokens.len();
+            if step.tokens.is_empty() || end > c.max_position {
+                return Err(StageError::Spec(format!(
+                    "sequence {}: a step of {} tokens after {} does not fit the model's {} positions",
+                    step.sequence,
+                    step.tokens.len(),
+                    step.past,
+                    c.max_position
+                )));
+            }
+            if let Some(&id) = step.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(StageError::Spec(format!("token id {id} is outside the vocabulary of {}", c.vocab_size)));
+            }
+            rows.push(tokens.len()..tokens.len() + step.tokens.len());
+            tokens.extend_from_slice(&step.tokens);
+            positions.extend(step.past as u32..end as u32);
+            seq_lens.extend(std::iter::repeat_n(end, step.tokens.len()));
+        }
+        cache.prepare(&batch.steps)?;
+        let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
+        let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
+        let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, sums)?;
+        cache.advance(&batch.steps);
+        let Some(head) = &self.head else {
+            return Ok(StageOutput::Hidden(x));
+        };
+        let b = &self.backend;
+        let mut next = Vec::with_capacity(batch.steps.len());
+        for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
+            let logits = b.download(&self.logits(head, &x, chunk)?)?;
+            for (row, step) in logits.data.chunks_exact(logits.cols).zip(steps) {
+                if let Some(count) = Some(row.iter().filter(|v| !v.is_finite()).count()).filter(|&n| n > 0) {
+                    return Err(StageError::NonFiniteScores { count, total: row.len() });
+                }
+                next.push(choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
+            }
+        }
+        Ok(StageOutput::Next(next))
+    }
+
+    /// The hidden states after the stage's blocks of `tokens` (first stage) or `input`, at
+    /// `positions`, attending as `attend` says.
+    fn hidden<'a>(
+        &'a self,
+        tokens: &[u32],
+        input: StageInput<B::Tensor>,
+        positions: &[u32],
+        seq_lens: &[usize],
+        attend: Attend<'a>,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
+        let b = &self.backend;
+        let c = &self.config;
+        let mut x = match (input, &self.embedding) {
+            (StageInput::Tokens, Some(table)) => {
+                let mut x = b.embed(table, tokens)?;
+                if let Some(scale) = c.embedding_scale {
+                    b.scale(&mut x, scale as f32)?;
+                }
+                x
+            }
+            (StageInput::Hidden(h), None) if b.rows(&h) == tokens.len() => h,
+            _ => return Err(StageError::Spec(
+                "input does not match the stage: tokens go to the first stage, hidden rows of the batch to the others"
+                    .into(),
+            )),
+        };
+        let groups = self.spec.groups.len();
+        let heads =
+            HeadLayout { num_heads: c.num_heads / c.num_kv_heads * groups, num_kv_heads: groups, head_dim: c.head_dim };
+        let ropes = c
+            .ropes
+            .iter()
+            .map(|rope| b.upload(Matrix::from_vec(positions.len(), rope.rotary_dim, rope.table(positions, seq_lens))));
+        let ropes = ropes.collect::<Result<Vec<_>, _>>()?;
+        let pass = Pass { backend: b, config: c, heads, ropes, attend };
+        for block in &self.blocks {
+            x = block.forward(&pass, x, sums)?;
+        }
+        Ok(x)
+    }
+
+    /// The logits of rows `rows` of `x`: final norm, LM head, soft cap where the model has one.
+    fn logits(&self, head: &Head<B>, x: &B::Tensor, rows: &[usize]) -> Result<B::Tensor, StageError> {
+        let (b, c) = (&self.backend, &self.config);
+        let h = b.rms_norm(&b.gather_rows(x, rows)?, &head.norm, c.rms_norm_eps)?;
+        let mut logits = b.matmul_t(&h, &head.weight)?;
+        if let Some(cap) = c.final_softcap {
+            b.soft_cap(&mut logits, cap as f32)?;
+        }
+        Ok(logits)
+    }
+
+    /// A KV cache for this stage's layers and groups, of at most `budget_bytes`.
+    pub fn kv_cache(&self, budget_bytes: usize) -> KvCache {
+        KvCache::new(self.spec.layers.clone(), 2 * self.spec.groups.len() * self.config.head_dim, budget_bytes)
     }
 }

@@ -143,6 +143,8 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         predictor: Some(&predictor),
         tune: settings.tune,
         stop: Some(&stop),
+        max_sequences: settings.max_sequences,
+        kv_budget_bytes: settings.kv_cache_mb << 20,
     };
     let start = Instant::now();
     let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;

@@ -11,6 +11,7 @@ use serde_norway::{Mapping, Value};
 use super::datasets::{self, Dataset};
 use super::files::Origin;
 use super::native;
+use crate::tasks::filters::{compile, ExactMatch, FilterChain, FilterStep};
 use crate::tasks::TaskError;
 
 /// A `doc_to_*` entry: a field name or a Jinja template, a literal index, a list of either,
@@ -29,6 +30,7 @@ pub enum OutputType {
     MultipleChoice,
     Loglikelihood,
     LoglikelihoodRolling,
+    GenerateUntil,
 }
 
 impl OutputType {
@@ -38,6 +40,7 @@ impl OutputType {
             OutputType::MultipleChoice => "multiple_choice",
             OutputType::Loglikelihood => "loglikelihood",
             OutputType::LoglikelihoodRolling => "loglikelihood_rolling",
+            OutputType::GenerateUntil => "generate_until",
         }
     }
 }
@@ -88,6 +91,15 @@ pub struct TaskDef {
     pub sampler: SamplerKind,
     pub output_type: OutputType,
     pub metrics: Vec<String>,
+    /// A generate_until task's `generation_kwargs`.
+    pub generation: GenerationKwargs,
+    /// A generate_until task's `filter_list` (lm-eval's `none` chain when absent).
+    pub filters: Vec<FilterChain>,
+    /// The options of its `exact_match` metric.
+    pub exact_match: ExactMatch,
+    /// `metadata.evalmesh.generation_kwargs_from_document`: each document's own `until`,
+    /// `max_tokens` and `ignore_eos` fields replace the task's (the generic `generate` task).
+    pub generation_from_document: bool,
     pub version: f64,
     /// `process_docs: !function NAME`: a preprocessing function of lm-eval's own tasks that
     /// evalmesh implements natively (`native`).
@@ -117,7 +129,97 @@ pub enum Definition {
 
 /// The metrics evalmesh computes for lm-eval's output types.
 pub const KNOWN_METRICS: &[&str] =
-    &["acc", "acc_norm", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"];
+    &["acc", "acc_norm", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "exact_match"];
+
+/// A generate_until task's `generation_kwargs`, with lm-evaluation-harness's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationKwargs {
+    pub until: Vec<String>,
+    pub max_gen_toks: usize,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    /// evalmesh's (llama.cpp's `--ignore-eos`): generation goes on past the end-of-text token.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerationKwargs {
+    fn default() -> Self {
+        GenerationKwargs {
+            until: Vec::new(),
+            max_gen_toks: 256,
+            do_sample: false,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            ignore_eos: false,
+        }
+    }
+}
+
+/// `until` as lm-eval takes it: a string or a list of strings.
+pub fn until_list(value: &serde_json::Value) -> Option<Vec<String>> {
+    match value {
+        serde_json::Value::String(s) => Some(vec![s.clone()]),
+        serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_string)).collect(),
+        _ => None,
+    }
+}
+
+/// Reads `generation_kwargs`; every error names the key.
+fn generation_kwargs(map: &Mapping, file: &Path) -> Result<GenerationKwargs, TaskError> {
+    let mut kwargs = GenerationKwargs::default();
+    let Some(given) = map.get("generation_kwargs") else { return Ok(kwargs) };
+    let given = given.as_mapping().ok_or_else(|| problem(file, "generation_kwargs", "must be a mapping"))?;
+    for (key, value) in given {
+        let key = key.as_str().unwrap_or("?");
+        let bad = |what: &str| problem(file, &format!("generation_kwargs.{key}"), what);
+        let number = || value.as_f64().ok_or_else(|| bad("must be a number"));
+        match key {
+            "until" => {
+                kwargs.until =
+                    until_list(&to_json(value)).ok_or_else(|| bad("must be a string or a list of strings"))?
+            }
+            "max_gen_toks" => {
+                kwargs.max_gen_toks = match value.as_u64() {
+                    Some(n) if n > 0 => n as usize,
+                    _ => return Err(bad("must be a whole number of tokens, at least 1")),
+                }
+            }
+            "do_sample" => kwargs.do_sample = value.as_bool().ok_or_else(|| bad("must be true or false"))?,
+            "temperature" => kwargs.temperature = number()?,
+            "top_p" => kwargs.top_p = number()?,
+            "top_k" => kwargs.top_k = value.as_u64().ok_or_else(|| bad("must be a whole number"))? as usize,
+            "ignore_eos" => kwargs.ignore_eos = value.as_bool().ok_or_else(|| bad("must be true or false"))?,
+            // Other keys are kept in the results' configs only.
+            _ => {}
+        }
+    }
+    if kwargs.do_sample && kwargs.temperature <= 0.0 {
+        kwargs.do_sample = false;
+    }
+    Ok(kwargs)
+}
+
+/// Reads `metric_list`'s `exact_match` options.
+fn exact_match(map: &Mapping, file: &Path) -> Result<ExactMatch, TaskError> {
+    let mut options = ExactMatch::default();
+    let entries = map.get("metric_list").and_then(Value::as_sequence).into_iter().flatten();
+    for entry in entries.filter(|e| e.get("metric").and_then(Value::as_str) == Some("exact_match")) {
+        let flag = |key: &str| entry.get(key).and_then(Value::as_bool).unwrap_or(false);
+        options.ignore_case = flag("ignore_case");
+        options.ignore_punctuation = flag("ignore_punctuation");
+        if let Some(list) = entry.get("regexes_to_ignore").and_then(Value::as_sequence) {
+            for pattern in list {
+                let pattern = pattern.as_str().unwrap_or_default();
+                let regex = compile(pattern).map_err(|e| problem(file, "metric_list.regexes_to_ignore", e))?;
+                options.regexes_to_ignore.push(regex);
+            }
+        }
+    }
+    Ok(options)
+}
 
 fn problem(file: &Path, key: &str, what: impl std::fmt::Display) -> TaskError {
     TaskError::Data { path: file.to_path_buf(), problem: format!("`{key}`: {what}") }
@@ -281,33 +383,51 @@ fn task_list(map: &Mapping, file: &Path) -> Result<Vec<String>, TaskError> {
         .collect()
 }
 
-/// Checks `filter_list`: on log-likelihood responses only `take_first` filters mean
-/// anything, and they change nothing (lm-eval's default `none` filter is one); the others
+/// Reads `filter_list`: named chains of lm-eval's filters. On log-likelihood responses
+/// only `take_first` means anything (lm-eval's default `none` chain is one); the others
 /// work on generated text.
-fn filter_list(map: &Mapping, file: &Path) -> Result<(), TaskError> {
+fn filter_list(map: &Mapping, file: &Path, generative: bool) -> Result<Vec<FilterChain>, TaskError> {
     let key = "filter_list";
-    let Some(list) = map.get(key) else { return Ok(()) };
+    let Some(list) = map.get(key) else { return Ok(vec![FilterChain::none()]) };
     let chains = list.as_sequence().ok_or_else(|| problem(file, key, "must be a list of named filter chains"))?;
+    let mut out = Vec::new();
     for chain in chains {
         let steps = chain
             .get("filter")
             .and_then(Value::as_sequence)
             .ok_or_else(|| problem(file, key, "each entry needs `name` and a `filter` list"))?;
+        let name = chain.get("name").and_then(Value::as_str).unwrap_or("none").to_string();
+        let mut filters = Vec::new();
         for step in steps {
-            match step.get("function").and_then(Value::as_str) {
-                Some("take_first") => {}
+            let function = step.get("function").and_then(Value::as_str);
+            filters.push(match function {
+                Some("take_first") => FilterStep::TakeFirst,
+                Some(other) if !generative => {
+                    return Err(problem(file, key, format!("`{other}` filters generated text, and this task is not generate_until")))
+                }
+                Some("regex") => {
+                    let pattern = step.get("regex_pattern").and_then(Value::as_str).unwrap_or(r"#### (\-?[0-9\.\,]+)");
+                    let regex = compile(pattern).map_err(|e| problem(file, key, e))?;
+                    let group_select = step.get("group_select").and_then(Value::as_i64).unwrap_or(0);
+                    let fallback = step.get("fallback").and_then(Value::as_str).unwrap_or("[invalid]").to_string();
+                    FilterStep::Regex { regex, group_select, fallback }
+                }
+                Some("remove_whitespace") => FilterStep::RemoveWhitespace,
+                Some("lowercase") => FilterStep::Lowercase,
+                Some("uppercase") => FilterStep::Uppercase,
                 Some(other) => {
                     return Err(problem(
                         file,
                         key,
-                        format!("`{other}` filters generated text (generate_until), which evalmesh does not do yet"),
+                        format!("`{other}` is not a filter evalmesh has (regex, take_first, remove_whitespace, lowercase, uppercase)"),
                     ))
                 }
                 None => return Err(problem(file, key, "each filter needs a `function`")),
-            }
+            });
         }
+        out.push(FilterChain { name, steps: filters });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Reads one YAML file into a task or group definition; `None` for a file that defines
@@ -424,13 +544,7 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         Some("multiple_choice") => OutputType::MultipleChoice,
         Some("loglikelihood") => OutputType::Loglikelihood,
         Some("loglikelihood_rolling") => OutputType::LoglikelihoodRolling,
-        None | Some("generate_until") => {
-            return Err(problem(
-                file,
-                "output_type",
-                "generate_until (lm-eval's default) needs generation, which evalmesh does not do yet",
-            ))
-        }
+        None | Some("generate_until") => OutputType::GenerateUntil,
         Some(other) => return Err(problem(file, "output_type", format!("`{other}` is not an lm-eval output type"))),
     };
     let mut metrics = Vec::new();
@@ -452,7 +566,16 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
             metrics.push(name.to_string());
         }
     }
-    filter_list(&map, file)?;
+    let generative = output_type == OutputType::GenerateUntil;
+    let filters = filter_list(&map, file, generative)?;
+    let generation = generation_kwargs(&map, file)?;
+    let exact_match = exact_match(&map, file)?;
+    let generation_from_document = map
+        .get("metadata")
+        .and_then(|m| m.get("evalmesh"))
+        .and_then(|e| e.get("generation_kwargs_from_document"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let doc_to_choice = template(&map, file, &name, "doc_to_choice")?;
     if output_type == OutputType::MultipleChoice && doc_to_choice.is_none() {
         return Err(problem(file, "doc_to_choice", "a multiple_choice task needs its choices"));
@@ -493,6 +616,10 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         sampler,
         output_type,
         metrics,
+        generation,
+        filters,
+        exact_match,
+        generation_from_document,
         version,
         process_docs,
         process_results,

@@ -13,7 +13,7 @@ pub mod native;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use self::config::{Definition, OutputType, SamplerKind, TaskDef};
+use self::config::{until_list, Definition, GenerationKwargs, OutputType, SamplerKind, TaskDef};
 use self::datasets::Document;
 use self::docs::{read_split, Rendered, Renderer};
 use self::files::Origin;
@@ -243,7 +243,7 @@ fn example(renderer: &Renderer<'_>, doc: usize, r: Rendering) -> Result<Example,
             };
             Example::Choice { text, choices, gold }
         }
-        OutputType::Loglikelihood | OutputType::LoglikelihoodRolling => {
+        OutputType::Loglikelihood | OutputType::LoglikelihoodRolling | OutputType::GenerateUntil => {
             Example::Greedy { target: target_text(&r.choices)?, text }
         }
     })
@@ -271,6 +271,19 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
             let request = Request { context: String::new(), continuation: target };
             Doc { id, requests: vec![request], target: target_counts, record }
         }
+        (OutputType::GenerateUntil, Example::Greedy { text, target }) => {
+            let (kwargs, prompt_ids) = match def.generation_from_document {
+                true => document_generation(def, &record, &document.place)?,
+                false => (def.generation.clone(), None),
+            };
+            let request = Request { context: format!("{prefix}{text}"), continuation: String::new() };
+            Doc {
+                id,
+                requests: vec![request],
+                target: Target::Generate { reference: target, kwargs, prompt_ids },
+                record,
+            }
+        }
         (_, Example::Choice { text, choices, gold }) => {
             let context = format!("{prefix}{text}");
             let requests = choices
@@ -292,6 +305,43 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
             Doc { id, requests: vec![request], target: Target::Greedy, record }
         }
     })
+}
+
+/// The task's `generation_kwargs` with the document's own `until`, `max_tokens` and
+/// `ignore_eos` in their place, and its `prompt_ids` where it gives them (the generic
+/// `generate` task).
+fn document_generation(
+    def: &TaskDef,
+    record: &Row,
+    place: &str,
+) -> Result<(GenerationKwargs, Option<Vec<u32>>), TaskError> {
+    let mut kwargs = def.generation.clone();
+    let fail = |field: &str, what: &str| TaskError::Data {
+        path: def.file.clone(),
+        problem: format!("{place}: field `{field}` {what}"),
+    };
+    let Some(fields) = record.as_object() else { return Ok((kwargs, None)) };
+    let prompt_ids = match fields.get("prompt_ids") {
+        None => None,
+        Some(ids) => Some(
+            ids.as_array()
+                .and_then(|ids| ids.iter().map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok())).collect())
+                .ok_or_else(|| fail("prompt_ids", "must be a list of token ids"))?,
+        ),
+    };
+    if let Some(until) = fields.get("until") {
+        kwargs.until = until_list(until).ok_or_else(|| fail("until", "must be a string or a list of strings"))?;
+    }
+    if let Some(max) = fields.get("max_tokens") {
+        kwargs.max_gen_toks = match max.as_u64() {
+            Some(n) if n > 0 => n as usize,
+            _ => return Err(fail("max_tokens", "must be a whole number of tokens, at least 1")),
+        };
+    }
+    if let Some(ignore) = fields.get("ignore_eos") {
+        kwargs.ignore_eos = ignore.as_bool().ok_or_else(|| fail("ignore_eos", "must be true or false"))?;
+    }
+    Ok((kwargs, prompt_ids))
 }
 
 /// A split's documents, each through the task's `process_docs`.
@@ -366,6 +416,8 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
         num_fewshot: shots,
         metric_list: def.metrics.clone(),
         groups: Vec::new(),
+        filters: def.filters.clone(),
+        exact_match: def.exact_match.clone(),
     })
 }
 

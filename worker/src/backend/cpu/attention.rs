@@ -1,6 +1,9 @@
-//! The CPU backend's attention over packed prefix trees: the trees cut into blocks of at
-//! most [`ATTENTION_BLOCK`] query rows per head, each block's scores and weighted values
-//! through `gemm`, and the blocks computed in parallel and placed in a fixed order.
+//! The CPU backend's attention over packed prefix trees, and over the KV cache of
+//! sequences being generated ([`cached_attention`]): the rows cut into blocks of at most
+//! [`ATTENTION_BLOCK`] query rows per head, each block's scores and weighted values
+//! through `gemm`, and the blocks computed in parallel and placed in a fixed order. A
+//! block's keys are the ones every row of it sees (a tree's prefix, or a sequence's
+//! cache), then its own rows causally.
 
 use std::ops::Range;
 
@@ -36,18 +39,36 @@ fn softmax_range(row: &mut [f32], visible: Range<usize>, softcap: Option<f32>) {
     masked.fill(0.0);
 }
 
+/// The keys and values every query row of a block sees in full.
+#[derive(Clone)]
+enum Shared<'a> {
+    /// Rows of the fused QKV activation (a tree's prefix; empty for the prefix itself).
+    Rows(Range<usize>),
+    /// A sequence's cache: `len` rows of its keys then values ([`cached_attention`]).
+    Cache { data: &'a [f32], len: usize },
+}
+
+impl Shared<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Shared::Rows(rows) => rows.len(),
+            Shared::Cache { len, .. } => *len,
+        }
+    }
+}
+
 /// One block of attention work: query rows `rows` (absolute) of head `head` attend to
-/// all of `shared` (absolute rows, unmasked) and causally to `own` (absolute rows,
-/// query row `rows.start + i` sees `own.start ..= own.start + causal_offset + i`).
-struct AttentionBlock {
+/// all of `shared` (unmasked) and causally to `own` (absolute rows, query row
+/// `rows.start + i` sees `own.start ..= own.start + causal_offset + i`).
+struct AttentionBlock<'a> {
     head: usize,
     rows: Range<usize>,
-    shared: Range<usize>,
+    shared: Shared<'a>,
     own_start: usize,
     causal_offset: usize,
 }
 
-impl AttentionBlock {
+impl AttentionBlock<'_> {
     fn compute(&self, qkv: &Matrix, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
         let d = heads.head_dim;
         let ld = qkv.cols;
@@ -65,14 +86,25 @@ impl AttentionBlock {
         // Keys transposed: element (j, t) is component j of key t.
         let kt = |start: usize| View { ptr: at(start, k_col), rs: 1, cs: ld as isize };
         let v = |start: usize| View { ptr: at(start, v_col), rs: ld as isize, cs: 1 };
+        // The shared keys and values, wherever they are kept.
+        let (shared_kt, shared_v) = match &self.shared {
+            Shared::Rows(rows) => (kt(rows.start), v(rows.start)),
+            Shared::Cache { data, .. } => {
+                let width = 2 * heads.num_kv_heads * d;
+                let k = data[kv * d..].as_ptr();
+                let v = data[width / 2 + kv * d..].as_ptr();
+                (View { ptr: k, rs: 1, cs: width as isize }, View { ptr: v, rs: width as isize, cs: 1 })
+            }
+        };
         let scale = spec.scale;
         let mut scores = vec![0.0f32; m * keys];
         let mut out = vec![0.0f32; m * d];
-        // SAFETY: every view lies inside `qkv` (rows and columns come from a validated
-        // layout and the head layout), and `scores`/`out` are fresh buffers of the sizes used.
+        // SAFETY: every view lies inside `qkv` or the cache (rows and columns come from a
+        // validated layout, the head layout and the cache's length), and `scores`/`out`
+        // are fresh buffers of the sizes used.
         unsafe {
             if a > 0 {
-                gemm_into(m, a, d, scores.as_mut_ptr(), keys, false, q, kt(self.shared.start), scale, false);
+                gemm_into(m, a, d, scores.as_mut_ptr(), keys, false, q, shared_kt, scale, false);
             }
             gemm_into(m, b, d, scores.as_mut_ptr().add(a), keys, false, q, kt(self.own_start), scale, false);
         }
@@ -87,7 +119,7 @@ impl AttentionBlock {
         // SAFETY: as above; `out` is m × d.
         unsafe {
             if a > 0 {
-                gemm_into(m, d, a, out.as_mut_ptr(), d, false, s(0), v(self.shared.start), 1.0, false);
+                gemm_into(m, d, a, out.as_mut_ptr(), d, false, s(0), shared_v, 1.0, false);
             }
             gemm_into(m, d, b, out.as_mut_ptr(), d, a > 0, s(a), v(self.own_start), 1.0, false);
         }
@@ -98,39 +130,69 @@ impl AttentionBlock {
 /// Splits the trees into attention blocks of at most [`ATTENTION_BLOCK`] query rows,
 /// per head: prefix rows attend causally within the prefix; branch rows attend to the
 /// whole prefix and causally within their branch.
-fn attention_blocks(trees: &[TreeLayout], num_heads: usize) -> Vec<AttentionBlock> {
+fn attention_blocks(trees: &[TreeLayout], num_heads: usize) -> Vec<AttentionBlock<'static>> {
     let mut blocks = Vec::new();
     for tree in trees {
         let prefix = tree.start..tree.start + tree.prefix_len;
-        let mut segments = vec![(0..0, prefix.clone())];
+        push_blocks(&mut blocks, Shared::Rows(0..0), prefix.clone(), num_heads);
         let mut branch_start = prefix.end;
         for &len in &tree.branch_lens {
-            segments.push((prefix.clone(), branch_start..branch_start + len));
+            push_blocks(&mut blocks, Shared::Rows(prefix.clone()), branch_start..branch_start + len, num_heads);
             branch_start += len;
-        }
-        for (shared, own) in segments {
-            for offset in (0..own.len()).step_by(ATTENTION_BLOCK) {
-                let rows = own.start + offset..(own.start + offset + ATTENTION_BLOCK).min(own.end);
-                for head in 0..num_heads {
-                    blocks.push(AttentionBlock {
-                        head,
-                        rows: rows.clone(),
-                        shared: shared.clone(),
-                        own_start: own.start,
-                        causal_offset: offset,
-                    });
-                }
-            }
         }
     }
     blocks
 }
 
+/// The blocks of rows `own` (each seeing `shared` and causally its own rows), per head.
+fn push_blocks<'a>(blocks: &mut Vec<AttentionBlock<'a>>, shared: Shared<'a>, own: Range<usize>, num_heads: usize) {
+    for offset in (0..own.len()).step_by(ATTENTION_BLOCK) {
+        let rows = own.start + offset..(own.start + offset + ATTENTION_BLOCK).min(own.end);
+        for head in 0..num_heads {
+            blocks.push(AttentionBlock {
+                head,
+                rows: rows.clone(),
+                shared: shared.clone(),
+                own_start: own.start,
+                causal_offset: offset,
+            });
+        }
+    }
+}
+
 /// Attention over `qkv` (checked against `trees` and `heads` by the caller): `rows ×
 /// num_heads·head_dim`.
 pub fn attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
+    compute_blocks(qkv, attention_blocks(trees, heads.num_heads), heads, spec)
+}
+
+/// One sequence's rows of a generation step: `rows` of the fused QKV activation, after
+/// the sequence's cache `cache` (its earlier tokens' keys then values, `2·num_kv_heads·head_dim`
+/// values a token, in position order).
+pub struct CachedRows<'a> {
+    pub cache: &'a [f32],
+    pub rows: Range<usize>,
+}
+
+/// Attention of each sequence's rows over its cache and causally over its own rows:
+/// `rows × num_heads·head_dim`. A row's arithmetic depends only on its sequence, so a
+/// sequence's tokens do not depend on what else is decoded with it.
+pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
+    let width = 2 * heads.num_kv_heads * heads.head_dim;
+    let mut blocks = Vec::new();
+    for s in sequences {
+        // A sequence's first step (an empty cache) is a plain causal prefix.
+        let shared = match s.cache.len() / width {
+            0 => Shared::Rows(0..0),
+            len => Shared::Cache { data: s.cache, len },
+        };
+        push_blocks(&mut blocks, shared, s.rows.clone(), heads.num_heads);
+    }
+    compute_blocks(qkv, blocks, heads, spec)
+}
+
+fn compute_blocks(qkv: &Matrix, blocks: Vec<AttentionBlock<'_>>, heads: HeadLayout, spec: AttentionSpec) -> Matrix {
     let d = heads.head_dim;
-    let blocks = attention_blocks(trees, heads.num_heads);
     let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(qkv, heads, spec)).collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
@@ -229,6 +291,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cached_rows_attend_as_branches_of_their_prefix() {
+        // A prefix of 70 rows in the cache and 5 new rows: as the branch of a tree, bit for bit.
+        let heads = HeadLayout { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
+        let qkv = Matrix::random(75, heads.width(), 7, 1.0);
+        let spec = AttentionSpec { scale: 0.3, softcap: Some(3.0), window: Some(40) };
+        let tree = vec![TreeLayout { start: 0, prefix_len: 70, branch_lens: vec![5] }];
+        let whole = attention(&qkv, &tree, heads, spec);
+        let kv = heads.k_cols().start..heads.v_cols().end;
+        let cache: Vec<f32> = (0..70).flat_map(|r| qkv.row(r)[kv.clone()].to_vec()).collect();
+        let step = [CachedRows { cache: &cache, rows: 70..75 }];
+        let cached = cached_attention(&qkv, &step, heads, spec);
+        let width = heads.num_heads * heads.head_dim;
+        assert_eq!(cached.data[70 * width..], whole.data[70 * width..]);
     }
 
     #[test]

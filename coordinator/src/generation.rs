@@ -1,0 +1,198 @@
+//! Generation with continuous batching (docs/ARCHITECTURE.md §12): requests wait in
+//! order; each step decodes one token of every live sequence, and admits waiting ones
+//! (their whole prompt as one prefill) while the step's tokens stay within `--batch-tokens`,
+//! the live sequences within `--max-sequences`, and their reserved KV-cache pages
+//! (prompt and `max_gen_toks`) within the budget. A sequence ends at the end-of-text token,
+//! at one of its `until` strings (checked on the decoded text, which is cut before it, as
+//! lm-evaluation-harness does) or after its `max_gen_toks`; its slot is refilled at once.
+//! A sequence's tokens are the same whatever else decodes with it: its prefill is always
+//! its whole prompt, and every step's arithmetic is per row.
+
+use std::collections::VecDeque;
+
+use evalmesh_common::decode::{pages_for, Choice, DecodeBatch, SequenceStep, PAGE_TOKENS};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineError, EvaluationEngine};
+use crate::tokenizer::TextTokenizer;
+
+/// One sequence to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub until: Vec<String>,
+    pub max_tokens: usize,
+    /// Stop at the end-of-text token; without, it is never chosen (llama.cpp's `--ignore-eos`).
+    pub stop_at_eos: bool,
+    pub choice: Choice,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    Eos,
+    Until,
+    MaxTokens,
+    /// The model's last position was reached.
+    Context,
+}
+
+/// A finished sequence: its tokens (the end-of-text token included where it ended so),
+/// their log-probabilities, and its text without special tokens, cut before the first
+/// `until` string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub stop: Stop,
+}
+
+/// How generation is batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Tokens a step may hold (prefills and one per live sequence); a prompt longer than
+    /// this is prefilled in a step of its own.
+    pub batch_tokens: usize,
+    /// Sequences decoding at once.
+    pub max_sequences: usize,
+    /// KV-cache bytes per worker.
+    pub kv_budget_bytes: usize,
+    /// The model's positions.
+    pub max_position: usize,
+}
+
+struct Live {
+    index: usize,
+    pages: usize,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+}
+
+/// `text` cut before the earliest of `until` (empty strings ignored), and whether one was found.
+pub fn cut_at_until(text: &str, until: &[String]) -> (String, bool) {
+    let first = until.iter().filter(|u| !u.is_empty()).filter_map(|u| text.find(u.as_str())).min();
+    match first {
+        Some(at) => (text[..at].to_string(), true),
+        None => (text.to_string(), false),
+    }
+}
+
+/// Generates `todo` (indices into `requests`), handing each finished sequence to `done`
+/// as soon as it ends. Fails before any step when one request could never fit the cache.
+pub fn generate(
+    engine: &mut dyn EvaluationEngine,
+    tokenizer: &TextTokenizer,
+    requests: &[GenerationRequest],
+    todo: &[usize],
+    batching: Batching,
+    done: &mut dyn FnMut(usize, Generation) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let page_bytes = engine.kv_bytes_per_token() * PAGE_TOKENS;
+    let budget_pages = batching.kv_budget_bytes / page_bytes.max(1);
+    let reserve = |r: &GenerationRequest| pages_for(r.prompt.len() + r.max_tokens);
+    for &i in todo {
+        let r = &requests[i];
+        if reserve(r) > budget_pages {
+            return Err(EngineError::Request {
+                index: i,
+                problem: format!(
+                    "a prompt of {} tokens and up to {} generated need {} MiB of KV cache, more than --kv-cache-mb {} holds: raise --kv-cache-mb or lower max_gen_toks",
+                    r.prompt.len(),
+                    r.max_tokens,
+                    (reserve(r) * page_bytes).div_ceil(1 << 20),
+                    batching.kv_budget_bytes >> 20
+                ),
+            });
+        }
+    }
+    engine.set_kv_budget(budget_pages * page_bytes)?;
+    let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
+    let mut live: Vec<Live> = Vec::new();
+    let (mut reserved, mut released) = (0, Vec::new());
+    let eos = tokenizer.eos();
+    let suppressed = |r: &GenerationRequest| if r.stop_at_eos { Vec::new() } else { eos.into_iter().collect() };
+    loop {
+        // Each live sequence feeds back its last token.
+        let mut steps: Vec<SequenceStep> = live
+            .iter()
+            .filter_map(|l| {
+                let r = &requests[l.index];
+                Some(SequenceStep {
+                    sequence: l.index as u64,
+                    past: r.prompt.len() + l.tokens.len() - 1,
+                    tokens: vec![*l.tokens.last()?],
+                    choice: r.choice,
+                    suppressed: suppressed(r),
+                })
+            })
+            .collect();
+        let (mut rows, mut prefilled) = (steps.len(), false);
+        while let Some(&i) = waiting.front() {
+            let r = &requests[i];
+            let fits_step = rows + r.prompt.len() <= batching.batch_tokens || !prefilled;
+            if live.len() >= batching.max_sequences || reserved + reserve(r) > budget_pages || !fits_step {
+                break;
+            }
+            waiting.pop_front();
+            reserved += reserve(r);
+            rows += r.prompt.len();
+            prefilled = true;
+            steps.push(SequenceStep {
+                sequence: i as u64,
+                past: 0,
+                tokens: r.prompt.clone(),
+                choice: r.choice,
+                suppressed: suppressed(r),
+            });
+            live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
+        }
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let batch = DecodeBatch { released: std::mem::take(&mut released), steps };
+        let next = engine.decode(&batch)?;
+        if next.len() != live.len() {
+            return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), live.len())));
+        }
+        let mut still = Vec::with_capacity(live.len());
+        for (mut l, n) in live.into_iter().zip(next) {
+            let r = &requests[l.index];
+            l.tokens.push(n.token);
+            l.logprobs.push(n.logprob);
+            let at_eos = r.stop_at_eos && Some(n.token) == eos;
+            let text_tokens = if at_eos { &l.tokens[..l.tokens.len() - 1] } else { &l.tokens[..] };
+            let decoded = tokenizer.decode(text_tokens).map_err(|e| EngineError::Sink(e.to_string()))?;
+            let (text, found) = cut_at_until(&decoded, &r.until);
+            let stop = match () {
+                _ if at_eos => Some(Stop::Eos),
+                _ if found => Some(Stop::Until),
+                _ if l.tokens.len() >= r.max_tokens => Some(Stop::MaxTokens),
+                _ if r.prompt.len() + l.tokens.len() >= batching.max_position => Some(Stop::Context),
+                _ => None,
+            };
+            match stop {
+                Some(stop) => {
+                    reserved -= l.pages;
+                    released.push(l.index as u64);
+                    done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
+                }
+                None => still.push(l),
+            }
+        }
+        live = still;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_cut_before_the_earliest_until_string() {
+        let until = vec!["\n\n".to_string(), "".to_string(), "Question:".to_string()];
+        assert_eq!(cut_at_until("42\nQuestion: x\n\ny", &until), ("42\n".to_string(), true));
+        assert_eq!(cut_at_until("no stop here", &until), ("no stop here".to_string(), false));
+    }
+}

@@ -1,0 +1,193 @@
+//! generate_until through the generic `generate` task: greedy continuations of the test
+//! model against Hugging Face transformers' (shared/reference/generation), the same
+//! tokens whatever the batch, and bad generation input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use evalmesh_tests::{assert_clean_error, read_samples, shared_dir, RunArgs};
+use serde_json::{json, Value};
+
+/// The reference: per HumanEval prompt, its tokens, transformers' 64 greedy tokens and
+/// each step's logit margin.
+fn reference() -> Vec<Value> {
+    let path = shared_dir().join("reference/generation/humaneval-0-23.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn write_lines(dir: &Path, lines: &[Value]) -> PathBuf {
+    let path = dir.join("prompts.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the `generate` task on `data` with `extra` flags; returns the samples' lines.
+fn generate(data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
+    let args = RunArgs::new().flag("--task", "generate").path("--data", data).extend(extra);
+    let output = args.samples_beside(&out.join("r.json")).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let bytes = read_samples(out, "generate");
+    String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn tokens(sample: &Value) -> Vec<u64> {
+    sample["evalmesh"]["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+}
+
+/// transformers ran `generate(min_new_tokens=64, max_new_tokens=64, do_sample=False)` in
+/// f32 on the same weights (dequantised from the GGUF) from the same prompt tokens;
+/// `ignore_eos` suppresses the end-of-text token as `min_new_tokens` does. The sums run
+/// in another order, so a step whose two best logits lie within about 1e-3 may flip; the
+/// reference's smallest margin is 0.0037, so every token should agree.
+#[test]
+fn greedy_continuations_are_those_of_transformers() {
+    let reference = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<Value> = reference
+        .iter()
+        .map(|r| json!({"prompt": r["prompt"], "prompt_ids": r["prompt_ids"], "max_tokens": 64, "ignore_eos": true}))
+        .collect();
+    let samples = generate(&write_lines(dir.path(), &lines), dir.path(), &[]);
+    assert_eq!(samples.len(), reference.len());
+    let (mut whole, mut first_16) = (0, 0);
+    for (sample, want) in samples.iter().zip(&reference) {
+        let got = tokens(sample);
+        let want_ids: Vec<u64> = want["greedy_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        assert_eq!(got.len(), 64, "prompt {}: {} tokens", sample["doc_id"], got.len());
+        match got.iter().zip(&want_ids).position(|(a, b)| a != b) {
+            None => {
+                whole += 1;
+                first_16 += 1;
+            }
+            Some(at) => {
+                let margin = want["logit_margins"][at].as_f64().unwrap();
+                let logprob = sample["evalmesh"]["logprobs"][at].as_f64().unwrap();
+                println!(
+                    "prompt {}: first difference at token {at}: evalmesh {} (log-probability {logprob}), transformers {} (its logit margin {margin})",
+                    sample["doc_id"], got[at], want_ids[at]
+                );
+                assert!(margin < 1e-3, "token {at} differs where transformers' margin is {margin}: not a near-tie");
+                first_16 += usize::from(at >= 16);
+            }
+        }
+        // The text is the tokens decoded.
+        assert_eq!(sample["resps"][0][0], want["greedy_text"], "prompt {}", sample["doc_id"]);
+    }
+    assert!(whole * 100 >= reference.len() * 95, "{whole} of {} prompts agree over 64 tokens", reference.len());
+    assert_eq!(first_16, reference.len(), "every prompt agrees over its first 16 tokens");
+}
+
+/// 64 prompts of many lengths (HumanEval's and LAMBADA passages cut short), some stopping
+/// at a string, some at the end-of-text token, some at their token limit.
+fn mixed_prompts() -> Vec<Value> {
+    let mut lines: Vec<Value> = reference()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| json!({"prompt": r["prompt"], "max_tokens": 12 + i % 9, "until": ["\n\n"]}))
+        .collect();
+    let lambada = std::fs::read_to_string(shared_dir().join("data/lambada/lambada_test.jsonl")).unwrap();
+    for (i, line) in lambada.lines().take(40).enumerate() {
+        let text = serde_json::from_str::<Value>(line).unwrap()["text"].as_str().unwrap().to_string();
+        let cut: String = text.chars().take(40 + 23 * i).collect();
+        lines.push(json!({"prompt": cut, "max_tokens": 8 + i % 13, "until": ["."]}));
+    }
+    lines
+}
+
+/// A sequence's tokens do not depend on what decodes beside it: the same samples, byte for
+/// byte, whether steps hold 256 or 8192 tokens and whether 1 or 48 sequences decode at once.
+#[test]
+fn generated_tokens_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &mixed_prompts());
+    let mut runs = Vec::new();
+    for (name, flags) in [
+        ("wide", ["--batch-tokens", "8192", "--max-sequences", "48"]),
+        ("narrow", ["--batch-tokens", "256", "--max-sequences", "48"]),
+        ("one at a time", ["--batch-tokens", "8192", "--max-sequences", "1"]),
+    ] {
+        let out = dir.path().join(name.replace(' ', "-"));
+        std::fs::create_dir(&out).unwrap();
+        let samples = generate(&data, &out, &flags);
+        runs.push((name, read_samples(&out, "generate"), samples));
+    }
+    let (_, first_bytes, first) = &runs[0];
+    assert_eq!(first.len(), 64);
+    let stops: Vec<&str> = first.iter().map(|s| s["evalmesh"]["stop"].as_str().unwrap()).collect();
+    assert!(stops.contains(&"until") && stops.contains(&"max_tokens"), "stops: {stops:?}");
+    for (name, bytes, _) in &runs[1..] {
+        assert!(bytes == first_bytes, "{name}: samples differ from the first run's");
+    }
+}
+
+/// Stops are lm-evaluation-harness's: the text is cut before the first `until` string,
+/// which generation reached.
+#[test]
+fn until_strings_cut_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &mixed_prompts()[24..34]);
+    for sample in generate(&data, dir.path(), &[]) {
+        let text = sample["resps"][0][0].as_str().unwrap();
+        assert!(!text.contains('.'), "{text:?} holds its stop string");
+        match sample["evalmesh"]["stop"].as_str().unwrap() {
+            "until" => assert!(tokens(&sample).len() <= 20),
+            "max_tokens" | "eos" => {}
+            other => panic!("stop {other}"),
+        }
+    }
+}
+
+#[test]
+fn bad_generation_input_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |lines: &[Value], extra: &[&str]| {
+        let data = write_lines(dir.path(), lines);
+        RunArgs::new().flag("--task", "generate").path("--data", &data).extend(extra).run()
+    };
+    let output = run(&[json!({"prompt": "def f():", "max_tokens": 0})], &[]);
+    assert_clean_error(&output, &["prompts.jsonl line 1", "`max_tokens`", "at least 1"]);
+    let output = run(&[json!({"prompt": "def f():", "until": 5})], &[]);
+    assert_clean_error(&output, &["prompts.jsonl line 1", "`until`", "list of strings"]);
+    let output = run(&[json!({"prompt": "def f():", "prompt_ids": [1, 99999999]})], &[]);
+    assert_clean_error(&output, &["prompt token 99999999", "vocabulary"]);
+    // 1 MiB holds no 16-token page of this model's cache (90 KiB a token).
+    let output = run(&[json!({"prompt": "def f():", "max_tokens": 64})], &["--kv-cache-mb", "1"]);
+    assert_clean_error(&output, &["KV cache", "--kv-cache-mb 1"]);
+    let output = run(&[json!({"prompt": "def f():", "max_tokens": 9000})], &[]);
+    assert_clean_error(&output, &["max_gen_toks 9000", "8192 positions"]);
+    let output = run(&[json!({"prompt": "x"})], &["--max-sequences", "0"]);
+    assert_clean_error(&output, &["--max-sequences"]);
+    // An empty `until` list is no stop string: generation runs to its limit.
+    let out = tempfile::tempdir().unwrap();
+    let data =
+        write_lines(dir.path(), &[json!({"prompt": "def f():", "until": [], "max_tokens": 5, "ignore_eos": true})]);
+    let samples = generate(&data, out.path(), &[]);
+    assert_eq!(tokens(&samples[0]).len(), 5);
+}
+
+/// A task file's `generation_kwargs` and templates are checked with the file named.
+#[test]
+fn bad_generation_task_files_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("items.jsonl"), "{\"q\": \"2+2?\", \"a\": \"4\"}\n").unwrap();
+    let base =
+        "task: bad\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\ntest_split: test\n\
+                output_type: generate_until\ndoc_to_text: \"{{q}}\"\ndoc_to_target: \"{{a}}\"\n";
+    let run = |body: String| {
+        std::fs::write(dir.path().join("bad.yaml"), body).unwrap();
+        RunArgs::new().path("--include-path", dir.path()).flag("--task", "bad").run()
+    };
+    let output = run(format!("{base}generation_kwargs:\n  max_gen_toks: 0\n"));
+    assert_clean_error(&output, &["bad.yaml", "`generation_kwargs.max_gen_toks`", "at least 1"]);
+    let output = run(format!("{base}generation_kwargs:\n  until: 3\n"));
+    assert_clean_error(&output, &["bad.yaml", "`generation_kwargs.until`"]);
+    let output = run(base.replace("{{q}}", "{{ question }}"));
+    assert_clean_error(&output, &["bad.yaml", "`doc_to_text`", "items.jsonl line 1", "no field `question`"]);
+    let output = run(format!(
+        "{base}filter_list:\n  - name: m\n    filter:\n      - function: regex\n        regex_pattern: \"(\"\n"
+    ));
+    assert_clean_error(&output, &["bad.yaml", "`filter_list`", "regular expression"]);
+}
