@@ -14,7 +14,7 @@ use evalmesh_common::{ScoreTree, TreeScores};
 
 use crate::engine::{EngineError, EvaluationEngine};
 use crate::generation::{generate, Batching, Generation, GenerationRequest};
-use crate::journal::{task_key, tree_key, Journal, JournalError};
+use crate::journal::{generation_key, task_key, tree_key, Journal, JournalError};
 use crate::lm_eval::files::SamplesFiles;
 use crate::lm_eval::python::hash_string;
 use crate::lm_eval::samples::{generation_sample, sample, Sample};
@@ -172,7 +172,8 @@ pub fn evaluate(
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         if docs.iter().any(|d| matches!(d.target, Target::Generate { .. })) {
-            let Scored { metrics, samples, stats } = generate_task(engine, tokenizer, task, docs, settings)?;
+            let Scored { metrics, samples, stats } =
+                generate_task(engine, tokenizer, task, docs, settings, journal.as_deref_mut())?;
             add_to_groups(&mut groups, task);
             let task_hash = hash_string(&samples.iter().map(|s| s.hashes.as_str()).collect::<String>());
             if let Some(files) = settings.samples {
@@ -319,6 +320,7 @@ fn generate_task(
     task: &Task,
     docs: &[Doc],
     settings: &Settings,
+    mut journal: Option<&mut Journal>,
 ) -> Result<Scored, EvaluateError> {
     let mut requests = Vec::with_capacity(docs.len());
     for doc in docs {
@@ -366,11 +368,21 @@ fn generate_task(
             choice,
         });
     }
-    let bar = sequence_bar(requests.len(), &task.name);
-    let started = Instant::now();
+    let config_hash = task_key(&task.config, settings.windows, task.num_fewshot);
+    let keys: Vec<String> =
+        requests.iter().map(|r| generation_key(settings.model_fingerprint, &config_hash, r)).collect();
     let mut generations: Vec<Option<Generation>> = vec![None; requests.len()];
+    if let Some(j) = journal.as_deref_mut() {
+        j.begin_task(&task.name, &config_hash)?;
+        for (slot, key) in generations.iter_mut().zip(&keys) {
+            *slot = j.generation(key).cloned();
+        }
+    }
+    let todo: Vec<usize> = (0..requests.len()).filter(|&i| generations[i].is_none()).collect();
+    let from_journal = requests.len() - todo.len();
+    let bar = sequence_bar(todo.len(), &task.name);
+    let started = Instant::now();
     let mut generated = 0usize;
-    let todo: Vec<usize> = (0..requests.len()).collect();
     let batching = Batching {
         batch_tokens: settings.batch_tokens,
         max_sequences: settings.max_sequences,
@@ -384,6 +396,9 @@ fn generate_task(
             "{generated} tokens, {:.1} tokens/s",
             generated as f64 / started.elapsed().as_secs_f64()
         ));
+        if let Some(j) = journal.as_deref_mut() {
+            j.record_generation(keys[i].clone(), g.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
+        }
         generations[i] = Some(g);
         match settings.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
             true => Err(EngineError::Stopped),
@@ -408,10 +423,11 @@ fn generate_task(
         metrics.insert(format!("exact_match,{}", filter.name), serde_json::json!(mean));
         metrics.insert(format!("exact_match_stderr,{}", filter.name), serde_json::json!(stderr));
     }
-    let prompt_tokens: usize = requests.iter().map(|r| r.prompt.len()).sum();
+    let prompt_tokens: usize = todo.iter().map(|&i| requests[i].prompt.len()).sum();
     let stats = TaskStats {
         trees: requests.len(),
-        trees_computed: requests.len(),
+        trees_computed: todo.len(),
+        trees_from_journal: from_journal,
         tokens_computed: prompt_tokens + generated,
         tokens_generated: Some(generated),
         seconds,

@@ -17,7 +17,7 @@ use crate::engine::{EngineError, EvaluationEngine};
 use crate::tokenizer::TextTokenizer;
 
 /// One sequence to generate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     pub until: Vec<String>,

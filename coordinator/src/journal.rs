@@ -4,8 +4,9 @@
 //! rest, whatever the batch size, engine or rank count was before.
 //!
 //! Lines: a header `{"evalmesh_journal":1,"model":FINGERPRINT}`, a line per task
-//! `{"task":NAME,"config":HASH}`, and a record per tree `{"key":HASH,"scores":…,"check":SUM}`
-//! whose checksum covers its key and scores. A line cut short by a crash is dropped (it is
+//! `{"task":NAME,"config":HASH}`, a record per tree `{"key":HASH,"scores":…,"check":SUM}`
+//! whose checksum covers its key and scores, and one per generated sequence
+//! `{"key":HASH,"generation":…,"check":SUM}`. A line cut short by a crash is dropped (it is
 //! always the last one); a record whose checksum fails is refused with its line number.
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use evalmesh_worker::backend::ARITHMETIC;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::generation::{Generation, GenerationRequest};
 use crate::tasks::requests::Windows;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,18 @@ enum Line {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         check: Option<String>,
     },
+    /// A finished generated sequence (docs/ARCHITECTURE.md §12).
+    Generated {
+        key: String,
+        generation: Generation,
+        check: String,
+    },
 }
 
-/// A record's checksum: the first 16 hex digits of the SHA-256 of its key and its scores
-/// as written (serde_json writes every f32 the same way each time).
-fn record_check(key: &str, scores: &TreeScores) -> String {
-    let json = serde_json::to_vec(scores).unwrap_or_default();
+/// A record's checksum: the first 16 hex digits of the SHA-256 of its key and its
+/// content as written (serde_json writes every f32 the same way each time).
+fn record_check(key: &str, content: &impl Serialize) -> String {
+    let json = serde_json::to_vec(content).unwrap_or_default();
     hash_hex(&[key.as_bytes(), &json])[..16].to_string()
 }
 
@@ -84,6 +92,7 @@ pub struct Journal {
     file: File,
     tasks: HashMap<String, String>,
     done: HashMap<String, TreeScores>,
+    generated: HashMap<String, Generation>,
 }
 
 /// Hex SHA-256 of some bytes.
@@ -118,6 +127,13 @@ pub fn journal_path(output: &Path) -> PathBuf {
 pub fn tree_key(model: &str, task_config: &str, tree: &ScoreTree) -> String {
     let tokens = serde_json::to_vec(tree).unwrap_or_default();
     hash_hex(&[model.as_bytes(), task_config.as_bytes(), &tokens])
+}
+
+/// The key of a generated sequence: the model, the task's configuration hash and the
+/// request (its prompt's tokens, stops, limit and choice).
+pub fn generation_key(model: &str, task_config: &str, request: &GenerationRequest) -> String {
+    let request = serde_json::to_vec(request).unwrap_or_default();
+    hash_hex(&[model.as_bytes(), task_config.as_bytes(), b"generation", &request])
 }
 
 /// A fingerprint of a model's content without reading all of it: its size, its first
@@ -163,6 +179,7 @@ impl Journal {
         let io = |error| JournalError::Io { path: path.to_path_buf(), error };
         let mut tasks = HashMap::new();
         let mut done = HashMap::new();
+        let mut generated = HashMap::new();
         let exists = path.exists();
         let mut kept = 0;
         if exists && !resume && !overwrite {
@@ -205,6 +222,14 @@ impl Journal {
                         }
                         done.insert(key, scores);
                     }
+                    Line::Generated { key, generation, check } => {
+                        if check != record_check(&key, &generation) {
+                            return Err(corrupt(
+                                "its checksum does not match its sequence (the file was damaged): delete this line to generate it again".into(),
+                            ));
+                        }
+                        generated.insert(key, generation);
+                    }
                 }
             }
             // Drop a torn last line so that new records start on a line of their own.
@@ -224,7 +249,7 @@ impl Journal {
             .unwrap_or_default();
             writeln!(file, "{header}").map_err(io)?;
         }
-        Ok(Journal { path: path.to_path_buf(), file, tasks, done })
+        Ok(Journal { path: path.to_path_buf(), file, tasks, done, generated })
     }
 
     /// Registers a task's configuration hash; refuses one that changed since the journal began.
@@ -248,6 +273,18 @@ impl Journal {
         let check = Some(record_check(&key, &scores));
         self.append(&Line::Record { key: key.clone(), scores: scores.clone(), check })?;
         self.done.insert(key, scores);
+        Ok(())
+    }
+
+    pub fn generation(&self, key: &str) -> Option<&Generation> {
+        self.generated.get(key)
+    }
+
+    /// Appends a finished generated sequence, written through to the file at once.
+    pub fn record_generation(&mut self, key: String, generation: Generation) -> Result<(), JournalError> {
+        let check = record_check(&key, &generation);
+        self.append(&Line::Generated { key: key.clone(), generation: generation.clone(), check })?;
+        self.generated.insert(key, generation);
         Ok(())
     }
 
@@ -333,6 +370,30 @@ mod tests {
         let err = Journal::open(&path, "m", "cpu", true, false).err().unwrap();
         assert!(matches!(err, JournalError::Corrupt { line: 3, .. }), "{err}");
         assert!(err.to_string().contains("checksum"));
+    }
+
+    #[test]
+    fn generated_sequences_resume_and_are_checked() {
+        use crate::generation::Stop;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let generation = Generation {
+            tokens: vec![5, 6],
+            logprobs: vec![-0.5, f32::from_bits(0xBF12_3457)],
+            text: "ab".into(),
+            stop: Stop::Until,
+        };
+        let mut j = Journal::open(&path, "m", "cpu", false, false).unwrap();
+        j.record_generation("g1".into(), generation.clone()).unwrap();
+        drop(j);
+        let j = Journal::open(&path, "m", "cpu", true, false).unwrap();
+        assert_eq!(j.generation("g1"), Some(&generation));
+        assert!(j.get("g1").is_none());
+        drop(j);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"ab\"", "\"ac\"")).unwrap();
+        let err = Journal::open(&path, "m", "cpu", true, false).err().unwrap();
+        assert!(matches!(err, JournalError::Corrupt { line: 2, .. }), "{err}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use evalmesh_tests::{assert_clean_error, read_samples, shared_dir, RunArgs};
+use evalmesh_tests::{assert_clean_error, evalmesh_bin, journal_keys, read_report, read_samples, shared_dir, RunArgs};
 use serde_json::{json, Value};
 
 /// The reference: per HumanEval prompt, its tokens, transformers' 64 greedy tokens and
@@ -121,6 +123,41 @@ fn generated_tokens_do_not_depend_on_the_batch() {
     for (name, bytes, _) in &runs[1..] {
         assert!(bytes == first_bytes, "{name}: samples differ from the first run's");
     }
+}
+
+/// A run killed part-way keeps its finished sequences in the journal; `--resume`
+/// generates only the rest, and the samples are byte for byte those of a run left alone.
+#[test]
+fn a_generation_killed_part_way_resumes_to_the_same_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &mixed_prompts()[..32]);
+    let whole = dir.path().join("whole");
+    std::fs::create_dir(&whole).unwrap();
+    generate(&data, &whole, &["--max-sequences", "4"]);
+    let killed = dir.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    let out = killed.join("r.json");
+    let journal = killed.join("r.journal.jsonl");
+    let args = RunArgs::new().flag("--task", "generate").path("--data", &data).extend(&["--max-sequences", "4"]);
+    let args = args.samples_beside(&out);
+    let mut child = Command::new(evalmesh_bin()).args(args.args()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while journal_keys(&journal).len() < 6 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no journal records after 5 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run writes no results");
+    let journaled = journal_keys(&journal).len();
+    assert!(journaled < 32, "every sequence was done before the kill");
+    let resumed = args.extend(&["--resume"]).run();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(read_samples(&killed, "generate") == read_samples(&whole, "generate"), "resumed text differs");
+    let task = &read_report(&out).evalmesh.tasks["generate"];
+    assert!(task.trees_from_journal + 1 >= journaled && task.trees_from_journal <= journaled);
+    assert_eq!(journal_keys(&journal).len(), 32, "a sequence was generated twice or not at all");
 }
 
 /// Stops are lm-evaluation-harness's: the text is cut before the first `until` string,
