@@ -6,10 +6,11 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::decode::{DecodeBatch, NextToken};
 use crate::plan::StageSpec;
 use crate::request::{MicroBatch, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -119,6 +120,10 @@ pub enum ToWorker {
     Report { trace: bool },
     /// Finish: no more work.
     Shutdown,
+    /// Run a generation step (docs/ARCHITECTURE.md §12) on the stage's KV cache.
+    Decode { id: u64, batch: DecodeBatch },
+    /// Set the KV cache's budget in bytes, freeing what it holds.
+    KvBudget { bytes: u64 },
 }
 
 /// A distribution of durations, in milliseconds.
@@ -169,10 +174,27 @@ pub struct TraceEvent {
 /// From a worker to the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToCoordinator {
-    Ready { version: u32, threads: usize, bytes_read: u64, load_seconds: f64 },
-    Scores { id: u64, scores: Vec<TokenScore> },
-    Failed { message: String },
-    Stats { stats: Box<WorkerStats> },
+    Ready {
+        version: u32,
+        threads: usize,
+        bytes_read: u64,
+        load_seconds: f64,
+    },
+    Scores {
+        id: u64,
+        scores: Vec<TokenScore>,
+    },
+    Failed {
+        message: String,
+    },
+    Stats {
+        stats: Box<WorkerStats>,
+    },
+    /// The next token of each sequence of a generation step.
+    Next {
+        id: u64,
+        next: Vec<NextToken>,
+    },
 }
 
 fn config() -> bincode::config::Configuration<

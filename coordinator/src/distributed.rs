@@ -5,7 +5,9 @@
 //! micro-batch goes to whichever pipeline has room (a work queue), and a pipeline keeps
 //! up to 4 × stages micro-batches in flight so that every stage has work. Scores are
 //! bit-identical to the lightweight engine's: the same stage code computes each tree
-//! independently of the others, and activations travel as exact f32 bits.
+//! independently of the others, and activations travel as exact f32 bits. Generation
+//! steps (docs/ARCHITECTURE.md §12) go the same way, each sequence to the pipeline that
+//! holds its KV cache (each stage the cache of its layers, each shard of its KV heads).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -63,6 +65,11 @@ pub struct DistributedEngine<'a> {
     pipelines: Vec<Pipeline>,
     workers: Vec<WorkerInfo>,
     config: ModelConfig,
+    /// Generation: the pipeline holding each live sequence's KV cache.
+    sequences: HashMap<u64, usize>,
+    /// Generation: per pipeline, the finished sequences whose caches it frees with its next step.
+    releases: Vec<Vec<u64>>,
+    next_step: u64,
 }
 
 fn worker_error(rank: Rank, message: impl Into<String>) -> EngineError {
@@ -133,7 +140,17 @@ impl<'a> DistributedEngine<'a> {
             }
         }
         workers.sort_by_key(|w| w.rank);
-        Ok(DistributedEngine { world, layout, pipelines, workers, config: config.clone() })
+        let releases = vec![Vec::new(); pipelines.len()];
+        Ok(DistributedEngine {
+            world,
+            layout,
+            pipelines,
+            workers,
+            config: config.clone(),
+            sequences: HashMap::new(),
+            releases,
+            next_step: 0,
+        })
     }
 
     /// The workers as they reported ready, by rank.
@@ -185,13 +202,6 @@ impl Schedule {
     }
 }
 
-/// Generation runs in one process for now; the workers' protocol has no generation steps yet.
-fn generation_unsupported() -> EngineError {
-    EngineError::Unsupported(
-        "generate_until tasks run in one process for now (the lightweight engine): run evalmesh without mpirun".into(),
-    )
-}
-
 impl EvaluationEngine for DistributedEngine<'_> {
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, &self.config)?;
@@ -227,16 +237,85 @@ impl EvaluationEngine for DistributedEngine<'_> {
         Ok(())
     }
 
-    fn decode(&mut self, _batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
-        Err(generation_unsupported())
+    /// A step's sequences go to the pipeline that holds their caches (a new one to the
+    /// pipeline holding the fewest), every pipeline's part is sent at once, and the next
+    /// tokens come back in the step's order.
+    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
+        for sequence in &batch.released {
+            if let Some(p) = self.sequences.remove(sequence) {
+                self.releases[p].push(*sequence);
+            }
+        }
+        let mut parts: Vec<(Vec<usize>, DecodeBatch)> =
+            vec![(Vec::new(), DecodeBatch::default()); self.pipelines.len()];
+        for (i, step) in batch.steps.iter().enumerate() {
+            let pipeline = match self.sequences.get(&step.sequence) {
+                Some(&p) => p,
+                None => {
+                    let mut held = vec![0usize; self.pipelines.len()];
+                    for &p in self.sequences.values() {
+                        held[p] += 1;
+                    }
+                    let p = (0..held.len()).min_by_key(|&p| (held[p], p)).unwrap_or(0);
+                    self.sequences.insert(step.sequence, p);
+                    p
+                }
+            };
+            parts[pipeline].0.push(i);
+            parts[pipeline].1.steps.push(step.clone());
+        }
+        let mut waiting: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (p, (indices, mut part)) in parts.into_iter().enumerate() {
+            if part.steps.is_empty() {
+                continue;
+            }
+            part.released = std::mem::take(&mut self.releases[p]);
+            let id = self.next_step;
+            self.next_step += 1;
+            let message = ToWorker::Decode { id, batch: part };
+            for &rank in &self.pipelines[p].ranks {
+                send(self.world, rank, &message);
+            }
+            waiting.insert(id, indices);
+        }
+        let mut next = vec![None; batch.steps.len()];
+        while !waiting.is_empty() {
+            let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
+            match message.map_err(|e| worker_error(rank, e.to_string()))? {
+                ToCoordinator::Next { id, next: tokens } => {
+                    let indices = waiting.remove(&id).ok_or_else(|| {
+                        worker_error(rank, format!("next tokens for step {id}, which is not in flight"))
+                    })?;
+                    if indices.len() != tokens.len() {
+                        return Err(worker_error(
+                            rank,
+                            format!("{} next tokens for {} sequences", tokens.len(), indices.len()),
+                        ));
+                    }
+                    for (i, token) in indices.into_iter().zip(tokens) {
+                        next[i] = Some(token);
+                    }
+                }
+                ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
+                other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
+            }
+        }
+        Ok(next.into_iter().flatten().collect())
     }
 
-    fn set_kv_budget(&mut self, _bytes: usize) -> Result<(), EngineError> {
-        Err(generation_unsupported())
+    fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError> {
+        self.sequences.clear();
+        self.releases.iter_mut().for_each(Vec::clear);
+        for worker in &self.workers {
+            send(self.world, worker.rank, &ToWorker::KvBudget { bytes: bytes as u64 });
+        }
+        Ok(())
     }
 
+    /// The most any worker's cache takes a token: its stage's layers over its groups.
     fn kv_bytes_per_token(&self) -> usize {
-        kv_bytes_per_token(&self.config, self.config.num_layers, self.config.num_kv_heads)
+        let per = |w: &WorkerInfo| kv_bytes_per_token(&self.config, w.stage.layers.len(), w.stage.groups.len());
+        self.workers.iter().map(per).max().unwrap_or(0)
     }
 
     fn describe(&self) -> String {

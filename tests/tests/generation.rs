@@ -125,6 +125,27 @@ fn generated_tokens_do_not_depend_on_the_batch() {
     }
 }
 
+/// Under mpirun each sequence decodes on the pipeline holding its cache, each stage the
+/// cache of its layers, each shard of its KV heads: the samples are byte for byte those of
+/// one process, for data, pipeline and tensor parallelism.
+#[test]
+fn generated_tokens_are_the_same_under_mpirun() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &mixed_prompts());
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    generate(&data, &alone, &[]);
+    let want = read_samples(&alone, "generate");
+    for layout in ["--dp", "--pp", "--tp"] {
+        let out = dir.path().join(&layout[2..]);
+        std::fs::create_dir(&out).unwrap();
+        let args = RunArgs::new().flag("--task", "generate").path("--data", &data).flag(layout, 2).flag("--threads", 1);
+        let output = args.samples_beside(&out.join("r.json")).mpirun(3);
+        assert!(output.status.success(), "{layout} 2: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(read_samples(&out, "generate") == want, "{layout} 2: samples differ from one process's");
+    }
+}
+
 /// A run killed part-way keeps its finished sequences in the journal; `--resume`
 /// generates only the rest, and the samples are byte for byte those of a run left alone.
 #[test]

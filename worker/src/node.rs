@@ -1,5 +1,5 @@
 //! A worker rank's life: receive the setup from the coordinator, load the assigned stage
-//! (only its tensors), then compute micro-batches until told to stop. Two threads: the
+//! (only its tensors), then compute micro-batches and generation steps until told to stop. Two threads: the
 //! compute thread runs the stage; the communication thread alone talks MPI (it receives
 //! control messages and the previous stage's activations, and sends scores and
 //! activations), so a micro-batch travels while the next one computes. Activations cross
@@ -13,6 +13,7 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use evalmesh_common::decode::DecodeBatch;
 use evalmesh_common::protocol::{check_version, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
 use evalmesh_common::MicroBatch;
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -34,14 +35,30 @@ pub struct NodeError {
     pub message: String,
 }
 
+/// A unit of work from the coordinator: a micro-batch to score or a generation step.
+enum Job {
+    Score(MicroBatch),
+    Decode(DecodeBatch),
+}
+
+impl Job {
+    fn rows(&self) -> usize {
+        match self {
+            Job::Score(batch) => batch.tokens.len(),
+            Job::Decode(batch) => batch.rows(),
+        }
+    }
+}
+
 /// What the communication thread hands the compute thread.
 enum Work {
     Setup(Setup),
     Batch {
         id: u64,
-        batch: MicroBatch,
+        job: Job,
         hidden: Option<Activations>,
     },
+    KvBudget(u64),
     /// Report the figures; the communication thread adds its send times and spans.
     Report {
         send: Durations,
@@ -83,7 +100,7 @@ pub fn serve(rank: Rank, node: NodeShare) -> Result<(), NodeError> {
 fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let world = SimpleCommunicator::world();
     let mut previous: Option<Rank> = None;
-    let mut batches: VecDeque<(u64, MicroBatch)> = VecDeque::new();
+    let mut batches: VecDeque<(u64, Job)> = VecDeque::new();
     let (mut send_times, mut send_spans) = (Durations::default(), Spans::default());
     let mut activations: VecDeque<Activations> = VecDeque::new();
     let mut landing: Arc<dyn Landing> = Arc::new(HostLanding);
@@ -97,11 +114,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     previous = setup.previous;
                     Some(Work::Setup(setup))
                 }
-                Ok(ToWorker::Batch { id, batch }) if previous.is_some() => {
-                    batches.push_back((id, batch));
-                    None
-                }
-                Ok(ToWorker::Batch { id, batch }) => Some(Work::Batch { id, batch, hidden: None }),
+                Ok(ToWorker::Batch { id, batch }) => receive_job(&mut batches, previous, id, Job::Score(batch)),
+                Ok(ToWorker::Decode { id, batch }) => receive_job(&mut batches, previous, id, Job::Decode(batch)),
+                Ok(ToWorker::KvBudget { bytes }) => Some(Work::KvBudget(bytes)),
                 Ok(ToWorker::Report { trace }) => {
                     Some(Work::Report { send: send_times.clone(), send_spans: send_spans.clone(), trace })
                 }
@@ -124,11 +139,11 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             }
         }
         while !batches.is_empty() && !activations.is_empty() {
-            let (Some((id, batch)), Some(hidden)) = (batches.pop_front(), activations.pop_front()) else {
+            let (Some((id, job)), Some(hidden)) = (batches.pop_front(), activations.pop_front()) else {
                 break;
             };
             let w = if id == hidden.header.batch {
-                Work::Batch { id, batch, hidden: Some(hidden) }
+                Work::Batch { id, job, hidden: Some(hidden) }
             } else {
                 Work::Broken(format!("activations of micro-batch {} arrived for micro-batch {id}", hidden.header.batch))
             };
@@ -166,6 +181,18 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
         } else {
             backoff.wait();
         }
+    }
+}
+
+/// A job from the coordinator: computed at once on a first stage, or queued until the
+/// previous stage's activations arrive.
+fn receive_job(batches: &mut VecDeque<(u64, Job)>, previous: Option<Rank>, id: u64, job: Job) -> Option<Work> {
+    match previous {
+        Some(_) => {
+            batches.push_back((id, job));
+            None
+        }
+        None => Some(Work::Batch { id, job, hidden: None }),
     }
 }
 
@@ -211,27 +238,38 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     Err(message) => fail(message),
                 }
             }
-            Work::Batch { id, batch, hidden } => {
+            Work::Batch { id, job, hidden } => {
                 let Some(stage) = stage.as_mut() else { continue };
                 match hidden {
                     Some(_) => spans.record(&mut receive_wait, "receive-wait", waiting, 0, Some(id)),
                     None => spans.record(&mut idle, "idle", waiting, 0, Some(id)),
                 }
                 batches += 1;
-                tokens += batch.tokens.len() as u64;
+                tokens += job.rows() as u64;
                 let started = Instant::now();
-                match (stage.forward(&batch, hidden, next.is_some()), next) {
+                let forwarded = match &job {
+                    Job::Score(batch) => stage.forward(batch, hidden, next.is_some()),
+                    Job::Decode(batch) => stage.decode(batch, hidden, next.is_some()),
+                };
+                match (forwarded, next) {
                     (Ok(Forwarded::Scores(scores)), _) => {
                         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id, scores }));
+                    }
+                    (Ok(Forwarded::Next(next)), _) => {
+                        let _ = outgoing.send(Outgoing::Control(ToCoordinator::Next { id, next }));
                     }
                     (Ok(Forwarded::Hidden(hidden)), Some(to)) => {
                         let _ = outgoing.send(Outgoing::Activations { to, id, hidden });
                     }
                     (Ok(Forwarded::Hidden(_) | Forwarded::Summed), _) => {}
-                    (Ok(Forwarded::Next(_)), _) => fail("a scoring pass answered with next tokens".into()),
                     (Err(e), _) => fail(e.to_string()),
                 }
                 spans.record(&mut compute_times, "compute", started, 0, Some(id));
+            }
+            Work::KvBudget(bytes) => {
+                if let Some(stage) = stage.as_mut() {
+                    stage.set_kv_budget(usize::try_from(bytes).unwrap_or(usize::MAX));
+                }
             }
             Work::Report { send, send_spans, trace } => {
                 let matmul = stage.as_ref().map(|s| s.matmul_stats()).unwrap_or_default();
