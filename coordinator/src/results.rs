@@ -256,15 +256,18 @@ impl Report {
 impl TaskResults {
     /// A table of every task's metrics with their standard errors, like lm-evaluation-harness prints.
     pub fn table(&self) -> String {
-        let mut out = String::from("| Task | n-shot | Metric | Value | | Stderr |\n|---|---:|---|---:|---|---:|\n");
+        let mut out =
+            String::from("| Task | Filter | n-shot | Metric | Value | | Stderr |\n|---|---|---:|---|---:|---|---:|\n");
         for (task, metrics) in &self.results {
             let shots = self.n_shot.get(task).map_or(String::new(), |v| v.to_string());
             for (name, value) in metrics {
-                let Some(metric) = name.strip_suffix(",none").filter(|m| !m.ends_with("_stderr")) else { continue };
+                let Some((metric, filter)) = name.split_once(',').filter(|(m, _)| !m.ends_with("_stderr")) else {
+                    continue;
+                };
                 let Some(v) = value.as_f64() else { continue };
-                let se = metrics.get(&format!("{metric}_stderr,none")).and_then(Value::as_f64);
+                let se = metrics.get(&format!("{metric}_stderr,{filter}")).and_then(Value::as_f64);
                 let se = se.map_or("N/A".to_string(), |s| format!("{s:.4}"));
-                out.push_str(&format!("| {task} | {shots} | {metric} | {v:.4} | ± | {se} |\n"));
+                out.push_str(&format!("| {task} | {filter} | {shots} | {metric} | {v:.4} | ± | {se} |\n"));
             }
         }
         out

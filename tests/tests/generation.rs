@@ -249,3 +249,37 @@ fn bad_generation_task_files_name_the_key() {
     ));
     assert_clean_error(&output, &["bad.yaml", "`filter_list`", "regular expression"]);
 }
+
+/// lm-evaluation-harness's gsm8k_cot file as shipped: its 8 demonstrations written in the
+/// file, its target template (Python's `split` and `strip`), both filter chains, each
+/// scored with its `exact_match` options, one samples line per document and filter.
+#[test]
+fn gsm8k_cot_runs_its_filters_and_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = evalmesh_tests::repo_dir().join("tests/fixtures/gsm8k/test.jsonl");
+    let args = RunArgs::new().flag("--task", "gsm8k_cot").path("--data", &data);
+    let output = args.samples_beside(&dir.path().join("r.json")).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results = &read_report(&dir.path().join("r.json")).tasks.results["gsm8k_cot"];
+    for key in ["exact_match,strict-match", "exact_match,flexible-extract"] {
+        assert!(results.contains_key(key), "{key} missing from {results:?}");
+    }
+    let samples: Vec<Value> = String::from_utf8(read_samples(dir.path(), "gsm8k_cot"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let filters: Vec<&str> = samples.iter().map(|s| s["filter"].as_str().unwrap()).collect();
+    assert_eq!(filters, ["strict-match", "strict-match", "flexible-extract", "flexible-extract"]);
+    let targets: Vec<&str> = samples.iter().map(|s| s["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["18", "3", "18", "3"]);
+    for s in &samples {
+        let prompt = s["arguments"]["gen_args_0"]["arg_0"].as_str().unwrap();
+        assert_eq!(prompt.matches("The answer is").count(), 8, "eight demonstrations before the question");
+        assert!(!s["resps"][0][0].as_str().unwrap().contains("Q:"), "the text holds its stop string");
+        // exact_match with ignore_case and regexes_to_ignore [",", "\\$", "(?s).*#### ", "\\.$"].
+        let answer = s["filtered_resps"][0].as_str().unwrap().replace([',', '$'], "");
+        let answer = answer.strip_suffix('.').unwrap_or(&answer).to_lowercase();
+        assert_eq!(s["exact_match"].as_f64().unwrap(), f64::from(u8::from(answer == s["target"].as_str().unwrap())));
+    }
+}

@@ -17,17 +17,20 @@ use crate::tasks::configs::{aggregation, higher_is_better};
 use crate::tasks::metrics::pooled;
 use crate::tasks::{Group, Task};
 
-/// The metric names among a task's `metric,filter` keys (stderrs and the fixed keys left out).
+/// The metric names among a task's `metric,filter` keys, once each (stderrs and the fixed
+/// keys left out).
 fn metric_names(entry: &BTreeMap<String, Value>) -> Vec<String> {
-    entry
+    let mut names: Vec<String> = entry
         .keys()
-        .filter_map(|k| k.strip_suffix(",none"))
+        .filter_map(|k| Some(k.split_once(',')?.0))
         .filter(|m| !m.ends_with("_stderr"))
         .map(str::to_string)
-        .collect()
+        .collect();
+    names.dedup();
+    names
 }
 
-/// Adds task `task`'s entries: `metrics` (`metric,none` and `metric_stderr,none`, a stderr
+/// Adds task `task`'s entries: `metrics` (`metric,FILTER` and `metric_stderr,FILTER`, a stderr
 /// that is not a number written `"N/A"`, as lm-evaluation-harness does where it has none),
 /// `effective` the documents scored, `task_hash` the hash of its samples' hashes.
 pub fn add_task(

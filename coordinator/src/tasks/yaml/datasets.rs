@@ -68,6 +68,11 @@ pub const DATASETS: &[Dataset] = &[
         reads: "one {\"text\"} per line, or per file with dataset_kwargs.sample_by: document",
         read: Reader::Text(text_documents),
     },
+    Dataset {
+        path: "openai/gsm8k",
+        reads: "grade-school-math's train.jsonl and test.jsonl as released",
+        read: Reader::Text(json_documents),
+    },
     Dataset { path: "Rowan/hellaswag", reads: "hellaswag_*.jsonl as released", read: Reader::Text(json_documents) },
     Dataset { path: "allenai/winogrande", reads: "winogrande_*.jsonl as released", read: Reader::Text(json_documents) },
     Dataset {
