@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what evalmesh needs on a fresh Debian machine with Rust: system packages
-# (when missing) and the test model. Idempotent; prints the test model's path last.
+# (when missing), HumanEval's problems and the test model. Idempotent; prints the test model's path last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +26,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
 fi
 
+scripts/fetch-humaneval.sh >/dev/null
 scripts/fetch-test-model.sh

@@ -11,6 +11,7 @@ use std::time::Instant;
 use evalmesh_common::cost::Prediction;
 use evalmesh_common::decode::Choice;
 use evalmesh_common::{ScoreTree, TreeScores};
+use rayon::prelude::*;
 
 use crate::engine::{EngineError, EvaluationEngine};
 use crate::generation::{generate, Batching, Generation, GenerationRequest};
@@ -21,6 +22,7 @@ use crate::lm_eval::samples::{generation_sample, sample, Sample};
 use crate::prediction::{error_percent, Predictor};
 use crate::progress::{sequence_bar, token_bar};
 use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
+use crate::tasks::code_execution::{pass_at_k, Sandbox};
 use crate::tasks::metrics::{aggregate, mean_stderr, outcome, Outcome};
 use crate::tasks::requests::{plan, request_scores, RequestScore, Windows};
 use crate::tasks::{Doc, Group, Target, Task, TaskError};
@@ -77,6 +79,8 @@ pub struct Settings<'a> {
     pub max_sequences: usize,
     /// KV-cache bytes per worker (generate_until tasks).
     pub kv_budget_bytes: usize,
+    /// Where programs run, with `--allow-code-execution` (HumanEval).
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// Scores some of a task's computed trees with a budget.
@@ -169,6 +173,9 @@ pub fn evaluate(
     let mut predicted = Totals::default();
     let mut budget = settings.batch_tokens;
     let mut tuner = settings.tune.then(Tuner::default);
+    if let Some(task) = tasks.iter().find(|t| t.unsafe_code && settings.sandbox.is_none()) {
+        return Err(code_execution_refused(&task.name).into());
+    }
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         if docs.iter().any(|d| matches!(d.target, Target::Generate { .. })) {
@@ -300,6 +307,13 @@ fn add_to_groups(groups: &mut BTreeMap<Group, Vec<String>>, task: &Task) {
     }
 }
 
+/// The refusal to score a task that runs the model's output as code without the user's leave.
+fn code_execution_refused(task: &str) -> TaskError {
+    TaskError::Settings(format!(
+        "{task} runs the model's completions as Python programs to score them: pass --allow-code-execution (lm-evaluation-harness: --confirm_run_unsafe_code) to allow it; each runs in a sandboxed child process (no network, a time limit, resource limits)"
+    ))
+}
+
 /// What a task's run gave: its metrics under lm-evaluation-harness's keys, its samples and its cost.
 struct Scored {
     metrics: BTreeMap<String, serde_json::Value>,
@@ -410,18 +424,33 @@ fn generate_task(
     let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     let mut metrics = BTreeMap::new();
     let mut samples = Vec::new();
+    let empty = serde_json::Map::new();
     for filter in &task.filters {
-        let mut scores = Vec::with_capacity(docs.len());
+        let mut scored = Vec::with_capacity(docs.len());
         for (doc, g) in docs.iter().zip(&generations) {
             let Target::Generate { reference, .. } = &doc.target else { continue };
-            let filtered = filter.apply(std::slice::from_ref(&g.text)).into_iter().next().unwrap_or_default();
-            let score = task.exact_match.score(&filtered, reference);
-            scores.push(score);
-            samples.push(generation_sample(doc, g, &filter.name, &filtered, score));
+            let record = doc.record.as_object().unwrap_or(&empty);
+            let filtered = filter.apply(std::slice::from_ref(&g.text), record).into_iter().next().unwrap_or_default();
+            scored.push((doc, g, reference, filtered));
+        }
+        let (metric, scores): (&str, Vec<f64>) = match (task.pass_at_1, settings.sandbox) {
+            (false, _) => ("exact_match", scored.iter().map(|(_, _, r, f)| task.exact_match.score(f, r)).collect()),
+            // code_eval's program: the candidate, a newline, the test.
+            (true, Some(sandbox)) => {
+                let passed: Vec<bool> = scored
+                    .par_iter()
+                    .map(|(_, _, reference, filtered)| sandbox.passes(&format!("{filtered}\n{reference}")))
+                    .collect::<Result<_, _>>()?;
+                ("pass@1", passed.into_iter().map(|p| pass_at_k(1, usize::from(p), 1)).collect())
+            }
+            (true, None) => return Err(code_execution_refused(&task.name).into()),
+        };
+        for ((doc, g, _, filtered), score) in scored.iter().zip(&scores) {
+            samples.push(generation_sample(doc, g, &filter.name, filtered, (metric, *score)));
         }
         let (mean, stderr) = mean_stderr(&scores);
-        metrics.insert(format!("exact_match,{}", filter.name), serde_json::json!(mean));
-        metrics.insert(format!("exact_match_stderr,{}", filter.name), serde_json::json!(stderr));
+        metrics.insert(format!("{metric},{}", filter.name), serde_json::json!(mean));
+        metrics.insert(format!("{metric}_stderr,{}", filter.name), serde_json::json!(stderr));
     }
     let prompt_tokens: usize = todo.iter().map(|&i| requests[i].prompt.len()).sum();
     let stats = TaskStats {

@@ -48,6 +48,15 @@ pub fn gemma_model() -> PathBuf {
     path
 }
 
+/// The folder holding `humaneval/HumanEval.jsonl.gz` (the cache, where
+/// scripts/fetch-humaneval.sh puts it): the `--data-dir` of the humaneval task.
+pub fn humaneval_data_dir() -> PathBuf {
+    let dir = test_model().parent().map(Path::to_path_buf).unwrap_or_default();
+    let file = dir.join("humaneval/HumanEval.jsonl.gz");
+    assert!(file.is_file(), "{} is missing: run scripts/fetch-humaneval.sh (scripts/setup.sh does)", file.display());
+    dir
+}
+
 /// The Gemma model's file name in the cache.
 pub const GEMMA_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 

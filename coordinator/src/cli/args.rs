@@ -171,6 +171,12 @@ pub struct RunArgs {
     #[arg(long, visible_alias = "batch_size", value_name = "N", value_parser = parse_batch_size,
           conflicts_with_all = ["batch_tokens", "tune"])]
     pub batch_size: Option<usize>,
+    /// Let tasks that score by running the model's output as code (humaneval) run it: each
+    /// program in a sandboxed child `python3` (its own network namespace with no network,
+    /// a time limit, resource limits, a fresh temporary folder). Off by default, as
+    /// lm-evaluation-harness asks for --confirm_run_unsafe_code.
+    #[arg(long, visible_alias = "confirm_run_unsafe_code")]
+    pub allow_code_execution: bool,
     /// generate_until tasks: the most sequences decoding at once (continuous batching: a
     /// finished sequence's slot is refilled at once). Generated text does not depend on it.
     #[arg(long, default_value_t = 32)]

@@ -123,9 +123,15 @@ pub fn sample(doc: &Doc, scores: &[RequestScore], outcome: &Outcome, reported: &
 
 /// The sample of one generated document under one filter chain (lm-evaluation-harness
 /// writes a line per document and filter): the context and generation arguments, the raw
-/// text, the filtered answer and its `exact_match`, with the tokens, their
+/// text, the filtered answer and its metric (`exact_match` or `pass@1`), with the tokens, their
 /// log-probabilities and why generation stopped under `evalmesh`.
-pub fn generation_sample(doc: &Doc, generation: &Generation, filter: &str, filtered: &str, exact_match: f64) -> Sample {
+pub fn generation_sample(
+    doc: &Doc,
+    generation: &Generation,
+    filter: &str,
+    filtered: &str,
+    metric: (&str, f64),
+) -> Sample {
     let context = doc.requests.first().map_or("", |r| r.context.as_str());
     let (reference, kwargs) = match &doc.target {
         Target::Generate { reference, kwargs, .. } => (reference.as_str(), Some(kwargs)),
@@ -145,11 +151,11 @@ pub fn generation_sample(doc: &Doc, generation: &Generation, filter: &str, filte
         ("resps", json!([[generation.text]])),
         ("filtered_resps", json!([filtered])),
         ("filter", json!(filter)),
-        ("metrics", json!(["exact_match"])),
+        ("metrics", json!([metric.0])),
         ("doc_hash", json!(doc_hash)),
         ("prompt_hash", json!(prompt_hash)),
         ("target_hash", json!(target_hash)),
-        ("exact_match", json!(exact_match)),
+        (metric.0, json!(metric.1)),
         ("evalmesh", json!({"tokens": generation.tokens, "logprobs": generation.logprobs, "stop": generation.stop})),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();

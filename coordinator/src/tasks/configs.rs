@@ -78,7 +78,7 @@ pub fn task_config(yaml: &Value, evalmesh: &Value) -> Map<String, Value> {
 /// of `lm_eval/api/metrics.py`; `acc_norm_tokens` is evalmesh's own, an accuracy).
 pub fn higher_is_better(metric: &str) -> Option<bool> {
     match metric {
-        "acc" | "acc_norm" | "acc_norm_tokens" | "exact_match" => Some(true),
+        "acc" | "acc_norm" | "acc_norm_tokens" | "exact_match" | "pass@1" => Some(true),
         "perplexity" | "word_perplexity" | "byte_perplexity" | "bits_per_byte" => Some(false),
         _ => None,
     }

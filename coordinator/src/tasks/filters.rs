@@ -1,9 +1,11 @@
 //! What lm-evaluation-harness does to generated text before scoring it: its filter chains
 //! (`filter_list`: `regex`, `take_first`, `remove_whitespace`, `lowercase`, `uppercase`, as
-//! `lm_eval/filters/` defines them) and its `exact_match` metric with `ignore_case`,
+//! `lm_eval/filters/` defines them, and `custom` ones evalmesh runs natively) and its `exact_match` metric with `ignore_case`,
 //! `ignore_punctuation` and `regexes_to_ignore` (Hugging Face evaluate's `exact_match`).
 
 use regex::Regex;
+
+use super::yaml::datasets::Record;
 
 /// `pattern` compiled, or why not in one line (the regex crate's error without its drawing).
 pub fn compile(pattern: &str) -> Result<Regex, String> {
@@ -31,6 +33,8 @@ pub enum FilterStep {
     RemoveWhitespace,
     Lowercase,
     Uppercase,
+    /// `custom` with a `filter_fn` evalmesh runs natively (`yaml::native`), given the document.
+    Custom(fn(&str, &Record) -> String),
 }
 
 /// A named chain of filters (`filter_list` entry); a task without one has lm-eval's
@@ -47,7 +51,7 @@ impl FilterChain {
     }
 
     /// The chain applied to a document's responses: what is scored.
-    pub fn apply(&self, responses: &[String]) -> Vec<String> {
+    pub fn apply(&self, responses: &[String], doc: &Record) -> Vec<String> {
         let mut values = responses.to_vec();
         for step in &self.steps {
             values = match step {
@@ -58,6 +62,7 @@ impl FilterChain {
                 FilterStep::RemoveWhitespace => values.iter().map(|v| v.trim_start().to_string()).collect(),
                 FilterStep::Lowercase => values.iter().map(|v| v.to_lowercase()).collect(),
                 FilterStep::Uppercase => values.iter().map(|v| v.to_uppercase()).collect(),
+                FilterStep::Custom(function) => values.iter().map(|v| function(v, doc)).collect(),
             };
         }
         values
@@ -131,16 +136,16 @@ mod tests {
             name: "strict-match".into(),
             steps: vec![regex(r"#### (\-?[0-9\.\,]+)", 0), FilterStep::TakeFirst],
         };
-        assert_eq!(strict.apply(std::slice::from_ref(&response)), vec!["12"]);
+        assert_eq!(strict.apply(std::slice::from_ref(&response), &Record::new()), vec!["12"]);
         // flexible-extract: the last of the numbers, each match a tuple of two groups.
         let flexible = FilterChain {
             name: "flexible-extract".into(),
             steps: vec![regex(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1), FilterStep::TakeFirst],
         };
-        assert_eq!(flexible.apply(std::slice::from_ref(&response)), vec!["12"]);
-        assert_eq!(strict.apply(&["no answer".to_string()]), vec!["[invalid]"]);
+        assert_eq!(flexible.apply(std::slice::from_ref(&response), &Record::new()), vec!["12"]);
+        assert_eq!(strict.apply(&["no answer".to_string()], &Record::new()), vec!["[invalid]"]);
         let words = FilterChain { name: "w".into(), steps: vec![FilterStep::RemoveWhitespace, FilterStep::Lowercase] };
-        assert_eq!(words.apply(&["  Paris Is".to_string()]), vec!["paris is"]);
+        assert_eq!(words.apply(&["  Paris Is".to_string()], &Record::new()), vec!["paris is"]);
     }
 
     #[test]

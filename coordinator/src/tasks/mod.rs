@@ -7,6 +7,7 @@
 //! CPython's `random` that lm-eval makes ([`python_random`]).
 
 pub mod catalog;
+pub mod code_execution;
 pub mod configs;
 pub mod fewshot;
 pub mod filters;
@@ -103,9 +104,13 @@ pub struct Task {
     pub metric_list: Vec<String>,
     /// The groups this task's score rolls up into, innermost first (an MMLU subject: its category, then `mmlu`).
     pub groups: Vec<Group>,
-    /// A generate_until task's filter chains, each scored with `exact_match`.
+    /// A generate_until task's filter chains, each scored with `exact_match`, or with
+    /// pass@1 (the program run against the target's tests) where `pass_at_1` is set.
     pub filters: Vec<FilterChain>,
     pub exact_match: ExactMatch,
+    pub pass_at_1: bool,
+    /// The task runs the model's output as code (`unsafe_code`): only with `--allow-code-execution`.
+    pub unsafe_code: bool,
 }
 
 /// A group of tasks, whose score lm-evaluation-harness aggregates from theirs: its name and alias.

@@ -29,6 +29,7 @@ use crate::model::cache_dir;
 use crate::prediction::{placement, run_profile, Predictor};
 use crate::results::{EvalmeshSection, RankStats, Report, RunConfig, RunInfo};
 use crate::tasks::catalog::{Catalog, Source};
+use crate::tasks::code_execution::Sandbox;
 use crate::tasks::fewshot::SEED;
 use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
@@ -128,6 +129,10 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     let load_seconds = load_start.elapsed().as_secs_f64();
     log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
 
+    let sandbox = match settings.allow_code_execution {
+        true => Some(Sandbox::new()?),
+        false => None,
+    };
     let evaluation_settings = Settings {
         windows,
         limit: settings.limit,
@@ -145,6 +150,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         stop: Some(&stop),
         max_sequences: settings.max_sequences,
         kv_budget_bytes: settings.kv_cache_mb << 20,
+        sandbox: sandbox.as_ref(),
     };
     let start = Instant::now();
     let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;

@@ -97,6 +97,10 @@ pub struct TaskDef {
     pub filters: Vec<FilterChain>,
     /// The options of its `exact_match` metric.
     pub exact_match: ExactMatch,
+    /// The `metric_list` entry is scored by running code (HumanEval's `pass_at_k`, k = 1).
+    pub pass_at_1: bool,
+    /// `unsafe_code`: the task runs the model's output as code.
+    pub unsafe_code: bool,
     /// `metadata.evalmesh.generation_kwargs_from_document`: each document's own `until`,
     /// `max_tokens` and `ignore_eos` fields replace the task's (the generic `generate` task).
     pub generation_from_document: bool,
@@ -386,7 +390,7 @@ fn task_list(map: &Mapping, file: &Path) -> Result<Vec<String>, TaskError> {
 /// Reads `filter_list`: named chains of lm-eval's filters. On log-likelihood responses
 /// only `take_first` means anything (lm-eval's default `none` chain is one); the others
 /// work on generated text.
-fn filter_list(map: &Mapping, file: &Path, generative: bool) -> Result<Vec<FilterChain>, TaskError> {
+fn filter_list(map: &Mapping, file: &Path, task: &str, generative: bool) -> Result<Vec<FilterChain>, TaskError> {
     let key = "filter_list";
     let Some(list) = map.get(key) else { return Ok(vec![FilterChain::none()]) };
     let chains = list.as_sequence().ok_or_else(|| problem(file, key, "must be a list of named filter chains"))?;
@@ -415,11 +419,20 @@ fn filter_list(map: &Mapping, file: &Path, generative: bool) -> Result<Vec<Filte
                 Some("remove_whitespace") => FilterStep::RemoveWhitespace,
                 Some("lowercase") => FilterStep::Lowercase,
                 Some("uppercase") => FilterStep::Uppercase,
+                Some("custom") => {
+                    let function = match step.get("filter_fn") {
+                        Some(Value::Tagged(tagged)) if tagged.tag == "!function" => tagged.value.as_str().unwrap_or("?"),
+                        _ => return Err(problem(file, key, "a `custom` filter needs `filter_fn: !function …`")),
+                    };
+                    let apply = native::filter(task, function)
+                        .ok_or_else(|| python_function(file, "filter_list.filter_fn", function))?;
+                    FilterStep::Custom(apply)
+                }
                 Some(other) => {
                     return Err(problem(
                         file,
                         key,
-                        format!("`{other}` is not a filter evalmesh has (regex, take_first, remove_whitespace, lowercase, uppercase)"),
+                        format!("`{other}` is not a filter evalmesh has (regex, take_first, remove_whitespace, lowercase, uppercase, custom)"),
                     ))
                 }
                 None => return Err(problem(file, key, "each filter needs a `function`")),
@@ -548,10 +561,30 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         Some(other) => return Err(problem(file, "output_type", format!("`{other}` is not an lm-eval output type"))),
     };
     let mut metrics = Vec::new();
+    let mut pass_at_1 = false;
     if let Some(list) = map.get("metric_list") {
         let items = list.as_sequence().ok_or_else(|| problem(file, "metric_list", "must be a list"))?;
         for item in items {
             let metric = item.get("metric").ok_or_else(|| problem(file, "metric_list", "each entry needs a metric"))?;
+            if let Value::Tagged(tagged) = metric {
+                let function = tagged.value.as_str().unwrap_or("?");
+                if tagged.tag == "!function" && native::runs_code(&name, function) {
+                    // One greedy sample per document (`repeats: 1`): pass@1 alone.
+                    match item.get("k").map(to_json) {
+                        None => {}
+                        Some(k) if k == serde_json::json!([1]) || k == serde_json::json!(1) => {}
+                        Some(_) => {
+                            return Err(problem(
+                                file,
+                                "metric_list.k",
+                                "evalmesh scores pass@1 (one greedy sample per problem): use k: [1]",
+                            ))
+                        }
+                    }
+                    pass_at_1 = true;
+                    continue;
+                }
+            }
             if let Some(err) = function_error(file, "metric_list.metric", metric) {
                 return Err(err);
             }
@@ -567,7 +600,7 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         }
     }
     let generative = output_type == OutputType::GenerateUntil;
-    let filters = filter_list(&map, file, generative)?;
+    let filters = filter_list(&map, file, &name, generative)?;
     let generation = generation_kwargs(&map, file)?;
     let exact_match = exact_match(&map, file)?;
     let generation_from_document = map
@@ -620,6 +653,8 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         filters,
         exact_match,
         generation_from_document,
+        pass_at_1,
+        unsafe_code: map.get("unsafe_code").and_then(Value::as_bool).unwrap_or(false),
         version,
         process_docs,
         process_results,

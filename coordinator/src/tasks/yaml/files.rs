@@ -70,19 +70,42 @@ pub struct DataFile {
 }
 
 impl DataFile {
+    /// The file as UTF-8 text, gunzipped where its name ends in `.gz` (as `datasets` does).
     pub fn text(&self) -> Result<Cow<'static, str>, TaskError> {
-        self.origin.read(&self.path)
+        match self.gzipped() {
+            false => self.origin.read(&self.path),
+            true => {
+                let bytes = self.bytes()?;
+                String::from_utf8(bytes.into_owned()).map(Cow::Owned).map_err(|e| TaskError::Data {
+                    path: self.path.clone(),
+                    problem: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                })
+            }
+        }
     }
 
+    /// The file's bytes, gunzipped where its name ends in `.gz`.
     pub fn bytes(&self) -> Result<Cow<'static, [u8]>, TaskError> {
-        match self.origin {
+        let raw = match self.origin {
             Origin::Disk => std::fs::read(&self.path)
                 .map(Cow::Owned)
-                .map_err(|error| TaskError::Io { path: self.path.clone(), error }),
+                .map_err(|error| TaskError::Io { path: self.path.clone(), error })?,
             Origin::Shipped => shipped_entry(&self.path)
                 .map(|f| Cow::Borrowed(f.contents()))
-                .ok_or_else(|| TaskError::Io { path: self.path.clone(), error: std::io::ErrorKind::NotFound.into() }),
+                .ok_or_else(|| TaskError::Io { path: self.path.clone(), error: std::io::ErrorKind::NotFound.into() })?,
+        };
+        if !self.gzipped() {
+            return Ok(raw);
         }
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out).map_err(|e| {
+            TaskError::Data { path: self.path.clone(), problem: format!("not a readable gzip file: {e}") }
+        })?;
+        Ok(Cow::Owned(out))
+    }
+
+    fn gzipped(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "gz")
     }
 }
 

@@ -418,6 +418,8 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
         groups: Vec::new(),
         filters: def.filters.clone(),
         exact_match: def.exact_match.clone(),
+        pass_at_1: def.pass_at_1,
+        unsafe_code: def.unsafe_code,
     })
 }
 

@@ -3,7 +3,9 @@
 //! preprocess_winogrande.doc_to_text`, …), found by the task's name, the key and lm-eval's
 //! reference. A `process_docs` adds the fields lm-eval's adds to a document (`datasets.map`
 //! keeps the others); a `doc_to_*` gives what lm-eval's returns; a `process_results` of a
-//! rolling task gives the text whose words and bytes normalise its perplexities.
+//! rolling task gives the text whose words and bytes normalise its perplexities; a `custom`
+//! filter's `filter_fn` turns a response into what is scored; HumanEval's `pass_at_k`
+//! metric runs the program (`tasks::code_execution`).
 
 use serde_json::Value;
 
@@ -17,6 +19,11 @@ enum Apply {
     DocTo(fn(&Record) -> Result<Rendered, String>),
     /// The text whose words and bytes a rolling task's perplexities are normalised by.
     CountedText(fn(&Record) -> Result<String, String>),
+    /// A `custom` filter's `filter_fn` on one response of a document.
+    Filter(fn(&str, &Record) -> String),
+    /// A metric scored by running the filtered program against the target's tests
+    /// (`tasks::code_execution`).
+    CodeExecution,
 }
 
 /// A native function: the task it belongs to, the key it stands in, lm-eval's reference.
@@ -59,6 +66,13 @@ const NATIVE: &[Native] = &[
         apply: Apply::DocTo(wikitext_target),
     },
     Native {
+        task: "humaneval",
+        key: "filter_list.filter_fn",
+        function: "utils.build_predictions",
+        apply: Apply::Filter(humaneval_prediction),
+    },
+    Native { task: "humaneval", key: "metric_list.metric", function: "utils.pass_at_k", apply: Apply::CodeExecution },
+    Native {
         task: "wikitext",
         key: "process_results",
         function: "preprocess_wikitext.process_results",
@@ -97,6 +111,24 @@ pub fn counted_text(task: &str, function: &str, doc: &Record) -> Result<String, 
         Some(Apply::CountedText(apply)) => apply(doc),
         _ => Err("no native version".into()),
     }
+}
+
+/// A `custom` filter's function, where evalmesh has it.
+pub fn filter(task: &str, function: &str) -> Option<fn(&str, &Record) -> String> {
+    match find(task, "filter_list.filter_fn", function) {
+        Some(Apply::Filter(apply)) => Some(apply),
+        _ => None,
+    }
+}
+
+/// Whether a `metric_list` function is scored by running code.
+pub fn runs_code(task: &str, function: &str) -> bool {
+    matches!(find(task, "metric_list.metric", function), Some(Apply::CodeExecution))
+}
+
+/// `lm_eval/tasks/humaneval/utils.py`'s `build_predictions`: the prompt, then the completion.
+fn humaneval_prediction(response: &str, doc: &Record) -> String {
+    format!("{}{response}", doc.get("prompt").and_then(Value::as_str).unwrap_or_default())
 }
 
 fn field<'a>(doc: &'a Record, name: &str) -> Result<&'a str, String> {
