@@ -81,6 +81,9 @@ pub struct Settings<'a> {
     pub kv_budget_bytes: usize,
     /// Where programs run, with `--allow-code-execution` (HumanEval).
     pub sandbox: Option<&'a Sandbox>,
+    /// The tokens that end a generated sequence: the end-of-text token, and with a chat
+    /// template the end-of-turn tokens of the vocabulary.
+    pub stop_tokens: &'a [u32],
 }
 
 /// Scores some of a task's computed trees with a budget.
@@ -374,11 +377,16 @@ fn generate_task(
             },
             false => Choice::Greedy,
         };
+        let (stop_tokens, suppressed) = match kwargs.ignore_eos {
+            true => (Vec::new(), settings.stop_tokens.to_vec()),
+            false => (settings.stop_tokens.to_vec(), Vec::new()),
+        };
         requests.push(GenerationRequest {
             prompt,
             until: kwargs.until.clone(),
             max_tokens: kwargs.max_gen_toks,
-            stop_at_eos: !kwargs.ignore_eos,
+            stop_tokens,
+            suppressed,
             choice,
         });
     }

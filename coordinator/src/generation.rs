@@ -2,7 +2,8 @@
 //! order; each step decodes one token of every live sequence, and admits waiting ones
 //! (their whole prompt as one prefill) while the step's tokens stay within `--batch-tokens`,
 //! the live sequences within `--max-sequences`, and their reserved KV-cache pages
-//! (prompt and `max_gen_toks`) within the budget. A sequence ends at the end-of-text token,
+//! (prompt and `max_gen_toks`) within the budget. A sequence ends at a stop token (the
+//! end-of-text token, and a chat template's end-of-turn tokens),
 //! at one of its `until` strings (checked on the decoded text, which is cut before it, as
 //! lm-evaluation-harness does) or after its `max_gen_toks`; its slot is refilled at once.
 //! A sequence's tokens are the same whatever else decodes with it: its prefill is always
@@ -22,8 +23,11 @@ pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     pub until: Vec<String>,
     pub max_tokens: usize,
-    /// Stop at the end-of-text token; without, it is never chosen (llama.cpp's `--ignore-eos`).
-    pub stop_at_eos: bool,
+    /// Tokens that end the sequence (the end-of-text token, and a chat template's
+    /// end-of-turn tokens), kept in its tokens but not in its text.
+    pub stop_tokens: Vec<u32>,
+    /// Tokens never chosen (with `ignore_eos`, the end-of-text token: llama.cpp's `--ignore-eos`).
+    pub suppressed: Vec<u32>,
     pub choice: Choice,
 }
 
@@ -111,8 +115,6 @@ pub fn generate(
     let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
     let mut live: Vec<Live> = Vec::new();
     let (mut reserved, mut released) = (0, Vec::new());
-    let eos = tokenizer.eos();
-    let suppressed = |r: &GenerationRequest| if r.stop_at_eos { Vec::new() } else { eos.into_iter().collect() };
     loop {
         // Each live sequence feeds back its last token.
         let mut steps: Vec<SequenceStep> = live
@@ -124,7 +126,7 @@ pub fn generate(
                     past: r.prompt.len() + l.tokens.len() - 1,
                     tokens: vec![*l.tokens.last()?],
                     choice: r.choice,
-                    suppressed: suppressed(r),
+                    suppressed: r.suppressed.clone(),
                 })
             })
             .collect();
@@ -144,7 +146,7 @@ pub fn generate(
                 past: 0,
                 tokens: r.prompt.clone(),
                 choice: r.choice,
-                suppressed: suppressed(r),
+                suppressed: r.suppressed.clone(),
             });
             live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
         }
@@ -161,7 +163,7 @@ pub fn generate(
             let r = &requests[l.index];
             l.tokens.push(n.token);
             l.logprobs.push(n.logprob);
-            let at_eos = r.stop_at_eos && Some(n.token) == eos;
+            let at_eos = r.stop_tokens.contains(&n.token);
             let text_tokens = if at_eos { &l.tokens[..l.tokens.len() - 1] } else { &l.tokens[..] };
             let decoded = tokenizer.decode(text_tokens).map_err(|e| EngineError::Sink(e.to_string()))?;
             let (text, found) = cut_at_until(&decoded, &r.until);

@@ -89,8 +89,12 @@ pub fn task_files(data: &[u8]) {
         }
         _ => write(&path, rest),
     }
-    let source =
-        Source { data_dir: Some(&dir), data_file: Some(&path), num_fewshot: (pick as usize / TASKS.len()) % 3 };
+    let source = Source {
+        data_dir: Some(&dir),
+        data_file: Some(&path),
+        num_fewshot: (pick as usize / TASKS.len()) % 3,
+        prompt: Default::default(),
+    };
     if let Ok(catalog) = Catalog::new(None) {
         let _ = catalog.load(task, &source);
     }

@@ -14,7 +14,10 @@ use evalmesh_tests::{assert_clean_error, repo_dir, run_evalmesh, shared_dir, tes
 use serde_json::Value;
 
 fn load_docs(task: &str, data_dir: Option<&Path>, data_file: Option<&Path>, shots: usize) -> Vec<Doc> {
-    let tasks = Catalog::new(None).unwrap().load(task, &Source { data_dir, data_file, num_fewshot: shots }).unwrap();
+    let tasks = Catalog::new(None)
+        .unwrap()
+        .load(task, &Source { data_dir, data_file, num_fewshot: shots, prompt: Default::default() })
+        .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].num_fewshot, shots);
     tasks.into_iter().next().unwrap().docs
@@ -230,7 +233,7 @@ fn a_generic_file_is_its_own_few_shot_split_without_the_document_itself() {
 #[test]
 fn mmlu_takes_the_first_dev_examples_after_the_description() {
     let data = shared_dir().join("data");
-    let source = Source { data_dir: Some(&data), data_file: None, num_fewshot: 1 };
+    let source = Source { data_dir: Some(&data), data_file: None, num_fewshot: 1, prompt: Default::default() };
     let tasks = Catalog::new(None).unwrap().load("mmlu", &source).unwrap();
     let algebra = tasks.iter().find(|t| t.name == "mmlu_abstract_algebra").unwrap();
     let context = &algebra.docs[0].requests[0].context;

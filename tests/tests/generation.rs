@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use evalmesh_tests::{assert_clean_error, evalmesh_bin, journal_keys, read_report, read_samples, shared_dir, RunArgs};
+use evalmesh_worker::weights::gguf::Value as GgufValue;
 use serde_json::{json, Value};
 
 /// The reference: per HumanEval prompt, its tokens, transformers' 64 greedy tokens and
@@ -282,4 +283,46 @@ fn gsm8k_cot_runs_its_filters_and_metric() {
         let answer = answer.strip_suffix('.').unwrap_or(&answer).to_lowercase();
         assert_eq!(s["exact_match"].as_f64().unwrap(), f64::from(u8::from(answer == s["target"].as_str().unwrap())));
     }
+}
+
+/// `--apply-chat-template` writes the context through the model's own template (SmolLM2's,
+/// from its GGUF): the system instruction as the system turn, the prompt as the user's, the
+/// assistant's turn opened; generation stops at the end-of-turn token.
+#[test]
+fn chat_templates_write_the_context_and_end_the_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &[json!({"prompt": "What is 2+2?", "max_tokens": 40})]);
+    let samples = generate(&data, dir.path(), &["--apply-chat-template", "--system-instruction", "Answer briefly."]);
+    let context = samples[0]["arguments"]["gen_args_0"]["arg_0"].as_str().unwrap();
+    assert_eq!(
+        context,
+        "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // SmolLM2's <|im_end|> is token 2, its end of text.
+    assert_eq!(samples[0]["evalmesh"]["stop"], "eos");
+    assert_eq!(tokens(&samples[0]).last(), Some(&2));
+    assert!(!samples[0]["resps"][0][0].as_str().unwrap().contains("<|im_end|>"));
+}
+
+/// A model without a chat template, and a template that does not render, are one clear error each.
+#[test]
+fn chat_template_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_lines(dir.path(), &[json!({"prompt": "Hi"})]);
+    let run = |model: &Path| {
+        RunArgs::with_model(model)
+            .flag("--task", "generate")
+            .path("--data", &data)
+            .extend(&["--apply-chat-template"])
+            .run()
+    };
+    let (_keep, without) = evalmesh_tests::edited_model(|m| m.metadata.retain(|(k, _)| k != "tokenizer.chat_template"));
+    assert_clean_error(&run(&without), &["--apply-chat-template", "has no chat template"]);
+    let broken = "{{ raise_exception('Conversation roles must alternate') }}".to_string();
+    let (_keep, raising) =
+        evalmesh_tests::edited_model(|m| m.set("tokenizer.chat_template", GgufValue::String(broken.clone())));
+    assert_clean_error(&run(&raising), &["chat template", "prompts.jsonl line 1", "roles must alternate"]);
+    let (_keep, unparsable) =
+        evalmesh_tests::edited_model(|m| m.set("tokenizer.chat_template", GgufValue::String("{% for %}".into())));
+    assert_clean_error(&run(&unparsable), &["chat template", "prompts.jsonl line 1"]);
 }

@@ -171,6 +171,20 @@ pub struct RunArgs {
     #[arg(long, visible_alias = "batch_size", value_name = "N", value_parser = parse_batch_size,
           conflicts_with_all = ["batch_tokens", "tune"])]
     pub batch_size: Option<usize>,
+    /// Write each context through the model's chat template (GGUF `tokenizer.chat_template`
+    /// or the tokenizer_config.json's), as lm-evaluation-harness's --apply_chat_template:
+    /// the system prompt, the few-shot turns and the document as one user message, then the
+    /// assistant's turn; generation also stops at the template's end-of-turn tokens.
+    #[arg(long, visible_alias = "apply_chat_template")]
+    pub apply_chat_template: bool,
+    /// With --apply-chat-template: each few-shot example as its own user and assistant
+    /// turns (lm-evaluation-harness's --fewshot_as_multiturn).
+    #[arg(long, visible_alias = "fewshot_as_multiturn", requires = "apply_chat_template")]
+    pub fewshot_as_multiturn: bool,
+    /// A system prompt before each context (with the task's description after it); a
+    /// system message with --apply-chat-template (lm-evaluation-harness's --system_instruction).
+    #[arg(long, visible_alias = "system_instruction")]
+    pub system_instruction: Option<String>,
     /// Let tasks that score by running the model's output as code (humaneval) run it: each
     /// program in a sandboxed child `python3` (its own network namespace with no network,
     /// a time limit, resource limits, a fresh temporary folder). Off by default, as

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::prompt::PromptStyle;
 use super::yaml::Registry;
 use super::{Task, TaskError};
 
@@ -17,6 +18,8 @@ pub struct Source<'a> {
     pub data_file: Option<&'a Path>,
     /// `--num-fewshot` (0: the task file's own `num_fewshot`, else none).
     pub num_fewshot: usize,
+    /// How contexts are written: `--system-instruction`, `--apply-chat-template`.
+    pub prompt: PromptStyle<'a>,
 }
 
 /// The shipped tasks and a user's.

@@ -35,16 +35,34 @@ pub enum Example {
     Greedy { text: String, target: String },
 }
 
-impl Example {
-    /// The example solved, as a few-shot demonstration: the text, the target delimiter
-    /// and the answer (the sampler's `doc_to_text + target_delimiter + doc_to_target`).
-    pub fn demonstration(&self, delimiter: &str) -> String {
-        match self {
-            Example::Choice { text, choices, gold } => format!("{text}{delimiter}{}", choices[*gold]),
-            Example::Partial { contexts, target, gold } if target.is_empty() => contexts[*gold].clone(),
-            Example::Partial { contexts, target, gold } => format!("{}{delimiter}{target}", contexts[*gold]),
-            Example::Greedy { text, target } => format!("{text}{delimiter}{target}"),
+/// A solved example as a few-shot turn: the question (the text) and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+impl Turn {
+    /// The turn as plain text: the question, the target delimiter and the answer (the
+    /// sampler's `doc_to_text + target_delimiter + doc_to_target`), then the few-shot
+    /// delimiter.
+    pub fn plain(&self, delimiters: &Delimiters) -> String {
+        match self.answer.is_empty() {
+            true => format!("{}{}", self.question, delimiters.fewshot),
+            false => format!("{}{}{}{}", self.question, delimiters.target, self.answer, delimiters.fewshot),
         }
+    }
+}
+
+impl Example {
+    /// The example as a few-shot turn.
+    pub fn turn(&self) -> Turn {
+        let (question, answer) = match self {
+            Example::Choice { text, choices, gold } => (text.clone(), choices[*gold].clone()),
+            Example::Partial { contexts, target, gold } => (contexts[*gold].clone(), target.clone()),
+            Example::Greedy { text, target } => (text.clone(), target.clone()),
+        };
+        Turn { question, answer }
     }
 }
 
@@ -87,19 +105,15 @@ impl Sampler {
     }
 }
 
-/// The demonstrations (each followed by the few-shot delimiter) that precede each of `docs`
-/// documents with `shots` examples, or the most shots the sampler allows when it holds too few.
-pub fn contexts(docs: usize, sampler: &Sampler, shots: usize, delimiters: &Delimiters) -> Result<Vec<String>, usize> {
-    let join = |examples: &mut dyn Iterator<Item = &Example>| -> String {
-        examples.map(|e| e.demonstration(&delimiters.target) + &delimiters.fewshot).collect()
-    };
+/// The demonstrations that precede each of `docs` documents with `shots` examples, or the
+/// most shots the sampler allows when it holds too few.
+pub fn demonstrations(docs: usize, sampler: &Sampler, shots: usize) -> Result<Vec<Vec<Turn>>, usize> {
     match sampler {
         Sampler::FirstN(examples) => {
             if examples.len() < shots {
                 return Err(examples.len());
             }
-            let context = join(&mut examples[..shots].iter());
-            Ok(vec![context; docs])
+            Ok(vec![examples[..shots].iter().map(Example::turn).collect(); docs])
         }
         Sampler::Random { pool, eval_doc } => {
             let same = match eval_doc {
@@ -108,15 +122,11 @@ pub fn contexts(docs: usize, sampler: &Sampler, shots: usize, delimiters: &Delim
             };
             let same = same.as_ref().map(|f| f as &dyn Fn(usize, usize) -> bool);
             let draws = random_draws(pool.len(), docs, shots, same)?;
-            Ok(draws.iter().map(|drawn| join(&mut drawn.iter().map(|&i| &pool[i]))).collect())
+            Ok(draws.iter().map(|drawn| drawn.iter().map(|&i| pool[i].turn()).collect()).collect())
         }
     }
 }
 
-/// The indices into a pool of `pool` examples that lm-evaluation-harness's default sampler
-/// picks for each of `docs` documents in turn (`ContextSampler.sample` after `set_rnd(1234)`).
-/// `same`: the documents are handed over, and `same(d, i)` says whether document `d` equals
-/// pool example `i`. Err: the most shots the pool allows.
 pub fn random_draws(
     pool: usize,
     docs: usize,
@@ -153,6 +163,12 @@ pub fn random_draws(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each document's demonstrations as plain text.
+    fn contexts(docs: usize, sampler: &Sampler, shots: usize, delimiters: &Delimiters) -> Result<Vec<String>, usize> {
+        let turns = demonstrations(docs, sampler, shots)?;
+        Ok(turns.iter().map(|t| t.iter().map(|t| t.plain(delimiters)).collect()).collect())
+    }
 
     fn choice(text: &str) -> Example {
         Example::Choice { text: text.into(), choices: vec!["no".into(), "yes".into()], gold: 1 }

@@ -3,7 +3,9 @@
 //! and described as lm-eval's `TaskConfig` ([`configs`]); documents turned into scoring
 //! requests ([`requests`]), each led by its few-shot demonstrations ([`fewshot`]), and
 //! scores into metrics and group scores ([`metrics`]), plus perplexity over a text
-//! ([`perplexity`]); generated text filtered and matched ([`filters`]); the draws of
+//! ([`perplexity`]); a context written as plain text or through the model's chat template
+//! ([`prompt`]); generated text filtered and matched ([`filters`]), programs run
+//! ([`code_execution`]); the draws of
 //! CPython's `random` that lm-eval makes ([`python_random`]).
 
 pub mod catalog;
@@ -13,6 +15,7 @@ pub mod fewshot;
 pub mod filters;
 pub mod metrics;
 pub mod perplexity;
+pub mod prompt;
 pub mod python_random;
 pub mod requests;
 pub mod yaml;

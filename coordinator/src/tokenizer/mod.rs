@@ -8,9 +8,11 @@
 //! leaves it to the tokenizer) and llama.cpp decide: GGUF `tokenizer.ggml.add_bos_token`
 //! (absent: yes for SentencePiece vocabularies, as llama.cpp; no for gpt2-style ones), or
 //! `add_bos_token` of the `tokenizer_config.json` beside a `tokenizer.json` (absent: no).
-//! `--add-bos` overrides it ([`TextTokenizer::set_add_bos`]).
+//! `--add-bos` overrides it ([`TextTokenizer::set_add_bos`]). The model's chat template
+//! is kept with it and rendered by [`chat`].
 
 mod bpe;
+pub mod chat;
 pub mod spm;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use evalmesh_worker::weights::gguf::{GgufFile, Value};
 use bpe::check_merges;
 pub use bpe::gguf_tokenizer_json;
 use spm::SpmVocab;
+
+pub use self::chat::ChatTemplate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -41,6 +45,7 @@ struct TokenizerConfig {
     add_bos_token: Option<bool>,
     bos_token: Option<Option<String>>,
     eos_token: Option<Option<String>>,
+    chat_template: Option<String>,
 }
 
 impl TokenizerConfig {
@@ -65,6 +70,16 @@ impl TokenizerConfig {
         };
         config.bos_token = config.token_name(json, "bos_token")?;
         config.eos_token = config.token_name(json, "eos_token")?;
+        // A template, or a list of named ones whose `default` is the chat template.
+        config.chat_template = match json.get("chat_template") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            Some(_) => return Err(config.error("chat_template must be a template or a list of named ones".into())),
+        };
         Ok(config)
     }
 
@@ -106,6 +121,9 @@ pub struct TextTokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
+    /// The model's chat template (GGUF `tokenizer.chat_template`, or `chat_template` of the
+    /// tokenizer_config.json), where it has one.
+    chat_template: Option<String>,
 }
 
 impl TextTokenizer {
@@ -113,7 +131,7 @@ impl TextTokenizer {
         if add_bos && bos.is_none() {
             log::warn!("{}: the tokenizer asks for a BOS token first but names none: none is added", source.display());
         }
-        TextTokenizer { engine, bos, eos, add_bos }
+        TextTokenizer { engine, bos, eos, add_bos, chat_template: None }
     }
 
     /// The tokenizer a GGUF file describes (`tokenizer.ggml.*`): gpt2-style BPE through
@@ -149,7 +167,9 @@ impl TextTokenizer {
                 value.as_bool().ok_or_else(|| bad("tokenizer.ggml.add_bos_token must be true or false".into()))?
             }
         };
-        Ok(TextTokenizer::new(engine, bos, eos, add_bos, &file.path))
+        let mut tokenizer = TextTokenizer::new(engine, bos, eos, add_bos, &file.path);
+        tokenizer.chat_template = file.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+        Ok(tokenizer)
     }
 
     /// Loads a `tokenizer.json`, with what the `tokenizer_config.json` beside it says:
@@ -174,7 +194,9 @@ impl TextTokenizer {
             special(&config.bos_token, "bos_token", &["<|im_start|>", "<s>", "<|begin_of_text|>", "<|endoftext|>"])?;
         let eos = special(&config.eos_token, "eos_token", &["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"])?;
         let add_bos = config.add_bos_token.unwrap_or(false);
-        Ok(TextTokenizer::new(Engine::Library(Box::new(inner)), bos, eos, add_bos, &config.path))
+        let mut tokenizer = TextTokenizer::new(Engine::Library(Box::new(inner)), bos, eos, add_bos, &config.path);
+        tokenizer.chat_template = config.chat_template;
+        Ok(tokenizer)
     }
 
     /// Overrides the BOS policy (`--add-bos`); a BOS is refused where the tokenizer has none.
@@ -239,6 +261,21 @@ impl TextTokenizer {
     /// The end-of-text token, where the tokenizer has one.
     pub fn eos(&self) -> Option<u32> {
         self.eos
+    }
+
+    /// The model's chat template, where it has one, with the texts of its BOS and EOS tokens.
+    pub fn chat_template(&self) -> Option<ChatTemplate> {
+        let text = |id: Option<u32>| id.map(|id| self.token_text(id)).unwrap_or_default();
+        let source = self.chat_template.clone()?;
+        Some(ChatTemplate { source, bos_token: text(self.bos), eos_token: text(self.eos) })
+    }
+
+    /// The id of the token whose text is `text` exactly, where the vocabulary has one.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        match &self.engine {
+            Engine::Library(inner) => inner.token_to_id(text),
+            Engine::SentencePiece(vocab) => vocab.token_id(text),
+        }
     }
 
     /// The text of one token (for display).

@@ -348,6 +348,11 @@ impl SpmVocab {
         }
     }
 
+    /// The id of the token whose text is `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
     pub fn token_text(&self, id: u32) -> String {
         let Some(token) = self.tokens.get(id as usize) else { return String::new() };
         match token.kind {

@@ -33,7 +33,9 @@ use crate::tasks::code_execution::Sandbox;
 use crate::tasks::fewshot::SEED;
 use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
+use crate::tasks::prompt::PromptStyle;
 use crate::tasks::requests::Windows;
+use crate::tokenizer::chat::END_OF_TURN_TOKENS;
 
 /// Where a run computes: on the worker ranks of an MPI job, or in this process.
 enum Place<'w> {
@@ -66,19 +68,38 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         Some(world) => Place::Ranks(world),
         None => Place::Alone(Target::alone(settings.device)?),
     };
+    let (model_path, mut model) = super::open_model(&settings.model, settings.random_weights)?;
+    if let Some(add) = settings.add_bos {
+        model.tokenizer.set_add_bos(add)?;
+    }
+    let chat_template = match settings.apply_chat_template {
+        true => Some(model.tokenizer.chat_template().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--apply-chat-template: {} has no chat template (GGUF tokenizer.chat_template, or chat_template in tokenizer_config.json)",
+                model_path.display()
+            )
+        })?),
+        false => None,
+    };
     let source = Source {
         data_dir: settings.data_dir.as_deref(),
         data_file: settings.data.as_deref(),
         num_fewshot: settings.num_fewshot,
+        prompt: PromptStyle {
+            system_instruction: settings.system_instruction.as_deref(),
+            chat: chat_template.as_ref().map(|t| (t, settings.fewshot_as_multiturn)),
+        },
     };
     let catalog = Catalog::new(settings.include_path.as_deref())?;
     let mut tasks = Vec::new();
     for name in &settings.tasks {
         tasks.extend(catalog.load(name, &source)?);
     }
-    let (model_path, mut model) = super::open_model(&settings.model, settings.random_weights)?;
-    if let Some(add) = settings.add_bos {
-        model.tokenizer.set_add_bos(add)?;
+    let mut stop_tokens: Vec<u32> = model.tokenizer.eos().into_iter().collect();
+    if chat_template.is_some() {
+        stop_tokens.extend(END_OF_TURN_TOKENS.iter().filter_map(|t| model.tokenizer.token_id(t)));
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
     }
     let config = model.source.config().clone();
     let windows = match settings.perplexity_mode {
@@ -151,6 +172,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         max_sequences: settings.max_sequences,
         kv_budget_bytes: settings.kv_cache_mb << 20,
         sandbox: sandbox.as_ref(),
+        stop_tokens: &stop_tokens,
     };
     let start = Instant::now();
     let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;

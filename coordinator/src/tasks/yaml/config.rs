@@ -86,6 +86,8 @@ pub struct TaskDef {
     pub doc_to_target: Template,
     pub doc_to_choice: Option<Template>,
     pub target_delimiter: String,
+    /// The task's own `fewshot_delimiter` (the system prompt's join, as lm-eval's).
+    pub fewshot_delimiter: String,
     pub description: String,
     pub num_fewshot: Option<usize>,
     pub sampler: SamplerKind,
@@ -644,6 +646,7 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
             .ok_or_else(|| problem(file, "doc_to_target", "is missing"))?,
         doc_to_choice,
         target_delimiter,
+        fewshot_delimiter,
         description: text(&map, file, "description")?.unwrap_or_default(),
         num_fewshot,
         sampler,

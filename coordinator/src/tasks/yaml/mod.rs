@@ -19,8 +19,9 @@ use self::docs::{read_split, Rendered, Renderer};
 use self::files::Origin;
 use crate::tasks::catalog::Source;
 use crate::tasks::configs::task_config;
-use crate::tasks::fewshot::{self, Delimiters, EvalDoc, Example, Row, Sampler};
+use crate::tasks::fewshot::{self, Delimiters, EvalDoc, Example, Row, Sampler, Turn};
 use crate::tasks::perplexity::word_count;
+use crate::tasks::prompt::compose;
 use crate::tasks::{Doc, Group, Request, Target, Task, TaskError};
 
 /// The task and group definitions of an include folder, by name, and the tasks of each tag.
@@ -249,10 +250,20 @@ fn example(renderer: &Renderer<'_>, doc: usize, r: Rendering) -> Result<Example,
     })
 }
 
-/// A document's requests as lm-eval's `construct_requests` makes them: `prefix` (description
-/// and demonstrations) before its text; the target delimiter before each choice of a
-/// multiple-choice task, and none before a loglikelihood task's target.
-fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: Document) -> Result<Doc, TaskError> {
+/// Writes a context around a document's text (`tasks::prompt::compose` with the document's
+/// description and demonstrations).
+type Context<'a> = dyn Fn(&str) -> Result<String, TaskError> + 'a;
+
+/// A document's requests as lm-eval's `construct_requests` makes them: each text in its
+/// `context` (system prompt, description and demonstrations); the target delimiter before
+/// each choice of a multiple-choice task, and none before a loglikelihood task's target.
+fn into_doc(
+    def: &TaskDef,
+    id: usize,
+    example: Example,
+    context: &Context,
+    document: Document,
+) -> Result<Doc, TaskError> {
     let delimiter = &def.target_delimiter;
     let record = Row::Object(document.record);
     Ok(match (def.output_type, example) {
@@ -276,7 +287,7 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
                 true => document_generation(def, &record, &document.place)?,
                 false => (def.generation.clone(), None),
             };
-            let request = Request { context: format!("{prefix}{text}"), continuation: String::new() };
+            let request = Request { context: context(&text)?, continuation: String::new() };
             Doc {
                 id,
                 requests: vec![request],
@@ -285,7 +296,7 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
             }
         }
         (_, Example::Choice { text, choices, gold }) => {
-            let context = format!("{prefix}{text}");
+            let context = context(&text)?;
             let requests = choices
                 .iter()
                 .map(|c| Request { context: context.clone(), continuation: format!("{delimiter}{c}") })
@@ -295,13 +306,13 @@ fn into_doc(def: &TaskDef, id: usize, example: Example, prefix: &str, document: 
         (_, Example::Partial { contexts, target, gold }) => {
             let requests = contexts
                 .iter()
-                .map(|c| Request { context: format!("{prefix}{c}"), continuation: format!("{delimiter}{target}") })
-                .collect();
+                .map(|c| Ok(Request { context: context(c)?, continuation: format!("{delimiter}{target}") }))
+                .collect::<Result<_, TaskError>>()?;
             Doc { id, requests, target: Target::Partial { gold }, record }
         }
         (_, Example::Greedy { text, target }) => {
             // lm-eval's loglikelihood request is `(ctx, doc_to_target)`: no delimiter.
-            let request = Request { context: format!("{prefix}{text}"), continuation: target };
+            let request = Request { context: context(&text)?, continuation: target };
             Doc { id, requests: vec![request], target: Target::Greedy, record }
         }
     })
@@ -382,17 +393,25 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let shots = if source.num_fewshot > 0 { source.num_fewshot } else { def.num_fewshot.unwrap_or(0) };
-    let prefixes = match shots {
-        0 => vec![String::new(); examples.len()],
-        _ => fewshot_prefixes(def, &env, &documents, shots, source, &mut read)?,
+    let (target, fewshot) = def.fewshot_delimiters.clone();
+    let delimiters = Delimiters { target, fewshot };
+    let turns = match shots {
+        0 => vec![Vec::new(); examples.len()],
+        _ => fewshot_turns(def, &env, &documents, shots, source, &mut read)?,
     };
     let docs = examples
         .into_iter()
-        .zip(descriptions.into_iter().zip(prefixes))
+        .zip(descriptions.into_iter().zip(turns))
         .zip(documents)
         .enumerate()
-        .map(|(i, ((example, (description, prefix)), document))| {
-            into_doc(def, i, example, &format!("{description}{prefix}"), document)
+        .map(|(i, ((example, (description, turns)), document))| {
+            let place = document.place.clone();
+            let context = |text: &str| {
+                compose(&source.prompt, &description, &def.fewshot_delimiter, &turns, &delimiters, text).map_err(|e| {
+                    TaskError::Data { path: def.file.clone(), problem: format!("the chat template on {place}: {e}") }
+                })
+            };
+            into_doc(def, i, example, &context, document)
         })
         .collect::<Result<_, _>>()?;
     // The files read, as `dataset_kwargs.data_files` of the results' configs.
@@ -424,14 +443,14 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
 }
 
 /// Each document's demonstrations, as lm-eval's sampler picks them from the few-shot split.
-fn fewshot_prefixes(
+fn fewshot_turns(
     def: &TaskDef,
     env: &minijinja::Environment<'static>,
     documents: &[Document],
     shots: usize,
     source: &Source,
     read: &mut Vec<(String, PathBuf)>,
-) -> Result<Vec<String>, TaskError> {
+) -> Result<Vec<Vec<Turn>>, TaskError> {
     let refuse = |what: &str| TaskError::Data { path: def.file.clone(), problem: format!("`num_fewshot`: {what}") };
     if def.output_type == OutputType::LoglikelihoodRolling {
         return Err(TaskError::Settings(format!(
@@ -466,9 +485,7 @@ fn fewshot_prefixes(
             eval_doc: EvalDoc::Excluded { pool_rows: rows(&pool_documents), doc_rows: rows(documents) },
         },
     };
-    let (target, fewshot) = def.fewshot_delimiters.clone();
-    let delimiters = Delimiters { target, fewshot };
-    fewshot::contexts(documents.len(), &sampler, shots, &delimiters)
+    fewshot::demonstrations(documents.len(), &sampler, shots)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
 }
 
