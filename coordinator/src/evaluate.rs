@@ -86,6 +86,16 @@ pub struct Settings<'a> {
     pub stop_tokens: &'a [u32],
 }
 
+impl Settings<'_> {
+    /// Whether work goes on after the piece in hand: not once a signal asked to stop.
+    fn go_on(&self) -> Result<(), EngineError> {
+        match self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            true => Err(EngineError::Stopped),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Scores some of a task's computed trees with a budget.
 type Compute<'c> = dyn FnMut(&[usize], usize) -> Result<(), EngineError> + 'c;
 
@@ -231,10 +241,7 @@ pub fn evaluate(
                     j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
                 }
                 scores[index] = Some(s);
-                match settings.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-                    true => Err(EngineError::Stopped),
-                    false => Ok(()),
-                }
+                settings.go_on()
             })
         };
         let mut rest: Vec<usize> = (0..todo_trees.len()).collect();
@@ -293,7 +300,8 @@ pub fn evaluate(
     Ok(Evaluation {
         results,
         tasks: task_stats,
-        prediction: settings.predictor.map(|p| predicted.summary(p)),
+        // Generation has no prediction yet: a run of generation tasks alone reports none.
+        prediction: settings.predictor.filter(|_| predicted.tokens > 0).map(|p| predicted.summary(p)),
         tuning: tuner.map(|t| t.summary(budget)),
     })
 }
@@ -411,7 +419,7 @@ fn generate_task(
         kv_budget_bytes: settings.kv_budget_bytes,
         max_position: settings.max_position,
     };
-    generate(engine, tokenizer, &requests, &todo, batching, &mut |i, g| {
+    let throughput = generate(engine, tokenizer, &requests, &todo, batching, &mut |i, g| {
         generated += g.tokens.len();
         bar.inc(1);
         bar.set_message(format!(
@@ -422,10 +430,7 @@ fn generate_task(
             j.record_generation(keys[i].clone(), g.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
         }
         generations[i] = Some(g);
-        match settings.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-            true => Err(EngineError::Stopped),
-            false => Ok(()),
-        }
+        settings.go_on()
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -467,6 +472,8 @@ fn generate_task(
         trees_from_journal: from_journal,
         tokens_computed: prompt_tokens + generated,
         tokens_generated: Some(generated),
+        prefill_tokens_per_s: Some(throughput.prefill_tokens as f64 / throughput.prefill_seconds.max(1e-9)),
+        decode_tokens_per_s: Some(throughput.decode_tokens as f64 / throughput.decode_seconds.max(1e-9)),
         seconds,
         tokens_per_s: (prompt_tokens + generated) as f64 / seconds.max(1e-9),
         ..TaskStats::default()

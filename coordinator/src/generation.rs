@@ -67,6 +67,16 @@ pub struct Batching {
     pub max_position: usize,
 }
 
+/// Where a run's time went: steps that prefilled a prompt (with the decode rows they held),
+/// and steps of decoding alone, with the tokens each gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+}
+
 struct Live {
     index: usize,
     pages: usize,
@@ -92,7 +102,7 @@ pub fn generate(
     todo: &[usize],
     batching: Batching,
     done: &mut dyn FnMut(usize, Generation) -> Result<(), EngineError>,
-) -> Result<(), EngineError> {
+) -> Result<Throughput, EngineError> {
     let page_bytes = engine.kv_bytes_per_token() * PAGE_TOKENS;
     let budget_pages = batching.kv_budget_bytes / page_bytes.max(1);
     let reserve = |r: &GenerationRequest| pages_for(r.prompt.len() + r.max_tokens);
@@ -115,6 +125,7 @@ pub fn generate(
     let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
     let mut live: Vec<Live> = Vec::new();
     let (mut reserved, mut released) = (0, Vec::new());
+    let mut throughput = Throughput::default();
     loop {
         // Each live sequence feeds back its last token.
         let mut steps: Vec<SequenceStep> = live
@@ -151,10 +162,22 @@ pub fn generate(
             live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
         }
         if steps.is_empty() {
-            return Ok(());
+            return Ok(throughput);
         }
         let batch = DecodeBatch { released: std::mem::take(&mut released), steps };
+        let started = std::time::Instant::now();
         let next = engine.decode(&batch)?;
+        let seconds = started.elapsed().as_secs_f64();
+        match prefilled {
+            true => {
+                throughput.prefill_tokens += batch.rows();
+                throughput.prefill_seconds += seconds;
+            }
+            false => {
+                throughput.decode_tokens += batch.rows();
+                throughput.decode_seconds += seconds;
+            }
+        }
         if next.len() != live.len() {
             return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), live.len())));
         }

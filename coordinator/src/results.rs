@@ -179,6 +179,12 @@ pub struct TaskStats {
     /// Perplexity after each chunk, as llama.cpp prints it (llama.cpp-style perplexity only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cumulative_perplexity: Option<Vec<f64>>,
+    /// Generation (generate_until tasks): tokens/s of the steps that decoded alone (one
+    /// token of each live sequence) and of those that prefilled prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_tokens_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -67,7 +67,10 @@ fn empty_file() {
 #[test]
 fn unknown_task_lists_the_known_ones() {
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--task", "hellaswagg"]);
-    assert_clean_error(&output, &["unknown task `hellaswagg`", "arc_easy, hellaswag", "mmlu"]);
+    assert_clean_error(
+        &output,
+        &["unknown task `hellaswagg`", "arc_easy, generate, gsm8k", "hellaswag, humaneval", "mmlu"],
+    );
 }
 
 #[test]

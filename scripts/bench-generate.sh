@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Generation benchmark, side by side with llama.cpp on this machine: decode throughput
+# (generated tokens/s over all sequences) at 1, 8 and 32 concurrent sequences, each with
+# a 128-token prompt and 128 generated tokens (end of text ignored), on the test model
+# dequantised to F32 (both read the same weights; llama.cpp keeps its KV cache in f32 too),
+# 2 threads. Runs alternate, llama.cpp's llama-batched-bench then evalmesh's `generate`
+# task at each width, PAIRS times; prints each pair and the median ratio per width.
+#
+# Usage: scripts/bench-generate.sh [PAIRS]   (default 3)
+# Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
+#   llama-batched-bench and llama-quantize on PATH), THREADS (default 2).
+# To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
+#   unpacks its source (vendor/llama.cpp) before building fails; there,
+#   `cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build -j2 --target
+#   llama-batched-bench llama-quantize`, then LLAMA_CPP_DIR=that folder.
+set -euo pipefail
+source "$(dirname "$0")/bench-setup.sh"
+pairs="${1:-3}"
+threads="${THREADS:-2}"
+widths=(1 8 32)
+prompt_tokens=128
+generated=128
+
+tool() {
+    local name="$1"
+    if [ -n "${LLAMA_CPP_DIR:-}" ] && [ -x "$LLAMA_CPP_DIR/build/bin/$name" ]; then
+        echo "$LLAMA_CPP_DIR/build/bin/$name"
+    else
+        command -v "$name" || true
+    fi
+}
+batched="$(tool llama-batched-bench)"
+quantize="$(tool llama-quantize)"
+if [ -z "$batched" ] || [ -z "$quantize" ]; then
+    echo "bench-generate: llama-batched-bench and llama-quantize not found (set LLAMA_CPP_DIR; the top of $0 says how to build them)" >&2
+    exit 1
+fi
+f32="${EVALMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/evalmesh}/$(basename "${model%.gguf}").F32.gguf"
+[ -f "$f32" ] || "$quantize" --allow-requantize "$model" "$f32" F32 >/dev/null 2>&1
+
+# evalmesh's prompts: per width, that many distinct 128-token prompts.
+for width in "${widths[@]}"; do
+    python3 - "$out/prompts-$width.jsonl" "$width" "$prompt_tokens" "$generated" <<'PY'
+import json, sys
+path, width, length, generated = sys.argv[1], *map(int, sys.argv[2:])
+with open(path, "w") as f:
+    for s in range(width):
+        ids = [1000 + (s * 131 + i * 7) % 20000 for i in range(length)]
+        f.write(json.dumps({"prompt": "", "prompt_ids": ids, "max_tokens": generated, "ignore_eos": True}) + "\n")
+PY
+done
+
+llama_rates() {
+    local npl
+    npl="$(IFS=,; echo "${widths[*]}")"
+    "$batched" -m "$f32" -c $((32 * (prompt_tokens + generated) + 256)) -b 4096 -ub 512 \
+        -npp "$prompt_tokens" -ntg "$generated" -npl "$npl" -t "$threads" -ctk f32 -ctv f32 2>/dev/null |
+        python3 -c '
+import sys
+for line in sys.stdin:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 8 and cells[2].isdigit():
+        print(cells[2], cells[7])  # B, S_TG t/s
+'
+}
+
+evalmesh_rate() {
+    local width="$1"
+    "$bin" run --model "$f32" --task generate --data "$out/prompts-$width.jsonl" --threads "$threads" \
+        --max-sequences "$width" --batch-tokens 8192 --output "$out/results.json" --overwrite >/dev/null 2>&1
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["evalmesh"]["tasks"]["generate"]["decode_tokens_per_s"])' \
+        "$out/results.json"
+}
+
+declare -A ratios
+for pair in $(seq "$pairs"); do
+    declare -A llama=()
+    while read -r width rate; do llama[$width]="$rate"; done < <(llama_rates)
+    for width in "${widths[@]}"; do
+        ours="$(evalmesh_rate "$width")"
+        ratio="$(python3 -c "print(f'{$ours / ${llama[$width]}:.3f}')")"
+        ratios[$width]="${ratios[$width]:-} $ratio"
+        printf 'pair %d, %2d sequences: llama.cpp %8.1f tokens/s, evalmesh %8.1f tokens/s, ratio %s\n' \
+            "$pair" "$width" "${llama[$width]}" "$ours" "$ratio"
+    done
+done
+echo "median ratio of decode tokens/s, evalmesh over llama.cpp (targets: >= 1.0 at 1 sequence, >= 1.5 at 32):"
+for width in "${widths[@]}"; do
+    # shellcheck disable=SC2086
+    python3 -c "import statistics,sys; print(f'  {sys.argv[1]:>2} sequences: {statistics.median(map(float, sys.argv[2:])):.3f}')" \
+        "$width" ${ratios[$width]}
+done
