@@ -338,7 +338,8 @@ const SAMPLING_SEED: u64 = 1234;
 
 /// A generate_until task (docs/ARCHITECTURE.md §12): each document's context tokenised
 /// (left-truncated, as lm-evaluation-harness does, to leave `max_gen_toks` positions), its
-/// continuation generated, filtered by each filter chain and matched with `exact_match`.
+/// continuation generated (`repeats` times), filtered by each filter chain and matched with
+/// `exact_match`, or run against its tests for pass@1.
 fn generate_task(
     engine: &mut dyn EvaluationEngine,
     tokenizer: &TextTokenizer,
@@ -376,27 +377,30 @@ fn generate_task(
             prompt.extend(tokenizer.prefix_token());
         }
         prompt.drain(..prompt.len().saturating_sub(room));
-        let choice = match kwargs.do_sample {
-            true => Choice::Sample {
-                temperature: kwargs.temperature as f32,
-                top_k: kwargs.top_k,
-                top_p: kwargs.top_p as f32,
-                seed: SAMPLING_SEED << 32 | doc.id as u64,
-            },
-            false => Choice::Greedy,
-        };
         let (stop_tokens, suppressed) = match kwargs.ignore_eos {
             true => (Vec::new(), settings.stop_tokens.to_vec()),
             false => (settings.stop_tokens.to_vec(), Vec::new()),
         };
-        requests.push(GenerationRequest {
-            prompt,
-            until: kwargs.until.clone(),
-            max_tokens: kwargs.max_gen_toks,
-            stop_tokens,
-            suppressed,
-            choice,
-        });
+        // `repeats` requests per document, each sampled with its own seed.
+        for repeat in 0..task.repeats as u64 {
+            let choice = match kwargs.do_sample {
+                true => Choice::Sample {
+                    temperature: kwargs.temperature as f32,
+                    top_k: kwargs.top_k,
+                    top_p: kwargs.top_p as f32,
+                    seed: SAMPLING_SEED << 48 | repeat << 32 | doc.id as u64,
+                },
+                false => Choice::Greedy,
+            };
+            requests.push(GenerationRequest {
+                prompt: prompt.clone(),
+                until: kwargs.until.clone(),
+                max_tokens: kwargs.max_gen_toks,
+                stop_tokens: stop_tokens.clone(),
+                suppressed: suppressed.clone(),
+                choice,
+            });
+        }
     }
     let config_hash = task_key(&task.config, settings.windows, task.num_fewshot);
     let keys: Vec<String> =
@@ -440,10 +444,11 @@ fn generate_task(
     let empty = serde_json::Map::new();
     for filter in &task.filters {
         let mut scored = Vec::with_capacity(docs.len());
-        for (doc, g) in docs.iter().zip(&generations) {
+        for (doc, g) in docs.iter().zip(generations.chunks(task.repeats)) {
             let Target::Generate { reference, .. } = &doc.target else { continue };
             let record = doc.record.as_object().unwrap_or(&empty);
-            let filtered = filter.apply(std::slice::from_ref(&g.text), record).into_iter().next().unwrap_or_default();
+            let texts: Vec<String> = g.iter().map(|g| g.text.clone()).collect();
+            let filtered = filter.apply(&texts, record).into_iter().next().unwrap_or_default();
             scored.push((doc, g, reference, filtered));
         }
         let (metric, scores): (&str, Vec<f64>) = match (task.pass_at_1, settings.sandbox) {

@@ -36,8 +36,13 @@ fn generate(data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
     String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The first generation of a sample (`evalmesh.generations`, one per repeat).
+fn generation(sample: &Value) -> &Value {
+    &sample["evalmesh"]["generations"][0]
+}
+
 fn tokens(sample: &Value) -> Vec<u64> {
-    sample["evalmesh"]["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+    generation(sample)["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
 }
 
 /// transformers ran `generate(min_new_tokens=64, max_new_tokens=64, do_sample=False)` in
@@ -67,7 +72,7 @@ fn greedy_continuations_are_those_of_transformers() {
             }
             Some(at) => {
                 let margin = want["logit_margins"][at].as_f64().unwrap();
-                let logprob = sample["evalmesh"]["logprobs"][at].as_f64().unwrap();
+                let logprob = generation(sample)["logprobs"][at].as_f64().unwrap();
                 println!(
                     "prompt {}: first difference at token {at}: evalmesh {} (log-probability {logprob}), transformers {} (its logit margin {margin})",
                     sample["doc_id"], got[at], want_ids[at]
@@ -119,7 +124,7 @@ fn generated_tokens_do_not_depend_on_the_batch() {
     }
     let (_, first_bytes, first) = &runs[0];
     assert_eq!(first.len(), 64);
-    let stops: Vec<&str> = first.iter().map(|s| s["evalmesh"]["stop"].as_str().unwrap()).collect();
+    let stops: Vec<&str> = first.iter().map(|s| generation(s)["stop"].as_str().unwrap()).collect();
     assert!(stops.contains(&"until") && stops.contains(&"max_tokens"), "stops: {stops:?}");
     for (name, bytes, _) in &runs[1..] {
         assert!(bytes == first_bytes, "{name}: samples differ from the first run's");
@@ -191,7 +196,7 @@ fn until_strings_cut_the_text() {
     for sample in generate(&data, dir.path(), &[]) {
         let text = sample["resps"][0][0].as_str().unwrap();
         assert!(!text.contains('.'), "{text:?} holds its stop string");
-        match sample["evalmesh"]["stop"].as_str().unwrap() {
+        match generation(&sample)["stop"].as_str().unwrap() {
             "until" => assert!(tokens(&sample).len() <= 20),
             "max_tokens" | "eos" => {}
             other => panic!("stop {other}"),
@@ -299,7 +304,7 @@ fn chat_templates_write_the_context_and_end_the_turn() {
         "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     );
     // SmolLM2's <|im_end|> is token 2, its end of text.
-    assert_eq!(samples[0]["evalmesh"]["stop"], "eos");
+    assert_eq!(generation(&samples[0])["stop"], "eos");
     assert_eq!(tokens(&samples[0]).last(), Some(&2));
     assert!(!samples[0]["resps"][0][0].as_str().unwrap().contains("<|im_end|>"));
 }
@@ -325,4 +330,49 @@ fn chat_template_errors_are_clear() {
     let (_keep, unparsable) =
         evalmesh_tests::edited_model(|m| m.set("tokenizer.chat_template", GgufValue::String("{% for %}".into())));
     assert_clean_error(&run(&unparsable), &["chat template", "prompts.jsonl line 1"]);
+}
+
+/// Sampling with `repeats` and `majority_vote`, as lm-eval's self-consistency tasks: each
+/// repeat draws with its own seed, so the texts differ, the vote picks the most frequent
+/// answer, and the same request draws the same tokens whatever the batch.
+#[test]
+fn sampled_repeats_vote_and_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let items: String = ["2+2", "3+5", "10-4"].iter().map(|q| format!("{{\"q\": \"{q}=\", \"a\": \"4\"}}\n")).collect();
+    std::fs::write(dir.path().join("items.jsonl"), items).unwrap();
+    let yaml = "task: vote\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\ntest_split: test\n\
+                output_type: generate_until\ndoc_to_text: \"{{q}}\"\ndoc_to_target: \"{{a}}\"\nrepeats: 5\n\
+                generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: true\n  temperature: 1.0\n\
+                filter_list:\n  - name: maj\n    filter:\n      - function: regex\n        regex_pattern: \"(\\\\d+)\"\n      - function: majority_vote\n      - function: take_first\n\
+                metric_list:\n  - metric: exact_match\n";
+    std::fs::write(dir.path().join("vote.yaml"), yaml).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let args = RunArgs::new().path("--include-path", dir.path()).flag("--task", "vote").extend(extra);
+        let output = args.samples_beside(&out.join("r.json")).run();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        read_samples(&out, "vote")
+    };
+    let bytes = run("wide", &[]);
+    assert!(bytes == run("one", &["--max-sequences", "1"]), "sampled text depends on the batch");
+    let samples: Vec<Value> =
+        String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut distinct = 0;
+    for sample in &samples {
+        let texts: Vec<&str> = sample["resps"][0].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(texts.len(), 5);
+        assert_eq!(sample["evalmesh"]["generations"].as_array().unwrap().len(), 5);
+        distinct += usize::from(texts.iter().any(|t| *t != texts[0]));
+        // The vote: the first of the most frequent numbers (or the regex's fallback).
+        let answers: Vec<String> = texts
+            .iter()
+            .map(|t| t.split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty()).unwrap_or("[invalid]").to_string())
+            .collect();
+        let count = |a: &String| answers.iter().filter(|b| *b == a).count();
+        let most = answers.iter().map(count).max().unwrap();
+        let want = answers.iter().find(|a| count(a) == most).unwrap();
+        assert_eq!(sample["filtered_resps"][0].as_str().unwrap(), want, "{texts:?}");
+    }
+    assert!(distinct > 0, "five draws at temperature 1 gave the same text for every document");
 }

@@ -123,11 +123,12 @@ pub fn sample(doc: &Doc, scores: &[RequestScore], outcome: &Outcome, reported: &
 
 /// The sample of one generated document under one filter chain (lm-evaluation-harness
 /// writes a line per document and filter): the context and generation arguments, the raw
-/// text, the filtered answer and its metric (`exact_match` or `pass@1`), with the tokens, their
-/// log-probabilities and why generation stopped under `evalmesh`.
+/// texts (one per repeat), the filtered answer and its metric (`exact_match` or `pass@1`),
+/// with each generation's tokens, their log-probabilities and why it stopped under
+/// `evalmesh.generations`.
 pub fn generation_sample(
     doc: &Doc,
-    generation: &Generation,
+    generations: &[Generation],
     filter: &str,
     filtered: &str,
     metric: (&str, f64),
@@ -148,7 +149,7 @@ pub fn generation_sample(
         ("doc", doc.record.clone()),
         ("target", json!(reference)),
         ("arguments", json!({"gen_args_0": {"arg_0": context, "arg_1": arg_1}})),
-        ("resps", json!([[generation.text]])),
+        ("resps", json!([generations.iter().map(|g| g.text.as_str()).collect::<Vec<_>>()])),
         ("filtered_resps", json!([filtered])),
         ("filter", json!(filter)),
         ("metrics", json!([metric.0])),
@@ -156,7 +157,7 @@ pub fn generation_sample(
         ("prompt_hash", json!(prompt_hash)),
         ("target_hash", json!(target_hash)),
         (metric.0, json!(metric.1)),
-        ("evalmesh", json!({"tokens": generation.tokens, "logprobs": generation.logprobs, "stop": generation.stop})),
+        ("evalmesh", json!({"generations": generations})),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();
     Sample { line: format!("{{{}}}", body.join(",")), hashes: format!("{doc_hash}{prompt_hash}{target_hash}") }

@@ -1,5 +1,5 @@
 //! What lm-evaluation-harness does to generated text before scoring it: its filter chains
-//! (`filter_list`: `regex`, `take_first`, `remove_whitespace`, `lowercase`, `uppercase`, as
+//! (`filter_list`: `regex`, `take_first`, `majority_vote`, `remove_whitespace`, `lowercase`, `uppercase`, as
 //! `lm_eval/filters/` defines them, and `custom` ones evalmesh runs natively) and its `exact_match` metric with `ignore_case`,
 //! `ignore_punctuation` and `regexes_to_ignore` (Hugging Face evaluate's `exact_match`).
 
@@ -31,6 +31,9 @@ pub enum FilterStep {
     },
     /// `remove_whitespace`: leading whitespace removed.
     RemoveWhitespace,
+    /// `majority_vote`: the most frequent response (of equals, the first given), for
+    /// tasks with `repeats`.
+    MajorityVote,
     Lowercase,
     Uppercase,
     /// `custom` with a `filter_fn` evalmesh runs natively (`yaml::native`), given the document.
@@ -60,6 +63,11 @@ impl FilterChain {
                     values.iter().map(|v| find(regex, *group_select, v).unwrap_or_else(|| fallback.clone())).collect()
                 }
                 FilterStep::RemoveWhitespace => values.iter().map(|v| v.trim_start().to_string()).collect(),
+                FilterStep::MajorityVote => {
+                    let count = |v: &String| values.iter().filter(|w| *w == v).count();
+                    let most = values.iter().map(count).max().unwrap_or(0);
+                    values.iter().find(|v| count(v) == most).cloned().into_iter().collect()
+                }
                 FilterStep::Lowercase => values.iter().map(|v| v.to_lowercase()).collect(),
                 FilterStep::Uppercase => values.iter().map(|v| v.to_uppercase()).collect(),
                 FilterStep::Custom(function) => values.iter().map(|v| function(v, doc)).collect(),
@@ -144,6 +152,9 @@ mod tests {
         };
         assert_eq!(flexible.apply(std::slice::from_ref(&response), &Record::new()), vec!["12"]);
         assert_eq!(strict.apply(&["no answer".to_string()], &Record::new()), vec!["[invalid]"]);
+        let votes: Vec<String> = ["7", "12", "12", "7", "9"].iter().map(|v| v.to_string()).collect();
+        let majority = FilterChain { name: "maj".into(), steps: vec![FilterStep::MajorityVote, FilterStep::TakeFirst] };
+        assert_eq!(majority.apply(&votes, &Record::new()), vec!["7"], "of equal counts, the first given");
         let words = FilterChain { name: "w".into(), steps: vec![FilterStep::RemoveWhitespace, FilterStep::Lowercase] };
         assert_eq!(words.apply(&["  Paris Is".to_string()], &Record::new()), vec!["paris is"]);
     }

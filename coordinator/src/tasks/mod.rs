@@ -114,6 +114,8 @@ pub struct Task {
     pub pass_at_1: bool,
     /// The task runs the model's output as code (`unsafe_code`): only with `--allow-code-execution`.
     pub unsafe_code: bool,
+    /// Generations per document (`repeats`), for filters such as `majority_vote`.
+    pub repeats: usize,
 }
 
 /// A group of tasks, whose score lm-evaluation-harness aggregates from theirs: its name and alias.

@@ -103,6 +103,8 @@ pub struct TaskDef {
     pub pass_at_1: bool,
     /// `unsafe_code`: the task runs the model's output as code.
     pub unsafe_code: bool,
+    /// `repeats`: generations per document (each drawn with its own seed when sampling).
+    pub repeats: usize,
     /// `metadata.evalmesh.generation_kwargs_from_document`: each document's own `until`,
     /// `max_tokens` and `ignore_eos` fields replace the task's (the generic `generate` task).
     pub generation_from_document: bool,
@@ -419,6 +421,7 @@ fn filter_list(map: &Mapping, file: &Path, task: &str, generative: bool) -> Resu
                     FilterStep::Regex { regex, group_select, fallback }
                 }
                 Some("remove_whitespace") => FilterStep::RemoveWhitespace,
+                Some("majority_vote") => FilterStep::MajorityVote,
                 Some("lowercase") => FilterStep::Lowercase,
                 Some("uppercase") => FilterStep::Uppercase,
                 Some("custom") => {
@@ -434,7 +437,7 @@ fn filter_list(map: &Mapping, file: &Path, task: &str, generative: bool) -> Resu
                     return Err(problem(
                         file,
                         key,
-                        format!("`{other}` is not a filter evalmesh has (regex, take_first, remove_whitespace, lowercase, uppercase, custom)"),
+                        format!("`{other}` is not a filter evalmesh has (regex, take_first, majority_vote, remove_whitespace, lowercase, uppercase, custom)"),
                     ))
                 }
                 None => return Err(problem(file, key, "each filter needs a `function`")),
@@ -602,6 +605,14 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         }
     }
     let generative = output_type == OutputType::GenerateUntil;
+    let repeats = match map.get("repeats") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && (n == 1 || generative) => n as usize,
+            Some(n) if n >= 1 => return Err(problem(file, "repeats", "more than 1 needs a generate_until task")),
+            _ => return Err(problem(file, "repeats", "must be a whole number, at least 1")),
+        },
+    };
     let filters = filter_list(&map, file, &name, generative)?;
     let generation = generation_kwargs(&map, file)?;
     let exact_match = exact_match(&map, file)?;
@@ -658,6 +669,7 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         generation_from_document,
         pass_at_1,
         unsafe_code: map.get("unsafe_code").and_then(Value::as_bool).unwrap_or(false),
+        repeats,
         version,
         process_docs,
         process_results,

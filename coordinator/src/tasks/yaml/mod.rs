@@ -439,6 +439,7 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
         exact_match: def.exact_match.clone(),
         pass_at_1: def.pass_at_1,
         unsafe_code: def.unsafe_code,
+        repeats: def.repeats,
     })
 }
 
