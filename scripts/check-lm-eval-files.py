@@ -108,12 +108,18 @@ def check_sample(where, sample, config):
         check(metric in sample, f"{where}: no value for metric {metric!r}")
     for entry in config.get("metric_list", []):
         check(entry["metric"] in sample, f"{where}: no value for metric_list's {entry['metric']!r}")
-    # resps: per request, per repeat, the str()s of the response; filtered: per request.
+    # resps: per request, per repeat, the str()s of the response; filtered: per request. A
+    # log-likelihood response passes its filter (take_first) unchanged; generated text is
+    # filtered into its answer, a string.
     for resp, filtered in zip(sample["resps"], sample["filtered_resps"], strict=True):
-        check(resp == [filtered], f"{where}: resps {resp!r} against filtered_resps {filtered!r}")
-        values = filtered if isinstance(filtered, list) else [filtered]
-        float(values[0])
-        check(values[1:] in ([], ["True"], ["False"]), f"{where}: {values!r}")
+        if config.get("output_type") == "generate_until":
+            check(all(isinstance(r, str) for r in resp), f"{where}: resps {resp!r} are not texts")
+            check(isinstance(filtered, str), f"{where}: filtered_resps {filtered!r} is not a text")
+        else:
+            check(resp == [filtered], f"{where}: resps {resp!r} against filtered_resps {filtered!r}")
+            values = filtered if isinstance(filtered, list) else [filtered]
+            float(values[0])
+            check(values[1:] in ([], ["True"], ["False"]), f"{where}: {values!r}")
     return doc_hash + prompt_hash + target_hash
 
 

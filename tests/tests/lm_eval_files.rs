@@ -127,6 +127,47 @@ fn results_and_samples_read_as_lm_eval_reads_them() {
     }
 }
 
+/// generate_until tasks' files: gsm8k_cot (two filters, a line per document and filter) and
+/// humaneval (a custom filter, pass@1), checked by the same rules and readers.
+#[test]
+fn generation_results_read_as_lm_eval_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let fixture = repo_dir().join("tests/fixtures/gsm8k/test.jsonl");
+    let gsm8k = RunArgs::new().flag("--tasks", "gsm8k_cot").path("--data", &fixture).samples_beside(&out).run();
+    assert!(gsm8k.status.success(), "{}", String::from_utf8_lossy(&gsm8k.stderr));
+    let humaneval_dir = dir.path().join("humaneval");
+    let humaneval = RunArgs::new()
+        .flag("--tasks", "humaneval")
+        .path("--data-dir", &evalmesh_tests::humaneval_data_dir())
+        .flag("--limit", 2)
+        .extend(&["--allow-code-execution"])
+        .samples_beside(&humaneval_dir.join("r.json"))
+        .run();
+    assert!(humaneval.status.success(), "{}", String::from_utf8_lossy(&humaneval.stderr));
+    for (folder, task, lines_per_doc) in [(dir.path(), "gsm8k_cot", 2), (humaneval_dir.as_path(), "humaneval", 1)] {
+        let r = read_json(&folder.join("r.json"));
+        assert_eq!(results_problems(&r), Vec::<String>::new(), "{task}");
+        let config = &r["configs"][task];
+        assert_eq!(config["output_type"], "generate_until");
+        let samples = lines(&samples_file(folder, task));
+        let docs = r["n-samples"][task]["effective"].as_u64().unwrap() as usize;
+        assert_eq!(samples.len(), docs * lines_per_doc, "{task}: a line per document and filter");
+        for s in &samples {
+            let problems = sample_problems(s, config, &serde_json::to_string_pretty(&s["doc"]).unwrap());
+            assert_eq!(problems, Vec::<String>::new(), "{task}");
+        }
+        assert_eq!(r["task_hashes"][task], task_hash(&samples).as_str(), "{task}");
+        if let Ok(python) = lm_eval_python() {
+            let script = repo_dir().join("scripts/check-lm-eval-files.py");
+            let checked = Command::new(&python).arg(&script).arg(folder).output().unwrap();
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+            assert!(checked.status.success(), "lm-evaluation-harness's readers on {task}: {said}");
+        }
+    }
+}
+
 /// A results file and a samples line as lm-evaluation-harness writes them (written by hand
 /// from its code, not by evalmesh), for the checks to pass and then fail once each is broken.
 fn lm_eval_style() -> (Value, Value) {
