@@ -7,7 +7,8 @@
 //! bit-identical to the lightweight engine's: the same stage code computes each tree
 //! independently of the others, and activations travel as exact f32 bits. Generation
 //! steps (docs/ARCHITECTURE.md §12) go the same way, each sequence to the pipeline that
-//! holds its KV cache (each stage the cache of its layers, each shard of its KV heads).
+//! holds its KV cache (each stage the cache of its layers, each shard of its KV heads),
+//! with as many steps in flight as a pipeline has stages.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -69,7 +70,17 @@ pub struct DistributedEngine<'a> {
     sequences: HashMap<u64, usize>,
     /// Generation: per pipeline, the finished sequences whose caches it frees with its next step.
     releases: Vec<Vec<u64>>,
+    /// Generation steps in flight, and each message sent for one: its step and rows in it.
+    steps: HashMap<u64, PendingStep>,
+    parts: HashMap<u64, (u64, Vec<usize>)>,
     next_step: u64,
+    next_message: u64,
+}
+
+/// A generation step in flight: the next tokens received so far, and the parts awaited.
+struct PendingStep {
+    next: Vec<Option<NextToken>>,
+    parts: usize,
 }
 
 fn worker_error(rank: Rank, message: impl Into<String>) -> EngineError {
@@ -149,7 +160,10 @@ impl<'a> DistributedEngine<'a> {
             config: config.clone(),
             sequences: HashMap::new(),
             releases,
+            steps: HashMap::new(),
+            parts: HashMap::new(),
             next_step: 0,
+            next_message: 0,
         })
     }
 
@@ -237,10 +251,14 @@ impl EvaluationEngine for DistributedEngine<'_> {
         Ok(())
     }
 
+    /// A pipeline holds one step per stage.
+    fn decode_depth(&self) -> usize {
+        self.layout.pp
+    }
+
     /// A step's sequences go to the pipeline that holds their caches (a new one to the
-    /// pipeline holding the fewest), every pipeline's part is sent at once, and the next
-    /// tokens come back in the step's order.
-    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
+    /// pipeline holding the fewest), and every pipeline's part is sent at once.
+    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
         for sequence in &batch.released {
             if let Some(p) = self.sequences.remove(sequence) {
                 self.releases[p].push(*sequence);
@@ -264,43 +282,57 @@ impl EvaluationEngine for DistributedEngine<'_> {
             parts[pipeline].0.push(i);
             parts[pipeline].1.steps.push(step.clone());
         }
-        let mut waiting: HashMap<u64, Vec<usize>> = HashMap::new();
+        let step = self.next_step;
+        self.next_step += 1;
+        let mut pending = PendingStep { next: vec![None; batch.steps.len()], parts: 0 };
         for (p, (indices, mut part)) in parts.into_iter().enumerate() {
             if part.steps.is_empty() {
                 continue;
             }
             part.released = std::mem::take(&mut self.releases[p]);
-            let id = self.next_step;
-            self.next_step += 1;
+            let id = self.next_message;
+            self.next_message += 1;
             let message = ToWorker::Decode { id, batch: part };
             for &rank in &self.pipelines[p].ranks {
                 send(self.world, rank, &message);
             }
-            waiting.insert(id, indices);
+            self.parts.insert(id, (step, indices));
+            pending.parts += 1;
         }
-        let mut next = vec![None; batch.steps.len()];
-        while !waiting.is_empty() {
+        self.steps.insert(step, pending);
+        Ok(step)
+    }
+
+    /// Receives the pipelines' parts until a step has them all.
+    fn finish_decode(&mut self) -> Result<(u64, Vec<NextToken>), EngineError> {
+        loop {
             let (rank, message) = receive::<_, ToCoordinator>(self.world, None);
-            match message.map_err(|e| worker_error(rank, e.to_string()))? {
-                ToCoordinator::Next { id, next: tokens } => {
-                    let indices = waiting.remove(&id).ok_or_else(|| {
-                        worker_error(rank, format!("next tokens for step {id}, which is not in flight"))
-                    })?;
-                    if indices.len() != tokens.len() {
-                        return Err(worker_error(
-                            rank,
-                            format!("{} next tokens for {} sequences", tokens.len(), indices.len()),
-                        ));
-                    }
-                    for (i, token) in indices.into_iter().zip(tokens) {
-                        next[i] = Some(token);
-                    }
-                }
+            let (id, tokens) = match message.map_err(|e| worker_error(rank, e.to_string()))? {
+                ToCoordinator::Next { id, next } => (id, next),
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
                 other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
+            };
+            let (step, indices) = self
+                .parts
+                .remove(&id)
+                .ok_or_else(|| worker_error(rank, format!("next tokens for step {id}, which is not in flight")))?;
+            if indices.len() != tokens.len() {
+                return Err(worker_error(
+                    rank,
+                    format!("{} next tokens for {} sequences", tokens.len(), indices.len()),
+                ));
+            }
+            let pending =
+                self.steps.get_mut(&step).ok_or_else(|| worker_error(rank, format!("step {step} is not in flight")))?;
+            for (i, token) in indices.into_iter().zip(tokens) {
+                pending.next[i] = Some(token);
+            }
+            pending.parts -= 1;
+            if pending.parts == 0 {
+                let done = self.steps.remove(&step).map(|p| p.next.into_iter().flatten().collect()).unwrap_or_default();
+                return Ok((step, done));
             }
         }
-        Ok(next.into_iter().flatten().collect())
     }
 
     fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError> {

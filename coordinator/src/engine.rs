@@ -2,6 +2,8 @@
 //! every engine shares, and the `LightweightEngine`: one process that runs the whole
 //! model in one stage.
 
+use std::collections::VecDeque;
+
 use evalmesh_common::decode::{kv_bytes_per_token, DecodeBatch, NextToken};
 use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
@@ -40,8 +42,14 @@ pub trait EvaluationEngine {
     /// Scores every tree in micro-batches of at most `batch_tokens` input tokens, handing
     /// each result to `done` (in no particular order).
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError>;
-    /// One generation step (docs/ARCHITECTURE.md §12): the next token of each of its sequences.
-    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError>;
+    /// Generation steps (docs/ARCHITECTURE.md §12) the engine works on at once: a
+    /// pipeline's stages each hold one.
+    fn decode_depth(&self) -> usize;
+    /// Starts a generation step; returns its id.
+    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError>;
+    /// Waits until a started step is done: its id and the next token of each of its
+    /// sequences, in their order.
+    fn finish_decode(&mut self) -> Result<(u64, Vec<NextToken>), EngineError>;
     /// Sets the KV-cache budget of every stage, freeing what the caches hold.
     fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError>;
     /// The most bytes of KV cache a token takes on any one worker: the coordinator admits
@@ -96,13 +104,24 @@ pub struct LightweightEngine {
     spans: Spans,
     batches: u64,
     tokens: u64,
+    /// Generation steps computed and not yet handed over.
+    decoded: VecDeque<(u64, Vec<NextToken>)>,
+    next_step: u64,
 }
 
 impl LightweightEngine {
     /// The whole model of `source` on `target` (found before the model was opened).
     pub fn load(source: &dyn WeightSource, target: &Target) -> Result<Self, LoadError> {
         let stage = load_stage(source, StageSpec::whole(source.config()), target, &Site::Alone)?;
-        Ok(LightweightEngine { stage, compute: Durations::default(), spans: Spans::default(), batches: 0, tokens: 0 })
+        Ok(LightweightEngine {
+            stage,
+            compute: Durations::default(),
+            spans: Spans::default(),
+            batches: 0,
+            tokens: 0,
+            decoded: VecDeque::new(),
+            next_step: 0,
+        })
     }
 }
 
@@ -128,15 +147,27 @@ impl EvaluationEngine for LightweightEngine {
         Ok(())
     }
 
-    fn decode(&mut self, batch: &DecodeBatch) -> Result<Vec<NextToken>, EngineError> {
+    fn decode_depth(&self) -> usize {
+        1
+    }
+
+    /// Computes the step at once; `finish_decode` hands its tokens over.
+    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
         let started = std::time::Instant::now();
-        let Forwarded::Next(next) = self.stage.decode(batch, None, false)? else {
+        let Forwarded::Next(next) = self.stage.decode(&batch, None, false)? else {
             return Err(EngineError::NoScores);
         };
         self.spans.record(&mut self.compute, "compute", started, 0, None);
         self.batches += 1;
         self.tokens += batch.rows() as u64;
-        Ok(next)
+        let id = self.next_step;
+        self.next_step += 1;
+        self.decoded.push_back((id, next));
+        Ok(id)
+    }
+
+    fn finish_decode(&mut self) -> Result<(u64, Vec<NextToken>), EngineError> {
+        self.decoded.pop_front().ok_or_else(|| EngineError::Sink("no generation step was started".into()))
     }
 
     fn set_kv_budget(&mut self, bytes: usize) -> Result<(), EngineError> {

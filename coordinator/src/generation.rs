@@ -7,9 +7,12 @@
 //! at one of its `until` strings (checked on the decoded text, which is cut before it, as
 //! lm-evaluation-harness does) or after its `max_gen_toks`; its slot is refilled at once.
 //! A sequence's tokens are the same whatever else decodes with it: its prefill is always
-//! its whole prompt, and every step's arithmetic is per row.
+//! its whole prompt, and every step's arithmetic is per row. Where the engine holds
+//! several steps at once (a pipeline's stages), the sequences are split into as many
+//! groups, each with its own step in flight, so every stage has work.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use evalmesh_common::decode::{pages_for, Choice, DecodeBatch, SequenceStep, PAGE_TOKENS};
 use serde::{Deserialize, Serialize};
@@ -84,6 +87,16 @@ struct Live {
     logprobs: Vec<f32>,
 }
 
+/// Sequences that step together, with at most one step in flight.
+#[derive(Default)]
+struct Group {
+    live: Vec<Live>,
+    in_flight: bool,
+    /// Whether the step in flight prefills prompts, and its rows.
+    prefilled: bool,
+    rows: usize,
+}
+
 /// `text` cut before the earliest of `until` (empty strings ignored), and whether one was found.
 pub fn cut_at_until(text: &str, until: &[String]) -> (String, bool) {
     let first = until.iter().filter(|u| !u.is_empty()).filter_map(|u| text.find(u.as_str())).min();
@@ -122,67 +135,91 @@ pub fn generate(
         }
     }
     engine.set_kv_budget(budget_pages * page_bytes)?;
+    // One group of sequences per step the engine holds at once (a pipeline's stages), each
+    // with its own step in flight; a group is at most its share of --max-sequences.
+    let depth = engine.decode_depth().max(1);
+    let per_group = batching.max_sequences.div_ceil(depth);
+    let mut groups: Vec<Group> = (0..depth).map(|_| Group::default()).collect();
+    let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
-    let mut live: Vec<Live> = Vec::new();
-    let (mut reserved, mut released) = (0, Vec::new());
+    let (mut reserved, mut released, mut live_total) = (0, Vec::new(), 0);
     let mut throughput = Throughput::default();
+    let mut last = Instant::now();
     loop {
-        // Each live sequence feeds back its last token.
-        let mut steps: Vec<SequenceStep> = live
-            .iter()
-            .filter_map(|l| {
-                let r = &requests[l.index];
-                Some(SequenceStep {
-                    sequence: l.index as u64,
-                    past: r.prompt.len() + l.tokens.len() - 1,
-                    tokens: vec![*l.tokens.last()?],
+        for (g, group) in groups.iter_mut().enumerate().filter(|(_, group)| !group.in_flight) {
+            // Each live sequence feeds back its last token; waiting ones are admitted.
+            let mut steps: Vec<SequenceStep> = group
+                .live
+                .iter()
+                .filter_map(|l| {
+                    let r = &requests[l.index];
+                    Some(SequenceStep {
+                        sequence: l.index as u64,
+                        past: r.prompt.len() + l.tokens.len() - 1,
+                        tokens: vec![*l.tokens.last()?],
+                        choice: r.choice,
+                        suppressed: r.suppressed.clone(),
+                    })
+                })
+                .collect();
+            let mut rows = steps.len();
+            group.prefilled = false;
+            while let Some(&i) = waiting.front() {
+                let r = &requests[i];
+                let fits_step = rows + r.prompt.len() <= batching.batch_tokens || !group.prefilled;
+                if live_total >= batching.max_sequences
+                    || group.live.len() >= per_group
+                    || reserved + reserve(r) > budget_pages
+                    || !fits_step
+                {
+                    break;
+                }
+                waiting.pop_front();
+                live_total += 1;
+                reserved += reserve(r);
+                rows += r.prompt.len();
+                group.prefilled = true;
+                steps.push(SequenceStep {
+                    sequence: i as u64,
+                    past: 0,
+                    tokens: r.prompt.clone(),
                     choice: r.choice,
                     suppressed: r.suppressed.clone(),
-                })
-            })
-            .collect();
-        let (mut rows, mut prefilled) = (steps.len(), false);
-        while let Some(&i) = waiting.front() {
-            let r = &requests[i];
-            let fits_step = rows + r.prompt.len() <= batching.batch_tokens || !prefilled;
-            if live.len() >= batching.max_sequences || reserved + reserve(r) > budget_pages || !fits_step {
-                break;
+                });
+                group.live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
             }
-            waiting.pop_front();
-            reserved += reserve(r);
-            rows += r.prompt.len();
-            prefilled = true;
-            steps.push(SequenceStep {
-                sequence: i as u64,
-                past: 0,
-                tokens: r.prompt.clone(),
-                choice: r.choice,
-                suppressed: r.suppressed.clone(),
-            });
-            live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
+            if steps.is_empty() {
+                continue;
+            }
+            let id = engine.start_decode(DecodeBatch { released: std::mem::take(&mut released), steps })?;
+            group.rows = rows;
+            group.in_flight = true;
+            in_flight.insert(id, g);
         }
-        if steps.is_empty() {
+        if in_flight.is_empty() {
             return Ok(throughput);
         }
-        let batch = DecodeBatch { released: std::mem::take(&mut released), steps };
-        let started = std::time::Instant::now();
-        let next = engine.decode(&batch)?;
-        let seconds = started.elapsed().as_secs_f64();
-        match prefilled {
+        let (id, next) = engine.finish_decode()?;
+        let g = in_flight.remove(&id).ok_or_else(|| EngineError::Sink(format!("step {id} is not in flight")))?;
+        let group = &mut groups[g];
+        group.in_flight = false;
+        // Wall time since the last step ended, to the kind of this step.
+        let seconds = std::mem::replace(&mut last, Instant::now()).elapsed().as_secs_f64();
+        match group.prefilled {
             true => {
-                throughput.prefill_tokens += batch.rows();
-                throughput.prefill_seconds += seconds;
+                (throughput.prefill_tokens, throughput.prefill_seconds) =
+                    (throughput.prefill_tokens + group.rows, throughput.prefill_seconds + seconds)
             }
             false => {
-                throughput.decode_tokens += batch.rows();
-                throughput.decode_seconds += seconds;
+                (throughput.decode_tokens, throughput.decode_seconds) =
+                    (throughput.decode_tokens + group.rows, throughput.decode_seconds + seconds)
             }
         }
-        if next.len() != live.len() {
-            return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), live.len())));
+        if next.len() != group.live.len() {
+            return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), group.live.len())));
         }
-        let mut still = Vec::with_capacity(live.len());
-        for (mut l, n) in live.into_iter().zip(next) {
+        let mut still = Vec::with_capacity(group.live.len());
+        for (mut l, n) in std::mem::take(&mut group.live).into_iter().zip(next) {
             let r = &requests[l.index];
             l.tokens.push(n.token);
             l.logprobs.push(n.logprob);
@@ -200,13 +237,14 @@ pub fn generate(
             match stop {
                 Some(stop) => {
                     reserved -= l.pages;
+                    live_total -= 1;
                     released.push(l.index as u64);
                     done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
                 }
                 None => still.push(l),
             }
         }
-        live = still;
+        group.live = still;
     }
 }
 
