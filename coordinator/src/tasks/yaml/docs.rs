@@ -35,7 +35,15 @@ pub fn read_split(
         _ => written
             .iter()
             .map(|name| files::find(name, &def.file, def.origin, source.data_dir))
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<_, _>>()
+            .map_err(|e| match e {
+                // What the files are, so that the user knows where to get them.
+                TaskError::Data { path, problem } => TaskError::Data {
+                    path,
+                    problem: format!("{problem} ({}: {})", def.dataset.path, def.dataset.reads),
+                },
+                other => other,
+            })?,
     };
     let reading = Reading { dataset_name: def.dataset_name.as_deref(), whole_document: def.whole_documents };
     let mut documents = Vec::new();
