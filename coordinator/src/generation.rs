@@ -205,16 +205,12 @@ pub fn generate(
         group.in_flight = false;
         // Wall time since the last step ended, to the kind of this step.
         let seconds = std::mem::replace(&mut last, Instant::now()).elapsed().as_secs_f64();
-        match group.prefilled {
-            true => {
-                (throughput.prefill_tokens, throughput.prefill_seconds) =
-                    (throughput.prefill_tokens + group.rows, throughput.prefill_seconds + seconds)
-            }
-            false => {
-                (throughput.decode_tokens, throughput.decode_seconds) =
-                    (throughput.decode_tokens + group.rows, throughput.decode_seconds + seconds)
-            }
-        }
+        let (tokens, spent) = match group.prefilled {
+            true => (&mut throughput.prefill_tokens, &mut throughput.prefill_seconds),
+            false => (&mut throughput.decode_tokens, &mut throughput.decode_seconds),
+        };
+        *tokens += group.rows;
+        *spent += seconds;
         if next.len() != group.live.len() {
             return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), group.live.len())));
         }
@@ -225,24 +221,35 @@ pub fn generate(
             l.logprobs.push(n.logprob);
             let at_eos = r.stop_tokens.contains(&n.token);
             let text_tokens = if at_eos { &l.tokens[..l.tokens.len() - 1] } else { &l.tokens[..] };
-            let decoded = tokenizer.decode(text_tokens).map_err(|e| EngineError::Sink(e.to_string()))?;
-            let (text, found) = cut_at_until(&decoded, &r.until);
-            let stop = match () {
-                _ if at_eos => Some(Stop::Eos),
-                _ if found => Some(Stop::Until),
-                _ if l.tokens.len() >= r.max_tokens => Some(Stop::MaxTokens),
-                _ if r.prompt.len() + l.tokens.len() >= batching.max_position => Some(Stop::Context),
-                _ => None,
-            };
-            match stop {
-                Some(stop) => {
-                    reserved -= l.pages;
-                    live_total -= 1;
-                    released.push(l.index as u64);
-                    done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
+            let decode = || tokenizer.decode(text_tokens).map_err(|e| EngineError::Sink(e.to_string()));
+            // The text is decoded at each step only where stop strings are looked for.
+            let (text, found) = match r.until.iter().any(|u| !u.is_empty()) {
+                true => {
+                    let (text, found) = cut_at_until(&decode()?, &r.until);
+                    (Some(text), found)
                 }
-                None => still.push(l),
-            }
+                false => (None, false),
+            };
+            let stop = if at_eos {
+                Stop::Eos
+            } else if found {
+                Stop::Until
+            } else if l.tokens.len() >= r.max_tokens {
+                Stop::MaxTokens
+            } else if r.prompt.len() + l.tokens.len() >= batching.max_position {
+                Stop::Context
+            } else {
+                still.push(l);
+                continue;
+            };
+            let text = match text {
+                Some(text) => text,
+                None => decode()?,
+            };
+            reserved -= l.pages;
+            live_total -= 1;
+            released.push(l.index as u64);
+            done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
         }
         group.live = still;
     }

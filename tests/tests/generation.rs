@@ -193,15 +193,22 @@ fn a_generation_killed_part_way_resumes_to_the_same_text() {
 fn until_strings_cut_the_text() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_lines(dir.path(), &mixed_prompts()[24..34]);
+    let mut stops = Vec::new();
     for sample in generate(&data, dir.path(), &[]) {
         let text = sample["resps"][0][0].as_str().unwrap();
         assert!(!text.contains('.'), "{text:?} holds its stop string");
-        match generation(&sample)["stop"].as_str().unwrap() {
-            "until" => assert!(tokens(&sample).len() <= 20),
-            "max_tokens" | "eos" => {}
+        let (got, limit) = (tokens(&sample).len(), sample["doc"]["max_tokens"].as_u64().unwrap() as usize);
+        let stop = generation(&sample)["stop"].as_str().unwrap().to_string();
+        match stop.as_str() {
+            "until" => assert!(got <= limit, "{got} tokens past the limit of {limit}"),
+            "max_tokens" => assert_eq!(got, limit, "stopped for its limit"),
+            // SmolLM2's end of text is token 2.
+            "eos" => assert_eq!(tokens(&sample).last(), Some(&2)),
             other => panic!("stop {other}"),
         }
+        stops.push(stop);
     }
+    assert!(stops.iter().any(|s| s == "until"), "no sequence stopped at its string: {stops:?}");
 }
 
 #[test]

@@ -3,14 +3,12 @@
 //! a mixture of experts), each loaded and run on its own, with its optional norms before
 //! and after, and added to the residual stream by [`Block::forward`].
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use evalmesh_common::config::{LayerSpec, QkNorm};
-use evalmesh_common::group_slice;
-
-use std::cell::RefCell;
-
 use evalmesh_common::decode::SequenceStep;
+use evalmesh_common::group_slice;
 use evalmesh_common::{ModelConfig, TreeLayout};
 
 use super::cache::KvCache;

@@ -12,6 +12,11 @@ use super::error::StageError;
 use crate::backend::cpu::CachedRows;
 use crate::tensor::Matrix;
 
+/// A sequence or layer the cache was never prepared for.
+fn missing(sequence: u64, layer: usize) -> StageError {
+    StageError::Spec(format!("sequence {sequence} has no cache of layer {layer}"))
+}
+
 struct Sequence {
     len: usize,
     pages: usize,
@@ -95,7 +100,7 @@ impl KvCache {
         self.sequences
             .get(&sequence)
             .and_then(|s| s.layers.get(layer.wrapping_sub(self.first_layer)))
-            .ok_or_else(|| StageError::Spec(format!("sequence {sequence} has no cache of layer {layer}")))
+            .ok_or_else(|| missing(sequence, layer))
     }
 
     /// Each step's cache of `layer` (its `past` tokens) beside its rows in the step.
@@ -122,13 +127,15 @@ impl KvCache {
         qkv: &Matrix,
         kv: Range<usize>,
     ) -> Result<(), StageError> {
+        let first = self.first_layer;
         for (step, rows) in steps.iter().zip(rows) {
-            self.layer(step.sequence, layer)?;
-            let first = self.first_layer;
-            if let Some(cache) = self.sequences.get_mut(&step.sequence).and_then(|s| s.layers.get_mut(layer - first)) {
-                for row in rows.clone() {
-                    cache.extend_from_slice(&qkv.row(row)[kv.clone()]);
-                }
+            let cache = self
+                .sequences
+                .get_mut(&step.sequence)
+                .and_then(|s| s.layers.get_mut(layer.wrapping_sub(first)))
+                .ok_or_else(|| missing(step.sequence, layer))?;
+            for row in rows.clone() {
+                cache.extend_from_slice(&qkv.row(row)[kv.clone()]);
             }
         }
         Ok(())

@@ -221,10 +221,12 @@ impl<B: Backend> TransformerStage<B> {
         let mut next = Vec::with_capacity(batch.steps.len());
         for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
             let logits = b.download(&self.logits(head, &x, chunk)?)?;
-            for (row, step) in logits.data.chunks_exact(logits.cols).zip(steps) {
-                if let Some(count) = Some(row.iter().filter(|v| !v.is_finite()).count()).filter(|&n| n > 0) {
-                    return Err(StageError::NonFiniteScores { count, total: row.len() });
-                }
+            let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
+            let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
+            if count > 0 {
+                return Err(StageError::NonFiniteScores { count, total: rows.len() });
+            }
+            for (row, step) in rows.into_iter().zip(steps) {
                 next.push(choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
             }
         }
