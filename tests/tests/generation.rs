@@ -255,6 +255,8 @@ fn bad_generation_task_files_name_the_key() {
     assert_clean_error(&output, &["bad.yaml", "`generation_kwargs.max_gen_toks`", "at least 1"]);
     let output = run(format!("{base}generation_kwargs:\n  until: 3\n"));
     assert_clean_error(&output, &["bad.yaml", "`generation_kwargs.until`"]);
+    let output = run(format!("{base}metric_list:\n  - metric: exact_match\n    regexes_to_ignore: [3]\n"));
+    assert_clean_error(&output, &["bad.yaml", "`metric_list.regexes_to_ignore`", "regular expressions"]);
     let output = run(base.replace("{{q}}", "{{ question }}"));
     assert_clean_error(&output, &["bad.yaml", "`doc_to_text`", "items.jsonl line 1", "no field `question`"]);
     let output = run(format!(

@@ -220,8 +220,9 @@ fn exact_match(map: &Mapping, file: &Path) -> Result<ExactMatch, TaskError> {
         options.ignore_punctuation = flag("ignore_punctuation");
         if let Some(list) = entry.get("regexes_to_ignore").and_then(Value::as_sequence) {
             for pattern in list {
-                let pattern = pattern.as_str().unwrap_or_default();
-                let regex = compile(pattern).map_err(|e| problem(file, "metric_list.regexes_to_ignore", e))?;
+                let key = "metric_list.regexes_to_ignore";
+                let pattern = pattern.as_str().ok_or_else(|| problem(file, key, "must list regular expressions"))?;
+                let regex = compile(pattern).map_err(|e| problem(file, key, e))?;
                 options.regexes_to_ignore.push(regex);
             }
         }
