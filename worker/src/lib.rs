@@ -12,7 +12,7 @@ pub mod stage;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{cpu::CpuBackend, Backend, BackendError, DeviceMemory, Transfer};
+pub use backend::{cpu::start_threads, cpu::CpuBackend, Backend, BackendError, DeviceMemory, Transfer};
 pub use evalmesh_common::StageSpec;
 pub use loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
 pub use stage::{Alternatives, GroupSum, LocalSum, StageError, StageInput, StageOutput, TransformerStage};

@@ -305,7 +305,7 @@ fn load(
 ) -> Result<(Box<dyn LoadedStage>, u64, f64), String> {
     let started = Instant::now();
     check_version(setup.version).map_err(|e| e.to_string())?;
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    crate::start_threads(threads).map_err(|e| e.to_string())?;
     let model = &setup.model;
     let source =
         crate::weights::open(std::path::Path::new(&model.path), model.random_weights).map_err(|e| e.to_string())?;

@@ -27,7 +27,58 @@ pub use transfer::Transfer;
 /// 3: the attention scale comes from the model's configuration (1/√head_dim computed in
 /// f64 and rounded once, where it was computed in f32: the same for the test model's
 /// head width of 64, possibly a bit apart for others).
-pub const ARITHMETIC: u32 = 3;
+/// 4: the rows of single-token generation steps, and the LM head's rows in generation, are
+/// multiplied by the CPU's streamed product ([`Backend::matmul_t_rows`]).
+pub const ARITHMETIC: u32 = 4;
+
+/// Which rows of a product are rows of single-token generation steps (docs/ARCHITECTURE.md
+/// §12), which a backend may multiply by a product made for few rows
+/// ([`Backend::matmul_t_rows`]). A row's kind comes from its own step, never from the rest
+/// of the batch, so a row's product does not depend on what it is batched with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeRows {
+    /// One entry a row; empty where no row decodes.
+    decoding: Vec<bool>,
+}
+
+impl DecodeRows {
+    /// No row decodes (scoring, and prompts).
+    pub fn none() -> DecodeRows {
+        DecodeRows::default()
+    }
+
+    /// Every one of `rows` decodes.
+    pub fn all(rows: usize) -> DecodeRows {
+        DecodeRows { decoding: vec![true; rows] }
+    }
+
+    /// The rows of steps of `lengths` tokens each, in order: a step of one token decodes.
+    pub fn of_steps(lengths: impl IntoIterator<Item = usize>) -> DecodeRows {
+        let decoding = lengths.into_iter().flat_map(|len| std::iter::repeat_n(len == 1, len)).collect();
+        DecodeRows { decoding }
+    }
+
+    /// The kinds of rows `rows` of these, in that order (a gathered tensor's).
+    pub fn select(&self, rows: &[usize]) -> DecodeRows {
+        if self.decoding.is_empty() {
+            return DecodeRows::none();
+        }
+        DecodeRows { decoding: rows.iter().map(|&r| self.decoding[r]).collect() }
+    }
+
+    /// The runs of rows of one kind among `total` rows, in order, each with whether it decodes.
+    pub fn runs(&self, total: usize) -> Vec<(Range<usize>, bool)> {
+        let kind = |r: usize| self.decoding.get(r).copied().unwrap_or(false);
+        let mut runs: Vec<(Range<usize>, bool)> = Vec::new();
+        for r in 0..total {
+            match runs.last_mut() {
+                Some((run, decoding)) if *decoding == kind(r) => run.end = r + 1,
+                _ => runs.push((r..r + 1, kind(r))),
+            }
+        }
+        runs
+    }
+}
 
 /// Where the heads of a fused QKV activation lie: queries in columns
 /// `0..num_heads·head_dim`, then keys, then values (`num_kv_heads·head_dim` each).
@@ -112,6 +163,18 @@ pub trait Backend: DeviceMemory + Transfer {
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// `x · wᵀ` for `x` of `M × K` and `w` of `N × K`.
     fn matmul_t(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor, BackendError>;
+    /// `x · wᵀ` with the rows that `decode` marks multiplied by a product made for the few
+    /// rows of decode steps, the others as [`Backend::matmul_t`]. A backend with one product
+    /// for all (its rows already independent of the batch) keeps this default.
+    fn matmul_t_rows(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        decode: &DecodeRows,
+    ) -> Result<Self::Tensor, BackendError> {
+        let _ = decode;
+        self.matmul_t(x, w)
+    }
     /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;
     /// Normalises in place, within the columns `cols` of every row, each run of
@@ -164,5 +227,20 @@ pub trait Backend: DeviceMemory + Transfer {
     /// Rows of logits the stage computes at once: bounds the logits buffer (rows × vocab).
     fn head_rows(&self) -> usize {
         evalmesh_common::cost::CPU_HEAD_ROWS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeRows;
+
+    #[test]
+    fn decode_rows_follow_their_steps() {
+        let rows = DecodeRows::of_steps([2, 1, 1, 3, 1]);
+        assert_eq!(rows.runs(8), vec![(0..2, false), (2..4, true), (4..7, false), (7..8, true)]);
+        assert_eq!(rows.select(&[7, 0, 3]).runs(3), vec![(0..1, true), (1..2, false), (2..3, true)]);
+        assert_eq!(DecodeRows::none().runs(3), vec![(0..3, false)]);
+        assert_eq!(DecodeRows::all(2).runs(2), vec![(0..2, true)]);
+        assert_eq!(DecodeRows::none().select(&[1, 2]).runs(2), vec![(0..2, false)]);
     }
 }

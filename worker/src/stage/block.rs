@@ -16,7 +16,7 @@ use super::error::StageError;
 use super::sums::{ByGroup, GroupSum};
 use super::weights::Weights;
 use crate::backend::cpu::cached_attention;
-use crate::backend::{AttentionSpec, Backend, HeadLayout};
+use crate::backend::{AttentionSpec, Backend, DecodeRows, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::{LayerTensor, TensorId};
 
@@ -29,6 +29,8 @@ pub struct Pass<'a, B: Backend> {
     /// The rotary tables of the micro-batch's positions, one per rotary embedding of the model.
     pub ropes: Vec<B::Tensor>,
     pub attend: Attend<'a>,
+    /// The rows of single-token generation steps, multiplied by the backend's decode product.
+    pub decode: DecodeRows,
 }
 
 /// What a pass's rows attend to.
@@ -133,7 +135,7 @@ impl<B: Backend> Attention<B> {
 
     fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
         let (b, c, heads) = (pass.backend, pass.config, pass.heads);
-        let mut qkv = b.matmul_t(x, &self.qkv)?;
+        let mut qkv = b.matmul_t_rows(x, &self.qkv, &pass.decode)?;
         if let Some(bias) = &self.bias {
             b.add_row(&mut qkv, bias)?;
         }
@@ -166,7 +168,7 @@ impl<B: Backend> Attention<B> {
                 b.upload(out)?
             }
         };
-        self.out.forward(b, &attended, sums)
+        self.out.forward(b, &attended, &pass.decode, sums)
     }
 }
 
@@ -191,11 +193,11 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    /// The per-group partial products of the MLP on `x`.
-    fn partials(&self, pass: &Pass<'_, B>, x: &B::Tensor) -> Result<Vec<B::Tensor>, StageError> {
+    /// The per-group partial products of the MLP on `x`, whose decoding rows are `decode`.
+    fn partials(&self, pass: &Pass<'_, B>, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
         let b = pass.backend;
-        let act = b.gated(&b.matmul_t(x, &self.gate_up)?, pass.config.block.activation)?;
-        self.down.partials(b, &act)
+        let act = b.gated(&b.matmul_t_rows(x, &self.gate_up, decode)?, pass.config.block.activation)?;
+        self.down.partials(b, &act, decode)
     }
 }
 
@@ -223,7 +225,7 @@ impl<B: Backend> FeedForward<B> {
 
     fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
         let partials = match self {
-            FeedForward::Dense(mlp) => mlp.partials(pass, x)?,
+            FeedForward::Dense(mlp) => mlp.partials(pass, x, &pass.decode)?,
             FeedForward::Experts { router, experts } => mixture(pass, x, router, experts)?,
         };
         sums.sum(pass.backend, partials)
@@ -264,7 +266,7 @@ fn mixture<B: Backend>(
 ) -> Result<Vec<B::Tensor>, StageError> {
     let (b, c) = (pass.backend, pass.config);
     let e = c.experts.as_ref().ok_or_else(|| StageError::Spec("experts without a mixture".into()))?;
-    let logits = b.download(&b.matmul_t(x, router)?)?;
+    let logits = b.download(&b.matmul_t_rows(x, router, &pass.decode)?)?;
     let routes = route(&logits.data, e.count, e.per_token, e.normalize);
     let rows = b.rows(x);
     let mut sums: Option<Vec<B::Tensor>> = None;
@@ -277,7 +279,7 @@ fn mixture<B: Backend>(
         if chosen.is_empty() {
             continue;
         }
-        let partials = expert.partials(pass, &b.gather_rows(x, &chosen)?)?;
+        let partials = expert.partials(pass, &b.gather_rows(x, &chosen)?, &pass.decode.select(&chosen))?;
         let totals = match &mut sums {
             Some(totals) => totals,
             None => {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use evalmesh_common::decode::{DecodeBatch, NextToken};
 use evalmesh_common::{MicroBatch, ModelConfig, StageSpec, TokenScore, TreeLayout};
+use rayon::prelude::*;
 
 use self::block::{Attend, Block, Pass};
 pub use self::cache::KvCache;
@@ -26,7 +27,7 @@ use self::choose::choose;
 pub use self::error::StageError;
 pub use self::sums::{fold, ByGroup, GroupSum, LocalSum};
 use self::weights::Weights;
-use crate::backend::{Backend, HeadLayout};
+use crate::backend::{Backend, DecodeRows, HeadLayout};
 use crate::tensor::Matrix;
 use crate::weights::{TensorId, WeightSource};
 
@@ -161,7 +162,7 @@ impl<B: Backend> TransformerStage<B> {
         for chunk in batch.scored.chunks(b.head_rows()) {
             let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
-            let logits = self.logits(head, &x, &rows)?;
+            let logits = self.logits(head, &x, &rows, false)?;
             scores.extend(b.score(&logits, &targets)?);
             if top > 0 {
                 let logits = b.download(&logits)?;
@@ -220,15 +221,17 @@ impl<B: Backend> TransformerStage<B> {
         let b = &self.backend;
         let mut next = Vec::with_capacity(batch.steps.len());
         for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
-            let logits = b.download(&self.logits(head, &x, chunk)?)?;
+            let logits = b.download(&self.logits(head, &x, chunk, true)?)?;
             let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
             let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
             if count > 0 {
                 return Err(StageError::NonFiniteScores { count, total: rows.len() });
             }
-            for (row, step) in rows.into_iter().zip(steps) {
-                next.push(choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
-            }
+            let chosen = rows
+                .into_par_iter()
+                .zip(steps)
+                .map(|(row, step)| choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
+            next.par_extend(chosen);
         }
         Ok(StageOutput::Next(next))
     }
@@ -268,7 +271,11 @@ impl<B: Backend> TransformerStage<B> {
             .iter()
             .map(|rope| b.upload(Matrix::from_vec(positions.len(), rope.rotary_dim, rope.table(positions, seq_lens))));
         let ropes = ropes.collect::<Result<Vec<_>, _>>()?;
-        let pass = Pass { backend: b, config: c, heads, ropes, attend };
+        let decode = match &attend {
+            Attend::Cached { rows, .. } => DecodeRows::of_steps(rows.iter().map(|r| r.len())),
+            Attend::Trees(_) => DecodeRows::none(),
+        };
+        let pass = Pass { backend: b, config: c, heads, ropes, attend, decode };
         for block in &self.blocks {
             x = block.forward(&pass, x, sums)?;
         }
@@ -276,10 +283,12 @@ impl<B: Backend> TransformerStage<B> {
     }
 
     /// The logits of rows `rows` of `x`: final norm, LM head, soft cap where the model has one.
-    fn logits(&self, head: &Head<B>, x: &B::Tensor, rows: &[usize]) -> Result<B::Tensor, StageError> {
+    /// In generation, every row is multiplied as a decode row: one per step, whatever its kind.
+    fn logits(&self, head: &Head<B>, x: &B::Tensor, rows: &[usize], generating: bool) -> Result<B::Tensor, StageError> {
         let (b, c) = (&self.backend, &self.config);
         let h = b.rms_norm(&b.gather_rows(x, rows)?, &head.norm, c.rms_norm_eps)?;
-        let mut logits = b.matmul_t(&h, &head.weight)?;
+        let decode = if generating { DecodeRows::all(rows.len()) } else { DecodeRows::none() };
+        let mut logits = b.matmul_t_rows(&h, &head.weight, &decode)?;
         if let Some(cap) = c.final_softcap {
             b.soft_cap(&mut logits, cap as f32)?;
         }

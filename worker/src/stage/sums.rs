@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use super::error::StageError;
-use crate::backend::Backend;
+use crate::backend::{Backend, DecodeRows};
 
 /// Completes a row-parallel product (attention output, down projection): adds this
 /// worker's per-group partial products, in group order, to the running sum of the groups
@@ -49,15 +49,24 @@ pub struct ByGroup<B: Backend> {
 }
 
 impl<B: Backend> ByGroup<B> {
-    /// `x · wᵀ` per group: one product of each group's columns and weight.
-    pub fn partials(&self, b: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>, StageError> {
-        let partials =
-            self.parts.iter().map(|(cols, part)| Ok(b.matmul_t(&b.columns(x, std::slice::from_ref(cols))?, part)?));
+    /// `x · wᵀ` per group: one product of each group's columns and weight, the rows
+    /// `decode` marks by the backend's decode product.
+    pub fn partials(&self, b: &B, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
+        let partials = self
+            .parts
+            .iter()
+            .map(|(cols, part)| Ok(b.matmul_t_rows(&b.columns(x, std::slice::from_ref(cols))?, part, decode)?));
         partials.collect()
     }
 
     /// `x · wᵀ` summed over the groups, completed by `sums`.
-    pub fn forward(&self, b: &B, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
-        sums.sum(b, self.partials(b, x)?)
+    pub fn forward(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        decode: &DecodeRows,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
+        sums.sum(b, self.partials(b, x, decode)?)
     }
 }

@@ -52,13 +52,9 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     }
     let (started, started_at) = (Instant::now(), SystemTime::now());
     let settings = args.resolve(world.is_some())?;
-    if let Some(threads) = settings.threads {
-        // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .with_context(|| format!("cannot start {threads} threads"))?;
-    }
+    // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
+    let threads = settings.threads.unwrap_or(0);
+    evalmesh_worker::start_threads(threads).with_context(|| format!("cannot start {threads} threads"))?;
     if let Some(dir) = settings.output.as_ref().and_then(|o| o.results.parent()).filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }

@@ -10,7 +10,7 @@ use std::ops::Range;
 use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
-use super::kernels::{fast_exp, gemm_into, lane_sum, View};
+use super::kernels::{fast_exp, gemm_into, lane_sum, prefetch, Isa, View};
 use crate::backend::{AttentionSpec, HeadLayout};
 use crate::tensor::Matrix;
 
@@ -176,11 +176,14 @@ pub struct CachedRows<'a> {
 
 /// Attention of each sequence's rows over its cache and causally over its own rows:
 /// `rows × num_heads·head_dim`. A row's arithmetic depends only on its sequence, so a
-/// sequence's tokens do not depend on what else is decoded with it.
+/// sequence's tokens do not depend on what else is decoded with it: a single-token step's
+/// row always goes through [`single_row`], the rows of a longer step through the blocks.
 pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
     let width = 2 * heads.num_kv_heads * heads.head_dim;
+    let (single, several): (Vec<&CachedRows<'_>>, Vec<&CachedRows<'_>>) =
+        sequences.iter().partition(|s| s.rows.len() == 1);
     let mut blocks = Vec::new();
-    for s in sequences {
+    for s in several {
         // A sequence's first step (an empty cache) is a plain causal prefix.
         let shared = match s.cache.len() / width {
             0 => Shared::Rows(0..0),
@@ -188,7 +191,120 @@ pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadL
         };
         push_blocks(&mut blocks, shared, s.rows.clone(), heads.num_heads);
     }
-    compute_blocks(qkv, blocks, heads, spec)
+    let mut out = compute_blocks(qkv, blocks, heads, spec);
+    let rows: Vec<Vec<f32>> = single.par_iter().map(|s| single_row(qkv, s.rows.start, s.cache, heads, spec)).collect();
+    for (s, values) in single.iter().zip(rows) {
+        out.data[s.rows.start * out.cols..][..out.cols].copy_from_slice(&values);
+    }
+    out
+}
+
+/// The attention of row `row` of `qkv`, every head, over `cache` then the row's own key:
+/// each score a [`dot`] product, each output the weighted values added in key order. A
+/// decode step has one row a sequence, for which four `gemm` calls a head cost more than
+/// the arithmetic. Its operations are the same on every instruction set (no fused
+/// multiply-adds), so the widest one the machine runs is used.
+fn single_row(qkv: &Matrix, row: usize, cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    match Isa::widest() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the machine runs its features (`Isa::widest`).
+        Isa::Avx512 => unsafe { single_row_avx512(qkv.row(row), cache, heads, spec) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the machine runs its features (`Isa::widest`).
+        Isa::Avx2 => unsafe { single_row_avx2(qkv.row(row), cache, heads, spec) },
+        _ => single_row_generic(qkv.row(row), cache, heads, spec),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn single_row_avx512(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    single_row_generic(own, cache, heads, spec)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn single_row_avx2(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    single_row_generic(own, cache, heads, spec)
+}
+
+/// Per KV head, the scores of its group's query heads over each key, read once for all
+/// of them, then the values likewise.
+#[inline(always)]
+fn single_row_generic(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    let d = heads.head_dim;
+    let width = 2 * heads.num_kv_heads * d;
+    let group = heads.num_heads / heads.num_kv_heads;
+    let keys = cache.len() / width + 1;
+    let visible = spec.window.map_or(0, |w| keys.saturating_sub(w))..keys;
+    // The visible cache entries, then the row's own keys and values as one more entry.
+    let own_entry = [&own[heads.k_cols()], &own[heads.v_cols()]].concat();
+    let entries: Vec<&[f32]> = cache.chunks_exact(width).chain([own_entry.as_slice()]).skip(visible.start).collect();
+    let mut out = vec![0.0f32; heads.num_heads * d];
+    let mut scores = vec![0.0f32; group * keys];
+    for (kv, out) in out.chunks_exact_mut(group * d).enumerate() {
+        let (k, v) = (kv * d, width / 2 + kv * d);
+        let queries = &own[kv * group * d..(kv + 1) * group * d];
+        // Four keys at a time, for four independent streams of loads and sums.
+        let (fours, rest) = entries.as_chunks::<4>();
+        for (i, four) in fours.iter().enumerate() {
+            for ahead in fours.get(i + 2).into_iter().flatten() {
+                ahead[k..k + d].iter().step_by(16).for_each(|line| prefetch(line));
+            }
+            let keys4 = four.map(|entry| &entry[k..k + d]);
+            for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
+                let t = visible.start + 4 * i;
+                scores[t..t + 4].copy_from_slice(&dots(q, keys4).map(|s| s * spec.scale));
+            }
+        }
+        for (i, entry) in rest.iter().enumerate() {
+            for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
+                scores[visible.start + 4 * fours.len() + i] = dots(q, [&entry[k..k + d]])[0] * spec.scale;
+            }
+        }
+        for scores in scores.chunks_exact_mut(keys) {
+            softmax_range(scores, visible.clone(), spec.softcap);
+        }
+        for (i, (t, entry)) in visible.clone().zip(&entries).enumerate() {
+            if let Some(ahead) = entries.get(i + 8) {
+                ahead[v..v + d].iter().step_by(16).for_each(|line| prefetch(line));
+            }
+            let value = &entry[v..v + d];
+            for (out, scores) in out.chunks_exact_mut(d).zip(scores.chunks_exact(keys)) {
+                let p = scores[t];
+                for (o, &value) in out.iter_mut().zip(value) {
+                    *o += p * value;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `q · key` for each of `keys`, each in a fixed order: sixteen lanes of partial sums,
+/// the lanes added pairwise, then the products past the last sixteen in order.
+#[inline(always)]
+fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
+    let (qc, qt) = q.as_chunks::<16>();
+    let mut lanes = [[0.0f32; 16]; N];
+    for (c, x) in qc.iter().enumerate() {
+        for (lanes, key) in lanes.iter_mut().zip(&keys) {
+            let y = &key[c * 16..c * 16 + 16];
+            *lanes = std::array::from_fn(|l| lanes[l] + x[l] * y[l]);
+        }
+    }
+    std::array::from_fn(|i| {
+        let mut lanes = lanes[i];
+        let mut half = lanes.len();
+        while half > 1 {
+            half /= 2;
+            for l in 0..half {
+                lanes[l] += lanes[l + half];
+            }
+        }
+        let tail = &keys[i][qc.len() * 16..];
+        qt.iter().zip(tail).fold(lanes[0], |sum, (x, y)| sum + x * y)
+    })
 }
 
 fn compute_blocks(qkv: &Matrix, blocks: Vec<AttentionBlock<'_>>, heads: HeadLayout, spec: AttentionSpec) -> Matrix {
@@ -307,6 +423,34 @@ mod tests {
         let cached = cached_attention(&qkv, &step, heads, spec);
         let width = heads.num_heads * heads.head_dim;
         assert_eq!(cached.data[70 * width..], whole.data[70 * width..]);
+    }
+
+    #[test]
+    fn single_token_steps_match_reference_whatever_the_batch() {
+        // Row 70 after a 70-row cache, alone and beside a longer step and another single one.
+        let heads = HeadLayout { num_heads: 4, num_kv_heads: 2, head_dim: 20 };
+        let qkv = Matrix::random(80, heads.width(), 8, 1.0);
+        let kv = heads.k_cols().start..heads.v_cols().end;
+        let cache: Vec<f32> = (0..70).flat_map(|r| qkv.row(r)[kv.clone()].to_vec()).collect();
+        let plain = AttentionSpec { scale: 0.3, softcap: None, window: None };
+        let gemma = AttentionSpec { scale: 0.3, softcap: Some(3.0), window: Some(40) };
+        for spec in [plain, gemma] {
+            let tree = TreeLayout { start: 0, prefix_len: 70, branch_lens: vec![1] };
+            let want = &reference_attention(&qkv, &tree, heads, spec)[70];
+            let alone = cached_attention(&qkv, &[CachedRows { cache: &cache, rows: 70..71 }], heads, spec);
+            let width = heads.num_heads * heads.head_dim;
+            for (g, w) in alone.row(70).iter().zip(want) {
+                // f32 dot products of 20 terms and a softmax over ≤ 71 keys: error ≪ 1e-5.
+                assert!((*g as f64 - w).abs() < 1e-5, "{spec:?}: {g} vs {w}");
+            }
+            let batch = [
+                CachedRows { cache: &cache[..30 * kv.len()], rows: 71..75 },
+                CachedRows { cache: &cache, rows: 70..71 },
+                CachedRows { cache: &cache[..2 * kv.len()], rows: 75..76 },
+            ];
+            let beside = cached_attention(&qkv, &batch, heads, spec);
+            assert_eq!(beside.data[70 * width..71 * width], alone.data[70 * width..71 * width]);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: strided
-//! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`])
-//! and a sum in a fixed order ([`lane_sum`]).
+//! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`]),
+//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), and the instruction sets that kernels compiled
+//! more than once choose from at run time ([`Isa`]).
 
 use gemm::Parallelism;
 
@@ -54,6 +55,51 @@ pub unsafe fn gemm_into(
             parallelism,
         );
     }
+}
+
+/// The instruction sets the kernels are compiled for, the widest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The widest this machine runs.
+    pub fn widest() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every one this machine runs (each implies the narrower ones).
+    #[cfg(test)]
+    pub fn available() -> Vec<Isa> {
+        let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+        all.into_iter().skip_while(|&isa| isa != Isa::widest()).collect()
+    }
+}
+
+/// Asks the memory for the cache line holding `at`, ahead of its use: a hint, which reads
+/// nothing and cannot fault wherever `at` points (nothing where the target has no such
+/// instruction).
+#[inline(always)]
+pub fn prefetch(at: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 /// `exp` for f32 in a form the compiler vectorises (Cephes' `expf`: 2ⁿ·eʳ with

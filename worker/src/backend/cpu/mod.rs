@@ -9,7 +9,8 @@
 //! Determinism: `gemm` blocks its reduction by the reduction length only, so a row of
 //! `x · wᵀ` does not depend on how many rows are multiplied with it, except through
 //! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
-//! single row. Attention works per tree in fixed row blocks, and row sums are taken
+//! single row. The rows of single-token generation steps are multiplied by [`streamed`]
+//! instead, whose every output is one chain in input order. Attention works per tree in fixed row blocks, and row sums are taken
 //! in a fixed order, so no result depends on the batch or the thread count.
 //!
 //! Its memory is the host's: tensors are [`Matrix`] values, and activations leave for
@@ -17,6 +18,7 @@
 
 mod attention;
 mod kernels;
+mod streamed;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,7 @@ use self::kernels::{fast_exp, gemm_into, lane_sum, View};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
-use super::{rope_shape_problem, AttentionSpec, Backend, HeadLayout, MatmulStats};
+use super::{rope_shape_problem, AttentionSpec, Backend, DecodeRows, HeadLayout, MatmulStats};
 use crate::comm::wire::{Outbound, Wire};
 use crate::tensor::Matrix;
 
@@ -40,19 +42,68 @@ use crate::tensor::Matrix;
 /// the L2 cache (measured fastest here; 2048-row blocks ran 20–35% slower).
 const MATMUL_ROWS: usize = 512;
 
-/// A matrix-product weight stored transposed: `t` is `in × out`.
+/// Starts the global thread pool of the CPU backend with `threads` threads (0: one per
+/// core, or `RAYON_NUM_THREADS`), the calling thread among them. Ops called from that
+/// thread then run on it and the others without handing the call to a pool thread and
+/// waiting to be woken: a generation step is hundreds of small ops.
+pub fn start_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()
+}
+
+/// A matrix-product weight stored transposed, `in × out`: input feature `i`'s row is
+/// `t[i·stride..][..out]`. The stride is an odd number of 64-byte cache lines, so that
+/// the rows of a column strip spread over the cache's sets: at a stride of a multiple of
+/// 4 KiB (3072 columns) every row of a strip lands in the same few sets of L1 and L2, and
+/// a strip read again ([`streamed`]) comes from memory every time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuWeight {
-    t: Matrix,
+    t: Vec<f32>,
+    in_features: usize,
+    out_features: usize,
+    stride: usize,
 }
 
 impl CpuWeight {
     pub fn out_features(&self) -> usize {
-        self.t.cols
+        self.out_features
     }
 
     pub fn in_features(&self) -> usize {
-        self.t.rows
+        self.in_features
+    }
+
+    /// The stride for `out` columns: the next odd number of 16-float lines.
+    fn stride_for(out: usize) -> usize {
+        let lines = out.div_ceil(16);
+        16 * (lines | 1)
+    }
+}
+
+/// `out (m × n) = x (m × k) · w` through `gemm`, in blocks of at most [`MATMUL_ROWS`] rows.
+fn gemm_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
+    let n = w.out_features();
+    let rhs = View { ptr: w.t.as_ptr(), rs: w.stride as isize, cs: 1 };
+    let mut start = 0;
+    while start < m {
+        let mut end = (start + MATMUL_ROWS).min(m);
+        if m - end == 1 {
+            end -= 1; // leave two rows for the last block
+        }
+        if end - start == 1 {
+            // One row would take gemm's matrix-vector path, whose sums run in another order.
+            let pair = [&x[start * k..end * k], &x[start * k..end * k]].concat();
+            let mut two = vec![0.0f32; 2 * n];
+            let lhs = View { ptr: pair.as_ptr(), rs: k as isize, cs: 1 };
+            // SAFETY: `pair` is 2 × k, the weight k × n, `two` a fresh 2 × n.
+            unsafe { gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
+            out[start * n..end * n].copy_from_slice(&two[..n]);
+        } else {
+            let lhs = View { ptr: x[start * k..].as_ptr(), rs: k as isize, cs: 1 };
+            // SAFETY: rows start..end of `x` are (end − start) × k, the weight k × n, and
+            // the destination rows start..end of `out` are (end − start) × n.
+            unsafe { gemm_into(end - start, n, k, out[start * n..].as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
+        }
+        start = end;
     }
 }
 
@@ -107,13 +158,14 @@ impl DeviceMemory for CpuBackend {
     }
 
     fn upload_weight(&self, w: Matrix) -> Result<CpuWeight, BackendError> {
-        let mut t = Matrix::zeros(w.cols, w.rows);
-        t.data.par_chunks_mut(w.rows).enumerate().for_each(|(i, column)| {
-            for (j, v) in column.iter_mut().enumerate() {
+        let stride = CpuWeight::stride_for(w.rows);
+        let mut t = vec![0.0f32; w.cols * stride];
+        t.par_chunks_mut(stride).enumerate().for_each(|(i, column)| {
+            for (j, v) in column[..w.rows].iter_mut().enumerate() {
                 *v = w.data[j * w.cols + i];
             }
         });
-        Ok(CpuWeight { t })
+        Ok(CpuWeight { t, in_features: w.cols, out_features: w.rows, stride })
     }
 
     fn download(&self, t: &Matrix) -> Result<Matrix, BackendError> {
@@ -138,41 +190,28 @@ impl Backend for CpuBackend {
         let mut out = Matrix::zeros(ids.len(), hidden);
         out.data.par_chunks_mut(hidden).zip(ids.par_iter()).for_each(|(row, &id)| {
             for (j, v) in row.iter_mut().enumerate() {
-                *v = table.t.data[j * vocab + id as usize];
+                *v = table.t[j * table.stride + id as usize];
             }
         });
         Ok(out)
     }
 
     fn matmul_t(&self, x: &Matrix, w: &CpuWeight) -> Result<Matrix, BackendError> {
+        self.matmul_t_rows(x, w, &DecodeRows::none())
+    }
+
+    fn matmul_t_rows(&self, x: &Matrix, w: &CpuWeight, decode: &DecodeRows) -> Result<Matrix, BackendError> {
         let (n, k) = (w.out_features(), w.in_features());
         check(x.cols == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.cols))?;
         let started = Instant::now();
         let mut out = Matrix::zeros(x.rows, n);
-        let rhs = View { ptr: w.t.data.as_ptr(), rs: n as isize, cs: 1 };
-        let mut start = 0;
-        while start < x.rows {
-            let mut end = (start + MATMUL_ROWS).min(x.rows);
-            if x.rows - end == 1 {
-                end -= 1; // leave two rows for the last block
+        for (rows, decoding) in decode.runs(x.rows) {
+            let (x_rows, out_rows) =
+                (&x.data[rows.start * k..rows.end * k], &mut out.data[rows.start * n..rows.end * n]);
+            match decoding {
+                true => streamed::product(x_rows, rows.len(), k, &w.t, w.stride, n, out_rows),
+                false => gemm_rows(x_rows, rows.len(), k, w, out_rows),
             }
-            if end - start == 1 {
-                // One row would take gemm's matrix-vector path, whose sums run in another order.
-                let pair = [x.row(start), x.row(start)].concat();
-                let mut two = Matrix::zeros(2, n);
-                let lhs = View { ptr: pair.as_ptr(), rs: k as isize, cs: 1 };
-                // SAFETY: `pair` is 2 × k, the weight k × n, `two` a fresh 2 × n.
-                unsafe { gemm_into(2, n, k, two.data.as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
-                out.data[start * n..(start + 1) * n].copy_from_slice(two.row(0));
-            } else {
-                let lhs = View { ptr: x.data[start * k..].as_ptr(), rs: k as isize, cs: 1 };
-                // SAFETY: rows start..end of `x` are (end − start) × k, the weight k × n, and
-                // the destination rows start..end of `out` are (end − start) × n.
-                unsafe {
-                    gemm_into(end - start, n, k, out.data[start * n..].as_mut_ptr(), n, false, lhs, rhs, 1.0, true)
-                };
-            }
-            start = end;
         }
         self.matmul_flops.fetch_add(2 * (x.rows * n * k) as u64, Ordering::Relaxed);
         self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -401,6 +440,26 @@ mod tests {
             let y = CpuBackend::default().matmul_t(&part, &w).unwrap();
             let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "rows differ when {rows} rows are multiplied");
+        }
+    }
+
+    #[test]
+    fn decoding_rows_take_the_streamed_product_and_the_others_gemm() {
+        // Steps of 3, 1, 1 and 4 tokens: rows 3 and 4 decode, each one fused chain over
+        // the inputs in order; the others are gemm's rows, as without any decoding row.
+        let (b, weight) = (CpuBackend::default(), Matrix::random(300, 70, 3, 1.0));
+        let w = b.upload_weight(weight.clone()).unwrap();
+        let x = Matrix::random(9, 70, 4, 1.0);
+        let mixed = b.matmul_t_rows(&x, &w, &DecodeRows::of_steps([3, 1, 1, 4])).unwrap();
+        let plain = b.matmul_t(&x, &w).unwrap();
+        for r in [0, 1, 2, 5, 6, 7, 8] {
+            assert_eq!(mixed.row(r), plain.row(r), "row {r}");
+        }
+        for r in [3, 4] {
+            for c in 0..300 {
+                let chain = (0..70).fold(0.0f32, |s, i| x.row(r)[i].mul_add(weight.row(c)[i], s));
+                assert_eq!(mixed.row(r)[c].to_bits(), chain.to_bits(), "({r}, {c})");
+            }
         }
     }
 
