@@ -1,7 +1,7 @@
 //! The KV cache of the sequences a stage is generating (docs/ARCHITECTURE.md §12): per
 //! sequence and per layer of the stage, the keys then values of its tokens so far (its
-//! groups' heads only), in host memory, grown a page ([`PAGE_TOKENS`] tokens) at a time so
-//! that memory follows the tokens held, within a budget of pages.
+//! groups' heads only), in host memory, counted a page ([`PAGE_TOKENS`] tokens) at a time
+//! against a budget of pages, so that the budget follows the tokens held.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -86,8 +86,10 @@ impl KvCache {
                     free_tokens: (self.budget_pages - self.used_pages.min(self.budget_pages)) * PAGE_TOKENS,
                 });
             }
+            // The budget counts pages; the storage grows by doubling, so that a long
+            // generation copies each layer's cache a few times rather than every page.
             for layer in &mut sequence.layers {
-                layer.reserve_exact(pages * PAGE_TOKENS * self.width - layer.len());
+                layer.reserve(pages * PAGE_TOKENS * self.width - layer.len());
             }
             sequence.pages += more;
             self.used_pages += more;
