@@ -19,7 +19,7 @@ pub fn score(args: &ScoreArgs, world: Option<&SimpleCommunicator>) -> anyhow::Re
     if world.is_some_and(|w| w.size() > 1) {
         bail!("evalmesh score runs in one process: start it without mpirun");
     }
-    evalmesh_worker::start_threads(args.threads.unwrap_or(0)).context("--threads")?;
+    evalmesh_worker::start_threads(args.threads.map_or(0, |t| t.max(1))).context("--threads")?;
     let text = read_text(&args.file)?;
     let (_, model) = super::open_model(&args.model, false)?;
     let config = model.source.config().clone();
