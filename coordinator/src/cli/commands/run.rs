@@ -54,7 +54,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     let settings = args.resolve(world.is_some())?;
     // Under MPI the workers take --threads from their setup message; this pool serves rank 0.
     let threads = settings.threads.unwrap_or(0);
-    evalmesh_worker::start_threads(threads).with_context(|| format!("cannot start {threads} threads"))?;
+    evalmesh_worker::start_threads(threads).context("cannot start the compute threads: lower --threads")?;
     if let Some(dir) = settings.output.as_ref().and_then(|o| o.results.parent()).filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }

@@ -3,7 +3,8 @@
 //! [`ATTENTION_BLOCK`] query rows per head, each block's scores and weighted values
 //! through `gemm`, and the blocks computed in parallel and placed in a fixed order. A
 //! block's keys are the ones every row of it sees (a tree's prefix, or a sequence's
-//! cache), then its own rows causally.
+//! cache), then its own rows causally. The one row of a single-token generation step
+//! goes through [`single_row`] instead: dot products and weighted sums in a fixed order.
 
 use std::ops::Range;
 
@@ -205,14 +206,19 @@ pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadL
 /// the arithmetic. Its operations are the same on every instruction set (no fused
 /// multiply-adds), so the widest one the machine runs is used.
 fn single_row(qkv: &Matrix, row: usize, cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
-    match Isa::widest() {
+    single_row_on(Isa::widest(), qkv.row(row), cache, heads, spec)
+}
+
+/// [`single_row`] compiled for `isa`, one that the machine runs.
+fn single_row_on(isa: Isa, own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the machine runs its features (`Isa::widest`).
-        Isa::Avx512 => unsafe { single_row_avx512(qkv.row(row), cache, heads, spec) },
+        // SAFETY: the machine runs its features (`Isa::widest` or narrower).
+        Isa::Avx512 => unsafe { single_row_avx512(own, cache, heads, spec) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the machine runs its features (`Isa::widest`).
-        Isa::Avx2 => unsafe { single_row_avx2(qkv.row(row), cache, heads, spec) },
-        _ => single_row_generic(qkv.row(row), cache, heads, spec),
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { single_row_avx2(own, cache, heads, spec) },
+        _ => single_row_generic(own, cache, heads, spec),
     }
 }
 
@@ -450,6 +456,10 @@ mod tests {
             ];
             let beside = cached_attention(&qkv, &batch, heads, spec);
             assert_eq!(beside.data[70 * width..71 * width], alone.data[70 * width..71 * width]);
+            // The same bits whatever instruction set the kernel is compiled for.
+            for isa in Isa::available() {
+                assert_eq!(single_row_on(isa, qkv.row(70), &cache, heads, spec), alone.row(70), "{isa:?}");
+            }
         }
     }
 

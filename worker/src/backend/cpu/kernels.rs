@@ -1,7 +1,7 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: strided
 //! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`]),
-//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), and the instruction sets that kernels compiled
-//! more than once choose from at run time ([`Isa`]).
+//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), and the
+//! instruction sets that kernels compiled more than once choose from at run time ([`Isa`]).
 
 use gemm::Parallelism;
 

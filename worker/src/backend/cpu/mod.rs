@@ -1,17 +1,19 @@
 //! The CPU backend: f32 activations and accumulation. Matrix products go through the
-//! `gemm` crate (its AVX-512 kernels are picked at run time); everything else is
-//! row-parallel with rayon on the current thread pool.
+//! `gemm` crate (its AVX-512 kernels are picked at run time), or [`streamed`] for the rows
+//! of single-token generation steps; everything else is row-parallel with rayon on the
+//! current thread pool ([`start_threads`]).
 //!
-//! Weights are stored transposed (`in × out`, row-major), the layout in which `gemm`
-//! multiplies fastest here, and activations are multiplied in blocks of at most
+//! Weights are stored transposed (`in × out`, row-major, rows padded: [`CpuWeight`]), the
+//! layout in which `gemm` multiplies fastest here, and activations are multiplied in blocks of at most
 //! [`MATMUL_ROWS`] rows, which keeps them in cache whatever the micro-batch size.
 //!
 //! Determinism: `gemm` blocks its reduction by the reduction length only, so a row of
 //! `x · wᵀ` does not depend on how many rows are multiplied with it, except through
 //! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
 //! single row. The rows of single-token generation steps are multiplied by [`streamed`]
-//! instead, whose every output is one chain in input order. Attention works per tree in fixed row blocks, and row sums are taken
-//! in a fixed order, so no result depends on the batch or the thread count.
+//! instead, whose every output is one chain in input order. Attention works per tree in
+//! fixed row blocks, and row sums are taken in a fixed order, so no result depends on the
+//! batch or the thread count.
 //!
 //! Its memory is the host's: tensors are [`Matrix`] values, and activations leave for
 //! other ranks in the vectors that hold them.
