@@ -24,12 +24,18 @@ pub enum Choice {
 }
 
 /// One sequence's part of a step: `tokens` appended after the `past` tokens its cache
-/// holds (a new sequence: `past` 0 and its whole prompt), and its next token chosen.
+/// holds (a new sequence: `past` 0 and its whole prompt, or the rest of its prompt after
+/// a shared `prefix`), and its next token chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SequenceStep {
     pub sequence: u64,
     pub past: usize,
     pub tokens: Vec<u32>,
+    /// On a new sequence's first step: the held sequence whose cache this one starts with
+    /// (`past` is its length). Its pages are shared, not copied: a prompt prefix computed
+    /// once for the sequences that begin with it. That sequence is never stepped again,
+    /// and is released after the last one sharing it.
+    pub prefix: Option<u64>,
     pub choice: Choice,
     /// Tokens never chosen: the end-of-text token where generation ignores it (llama.cpp's
     /// `--ignore-eos`, transformers' `min_new_tokens`).

@@ -10,7 +10,7 @@ use crate::decode::{DecodeBatch, NextToken};
 use crate::plan::StageSpec;
 use crate::request::{MicroBatch, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.

@@ -256,8 +256,13 @@ impl EvaluationEngine for DistributedEngine<'_> {
         self.layout.pp
     }
 
+    fn decode_replicas(&self) -> usize {
+        self.pipelines.len()
+    }
+
     /// A step's sequences go to the pipeline that holds their caches (a new one to the
-    /// pipeline holding the fewest), and every pipeline's part is sent at once.
+    /// pipeline holding its prefix, or else to the one holding the fewest), and every
+    /// pipeline's part is sent at once.
     fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
         for sequence in &batch.released {
             if let Some(p) = self.sequences.remove(sequence) {
@@ -267,9 +272,19 @@ impl EvaluationEngine for DistributedEngine<'_> {
         let mut parts: Vec<(Vec<usize>, DecodeBatch)> =
             vec![(Vec::new(), DecodeBatch::default()); self.pipelines.len()];
         for (i, step) in batch.steps.iter().enumerate() {
-            let pipeline = match self.sequences.get(&step.sequence) {
-                Some(&p) => p,
-                None => {
+            let pipeline = match (self.sequences.get(&step.sequence), step.prefix) {
+                (Some(&p), _) => p,
+                (None, Some(prefix)) => {
+                    let p = *self.sequences.get(&prefix).ok_or_else(|| {
+                        EngineError::Sink(format!(
+                            "sequence {} starts after {prefix}, which no pipeline holds",
+                            step.sequence
+                        ))
+                    })?;
+                    self.sequences.insert(step.sequence, p);
+                    p
+                }
+                (None, None) => {
                     let mut held = vec![0usize; self.pipelines.len()];
                     for &p in self.sequences.values() {
                         held[p] += 1;

@@ -45,6 +45,9 @@ pub trait EvaluationEngine {
     /// Generation steps (docs/ARCHITECTURE.md §12) the engine works on at once: a
     /// pipeline's stages each hold one.
     fn decode_depth(&self) -> usize;
+    /// Replicas of the model whose caches generation spreads sequences over: a shared
+    /// prefix is computed once on each that its sequences go to.
+    fn decode_replicas(&self) -> usize;
     /// Starts a generation step; returns its id.
     fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError>;
     /// Waits until a started step is done: its id and the next token of each of its
@@ -148,6 +151,10 @@ impl EvaluationEngine for LightweightEngine {
     }
 
     fn decode_depth(&self) -> usize {
+        1
+    }
+
+    fn decode_replicas(&self) -> usize {
         1
     }
 

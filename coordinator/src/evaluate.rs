@@ -3,13 +3,13 @@
 //! metrics (lm-evaluation-harness's part of the results, and what each task cost) and writes
 //! the per-sample logs in lm-evaluation-harness's schema.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use evalmesh_common::cost::Prediction;
-use evalmesh_common::decode::Choice;
+use evalmesh_common::decode::{Choice, PAGE_TOKENS};
 use evalmesh_common::{ScoreTree, TreeScores};
 use rayon::prelude::*;
 
@@ -61,7 +61,12 @@ pub struct Settings<'a> {
     pub windows: Windows,
     pub limit: Option<Limit>,
     pub max_position: usize,
+    /// Whether a document's choices share its context's tree, and generated sequences a
+    /// prefix's cache (§5, §12).
     pub share_prefixes: bool,
+    /// The longest prompt generation may prefill as a shared prefix then the rest
+    /// (`ModelConfig::prefix_split_limit`).
+    pub prefix_split_limit: usize,
     /// Where `samples_<task>_<date>.jsonl` files go, when they are wanted.
     pub samples: Option<SamplesFiles<'a>>,
     pub model_fingerprint: &'a str,
@@ -349,8 +354,10 @@ fn generate_task(
     mut journal: Option<&mut Journal>,
 ) -> Result<Scored, EvaluateError> {
     let mut requests = Vec::with_capacity(docs.len());
+    // The tokens of each head (system prompt, description, demonstrations) the documents share.
+    let mut heads: HashMap<&str, Vec<u32>> = HashMap::new();
     for doc in docs {
-        let Target::Generate { kwargs, prompt_ids, .. } = &doc.target else {
+        let Target::Generate { kwargs, prompt_ids, head, .. } = &doc.target else {
             return Err(TaskError::Settings(format!("{}: document {} is not a generation", task.name, doc.id)).into());
         };
         let room = settings.max_position.checked_sub(kwargs.max_gen_toks).filter(|&r| r > 0).ok_or_else(|| {
@@ -376,7 +383,29 @@ fn generate_task(
         if prompt.is_empty() {
             prompt.extend(tokenizer.prefix_token());
         }
-        prompt.drain(..prompt.len().saturating_sub(room));
+        // The shared prefix: the head's tokens that begin the prompt (its last one may merge
+        // with the document's text), or, for repeats, all of the prompt but its last token.
+        let mut prefix = match (prompt_ids, context.get(..*head)) {
+            (None, Some(head)) if !head.is_empty() => {
+                let tokens = match heads.get(head) {
+                    Some(tokens) => tokens,
+                    None => heads.entry(head).or_insert(tokenizer.encode_document(head).map_err(TaskError::from)?),
+                };
+                tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count()
+            }
+            _ => 0,
+        };
+        let dropped = prompt.len().saturating_sub(room);
+        prompt.drain(..dropped);
+        prefix = match task.repeats > 1 {
+            true => prompt.len() - 1,
+            false => prefix.saturating_sub(dropped),
+        };
+        // A prefix shorter than a page is not worth a step of its own; a prompt longer
+        // than the split limit is prefilled whole.
+        if !settings.share_prefixes || prefix < PAGE_TOKENS || prompt.len() > settings.prefix_split_limit {
+            prefix = 0;
+        }
         let (stop_tokens, suppressed) = match kwargs.ignore_eos {
             true => (Vec::new(), settings.stop_tokens.to_vec()),
             false => (settings.stop_tokens.to_vec(), Vec::new()),
@@ -394,6 +423,7 @@ fn generate_task(
             };
             requests.push(GenerationRequest {
                 prompt: prompt.clone(),
+                prefix,
                 until: kwargs.until.clone(),
                 max_tokens: kwargs.max_gen_toks,
                 stop_tokens: stop_tokens.clone(),
@@ -470,7 +500,7 @@ fn generate_task(
         metrics.insert(format!("{metric},{}", filter.name), serde_json::json!(mean));
         metrics.insert(format!("{metric}_stderr,{}", filter.name), serde_json::json!(stderr));
     }
-    let prompt_tokens: usize = todo.iter().map(|&i| requests[i].prompt.len()).sum();
+    let prompt_tokens = throughput.prompt_tokens;
     let stats = TaskStats {
         trees: requests.len(),
         trees_computed: todo.len(),

@@ -6,8 +6,12 @@
 //! end-of-text token, and a chat template's end-of-turn tokens),
 //! at one of its `until` strings (checked on the decoded text, which is cut before it, as
 //! lm-evaluation-harness does) or after its `max_gen_toks`; its slot is refilled at once.
-//! A sequence's tokens are the same whatever else decodes with it: its prefill is always
-//! its whole prompt, and every step's arithmetic is per row. Where the engine holds
+//! A sequence whose request names a shared prefix starts after that prefix's cache: the
+//! prefix is prefilled once (once per replica of the engine, as the sequences spread over
+//! them), held while sequences that begin with it are live or waiting, and its pages are
+//! counted once. A sequence's tokens are the same whatever else decodes with it: its
+//! prefill is always its whole prompt, or always its prefix then the rest, and every
+//! step's arithmetic is per row. Where the engine holds
 //! several steps at once (a pipeline's stages), the sequences are split into as many
 //! groups, each with its own step in flight, so every stage has work.
 
@@ -24,6 +28,11 @@ use crate::tokenizer::TextTokenizer;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationRequest {
     pub prompt: Vec<u32>,
+    /// Leading tokens of `prompt` that other sequences may begin with (a few-shot head, a
+    /// repeated prompt; 0: none, else fewer than the prompt's). They are always computed
+    /// apart, as a prefix whose cache the sequences that begin with it share, so the
+    /// sequence's tokens are the same whether or not another one shares it (§6).
+    pub prefix: usize,
     pub until: Vec<String>,
     pub max_tokens: usize,
     /// Tokens that end the sequence (the end-of-text token, and a chat template's
@@ -71,9 +80,11 @@ pub struct Batching {
 }
 
 /// Where a run's time went: steps that prefilled a prompt (with the decode rows they held),
-/// and steps of decoding alone, with the tokens each gave.
+/// and steps of decoding alone, with the tokens each gave; and the prompt tokens computed
+/// (a shared prefix counted once per copy).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Throughput {
+    pub prompt_tokens: usize,
     pub prefill_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_tokens: usize,
@@ -91,10 +102,106 @@ struct Live {
 #[derive(Default)]
 struct Group {
     live: Vec<Live>,
+    /// Prefixes the step in flight computes (their steps follow the live sequences').
+    prefixes: Vec<u64>,
     in_flight: bool,
     /// Whether the step in flight prefills prompts, and its rows.
     prefilled: bool,
     rows: usize,
+}
+
+/// One copy of a shared prefix in the engine's caches.
+struct Prefix {
+    id: u64,
+    pages: usize,
+    /// Live sequences that start with it.
+    users: usize,
+    /// Whether its step is done, so that sequences may start with it.
+    ready: bool,
+}
+
+/// The shared prefixes: per prefix, its copies (at most one per replica of the engine)
+/// and how many waiting requests begin with it.
+struct Prefixes<'a> {
+    copies: HashMap<&'a [u32], Vec<Prefix>>,
+    waiting: HashMap<&'a [u32], usize>,
+    next_id: u64,
+    replicas: usize,
+}
+
+impl GenerationRequest {
+    /// The prefix it may share with others, if it has one.
+    fn shared_prefix(&self) -> Option<&[u32]> {
+        (self.prefix > 0).then(|| &self.prompt[..self.prefix])
+    }
+}
+
+/// Where a request that begins with a shared prefix stands.
+enum Found {
+    /// It can start after this ready copy.
+    After(u64),
+    /// A copy it will start after is being computed.
+    Wait,
+    /// A new copy is to be computed first.
+    New,
+}
+
+impl<'a> Prefixes<'a> {
+    /// A ready copy of `key` with the fewest users, unless every copy has users and the
+    /// engine has replicas without one: then a new copy, so that the sequences spread.
+    fn find(&self, key: &[u32]) -> Found {
+        let copies = self.copies.get(key).map_or(&[][..], Vec::as_slice);
+        let ready = copies.iter().filter(|c| c.ready).min_by_key(|c| c.users);
+        match ready {
+            Some(c) if c.users == 0 => Found::After(c.id),
+            _ if copies.iter().any(|c| !c.ready) => Found::Wait,
+            Some(c) if copies.len() >= self.replicas => Found::After(c.id),
+            _ => Found::New,
+        }
+    }
+
+    /// A new copy of `key` taking `pages`: the step that computes it.
+    fn add(&mut self, key: &'a [u32], pages: usize) -> SequenceStep {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.copies.entry(key).or_default().push(Prefix { id, pages, users: 0, ready: false });
+        SequenceStep {
+            sequence: id,
+            past: 0,
+            tokens: key.to_vec(),
+            prefix: None,
+            choice: Choice::Greedy,
+            suppressed: vec![],
+        }
+    }
+
+    fn copy_mut(&mut self, id: u64) -> Option<&mut Prefix> {
+        self.copies.values_mut().flatten().find(|c| c.id == id)
+    }
+
+    /// Copies no live sequence uses and no waiting request begins with, removed: their
+    /// ids and pages.
+    fn unused(&mut self) -> Vec<(u64, usize)> {
+        self.evict(|_, waiting| waiting == 0)
+    }
+
+    /// Ready copies no live sequence uses, removed where `drop(key, waiting requests)` says.
+    fn evict(&mut self, drop: impl Fn(&[u32], usize) -> bool) -> Vec<(u64, usize)> {
+        let mut freed = Vec::new();
+        for (key, copies) in &mut self.copies {
+            if drop(key, self.waiting.get(key).copied().unwrap_or(0)) {
+                copies.retain(|c| {
+                    let keep = c.users > 0 || !c.ready;
+                    if !keep {
+                        freed.push((c.id, c.pages));
+                    }
+                    keep
+                });
+            }
+        }
+        self.copies.retain(|_, copies| !copies.is_empty());
+        freed
+    }
 }
 
 /// `text` cut before the earliest of `until` (empty strings ignored), and whether one was found.
@@ -118,17 +225,20 @@ pub fn generate(
 ) -> Result<Throughput, EngineError> {
     let page_bytes = engine.kv_bytes_per_token() * PAGE_TOKENS;
     let budget_pages = batching.kv_budget_bytes / page_bytes.max(1);
-    let reserve = |r: &GenerationRequest| pages_for(r.prompt.len() + r.max_tokens);
+    // The pages a sequence reserves for itself: the tokens after its prefix and the most
+    // it may generate. A prefix's pages are counted once, by its copy.
+    let own_pages = |r: &GenerationRequest| pages_for(r.prompt.len() - r.prefix + r.max_tokens);
     for &i in todo {
         let r = &requests[i];
-        if reserve(r) > budget_pages {
+        let need = own_pages(r) + pages_for(r.prefix);
+        if need > budget_pages {
             return Err(EngineError::Request {
                 index: i,
                 problem: format!(
                     "a prompt of {} tokens and up to {} generated need {} MiB of KV cache, more than --kv-cache-mb {} holds: raise --kv-cache-mb or lower max_gen_toks",
                     r.prompt.len(),
                     r.max_tokens,
-                    (reserve(r) * page_bytes).div_ceil(1 << 20),
+                    (need * page_bytes).div_ceil(1 << 20),
                     batching.kv_budget_bytes >> 20
                 ),
             });
@@ -142,6 +252,19 @@ pub fn generate(
     let mut groups: Vec<Group> = (0..depth).map(|_| Group::default()).collect();
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
+    let mut prefixes = Prefixes {
+        copies: HashMap::new(),
+        waiting: HashMap::new(),
+        next_id: requests.len() as u64,
+        replicas: engine.decode_replicas().max(1),
+    };
+    for &i in todo {
+        if let Some(key) = requests[i].shared_prefix() {
+            *prefixes.waiting.entry(key).or_default() += 1;
+        }
+    }
+    // The copy each live sequence started after.
+    let mut after: HashMap<usize, u64> = HashMap::new();
     let (mut reserved, mut released, mut live_total) = (0, Vec::new(), 0);
     let mut throughput = Throughput::default();
     let mut last = Instant::now();
@@ -157,37 +280,89 @@ pub fn generate(
                         sequence: l.index as u64,
                         past: r.prompt.len() + l.tokens.len() - 1,
                         tokens: vec![*l.tokens.last()?],
+                        prefix: None,
                         choice: r.choice,
                         suppressed: r.suppressed.clone(),
                     })
                 })
                 .collect();
+            let mut prefix_steps = Vec::new();
             let mut rows = steps.len();
             group.prefilled = false;
             while let Some(&i) = waiting.front() {
                 let r = &requests[i];
-                let fits_step = rows + r.prompt.len() <= batching.batch_tokens || !group.prefilled;
-                if live_total >= batching.max_sequences
-                    || group.live.len() >= per_group
-                    || reserved + reserve(r) > budget_pages
-                    || !fits_step
-                {
+                if live_total >= batching.max_sequences || group.live.len() >= per_group {
                     break;
                 }
+                let key = r.shared_prefix();
+                let found = key.map(|key| prefixes.find(key));
+                // The pages and rows its admission adds: its own, or its prefix's first.
+                let (pages, new_rows) = match found {
+                    None => (own_pages(r), r.prompt.len()),
+                    Some(Found::After(_)) => (own_pages(r), r.prompt.len() - r.prefix),
+                    Some(Found::New) => (pages_for(r.prefix), r.prefix),
+                    Some(Found::Wait) => break,
+                };
+                if rows + new_rows > batching.batch_tokens && group.prefilled {
+                    break;
+                }
+                if reserved + pages > budget_pages {
+                    // Idle copies of other prefixes make room (they are computed again if needed).
+                    let freed = prefixes.evict(|k, _| Some(k) != key);
+                    if freed.is_empty() {
+                        break;
+                    }
+                    for (id, pages) in freed {
+                        reserved -= pages;
+                        released.push(id);
+                    }
+                    continue;
+                }
+                reserved += pages;
+                rows += new_rows;
+                throughput.prompt_tokens += new_rows;
+                group.prefilled = true;
+                let (Some(key), Some(found)) = (key, found) else {
+                    waiting.pop_front();
+                    live_total += 1;
+                    steps.push(SequenceStep {
+                        sequence: i as u64,
+                        past: 0,
+                        tokens: r.prompt.clone(),
+                        prefix: None,
+                        choice: r.choice,
+                        suppressed: r.suppressed.clone(),
+                    });
+                    group.live.push(Live { index: i, pages, tokens: Vec::new(), logprobs: Vec::new() });
+                    continue;
+                };
+                let Found::After(copy) = found else {
+                    // The request waits for its copy, computed in this step.
+                    let step = prefixes.add(key, pages);
+                    group.prefixes.push(step.sequence);
+                    prefix_steps.push(step);
+                    continue;
+                };
                 waiting.pop_front();
                 live_total += 1;
-                reserved += reserve(r);
-                rows += r.prompt.len();
-                group.prefilled = true;
+                if let Some(w) = prefixes.waiting.get_mut(key) {
+                    *w -= 1;
+                }
+                if let Some(c) = prefixes.copy_mut(copy) {
+                    c.users += 1;
+                }
+                after.insert(i, copy);
                 steps.push(SequenceStep {
                     sequence: i as u64,
-                    past: 0,
-                    tokens: r.prompt.clone(),
+                    past: r.prefix,
+                    tokens: r.prompt[r.prefix..].to_vec(),
+                    prefix: Some(copy),
                     choice: r.choice,
                     suppressed: r.suppressed.clone(),
                 });
-                group.live.push(Live { index: i, pages: reserve(r), tokens: Vec::new(), logprobs: Vec::new() });
+                group.live.push(Live { index: i, pages, tokens: Vec::new(), logprobs: Vec::new() });
             }
+            steps.extend(prefix_steps);
             if steps.is_empty() {
                 continue;
             }
@@ -197,7 +372,13 @@ pub fn generate(
             in_flight.insert(id, g);
         }
         if in_flight.is_empty() {
-            return Ok(throughput);
+            return match waiting.front() {
+                None => Ok(throughput),
+                Some(&index) => Err(EngineError::Request {
+                    index,
+                    problem: "it cannot be admitted with nothing else decoding (a KV-cache budget or --max-sequences too small)".into(),
+                }),
+            };
         }
         let (id, next) = engine.finish_decode()?;
         let g = in_flight.remove(&id).ok_or_else(|| EngineError::Sink(format!("step {id} is not in flight")))?;
@@ -211,8 +392,19 @@ pub fn generate(
         };
         *tokens += group.rows;
         *spent += seconds;
-        if next.len() != group.live.len() {
-            return Err(EngineError::Sink(format!("{} next tokens for {} sequences", next.len(), group.live.len())));
+        if next.len() != group.live.len() + group.prefixes.len() {
+            return Err(EngineError::Sink(format!(
+                "{} next tokens for {} sequences and {} prefixes",
+                next.len(),
+                group.live.len(),
+                group.prefixes.len()
+            )));
+        }
+        // A prefix's next token is not wanted: its copy is ready for the sequences that wait.
+        for id in std::mem::take(&mut group.prefixes) {
+            if let Some(c) = prefixes.copy_mut(id) {
+                c.ready = true;
+            }
         }
         let mut still = Vec::with_capacity(group.live.len());
         for (mut l, n) in std::mem::take(&mut group.live).into_iter().zip(next) {
@@ -249,15 +441,161 @@ pub fn generate(
             reserved -= l.pages;
             live_total -= 1;
             released.push(l.index as u64);
+            if let Some(c) = after.remove(&l.index).and_then(|copy| prefixes.copy_mut(copy)) {
+                c.users -= 1;
+            }
             done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
         }
         group.live = still;
+        for (id, pages) in prefixes.unused() {
+            reserved -= pages;
+            released.push(id);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
+    use evalmesh_common::decode::NextToken;
+    use evalmesh_common::protocol::WorkerStats;
+    use evalmesh_common::ScoreTree;
+
     use super::*;
+    use crate::engine::ScoreSink;
+    use crate::results::EngineDetails;
+    use crate::tokenizer::testing::{word_level, HELLO};
+
+    /// An engine that records each step and answers `hello` for every sequence of it.
+    struct Recorder {
+        replicas: usize,
+        steps: Vec<DecodeBatch>,
+        answers: VecDeque<(u64, Vec<NextToken>)>,
+    }
+
+    impl EvaluationEngine for Recorder {
+        fn score(&mut self, _: &[ScoreTree], _: usize, _: &mut ScoreSink) -> Result<(), EngineError> {
+            Err(EngineError::Unsupported("scoring".into()))
+        }
+        fn decode_depth(&self) -> usize {
+            1
+        }
+        fn decode_replicas(&self) -> usize {
+            self.replicas
+        }
+        fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
+            let next = batch.steps.iter().map(|_| NextToken { token: HELLO, logprob: -1.0, greedy: true }).collect();
+            self.answers.push_back((self.steps.len() as u64, next));
+            self.steps.push(batch);
+            Ok(self.steps.len() as u64 - 1)
+        }
+        fn finish_decode(&mut self) -> Result<(u64, Vec<NextToken>), EngineError> {
+            self.answers.pop_front().ok_or(EngineError::NoScores)
+        }
+        fn set_kv_budget(&mut self, _: usize) -> Result<(), EngineError> {
+            Ok(())
+        }
+        /// A page is 64 bytes.
+        fn kv_bytes_per_token(&self) -> usize {
+            4
+        }
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+        fn parallel_workers(&self) -> usize {
+            1
+        }
+        fn details(&self) -> EngineDetails {
+            EngineDetails::Lightweight { layers: [0, 1], threads: 1 }
+        }
+        fn monitoring(&mut self, _: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A request of `head` (a 32-token prefix shared by requests of the same head) and 3 tokens of its own.
+    fn request(head: u32, own: u32) -> GenerationRequest {
+        let mut prompt = vec![head; 32];
+        prompt.extend([own; 3]);
+        GenerationRequest {
+            prompt,
+            prefix: 32,
+            until: vec![],
+            max_tokens: 2,
+            stop_tokens: vec![],
+            suppressed: vec![],
+            choice: Choice::Greedy,
+        }
+    }
+
+    /// Runs `requests` on a recorder with `replicas`, `max_sequences` and a budget of
+    /// `pages`; returns the steps it was asked for and the prompt tokens computed.
+    fn run(
+        requests: &[GenerationRequest],
+        replicas: usize,
+        max_sequences: usize,
+        pages: usize,
+    ) -> (Vec<DecodeBatch>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = word_level(dir.path(), None);
+        let mut engine = Recorder { replicas, steps: Vec::new(), answers: VecDeque::new() };
+        let batching = Batching { batch_tokens: 4096, max_sequences, kv_budget_bytes: pages * 64, max_position: 1024 };
+        let todo: Vec<usize> = (0..requests.len()).collect();
+        let mut finished = Vec::new();
+        let throughput = generate(&mut engine, &tokenizer, requests, &todo, batching, &mut |i, g| {
+            assert_eq!(g.tokens, [HELLO; 2]);
+            finished.push(i);
+            Ok(())
+        })
+        .unwrap();
+        finished.sort();
+        assert_eq!(finished, todo);
+        (engine.steps, throughput.prompt_tokens)
+    }
+
+    #[test]
+    fn a_shared_prefix_is_computed_once_and_started_after() {
+        let requests: Vec<GenerationRequest> = (0..5).map(|i| request(7, 10 + i)).collect();
+        let (steps, prompt_tokens) = run(&requests, 1, 48, 64);
+        // The prefix's step first, alone; then every request after it, with its own tokens.
+        assert_eq!(steps[0].steps.len(), 1);
+        assert_eq!((steps[0].steps[0].sequence, steps[0].steps[0].tokens.len()), (5, 32));
+        for (i, step) in steps[1].steps.iter().enumerate() {
+            assert_eq!((step.sequence, step.past, step.prefix, step.tokens.len()), (i as u64, 32, Some(5), 3));
+        }
+        assert_eq!(prompt_tokens, 32 + 5 * 3);
+        // One sequence at a time: the prefix stays while requests that begin with it wait.
+        let (steps, prompt_tokens) = run(&requests, 1, 1, 64);
+        assert_eq!(steps.iter().flat_map(|b| &b.steps).filter(|s| s.sequence == 5).count(), 1);
+        assert_eq!(prompt_tokens, 32 + 5 * 3);
+    }
+
+    #[test]
+    fn each_replica_gets_its_own_copy_of_a_prefix() {
+        let requests: Vec<GenerationRequest> = (0..5).map(|i| request(7, 10 + i)).collect();
+        let (steps, _) = run(&requests, 2, 48, 64);
+        let starts: Vec<u64> = steps.iter().flat_map(|b| &b.steps).filter_map(|s| s.prefix).collect();
+        assert_eq!(starts.iter().filter(|&&p| p == 5).count(), 3, "{starts:?}");
+        assert_eq!(starts.iter().filter(|&&p| p == 6).count(), 2, "{starts:?}");
+    }
+
+    #[test]
+    fn an_idle_prefix_makes_room_for_another() {
+        // Room for one prefix (2 pages) and one sequence (1 page) only: A's copy, idle while
+        // a request for it waits, is released for B's and computed again after.
+        let requests = [request(7, 1), request(8, 2), request(7, 3)];
+        let mut steps = Vec::new();
+        for batch in run(&requests, 1, 1, 3).0 {
+            steps
+                .push((batch.released.clone(), batch.steps.iter().map(|s| (s.sequence, s.prefix)).collect::<Vec<_>>()));
+        }
+        let computed: Vec<u64> =
+            steps.iter().flat_map(|(_, s)| s).filter(|(id, _)| *id >= 3).map(|(id, _)| *id).collect();
+        assert_eq!(computed, [3, 4, 5], "{steps:?}");
+        let b = steps.iter().position(|(_, s)| s.contains(&(4, None))).unwrap();
+        assert!(steps[b].0.contains(&3), "A's copy is released before B's is computed: {steps:?}");
+    }
 
     #[test]
     fn text_is_cut_before_the_earliest_until_string() {

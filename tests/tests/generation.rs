@@ -343,14 +343,16 @@ fn chat_template_errors_are_clear() {
 
 /// Sampling with `repeats` and `majority_vote`, as lm-eval's self-consistency tasks: each
 /// repeat draws with its own seed, so the texts differ, the vote picks the most frequent
-/// answer, and the same request draws the same tokens whatever the batch.
+/// answer, and the same request draws the same tokens whatever the batch (the repeats of a
+/// document share their prompt's cache, computed once).
 #[test]
 fn sampled_repeats_vote_and_reproduce() {
     let dir = tempfile::tempdir().unwrap();
     let items: String = ["2+2", "3+5", "10-4"].iter().map(|q| format!("{{\"q\": \"{q}=\", \"a\": \"4\"}}\n")).collect();
     std::fs::write(dir.path().join("items.jsonl"), items).unwrap();
     let yaml = "task: vote\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\ntest_split: test\n\
-                output_type: generate_until\ndoc_to_text: \"{{q}}\"\ndoc_to_target: \"{{a}}\"\nrepeats: 5\n\
+                output_type: generate_until\ndoc_to_text: \"Work out this small sum of whole numbers and give the number alone: {{q}}\"\n\
+                doc_to_target: \"{{a}}\"\nrepeats: 5\n\
                 generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: true\n  temperature: 1.0\n\
                 filter_list:\n  - name: maj\n    filter:\n      - function: regex\n        regex_pattern: \"(\\\\d+)\"\n      - function: majority_vote\n      - function: take_first\n\
                 metric_list:\n  - metric: exact_match\n";
@@ -384,4 +386,63 @@ fn sampled_repeats_vote_and_reproduce() {
         assert_eq!(sample["filtered_resps"][0].as_str().unwrap(), want, "{texts:?}");
     }
     assert!(distinct > 0, "five draws at temperature 1 gave the same text for every document");
+}
+
+/// A head every document shares (the description here; a task's fixed demonstrations
+/// alike) is prefilled once and its cache shared: the samples are byte for byte the same
+/// one sequence at a time, all at once, and under mpirun for DP (a copy of the prefix per
+/// replica) and PP; the prompt tokens computed fall by the head's for every document but
+/// the first; and each sequence's tokens are those of its whole prompt prefilled at once
+/// (`--no-prefix-sharing`).
+#[test]
+fn a_shared_head_is_computed_once_and_changes_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = ["2+2", "3+5", "10-4", "7*3", "9+9", "12/4"];
+    let items: String = questions.iter().map(|q| format!("{{\"q\": \"{q}\", \"a\": \"0\"}}\n")).collect();
+    std::fs::write(dir.path().join("items.jsonl"), items).unwrap();
+    let yaml =
+        "task: sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\ntest_split: test\n\
+                output_type: generate_until\n\
+                description: \"You are a careful calculator. Each question below is a small sum of whole numbers; \
+                work it out and give the number alone, with no words, no units and no working. Some questions add, \
+                some subtract, some multiply and some divide, and every answer is a whole number.\\n\\n\"\n\
+                doc_to_text: \"Question: {{q}}\\nAnswer:\"\ndoc_to_target: \"{{a}}\"\n\
+                generation_kwargs:\n  until: [\"\\n\\n\"]\n  max_gen_toks: 10\nmetric_list:\n  - metric: exact_match\n";
+    std::fs::write(dir.path().join("sums.yaml"), yaml).unwrap();
+    let run = |name: &str, extra: &[&str], layout: Option<&str>| {
+        let out = dir.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let args = RunArgs::new().path("--include-path", dir.path()).flag("--task", "sums").extend(extra);
+        let args = args.samples_beside(&out.join("r.json"));
+        let output = match layout {
+            Some(layout) => args.flag(layout, 2).flag("--threads", 1).mpirun(3),
+            None => args.run(),
+        };
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        let computed = read_report(&out.join("r.json")).evalmesh.tasks["sums"].tokens_computed;
+        let bytes = read_samples(&out, "sums");
+        let samples: Vec<Value> =
+            String::from_utf8(bytes.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (bytes, samples, computed)
+    };
+    let (bytes, shared, computed) = run("all", &[], None);
+    for (name, extra, layout) in
+        [("one", &["--max-sequences", "1"][..], None), ("dp", &[], Some("--dp")), ("pp", &[], Some("--pp"))]
+    {
+        assert!(run(name, extra, layout).0 == bytes, "{name}: samples differ from one process's, all at once");
+    }
+    let (_, whole, whole_computed) = run("whole", &["--no-prefix-sharing"], None);
+    let generated: usize = shared.iter().map(|s| tokens(s).len()).sum();
+    let head = whole_computed - generated - (computed - generated);
+    assert!(head >= 5 * 40, "{computed} tokens computed with the head shared, {whole_computed} without");
+    for (s, w) in shared.iter().zip(&whole) {
+        assert_eq!(tokens(s), tokens(w), "doc {}", s["doc_id"]);
+        // The rest's attention reads the prefix's keys from the cache, in another order of sums.
+        let logprobs = |s: &Value| -> Vec<f64> {
+            generation(s)["logprobs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect()
+        };
+        for (a, b) in logprobs(s).iter().zip(logprobs(w)) {
+            assert!((a - b).abs() < 1e-4, "doc {}: log-probabilities {a} and {b}", s["doc_id"]);
+        }
+    }
 }

@@ -154,6 +154,13 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim
     }
 
+    /// The longest prompt that can be prefilled as a prefix then the rest with the rope
+    /// frequencies of its whole length: the model's positions, or a scaling rope's
+    /// original window, beyond which the frequencies follow the length.
+    pub fn prefix_split_limit(&self) -> usize {
+        self.ropes.iter().filter_map(Rope::length_free_up_to).fold(self.max_position, usize::min)
+    }
+
     /// The width of the MLP a token runs through: the dense MLP's, or one expert's.
     pub fn ffn_width(&self) -> usize {
         self.experts.as_ref().map_or(self.intermediate_size, |e| e.intermediate_size)

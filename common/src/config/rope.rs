@@ -75,6 +75,17 @@ fn ramp(low: f64, high: f64, i: usize) -> f64 {
 }
 
 impl Rope {
+    /// The longest sequence whose frequencies are those of any shorter one: beyond it,
+    /// dynamic and LongRoPE scaling change them with the length.
+    pub fn length_free_up_to(&self) -> Option<usize> {
+        match &self.scaling {
+            RopeScaling::Dynamic { original_max, .. } | RopeScaling::LongRope { original_max, .. } => {
+                Some(*original_max as usize)
+            }
+            _ => None,
+        }
+    }
+
     /// The frequency of each rotated pair, for a sequence of `seq_len` positions (only
     /// dynamic and LongRoPE scaling depend on it).
     pub fn inv_freq(&self, seq_len: usize) -> Vec<f64> {

@@ -240,7 +240,8 @@ pub struct RunArgs {
     /// cached profile, measured on the first run).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Compute each choice with its own copy of the context instead of sharing it (for comparison).
+    /// Compute each choice with its own copy of the context, and each generated sequence's
+    /// whole prompt, instead of sharing them (for comparison).
     #[arg(long)]
     pub no_prefix_sharing: bool,
     /// Where to write the results: a FILE.json, the journal beside it (FILE.journal.jsonl); or,

@@ -74,8 +74,10 @@ pub enum Target {
     Rolling { words: usize, bytes: usize },
     /// One generated continuation of the request's context, filtered and matched against
     /// `reference` (generate_until); `prompt_ids`, where the document gives them, are the
-    /// context's tokens as given (the generic `generate` task's `prompt_ids` field).
-    Generate { reference: String, kwargs: GenerationKwargs, prompt_ids: Option<Vec<u32>> },
+    /// context's tokens as given (the generic `generate` task's `prompt_ids` field); `head`,
+    /// the bytes of the context before the document's own text (system prompt, description,
+    /// demonstrations), which other documents' contexts may share.
+    Generate { reference: String, kwargs: GenerationKwargs, prompt_ids: Option<Vec<u32>>, head: usize },
 }
 
 /// One document of a task.

@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use evalmesh_common::decode::{pages_for, SequenceStep, PAGE_TOKENS};
 
 use super::error::StageError;
-use crate::backend::cpu::CachedRows;
+use crate::backend::cpu::{CacheView, CachedRows};
 use crate::tensor::Matrix;
 
 /// A sequence or layer the cache was never prepared for.
@@ -17,11 +18,24 @@ fn missing(sequence: u64, layer: usize) -> StageError {
     StageError::Spec(format!("sequence {sequence} has no cache of layer {layer}"))
 }
 
+/// Per layer of the stage: a sequence's tokens, `width` values each.
+type Layers = Vec<Vec<f32>>;
+
 struct Sequence {
+    /// Tokens held, a shared prefix's included.
     len: usize,
+    /// Pages of its own tokens (a shared prefix's are counted by its own sequence).
     pages: usize,
-    /// Per layer of the stage: `len` rows of `width` values.
-    layers: Vec<Vec<f32>>,
+    /// The cache of the prefix it shares with others, and that prefix's tokens.
+    prefix: Option<(Arc<Layers>, usize)>,
+    /// Its own tokens; shared (the `Arc` cloned) once sequences start with them.
+    own: Arc<Layers>,
+}
+
+impl Sequence {
+    fn prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |(_, len)| *len)
+    }
 }
 
 /// The caches of one stage's sequences.
@@ -55,54 +69,76 @@ impl KvCache {
         self.used_pages * PAGE_TOKENS * self.width * self.layers * std::mem::size_of::<f32>()
     }
 
+    /// Frees a sequence's pages. A prefix's storage lives on while a sequence still
+    /// shares it, uncounted: the coordinator releases a prefix after its last sharer.
     pub fn release(&mut self, sequence: u64) {
         if let Some(s) = self.sequences.remove(&sequence) {
             self.used_pages -= s.pages;
         }
     }
 
-    /// Makes room for a step: each sequence holds its `past` tokens (a new one none) and
-    /// gets the pages its new tokens need, within the budget.
+    /// A new sequence's start: empty, or the cache of the held sequence `prefix`.
+    fn start(&self, step: &SequenceStep) -> Result<Sequence, StageError> {
+        let prefix = match step.prefix {
+            None => None,
+            Some(id) => {
+                let held = self.sequences.get(&id).filter(|p| p.prefix.is_none() && p.len == step.past);
+                let held = held.ok_or_else(|| {
+                    StageError::Spec(format!(
+                        "sequence {} starts after {} tokens of sequence {id}, which holds no such unshared prefix",
+                        step.sequence, step.past
+                    ))
+                })?;
+                Some((Arc::clone(&held.own), held.len))
+            }
+        };
+        Ok(Sequence { len: prefix.as_ref().map_or(0, |p| p.1), pages: 0, prefix, own: Arc::default() })
+    }
+
+    /// Makes room for a step: each sequence holds its `past` tokens (a new one none, or
+    /// its prefix's) and gets the pages its new tokens need, within the budget.
     pub fn prepare(&mut self, steps: &[SequenceStep]) -> Result<(), StageError> {
         for step in steps {
-            let layers = self.layers;
-            let sequence = self.sequences.entry(step.sequence).or_insert_with(|| Sequence {
-                len: 0,
-                pages: 0,
-                layers: vec![Vec::new(); layers],
-            });
+            if !self.sequences.contains_key(&step.sequence) {
+                let start = self.start(step)?;
+                self.sequences.insert(step.sequence, start);
+            }
+            let (layers, width) = (self.layers, self.width);
+            let Some(sequence) = self.sequences.get_mut(&step.sequence) else {
+                return Err(missing(step.sequence, self.first_layer));
+            };
             if sequence.len != step.past {
                 return Err(StageError::Spec(format!(
                     "sequence {}: a step after {} tokens, but its cache holds {}",
                     step.sequence, step.past, sequence.len
                 )));
             }
-            let pages = pages_for(step.past + step.tokens.len());
+            let own_tokens = step.past + step.tokens.len() - sequence.prefix_len();
+            let pages = pages_for(own_tokens);
             let more = pages.saturating_sub(sequence.pages);
             if self.used_pages + more > self.budget_pages {
                 return Err(StageError::KvBudget {
-                    tokens: step.past + step.tokens.len(),
+                    tokens: own_tokens,
                     budget_tokens: self.budget_pages * PAGE_TOKENS,
                     free_tokens: (self.budget_pages - self.used_pages.min(self.budget_pages)) * PAGE_TOKENS,
                 });
             }
+            let own = Arc::get_mut(&mut sequence.own).ok_or_else(|| {
+                StageError::Spec(format!(
+                    "sequence {}: other sequences share its cache, so it cannot grow",
+                    step.sequence
+                ))
+            })?;
             // The budget counts pages; the storage grows by doubling, so that a long
             // generation copies each layer's cache a few times rather than every page.
-            for layer in &mut sequence.layers {
-                layer.reserve(pages * PAGE_TOKENS * self.width - layer.len());
+            own.resize_with(layers, Vec::new);
+            for layer in own.iter_mut() {
+                layer.reserve(pages * PAGE_TOKENS * width - layer.len());
             }
             sequence.pages += more;
             self.used_pages += more;
         }
         Ok(())
-    }
-
-    /// The layer cache of a sequence that [`KvCache::prepare`] made room for.
-    fn layer(&self, sequence: u64, layer: usize) -> Result<&Vec<f32>, StageError> {
-        self.sequences
-            .get(&sequence)
-            .and_then(|s| s.layers.get(layer.wrapping_sub(self.first_layer)))
-            .ok_or_else(|| missing(sequence, layer))
     }
 
     /// Each step's cache of `layer` (its `past` tokens) beside its rows in the step.
@@ -112,10 +148,18 @@ impl KvCache {
         steps: &[SequenceStep],
         rows: &[Range<usize>],
     ) -> Result<Vec<CachedRows<'a>>, StageError> {
+        let at = layer.wrapping_sub(self.first_layer);
         steps
             .iter()
             .zip(rows)
-            .map(|(step, rows)| Ok(CachedRows { cache: self.layer(step.sequence, layer)?, rows: rows.clone() }))
+            .map(|(step, rows)| {
+                let s = self.sequences.get(&step.sequence).filter(|_| at < self.layers);
+                let s = s.ok_or_else(|| missing(step.sequence, layer))?;
+                let piece = |layers: &'a Layers| layers.get(at).map_or(&[][..], Vec::as_slice);
+                let cache =
+                    CacheView { shared: s.prefix.as_ref().map_or(&[][..], |(p, _)| piece(p)), own: piece(&s.own) };
+                Ok(CachedRows { cache, rows: rows.clone() })
+            })
             .collect()
     }
 
@@ -134,7 +178,8 @@ impl KvCache {
             let cache = self
                 .sequences
                 .get_mut(&step.sequence)
-                .and_then(|s| s.layers.get_mut(layer.wrapping_sub(first)))
+                .and_then(|s| Arc::get_mut(&mut s.own))
+                .and_then(|own| own.get_mut(layer.wrapping_sub(first)))
                 .ok_or_else(|| missing(step.sequence, layer))?;
             for row in rows.clone() {
                 cache.extend_from_slice(&qkv.row(row)[kv.clone()]);
@@ -159,7 +204,7 @@ mod tests {
     use evalmesh_common::decode::Choice;
 
     fn step(sequence: u64, past: usize, len: usize) -> SequenceStep {
-        SequenceStep { sequence, past, tokens: vec![1; len], choice: Choice::Greedy, suppressed: vec![] }
+        SequenceStep { sequence, past, tokens: vec![1; len], prefix: None, choice: Choice::Greedy, suppressed: vec![] }
     }
 
     #[test]
@@ -179,5 +224,41 @@ mod tests {
         cache.release(7);
         assert_eq!(cache.used_bytes(), 0);
         cache.prepare(&[step(8, 0, 17)]).unwrap();
+    }
+
+    #[test]
+    fn a_sequence_starts_after_a_shared_prefix() {
+        // One layer of width 2: a page is 16 × 2 × 4 = 128 bytes.
+        let mut cache = KvCache::new(0..1, 2, 8 * 128);
+        let rows = |range: Range<usize>| {
+            Matrix::from_vec(range.len(), 2, range.flat_map(|r| [r as f32, -(r as f32)]).collect())
+        };
+        let prefix = step(1, 0, 20);
+        cache.prepare(std::slice::from_ref(&prefix)).unwrap();
+        cache.append(0, std::slice::from_ref(&prefix), std::slice::from_ref(&(0..20)), &rows(0..20), 0..2).unwrap();
+        cache.advance(std::slice::from_ref(&prefix));
+        // Starting after another length, or after an unknown sequence, is refused.
+        for (id, past) in [(1, 19), (9, 20)] {
+            let wrong = SequenceStep { prefix: Some(id), ..step(2, past, 5) };
+            assert!(cache.prepare(&[wrong]).unwrap_err().to_string().contains("no such unshared prefix"));
+            cache.release(2);
+        }
+        let children: Vec<SequenceStep> = (2..4).map(|s| SequenceStep { prefix: Some(1), ..step(s, 20, 5) }).collect();
+        cache.prepare(&children).unwrap();
+        // The prefix's two pages count once; each child counts one page of its own.
+        assert_eq!(cache.used_bytes(), 4 * 128);
+        cache.append(0, &children, &[20..25, 25..30], &rows(0..30), 0..2).unwrap();
+        cache.advance(&children);
+        cache.release(1);
+        let views = cache.views(0, &[step(3, 25, 1)], std::slice::from_ref(&(0..1))).unwrap();
+        assert_eq!(views[0].cache.shared, &rows(0..20).data[..]);
+        assert_eq!(views[0].cache.own, &rows(25..30).data[..]);
+        assert_eq!(cache.used_bytes(), 2 * 128);
+        // A prefix others share does not grow.
+        let mut cache = KvCache::new(0..1, 2, 8 * 128);
+        cache.prepare(std::slice::from_ref(&prefix)).unwrap();
+        cache.advance(std::slice::from_ref(&prefix));
+        cache.prepare(&[SequenceStep { prefix: Some(1), ..step(2, 20, 1) }]).unwrap();
+        assert!(cache.prepare(&[step(1, 20, 1)]).unwrap_err().to_string().contains("cannot grow"));
     }
 }

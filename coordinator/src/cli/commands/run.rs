@@ -155,6 +155,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         limit: settings.limit,
         max_position: config.max_position,
         share_prefixes: settings.share_prefixes,
+        prefix_split_limit: config.prefix_split_limit(),
         samples: settings
             .output
             .as_ref()

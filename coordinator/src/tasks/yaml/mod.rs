@@ -288,10 +288,11 @@ fn into_doc(
                 false => (def.generation.clone(), None),
             };
             let request = Request { context: context(&text)?, continuation: String::new() };
+            let head = request.context.rfind(&text).unwrap_or(0);
             Doc {
                 id,
                 requests: vec![request],
-                target: Target::Generate { reference: target, kwargs, prompt_ids },
+                target: Target::Generate { reference: target, kwargs, prompt_ids, head },
                 record,
             }
         }

@@ -6,6 +6,7 @@
 //! cache), then its own rows causally. The one row of a single-token generation step
 //! goes through [`single_row`] instead: dot products and weighted sums in a fixed order.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use evalmesh_common::TreeLayout;
@@ -167,11 +168,40 @@ pub fn attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout, spec: At
     compute_blocks(qkv, attention_blocks(trees, heads.num_heads), heads, spec)
 }
 
+/// A sequence's cache of one layer: its earlier tokens' keys then values
+/// (`2·num_kv_heads·head_dim` values a token, in position order), in two pieces: the
+/// prefix it shares with other sequences (empty where it shares none), then its own.
+#[derive(Clone, Copy, Default)]
+pub struct CacheView<'a> {
+    pub shared: &'a [f32],
+    pub own: &'a [f32],
+}
+
+impl<'a> CacheView<'a> {
+    /// A cache in one piece.
+    pub fn whole(cache: &'a [f32]) -> CacheView<'a> {
+        CacheView { shared: &[], own: cache }
+    }
+
+    /// Its tokens' entries in position order, `width` values each.
+    fn entries(&self, width: usize) -> impl Iterator<Item = &'a [f32]> {
+        self.shared.chunks_exact(width).chain(self.own.chunks_exact(width))
+    }
+
+    /// The cache in one piece: borrowed where it is, copied where it is in two.
+    fn contiguous(&self) -> Cow<'a, [f32]> {
+        match (self.shared.is_empty(), self.own.is_empty()) {
+            (true, _) => Cow::Borrowed(self.own),
+            (_, true) => Cow::Borrowed(self.shared),
+            _ => Cow::Owned([self.shared, self.own].concat()),
+        }
+    }
+}
+
 /// One sequence's rows of a generation step: `rows` of the fused QKV activation, after
-/// the sequence's cache `cache` (its earlier tokens' keys then values, `2·num_kv_heads·head_dim`
-/// values a token, in position order).
+/// the sequence's cache.
 pub struct CachedRows<'a> {
-    pub cache: &'a [f32],
+    pub cache: CacheView<'a>,
     pub rows: Range<usize>,
 }
 
@@ -179,16 +209,18 @@ pub struct CachedRows<'a> {
 /// `rows × num_heads·head_dim`. A row's arithmetic depends only on its sequence, so a
 /// sequence's tokens do not depend on what else is decoded with it: a single-token step's
 /// row always goes through [`single_row`], the rows of a longer step through the blocks.
+/// Neither depends on where the cache is cut between a shared prefix and the sequence's own.
 pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
     let width = 2 * heads.num_kv_heads * heads.head_dim;
     let (single, several): (Vec<&CachedRows<'_>>, Vec<&CachedRows<'_>>) =
         sequences.iter().partition(|s| s.rows.len() == 1);
+    let caches: Vec<Cow<'_, [f32]>> = several.iter().map(|s| s.cache.contiguous()).collect();
     let mut blocks = Vec::new();
-    for s in several {
+    for (s, cache) in several.iter().zip(&caches) {
         // A sequence's first step (an empty cache) is a plain causal prefix.
-        let shared = match s.cache.len() / width {
+        let shared = match cache.len() / width {
             0 => Shared::Rows(0..0),
-            len => Shared::Cache { data: s.cache, len },
+            len => Shared::Cache { data: cache, len },
         };
         push_blocks(&mut blocks, shared, s.rows.clone(), heads.num_heads);
     }
@@ -200,17 +232,17 @@ pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadL
     out
 }
 
-/// The attention of row `row` of `qkv`, every head, over `cache` then the row's own key:
+/// The attention of row `row` of `qkv`, every head, over its cache then the row's own key:
 /// each score a [`dot`] product, each output the weighted values added in key order. A
 /// decode step has one row a sequence, for which four `gemm` calls a head cost more than
 /// the arithmetic. Its operations are the same on every instruction set (no fused
 /// multiply-adds), so the widest one the machine runs is used.
-fn single_row(qkv: &Matrix, row: usize, cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+fn single_row(qkv: &Matrix, row: usize, cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     single_row_on(Isa::widest(), qkv.row(row), cache, heads, spec)
 }
 
 /// [`single_row`] compiled for `isa`, one that the machine runs.
-fn single_row_on(isa: Isa, own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+fn single_row_on(isa: Isa, own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the machine runs its features (`Isa::widest` or narrower).
@@ -224,28 +256,28 @@ fn single_row_on(isa: Isa, own: &[f32], cache: &[f32], heads: HeadLayout, spec: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn single_row_avx512(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+unsafe fn single_row_avx512(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     single_row_generic(own, cache, heads, spec)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn single_row_avx2(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+unsafe fn single_row_avx2(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     single_row_generic(own, cache, heads, spec)
 }
 
 /// Per KV head, the scores of its group's query heads over each key, read once for all
 /// of them, then the values likewise.
 #[inline(always)]
-fn single_row_generic(own: &[f32], cache: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+fn single_row_generic(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     let d = heads.head_dim;
     let width = 2 * heads.num_kv_heads * d;
     let group = heads.num_heads / heads.num_kv_heads;
-    let keys = cache.len() / width + 1;
+    let keys = (cache.shared.len() + cache.own.len()) / width + 1;
     let visible = spec.window.map_or(0, |w| keys.saturating_sub(w))..keys;
     // The visible cache entries, then the row's own keys and values as one more entry.
     let own_entry = [&own[heads.k_cols()], &own[heads.v_cols()]].concat();
-    let entries: Vec<&[f32]> = cache.chunks_exact(width).chain([own_entry.as_slice()]).skip(visible.start).collect();
+    let entries: Vec<&[f32]> = cache.entries(width).chain([own_entry.as_slice()]).skip(visible.start).collect();
     let mut out = vec![0.0f32; heads.num_heads * d];
     let mut scores = vec![0.0f32; group * keys];
     for (kv, out) in out.chunks_exact_mut(group * d).enumerate() {
@@ -425,10 +457,20 @@ mod tests {
         let whole = attention(&qkv, &tree, heads, spec);
         let kv = heads.k_cols().start..heads.v_cols().end;
         let cache: Vec<f32> = (0..70).flat_map(|r| qkv.row(r)[kv.clone()].to_vec()).collect();
-        let step = [CachedRows { cache: &cache, rows: 70..75 }];
-        let cached = cached_attention(&qkv, &step, heads, spec);
         let width = heads.num_heads * heads.head_dim;
-        assert_eq!(cached.data[70 * width..], whole.data[70 * width..]);
+        // Wherever the cache is cut between a shared prefix and the sequence's own tokens,
+        // a longer step's rows and a single row are the same bits.
+        let single =
+            cached_attention(&qkv, &[CachedRows { cache: CacheView::whole(&cache), rows: 70..71 }], heads, spec);
+        for cut in [0, 1, 33, 69, 70] {
+            let (shared, own) = cache.split_at(cut * kv.len());
+            let step = [CachedRows { cache: CacheView { shared, own }, rows: 70..75 }];
+            let cached = cached_attention(&qkv, &step, heads, spec);
+            assert_eq!(cached.data[70 * width..], whole.data[70 * width..], "cut at {cut}");
+            let one =
+                cached_attention(&qkv, &[CachedRows { cache: CacheView { shared, own }, rows: 70..71 }], heads, spec);
+            assert_eq!(one.row(70), single.row(70), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -443,22 +485,27 @@ mod tests {
         for spec in [plain, gemma] {
             let tree = TreeLayout { start: 0, prefix_len: 70, branch_lens: vec![1] };
             let want = &reference_attention(&qkv, &tree, heads, spec)[70];
-            let alone = cached_attention(&qkv, &[CachedRows { cache: &cache, rows: 70..71 }], heads, spec);
+            let alone =
+                cached_attention(&qkv, &[CachedRows { cache: CacheView::whole(&cache), rows: 70..71 }], heads, spec);
             let width = heads.num_heads * heads.head_dim;
             for (g, w) in alone.row(70).iter().zip(want) {
                 // f32 dot products of 20 terms and a softmax over ≤ 71 keys: error ≪ 1e-5.
                 assert!((*g as f64 - w).abs() < 1e-5, "{spec:?}: {g} vs {w}");
             }
             let batch = [
-                CachedRows { cache: &cache[..30 * kv.len()], rows: 71..75 },
-                CachedRows { cache: &cache, rows: 70..71 },
-                CachedRows { cache: &cache[..2 * kv.len()], rows: 75..76 },
+                CachedRows { cache: CacheView::whole(&cache[..30 * kv.len()]), rows: 71..75 },
+                CachedRows { cache: CacheView::whole(&cache), rows: 70..71 },
+                CachedRows { cache: CacheView::whole(&cache[..2 * kv.len()]), rows: 75..76 },
             ];
             let beside = cached_attention(&qkv, &batch, heads, spec);
             assert_eq!(beside.data[70 * width..71 * width], alone.data[70 * width..71 * width]);
             // The same bits whatever instruction set the kernel is compiled for.
             for isa in Isa::available() {
-                assert_eq!(single_row_on(isa, qkv.row(70), &cache, heads, spec), alone.row(70), "{isa:?}");
+                assert_eq!(
+                    single_row_on(isa, qkv.row(70), CacheView::whole(&cache), heads, spec),
+                    alone.row(70),
+                    "{isa:?}"
+                );
             }
         }
     }

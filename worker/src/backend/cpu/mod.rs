@@ -31,7 +31,7 @@ use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 use rayon::prelude::*;
 
 use self::attention::attention;
-pub use self::attention::{cached_attention, CachedRows};
+pub use self::attention::{cached_attention, CacheView, CachedRows};
 use self::kernels::{fast_exp, gemm_into, lane_sum, View};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
