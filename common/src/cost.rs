@@ -15,14 +15,24 @@ use crate::hardware::{HardwareProfile, Rates};
 use crate::plan::{group_slice, ParallelLayout, PlanError, StageSpec};
 use crate::request::MicroBatch;
 
-/// What the cost model needs of one micro-batch.
+/// What the cost model needs of one micro-batch, or of one generation step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchShape {
     pub tokens: usize,
-    /// Keys attended, summed over rows.
+    /// Keys attended by the rows that are not decode rows, summed over rows.
     pub attention_pairs: u64,
-    /// Rows whose next token is scored (they go through the head).
+    /// Rows whose next token is scored or chosen (they go through the head).
     pub scored_rows: usize,
+    /// Rows of single-token generation steps among `tokens`: multiplied by the streamed
+    /// product, which reads each weight once for all of them (docs/ARCHITECTURE.md §12).
+    #[serde(default)]
+    pub decode_rows: usize,
+    /// Keys the decode rows read from their caches, summed over rows.
+    #[serde(default)]
+    pub cached_keys: u64,
+    /// A generation step: the head's rows go through the streamed product too.
+    #[serde(default)]
+    pub generating: bool,
 }
 
 impl BatchShape {
@@ -36,13 +46,36 @@ impl BatchShape {
                 p * (p + 1) / 2 + branches
             })
             .sum();
-        BatchShape { tokens: batch.tokens.len(), attention_pairs: pairs, scored_rows: batch.scored.len() }
+        BatchShape {
+            tokens: batch.tokens.len(),
+            attention_pairs: pairs,
+            scored_rows: batch.scored.len(),
+            ..Self::default()
+        }
     }
 
     /// `count` causal sequences of `len` tokens with the last `scored` of each scored.
     pub fn sequences(count: usize, len: usize, scored: usize) -> Self {
         let l = len as u64;
-        BatchShape { tokens: count * len, attention_pairs: count as u64 * l * (l + 1) / 2, scored_rows: count * scored }
+        BatchShape {
+            tokens: count * len,
+            attention_pairs: count as u64 * l * (l + 1) / 2,
+            scored_rows: count * scored,
+            ..Self::default()
+        }
+    }
+
+    /// A generation step decoding one token of each of `count` sequences whose caches hold
+    /// `cached` tokens each.
+    pub fn decode(count: usize, cached: usize) -> Self {
+        BatchShape {
+            tokens: count,
+            scored_rows: count,
+            decode_rows: count,
+            cached_keys: (count * cached) as u64,
+            generating: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -55,6 +88,13 @@ pub struct Work {
     pub attention_flops: f64,
     pub elementwise_bytes: f64,
     pub softmax_entries: f64,
+    /// Values a generation step streams from memory: weights read once for its decode
+    /// rows, and the keys and values of their caches.
+    pub streamed_values: f64,
+    /// The streamed product's FLOPs for each decode row past the first.
+    pub decode_flops: f64,
+    /// Passes through a block, each with the block's fixed cost.
+    pub block_passes: f64,
 }
 
 impl Work {
@@ -64,6 +104,18 @@ impl Work {
             + self.attention_flops / r.attention_flops_per_s
             + self.elementwise_bytes / r.elementwise_bytes_per_s
             + self.softmax_entries / r.softmax_entries_per_s
+            + self.streamed_values / r.streamed_rate()
+            + self.decode_flops / r.decode_flops_rate()
+            + self.block_passes * r.block_fixed()
+    }
+}
+
+/// The streamed product's work on `rows` decode rows of a `values`-weight matrix (or of
+/// several read in one step): the weights once, and the FLOPs of every row past the first.
+fn streamed(values: f64, rows: usize) -> (f64, f64) {
+    match rows {
+        0 => (0.0, 0.0),
+        rows => (values, 2.0 * (rows - 1) as f64 * values),
     }
 }
 
@@ -110,26 +162,42 @@ fn mlp_weights(c: &ModelConfig, w: &ShardWidths, mlps: usize) -> f64 {
     3.0 * w.hidden * w.ffn * mlps as f64 + router
 }
 
-/// One block's work on `shape` for the shard holding `groups`.
+/// One block's work on `shape` for the shard holding `groups`. Decode rows read each
+/// weight once for all of them (of a mixture, the experts their tokens choose, at most all)
+/// and their caches' keys and values.
 pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &BatchShape) -> Work {
     let w = widths(c, groups);
     let tokens = shape.tokens as f64;
     let weights = attention_weights(&w) + mlp_weights(c, &w, c.active_mlps());
+    let decode_mlps = (shape.decode_rows * c.active_mlps()).min(c.stored_mlps());
+    let (weights_read, decode_flops) =
+        streamed(attention_weights(&w) + mlp_weights(c, &w, decode_mlps), shape.decode_rows);
     Work {
-        matmul_flops: 2.0 * tokens * weights,
+        matmul_flops: 2.0 * (shape.tokens - shape.decode_rows) as f64 * weights,
         attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
         elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w),
+        streamed_values: weights_read + shape.cached_keys as f64 * 2.0 * w.kv,
+        decode_flops,
+        block_passes: if shape.tokens > 0 { 1.0 } else { 0.0 },
         ..Work::default()
     }
 }
 
-/// The final norm, LM head and log-softmax of the scored rows.
+/// The final norm, LM head and log-softmax (or choice of the next token) of the scored
+/// rows; a generation step's rows through the streamed product.
 pub fn head_work(c: &ModelConfig, shape: &BatchShape) -> Work {
     let rows = shape.scored_rows as f64;
+    let table = (c.hidden_size * c.vocab_size) as f64;
+    let (head_flops, (streamed_values, decode_flops)) = match shape.generating {
+        true => (0.0, streamed(table, shape.scored_rows)),
+        false => (2.0 * rows * table, (0.0, 0.0)),
+    };
     Work {
-        head_flops: 2.0 * rows * (c.hidden_size * c.vocab_size) as f64,
+        head_flops,
         elementwise_bytes: 4.0 * rows * 3.0 * c.hidden_size as f64,
         softmax_entries: rows * c.vocab_size as f64,
+        streamed_values,
+        decode_flops,
         ..Work::default()
     }
 }
@@ -305,6 +373,36 @@ pub fn predict(
     })
 }
 
+/// Predicts the time of generation `steps` on `layout`: each replica takes its share of
+/// every step's sequences and reads all of its weights for them, so the replicas' steps
+/// run side by side; a pipeline's stages each work on another group's step.
+pub fn predict_generation(
+    c: &ModelConfig,
+    layout: ParallelLayout,
+    stages: &[StageSpec],
+    steps: &[BatchShape],
+    profile: &HardwareProfile,
+    placement: Placement,
+) -> Result<Prediction, PlanError> {
+    let dp = layout.dp.max(1);
+    let share = |n: usize| n.div_ceil(dp);
+    let replica: Vec<BatchShape> = steps
+        .iter()
+        .map(|s| BatchShape {
+            tokens: share(s.tokens),
+            attention_pairs: s.attention_pairs.div_ceil(dp as u64),
+            scored_rows: share(s.scored_rows),
+            decode_rows: share(s.decode_rows),
+            cached_keys: s.cached_keys.div_ceil(dp as u64),
+            generating: s.generating,
+        })
+        .collect();
+    let mut prediction = predict(c, ParallelLayout { dp: 1, ..layout }, stages, &replica, profile, placement)?;
+    let tokens: usize = steps.iter().map(|s| s.tokens).sum();
+    prediction.tokens_per_s = if prediction.seconds > 0.0 { tokens as f64 / prediction.seconds } else { 0.0 };
+    Ok(prediction)
+}
+
 fn batches_max_tokens(batches: &[BatchShape]) -> usize {
     batches.iter().map(|b| b.tokens).max().unwrap_or(0)
 }
@@ -335,7 +433,7 @@ mod tests {
     fn block_work_by_hand() {
         // q = 8, kv = 4, ffn = 12, hidden 8: 8·(8 + 8) + 8·8 + 3·8·12 = 480 weights.
         let c = tiny();
-        let shape = BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 0 };
+        let shape = BatchShape { tokens: 10, attention_pairs: 55, ..BatchShape::default() };
         let w = block_work(&c, 0..2, &shape);
         assert_eq!(w.matmul_flops, 2.0 * 10.0 * 480.0);
         assert_eq!(w.attention_flops, 4.0 * 55.0 * 2.0 * 4.0);
@@ -343,7 +441,8 @@ mod tests {
         let half = block_work(&c, 1..2, &shape);
         assert_eq!(half.matmul_flops, 2.0 * 10.0 * (8.0 * (4.0 + 4.0) + 4.0 * 8.0 + 3.0 * 8.0 * 6.0));
         assert_eq!(half.attention_flops, w.attention_flops / 2.0);
-        let head = head_work(&c, &BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 3 });
+        let head =
+            head_work(&c, &BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 3, ..BatchShape::default() });
         assert_eq!((head.head_flops, head.softmax_entries), (2.0 * 3.0 * 800.0, 300.0));
         // The head's product runs at its own rate where one was measured.
         let mut rates = profile().rates[0].clone();
@@ -351,6 +450,43 @@ mod tests {
         assert_eq!(matmul_only.seconds(&rates), 4.0);
         rates.head_matmul_flops_per_s = Some(0.5e6);
         assert_eq!(matmul_only.seconds(&rates), 8.0);
+    }
+
+    #[test]
+    fn decode_steps_read_the_weights_once_for_all_their_rows() {
+        // 480 weights a block (see above), a KV width of 4 a group: 8 values a cached key.
+        let c = tiny();
+        let one = block_work(&c, 0..2, &BatchShape::decode(1, 0));
+        assert_eq!((one.streamed_values, one.decode_flops, one.matmul_flops), (480.0, 0.0, 0.0));
+        let four = block_work(&c, 0..2, &BatchShape::decode(4, 10));
+        assert_eq!(four.streamed_values, 480.0 + 4.0 * 10.0 * 8.0);
+        assert_eq!(four.decode_flops, 2.0 * 3.0 * 480.0);
+        // A step with a prompt beside: its rows through the matrix products, its attention pairs.
+        let mixed = BatchShape { tokens: 9, attention_pairs: 15, ..BatchShape::decode(4, 10) };
+        assert_eq!(block_work(&c, 0..2, &mixed).matmul_flops, 2.0 * 5.0 * 480.0);
+        // The head of a generation step: the table streamed once.
+        let head = head_work(&c, &BatchShape::decode(4, 10));
+        assert_eq!((head.streamed_values, head.decode_flops, head.head_flops), (800.0, 2.0 * 3.0 * 800.0, 0.0));
+    }
+
+    #[test]
+    fn data_parallel_decoding_reads_every_replica_s_weights() {
+        // Each replica reads all its weights for its half of the rows: more than half the time.
+        let c = tiny();
+        let mut p = profile();
+        p.rates[0].streamed_values_per_s = Some(1e3);
+        let steps = vec![BatchShape::decode(8, 16); 10];
+        let place = Placement { threads_per_worker: 1, workers_per_node: 1 };
+        let whole = [StageSpec::whole(&c)];
+        let single = predict_generation(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &whole, &steps, &p, place).unwrap();
+        let dp = predict_generation(&c, ParallelLayout { dp: 2, pp: 1, tp: 1 }, &whole, &steps, &p, place).unwrap();
+        assert!(
+            dp.seconds > single.seconds / 2.0 && dp.seconds < single.seconds,
+            "{} vs {}",
+            dp.seconds,
+            single.seconds
+        );
+        assert!((dp.tokens_per_s * dp.seconds - 80.0).abs() < 1e-9);
     }
 
     #[test]
@@ -374,6 +510,9 @@ mod tests {
             attention_flops_per_s: 1e6,
             elementwise_bytes_per_s: 1e9,
             softmax_entries_per_s: 1e9,
+            block_fixed_seconds: None,
+            streamed_values_per_s: None,
+            decode_row_flops_per_s: None,
         };
         p
     }

@@ -37,12 +37,41 @@ pub struct Rates {
     pub elementwise_bytes_per_s: f64,
     /// Vocabulary entries per second through the log-softmax of the scored rows.
     pub softmax_entries_per_s: f64,
+    /// Seconds one block's element-wise operations take on a single row: the fixed cost of
+    /// a step's many small operations, which matters where a step has few rows (decoding);
+    /// where not measured, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_fixed_seconds: Option<f64>,
+    /// Weight values per second that generation's streamed product reads for one decode
+    /// row (memory-bound: the time to read the weights); where not measured, the
+    /// element-wise bytes rate over 4 bytes a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streamed_values_per_s: Option<f64>,
+    /// FLOPs per second that each further decode row adds to the streamed product; where
+    /// not measured, [`Rates::matmul_flops_per_s`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_row_flops_per_s: Option<f64>,
 }
 
 impl Rates {
     /// The LM head's product rate: its own where measured, else the block products'.
     pub fn head_matmul_rate(&self) -> f64 {
         self.head_matmul_flops_per_s.unwrap_or(self.matmul_flops_per_s)
+    }
+
+    /// A block's fixed cost per pass: measured, or none.
+    pub fn block_fixed(&self) -> f64 {
+        self.block_fixed_seconds.unwrap_or(0.0)
+    }
+
+    /// The streamed product's rate of weight values read: its own where measured.
+    pub fn streamed_rate(&self) -> f64 {
+        self.streamed_values_per_s.unwrap_or(self.elementwise_bytes_per_s / 4.0)
+    }
+
+    /// The streamed product's FLOP rate of further rows: its own where measured.
+    pub fn decode_flops_rate(&self) -> f64 {
+        self.decode_row_flops_per_s.unwrap_or(self.matmul_flops_per_s)
     }
 }
 
@@ -122,6 +151,10 @@ impl HardwareProfile {
                 attention_flops_per_s: matmul / 2.0,
                 elementwise_bytes_per_s: bandwidth,
                 softmax_entries_per_s: bandwidth / 8.0,
+                // Decoding streams bf16 weights.
+                block_fixed_seconds: None,
+                streamed_values_per_s: Some(bandwidth / 2.0),
+                decode_row_flops_per_s: None,
             }],
             matmul_peak_flops_per_s: None,
             same_node: Link { latency_s: 10e-6, bytes_per_s: link_gb_per_s * 1e9 },
@@ -205,6 +238,8 @@ impl HardwareProfile {
             rates.attention_flops_per_s *= scale;
             rates.elementwise_bytes_per_s *= scale;
             rates.softmax_entries_per_s *= scale;
+            rates.streamed_values_per_s = rates.streamed_values_per_s.map(|r| r * scale);
+            rates.decode_row_flops_per_s = rates.decode_row_flops_per_s.map(|r| r * scale);
         }
         rates
     }
@@ -235,6 +270,9 @@ mod tests {
             attention_flops_per_s: 1.0,
             elementwise_bytes_per_s: 1.0,
             softmax_entries_per_s: 1.0,
+            block_fixed_seconds: None,
+            streamed_values_per_s: None,
+            decode_row_flops_per_s: None,
         };
         let mut p = HardwareProfile::built_in("h100").unwrap();
         p.backend = "cpu".into();

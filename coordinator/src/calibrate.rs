@@ -1,6 +1,7 @@
 //! `evalmesh calibrate`: measures this machine for the cost model. It times a backend's
 //! own kernels on one block of the model's shapes (random weights) and divides each time
-//! by the cost model's count of the same work: on the CPU with one worker using every core
+//! by the cost model's count of the same work (generation's streamed product over enough
+//! blocks that their weights come from memory): on the CPU with one worker using every core
 //! and with one single-threaded worker per core all busy at once; on a GPU (`--device
 //! cuda`) on GPU 0, with the GPU's bf16 matrix peak beside. Under `mpirun` it also times
 //! the link between ranks 0 and 1 with the activation messages.
@@ -12,7 +13,7 @@ use evalmesh_common::hardware::{HardwareProfile, Link, Rates, GPU_OVERHEAD_BYTES
 use evalmesh_common::protocol::{Device, GpuPrecision};
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend};
-use evalmesh_worker::backend::{AttentionSpec, HeadLayout};
+use evalmesh_worker::backend::{AttentionSpec, DecodeRows, HeadLayout};
 use evalmesh_worker::{Backend, CpuBackend, Matrix};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -28,6 +29,8 @@ pub enum CalibrateError {
 
 /// Tokens of each sequence in the calibration batch (llama.cpp's perplexity chunk).
 const SEQUENCE: usize = 512;
+/// Decode rows of the streamed product's second measurement (a typical batch of sequences).
+const DECODE_ROWS: usize = 32;
 /// Timed repetitions of each kernel; the median counts (the runs it predicts meet the
 /// same interruptions, so the fastest would flatter them).
 const REPEATS: usize = 7;
@@ -47,6 +50,38 @@ fn median_of<B: Backend>(b: &B, mut f: impl FnMut() -> Result<(), CalibrateError
     Ok(times[REPEATS / 2])
 }
 
+/// Bytes of f32 weights the streamed product's measurement reads at least (as many of
+/// the model's blocks as that takes, at most all): more than a processor's caches hold.
+const STREAMED_BYTES: usize = 256 << 20;
+
+/// One block's weights, random, as a stage holds them: the fused QKV, the output per
+/// group, the fused gate and up, the down projection per group.
+struct BlockWeights<W> {
+    qkv: W,
+    out: Vec<W>,
+    gate_up: W,
+    down: Vec<W>,
+}
+
+impl<W> BlockWeights<W> {
+    fn random<B: Backend<Weight = W>>(b: &B, c: &ModelConfig, seed: u64) -> Result<Self, CalibrateError> {
+        let (g, h, ffn) = (c.num_kv_heads, c.hidden_size, c.ffn_width());
+        let by_group = |rows: usize, width: usize, seed: u64| {
+            (0..g)
+                .map(|k| {
+                    b.upload_weight(Matrix::random(rows, group_slice(width, g, k..k + 1).len(), seed + k as u64, 0.5))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(BlockWeights {
+            qkv: b.upload_weight(Matrix::random(c.q_dim() + 2 * c.kv_dim(), h, seed, 0.5))?,
+            out: by_group(h, c.q_dim(), seed + 1)?,
+            gate_up: b.upload_weight(Matrix::random(2 * ffn, h, seed + 1 + g as u64, 0.5))?,
+            down: by_group(h, ffn, seed + 2 + g as u64)?,
+        })
+    }
+}
+
 /// One worker's rates on `b` on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
 fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
     let g = c.num_kv_heads;
@@ -55,25 +90,19 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     let tokens = sequences * SEQUENCE;
     let shape = BatchShape::sequences(sequences, SEQUENCE, 0);
     let x = b.upload(Matrix::random(tokens, h, 1, 0.5))?;
-    let qkv_w = b.upload_weight(Matrix::random(q + 2 * kv, h, 2, 0.5))?;
-    let out_w: Vec<_> =
-        (0..g).map(|k| b.upload_weight(Matrix::random(h, q / g, 3 + k as u64, 0.5))).collect::<Result<_, _>>()?;
-    let gate_up_w = b.upload_weight(Matrix::random(2 * ffn, h, 4, 0.5))?;
-    let down_w = (0..g)
-        .map(|k| b.upload_weight(Matrix::random(h, group_slice(ffn, g, k..k + 1).len(), 5 + k as u64, 0.5)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let block = BlockWeights::random(b, c, 2)?;
     let attended = b.upload(Matrix::random(tokens, q, 6, 0.5))?;
     let act = b.upload(Matrix::random(tokens, ffn, 7, 0.5))?;
     let matmul = median_of(b, || {
-        b.matmul_t(&x, &qkv_w)?;
-        b.matmul_t(&x, &gate_up_w)?;
+        b.matmul_t(&x, &block.qkv)?;
+        b.matmul_t(&x, &block.gate_up)?;
         for k in 0..g {
-            b.matmul_t(&b.columns(&attended, &[group_slice(q, g, k..k + 1)])?, &out_w[k])?;
-            b.matmul_t(&b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?, &down_w[k])?;
+            b.matmul_t(&b.columns(&attended, &[group_slice(q, g, k..k + 1)])?, &block.out[k])?;
+            b.matmul_t(&b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?, &block.down[k])?;
         }
         Ok(())
     })?;
-    let qkv = b.matmul_t(&x, &qkv_w)?;
+    let qkv = b.matmul_t(&x, &block.qkv)?;
     let trees: Vec<TreeLayout> = (0..sequences)
         .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
         .collect();
@@ -84,27 +113,32 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         Ok(())
     })?;
     let norm = b.upload(Matrix::random(1, h, 8, 0.5))?;
-    let positions: Vec<u32> = (0..tokens).map(|i| (i % SEQUENCE) as u32).collect();
-    let rope = &c.ropes[0];
-    let rope = b.upload(Matrix::from_vec(tokens, rope.rotary_dim, rope.table(&positions, &vec![SEQUENCE; tokens])))?;
-    let gate_up = b.upload(Matrix::random(tokens, 2 * ffn, 9, 0.5))?;
-    let mut rotated = b.upload(Matrix::random(tokens, q + 2 * kv, 10, 0.5))?;
-    let mut sum = b.upload(Matrix::random(tokens, h, 11, 0.5))?;
-    // The element-wise work of one block, as the cost model counts it.
-    let elementwise = median_of(b, || {
-        b.rms_norm(&x, &norm, c.rms_norm_eps)?;
-        b.rms_norm(&x, &norm, c.rms_norm_eps)?;
-        b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
-        for k in 0..g {
-            b.columns(&attended, &[group_slice(q, g, k..k + 1)])?;
-            b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?;
-        }
-        b.gated(&gate_up, c.block.activation)?;
-        for _ in 0..2 * g {
-            b.add_assign(&mut sum, &x)?;
-        }
-        Ok(())
-    })?;
+    // The element-wise work of one block on `n` rows, as the cost model counts it.
+    let elementwise_on = |n: usize| -> Result<f64, CalibrateError> {
+        let random = |cols: usize, seed: u64| b.upload(Matrix::random(n, cols, seed, 0.5));
+        let (x, attended, act, gate_up) = (random(h, 1)?, random(q, 6)?, random(ffn, 7)?, random(2 * ffn, 9)?);
+        let (mut rotated, mut sum) = (random(q + 2 * kv, 10)?, random(h, 11)?);
+        let positions: Vec<u32> = (0..n).map(|i| (i % SEQUENCE) as u32).collect();
+        let rope = &c.ropes[0];
+        let rope = b.upload(Matrix::from_vec(n, rope.rotary_dim, rope.table(&positions, &vec![SEQUENCE; n])))?;
+        median_of(b, || {
+            b.rms_norm(&x, &norm, c.rms_norm_eps)?;
+            b.rms_norm(&x, &norm, c.rms_norm_eps)?;
+            b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
+            for k in 0..g {
+                b.columns(&attended, &[group_slice(q, g, k..k + 1)])?;
+                b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?;
+            }
+            b.gated(&gate_up, c.block.activation)?;
+            for _ in 0..2 * g {
+                b.add_assign(&mut sum, &x)?;
+            }
+            Ok(())
+        })
+    };
+    let elementwise = elementwise_on(tokens)?;
+    // On one row, what is left is the cost of its many small operations.
+    let block_fixed = elementwise_on(1)?;
     // The head as a stage runs it: a chunk of the backend's head rows at a time.
     let rows = b.head_rows();
     let scored = b.upload(Matrix::random(rows, h, 12, 0.5))?;
@@ -119,8 +153,38 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         b.score(&logits, &targets)?;
         Ok(())
     })?;
+    // Generation's streamed product, one decode row then several, over enough blocks'
+    // weights that they come from memory rather than a cache, as a decode step's do.
+    let weights = ((q + 2 * kv) * h + h * q + 3 * ffn * h) as f64;
+    let copies = ((STREAMED_BYTES as f64 / (4.0 * weights)) as usize).clamp(1, c.num_layers);
+    let blocks = (0..copies).map(|i| BlockWeights::random(b, c, 100 + i as u64)).collect::<Result<Vec<_>, _>>()?;
+    let streamed = |rows: usize| -> Result<f64, CalibrateError> {
+        let decode = DecodeRows::all(rows);
+        let x = b.upload(Matrix::random(rows, h, 15, 0.5))?;
+        let per_group = |width: usize, seed: u64| -> Result<Vec<B::Tensor>, CalibrateError> {
+            (0..g)
+                .map(|k| {
+                    Ok(b.upload(Matrix::random(rows, group_slice(width, g, k..k + 1).len(), seed + k as u64, 0.5))?)
+                })
+                .collect()
+        };
+        let (attended, act) = (per_group(q, 16)?, per_group(ffn, 16 + g as u64)?);
+        median_of(b, || {
+            for w in &blocks {
+                b.matmul_t_rows(&x, &w.qkv, &decode)?;
+                b.matmul_t_rows(&x, &w.gate_up, &decode)?;
+                for k in 0..g {
+                    b.matmul_t_rows(&attended[k], &w.out[k], &decode)?;
+                    b.matmul_t_rows(&act[k], &w.down[k], &decode)?;
+                }
+            }
+            Ok(())
+        })
+    };
+    let (one_row, several) = (streamed(1)?, streamed(DECODE_ROWS)?);
+    let weights = weights * copies as f64;
     let work = block_work(c, 0..g, &shape);
-    let head = head_work(c, &BatchShape { tokens: rows, attention_pairs: 0, scored_rows: rows });
+    let head = head_work(c, &BatchShape { tokens: rows, scored_rows: rows, ..BatchShape::default() });
     Ok(Rates {
         threads_per_worker: rayon::current_num_threads(),
         concurrent_workers: 1,
@@ -129,6 +193,9 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         attention_flops_per_s: work.attention_flops / attention,
         elementwise_bytes_per_s: work.elementwise_bytes / elementwise,
         softmax_entries_per_s: head.softmax_entries / softmax,
+        block_fixed_seconds: Some(block_fixed),
+        streamed_values_per_s: Some(weights / one_row),
+        decode_row_flops_per_s: Some(2.0 * (DECODE_ROWS - 1) as f64 * weights / (several - one_row).max(1e-9)),
     })
 }
 
@@ -148,6 +215,9 @@ fn median_rates(rounds: &[Rates]) -> Rates {
         attention_flops_per_s: median(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: median(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: median(|r| r.softmax_entries_per_s),
+        block_fixed_seconds: Some(median(Rates::block_fixed)),
+        streamed_values_per_s: Some(median(Rates::streamed_rate)),
+        decode_row_flops_per_s: Some(median(Rates::decode_flops_rate)),
         ..rounds[0].clone()
     }
 }
@@ -178,6 +248,9 @@ fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usi
         attention_flops_per_s: mean(|r| r.attention_flops_per_s),
         elementwise_bytes_per_s: mean(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: mean(|r| r.softmax_entries_per_s),
+        block_fixed_seconds: Some(mean(Rates::block_fixed)),
+        streamed_values_per_s: Some(mean(Rates::streamed_rate)),
+        decode_row_flops_per_s: Some(mean(Rates::decode_flops_rate)),
     })
 }
 

@@ -197,8 +197,11 @@ pub fn evaluate(
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
         if docs.iter().any(|d| matches!(d.target, Target::Generate { .. })) {
-            let Scored { metrics, samples, stats } =
+            let (Scored { metrics, samples, stats }, prediction) =
                 generate_task(engine, tokenizer, task, docs, settings, journal.as_deref_mut())?;
+            if let Some(p) = &prediction {
+                predicted.add(p, stats.seconds, stats.tokens_computed);
+            }
             add_to_groups(&mut groups, task);
             let task_hash = hash_string(&samples.iter().map(|s| s.hashes.as_str()).collect::<String>());
             if let Some(files) = settings.samples {
@@ -305,7 +308,6 @@ pub fn evaluate(
     Ok(Evaluation {
         results,
         tasks: task_stats,
-        // Generation has no prediction yet: a run of generation tasks alone reports none.
         prediction: settings.predictor.filter(|_| predicted.tokens > 0).map(|p| predicted.summary(p)),
         tuning: tuner.map(|t| t.summary(budget)),
     })
@@ -344,7 +346,8 @@ const SAMPLING_SEED: u64 = 1234;
 /// A generate_until task (docs/ARCHITECTURE.md §12): each document's context tokenised
 /// (left-truncated, as lm-evaluation-harness does, to leave `max_gen_toks` positions), its
 /// continuation generated (`repeats` times), filtered by each filter chain and matched with
-/// `exact_match`, or run against its tests for pass@1.
+/// `exact_match`, or run against its tests for pass@1; with the cost model's prediction of
+/// the steps it ran.
 fn generate_task(
     engine: &mut dyn EvaluationEngine,
     tokenizer: &TextTokenizer,
@@ -352,7 +355,7 @@ fn generate_task(
     docs: &[Doc],
     settings: &Settings,
     mut journal: Option<&mut Journal>,
-) -> Result<Scored, EvaluateError> {
+) -> Result<(Scored, Option<Prediction>), EvaluateError> {
     let mut requests = Vec::with_capacity(docs.len());
     // The tokens of each head (system prompt, description, demonstrations) the documents share.
     let mut heads: HashMap<&str, Vec<u32>> = HashMap::new();
@@ -501,7 +504,7 @@ fn generate_task(
         metrics.insert(format!("{metric}_stderr,{}", filter.name), serde_json::json!(stderr));
     }
     let prompt_tokens = throughput.prompt_tokens;
-    let stats = TaskStats {
+    let mut stats = TaskStats {
         trees: requests.len(),
         trees_computed: todo.len(),
         trees_from_journal: from_journal,
@@ -513,7 +516,17 @@ fn generate_task(
         tokens_per_s: (prompt_tokens + generated) as f64 / seconds.max(1e-9),
         ..TaskStats::default()
     };
-    Ok(Scored { metrics, samples, stats })
+    let prediction = match settings.predictor {
+        Some(p) => Some(p.predict_generation(&throughput.steps).map_err(|e| EngineError::Plan(e.to_string()))?),
+        None => None,
+    };
+    if let Some(p) = &prediction {
+        // The rates of the same tokens: the prompts' and the generated ones.
+        stats.predicted_seconds = Some(p.seconds);
+        stats.predicted_tokens_per_s = Some(stats.tokens_computed as f64 / p.seconds.max(1e-9));
+        stats.prediction_error_percent = Some(error_percent(seconds, p.seconds));
+    }
+    Ok((Scored { metrics, samples, stats }, prediction))
 }
 
 /// Predicted and measured figures summed over the tasks of a run.

@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use evalmesh_common::cost::BatchShape;
 use evalmesh_common::decode::{pages_for, Choice, DecodeBatch, SequenceStep, PAGE_TOKENS};
 use serde::{Deserialize, Serialize};
 
@@ -82,9 +83,11 @@ pub struct Batching {
 /// Where a run's time went: steps that prefilled a prompt (with the decode rows they held),
 /// and steps of decoding alone, with the tokens each gave; and the prompt tokens computed
 /// (a shared prefix counted once per copy).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Throughput {
     pub prompt_tokens: usize,
+    /// Each step's shape, for the cost model's prediction of the same steps.
+    pub steps: Vec<BatchShape>,
     pub prefill_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_tokens: usize,
@@ -288,6 +291,12 @@ pub fn generate(
                 .collect();
             let mut prefix_steps = Vec::new();
             let mut rows = steps.len();
+            let mut shape = BatchShape {
+                decode_rows: steps.len(),
+                cached_keys: steps.iter().map(|s| s.past as u64 + 1).sum(),
+                generating: true,
+                ..BatchShape::default()
+            };
             group.prefilled = false;
             while let Some(&i) = waiting.front() {
                 let r = &requests[i];
@@ -321,6 +330,12 @@ pub fn generate(
                 reserved += pages;
                 rows += new_rows;
                 throughput.prompt_tokens += new_rows;
+                // Its rows see the prefix before them and causally each other.
+                let (before, n) = match found {
+                    Some(Found::After(_)) => (r.prefix as u64, new_rows as u64),
+                    _ => (0, new_rows as u64),
+                };
+                shape.attention_pairs += n * before + n * (n + 1) / 2;
                 group.prefilled = true;
                 let (Some(key), Some(found)) = (key, found) else {
                     waiting.pop_front();
@@ -366,6 +381,7 @@ pub fn generate(
             if steps.is_empty() {
                 continue;
             }
+            throughput.steps.push(BatchShape { tokens: rows, scored_rows: steps.len(), ..shape });
             let id = engine.start_decode(DecodeBatch { released: std::mem::take(&mut released), steps })?;
             group.rows = rows;
             group.in_flight = true;

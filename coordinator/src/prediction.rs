@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use evalmesh_common::cost::{predict, BatchShape, Placement, Prediction};
+use evalmesh_common::cost::{predict, predict_generation, BatchShape, Placement, Prediction};
 use evalmesh_common::hardware::{HardwareProfile, ProfileError};
 use evalmesh_common::protocol::Device;
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
@@ -99,6 +99,13 @@ impl Predictor {
             })
             .collect();
         predict(&self.config, self.layout, &self.stages, &shapes, &self.profile, self.placement)
+    }
+}
+
+impl Predictor {
+    /// The prediction for generation steps of these shapes.
+    pub fn predict_generation(&self, steps: &[BatchShape]) -> Result<Prediction, PlanError> {
+        predict_generation(&self.config, self.layout, &self.stages, steps, &self.profile, self.placement)
     }
 }
 

@@ -393,7 +393,7 @@ fn sampled_repeats_vote_and_reproduce() {
 /// one sequence at a time, all at once, and under mpirun for DP (a copy of the prefix per
 /// replica) and PP; the prompt tokens computed fall by the head's for every document but
 /// the first; and each sequence's tokens are those of its whole prompt prefilled at once
-/// (`--no-prefix-sharing`).
+/// (`--no-prefix-sharing`). Every run reports the cost model's prediction of its steps.
 #[test]
 fn a_shared_head_is_computed_once_and_changes_no_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -419,7 +419,11 @@ fn a_shared_head_is_computed_once_and_changes_no_token() {
             None => args.run(),
         };
         assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
-        let computed = read_report(&out.join("r.json")).evalmesh.tasks["sums"].tokens_computed;
+        let report = read_report(&out.join("r.json"));
+        let stats = &report.evalmesh.tasks["sums"];
+        // The cost model predicts the steps it ran.
+        assert!(stats.predicted_seconds.is_some_and(|s| s > 0.0) && report.evalmesh.prediction.is_some(), "{name}");
+        let computed = stats.tokens_computed;
         let bytes = read_samples(&out, "sums");
         let samples: Vec<Value> =
             String::from_utf8(bytes.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

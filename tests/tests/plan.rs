@@ -11,8 +11,14 @@ fn fixture(name: &str) -> String {
 }
 
 fn plan_json(model: &str, workers: &str, device: &str) -> serde_json::Value {
-    let output =
-        run_evalmesh(&["plan", "--model", &fixture(model), "--workers", workers, "--device", device, "--json"]);
+    plan_json_with(model, workers, device, &[])
+}
+
+fn plan_json_with(model: &str, workers: &str, device: &str, extra: &[&str]) -> serde_json::Value {
+    let model = fixture(model);
+    let mut args = vec!["plan", "--model", &model, "--workers", workers, "--device", device, "--json"];
+    args.extend(extra);
+    let output = run_evalmesh(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
@@ -95,4 +101,21 @@ fn impossible_plans_are_clear_errors() {
         &run_evalmesh(&["plan", "--model", &model, "--workers", "8", "--profile", bad.to_str().unwrap()]),
         &[bad.to_str().unwrap(), "calibrate"],
     );
+}
+
+/// Decoding is memory-bound: one H100's 3.35 TB/s, derated to 0.8 as the datasheet profile
+/// says, reads Llama-3-8B's 16.06 GB of bf16 weights, less its 1.05 GB embedding table
+/// (a step looks up rows of it), at most 178 times a second, so one sequence decodes at
+/// most that fast; 32 sequences share each read of the weights.
+#[test]
+fn decode_throughput_follows_the_weights_read() {
+    let decode = |sequences: &str| {
+        let plan = plan_json_with("llama-3-8b.json", "1", "h100", &["--decode-sequences", sequences, "--ctx", "1024"]);
+        plan["chosen"]["predicted_decode_tokens_per_s"].as_f64().unwrap()
+    };
+    let bound = 3.35e12 * 0.8 / (16.06e9 - 2.0 * 128_256.0 * 4096.0);
+    let one = decode("1");
+    assert!(one < bound && one > 0.8 * bound, "{one} tokens/s at one sequence against a bound of {bound}");
+    let many = decode("32");
+    assert!(many > 10.0 * one, "{many} tokens/s at 32 sequences against {one} at one");
 }

@@ -82,6 +82,10 @@ pub struct PlanArgs {
     /// Tokens per sequence of the assumed workload (half of each is scored).
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
+    /// Sequences decoding at once in the assumed generation workload, each after a
+    /// cache of --ctx tokens: its decode tokens/s is shown beside the scoring throughput.
+    #[arg(long, default_value_t = 32)]
+    pub decode_sequences: usize,
     /// Print the plans as JSON, the chosen one under `chosen`.
     #[arg(long)]
     pub json: bool,

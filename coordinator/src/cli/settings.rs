@@ -223,6 +223,9 @@ impl PlanArgs {
         if self.ctx == 0 {
             return Err(UsageError::TooSmall { flag: "--ctx", min: 1, value: 0 });
         }
+        if self.decode_sequences == 0 {
+            return Err(UsageError::TooSmall { flag: "--decode-sequences", min: 1, value: 0 });
+        }
         if self.batch_tokens < self.ctx {
             return Err(UsageError::TooSmall {
                 flag: "--batch-tokens (at least --ctx)",

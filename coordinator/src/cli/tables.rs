@@ -8,12 +8,14 @@ use evalmesh_common::{strategy, ModelConfig};
 use crate::pingpong::Measurement;
 use crate::results::{PredictionSummary, RankStats};
 
-/// The candidates as a table, best first, each loser with its reason.
+/// The candidates as a table, best first, each loser with its reason, with each one's
+/// decode tokens/s at `decode.0` sequences (`decode.1`, in the candidates' order).
 pub fn plan_table(
     config: &ModelConfig,
     workers: usize,
     profile: &HardwareProfile,
     candidates: &[strategy::Candidate],
+    decode: (usize, &[f64]),
 ) -> String {
     let active = match config.experts {
         Some(_) => format!(" ({:.2}B active per token)", config.active_parameter_count() as f64 / 1e9),
@@ -27,12 +29,13 @@ pub fn plan_table(
         profile.source,
         strategy::gigabytes(profile.memory_bytes)
     );
-    out.push_str(
-        "| DP | PP | TP | stages (layers) | tokens/s | memory per rank | bubble | communication | verdict |\n",
-    );
-    out.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---|\n");
+    out.push_str(&format!(
+        "| DP | PP | TP | stages (layers) | tokens/s | decode tokens/s ({} sequences) | memory per rank | bubble | communication | verdict |\n",
+        decode.0
+    ));
+    out.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n");
     let best = candidates.iter().find(|c| c.rejected.is_none()).map(|c| c.prediction.tokens_per_s);
-    for c in candidates {
+    for (c, decode) in candidates.iter().zip(decode.1) {
         let p = &c.prediction;
         let memory = p.memory_per_rank_bytes.iter().copied().max().unwrap_or(0);
         let stages: Vec<String> = c.stages.iter().map(|s| format!("{}-{}", s.layers.start, s.layers.end)).collect();
@@ -47,7 +50,7 @@ pub fn plan_table(
             (None, None) => String::new(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.0} | {} | {:.0}% | {:.0}% | {verdict} |\n",
+            "| {} | {} | {} | {} | {:.0} | {decode:.0} | {} | {:.0}% | {:.0}% | {verdict} |\n",
             c.layout.dp,
             c.layout.pp,
             c.layout.tp,

@@ -1,7 +1,8 @@
 //! `evalmesh plan`: every way to spread a model over N workers, predicted by the cost
-//! model from the model's configuration alone, and the one `--strategy auto` picks.
+//! model from the model's configuration alone (scoring, and generation's decode steps),
+//! and the one `--strategy auto` picks.
 
-use evalmesh_common::cost::BatchShape;
+use evalmesh_common::cost::{predict_generation, BatchShape};
 use evalmesh_common::hardware::HardwareProfile;
 use evalmesh_common::protocol::Device;
 use evalmesh_common::strategy;
@@ -27,26 +28,41 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let batches = vec![BatchShape::sequences(per_batch, args.ctx, args.ctx / 2); 64];
     let place = placement(&profile, args.workers, None);
     let candidates = strategy::candidates(&config, args.workers, &batches, &profile, place);
+    // Generation: one step of every sequence, each after --ctx tokens of cache.
+    let step = [BatchShape::decode(args.decode_sequences, args.ctx)];
+    let decode: Vec<f64> = candidates
+        .iter()
+        .map(|c| {
+            predict_generation(&config, c.layout, &c.stages, &step, &profile, place).map_or(0.0, |p| p.tokens_per_s)
+        })
+        .collect();
     let chosen = strategy::choose(&candidates);
     if args.json {
-        let chosen_json = chosen.as_ref().ok().map(|c| plan_json(c));
-        let all: Vec<_> = candidates.iter().map(plan_json).collect();
+        let all: Vec<_> = candidates.iter().zip(&decode).map(|(c, &d)| plan_json(c, d)).collect();
+        let chosen_json = chosen
+            .as_ref()
+            .ok()
+            .and_then(|c| candidates.iter().position(|o| std::ptr::eq(o, *c)))
+            .map(|i| all[i].clone());
         let out = json!({"model": path.display().to_string(), "workers": args.workers, "profile": profile.name,
-            "profile_source": profile.source, "memory_bytes": profile.memory_bytes, "candidates": all, "chosen": chosen_json});
+            "profile_source": profile.source, "memory_bytes": profile.memory_bytes,
+            "decode_sequences": args.decode_sequences, "candidates": all, "chosen": chosen_json});
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        print!("{}", plan_table(&config, args.workers, &profile, &candidates));
+        print!("{}", plan_table(&config, args.workers, &profile, &candidates, (args.decode_sequences, &decode)));
     }
     chosen.map(|_| ()).map_err(anyhow::Error::from)
 }
 
-/// A plan as JSON: sizes, stages as layer ranges, memory and predicted throughput.
-fn plan_json(c: &strategy::Candidate) -> serde_json::Value {
+/// A plan as JSON: sizes, stages as layer ranges, memory and predicted throughput (of
+/// scoring, and `decode` of generation).
+fn plan_json(c: &strategy::Candidate, decode: f64) -> serde_json::Value {
     json!({
         "dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp,
         "stages": c.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect::<Vec<_>>(),
         "memory_per_rank_bytes": c.prediction.memory_per_rank_bytes.iter().copied().max().unwrap_or(0),
         "predicted_tokens_per_s": c.prediction.tokens_per_s,
+        "predicted_decode_tokens_per_s": decode,
         "bubble_share": c.prediction.bubble_share,
         "communication_share": c.prediction.communication_share,
         "rejected": c.rejected,
