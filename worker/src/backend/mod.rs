@@ -175,6 +175,20 @@ pub trait Backend: DeviceMemory + Transfer {
         let _ = decode;
         self.matmul_t(x, w)
     }
+    /// For each of `parts` (a row-parallel weight's groups), `x`'s columns `cols` by its
+    /// weight as [`Backend::matmul_t_rows`] multiplies them. A backend may run the parts
+    /// together; by default each runs alone.
+    fn matmul_t_parts(
+        &self,
+        x: &Self::Tensor,
+        parts: &[(Range<usize>, &Self::Weight)],
+        decode: &DecodeRows,
+    ) -> Result<Vec<Self::Tensor>, BackendError> {
+        let part = |(cols, w): &(Range<usize>, &Self::Weight)| {
+            self.matmul_t_rows(&self.columns(x, std::slice::from_ref(cols))?, w, decode)
+        };
+        parts.iter().map(part).collect()
+    }
     /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;
     /// Normalises in place, within the columns `cols` of every row, each run of

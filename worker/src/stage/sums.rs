@@ -52,11 +52,8 @@ impl<B: Backend> ByGroup<B> {
     /// `x · wᵀ` per group: one product of each group's columns and weight, the rows
     /// `decode` marks by the backend's decode product.
     pub fn partials(&self, b: &B, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
-        let partials = self
-            .parts
-            .iter()
-            .map(|(cols, part)| Ok(b.matmul_t_rows(&b.columns(x, std::slice::from_ref(cols))?, part, decode)?));
-        partials.collect()
+        let parts: Vec<(Range<usize>, &B::Weight)> = self.parts.iter().map(|(cols, w)| (cols.clone(), w)).collect();
+        Ok(b.matmul_t_parts(x, &parts, decode)?)
     }
 
     /// `x · wᵀ` summed over the groups, completed by `sums`.

@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
 use self::kernels::{fast_exp, gemm_into, lane_sum, View};
+use self::streamed::Product;
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
@@ -185,6 +186,48 @@ impl Transfer for CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// `x · wᵀ` for each pair: the rows `decode` marks through the streamed product, all
+    /// pairs' at once, the others through `gemm`.
+    fn multiply(&self, pairs: &[(&Matrix, &CpuWeight)], decode: &DecodeRows) -> Result<Vec<Matrix>, BackendError> {
+        for (x, w) in pairs {
+            let (n, k) = (w.out_features(), w.in_features());
+            check(x.cols == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.cols))?;
+        }
+        let started = Instant::now();
+        let mut outs: Vec<Matrix> = pairs.iter().map(|(x, w)| Matrix::zeros(x.rows, w.out_features())).collect();
+        let rows = pairs.first().map_or(0, |(x, _)| x.rows);
+        check(pairs.iter().all(|(x, _)| x.rows == rows), || "parts of a product with different rows".into())?;
+        for (run, decoding) in decode.runs(rows) {
+            let items = pairs.iter().zip(&mut outs).map(|((x, w), out)| {
+                let (n, k) = (w.out_features(), w.in_features());
+                let x_rows = &x.data[run.start * k..run.end * k];
+                (x_rows, *w, &mut out.data[run.start * n..run.end * n])
+            });
+            match decoding {
+                true => streamed::products(
+                    items
+                        .map(|(x, w, out)| Product {
+                            x,
+                            m: run.len(),
+                            k: w.in_features(),
+                            wt: &w.t,
+                            stride: w.stride,
+                            n: w.out_features(),
+                            out,
+                        })
+                        .collect(),
+                ),
+                false => items.for_each(|(x, w, out)| gemm_rows(x, run.len(), w.in_features(), w, out)),
+            }
+        }
+        let flops: usize = pairs.iter().map(|(x, w)| 2 * x.rows * w.out_features() * w.in_features()).sum();
+        self.matmul_flops.fetch_add(flops as u64, Ordering::Relaxed);
+        self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(outs)
+    }
+}
+
 impl Backend for CpuBackend {
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<Matrix, BackendError> {
         let (vocab, hidden) = (table.out_features(), table.in_features());
@@ -203,21 +246,21 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_t_rows(&self, x: &Matrix, w: &CpuWeight, decode: &DecodeRows) -> Result<Matrix, BackendError> {
-        let (n, k) = (w.out_features(), w.in_features());
-        check(x.cols == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.cols))?;
-        let started = Instant::now();
-        let mut out = Matrix::zeros(x.rows, n);
-        for (rows, decoding) in decode.runs(x.rows) {
-            let (x_rows, out_rows) =
-                (&x.data[rows.start * k..rows.end * k], &mut out.data[rows.start * n..rows.end * n]);
-            match decoding {
-                true => streamed::product(x_rows, rows.len(), k, &w.t, w.stride, n, out_rows),
-                false => gemm_rows(x_rows, rows.len(), k, w, out_rows),
-            }
-        }
-        self.matmul_flops.fetch_add(2 * (x.rows * n * k) as u64, Ordering::Relaxed);
-        self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        Ok(out)
+        let mut outs = self.multiply(&[(x, w)], decode)?;
+        outs.pop().ok_or_else(|| failed("a product without its output".into()))
+    }
+
+    /// The parts' decode rows in one parallel region of the streamed product.
+    fn matmul_t_parts(
+        &self,
+        x: &Matrix,
+        parts: &[(Range<usize>, &CpuWeight)],
+        decode: &DecodeRows,
+    ) -> Result<Vec<Matrix>, BackendError> {
+        let inputs =
+            parts.iter().map(|(cols, _)| self.columns(x, std::slice::from_ref(cols))).collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<(&Matrix, &CpuWeight)> = inputs.iter().zip(parts).map(|(x, (_, w))| (x, *w)).collect();
+        self.multiply(&pairs, decode)
     }
 
     fn rms_norm(&self, x: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, BackendError> {

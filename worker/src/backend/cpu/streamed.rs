@@ -1,7 +1,8 @@
 //! The CPU's product for the rows of single-token generation steps (docs/ARCHITECTURE.md
 //! §12). A decode step multiplies a few rows by every weight of the model, so its time is
 //! mostly the time to read the weights from memory; `gemm`, made for many rows, packs
-//! them on every call. This product reads each weight once, and:
+//! them on every call. This product reads each weight once (several weights at once in
+//! one parallel region: a row-parallel weight's groups), and:
 //! - for one row, each thread takes spans of output columns, keeps their sums in L1 and
 //!   adds the products of four weight rows at a time, reading long runs of each row;
 //! - for more rows, each thread takes strips of a few registers' width of output columns
@@ -32,9 +33,22 @@ const NARROW_TILE: usize = 16;
 /// whole weight row apart, too far for the hardware's prefetchers to follow.
 const PREFETCH_ROWS: usize = 96;
 
-/// `out (m × n) = x (m × k) · wt (k × n)`, row-major, `wt`'s rows `stride` apart.
-pub fn product(x: &[f32], m: usize, k: usize, wt: &[f32], stride: usize, n: usize, out: &mut [f32]) {
-    product_on(Isa::widest(), x, m, k, Weight { wt, stride, n }, out);
+/// One product of [`products`]: `out (m × n) = x (m × k) · wt (k × n)`, row-major, `wt`'s
+/// rows `stride` apart.
+pub struct Product<'a> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub wt: &'a [f32],
+    pub stride: usize,
+    pub n: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Each of `items` (a weight, or a row-parallel weight's groups), in one parallel region:
+/// each output as the product alone computes it.
+pub fn products(items: Vec<Product<'_>>) {
+    products_on(Isa::widest(), items);
 }
 
 /// A weight `k × n` whose rows lie `stride` apart in `wt`.
@@ -52,44 +66,67 @@ impl<'a> Weight<'a> {
     }
 }
 
-fn product_on(isa: Isa, x: &[f32], m: usize, k: usize, w: Weight<'_>, out: &mut [f32]) {
-    debug_assert!(x.len() == m * k && w.wt.len() >= (k.max(1) - 1) * w.stride + w.n && out.len() == m * w.n);
-    match m {
-        0 => {}
-        1 => spans(isa, x, k, w, out),
-        _ => strips(isa, x, m, k, w, out),
-    }
+/// A share of a product's work that one thread takes.
+enum Job<'a> {
+    /// One row: a span of output columns, its sums in L1, as many spans for each thread.
+    Span { tile: Tile<'a>, sums: &'a mut [f32] },
+    /// Several rows: a strip of tile-wide output columns for every row, written into the
+    /// product's output `out` of `n` columns.
+    Strip { tile: Tile<'a>, m: usize, out: SendPtr },
 }
 
-/// One row: spans of output columns in parallel, as many for each thread.
-fn spans(isa: Isa, x: &[f32], k: usize, w: Weight<'_>, out: &mut [f32]) {
-    let count = w.n.div_ceil(SPAN_COLUMNS).next_multiple_of(rayon::current_num_threads());
-    let width = w.n.div_ceil(count).next_multiple_of(LANES);
-    out.par_chunks_mut(width).enumerate().for_each(|(span, sums)| {
-        sums.fill(0.0);
-        let tile = Tile { x, k, w, cols: span * width..span * width + sums.len() };
-        add_sums(isa, Kernel::Span, &tile, sums);
-    });
-}
-
-/// Several rows: strips of tile-wide output columns in parallel, each for every row.
-fn strips(isa: Isa, x: &[f32], m: usize, k: usize, w: Weight<'_>, out: &mut [f32]) {
-    let width = if isa == Isa::Avx512 { WIDE_TILE } else { NARROW_TILE };
-    let out = SendPtr(out.as_mut_ptr());
-    (0..w.n.div_ceil(width)).into_par_iter().for_each(|strip| {
-        let cols = strip * width..(strip * width + width).min(w.n);
-        let mut sums = [0.0f32; WIDE_TILE * TILE_ROWS];
-        for first in (0..m).step_by(TILE_ROWS) {
-            let rows = first..(first + TILE_ROWS).min(m);
-            let tile = Tile { x: &x[rows.start * k..rows.end * k], k, w, cols: cols.clone() };
-            let sums = &mut sums[..rows.len() * cols.len()];
-            add_sums(isa, Kernel::Registers, &tile, sums);
-            for (r, row) in rows.zip(sums.chunks_exact(cols.len())) {
-                // SAFETY: `out` is m × n, and each strip writes only its own columns.
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(r * w.n + cols.start), cols.len()) };
+fn products_on(isa: Isa, items: Vec<Product<'_>>) {
+    let mut jobs = Vec::new();
+    for Product { x, m, k, wt, stride, n, out } in items {
+        let w = Weight { wt, stride, n };
+        debug_assert!(x.len() == m * k && w.wt.len() >= (k.max(1) - 1) * w.stride + w.n && out.len() == m * w.n);
+        match m {
+            0 => {}
+            1 => {
+                let count = n.div_ceil(SPAN_COLUMNS).next_multiple_of(rayon::current_num_threads());
+                let width = n.div_ceil(count).next_multiple_of(LANES);
+                jobs.extend(out.chunks_mut(width).enumerate().map(|(span, sums)| {
+                    let cols = span * width..span * width + sums.len();
+                    Job::Span { tile: Tile { x, k, w, cols }, sums }
+                }));
+            }
+            _ => {
+                let width = if isa == Isa::Avx512 { WIDE_TILE } else { NARROW_TILE };
+                let out = SendPtr(out.as_mut_ptr());
+                jobs.extend((0..n.div_ceil(width)).map(|strip| {
+                    let cols = strip * width..(strip * width + width).min(n);
+                    Job::Strip { tile: Tile { x, k, w, cols }, m, out }
+                }));
             }
         }
-    });
+    }
+    jobs.into_par_iter().for_each(|job| job.run(isa));
+}
+
+impl Job<'_> {
+    fn run(self, isa: Isa) {
+        match self {
+            Job::Span { tile, sums } => {
+                sums.fill(0.0);
+                add_sums(isa, Kernel::Span, &tile, sums);
+            }
+            Job::Strip { tile: Tile { x, k, w, cols }, m, out } => {
+                let mut sums = [0.0f32; WIDE_TILE * TILE_ROWS];
+                for first in (0..m).step_by(TILE_ROWS) {
+                    let rows = first..(first + TILE_ROWS).min(m);
+                    let tile = Tile { x: &x[rows.start * k..rows.end * k], k, w, cols: cols.clone() };
+                    let sums = &mut sums[..rows.len() * cols.len()];
+                    add_sums(isa, Kernel::Registers, &tile, sums);
+                    for (r, row) in rows.zip(sums.chunks_exact(cols.len())) {
+                        // SAFETY: `out` is m × n, and each strip writes only its own columns.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(r * w.n + cols.start), cols.len())
+                        };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One kernel call's work: rows `x` (each `k` long) by the columns `cols` of `w`, into
@@ -101,11 +138,11 @@ struct Tile<'a> {
     cols: Range<usize>,
 }
 
-/// The output, shared by the strips, each writing its own columns.
+/// A product's output, shared by its strips, each writing its own columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 
-// SAFETY: the strips write disjoint elements (see `strips`).
+// SAFETY: the strips write disjoint elements (see `Job::Strip`).
 unsafe impl Send for SendPtr {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SendPtr {}
@@ -240,23 +277,42 @@ mod tests {
 
     /// Every output against the one chain it must be, on every instruction set the machine
     /// runs: one row (spans), 2 to 13 rows (whole and partial tiles of rows), and weights
-    /// whose sizes are no multiple of the step, the lanes or the tile, their rows padded.
+    /// whose sizes are no multiple of the step, the lanes or the tile, their rows padded;
+    /// each product alone, and all of them in one parallel region.
     #[test]
     fn each_output_is_one_fused_chain_in_input_order() {
-        for isa in Isa::available() {
-            for (m, k, n) in [(1, 23, 37), (1, 64, 2100), (2, 23, 37), (7, 130, 150), (13, 9, 200)] {
-                // Rows padded, as the backend's weights are.
-                let stride = n + 5;
-                let (x, wt) = (values(m * k, 1), values(k * stride, 2));
-                let mut out = vec![f32::NAN; m * n];
-                product_on(isa, &x, m, k, Weight { wt: &wt, stride, n }, &mut out);
-                for r in 0..m {
-                    for c in 0..n {
-                        let chain = (0..k).fold(0.0f32, |s, i| x[r * k + i].mul_add(wt[i * stride + c], s));
+        let shapes = [(1, 23, 37), (1, 64, 2100), (2, 23, 37), (7, 130, 150), (13, 9, 200)];
+        // Rows padded, as the backend's weights are.
+        let inputs: Vec<(Vec<f32>, Vec<f32>)> =
+            shapes.iter().map(|&(m, k, n)| (values(m * k, 1), values(k * (n + 5), 2))).collect();
+        let check = |isa: Isa, outs: &[Vec<f32>]| {
+            for (((m, k, n), (x, wt)), out) in shapes.iter().zip(&inputs).zip(outs) {
+                for r in 0..*m {
+                    for c in 0..*n {
+                        let chain = (0..*k).fold(0.0f32, |s, i| x[r * k + i].mul_add(wt[i * (n + 5) + c], s));
                         assert_eq!(out[r * n + c].to_bits(), chain.to_bits(), "{isa:?} {m}×{k}·{k}×{n} at ({r}, {c})");
                     }
                 }
             }
+        };
+        fn product<'a>(
+            (m, k, n): (usize, usize, usize),
+            (x, wt): &'a (Vec<f32>, Vec<f32>),
+            out: &'a mut [f32],
+        ) -> Product<'a> {
+            Product { x, m, k, wt, stride: n + 5, n, out }
+        }
+        for isa in Isa::available() {
+            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
+            for ((&shape, input), out) in shapes.iter().zip(&inputs).zip(&mut outs) {
+                products_on(isa, vec![product(shape, input, out)]);
+            }
+            check(isa, &outs);
+            let mut together: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
+            let items =
+                shapes.iter().zip(&inputs).zip(&mut together).map(|((&s, i), out)| product(s, i, out)).collect();
+            products_on(isa, items);
+            check(isa, &together);
         }
     }
 }
