@@ -1,7 +1,7 @@
 //! A model's chat template (the Jinja text its GGUF or tokenizer_config.json carries),
 //! rendered as transformers' `apply_chat_template` renders it: minijinja with Jinja's
 //! `trim_blocks` and `lstrip_blocks`, Python's string methods (`pycompat`), `raise_exception`,
-//! and `messages`, `add_generation_prompt`, `bos_token` and `eos_token` in scope.
+//! `strftime_now`, and `messages`, `add_generation_prompt`, `bos_token` and `eos_token` in scope.
 
 use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
@@ -36,6 +36,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, message))
         });
+        env.add_function("strftime_now", strftime_now);
         let template = env.template_from_str(&self.source).map_err(|e| e.to_string())?;
         let context = minijinja::context! {
             messages => messages,
@@ -45,6 +46,15 @@ impl ChatTemplate {
         };
         template.render(context).map_err(|e| e.to_string())
     }
+}
+
+/// transformers' `strftime_now`: the local date and time in a strftime `format` (Llama
+/// 3's templates write today's date into the system turn).
+fn strftime_now(format: String) -> Result<String, Error> {
+    let items = chrono::format::StrftimeItems::new(&format).parse().map_err(|_| {
+        Error::new(ErrorKind::InvalidOperation, format!("strftime_now: `{format}` is not a strftime format"))
+    })?;
+    Ok(chrono::Local::now().format_with_items(items.iter()).to_string())
 }
 
 #[cfg(test)]
@@ -72,5 +82,24 @@ mod tests {
         assert_eq!(system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
         let raising = ChatTemplate { source: "{{ raise_exception('roles must alternate') }}".into(), ..template };
         assert!(raising.render(&[], true).unwrap_err().contains("roles must alternate"));
+    }
+
+    #[test]
+    fn strftime_now_writes_today_as_python_does() {
+        // Llama 3.1's system turn: `{{- "Today Date: " + date_string }}` with
+        // `strftime_now("%d %b %Y")`, e.g. "02 Dec 2026".
+        let template =
+            |source: &str| ChatTemplate { source: source.into(), bos_token: String::new(), eos_token: String::new() };
+        let date = template("{{ strftime_now('%d %b %Y') }}").render(&[], false).unwrap();
+        let (day, rest) = date.split_once(' ').unwrap();
+        let (month, year) = rest.split_once(' ').unwrap();
+        assert!(day.len() == 2 && day.chars().all(|c| c.is_ascii_digit()), "{date}");
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        assert!(months.contains(&month), "{date}");
+        let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let this_year = 1970 + seconds / 31_556_952;
+        assert!(year.parse::<u64>().unwrap().abs_diff(this_year) <= 1, "{date}");
+        let bad = template("{{ strftime_now('%Q') }}").render(&[], false).unwrap_err();
+        assert!(bad.contains("strftime_now") && bad.contains("%Q"), "{bad}");
     }
 }
