@@ -261,9 +261,8 @@ impl EvaluationEngine for DistributedEngine<'_> {
     }
 
     /// A step's sequences go to the pipeline that holds their caches (a new one to the
-    /// pipeline holding its prefix, or else to the one holding the fewest), and every
-    /// pipeline's part is sent at once.
-    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
+    /// pipeline the coordinator chose for it), and every pipeline's part is sent at once.
+    fn start_decode(&mut self, batch: DecodeBatch, replicas: &[usize]) -> Result<u64, EngineError> {
         for sequence in &batch.released {
             if let Some(p) = self.sequences.remove(sequence) {
                 self.releases[p].push(*sequence);
@@ -272,24 +271,16 @@ impl EvaluationEngine for DistributedEngine<'_> {
         let mut parts: Vec<(Vec<usize>, DecodeBatch)> =
             vec![(Vec::new(), DecodeBatch::default()); self.pipelines.len()];
         for (i, step) in batch.steps.iter().enumerate() {
-            let pipeline = match (self.sequences.get(&step.sequence), step.prefix) {
-                (Some(&p), _) => p,
-                (None, Some(prefix)) => {
-                    let p = *self.sequences.get(&prefix).ok_or_else(|| {
+            let pipeline = match self.sequences.get(&step.sequence) {
+                Some(&p) => p,
+                None => {
+                    let p = replicas.get(i).copied().filter(|&p| p < self.pipelines.len()).ok_or_else(|| {
                         EngineError::Sink(format!(
-                            "sequence {} starts after {prefix}, which no pipeline holds",
-                            step.sequence
+                            "sequence {} has no replica of {}",
+                            step.sequence,
+                            self.pipelines.len()
                         ))
                     })?;
-                    self.sequences.insert(step.sequence, p);
-                    p
-                }
-                (None, None) => {
-                    let mut held = vec![0usize; self.pipelines.len()];
-                    for &p in self.sequences.values() {
-                        held[p] += 1;
-                    }
-                    let p = (0..held.len()).min_by_key(|&p| (held[p], p)).unwrap_or(0);
                     self.sequences.insert(step.sequence, p);
                     p
                 }

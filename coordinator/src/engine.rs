@@ -45,11 +45,12 @@ pub trait EvaluationEngine {
     /// Generation steps (docs/ARCHITECTURE.md §12) the engine works on at once: a
     /// pipeline's stages each hold one.
     fn decode_depth(&self) -> usize;
-    /// Replicas of the model whose caches generation spreads sequences over: a shared
-    /// prefix is computed once on each that its sequences go to.
+    /// Replicas of the model whose caches generation spreads sequences over, each with
+    /// the KV budget; a shared prefix is computed once on each that its sequences go to.
     fn decode_replicas(&self) -> usize;
-    /// Starts a generation step; returns its id.
-    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError>;
+    /// Starts a generation step; returns its id. A new sequence's cache goes to replica
+    /// `replicas[i]` (`i` its step's index): the coordinator balances the replicas' budgets.
+    fn start_decode(&mut self, batch: DecodeBatch, replicas: &[usize]) -> Result<u64, EngineError>;
     /// Waits until a started step is done: its id and the next token of each of its
     /// sequences, in their order.
     fn finish_decode(&mut self) -> Result<(u64, Vec<NextToken>), EngineError>;
@@ -158,8 +159,9 @@ impl EvaluationEngine for LightweightEngine {
         1
     }
 
-    /// Computes the step at once; `finish_decode` hands its tokens over.
-    fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
+    /// Computes the step at once (one replica: `replicas` says nothing); `finish_decode`
+    /// hands its tokens over.
+    fn start_decode(&mut self, batch: DecodeBatch, _replicas: &[usize]) -> Result<u64, EngineError> {
         let started = std::time::Instant::now();
         let Forwarded::Next(next) = self.stage.decode(&batch, None, false)? else {
             return Err(EngineError::NoScores);

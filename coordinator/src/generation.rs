@@ -2,7 +2,8 @@
 //! order; each step decodes one token of every live sequence, and admits waiting ones
 //! (their whole prompt as one prefill) while the step's tokens stay within `--batch-tokens`,
 //! the live sequences within `--max-sequences`, and their reserved KV-cache pages
-//! (prompt and `max_gen_toks`) within the budget. A sequence ends at a stop token (the
+//! (prompt and `max_gen_toks`) within the budget of the replica each goes to (the one with
+//! the most pages free: each replica of the engine has the budget). A sequence ends at a stop token (the
 //! end-of-text token, and a chat template's end-of-turn tokens),
 //! at one of its `until` strings (checked on the decoded text, which is cut before it, as
 //! lm-evaluation-harness does) or after its `max_gen_toks`; its slot is refilled at once.
@@ -97,6 +98,7 @@ pub struct Throughput {
 struct Live {
     index: usize,
     pages: usize,
+    replica: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
 }
@@ -117,6 +119,7 @@ struct Group {
 struct Prefix {
     id: u64,
     pages: usize,
+    replica: usize,
     /// Live sequences that start with it.
     users: usize,
     /// Whether its step is done, so that sequences may start with it.
@@ -139,14 +142,26 @@ impl GenerationRequest {
     }
 }
 
+/// Request `index`'s first step: its whole prompt after an empty cache.
+fn first_step(index: usize, r: &GenerationRequest) -> SequenceStep {
+    SequenceStep {
+        sequence: index as u64,
+        past: 0,
+        tokens: r.prompt.clone(),
+        prefix: None,
+        choice: r.choice,
+        suppressed: r.suppressed.clone(),
+    }
+}
+
 /// Where a request that begins with a shared prefix stands.
 enum Found {
-    /// It can start after this ready copy.
-    After(u64),
+    /// It can start after this ready copy (its id and replica).
+    After(u64, usize),
     /// A copy it will start after is being computed.
     Wait,
-    /// A new copy is to be computed first.
-    New,
+    /// A new copy is to be computed first, on a replica other than these.
+    New(Vec<usize>),
 }
 
 impl<'a> Prefixes<'a> {
@@ -156,18 +171,18 @@ impl<'a> Prefixes<'a> {
         let copies = self.copies.get(key).map_or(&[][..], Vec::as_slice);
         let ready = copies.iter().filter(|c| c.ready).min_by_key(|c| c.users);
         match ready {
-            Some(c) if c.users == 0 => Found::After(c.id),
+            Some(c) if c.users == 0 => Found::After(c.id, c.replica),
             _ if copies.iter().any(|c| !c.ready) => Found::Wait,
-            Some(c) if copies.len() >= self.replicas => Found::After(c.id),
-            _ => Found::New,
+            Some(c) if copies.len() >= self.replicas => Found::After(c.id, c.replica),
+            _ => Found::New(copies.iter().map(|c| c.replica).collect()),
         }
     }
 
-    /// A new copy of `key` taking `pages`: the step that computes it.
-    fn add(&mut self, key: &'a [u32], pages: usize) -> SequenceStep {
+    /// A new copy of `key` taking `pages` on `replica`: the step that computes it.
+    fn add(&mut self, key: &'a [u32], pages: usize, replica: usize) -> SequenceStep {
         let id = self.next_id;
         self.next_id += 1;
-        self.copies.entry(key).or_default().push(Prefix { id, pages, users: 0, ready: false });
+        self.copies.entry(key).or_default().push(Prefix { id, pages, replica, users: 0, ready: false });
         SequenceStep {
             sequence: id,
             past: 0,
@@ -182,28 +197,43 @@ impl<'a> Prefixes<'a> {
         self.copies.values_mut().flatten().find(|c| c.id == id)
     }
 
-    /// Copies no live sequence uses and no waiting request begins with, removed: their
-    /// ids and pages.
-    fn unused(&mut self) -> Vec<(u64, usize)> {
+    /// Copies no live sequence uses and no waiting request begins with, removed.
+    fn unused(&mut self) -> Vec<Prefix> {
         self.evict(|_, waiting| waiting == 0)
     }
 
     /// Ready copies no live sequence uses, removed where `drop(key, waiting requests)` says.
-    fn evict(&mut self, drop: impl Fn(&[u32], usize) -> bool) -> Vec<(u64, usize)> {
+    fn evict(&mut self, drop: impl Fn(&[u32], usize) -> bool) -> Vec<Prefix> {
         let mut freed = Vec::new();
         for (key, copies) in &mut self.copies {
             if drop(key, self.waiting.get(key).copied().unwrap_or(0)) {
-                copies.retain(|c| {
-                    let keep = c.users > 0 || !c.ready;
-                    if !keep {
-                        freed.push((c.id, c.pages));
-                    }
-                    keep
-                });
+                let (idle, kept) = std::mem::take(copies).into_iter().partition(|c| c.users == 0 && c.ready);
+                *copies = kept;
+                freed.extend::<Vec<Prefix>>(idle);
             }
         }
         self.copies.retain(|_, copies| !copies.is_empty());
         freed
+    }
+}
+
+/// The pages each replica's caches hold for the sequences and prefixes placed there,
+/// against the budget each has.
+struct Replicas {
+    reserved: Vec<usize>,
+    budget: usize,
+}
+
+impl Replicas {
+    /// The replica, other than `taken`, with the most pages free, if `pages` fit there.
+    fn room(&self, pages: usize, taken: &[usize]) -> Option<usize> {
+        let free = (0..self.reserved.len()).filter(|r| !taken.contains(r)).min_by_key(|&r| (self.reserved[r], r))?;
+        (self.reserved[free] + pages <= self.budget).then_some(free)
+    }
+
+    fn release(&mut self, replica: usize, pages: usize, released: &mut Vec<u64>, id: u64) {
+        self.reserved[replica] -= pages;
+        released.push(id);
     }
 }
 
@@ -255,11 +285,13 @@ pub fn generate(
     let mut groups: Vec<Group> = (0..depth).map(|_| Group::default()).collect();
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let mut waiting: VecDeque<usize> = todo.iter().copied().collect();
+    let replica_count = engine.decode_replicas().max(1);
+    let mut replicas = Replicas { reserved: vec![0; replica_count], budget: budget_pages };
     let mut prefixes = Prefixes {
         copies: HashMap::new(),
         waiting: HashMap::new(),
         next_id: requests.len() as u64,
-        replicas: engine.decode_replicas().max(1),
+        replicas: replica_count,
     };
     for &i in todo {
         if let Some(key) = requests[i].shared_prefix() {
@@ -268,7 +300,7 @@ pub fn generate(
     }
     // The copy each live sequence started after.
     let mut after: HashMap<usize, u64> = HashMap::new();
-    let (mut reserved, mut released, mut live_total) = (0, Vec::new(), 0);
+    let (mut released, mut live_total) = (Vec::new(), 0);
     let mut throughput = Throughput::default();
     let mut last = Instant::now();
     loop {
@@ -289,7 +321,8 @@ pub fn generate(
                     })
                 })
                 .collect();
-            let mut prefix_steps = Vec::new();
+            let mut placed: Vec<usize> = group.live.iter().map(|l| l.replica).collect();
+            let (mut prefix_steps, mut prefix_placed) = (Vec::new(), Vec::new());
             let mut rows = steps.len();
             let mut shape = BatchShape {
                 decode_rows: steps.len(),
@@ -305,84 +338,84 @@ pub fn generate(
                 }
                 let key = r.shared_prefix();
                 let found = key.map(|key| prefixes.find(key));
-                // The pages and rows its admission adds: its own, or its prefix's first.
-                let (pages, new_rows) = match found {
-                    None => (own_pages(r), r.prompt.len()),
-                    Some(Found::After(_)) => (own_pages(r), r.prompt.len() - r.prefix),
-                    Some(Found::New) => (pages_for(r.prefix), r.prefix),
+                // The rows its admission adds (its own, or its prefix's first), and the
+                // replica it goes to: its copy's, or the one with the most room for its
+                // pages (a new copy's and then its own).
+                let (new_rows, replica) = match &found {
+                    None => (r.prompt.len(), replicas.room(own_pages(r), &[])),
+                    Some(Found::After(_, replica)) => (r.prompt.len() - r.prefix, Some(*replica)),
+                    Some(Found::New(taken)) => (r.prefix, replicas.room(pages_for(r.prefix) + own_pages(r), taken)),
                     Some(Found::Wait) => break,
                 };
                 if rows + new_rows > batching.batch_tokens && group.prefilled {
                     break;
                 }
-                if reserved + pages > budget_pages {
-                    // Idle copies of other prefixes make room (they are computed again if needed).
-                    let freed = prefixes.evict(|k, _| Some(k) != key);
-                    if freed.is_empty() {
-                        break;
+                let replica = match replica.filter(|&p| replicas.reserved[p] + own_pages(r) <= budget_pages) {
+                    Some(replica) => replica,
+                    None => {
+                        // Idle copies of other prefixes make room (computed again if needed).
+                        let freed = prefixes.evict(|k, _| Some(k) != key);
+                        if freed.is_empty() {
+                            break;
+                        }
+                        for copy in freed {
+                            replicas.release(copy.replica, copy.pages, &mut released, copy.id);
+                        }
+                        continue;
                     }
-                    for (id, pages) in freed {
-                        reserved -= pages;
-                        released.push(id);
-                    }
-                    continue;
-                }
-                reserved += pages;
+                };
                 rows += new_rows;
                 throughput.prompt_tokens += new_rows;
+                group.prefilled = true;
                 // Its rows see the prefix before them and causally each other.
                 let (before, n) = match found {
-                    Some(Found::After(_)) => (r.prefix as u64, new_rows as u64),
+                    Some(Found::After(..)) => (r.prefix as u64, new_rows as u64),
                     _ => (0, new_rows as u64),
                 };
                 shape.attention_pairs += n * before + n * (n + 1) / 2;
-                group.prefilled = true;
-                let (Some(key), Some(found)) = (key, found) else {
-                    waiting.pop_front();
-                    live_total += 1;
-                    steps.push(SequenceStep {
-                        sequence: i as u64,
-                        past: 0,
-                        tokens: r.prompt.clone(),
-                        prefix: None,
-                        choice: r.choice,
-                        suppressed: r.suppressed.clone(),
-                    });
-                    group.live.push(Live { index: i, pages, tokens: Vec::new(), logprobs: Vec::new() });
-                    continue;
-                };
-                let Found::After(copy) = found else {
-                    // The request waits for its copy, computed in this step.
-                    let step = prefixes.add(key, pages);
-                    group.prefixes.push(step.sequence);
-                    prefix_steps.push(step);
-                    continue;
+                let step = match (key, found) {
+                    (Some(key), Some(Found::New(_))) => {
+                        // The request waits for its copy, computed in this step.
+                        replicas.reserved[replica] += pages_for(r.prefix);
+                        let step = prefixes.add(key, pages_for(r.prefix), replica);
+                        group.prefixes.push(step.sequence);
+                        prefix_steps.push(step);
+                        prefix_placed.push(replica);
+                        continue;
+                    }
+                    (Some(key), Some(Found::After(copy, _))) => {
+                        if let Some(w) = prefixes.waiting.get_mut(key) {
+                            *w -= 1;
+                        }
+                        if let Some(c) = prefixes.copy_mut(copy) {
+                            c.users += 1;
+                        }
+                        after.insert(i, copy);
+                        let rest = r.prompt[r.prefix..].to_vec();
+                        SequenceStep { past: r.prefix, tokens: rest, prefix: Some(copy), ..first_step(i, r) }
+                    }
+                    _ => first_step(i, r),
                 };
                 waiting.pop_front();
                 live_total += 1;
-                if let Some(w) = prefixes.waiting.get_mut(key) {
-                    *w -= 1;
-                }
-                if let Some(c) = prefixes.copy_mut(copy) {
-                    c.users += 1;
-                }
-                after.insert(i, copy);
-                steps.push(SequenceStep {
-                    sequence: i as u64,
-                    past: r.prefix,
-                    tokens: r.prompt[r.prefix..].to_vec(),
-                    prefix: Some(copy),
-                    choice: r.choice,
-                    suppressed: r.suppressed.clone(),
+                replicas.reserved[replica] += own_pages(r);
+                steps.push(step);
+                placed.push(replica);
+                group.live.push(Live {
+                    index: i,
+                    pages: own_pages(r),
+                    replica,
+                    tokens: Vec::new(),
+                    logprobs: Vec::new(),
                 });
-                group.live.push(Live { index: i, pages, tokens: Vec::new(), logprobs: Vec::new() });
             }
             steps.extend(prefix_steps);
+            placed.extend(prefix_placed);
             if steps.is_empty() {
                 continue;
             }
             throughput.steps.push(BatchShape { tokens: rows, scored_rows: steps.len(), ..shape });
-            let id = engine.start_decode(DecodeBatch { released: std::mem::take(&mut released), steps })?;
+            let id = engine.start_decode(DecodeBatch { released: std::mem::take(&mut released), steps }, &placed)?;
             group.rows = rows;
             group.in_flight = true;
             in_flight.insert(id, g);
@@ -454,18 +487,16 @@ pub fn generate(
                 Some(text) => text,
                 None => decode()?,
             };
-            reserved -= l.pages;
+            replicas.release(l.replica, l.pages, &mut released, l.index as u64);
             live_total -= 1;
-            released.push(l.index as u64);
             if let Some(c) = after.remove(&l.index).and_then(|copy| prefixes.copy_mut(copy)) {
                 c.users -= 1;
             }
             done(l.index, Generation { tokens: l.tokens, logprobs: l.logprobs, text, stop })?;
         }
         group.live = still;
-        for (id, pages) in prefixes.unused() {
-            reserved -= pages;
-            released.push(id);
+        for copy in prefixes.unused() {
+            replicas.release(copy.replica, copy.pages, &mut released, copy.id);
         }
     }
 }
@@ -487,6 +518,8 @@ mod tests {
     struct Recorder {
         replicas: usize,
         steps: Vec<DecodeBatch>,
+        /// Each step's replicas, one a sequence.
+        placed: Vec<Vec<usize>>,
         answers: VecDeque<(u64, Vec<NextToken>)>,
     }
 
@@ -500,7 +533,10 @@ mod tests {
         fn decode_replicas(&self) -> usize {
             self.replicas
         }
-        fn start_decode(&mut self, batch: DecodeBatch) -> Result<u64, EngineError> {
+        fn start_decode(&mut self, batch: DecodeBatch, replicas: &[usize]) -> Result<u64, EngineError> {
+            assert_eq!(replicas.len(), batch.steps.len());
+            assert!(replicas.iter().all(|&r| r < self.replicas));
+            self.placed.push(replicas.to_vec());
             let next = batch.steps.iter().map(|_| NextToken { token: HELLO, logprob: -1.0, greedy: true }).collect();
             self.answers.push_back((self.steps.len() as u64, next));
             self.steps.push(batch);
@@ -546,16 +582,27 @@ mod tests {
     }
 
     /// Runs `requests` on a recorder with `replicas`, `max_sequences` and a budget of
-    /// `pages`; returns the steps it was asked for and the prompt tokens computed.
+    /// `pages` a replica; returns the steps it was asked for and the prompt tokens computed.
     fn run(
         requests: &[GenerationRequest],
         replicas: usize,
         max_sequences: usize,
         pages: usize,
     ) -> (Vec<DecodeBatch>, usize) {
+        let (engine, prompt_tokens) = run_on(requests, replicas, max_sequences, pages);
+        (engine.steps, prompt_tokens)
+    }
+
+    /// [`run`], returning the recorder.
+    fn run_on(
+        requests: &[GenerationRequest],
+        replicas: usize,
+        max_sequences: usize,
+        pages: usize,
+    ) -> (Recorder, usize) {
         let dir = tempfile::tempdir().unwrap();
         let tokenizer = word_level(dir.path(), None);
-        let mut engine = Recorder { replicas, steps: Vec::new(), answers: VecDeque::new() };
+        let mut engine = Recorder { replicas, steps: Vec::new(), placed: Vec::new(), answers: VecDeque::new() };
         let batching = Batching { batch_tokens: 4096, max_sequences, kv_budget_bytes: pages * 64, max_position: 1024 };
         let todo: Vec<usize> = (0..requests.len()).collect();
         let mut finished = Vec::new();
@@ -567,7 +614,20 @@ mod tests {
         .unwrap();
         finished.sort();
         assert_eq!(finished, todo);
-        (engine.steps, throughput.prompt_tokens)
+        (engine, throughput.prompt_tokens)
+    }
+
+    #[test]
+    fn each_replica_holds_a_budget_of_sequences() {
+        // A sequence of 35 prompt tokens and 2 generated takes 3 pages; each replica's 6
+        // pages hold two: one replica decodes two at once, two replicas four.
+        let requests: Vec<GenerationRequest> =
+            (0..6).map(|i| GenerationRequest { prefix: 0, ..request(7 + i, 1) }).collect();
+        let (one, _) = run_on(&requests, 1, 48, 6);
+        assert_eq!(one.steps[0].steps.len(), 2);
+        let (two, _) = run_on(&requests, 2, 48, 6);
+        assert_eq!(two.steps[0].steps.len(), 4);
+        assert_eq!(two.placed[0], [0, 1, 0, 1]);
     }
 
     #[test]
@@ -590,8 +650,18 @@ mod tests {
     #[test]
     fn each_replica_gets_its_own_copy_of_a_prefix() {
         let requests: Vec<GenerationRequest> = (0..5).map(|i| request(7, 10 + i)).collect();
-        let (steps, _) = run(&requests, 2, 48, 64);
+        let (engine, _) = run_on(&requests, 2, 48, 64);
+        let steps = &engine.steps;
         let starts: Vec<u64> = steps.iter().flat_map(|b| &b.steps).filter_map(|s| s.prefix).collect();
+        // The copies sit on different replicas, and each sequence on its copy's.
+        let replica_of = |id: u64| {
+            let mut all = steps.iter().zip(&engine.placed).flat_map(|(b, p)| b.steps.iter().zip(p));
+            all.find(|(s, _)| s.sequence == id).map(|(_, &r)| r).unwrap()
+        };
+        assert_ne!(replica_of(5), replica_of(6));
+        for s in steps.iter().flat_map(|b| &b.steps).filter(|s| s.prefix.is_some()) {
+            assert_eq!(replica_of(s.sequence), replica_of(s.prefix.unwrap()));
+        }
         assert_eq!(starts.iter().filter(|&&p| p == 5).count(), 3, "{starts:?}");
         assert_eq!(starts.iter().filter(|&&p| p == 6).count(), 2, "{starts:?}");
     }
