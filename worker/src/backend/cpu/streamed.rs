@@ -68,7 +68,7 @@ impl<'a> Weight<'a> {
 
 /// A share of a product's work that one thread takes.
 enum Job<'a> {
-    /// One row: a span of output columns, its sums in L1, as many spans for each thread.
+    /// One row: a span of output columns, its sums in L1.
     Span { tile: Tile<'a>, sums: &'a mut [f32] },
     /// Several rows: a strip of tile-wide output columns for every row, written into the
     /// product's output `out` of `n` columns.
@@ -83,7 +83,9 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
         match m {
             0 => {}
             1 => {
-                let count = n.div_ceil(SPAN_COLUMNS).next_multiple_of(rayon::current_num_threads());
+                // At least two spans a thread, so that a thread that starts late takes fewer.
+                let threads = rayon::current_num_threads();
+                let count = n.div_ceil(SPAN_COLUMNS).max(2 * threads).next_multiple_of(threads);
                 let width = n.div_ceil(count).next_multiple_of(LANES);
                 jobs.extend(out.chunks_mut(width).enumerate().map(|(span, sums)| {
                     let cols = span * width..span * width + sums.len();
