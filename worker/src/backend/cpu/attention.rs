@@ -241,82 +241,98 @@ fn single_row(qkv: &Matrix, row: usize, cache: CacheView<'_>, heads: HeadLayout,
     single_row_on(Isa::widest(), qkv.row(row), cache, heads, spec)
 }
 
-/// [`single_row`] compiled for `isa`, one that the machine runs.
+/// [`single_row`] with its KV groups' kernels compiled for `isa`, one that the machine
+/// runs; the groups in parallel.
 fn single_row_on(isa: Isa, own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the machine runs its features (`Isa::widest` or narrower).
-        Isa::Avx512 => unsafe { single_row_avx512(own, cache, heads, spec) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { single_row_avx2(own, cache, heads, spec) },
-        _ => single_row_generic(own, cache, heads, spec),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn single_row_avx512(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
-    single_row_generic(own, cache, heads, spec)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn single_row_avx2(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
-    single_row_generic(own, cache, heads, spec)
-}
-
-/// Per KV head, the scores of its group's query heads over each key, read once for all
-/// of them, then the values likewise.
-#[inline(always)]
-fn single_row_generic(own: &[f32], cache: CacheView<'_>, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
     let d = heads.head_dim;
     let width = 2 * heads.num_kv_heads * d;
-    let group = heads.num_heads / heads.num_kv_heads;
     let keys = (cache.shared.len() + cache.own.len()) / width + 1;
     let visible = spec.window.map_or(0, |w| keys.saturating_sub(w))..keys;
     // The visible cache entries, then the row's own keys and values as one more entry.
     let own_entry = [&own[heads.k_cols()], &own[heads.v_cols()]].concat();
     let entries: Vec<&[f32]> = cache.entries(width).chain([own_entry.as_slice()]).skip(visible.start).collect();
+    let row = SingleRow { own, entries, keys, visible, heads, spec };
     let mut out = vec![0.0f32; heads.num_heads * d];
+    let group = heads.num_heads / heads.num_kv_heads;
+    out.par_chunks_exact_mut(group * d).enumerate().for_each(|(kv, out)| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the machine runs its features (`Isa::widest` or narrower).
+        Isa::Avx512 => unsafe { group_avx512(&row, kv, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { group_avx2(&row, kv, out) },
+        _ => group_generic(&row, kv, out),
+    });
+    out
+}
+
+/// One row's attention, as its KV groups see it.
+struct SingleRow<'a> {
+    /// The row's fused QKV values.
+    own: &'a [f32],
+    /// The visible keys' entries (keys then values of every KV head), the row's own last.
+    entries: Vec<&'a [f32]>,
+    /// Keys in all, the visible ones `visible`.
+    keys: usize,
+    visible: Range<usize>,
+    heads: HeadLayout,
+    spec: AttentionSpec,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn group_avx512(row: &SingleRow<'_>, kv: usize, out: &mut [f32]) {
+    group_generic(row, kv, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn group_avx2(row: &SingleRow<'_>, kv: usize, out: &mut [f32]) {
+    group_generic(row, kv, out);
+}
+
+/// KV head `kv`'s part of the output: the scores of its group's query heads over each
+/// key, read once for all of them, then the values likewise.
+#[inline(always)]
+fn group_generic(row: &SingleRow<'_>, kv: usize, out: &mut [f32]) {
+    let SingleRow { own, entries, keys, visible, heads, spec } = row;
+    let (d, keys) = (heads.head_dim, *keys);
+    let group = heads.num_heads / heads.num_kv_heads;
+    let (k, v) = (kv * d, heads.num_kv_heads * d + kv * d);
+    let queries = &own[kv * group * d..(kv + 1) * group * d];
     let mut scores = vec![0.0f32; group * keys];
-    for (kv, out) in out.chunks_exact_mut(group * d).enumerate() {
-        let (k, v) = (kv * d, width / 2 + kv * d);
-        let queries = &own[kv * group * d..(kv + 1) * group * d];
-        // Four keys at a time, for four independent streams of loads and sums.
-        let (fours, rest) = entries.as_chunks::<4>();
-        for (i, four) in fours.iter().enumerate() {
-            for ahead in fours.get(i + 2).into_iter().flatten() {
-                ahead[k..k + d].iter().step_by(16).for_each(|line| prefetch(line));
-            }
-            let keys4 = four.map(|entry| &entry[k..k + d]);
-            for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
-                let t = visible.start + 4 * i;
-                scores[t..t + 4].copy_from_slice(&dots(q, keys4).map(|s| s * spec.scale));
-            }
+    // Four keys at a time, for four independent streams of loads and sums.
+    let (fours, rest) = entries.as_chunks::<4>();
+    for (i, four) in fours.iter().enumerate() {
+        for ahead in fours.get(i + 2).into_iter().flatten() {
+            ahead[k..k + d].iter().step_by(16).for_each(|line| prefetch(line));
         }
-        for (i, entry) in rest.iter().enumerate() {
-            for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
-                scores[visible.start + 4 * fours.len() + i] = dots(q, [&entry[k..k + d]])[0] * spec.scale;
-            }
+        let keys4 = four.map(|entry| &entry[k..k + d]);
+        for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
+            let t = visible.start + 4 * i;
+            scores[t..t + 4].copy_from_slice(&dots(q, keys4).map(|s| s * spec.scale));
         }
-        for scores in scores.chunks_exact_mut(keys) {
-            softmax_range(scores, visible.clone(), spec.softcap);
+    }
+    for (i, entry) in rest.iter().enumerate() {
+        for (q, scores) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(keys)) {
+            scores[visible.start + 4 * fours.len() + i] = dots(q, [&entry[k..k + d]])[0] * spec.scale;
         }
-        for (i, (t, entry)) in visible.clone().zip(&entries).enumerate() {
-            if let Some(ahead) = entries.get(i + 8) {
-                ahead[v..v + d].iter().step_by(16).for_each(|line| prefetch(line));
-            }
-            let value = &entry[v..v + d];
-            for (out, scores) in out.chunks_exact_mut(d).zip(scores.chunks_exact(keys)) {
-                let p = scores[t];
-                for (o, &value) in out.iter_mut().zip(value) {
-                    *o += p * value;
-                }
+    }
+    for scores in scores.chunks_exact_mut(keys) {
+        softmax_range(scores, visible.clone(), spec.softcap);
+    }
+    for (i, (t, entry)) in visible.clone().zip(entries).enumerate() {
+        if let Some(ahead) = entries.get(i + 8) {
+            ahead[v..v + d].iter().step_by(16).for_each(|line| prefetch(line));
+        }
+        let value = &entry[v..v + d];
+        for (out, scores) in out.chunks_exact_mut(d).zip(scores.chunks_exact(keys)) {
+            let p = scores[t];
+            for (o, &value) in out.iter_mut().zip(value) {
+                *o += p * value;
             }
         }
     }
-    out
 }
 
 /// `q · key` for each of `keys`, each in a fixed order: sixteen lanes of partial sums,
