@@ -3,10 +3,11 @@
 # (generated tokens/s over all sequences) at 1, 8 and 32 concurrent sequences, each with
 # a 128-token prompt and 128 generated tokens (end of text ignored), on the test model
 # dequantised to F32 (both read the same weights; llama.cpp keeps its KV cache in f32 too),
-# 2 threads. Runs alternate, llama.cpp's llama-batched-bench then evalmesh's `generate`
-# task at each width, PAIRS times; prints each pair and the median ratio per width.
+# 2 threads. At each width, llama.cpp's llama-batched-bench and evalmesh's `generate` task
+# run back to back, in alternating order, PAIRS times; prints each pair and the median
+# ratio per width.
 #
-# Usage: scripts/bench-generate.sh [PAIRS]   (default 3)
+# Usage: scripts/bench-generate.sh [PAIRS]   (default 5)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-batched-bench and llama-quantize on PATH), THREADS (default 2).
 # To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
@@ -15,7 +16,7 @@
 #   llama-batched-bench llama-quantize`, then LLAMA_CPP_DIR=that folder.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
-pairs="${1:-3}"
+pairs="${1:-5}"
 threads="${THREADS:-2}"
 widths=(1 8 32)
 prompt_tokens=128
@@ -50,17 +51,17 @@ with open(path, "w") as f:
 PY
 done
 
-llama_rates() {
-    local npl
-    npl="$(IFS=,; echo "${widths[*]}")"
-    "$batched" -m "$f32" -c $((32 * (prompt_tokens + generated) + 256)) -b 4096 -ub 512 \
-        -npp "$prompt_tokens" -ntg "$generated" -npl "$npl" -t "$threads" -ctk f32 -ctv f32 2>/dev/null |
+# llama.cpp's decode tokens/s (S_TG) at one width.
+llama_rate() {
+    local width="$1"
+    "$batched" -m "$f32" -c $((width * (prompt_tokens + generated) + 256)) -b 4096 -ub 512 \
+        -npp "$prompt_tokens" -ntg "$generated" -npl "$width" -t "$threads" -ctk f32 -ctv f32 2>/dev/null |
         python3 -c '
 import sys
 for line in sys.stdin:
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     if len(cells) >= 8 and cells[2].isdigit():
-        print(cells[2], cells[7])  # B, S_TG t/s
+        print(cells[7])  # S_TG t/s
 '
 }
 
@@ -72,16 +73,22 @@ evalmesh_rate() {
         "$out/results.json"
 }
 
+# Each pair runs both sides at one width back to back (which goes first alternates), so
+# that the machine's drift over minutes falls on both alike.
 declare -A ratios
 for pair in $(seq "$pairs"); do
-    declare -A llama=()
-    while read -r width rate; do llama[$width]="$rate"; done < <(llama_rates)
     for width in "${widths[@]}"; do
-        ours="$(evalmesh_rate "$width")"
-        ratio="$(python3 -c "print(f'{$ours / ${llama[$width]}:.3f}')")"
+        if [ $((pair % 2)) -eq 1 ]; then
+            theirs="$(llama_rate "$width")"
+            ours="$(evalmesh_rate "$width")"
+        else
+            ours="$(evalmesh_rate "$width")"
+            theirs="$(llama_rate "$width")"
+        fi
+        ratio="$(python3 -c "print(f'{$ours / $theirs:.3f}')")"
         ratios[$width]="${ratios[$width]:-} $ratio"
         printf 'pair %d, %2d sequences: llama.cpp %8.1f tokens/s, evalmesh %8.1f tokens/s, ratio %s\n' \
-            "$pair" "$width" "${llama[$width]}" "$ours" "$ratio"
+            "$pair" "$width" "$theirs" "$ours" "$ratio"
     done
 done
 echo "median ratio of decode tokens/s, evalmesh over llama.cpp (targets: >= 1.0 at 1 sequence, >= 1.5 at 32):"
