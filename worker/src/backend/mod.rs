@@ -161,6 +161,11 @@ impl MatmulStats {
 pub trait Backend: DeviceMemory + Transfer {
     /// Rows `ids` of `table` (an embedding, `vocab × hidden`).
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
+    /// Runs a generation step's work. A step is hundreds of small operations; the CPU keeps
+    /// its other compute threads looking for work meanwhile rather than asleep between them.
+    fn generation_step<R>(&self, step: impl FnOnce() -> R) -> R {
+        step()
+    }
     /// `x · wᵀ` for `x` of `M × K` and `w` of `N × K`.
     fn matmul_t(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor, BackendError>;
     /// `x · wᵀ` with the rows that `decode` marks multiplied by a product made for the few

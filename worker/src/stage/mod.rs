@@ -211,6 +211,23 @@ impl<B: Backend> TransformerStage<B> {
             seq_lens.extend(std::iter::repeat_n(end, step.tokens.len()));
         }
         cache.prepare(&batch.steps)?;
+        self.backend.generation_step(|| self.decode_rows(batch, input, sums, cache, tokens, positions, seq_lens, rows))
+    }
+
+    /// [`Stage::decode`]'s work once its cache has room: the hidden states of the step's
+    /// rows, and on a last stage each sequence's next token.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rows(
+        &self,
+        batch: &DecodeBatch,
+        input: StageInput<B::Tensor>,
+        sums: &mut dyn GroupSum<B>,
+        cache: &mut KvCache,
+        tokens: Vec<u32>,
+        positions: Vec<u32>,
+        seq_lens: Vec<usize>,
+        rows: Vec<std::ops::Range<usize>>,
+    ) -> Result<StageOutput<B::Tensor>, StageError> {
         let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
         let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
         let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, sums)?;

@@ -23,7 +23,7 @@ mod kernels;
 mod streamed;
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use evalmesh_common::config::Activation;
@@ -229,6 +229,29 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    /// The pool's other threads spin over its queues while the step runs: waking a sleeping
+    /// thread for each of a step's small products would cost more than the product. The
+    /// spinner returns at once where the calling thread itself picks it up (one thread).
+    fn generation_step<R>(&self, step: impl FnOnce() -> R) -> R {
+        let running = AtomicBool::new(true);
+        let caller = rayon::current_thread_index();
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| {
+                if rayon::current_thread_index() == caller {
+                    return;
+                }
+                while running.load(Ordering::Relaxed) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            let result = step();
+            running.store(false, Ordering::Relaxed);
+            result
+        })
+    }
+
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<Matrix, BackendError> {
         let (vocab, hidden) = (table.out_features(), table.in_features());
         check(ids.iter().all(|&id| (id as usize) < vocab), || format!("token id past the {vocab} embedding rows"))?;
