@@ -7,7 +7,7 @@
 # run back to back, in alternating order, PAIRS times; prints each pair and the median
 # ratio per width.
 #
-# Usage: scripts/bench-generate.sh [PAIRS]   (default 5)
+# Usage: scripts/bench-generate.sh [PAIRS]   (default 6: an even count, so that each side goes first as often)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-batched-bench and llama-quantize on PATH), THREADS (default 2).
 # To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
@@ -16,7 +16,7 @@
 #   llama-batched-bench llama-quantize`, then LLAMA_CPP_DIR=that folder.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
-pairs="${1:-5}"
+pairs="${1:-6}"
 threads="${THREADS:-2}"
 widths=(1 8 32)
 prompt_tokens=128
