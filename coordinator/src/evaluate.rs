@@ -390,19 +390,20 @@ fn generate_task(
         // with the document's text), or, for repeats, all of the prompt but its last token.
         let mut prefix = match (prompt_ids, context.get(..*head)) {
             (None, Some(head)) if !head.is_empty() => {
-                let tokens = match heads.get(head) {
-                    Some(tokens) => tokens,
-                    None => heads.entry(head).or_insert(tokenizer.encode_document(head).map_err(TaskError::from)?),
-                };
-                tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count()
+                if !heads.contains_key(head) {
+                    heads.insert(head, tokenizer.encode_document(head).map_err(TaskError::from)?);
+                }
+                heads[head].iter().zip(&prompt).take_while(|(a, b)| a == b).count()
             }
             _ => 0,
         };
         let dropped = prompt.len().saturating_sub(room);
         prompt.drain(..dropped);
+        // At least the last token is the sequence's own: the step that chooses its first token.
+        let last = prompt.len().saturating_sub(1);
         prefix = match task.repeats > 1 {
-            true => prompt.len() - 1,
-            false => prefix.saturating_sub(dropped),
+            true => last,
+            false => prefix.saturating_sub(dropped).min(last),
         };
         // A prefix shorter than a page is not worth a step of its own; a prompt longer
         // than the split limit is prefilled whole.

@@ -397,8 +397,11 @@ fn sampled_repeats_vote_and_reproduce() {
 #[test]
 fn a_shared_head_is_computed_once_and_changes_no_token() {
     let dir = tempfile::tempdir().unwrap();
+    // The last document's own text is empty: its prompt is all head, and all of it but
+    // the last token is shared.
     let questions = ["2+2", "3+5", "10-4", "7*3", "9+9", "12/4"];
-    let items: String = questions.iter().map(|q| format!("{{\"q\": \"{q}\", \"a\": \"0\"}}\n")).collect();
+    let texts = questions.iter().map(|q| format!("Question: {q}\\nAnswer:")).chain([String::new()]);
+    let items: String = texts.map(|q| format!("{{\"q\": \"{q}\", \"a\": \"0\"}}\n")).collect();
     std::fs::write(dir.path().join("items.jsonl"), items).unwrap();
     let yaml =
         "task: sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\ntest_split: test\n\
@@ -406,7 +409,7 @@ fn a_shared_head_is_computed_once_and_changes_no_token() {
                 description: \"You are a careful calculator. Each question below is a small sum of whole numbers; \
                 work it out and give the number alone, with no words, no units and no working. Some questions add, \
                 some subtract, some multiply and some divide, and every answer is a whole number.\\n\\n\"\n\
-                doc_to_text: \"Question: {{q}}\\nAnswer:\"\ndoc_to_target: \"{{a}}\"\n\
+                doc_to_text: \"{{q}}\"\ndoc_to_target: \"{{a}}\"\n\
                 generation_kwargs:\n  until: [\"\\n\\n\"]\n  max_gen_toks: 10\nmetric_list:\n  - metric: exact_match\n";
     std::fs::write(dir.path().join("sums.yaml"), yaml).unwrap();
     let run = |name: &str, extra: &[&str], layout: Option<&str>| {
