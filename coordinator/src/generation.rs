@@ -231,6 +231,7 @@ impl Replicas {
         (self.reserved[free] + pages <= self.budget).then_some(free)
     }
 
+    /// Frees sequence or copy `id`'s `pages` on `replica`; the engine frees its cache with the next step.
     fn release(&mut self, replica: usize, pages: usize, released: &mut Vec<u64>, id: u64) {
         self.reserved[replica] -= pages;
         released.push(id);

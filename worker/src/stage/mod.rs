@@ -211,46 +211,31 @@ impl<B: Backend> TransformerStage<B> {
             seq_lens.extend(std::iter::repeat_n(end, step.tokens.len()));
         }
         cache.prepare(&batch.steps)?;
-        self.backend.generation_step(|| self.decode_rows(batch, input, sums, cache, tokens, positions, seq_lens, rows))
-    }
-
-    /// [`Stage::decode`]'s work once its cache has room: the hidden states of the step's
-    /// rows, and on a last stage each sequence's next token.
-    #[allow(clippy::too_many_arguments)]
-    fn decode_rows(
-        &self,
-        batch: &DecodeBatch,
-        input: StageInput<B::Tensor>,
-        sums: &mut dyn GroupSum<B>,
-        cache: &mut KvCache,
-        tokens: Vec<u32>,
-        positions: Vec<u32>,
-        seq_lens: Vec<usize>,
-        rows: Vec<std::ops::Range<usize>>,
-    ) -> Result<StageOutput<B::Tensor>, StageError> {
-        let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
-        let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
-        let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, sums)?;
-        cache.advance(&batch.steps);
-        let Some(head) = &self.head else {
-            return Ok(StageOutput::Hidden(x));
-        };
-        let b = &self.backend;
-        let mut next = Vec::with_capacity(batch.steps.len());
-        for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
-            let logits = b.download(&self.logits(head, &x, chunk, true)?)?;
-            let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
-            let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
-            if count > 0 {
-                return Err(StageError::NonFiniteScores { count, total: rows.len() });
+        self.backend.generation_step(|| {
+            let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
+            let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
+            let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, sums)?;
+            cache.advance(&batch.steps);
+            let Some(head) = &self.head else {
+                return Ok(StageOutput::Hidden(x));
+            };
+            let b = &self.backend;
+            let mut next = Vec::with_capacity(batch.steps.len());
+            for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
+                let logits = b.download(&self.logits(head, &x, chunk, true)?)?;
+                let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
+                let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
+                if count > 0 {
+                    return Err(StageError::NonFiniteScores { count, total: rows.len() });
+                }
+                let chosen = rows
+                    .into_par_iter()
+                    .zip(steps)
+                    .map(|(row, step)| choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
+                next.par_extend(chosen);
             }
-            let chosen = rows
-                .into_par_iter()
-                .zip(steps)
-                .map(|(row, step)| choose(row, step.choice, step.past + step.tokens.len(), &step.suppressed));
-            next.par_extend(chosen);
-        }
-        Ok(StageOutput::Next(next))
+            Ok(StageOutput::Next(next))
+        })
     }
 
     /// The hidden states after the stage's blocks of `tokens` (first stage) or `input`, at
