@@ -22,22 +22,13 @@ widths=(1 8 32)
 prompt_tokens=128
 generated=128
 
-tool() {
-    local name="$1"
-    if [ -n "${LLAMA_CPP_DIR:-}" ] && [ -x "$LLAMA_CPP_DIR/build/bin/$name" ]; then
-        echo "$LLAMA_CPP_DIR/build/bin/$name"
-    else
-        command -v "$name" || true
-    fi
-}
-batched="$(tool llama-batched-bench)"
-quantize="$(tool llama-quantize)"
+batched="$(llama_tool llama-batched-bench)"
+quantize="$(llama_tool llama-quantize)"
 if [ -z "$batched" ] || [ -z "$quantize" ]; then
     echo "bench-generate: llama-batched-bench and llama-quantize not found (set LLAMA_CPP_DIR; the top of $0 says how to build them)" >&2
     exit 1
 fi
-f32="${EVALMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/evalmesh}/$(basename "${model%.gguf}").F32.gguf"
-[ -f "$f32" ] || "$quantize" --allow-requantize "$model" "$f32" F32 >/dev/null 2>&1
+f32="$(f32_model "$quantize")"
 
 # evalmesh's prompts: per width, that many distinct 128-token prompts.
 for width in "${widths[@]}"; do

@@ -1,6 +1,6 @@
 # Sourced by the scripts/bench-* benchmarks: sets `repo`, `shared` (EVALMESH_SHARED, default
 # ../shared), `model` (the test model, installed if needed), `bin` (a fresh release build) and
-# `out` (a temporary folder, removed on exit).
+# `out` (a temporary folder, removed on exit); defines `llama_tool` and `f32_model`.
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 shared="${EVALMESH_SHARED:-$repo/../shared}"
 model="$("$repo/scripts/setup.sh" | tail -n 1)"
@@ -8,3 +8,22 @@ cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" >&
 bin="$repo/target/release/evalmesh"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+
+# The path of llama.cpp's tool NAME: in $LLAMA_CPP_DIR/build/bin, else on PATH; empty if neither.
+llama_tool() {
+    local name="$1"
+    if [ -n "${LLAMA_CPP_DIR:-}" ] && [ -x "$LLAMA_CPP_DIR/build/bin/$name" ]; then
+        echo "$LLAMA_CPP_DIR/build/bin/$name"
+    else
+        command -v "$name" || true
+    fi
+}
+
+# The test model dequantised to F32 (made once with QUANTIZE, llama.cpp's llama-quantize),
+# which llama.cpp and evalmesh then read alike.
+f32_model() {
+    local quantize="$1"
+    local f32="${EVALMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/evalmesh}/$(basename "${model%.gguf}").F32.gguf"
+    [ -f "$f32" ] || "$quantize" --allow-requantize "$model" "$f32" F32 >/dev/null 2>&1
+    echo "$f32"
+}
