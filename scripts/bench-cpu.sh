@@ -22,12 +22,7 @@ pairs="${1:-4}"
 threads="${THREADS:-2}"
 
 perplexity="$(llama_tool llama-perplexity)"
-quantize="$(llama_tool llama-quantize)"
-if [ -z "$perplexity" ] || [ -z "$quantize" ]; then
-    echo "bench-cpu: llama-perplexity and llama-quantize not found (set LLAMA_CPP_DIR; the top of $0 says how to build them)" >&2
-    exit 1
-fi
-f32="$(f32_model "$quantize")"
+f32="$(f32_model)"
 slice="$out/wikitext-slice.raw"
 head -c 45000 "$shared/data/wikitext-2/wiki.test.raw" >"$slice"
 

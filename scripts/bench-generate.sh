@@ -23,12 +23,7 @@ prompt_tokens=128
 generated=128
 
 batched="$(llama_tool llama-batched-bench)"
-quantize="$(llama_tool llama-quantize)"
-if [ -z "$batched" ] || [ -z "$quantize" ]; then
-    echo "bench-generate: llama-batched-bench and llama-quantize not found (set LLAMA_CPP_DIR; the top of $0 says how to build them)" >&2
-    exit 1
-fi
-f32="$(f32_model "$quantize")"
+f32="$(f32_model)"
 
 # evalmesh's prompts: per width, that many distinct 128-token prompts.
 for width in "${widths[@]}"; do

@@ -9,21 +9,26 @@ bin="$repo/target/release/evalmesh"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-# The path of llama.cpp's tool NAME: in $LLAMA_CPP_DIR/build/bin, else on PATH; empty if neither.
+# The path of llama.cpp's tool NAME: in $LLAMA_CPP_DIR/build/bin, else on PATH; else an
+# error saying how to get it (under `set -e`, `x="$(llama_tool NAME)"` then stops the script).
 llama_tool() {
     local name="$1"
     if [ -n "${LLAMA_CPP_DIR:-}" ] && [ -x "$LLAMA_CPP_DIR/build/bin/$name" ]; then
         echo "$LLAMA_CPP_DIR/build/bin/$name"
-    else
-        command -v "$name" || true
+    elif ! command -v "$name"; then
+        echo "$(basename "$0"): llama.cpp's $name not found (set LLAMA_CPP_DIR; the top of $0 says how to build it)" >&2
+        return 1
     fi
 }
 
-# The test model dequantised to F32 (made once with QUANTIZE, llama.cpp's llama-quantize),
-# which llama.cpp and evalmesh then read alike.
+# The test model dequantised to F32 (made once with llama.cpp's llama-quantize), which
+# llama.cpp and evalmesh then read alike.
 f32_model() {
-    local quantize="$1"
     local f32="${EVALMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/evalmesh}/$(basename "${model%.gguf}").F32.gguf"
-    [ -f "$f32" ] || "$quantize" --allow-requantize "$model" "$f32" F32 >/dev/null 2>&1
+    if [ ! -f "$f32" ]; then
+        local quantize
+        quantize="$(llama_tool llama-quantize)"
+        "$quantize" --allow-requantize "$model" "$f32" F32 >/dev/null 2>&1
+    fi
     echo "$f32"
 }
