@@ -10,7 +10,7 @@ use crate::decode::{DecodeBatch, NextToken};
 use crate::plan::StageSpec;
 use crate::request::{MicroBatch, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -34,13 +34,11 @@ pub enum ProtocolError {
 /// What a worker computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Device {
-    Cpu,
+    /// The CPU, its weights kept as `weights` says.
+    Cpu { weights: WeightsInMemory },
     /// The GPU of the worker's place among the workers of its node (modulo the GPUs it sees),
     /// multiplying in `precision` and passing activations to other ranks as `cuda_aware` says.
-    Cuda {
-        cuda_aware: CudaAware,
-        precision: GpuPrecision,
-    },
+    Cuda { cuda_aware: CudaAware, precision: GpuPrecision },
 }
 
 /// The type of a GPU's weights and matrix-product operands; products accumulate in f32
@@ -50,6 +48,20 @@ pub enum GpuPrecision {
     Bf16,
     /// Weights and operands as the CPU backend keeps them: the higher-precision path.
     F32,
+}
+
+/// How a CPU worker keeps its weights in memory (`--weights-in-memory`). Scores are the
+/// same bits either way: widening is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsInMemory {
+    /// `Stored` where the stage's weights widened to f32 would not fit in the machine's
+    /// memory with a tenth spare, else `F32`.
+    Auto,
+    /// Widened to f32 at load: the fastest products, four bytes a value.
+    F32,
+    /// In the file's encoding (bf16, f16, GGUF quantisation blocks), widened strip by strip
+    /// inside each product: the memory of the file.
+    Stored,
 }
 
 /// Whether activations go to MPI from device memory (which only a CUDA-aware MPI can read)
@@ -68,7 +80,7 @@ impl Device {
     /// The name of its backend, as `--device` spells it.
     pub fn name(self) -> &'static str {
         match self {
-            Device::Cpu => "cpu",
+            Device::Cpu { .. } => "cpu",
             Device::Cuda { .. } => "cuda",
         }
     }
@@ -77,7 +89,7 @@ impl Device {
     /// choose it (scores of two arithmetics differ in their last bits).
     pub fn arithmetic(self) -> &'static str {
         match self {
-            Device::Cpu => "cpu",
+            Device::Cpu { .. } => "cpu",
             Device::Cuda { precision: GpuPrecision::Bf16, .. } => "cuda",
             Device::Cuda { precision: GpuPrecision::F32, .. } => "cuda --gpu-precision f32",
         }
@@ -151,6 +163,8 @@ pub struct WorkerStats {
     pub peak_memory_bytes: u64,
     /// The most device memory the backend held (weights and buffers); 0 on the CPU.
     pub peak_device_memory_bytes: u64,
+    /// The memory of the stage's matrix weights, in the form the backend keeps them.
+    pub weight_memory_bytes: u64,
     /// Floating-point operations and seconds in matrix products.
     pub matmul_flops: u64,
     pub matmul_seconds: f64,

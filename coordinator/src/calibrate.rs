@@ -14,6 +14,7 @@ use evalmesh_common::protocol::{Device, GpuPrecision};
 use evalmesh_common::{group_slice, ModelConfig, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, CudaBackend};
 use evalmesh_worker::backend::{AttentionSpec, DecodeRows, HeadLayout};
+use evalmesh_worker::monitor::total_memory_bytes;
 use evalmesh_worker::{Backend, CpuBackend, Matrix};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
@@ -277,13 +278,6 @@ pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string())
 }
 
-/// Memory of this machine from `/proc/meminfo`, if it can be read.
-fn total_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Measures `device` at the model's shapes with micro-batches of `tokens` tokens, for
 /// [`ROUNDS`] rounds or until `seconds` have passed, whichever is longer; `link` is what
 /// [`measure_link`] found, if it ran.
@@ -295,7 +289,7 @@ pub fn calibrate(
     device: Device,
 ) -> Result<HardwareProfile, CalibrateError> {
     match device {
-        Device::Cpu => calibrate_cpu(c, tokens, link, seconds),
+        Device::Cpu { .. } => calibrate_cpu(c, tokens, link, seconds),
         Device::Cuda { .. } => calibrate_cuda(c, tokens, link, seconds),
     }
 }
@@ -369,7 +363,7 @@ fn calibrate_cpu(
         name: format!("cpu ({host}, {cores} cores)"),
         source: measured_source(&host, c, tokens, rounds[0].len(), started.elapsed().as_secs_f64(), link.is_some()),
         backend: "cpu".into(),
-        memory_bytes: total_memory().unwrap_or(0),
+        memory_bytes: total_memory_bytes().unwrap_or(0),
         compute_bytes: 4,
         overhead_bytes: 150_000_000,
         devices_per_node: cores,

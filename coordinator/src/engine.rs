@@ -212,6 +212,7 @@ impl EvaluationEngine for LightweightEngine {
                 compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
                 peak_device_memory_bytes: self.stage.peak_device_bytes(),
+                weight_memory_bytes: self.stage.weight_bytes(),
                 matmul_flops: matmul.flops,
                 matmul_seconds: matmul.seconds,
                 trace: if trace { self.spans.timeline.clone() } else { Vec::new() },

@@ -25,7 +25,7 @@ pub enum PredictionError {
 /// Where this host's measured profile of `device` is cached.
 pub fn cached_profile_path(cache: &Path, device: Device) -> PathBuf {
     match device {
-        Device::Cpu => cache.join(format!("profile-{}.json", host_name())),
+        Device::Cpu { .. } => cache.join(format!("profile-{}.json", host_name())),
         Device::Cuda { .. } => cache.join(format!("profile-{}-cuda.json", host_name())),
     }
 }
@@ -69,7 +69,7 @@ pub fn run_profile(
             );
             return Ok(HardwareProfile::built_in("h100")?);
         }
-        (Err(e), Device::Cpu) => return Err(e.into()),
+        (Err(e), Device::Cpu { .. }) => return Err(e.into()),
     };
     // A cache that cannot be written costs the next run a calibration, not this run.
     match write_profile(&profile, &cached) {

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use evalmesh_common::protocol::WeightsInMemory;
 use evalmesh_common::{MicroBatch, ScoreTree, TokenScore};
 use evalmesh_tests::{path_str, run_evalmesh, shared_dir};
 use evalmesh_worker::weights::HfModel;
@@ -68,6 +69,26 @@ fn every_family_reproduces_transformers_log_probabilities() {
         }
     }
     assert!(failures.is_empty(), "beyond {TOLERANCE}: {failures:?}");
+}
+
+/// Weights kept as the files store them (bf16), widened strip by strip inside each
+/// product, give every family's scores bit for bit as weights widened at load, and take
+/// half their memory.
+#[test]
+fn stored_weights_score_every_family_to_the_same_bits() {
+    for family in FAMILIES {
+        let model = HfModel::open(&folder(family)).unwrap();
+        let spec = StageSpec::whole(model.config());
+        let widened = TransformerStage::load(&model, spec.clone(), CpuBackend::new(WeightsInMemory::F32)).unwrap();
+        let stored = TransformerStage::load(&model, spec, CpuBackend::new(WeightsInMemory::Stored)).unwrap();
+        // bf16 is half of f32, whose rows the backend pads.
+        assert!(stored.weight_bytes() * 2 <= widened.weight_bytes(), "{family}: stored weights take more memory");
+        for i in 0..3 {
+            let (ids, _) = expected(family, i);
+            let bits = |s: &[TokenScore]| s.iter().map(|s| s.logprob.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scores(&stored, &ids)), bits(&scores(&widened, &ids)), "{family} text {i}");
+        }
+    }
 }
 
 /// `evalmesh score --top VOCAB` lists every token at every position: the text's tokens are

@@ -118,6 +118,14 @@ fn gpu_flags_without_cuda() {
 }
 
 #[test]
+fn cpu_weights_flag_with_cuda() {
+    let model = test_model();
+    let output =
+        run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--device", "cuda", "--weights-in-memory", "stored"]);
+    assert_clean_error(&output, &["--weights-in-memory", "--device cuda", "--gpu-precision"]);
+}
+
+#[test]
 fn empty_model_file() {
     let (_dir, path) = edited_bytes(Vec::clear);
     assert_clean_error(&run_with_model(&path), &[path.to_str().unwrap(), "empty"]);

@@ -110,3 +110,30 @@ fn gemma3_perplexity_matches_llama_cpp_chunk_by_chunk() {
         assert!(err < 1e-3, "chunk {}: {ppl} vs llama.cpp F32 {want} ({err:.2e})", i + 1);
     }
 }
+
+/// `--weights-in-memory stored` keeps the test model's Q4_1 blocks as the file stores them:
+/// the weights take under 1.2 × the file's size (against over 5 × widened to f32), and
+/// every chunk's perplexity is the same bits as with the weights widened at load.
+#[test]
+fn stored_weights_give_the_same_perplexity_in_the_files_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |mode: &str| {
+        let out = dir.path().join(format!("{mode}.json"));
+        let output = RunArgs::new()
+            .flag("--perplexity-mode", "llamacpp")
+            .flag("--ctx", 512)
+            .flag("--weights-in-memory", mode)
+            .path("--output", &out)
+            .run();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let weights = report["evalmesh"]["monitoring"][0]["stats"]["weight_memory_bytes"].as_u64().unwrap();
+        (report["evalmesh"]["tasks"]["perplexity"]["cumulative_perplexity"].clone(), weights)
+    };
+    let ((widened, f32_bytes), (stored, stored_bytes)) = (run("f32"), run("stored"));
+    assert!(widened.as_array().is_some_and(|chunks| chunks.len() == 13), "{widened}");
+    assert_eq!(widened, stored);
+    let file = std::fs::metadata(test_model()).unwrap().len();
+    assert!((stored_bytes as f64) < 1.2 * file as f64, "{stored_bytes} bytes of weights from a {file}-byte file");
+    assert!(f32_bytes > 5 * file, "{f32_bytes} bytes widened from a {file}-byte file");
+}

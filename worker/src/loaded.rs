@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use evalmesh_common::cost::weight_values;
 use evalmesh_common::decode::{DecodeBatch, NextToken};
-use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision};
+use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, WeightsInMemory};
 use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, ModelConfig, PlanError, StageSpec, TokenScore};
 use mpi::topology::{Rank, SimpleCommunicator};
@@ -19,6 +20,7 @@ use crate::comm::activations::Activations;
 use crate::comm::cuda_aware::mpi_is_cuda_aware;
 use crate::comm::shard_sum::ShardSum;
 use crate::comm::wire::{Landing, Outbound};
+use crate::monitor::total_memory_bytes;
 use crate::stage::{GroupSum, KvCache, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
 use crate::weights::WeightSource;
 
@@ -27,7 +29,7 @@ use crate::weights::WeightSource;
 /// the way its activations pass to MPI.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Cpu,
+    Cpu { weights: WeightsInMemory },
     Gpu { gpu: GpuChoice, precision: GpuPrecision, cuda_aware: CudaAware },
 }
 
@@ -36,7 +38,7 @@ impl Target {
     /// ([`probe_local`]).
     pub fn find(device: Device, local: usize) -> Result<Target, BackendError> {
         Ok(match device {
-            Device::Cpu => Target::Cpu,
+            Device::Cpu { weights } => Target::Cpu { weights },
             Device::Cuda { cuda_aware, precision } => Target::Gpu { gpu: probe_local(local)?, precision, cuda_aware },
         })
     }
@@ -64,8 +66,9 @@ pub enum Site {
     /// The whole model in this process: no other rank to send to or sum with.
     Alone,
     /// A worker rank of an MPI job: its place among its node's workers (which picked its
-    /// GPU), and the ranks of its stage's tensor-parallel shards in group order.
-    Worker { rank: Rank, node_index: usize, shards: Vec<Rank> },
+    /// GPU), how many they are, and the ranks of its stage's tensor-parallel shards in
+    /// group order.
+    Worker { rank: Rank, node_index: usize, node_workers: usize, shards: Vec<Rank> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,33 @@ pub trait LoadedStage {
     fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
     fn peak_device_bytes(&self) -> u64;
+    /// Bytes of the stage's matrix weights in its backend's memory.
+    fn weight_bytes(&self) -> u64;
+}
+
+/// `Auto` resolved for a CPU stage: `Stored` where its weights widened to f32, and a tenth
+/// spare, would not fit in its share of the machine's memory (its node's workers share it
+/// evenly), else `F32`, whose products are the faster; logged.
+fn resolve_weights(weights: WeightsInMemory, c: &ModelConfig, spec: &StageSpec, site: &Site) -> WeightsInMemory {
+    if weights != WeightsInMemory::Auto {
+        return weights;
+    }
+    let share = match site {
+        Site::Alone => 1,
+        Site::Worker { node_workers, .. } => (*node_workers).max(1),
+    };
+    let f32_bytes = weight_values(c, spec) * 4;
+    let available = total_memory_bytes().map_or(u64::MAX, |total| total / share as u64);
+    let chosen = match f32_bytes + f32_bytes / 10 > available {
+        true => WeightsInMemory::Stored,
+        false => WeightsInMemory::F32,
+    };
+    log::info!(
+        "weights in memory: {chosen:?} (widened to f32 they take {:.1} GB of this worker's {:.1} GB; --weights-in-memory chooses)",
+        f32_bytes as f64 / 1e9,
+        available as f64 / 1e9
+    );
+    chosen
 }
 
 /// Loads `spec` of `source` on `target` at `site`: checks that a GPU's memory holds it,
@@ -136,7 +166,10 @@ pub fn load_stage(
     site: &Site,
 ) -> Result<Box<dyn LoadedStage>, LoadError> {
     Ok(match target {
-        Target::Cpu => Box::new(Loaded::load(source, spec, CpuBackend::default(), "cpu".into(), site)?),
+        Target::Cpu { weights } => {
+            let weights = resolve_weights(*weights, source.config(), &spec, site);
+            Box::new(Loaded::load(source, spec, CpuBackend::new(weights), "cpu".into(), site)?)
+        }
         Target::Gpu { gpu, precision, cuda_aware } => {
             check_fits_gpu(source.config(), &spec, gpu.memory_bytes, *precision)
                 .map_err(|error| LoadError::TooBig { gpu: gpu.clone(), error })?;
@@ -296,5 +329,9 @@ impl<B: Backend> LoadedStage for Loaded<B> {
 
     fn peak_device_bytes(&self) -> u64 {
         self.stage.backend().peak_device_bytes()
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.stage.weight_bytes()
     }
 }

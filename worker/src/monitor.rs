@@ -1,6 +1,6 @@
 //! Monitoring of a rank: hdrhistogram distributions of durations (compute, idle, send,
-//! receive-wait per micro-batch), a timeline of the same spans for Chrome traces, and the
-//! process's peak memory.
+//! receive-wait per micro-batch), a timeline of the same spans for Chrome traces, the
+//! process's peak memory and the machine's.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,13 @@ impl Durations {
             max_ms: ms(h.max()),
         }
     }
+}
+
+/// The machine's memory (`MemTotal`), where the system reports it.
+pub fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The process's peak resident memory (`VmHWM`), where the system reports it.

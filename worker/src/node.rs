@@ -218,7 +218,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                 next = setup.next;
                 let threads = if setup.threads == 0 { node.threads() } else { setup.threads };
                 set_polling(node.polling(threads));
-                match load(setup, threads, rank, node.index) {
+                match load(setup, threads, rank, node) {
                     Ok((loaded, bytes_read, load_seconds)) => {
                         let spec = loaded.spec();
                         log::info!(
@@ -282,6 +282,7 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     receive_wait: receive_wait.summary(),
                     peak_memory_bytes: peak_memory_bytes(),
                     peak_device_memory_bytes: stage.as_ref().map_or(0, |s| s.peak_device_bytes()),
+                    weight_memory_bytes: stage.as_ref().map_or(0, |s| s.weight_bytes()),
                     matmul_flops: matmul.flops,
                     matmul_seconds: matmul.seconds,
                     trace: if trace { [spans.timeline.clone(), send_spans.timeline].concat() } else { Vec::new() },
@@ -295,22 +296,17 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
     failure.map_or(Ok(()), Err)
 }
 
-/// Loads the stage of `setup` with `threads` compute threads for worker `node_index` of
-/// its node; returns it with the bytes read from the model and the seconds taken.
-fn load(
-    setup: Setup,
-    threads: usize,
-    rank: Rank,
-    node_index: usize,
-) -> Result<(Box<dyn LoadedStage>, u64, f64), String> {
+/// Loads the stage of `setup` with `threads` compute threads for this worker of `node`;
+/// returns it with the bytes read from the model and the seconds taken.
+fn load(setup: Setup, threads: usize, rank: Rank, node: NodeShare) -> Result<(Box<dyn LoadedStage>, u64, f64), String> {
     let started = Instant::now();
     check_version(setup.version).map_err(|e| e.to_string())?;
     crate::start_threads(threads).map_err(|e| e.to_string())?;
     let model = &setup.model;
     let source =
         crate::weights::open(std::path::Path::new(&model.path), model.random_weights).map_err(|e| e.to_string())?;
-    let target = Target::find(setup.device, node_index).map_err(|e| e.to_string())?;
-    let site = Site::Worker { rank, node_index, shards: setup.shards };
+    let target = Target::find(setup.device, node.index).map_err(|e| e.to_string())?;
+    let site = Site::Worker { rank, node_index: node.index, node_workers: node.workers, shards: setup.shards };
     let loaded = load_stage(source.as_ref(), setup.stage, &target, &site).map_err(|e| match e {
         LoadError::TooBig { gpu, error } => {
             format!("GPU {} ({}, {} GB): {error}", gpu.ordinal, gpu.name, gpu.memory_bytes / 1_000_000_000)

@@ -229,6 +229,14 @@ pub struct RunArgs {
     /// numerics). Products accumulate in f32 either way.
     #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Bf16)]
     pub gpu_precision: GpuPrecisionArg,
+    /// With --device cpu: how the weights are kept. `f32` widens them at load (the fastest
+    /// products, four bytes a value); `stored` keeps them as the file stores them (bf16,
+    /// f16, GGUF quantisation blocks) and widens them strip by strip inside each product,
+    /// so that memory follows the file's size; `auto` (the default) takes `stored` where f32
+    /// would not fit in the machine's memory with a tenth spare, else `f32`. The scores are
+    /// the same bits either way.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    pub weights_in_memory: WeightsArg,
     /// Draw every weight at random (fixed seeds; on the GPU with --device cuda) instead of
     /// reading weight files, to measure a model's speed from its config.json alone: --model
     /// names the config.json or its directory, the tokenizer comes from --tokenizer (a
@@ -335,6 +343,14 @@ pub enum CudaAwareArg {
 pub enum GpuPrecisionArg {
     Bf16,
     F32,
+}
+
+/// How CPU workers keep their weights (`--weights-in-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    Auto,
+    F32,
+    Stored,
 }
 
 /// How the work is spread over the ranks of an MPI job.

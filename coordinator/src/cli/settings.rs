@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision};
+use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, WeightsInMemory};
 use evalmesh_common::Strategy;
 
-use super::args::{CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, StrategyArg};
+use super::args::{
+    CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, StrategyArg, WeightsArg,
+};
 use crate::evaluate::Limit;
 use crate::journal::journal_path;
 use crate::lm_eval::files::{date_id, results_in_folder};
@@ -26,6 +28,8 @@ pub enum UsageError {
     LayoutNeedsRanks(String),
     #[error("{0} sets how GPUs compute or pass activations: it needs --device cuda (drop it for --device cpu)")]
     GpuFlagWithoutCuda(&'static str),
+    #[error("{0} sets how the CPU keeps its weights: drop it for --device cuda, whose weights are kept as --gpu-precision says")]
+    CpuFlagWithCuda(&'static str),
     #[error("--resume needs --output: the journal lives next to the results file")]
     ResumeWithoutOutput,
     #[error("--log-samples needs --output: the samples files are written next to the results file")]
@@ -176,7 +180,7 @@ impl RunArgs {
         if self.log_samples && self.output.is_none() {
             return Err(UsageError::SamplesWithoutOutput);
         }
-        let device = device_of(self.device, self.cuda_aware, self.gpu_precision)?;
+        let device = device_of(self.device, self.cuda_aware, self.gpu_precision, self.weights_in_memory)?;
         let output = match self.output {
             Some(output) => Some(OutputFiles::new(output, &self.model.path()?, self.log_samples)?),
             None => None,
@@ -246,7 +250,7 @@ impl CalibrateArgs {
                 value: self.batch_tokens,
             });
         }
-        device_of(self.device, CudaAwareArg::Auto, GpuPrecisionArg::Bf16)
+        device_of(self.device, CudaAwareArg::Auto, GpuPrecisionArg::Bf16, WeightsArg::Auto)
     }
 }
 
@@ -271,13 +275,25 @@ pub fn model_path(given: Option<&Path>) -> Result<PathBuf, UsageError> {
     }
 }
 
-/// The workers' device from `--device`, and `--cuda-aware` and `--gpu-precision`, which
-/// only a GPU run takes.
-fn device_of(device: DeviceArg, cuda_aware: CudaAwareArg, precision: GpuPrecisionArg) -> Result<Device, UsageError> {
+/// The workers' device from `--device`, with `--cuda-aware` and `--gpu-precision`, which
+/// only a GPU run takes, and `--weights-in-memory`, which only a CPU run takes.
+fn device_of(
+    device: DeviceArg,
+    cuda_aware: CudaAwareArg,
+    precision: GpuPrecisionArg,
+    weights: WeightsArg,
+) -> Result<Device, UsageError> {
     match (device, cuda_aware, precision) {
-        (DeviceArg::Cpu, CudaAwareArg::Auto, GpuPrecisionArg::Bf16) => Ok(Device::Cpu),
+        (DeviceArg::Cpu, CudaAwareArg::Auto, GpuPrecisionArg::Bf16) => Ok(Device::Cpu {
+            weights: match weights {
+                WeightsArg::Auto => WeightsInMemory::Auto,
+                WeightsArg::F32 => WeightsInMemory::F32,
+                WeightsArg::Stored => WeightsInMemory::Stored,
+            },
+        }),
         (DeviceArg::Cpu, CudaAwareArg::Auto, _) => Err(UsageError::GpuFlagWithoutCuda("--gpu-precision")),
         (DeviceArg::Cpu, _, _) => Err(UsageError::GpuFlagWithoutCuda("--cuda-aware")),
+        (DeviceArg::Cuda, ..) if weights != WeightsArg::Auto => Err(UsageError::CpuFlagWithCuda("--weights-in-memory")),
         (DeviceArg::Cuda, cuda_aware, precision) => Ok(Device::Cuda {
             cuda_aware: match cuda_aware {
                 CudaAwareArg::Auto => CudaAware::Auto,

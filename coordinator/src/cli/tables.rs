@@ -83,15 +83,15 @@ pub fn prediction_line(p: &PredictionSummary) -> String {
 }
 
 /// Per rank: micro-batches, tokens, compute time and its distribution, idle, send and
-/// receive-wait time, tokens/s while computing, peak host and device memory.
+/// receive-wait time, tokens/s while computing, weight memory, peak host and device memory.
 pub fn monitoring_table(ranks: &[RankStats]) -> String {
     let mut out = String::from(
-        "| Rank | Batches | Tokens | Compute s | p50 ms | p99 ms | Idle s | Send s | Recv-wait s | Tokens/s | Peak MiB | Device peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Rank | Batches | Tokens | Compute s | p50 ms | p99 ms | Idle s | Send s | Recv-wait s | Tokens/s | Weights MiB | Peak MiB | Device peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for RankStats { rank, stats: s } in ranks {
         let compute_s = s.compute.total_ms / 1000.0;
         out.push_str(&format!(
-            "| {rank} | {} | {} | {compute_s:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} |\n",
+            "| {rank} | {} | {} | {compute_s:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
             s.batches,
             s.tokens,
             s.compute.p50_ms,
@@ -100,6 +100,7 @@ pub fn monitoring_table(ranks: &[RankStats]) -> String {
             s.send.total_ms / 1000.0,
             s.receive_wait.total_ms / 1000.0,
             s.tokens as f64 / compute_s.max(1e-9),
+            s.weight_memory_bytes as f64 / (1 << 20) as f64,
             s.peak_memory_bytes as f64 / (1 << 20) as f64,
             s.peak_device_memory_bytes as f64 / (1 << 20) as f64,
         ));

@@ -4,6 +4,7 @@
 
 use super::error::BackendError;
 use crate::tensor::Matrix;
+use crate::weights::StoredMatrix;
 
 /// A backend's memory: its tensors (activations, `rows × features`) and weights (given as
 /// `out × in`, kept in whatever layout suits the backend), and the copies to and from
@@ -17,6 +18,13 @@ pub trait DeviceMemory: Send + Sync {
     fn upload(&self, m: Matrix) -> Result<Self::Tensor, BackendError>;
     /// Takes an `out × in` weight for `Backend::matmul_t` and `Backend::embed`.
     fn upload_weight(&self, w: Matrix) -> Result<Self::Weight, BackendError>;
+    /// Takes an `out × in` weight in its file's encoding; a backend that computes with
+    /// widened weights widens it here.
+    fn upload_stored(&self, w: StoredMatrix) -> Result<Self::Weight, BackendError> {
+        self.upload_weight(w.widen())
+    }
+    /// The bytes of memory a weight occupies.
+    fn weight_bytes(&self, w: &Self::Weight) -> u64;
     fn download(&self, t: &Self::Tensor) -> Result<Matrix, BackendError>;
     fn rows(&self, t: &Self::Tensor) -> usize;
     /// A `rows × cols` weight of `scale · random_unit(seed, i)` for its values in row-major

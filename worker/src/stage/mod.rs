@@ -14,7 +14,7 @@ mod error;
 mod sums;
 mod weights;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use evalmesh_common::decode::{DecodeBatch, NextToken};
@@ -79,6 +79,8 @@ pub struct TransformerStage<B: Backend> {
     embedding: Option<Arc<B::Weight>>,
     blocks: Vec<Block<B>>,
     head: Option<Head<B>>,
+    /// Bytes of its matrix weights in the backend's memory.
+    weight_bytes: u64,
 }
 
 impl<B: Backend> TransformerStage<B> {
@@ -97,7 +99,7 @@ impl<B: Backend> TransformerStage<B> {
                 spec.groups, config.num_kv_heads
             )));
         }
-        let weights = Weights { source, backend: &backend };
+        let weights = Weights { source, backend: &backend, bytes: Cell::new(0) };
         let embedding = match spec.embedding {
             true => Some(Arc::new(weights.whole(TensorId::Embedding)?)),
             false => None,
@@ -114,7 +116,8 @@ impl<B: Backend> TransformerStage<B> {
                 weight: Arc::new(weights.whole(TensorId::Head)?),
             }),
         };
-        Ok(TransformerStage { backend, config, spec, embedding, blocks, head })
+        let weight_bytes = weights.bytes.get();
+        Ok(TransformerStage { backend, config, spec, embedding, blocks, head, weight_bytes })
     }
 
     pub fn spec(&self) -> &StageSpec {
@@ -127,6 +130,11 @@ impl<B: Backend> TransformerStage<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Bytes of its matrix weights in the backend's memory (as `--weights-in-memory` keeps them).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Runs the stage on one micro-batch; `sums` completes its row-parallel products.

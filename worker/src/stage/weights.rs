@@ -1,6 +1,7 @@
-//! Where a stage's weights come from ([`Weights`]): its source's tensors, read, cut to the
-//! stage's groups and uploaded, or, for a random model, values the backend draws itself.
+//! Where a stage's weights come from ([`Weights`]): its source's tensors, read in their
+//! file's encoding, cut to the stage's groups and uploaded (the backend widens them or not), or, for a random model, values the backend draws itself.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use evalmesh_common::group_slice;
@@ -10,11 +11,13 @@ use super::sums::ByGroup;
 use crate::backend::Backend;
 use crate::tensor::Matrix;
 use crate::weights::random::seed_of;
-use crate::weights::{load_part, LayerTensor, TensorId, WeightSource};
+use crate::weights::{load_part, read_part, LayerTensor, StoredMatrix, TensorId, WeightSource};
 
 pub struct Weights<'a, B: Backend> {
     pub source: &'a dyn WeightSource,
     pub backend: &'a B,
+    /// Bytes of the matrix weights uploaded so far.
+    pub bytes: Cell<u64>,
 }
 
 impl<B: Backend> Weights<'_, B> {
@@ -31,14 +34,21 @@ impl<B: Backend> Weights<'_, B> {
             };
             // Uniform on [-a, a) has variance a²/3: a = √(3/fan-in) gives variance 1/fan-in.
             let scale = (3.0 / id.shape(c).1 as f32).sqrt();
-            return Ok(self.backend.random_weight(rows, cols.len(), seed_of(*id, first, &cols), scale)?);
+            let weight = self.backend.random_weight(rows, cols.len(), seed_of(*id, first, &cols), scale)?;
+            return Ok(self.counted(weight));
         }
-        let mut read = parts
-            .iter()
-            .map(|(id, rows)| load_part(self.source, *id, rows.clone(), cols.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let matrix = if read.len() == 1 { read.remove(0) } else { Matrix::vstack(&read) };
-        Ok(self.backend.upload_weight(matrix)?)
+        let mut stacked = StoredMatrix::new(cols.len());
+        for (id, rows) in parts {
+            stacked.append(read_part(self.source, *id, rows.clone(), cols.clone())?);
+        }
+        let weight = self.backend.upload_stored(stacked)?;
+        Ok(self.counted(weight))
+    }
+
+    /// `weight`, its bytes added to [`Weights::bytes`].
+    fn counted(&self, weight: B::Weight) -> B::Weight {
+        self.bytes.set(self.bytes.get() + self.backend.weight_bytes(&weight));
+        weight
     }
 
     /// The rows of `parts` of a layer stacked, each tensor's rows of `groups` (a tensor of

@@ -224,4 +224,8 @@ impl WeightSource for GgufModel {
     fn bytes_read(&self) -> &AtomicU64 {
         &self.bytes_read
     }
+
+    fn stored_bytes(&self) -> u64 {
+        self.file.tensors.values().map(|t| t.byte_len).sum()
+    }
 }

@@ -203,6 +203,10 @@ impl WeightSource for HfModel {
     fn bytes_read(&self) -> &AtomicU64 {
         &self.bytes_read
     }
+
+    fn stored_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| (s.map.len() - s.data_start) as u64).sum()
+    }
 }
 
 #[cfg(test)]

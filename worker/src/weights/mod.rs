@@ -9,6 +9,7 @@ mod gguf_model;
 mod hf;
 pub mod quant;
 pub mod random;
+mod stored;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
 pub use hf::{hf_tensor, read_shard_header, HfModel, CONFIG_FILE};
 pub use random::RandomModel;
+pub use stored::StoredMatrix;
 
 /// Why a model's weights could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ pub struct Located<'a> {
     pub name: String,
     pub shape: (usize, usize),
     pub dtype: quant::GgmlType,
+    /// The tensor's bytes, inside a read-only mapping of its file.
     pub bytes: &'a [u8],
 }
 
@@ -177,6 +180,10 @@ pub trait WeightSource: Send + Sync {
     fn locate(&self, id: TensorId) -> Result<Located<'_>, WeightError>;
     /// Counts bytes that [`load`] read from this source.
     fn bytes_read(&self) -> &AtomicU64;
+    /// The bytes of every tensor in the files, as stored (0 for weights drawn at random).
+    fn stored_bytes(&self) -> u64 {
+        0
+    }
     /// Whether the weights are drawn at random instead of read ([`random::RandomModel`]).
     fn is_random(&self) -> bool {
         false
@@ -190,15 +197,27 @@ pub fn load(source: &dyn WeightSource, id: TensorId) -> Result<Matrix, WeightErr
     load_part(source, id, 0..rows, 0..cols)
 }
 
-/// Reads the rectangle `rows × cols` of a tensor, as [`load`] does the whole: a
-/// tensor-parallel shard reads only its rows, or in each row only the quantisation
-/// blocks that hold its columns.
+/// Reads the rectangle `rows × cols` of a tensor widened to f32, as [`read_part`] reads it.
 pub fn load_part(
     source: &dyn WeightSource,
     id: TensorId,
     rows: Range<usize>,
     cols: Range<usize>,
 ) -> Result<Matrix, WeightError> {
+    Ok(read_part(source, id, rows, cols)?.widen())
+}
+
+/// Reads the rectangle `rows × cols` of a tensor in its file's encoding, after checking
+/// the tensor's shape against the config, and refuses weights with NaN or infinity: a
+/// tensor-parallel shard reads only its rows, or in each row only the quantisation blocks
+/// that hold its columns. The file's pages it read leave the process's memory (they stay
+/// in the page cache), so that a model read in its stored form occupies its size once.
+pub fn read_part(
+    source: &dyn WeightSource,
+    id: TensorId,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Result<StoredMatrix, WeightError> {
     let expected = id.shape(source.config());
     let found = source.locate(id)?;
     if found.shape != expected {
@@ -213,22 +232,40 @@ pub fn load_part(
     let (block_elems, block_bytes) = found.dtype.block();
     let row_bytes = expected.1 / block_elems * block_bytes;
     let blocks = cols.start / block_elems..cols.end.div_ceil(block_elems);
-    let first = blocks.start * block_elems;
-    let mut widened = vec![0.0f32; blocks.len() * block_elems];
-    let mut data = Vec::with_capacity(rows.len() * cols.len());
+    let read_bytes = blocks.len() * block_bytes;
+    let mut bytes = Vec::with_capacity(rows.len() * read_bytes);
     for r in rows.clone() {
         let start = r * row_bytes + blocks.start * block_bytes;
-        let bytes = &found.bytes[start..start + blocks.len() * block_bytes];
-        found.dtype.dequantize(bytes, &mut widened);
-        data.extend_from_slice(&widened[cols.start - first..cols.end - first]);
+        bytes.extend_from_slice(&found.bytes[start..start + read_bytes]);
     }
-    let read = rows.len() * blocks.len() * block_bytes;
-    source.bytes_read().fetch_add(read as u64, Ordering::Relaxed);
-    let count = data.iter().filter(|v| !v.is_finite()).count();
+    let span = &found.bytes[rows.start * row_bytes..rows.end * row_bytes];
+    release_pages(span);
+    source.bytes_read().fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let mut stored = StoredMatrix::new(cols.len());
+    stored.push(found.dtype, rows.len(), cols.start - blocks.start * block_elems, bytes);
+    let (mut row, mut scratch, mut count) = (vec![0.0f32; cols.len()], Vec::new(), 0);
+    for r in 0..rows.len() {
+        stored.widen_row(r, &mut row, &mut scratch);
+        count += row.iter().filter(|v| !v.is_finite()).count();
+    }
     if count > 0 {
         return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });
     }
-    Ok(Matrix::from_vec(rows.len(), cols.len(), data))
+    Ok(stored)
+}
+
+/// Drops the whole pages inside `bytes`, part of a read-only file mapping, from the
+/// process's resident memory; a later read maps them again from the file.
+fn release_pages(bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the range lies inside `bytes`, which is mapped read-only from a file, so
+        // dropping its pages loses nothing: they are read again from the file if touched.
+        // Advice that fails leaves the pages mapped, which is only memory.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 /// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and

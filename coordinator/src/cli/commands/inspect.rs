@@ -1,11 +1,11 @@
 //! `evalmesh inspect`: a model's architecture, block features, configuration, parameter
-//! counts and, for a GGUF file, its tensors by type; a directory with only its
+//! counts, the memory of its weights in each form `--weights-in-memory` keeps them and,
+//! for a GGUF file, its tensors by type; a directory with only its
 //! `config.json` (or the file itself) is read without weights or tokenizer.
 
 use std::collections::BTreeMap;
 
 use evalmesh_worker::weights::gguf::GgufFile;
-use evalmesh_worker::weights::HfModel;
 use serde_json::json;
 
 use crate::cli::args::InspectArgs;
@@ -13,7 +13,7 @@ use crate::cli::args::InspectArgs;
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let path = args.model.path()?;
     let config = &super::model_config(&path)?;
-    let weights = !path.is_dir() || HfModel::has_weights(&path);
+    let weights = super::has_weights(&path);
     let vocabulary = match weights {
         true => Some(super::open_model(&args.model, false)?.1.tokenizer.vocab_size()),
         false => None,
@@ -32,6 +32,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         }
         "gguf"
     };
+    let (f32_bytes, stored_bytes) = super::weight_memory(&path, config)?;
     let summary = json!({
         "model": path.display().to_string(),
         "format": format,
@@ -42,6 +43,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         "active_parameters_per_token": config.active_parameter_count(),
         "tensor_types": by_type.iter().map(|(t, (n, b))| (t.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "vocabulary": vocabulary,
+        "weights_in_memory_bytes": {"f32": f32_bytes, "stored": stored_bytes},
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
@@ -70,5 +72,6 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     for (t, (n, bytes)) in &by_type {
         println!("tensors {t:>5}: {n:>4} tensors, {bytes:>12} bytes");
     }
+    println!("{}", super::weight_memory_line(f32_bytes, stored_bytes));
     Ok(())
 }

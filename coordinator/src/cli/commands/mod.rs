@@ -12,7 +12,9 @@ pub mod tokenize;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use evalmesh_common::{HfConfig, ModelConfig};
+use evalmesh_common::cost::weight_values;
+use evalmesh_common::strategy::gigabytes;
+use evalmesh_common::{HfConfig, ModelConfig, StageSpec};
 use evalmesh_worker::weights::{HfModel, CONFIG_FILE};
 
 use crate::cli::args::ModelArgs;
@@ -24,6 +26,41 @@ fn open_model(args: &ModelArgs, random_weights: bool) -> anyhow::Result<(PathBuf
     let path = args.path()?;
     let model = Model::open(&path, args.tokenizer.as_deref(), random_weights)?;
     Ok((path, model))
+}
+
+/// The memory of a model's weights in each form `--weights-in-memory` keeps them: its
+/// matrices widened to f32, and every tensor as its files store it (`None` where `path` is
+/// a configuration without weights).
+pub fn weight_memory(path: &Path, config: &ModelConfig) -> anyhow::Result<(u64, Option<u64>)> {
+    let f32_bytes = weight_values(config, &StageSpec::whole(config)) * 4;
+    let stored = match has_weights(path) {
+        true => Some(evalmesh_worker::weights::open(path, false)?.stored_bytes()),
+        false => None,
+    };
+    Ok((f32_bytes, stored))
+}
+
+/// Whether `path` is a model with weights: a GGUF file, or a directory with safetensors,
+/// not a config.json or a directory with only that.
+pub fn has_weights(path: &Path) -> bool {
+    match path.is_dir() {
+        true => HfModel::has_weights(path),
+        false => path.extension().is_none_or(|e| e != "json"),
+    }
+}
+
+/// [`weight_memory`] as `inspect` and `plan` print it.
+pub fn weight_memory_line(f32_bytes: u64, stored: Option<u64>) -> String {
+    let f32_bytes = gigabytes(f32_bytes);
+    match stored {
+        Some(stored) => {
+            format!(
+                "weights in memory: {f32_bytes} widened to f32, {} as stored (--weights-in-memory)",
+                gigabytes(stored)
+            )
+        }
+        None => format!("weights in memory: {f32_bytes} widened to f32 (a configuration alone: no stored size)"),
+    }
 }
 
 /// The configuration of a model file, a directory (with or without its weights) or a

@@ -4,7 +4,7 @@
 
 use evalmesh_common::cost::{predict_generation, BatchShape};
 use evalmesh_common::hardware::HardwareProfile;
-use evalmesh_common::protocol::Device;
+use evalmesh_common::protocol::{Device, WeightsInMemory};
 use evalmesh_common::strategy;
 use serde_json::json;
 
@@ -21,7 +21,9 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let config = super::model_config(&path)?;
     let profile = match (&args.profile, args.device.as_str()) {
         (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
-        (None, "cpu") => run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu)?,
+        (None, "cpu") => {
+            run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu { weights: WeightsInMemory::Auto })?
+        }
         (None, device) => HardwareProfile::built_in(device).map_err(PredictionError::from)?,
     };
     let per_batch = args.batch_tokens / args.ctx;
@@ -49,6 +51,8 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
             "decode_sequences": args.decode_sequences, "candidates": all, "chosen": chosen_json});
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
+        let (f32_bytes, stored_bytes) = super::weight_memory(&path, &config)?;
+        println!("{}", super::weight_memory_line(f32_bytes, stored_bytes));
         print!("{}", plan_table(&config, args.workers, &profile, &candidates, (args.decode_sequences, &decode)));
     }
     chosen.map(|_| ()).map_err(anyhow::Error::from)

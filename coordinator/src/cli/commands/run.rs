@@ -251,7 +251,7 @@ fn run_info(settings: &RunSettings, model: &Path, parameters: u64, started: Syst
         model_args.insert("random_weights".into(), serde_json::json!(true));
     }
     let device = match settings.device {
-        Device::Cpu => "cpu",
+        Device::Cpu { .. } => "cpu",
         Device::Cuda { .. } => "cuda",
     };
     RunInfo {

@@ -1,9 +1,13 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: strided
 //! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`]),
-//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), and the
-//! instruction sets that kernels compiled more than once choose from at run time ([`Isa`]).
+//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), a thread's
+//! widened strip of a stored weight ([`with_widened_strip`]), and the instruction sets that kernels compiled more than once choose from at run time ([`Isa`]).
+
+use std::ops::Range;
 
 use gemm::Parallelism;
+
+use crate::weights::StoredMatrix;
 
 /// A strided view of a matrix block for `gemm`: element (i, j) is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -55,6 +59,39 @@ pub unsafe fn gemm_into(
             parallelism,
         );
     }
+}
+
+/// A product's output shared by the threads that fill it, each writing only its own
+/// elements (a strip of columns).
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+
+// SAFETY: the threads write disjoint elements (the caller's contract).
+unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer to element `offset` (a method, so that closures capture the whole wrapper).
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+thread_local! {
+    /// A thread's buffer for the strips of a stored weight it widens.
+    static STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the output features `cols` of `w` widened and transposed: input feature `i`
+/// of column `j` at `[i · stride + j]`, `stride` the given one.
+pub fn with_widened_strip<R>(w: &StoredMatrix, cols: Range<usize>, stride: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    STRIP.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        buffer.resize(w.cols() * stride, 0.0);
+        w.widen_transposed(cols, &mut buffer, stride);
+        f(&buffer)
+    })
 }
 
 /// The instruction sets the kernels are compiled for, the widest first.

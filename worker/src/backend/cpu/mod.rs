@@ -3,15 +3,20 @@
 //! of single-token generation steps; everything else is row-parallel with rayon on the
 //! current thread pool ([`start_threads`]).
 //!
-//! Weights are stored transposed (`in × out`, row-major, rows padded: [`CpuWeight`]), the
-//! layout in which `gemm` multiplies fastest here, and activations are multiplied in blocks of at most
+//! Weights are widened to f32 at load and stored transposed (`in × out`, row-major, rows
+//! padded: [`CpuWeight`]), the layout in which `gemm` multiplies fastest here; or, with
+//! `--weights-in-memory stored`, kept in their file's encoding and widened a strip of
+//! output features at a time, by the thread that multiplies it, into that same layout
+//! (docs/ARCHITECTURE.md §13). Activations are multiplied in blocks of at most
 //! [`MATMUL_ROWS`] rows, which keeps them in cache whatever the micro-batch size.
 //!
 //! Determinism: `gemm` blocks its reduction by the reduction length only, so a row of
 //! `x · wᵀ` does not depend on how many rows are multiplied with it, except through
 //! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
 //! single row. The rows of single-token generation steps are multiplied by [`streamed`]
-//! instead, whose every output is one chain in input order. Attention works per tree in
+//! instead, whose every output is one chain in input order. A stored weight's strips are
+//! multiplied as the whole widened weight would be (see [`STRIP_COLUMNS`]), so its products
+//! are the same bits. Attention works per tree in
 //! fixed row blocks, and row sums are taken in a fixed order, so no result depends on the
 //! batch or the thread count.
 //!
@@ -27,19 +32,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use evalmesh_common::config::Activation;
+use evalmesh_common::protocol::WeightsInMemory;
 use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{fast_exp, gemm_into, lane_sum, View};
-use self::streamed::Product;
+use self::kernels::{fast_exp, gemm_into, lane_sum, with_widened_strip, SendPtr, View};
+use self::streamed::{Columns, Product};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
 use super::{rope_shape_problem, AttentionSpec, Backend, DecodeRows, HeadLayout, MatmulStats};
 use crate::comm::wire::{Outbound, Wire};
 use crate::tensor::Matrix;
+use crate::weights::StoredMatrix;
 
 /// Activation rows per matrix product: a block of 512 rows of width ≤ 1536 stays in
 /// the L2 cache (measured fastest here; 2048-row blocks ran 20–35% slower).
@@ -53,17 +60,34 @@ pub fn start_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> 
     rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()
 }
 
-/// A matrix-product weight stored transposed, `in × out`: input feature `i`'s row is
-/// `t[i·stride..][..out]`. The stride is an odd number of 64-byte cache lines, so that
-/// the rows of a column strip spread over the cache's sets: at a stride of a multiple of
-/// 4 KiB (3072 columns) every row of a strip lands in the same few sets of L1 and L2, and
-/// a strip read again ([`streamed`]) comes from memory every time.
+/// Output features of a strip of a stored weight that [`gemm_rows`] widens at a time: a
+/// strip of up to 128 × 4096 values stays in L2. Every strip is wider than 64 (a narrower
+/// last one joins the one before), so that `gemm` takes the same blocking of the
+/// reduction as for the whole widened weight (its path for products of at most 64 × 64
+/// splits the reduction otherwise), and a stored weight's products are the widened one's,
+/// bit for bit.
+const STRIP_COLUMNS: usize = 128;
+
+/// A matrix-product weight of `in_features` inputs and `out_features` outputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuWeight {
-    t: Vec<f32>,
     in_features: usize,
     out_features: usize,
-    stride: usize,
+    values: Values,
+}
+
+/// How a [`CpuWeight`] holds its values (`--weights-in-memory`).
+#[derive(Debug, Clone, PartialEq)]
+enum Values {
+    /// Widened to f32 at load and transposed, `in × out`: input feature `i`'s row is
+    /// `t[i·stride..][..out]`, the layout in which `gemm` multiplies fastest here. The
+    /// stride is an odd number of 64-byte cache lines, so that the rows of a column strip
+    /// spread over the cache's sets: at a stride of a multiple of 4 KiB (3072 columns)
+    /// every row of a strip lands in the same few sets of L1 and L2, and a strip read
+    /// again ([`streamed`]) comes from memory every time.
+    Widened { t: Vec<f32>, stride: usize },
+    /// In the file's encoding, `out × in`; products widen it a strip at a time.
+    Stored(StoredMatrix),
 }
 
 impl CpuWeight {
@@ -80,12 +104,25 @@ impl CpuWeight {
         let lines = out.div_ceil(16);
         16 * (lines | 1)
     }
+
+    /// The weight as the streamed product reads it.
+    fn columns(&self) -> Columns<'_> {
+        match &self.values {
+            Values::Widened { t, stride } => Columns::Widened { wt: t, stride: *stride },
+            Values::Stored(w) => Columns::Stored(w),
+        }
+    }
 }
 
-/// `out (m × n) = x (m × k) · w` through `gemm`, in blocks of at most [`MATMUL_ROWS`] rows.
-fn gemm_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
-    let n = w.out_features();
-    let rhs = View { ptr: w.t.as_ptr(), rs: w.stride as isize, cs: 1 };
+/// `out (m × n) = x (m × k) · rhs (k × n)` through `gemm`, in blocks of at most
+/// [`MATMUL_ROWS`] rows, `out`'s rows `out_rs` apart; `threads`: `gemm` spreads each block
+/// over the pool.
+///
+/// # Safety
+/// `rhs` must cover `k × n`, and `out` `m` rows of `n` values `out_rs` apart that no other
+/// thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_blocks(x: &[f32], m: usize, k: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize, threads: bool) {
     let mut start = 0;
     while start < m {
         let mut end = (start + MATMUL_ROWS).min(m);
@@ -97,17 +134,58 @@ fn gemm_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
             let pair = [&x[start * k..end * k], &x[start * k..end * k]].concat();
             let mut two = vec![0.0f32; 2 * n];
             let lhs = View { ptr: pair.as_ptr(), rs: k as isize, cs: 1 };
-            // SAFETY: `pair` is 2 × k, the weight k × n, `two` a fresh 2 × n.
-            unsafe { gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
-            out[start * n..end * n].copy_from_slice(&two[..n]);
+            // SAFETY: `pair` is 2 × k, `rhs` k × n, `two` a fresh 2 × n, and the caller's
+            // `out` row `start` holds n values.
+            unsafe {
+                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, threads);
+                std::ptr::copy_nonoverlapping(two.as_ptr(), out.at(start * out_rs), n);
+            }
         } else {
             let lhs = View { ptr: x[start * k..].as_ptr(), rs: k as isize, cs: 1 };
-            // SAFETY: rows start..end of `x` are (end − start) × k, the weight k × n, and
-            // the destination rows start..end of `out` are (end − start) × n.
-            unsafe { gemm_into(end - start, n, k, out[start * n..].as_mut_ptr(), n, false, lhs, rhs, 1.0, true) };
+            // SAFETY: rows start..end of `x` are (end − start) × k, and the caller's `out`
+            // covers rows start..end.
+            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, false, lhs, rhs, 1.0, threads) };
         }
         start = end;
     }
+}
+
+/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major: a widened weight in one call of `gemm`
+/// over the pool, a stored one a strip per thread at a time.
+fn gemm_rows(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    let (n, k) = (w.out_features, w.in_features);
+    debug_assert!(x.len() == m * k && out.len() == m * n);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    match &w.values {
+        Values::Widened { t, stride } => {
+            let rhs = View { ptr: t.as_ptr(), rs: *stride as isize, cs: 1 };
+            // SAFETY: the weight is k × n with rows `stride` apart; `out` is m × n.
+            unsafe { gemm_blocks(x, m, k, rhs, n, out_ptr, n, true) }
+        }
+        Values::Stored(stored) => strips(n).into_par_iter().for_each(|cols| {
+            let stride = CpuWeight::stride_for(cols.len());
+            with_widened_strip(stored, cols.clone(), stride, |strip| {
+                let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
+                // SAFETY: the strip is k × cols with rows `stride` apart; each strip writes
+                // only its own columns of `out` (m × n).
+                unsafe { gemm_blocks(x, m, k, rhs, cols.len(), SendPtr(out_ptr.at(cols.start)), n, false) }
+            })
+        }),
+    }
+}
+
+/// `n` output features cut into strips of [`STRIP_COLUMNS`], each wider than 64 unless
+/// `n` is not.
+fn strips(n: usize) -> Vec<Range<usize>> {
+    let mut strips: Vec<Range<usize>> = (0..n).step_by(STRIP_COLUMNS).map(|s| s..(s + STRIP_COLUMNS).min(n)).collect();
+    if strips.len() > 1 && strips.last().is_some_and(|last| last.len() <= 64) {
+        if let Some(last) = strips.pop() {
+            if let Some(before) = strips.last_mut() {
+                before.end = last.end;
+            }
+        }
+    }
+    strips
 }
 
 /// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -134,6 +212,15 @@ fn gate_rows(gate_up: &Matrix, act: impl Fn(f32) -> f32 + Sync) -> Matrix {
 pub struct CpuBackend {
     matmul_flops: AtomicU64,
     matmul_nanos: AtomicU64,
+    /// Weights stay in their file's encoding (`--weights-in-memory stored`).
+    keep_stored: bool,
+}
+
+impl CpuBackend {
+    /// A backend that keeps its weights as `weights` says: stored, or widened to f32.
+    pub fn new(weights: WeightsInMemory) -> Self {
+        CpuBackend { keep_stored: weights == WeightsInMemory::Stored, ..CpuBackend::default() }
+    }
 }
 
 fn failed(problem: String) -> BackendError {
@@ -168,7 +255,21 @@ impl DeviceMemory for CpuBackend {
                 *v = w.data[j * w.cols + i];
             }
         });
-        Ok(CpuWeight { t, in_features: w.cols, out_features: w.rows, stride })
+        Ok(CpuWeight { in_features: w.cols, out_features: w.rows, values: Values::Widened { t, stride } })
+    }
+
+    fn upload_stored(&self, w: StoredMatrix) -> Result<CpuWeight, BackendError> {
+        match self.keep_stored {
+            true => Ok(CpuWeight { in_features: w.cols(), out_features: w.rows(), values: Values::Stored(w) }),
+            false => self.upload_weight(w.widen()),
+        }
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> u64 {
+        match &w.values {
+            Values::Widened { t, .. } => (t.len() * 4) as u64,
+            Values::Stored(stored) => stored.bytes() as u64,
+        }
     }
 
     fn download(&self, t: &Matrix) -> Result<Matrix, BackendError> {
@@ -211,14 +312,13 @@ impl CpuBackend {
                             x,
                             m: run.len(),
                             k: w.in_features(),
-                            wt: &w.t,
-                            stride: w.stride,
+                            w: w.columns(),
                             n: w.out_features(),
                             out,
                         })
                         .collect(),
                 ),
-                false => items.for_each(|(x, w, out)| gemm_rows(x, run.len(), w.in_features(), w, out)),
+                false => items.for_each(|(x, w, out)| gemm_rows(x, run.len(), w, out)),
             }
         }
         let flops: usize = pairs.iter().map(|(x, w)| 2 * x.rows * w.out_features() * w.in_features()).sum();
@@ -256,11 +356,17 @@ impl Backend for CpuBackend {
         let (vocab, hidden) = (table.out_features(), table.in_features());
         check(ids.iter().all(|&id| (id as usize) < vocab), || format!("token id past the {vocab} embedding rows"))?;
         let mut out = Matrix::zeros(ids.len(), hidden);
-        out.data.par_chunks_mut(hidden).zip(ids.par_iter()).for_each(|(row, &id)| {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = table.t[j * table.stride + id as usize];
+        let rows = out.data.par_chunks_mut(hidden).zip(ids.par_iter());
+        match &table.values {
+            Values::Widened { t, stride } => rows.for_each(|(row, &id)| {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = t[j * stride + id as usize];
+                }
+            }),
+            Values::Stored(stored) => {
+                rows.for_each_init(Vec::new, |scratch, (row, &id)| stored.widen_row(id as usize, row, scratch))
             }
-        });
+        }
         Ok(out)
     }
 
@@ -508,6 +614,47 @@ mod tests {
             let y = CpuBackend::default().matmul_t(&part, &w).unwrap();
             let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "rows differ when {rows} rows are multiplied");
+        }
+    }
+
+    /// A `rows × cols` weight of random Q4_1 blocks (scales and offsets kept small and
+    /// finite), stored.
+    fn q4_1_weight(rows: usize, cols: usize, seed: u64) -> StoredMatrix {
+        let mut bytes = Vec::new();
+        let noise = Matrix::random(1, rows * cols / 32 * 20, seed, 1.0);
+        for (block, values) in noise.data.chunks_exact(20).enumerate() {
+            let scale = half::f16::from_f32(0.01 + (block % 7) as f32 * 1e-3);
+            let offset = half::f16::from_f32(values[0] * 0.05);
+            bytes.extend(scale.to_le_bytes());
+            bytes.extend(offset.to_le_bytes());
+            bytes.extend(values[4..].iter().map(|v| (v.to_bits() >> 7) as u8));
+        }
+        let mut w = StoredMatrix::new(cols);
+        w.push(crate::weights::quant::GgmlType::Q4_1, rows, 0, bytes);
+        w
+    }
+
+    #[test]
+    fn stored_weights_multiply_to_the_bits_of_widened_ones() {
+        // Strips of 128 with a last one of up to 64 joined to the one before (200 = 128 +
+        // 72, 1600 = 12 · 128 + 64), a weight under one strip (50), row counts of one
+        // block, of gemm's pair path and past a block; decode rows through the streamed
+        // product (the rows of 1-token steps); reductions past one of gemm's blocks (1088).
+        let (f32s, stored) = (CpuBackend::default(), CpuBackend::new(WeightsInMemory::Stored));
+        for (n, k) in [(200, 64), (1600, 96), (50, 32), (200, 1088), (50, 1088)] {
+            let w = q4_1_weight(n, k, n as u64);
+            let (wide, kept) = (f32s.upload_stored(w.clone()).unwrap(), stored.upload_stored(w).unwrap());
+            assert!(stored.weight_bytes(&kept) * 5 < f32s.weight_bytes(&wide), "Q4_1 is 5 bits a value");
+            for rows in [3usize, 4, 513, 1100] {
+                let x = Matrix::random(rows, k, rows as u64, 1.0);
+                for decode in [DecodeRows::none(), DecodeRows::of_steps([rows - 2, 1, 1])] {
+                    let (a, b) = (f32s.matmul_t_rows(&x, &wide, &decode), stored.matmul_t_rows(&x, &kept, &decode));
+                    let same = a.unwrap().data.iter().zip(&b.unwrap().data).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{rows} rows by a stored {n}×{k} weight");
+                }
+            }
+            let ids = [0, 7, (n - 1) as u32];
+            assert_eq!(f32s.embed(&wide, &ids).unwrap(), stored.embed(&kept, &ids).unwrap());
         }
     }
 

@@ -17,7 +17,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{prefetch, Isa};
+use super::kernels::{prefetch, with_widened_strip, Isa, SendPtr};
+use crate::weights::StoredMatrix;
 
 /// Output columns a span holds at most: long runs of each weight row, their sums in L1.
 const SPAN_COLUMNS: usize = 1024;
@@ -33,16 +34,22 @@ const NARROW_TILE: usize = 16;
 /// whole weight row apart, too far for the hardware's prefetchers to follow.
 const PREFETCH_ROWS: usize = 96;
 
-/// One product of [`products`]: `out (m × n) = x (m × k) · wt (k × n)`, row-major, `wt`'s
-/// rows `stride` apart.
+/// One product of [`products`]: `out (m × n) = x (m × k) · w (k × n)`, row-major.
 pub struct Product<'a> {
     pub x: &'a [f32],
     pub m: usize,
     pub k: usize,
-    pub wt: &'a [f32],
-    pub stride: usize,
+    pub w: Columns<'a>,
     pub n: usize,
     pub out: &'a mut [f32],
+}
+
+/// A product's weight: widened, `k × n` with rows `stride` apart in `wt`; or stored,
+/// `n × k` in its file's encoding, whose strips a thread widens when it takes them.
+#[derive(Clone, Copy)]
+pub enum Columns<'a> {
+    Widened { wt: &'a [f32], stride: usize },
+    Stored(&'a StoredMatrix),
 }
 
 /// Each of `items` (a weight, or a row-parallel weight's groups), in one parallel region:
@@ -73,13 +80,28 @@ enum Job<'a> {
     /// Several rows: a strip of tile-wide output columns for every row, written into the
     /// product's output `out` of `n` columns.
     Strip { tile: Tile<'a>, m: usize, out: SendPtr },
+    /// Every row by a strip `cols` of a stored weight, widened first.
+    StoredStrip { x: &'a [f32], m: usize, w: &'a StoredMatrix, cols: Range<usize>, out: SendPtr },
 }
 
 fn products_on(isa: Isa, items: Vec<Product<'_>>) {
     let mut jobs = Vec::new();
-    for Product { x, m, k, wt, stride, n, out } in items {
+    let width = if isa == Isa::Avx512 { WIDE_TILE } else { NARROW_TILE };
+    for Product { x, m, k, w, n, out } in items {
+        debug_assert!(x.len() == m * k && out.len() == m * n);
+        let (wt, stride) = match w {
+            Columns::Widened { wt, stride } => (wt, stride),
+            Columns::Stored(w) => {
+                let out = SendPtr(out.as_mut_ptr());
+                jobs.extend((0..n.div_ceil(width)).map(|strip| {
+                    let cols = strip * width..(strip * width + width).min(n);
+                    Job::StoredStrip { x, m, w, cols, out }
+                }));
+                continue;
+            }
+        };
         let w = Weight { wt, stride, n };
-        debug_assert!(x.len() == m * k && w.wt.len() >= (k.max(1) - 1) * w.stride + w.n && out.len() == m * w.n);
+        debug_assert!(w.wt.len() >= (k.max(1) - 1) * w.stride + w.n);
         match m {
             0 => {}
             1 => {
@@ -93,7 +115,6 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
                 }));
             }
             _ => {
-                let width = if isa == Isa::Avx512 { WIDE_TILE } else { NARROW_TILE };
                 let out = SendPtr(out.as_mut_ptr());
                 jobs.extend((0..n.div_ceil(width)).map(|strip| {
                     let cols = strip * width..(strip * width + width).min(n);
@@ -112,21 +133,34 @@ impl Job<'_> {
                 sums.fill(0.0);
                 add_sums(isa, Kernel::Span, &tile, sums);
             }
-            Job::Strip { tile: Tile { x, k, w, cols }, m, out } => {
-                let mut sums = [0.0f32; WIDE_TILE * TILE_ROWS];
-                for first in (0..m).step_by(TILE_ROWS) {
-                    let rows = first..(first + TILE_ROWS).min(m);
-                    let tile = Tile { x: &x[rows.start * k..rows.end * k], k, w, cols: cols.clone() };
-                    let sums = &mut sums[..rows.len() * cols.len()];
-                    add_sums(isa, Kernel::Registers, &tile, sums);
-                    for (r, row) in rows.zip(sums.chunks_exact(cols.len())) {
-                        // SAFETY: `out` is m × n, and each strip writes only its own columns.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(r * w.n + cols.start), cols.len())
-                        };
-                    }
-                }
+            Job::Strip { tile, m, out } => {
+                let (n, first) = (tile.w.n, tile.cols.start);
+                strip_rows(isa, tile, m, out, n, first);
             }
+            Job::StoredStrip { x, m, w, cols, out } => {
+                let (k, width) = (w.cols(), cols.len());
+                with_widened_strip(w, cols.clone(), width, |wt| {
+                    let tile = Tile { x, k, w: Weight { wt, stride: width, n: width }, cols: 0..width };
+                    strip_rows(isa, tile, m, out, w.rows(), cols.start);
+                });
+            }
+        }
+    }
+}
+
+/// Every one of `m` rows of `t.x` by the columns `t.cols` of `t.w`, [`TILE_ROWS`] rows at a
+/// time, into the columns from `first` of `out` (`m × n`).
+fn strip_rows(isa: Isa, t: Tile<'_>, m: usize, out: SendPtr, n: usize, first: usize) {
+    let (k, width) = (t.k, t.cols.len());
+    let mut sums = [0.0f32; WIDE_TILE * TILE_ROWS];
+    for start in (0..m).step_by(TILE_ROWS) {
+        let rows = start..(start + TILE_ROWS).min(m);
+        let tile = Tile { x: &t.x[rows.start * k..rows.end * k], k, w: t.w, cols: t.cols.clone() };
+        let sums = &mut sums[..rows.len() * width];
+        add_sums(isa, Kernel::Registers, &tile, sums);
+        for (r, row) in rows.zip(sums.chunks_exact(width)) {
+            // SAFETY: `out` is m × n, and each strip writes only its own columns.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(r * n + first), width) };
         }
     }
 }
@@ -138,22 +172,6 @@ struct Tile<'a> {
     k: usize,
     w: Weight<'a>,
     cols: Range<usize>,
-}
-
-/// A product's output, shared by its strips, each writing its own columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-// SAFETY: the strips write disjoint elements (see `Job::Strip`).
-unsafe impl Send for SendPtr {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer to element `offset` (a method, so that closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Where a kernel keeps its sums.
@@ -272,15 +290,25 @@ fn tile<const C: usize, const R: usize>(t: &Tile<'_>, sums: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// Values that bf16 holds exactly, so that a stored bf16 weight widens to them.
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        let unit = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0;
-        (0..len).map(|i| unit(i) - 0.5).collect()
+        let unit = |i: usize| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 16) as f32 / 65_536.0;
+        (0..len).map(|i| half::bf16::from_f32(unit(i) - 0.5).to_f32()).collect()
+    }
+
+    /// The weight `k × n` (rows `stride` apart in `wt`) stored as bf16, `n × k`.
+    fn stored(wt: &[f32], k: usize, n: usize, stride: usize) -> StoredMatrix {
+        let bytes =
+            (0..n).flat_map(|c| (0..k).flat_map(move |i| half::bf16::from_f32(wt[i * stride + c]).to_le_bytes()));
+        let mut w = StoredMatrix::new(k);
+        w.push(crate::weights::quant::GgmlType::Bf16, n, 0, bytes.collect());
+        w
     }
 
     /// Every output against the one chain it must be, on every instruction set the machine
     /// runs: one row (spans), 2 to 13 rows (whole and partial tiles of rows), and weights
     /// whose sizes are no multiple of the step, the lanes or the tile, their rows padded;
-    /// each product alone, and all of them in one parallel region.
+    /// each product alone, all of them in one parallel region, and the weights stored.
     #[test]
     fn each_output_is_one_fused_chain_in_input_order() {
         let shapes = [(1, 23, 37), (1, 64, 2100), (2, 23, 37), (7, 130, 150), (13, 9, 200)];
@@ -302,8 +330,10 @@ mod tests {
             (x, wt): &'a (Vec<f32>, Vec<f32>),
             out: &'a mut [f32],
         ) -> Product<'a> {
-            Product { x, m, k, wt, stride: n + 5, n, out }
+            Product { x, m, k, w: Columns::Widened { wt, stride: n + 5 }, n, out }
         }
+        let stored: Vec<StoredMatrix> =
+            shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| stored(wt, k, n, n + 5)).collect();
         for isa in Isa::available() {
             let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
             for ((&shape, input), out) in shapes.iter().zip(&inputs).zip(&mut outs) {
@@ -315,6 +345,16 @@ mod tests {
                 shapes.iter().zip(&inputs).zip(&mut together).map(|((&s, i), out)| product(s, i, out)).collect();
             products_on(isa, items);
             check(isa, &together);
+            let mut from_stored: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
+            let items = shapes
+                .iter()
+                .zip(&inputs)
+                .zip(&stored)
+                .zip(&mut from_stored)
+                .map(|(((&(m, k, n), (x, _)), w), out)| Product { x, m, k, w: Columns::Stored(w), n, out })
+                .collect();
+            products_on(isa, items);
+            check(isa, &from_stored);
         }
     }
 }

@@ -50,6 +50,10 @@ impl DeviceMemory for CudaBackend {
         Ok(CudaWeight { buffer, out_features: rows, in_features: cols })
     }
 
+    fn weight_bytes(&self, w: &CudaWeight) -> u64 {
+        (w.out_features * w.in_features * Self::operand_type(self.precision).0) as u64
+    }
+
     fn download(&self, t: &CudaTensor) -> Result<Matrix, BackendError> {
         Ok(Matrix::from_vec(t.rows, t.cols, self.download_values(t.ptr(), t.rows * t.cols)?))
     }

@@ -43,6 +43,9 @@ impl DeviceMemory for CudaBackend {
     fn upload_weight(&self, _: Matrix) -> Result<Infallible, BackendError> {
         match *self {}
     }
+    fn weight_bytes(&self, _: &Infallible) -> u64 {
+        match *self {}
+    }
     fn download(&self, _: &Infallible) -> Result<Matrix, BackendError> {
         match *self {}
     }
