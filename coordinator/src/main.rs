@@ -18,6 +18,19 @@ use mpi::topology::Communicator;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its `mimalloc.h`, v3): how long freed memory stays
+/// with the process before it goes back to the system.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory never goes back to the system: a long window's activations (tens of MB a
+/// tensor) are freed and allocated again on every layer, and each return made every page
+/// fault and be zeroed anew (measured: rolling perplexity at 8,192 tokens 13% faster). The
+/// process keeps its peak, which it needed anyway.
+fn keep_freed_memory() {
+    // SAFETY: called first in `main`, before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// Whether a process manager started this process as one rank of several (OpenMPI's
 /// mpirun, or any PMIx launcher such as `srun --mpi=pmix`).
 fn launched_as_mpi_job() -> bool {
@@ -46,6 +59,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_) | Command::Calibrate(_)) && launched_as_mpi_job())
     {

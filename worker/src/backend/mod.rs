@@ -29,7 +29,8 @@ pub use transfer::Transfer;
 /// head width of 64, possibly a bit apart for others).
 /// 4: the rows of single-token generation steps, and the LM head's rows in generation, are
 /// multiplied by the CPU's streamed product ([`Backend::matmul_t_rows`]).
-pub const ARITHMETIC: u32 = 4;
+/// 5: the CPU's attention takes its keys in tiles of 256 with an online softmax.
+pub const ARITHMETIC: u32 = 5;
 
 /// Which rows of a product are rows of single-token generation steps (docs/ARCHITECTURE.md
 /// §12), which a backend may multiply by a product made for few rows

@@ -148,7 +148,8 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -157,7 +158,10 @@ pub fn fast_exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ from the integer n that `shifted` holds in its low bits (no float-to-integer
+    // conversion, whose saturation would keep the loop from vectorising).
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    e * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// Sum of a slice in a fixed order: 16 lanes, then the lanes in f64.
