@@ -23,12 +23,4 @@ impl Matrix {
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
-
-    /// Stacks matrices of equal width on top of each other.
-    pub fn vstack(parts: &[Matrix]) -> Matrix {
-        let cols = parts.first().map_or(0, |p| p.cols);
-        assert!(parts.iter().all(|p| p.cols == cols), "vstack needs equal widths");
-        let data: Vec<f32> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
-        Matrix { rows: data.len() / cols.max(1), cols, data }
-    }
 }

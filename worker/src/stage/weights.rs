@@ -1,5 +1,6 @@
 //! Where a stage's weights come from ([`Weights`]): its source's tensors, read in their
-//! file's encoding, cut to the stage's groups and uploaded (the backend widens them or not), or, for a random model, values the backend draws itself.
+//! file's encoding, cut to the stage's groups and uploaded (the backend widens them or
+//! not), or, for a random model, values the backend draws itself.
 
 use std::cell::Cell;
 use std::ops::Range;

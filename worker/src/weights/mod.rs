@@ -1,8 +1,9 @@
 //! Weight loading: the [`WeightSource`] trait over a model file, its GGUF and
-//! Hugging Face safetensors implementations, and [`load`] and [`load_part`], which read
-//! a tensor (or a rectangle of it) widened to f32 after checking its shape against the
-//! configuration. A source locates each tensor by role ([`TensorId`]), also where the file
-//! fuses several into one (Phi-3's QKV) or stacks experts in one array (GGUF).
+//! Hugging Face safetensors implementations, [`read_part`], which reads a rectangle of a
+//! tensor in its file's encoding ([`StoredMatrix`]) after checking its shape against the
+//! configuration, and [`load`] and [`load_part`], which widen what it reads to f32. A
+//! source locates each tensor by role ([`TensorId`]), also where the file fuses several
+//! into one (Phi-3's QKV) or stacks experts in one array (GGUF).
 
 pub mod gguf;
 mod gguf_model;

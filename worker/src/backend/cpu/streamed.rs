@@ -8,10 +8,14 @@
 //! - for more rows, each thread takes strips of a few registers' width of output columns
 //!   and keeps the sums of up to six rows in registers over the whole reduction.
 //!
-//! Either way each output is one chain of fused multiply-adds over the inputs in order,
-//! from zero. A fused multiply-add is correctly rounded whatever the instruction set, so a
-//! row's result depends on nothing but its inputs: not the other rows, the kernel, the
-//! span or strip width, the thread count, nor the vector width (AVX-512, AVX2 or scalar).
+//! A weight kept in its file's encoding is taken in strips one register tile wide, each
+//! widened by the thread that takes it and multiplied as a widened weight would be.
+//!
+//! Whatever the kernel and the weight's form, each output is one chain of fused
+//! multiply-adds over the inputs in order, from zero. A fused multiply-add is correctly
+//! rounded whatever the instruction set, so a row's result depends on nothing but its
+//! inputs: not the other rows, the kernel, the span or strip width, the thread count, nor
+//! the vector width (AVX-512, AVX2 or scalar).
 
 use std::ops::Range;
 
