@@ -13,10 +13,11 @@ export EVALMESH_TEST_MODEL
 
 cargo build --locked -p evalmesh
 cargo clippy --locked --workspace --all-targets -- -D warnings
-# The CUDA backend builds without a GPU or CUDA toolkit: lint it (with the GPU suite), and
-# run its CPU-side tests, among them compiling the kernels with NVRTC (which needs no GPU).
-cargo clippy --locked --workspace --all-targets --features evalmesh/cuda,evalmesh-tests/cuda -- -D warnings
+# The CUDA backend builds without a GPU or CUDA toolkit, only NVRTC (fetched from PyPI; its
+# build compiles the kernels ahead): lint it (with the GPU suite), and run its CPU-side
+# tests, among them the built kernels' images and compiling the kernels at run time.
 nvrtc_lib="$(scripts/fetch-nvrtc.sh | tail -n 1)"
+cargo clippy --locked --workspace --all-targets --features evalmesh/cuda,evalmesh-tests/cuda -- -D warnings
 EVALMESH_REQUIRE_NVRTC=1 LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
 cargo fmt --all -- --check

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
-use crate::hardware::{HardwareProfile, Rates};
+use crate::hardware::{HardwareProfile, Link, Rates};
 use crate::plan::{group_slice, ParallelLayout, PlanError, StageSpec};
 use crate::request::MicroBatch;
 
@@ -291,6 +291,19 @@ pub struct Placement {
     pub workers_per_node: usize,
 }
 
+/// One tensor-parallel sum of `bytes` (a micro-batch's activations) over `tp` shards, as
+/// `comm::shard_sum` does it: a reduce-scatter, each shard sending every other its groups'
+/// partials for that one's slice (1/tp of the columns), all at once, then an all-gather of
+/// each slice of the total; every value sent is copied out of a tensor and into one.
+fn shard_sum_seconds(c: &ModelConfig, tp: usize, bytes: f64, link: Link, rates: &Rates) -> f64 {
+    let groups_per_shard = c.num_kv_heads.div_ceil(tp) as f64;
+    let others = (tp - 1) as f64 / tp as f64;
+    let scatter = groups_per_shard * others * bytes;
+    let gather = others * bytes;
+    let copies = Work { elementwise_bytes: 2.0 * (groups_per_shard * bytes + bytes), ..Work::default() };
+    link.seconds(scatter) + link.seconds(gather) + copies.seconds(rates)
+}
+
 /// Predicts the time of `batches` on `layout`, stages as given (each cut into `layout.tp`
 /// shards, which fails where `tp` exceeds the model's groups).
 pub fn predict(
@@ -321,11 +334,7 @@ pub fn predict(
             let layer =
                 shards.iter().map(|sh| block_work(c, sh.groups.clone(), shape).seconds(&rates)).fold(0.0, f64::max);
             let bytes = shape.tokens as f64 * c.hidden_size as f64 * wire;
-            // Each sum passes down the shards and back: 2(tp − 1) messages on its critical path,
-            // each copied out of and into a tensor (read and write) at either end.
-            let copies = Work { elementwise_bytes: 4.0 * bytes, ..Work::default() }.seconds(&rates);
-            let reduce =
-                if layout.tp > 1 { 2.0 * (layout.tp - 1) as f64 * (tp_link.seconds(bytes) + copies) } else { 0.0 };
+            let reduce = if layout.tp > 1 { shard_sum_seconds(c, layout.tp, bytes, tp_link, &rates) } else { 0.0 };
             let mut t = stage.layers.len() as f64 * (layer + 2.0 * reduce);
             let mut messages = stage.layers.len() as f64 * 2.0 * reduce;
             if stage.embedding {

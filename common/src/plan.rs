@@ -31,23 +31,28 @@ impl StageSpec {
 
     /// The stage cut into `tp` tensor-parallel shards of contiguous groups, as even as the
     /// group count allows (the first shards take one more). Only the last shard runs the
-    /// head: it has the fewest groups, and it is the first to hold each complete sum.
+    /// head: it has the fewest groups.
     pub fn shard(&self, config: &ModelConfig, tp: usize) -> Result<Vec<StageSpec>, PlanError> {
         let groups = config.num_kv_heads;
         if tp == 0 || tp > groups {
             return Err(PlanError::TooManyShards { tp, groups });
         }
         Ok((0..tp)
-            .map(|t| {
-                let start = t * (groups / tp) + t.min(groups % tp);
-                let end = start + groups / tp + usize::from(t < groups % tp);
-                StageSpec { groups: start..end, head: self.head && t + 1 == tp, ..self.clone() }
-            })
+            .map(|t| StageSpec { groups: even_part(groups, tp, t), head: self.head && t + 1 == tp, ..self.clone() })
             .collect())
     }
 }
 
 /// Where group `g`'s slice of a dimension of `size` split in `groups` lies.
+/// Part `index` of `total` items cut into `parts` even runs in order, the first
+/// `total % parts` runs one longer (a stage's KV-head groups over its shards, a sum's
+/// columns over them).
+pub fn even_part(total: usize, parts: usize, index: usize) -> Range<usize> {
+    let (base, longer) = (total / parts, total % parts);
+    let start = index * base + index.min(longer);
+    start..start + base + usize::from(index < longer)
+}
+
 pub fn group_slice(size: usize, groups: usize, g: Range<usize>) -> Range<usize> {
     g.start * size / groups..g.end * size / groups
 }
@@ -222,6 +227,21 @@ fn least_costliest_stage(layers: usize, stages: usize, first: f64, last: f64) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn even_parts_cover_the_items_once_in_order() {
+        for (total, parts) in [(576, 3), (10, 4), (16384, 8), (3, 3), (5, 2), (8, 8)] {
+            let cut: Vec<_> = (0..parts).map(|i| even_part(total, parts, i)).collect();
+            assert_eq!(cut[0].start, 0);
+            assert_eq!(cut[parts - 1].end, total);
+            for pair in cut.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len() >= pair[1].len() && pair[0].len() - pair[1].len() <= 1);
+            }
+        }
+        assert_eq!(even_part(10, 4, 0), 0..3);
+        assert_eq!(even_part(10, 4, 3), 8..10);
+    }
+
     use super::*;
 
     fn smollm() -> ModelConfig {

@@ -10,7 +10,7 @@ use crate::decode::{DecodeBatch, NextToken};
 use crate::plan::StageSpec;
 use crate::request::{MicroBatch, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -193,6 +193,9 @@ pub enum ToCoordinator {
         threads: usize,
         bytes_read: u64,
         load_seconds: f64,
+        /// What fixes the last bits of its backend's arithmetic (`cpu`, or the GPU's model,
+        /// multiprocessors, cuBLAS and kernels), for the journal.
+        provenance: String,
     },
     Scores {
         id: u64,

@@ -31,6 +31,8 @@ pub struct WorkerInfo {
     pub threads: usize,
     pub bytes_read: u64,
     pub load_seconds: f64,
+    /// What fixes the last bits of its arithmetic, as it reported.
+    pub provenance: String,
 }
 
 /// The ranks of one pipeline: each stage's shards, first stage first.
@@ -140,11 +142,11 @@ impl<'a> DistributedEngine<'a> {
         for _ in 0..layout.workers() {
             let (rank, message) = receive::<_, ToCoordinator>(world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
-                ToCoordinator::Ready { version, threads, bytes_read, load_seconds } => {
+                ToCoordinator::Ready { version, threads, bytes_read, load_seconds, provenance } => {
                     check_version(version).map_err(|e| worker_error(rank, e.to_string()))?;
-                    log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads");
+                    log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads, {provenance}");
                     let stage = specs[&rank].clone();
-                    workers.push(WorkerInfo { rank, stage, threads, bytes_read, load_seconds });
+                    workers.push(WorkerInfo { rank, stage, threads, bytes_read, load_seconds, provenance });
                 }
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
                 other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
@@ -367,6 +369,13 @@ impl EvaluationEngine for DistributedEngine<'_> {
             self.workers.len(),
             threads.join("/")
         )
+    }
+
+    fn provenance(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.workers.iter().map(|w| w.provenance.clone()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     fn parallel_workers(&self) -> usize {

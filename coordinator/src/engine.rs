@@ -61,6 +61,9 @@ pub trait EvaluationEngine {
     fn kv_bytes_per_token(&self) -> usize;
     /// One line saying what runs where.
     fn describe(&self) -> String;
+    /// What fixes the last bits of the workers' arithmetic, each different one once, sorted:
+    /// the journal records it and a resumed run must match it.
+    fn provenance(&self) -> Vec<String>;
     /// How many workers compute at once.
     fn parallel_workers(&self) -> usize;
     /// Where the work ran, for the results' `evalmesh.engine_details`.
@@ -196,6 +199,10 @@ impl EvaluationEngine for LightweightEngine {
             rayon::current_num_threads(),
             self.stage.config().num_layers
         )
+    }
+
+    fn provenance(&self) -> Vec<String> {
+        vec![self.stage.provenance()]
     }
 
     fn parallel_workers(&self) -> usize {

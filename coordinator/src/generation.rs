@@ -556,6 +556,9 @@ mod tests {
         fn describe(&self) -> String {
             "recorder".into()
         }
+        fn provenance(&self) -> Vec<String> {
+            vec!["cpu".into()]
+        }
         fn parallel_workers(&self) -> usize {
             1
         }

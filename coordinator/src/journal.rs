@@ -36,6 +36,8 @@ pub enum JournalError {
     OtherArithmetic { path: PathBuf, theirs: u32 },
     #[error("journal {} holds scores computed on the {theirs} backend, and this run computes on {ours}: backends differ in their last bits, so finish the run with --device {theirs}, or pass --overwrite instead of --resume to start again", path.display())]
     OtherBackend { path: PathBuf, theirs: String, ours: String },
+    #[error("journal {} holds scores computed on {theirs:?}, and this run computes on {ours:?}: GPU models, cuBLAS versions and kernel images differ in their last bits, so finish the run where it began, or pass --overwrite instead of --resume to start again", path.display())]
+    OtherDevices { path: PathBuf, theirs: Vec<String>, ours: Vec<String> },
     #[error("journal {}: line {line} is not a journal record: {problem}", path.display())]
     Corrupt { path: PathBuf, line: usize, problem: String },
 }
@@ -70,6 +72,11 @@ enum Line {
         generation: Generation,
         check: String,
     },
+    /// What fixed the last bits of the workers' arithmetic (`EvaluationEngine::provenance`),
+    /// written once they are loaded.
+    Devices {
+        devices: Vec<String>,
+    },
 }
 
 /// A record's checksum: the first 16 hex digits of the SHA-256 of its key and its
@@ -93,6 +100,8 @@ pub struct Journal {
     tasks: HashMap<String, String>,
     done: HashMap<String, TreeScores>,
     generated: HashMap<String, Generation>,
+    /// The devices a resumed journal recorded, if it got that far.
+    devices: Option<Vec<String>>,
 }
 
 /// Hex SHA-256 of some bytes.
@@ -180,6 +189,7 @@ impl Journal {
         let mut tasks = HashMap::new();
         let mut done = HashMap::new();
         let mut generated = HashMap::new();
+        let mut devices = None;
         let exists = path.exists();
         let mut kept = 0;
         if exists && !resume && !overwrite {
@@ -230,6 +240,7 @@ impl Journal {
                         }
                         generated.insert(key, generation);
                     }
+                    Line::Devices { devices: theirs } => devices = Some(theirs),
                 }
             }
             // Drop a torn last line so that new records start on a line of their own.
@@ -249,7 +260,22 @@ impl Journal {
             .unwrap_or_default();
             writeln!(file, "{header}").map_err(io)?;
         }
-        Ok(Journal { path: path.to_path_buf(), file, tasks, done, generated })
+        Ok(Journal { path: path.to_path_buf(), file, tasks, done, generated, devices })
+    }
+
+    /// Records the devices that compute this run's scores (`EvaluationEngine::provenance`),
+    /// or, resuming, refuses devices other than those that computed the journal's.
+    pub fn record_devices(&mut self, ours: &[String]) -> Result<(), JournalError> {
+        match &self.devices {
+            Some(theirs) if theirs != ours => {
+                Err(JournalError::OtherDevices { path: self.path.clone(), theirs: theirs.clone(), ours: ours.to_vec() })
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.devices = Some(ours.to_vec());
+                self.append(&Line::Devices { devices: ours.to_vec() })
+            }
+        }
     }
 
     /// Registers a task's configuration hash; refuses one that changed since the journal began.
@@ -343,6 +369,42 @@ mod tests {
         assert!(other_backend.to_string().contains("--device cpu"), "{other_backend}");
         let mut j = Journal::open(&path, "m", "cpu", true, false).unwrap();
         assert!(matches!(j.begin_task("t", "changed"), Err(JournalError::OtherTaskConfig { .. })));
+    }
+
+    /// The devices are recorded once; a resumed run on other GPUs (another model, cuBLAS or
+    /// kernel image) is refused, and a journal from before devices were recorded takes them.
+    #[test]
+    fn refuses_scores_of_other_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let h200 =
+            vec!["cuda: NVIDIA H200, 132 multiprocessors, cuBLAS 130000, kernels sm_90 cubin, NVRTC 12.8".to_string()];
+        let a100 =
+            vec!["cuda: NVIDIA A100-SXM4-80GB, 108 multiprocessors, cuBLAS 120800, kernels sm_80 cubin, NVRTC 12.8"
+                .to_string()];
+        let mut j = Journal::open(&path, "m", "cuda", false, false).unwrap();
+        j.record_devices(&h200).unwrap();
+        j.record("k1".into(), scores(-1.0)).unwrap();
+        drop(j);
+        let mut j = Journal::open(&path, "m", "cuda", true, false).unwrap();
+        j.record_devices(&h200).unwrap();
+        drop(j);
+        let mut j = Journal::open(&path, "m", "cuda", true, false).unwrap();
+        let e = j.record_devices(&a100).unwrap_err();
+        assert!(matches!(e, JournalError::OtherDevices { .. }), "{e}");
+        assert!(e.to_string().contains("A100") && e.to_string().contains("H200"), "{e}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"devices\"").count(), 1, "{text}");
+        // Before devices were recorded: a header and records only.
+        let old = dir.path().join("old.jsonl");
+        let header =
+            format!("{{\"evalmesh_journal\":1,\"model\":\"m\",\"arithmetic\":{ARITHMETIC},\"backend\":\"cpu\"}}\n");
+        std::fs::write(&old, header).unwrap();
+        let mut j = Journal::open(&old, "m", "cpu", true, false).unwrap();
+        j.record_devices(&["cpu".to_string()]).unwrap();
+        drop(j);
+        let mut j = Journal::open(&old, "m", "cpu", true, false).unwrap();
+        assert!(j.record_devices(&a100).is_err());
     }
 
     #[test]

@@ -172,7 +172,13 @@ pub fn generated_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
         ("shutdown.bin", protocol::encode(&ToWorker::Shutdown)),
         (
             "ready.bin",
-            protocol::encode(&ToCoordinator::Ready { version: 2, threads: 2, bytes_read: 1000, load_seconds: 0.5 }),
+            protocol::encode(&ToCoordinator::Ready {
+                version: 2,
+                threads: 2,
+                bytes_read: 1000,
+                load_seconds: 0.5,
+                provenance: "cpu".into(),
+            }),
         ),
     ];
     inputs.extend(messages.into_iter().map(|(name, bytes)| ("protocol_message", name.to_string(), bytes)));

@@ -2,7 +2,7 @@
 //! backend's scores, and two pipeline stages sharing one GPU under mpirun against the
 //! single process's bits, over both transports where the MPI is CUDA-aware. Built with `--features cuda` (and a binary built with it); where no
 //! GPU can be used each test prints why and returns, unless EVALMESH_REQUIRE_GPU is set
-//! (scripts/gpu-check.sh sets it), where that is a failure.
+//! (as the device check does for its op tests), where that is a failure.
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used)]
 

@@ -119,3 +119,22 @@ fn decode_throughput_follows_the_weights_read() {
     let many = decode("32");
     assert!(many > 10.0 * one, "{many} tokens/s at 32 sequences against {one} at one");
 }
+
+/// Llama-3.1-405B on 16 H200s: eight-way tensor parallelism (one KV-head group a shard)
+/// sums by a reduce-scatter and an all-gather, each shard sending about two sums' worth of
+/// activations at once; a chain through the shards (14 messages one after another a sum)
+/// spent 81% of its time communicating. The model counts the new sum: under half, and the
+/// share grows with the shard count.
+#[test]
+fn tensor_parallel_sums_are_a_reduce_scatter_in_the_cost_model() {
+    let plan = plan_json("llama-3.1-405b.json", "16", "h200");
+    let candidates = plan["candidates"].as_array().unwrap();
+    let share = |dp: u64, pp: u64, tp: u64| {
+        let c = candidates.iter().find(|c| c["dp"] == dp && c["pp"] == pp && c["tp"] == tp).unwrap();
+        c["communication_share"].as_f64().unwrap()
+    };
+    let (tp2, tp4, tp8) = (share(1, 8, 2), share(1, 4, 4), share(1, 2, 8));
+    assert!(tp8 < 0.5, "TP=8 communicates {:.0}% of its time", 100.0 * tp8);
+    assert!(tp2 < tp4 && tp4 < tp8, "{tp2} {tp4} {tp8}");
+    assert!(plan["chosen"]["rejected"].is_null());
+}

@@ -103,6 +103,8 @@ pub trait LoadedStage {
     fn device(&self) -> &str;
     /// Its backend's name, as `--device` spells it.
     fn backend_name(&self) -> &'static str;
+    /// What fixes the last bits of its backend's arithmetic, for the journal.
+    fn provenance(&self) -> String;
     /// One micro-batch: from its tokens (`hidden` absent) or the previous stage's
     /// activations; hidden states out are sent on their way where `hand_on` is set.
     fn forward(
@@ -287,6 +289,10 @@ impl<B: Backend> LoadedStage for Loaded<B> {
 
     fn backend_name(&self) -> &'static str {
         self.stage.backend().name()
+    }
+
+    fn provenance(&self) -> String {
+        self.stage.backend().provenance()
     }
 
     fn forward(

@@ -229,8 +229,13 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                             if spec.head { " + head" } else { "" },
                             loaded.device()
                         );
-                        let ready =
-                            ToCoordinator::Ready { version: PROTOCOL_VERSION, threads, bytes_read, load_seconds };
+                        let ready = ToCoordinator::Ready {
+                            version: PROTOCOL_VERSION,
+                            threads,
+                            bytes_read,
+                            load_seconds,
+                            provenance: loaded.provenance(),
+                        };
                         let _ = outgoing.send(Outgoing::Landing(loaded.landing()));
                         let _ = outgoing.send(Outgoing::Control(ready));
                         stage = Some(loaded);

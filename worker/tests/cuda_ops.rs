@@ -2,7 +2,7 @@
 //! random inputs, with NaN-poisoned outputs so that an element a kernel leaves unwritten
 //! fails; a matrix product's rows do not depend on the batch; the pool stops allocating
 //! once warm. Built with `--features cuda`; where no GPU can be used each test prints why
-//! and returns, unless EVALMESH_REQUIRE_GPU is set (scripts/gpu-check.sh sets it), where
+//! and returns, unless EVALMESH_REQUIRE_GPU is set (the device check, scripts/device/run.sh, sets it), where
 //! that is a failure.
 #![cfg(feature = "cuda")]
 
@@ -114,6 +114,17 @@ fn matmul_rows_do_not_depend_on_the_batch() {
         let y = gpu.download(&gpu.matmul_t(&gpu.upload(part).unwrap(), &w).unwrap()).unwrap();
         let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "the first {rows} rows differ from the same rows in a batch of {}", x.rows);
+    }
+    // The same rows at other places inside a 2048-row block: after 1, 37 and 1000 other rows.
+    let rows = 300;
+    for shift in [1usize, 37, 1000] {
+        let other = Matrix::random(shift, 576, 6, 1.0);
+        let mut shifted = other.data.clone();
+        shifted.extend_from_slice(&x.data[..rows * 576]);
+        let batch = Matrix::from_vec(shift + rows, 576, shifted);
+        let y = gpu.download(&gpu.matmul_t(&gpu.upload(batch).unwrap(), &w).unwrap()).unwrap();
+        let same = y.data[shift * y.cols..].iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{rows} rows moved down by {shift} inside a block give other bits");
     }
 }
 

@@ -309,9 +309,10 @@ pub struct TokenizeArgs {
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The text to score (UTF-8), tokenized with the model's BOS policy.
-    #[arg(long)]
-    pub file: PathBuf,
+    /// A text to score (UTF-8), tokenized with the model's BOS policy; repeat the flag for
+    /// more (each line's `file` is the text's place among them, from 0).
+    #[arg(long, required = true)]
+    pub file: Vec<PathBuf>,
     /// The most likely tokens to list at each position.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -321,6 +322,13 @@ pub struct ScoreArgs {
     /// Compute threads. Default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to compute: `cpu`, or `cuda` (this process's GPU; needs a build with
+    /// `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// With --device cuda: `bf16` or `f32` weights and matrix operands, as for `run`.
+    #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Bf16)]
+    pub gpu_precision: GpuPrecisionArg,
 }
 
 /// The compute device of the workers.

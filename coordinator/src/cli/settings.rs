@@ -8,7 +8,8 @@ use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, WeightsInMemory
 use evalmesh_common::Strategy;
 
 use super::args::{
-    CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, StrategyArg, WeightsArg,
+    CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, ScoreArgs, StrategyArg,
+    WeightsArg,
 };
 use crate::evaluate::Limit;
 use crate::journal::journal_path;
@@ -251,6 +252,12 @@ impl CalibrateArgs {
             });
         }
         device_of(self.device, CudaAwareArg::Auto, GpuPrecisionArg::Bf16, WeightsArg::Auto)
+    }
+}
+
+impl ScoreArgs {
+    pub fn check(&self) -> Result<Device, UsageError> {
+        device_of(self.device, CudaAwareArg::Auto, self.gpu_precision, WeightsArg::Auto)
     }
 }
 

@@ -5,6 +5,6 @@
 pub enum BackendError {
     #[error("backend `{backend}`: {problem}")]
     Failed { backend: &'static str, problem: String },
-    #[error("this evalmesh was built without CUDA: rebuild with `cargo build --release --features cuda` (no CUDA toolkit needed to build), or run with --device cpu")]
+    #[error("this evalmesh was built without CUDA: rebuild with `cargo build --release --features cuda` (no CUDA toolkit needed, only the NVRTC that scripts/fetch-nvrtc.sh fetches), or run with --device cpu")]
     CudaNotCompiled,
 }

@@ -15,6 +15,12 @@ pub trait DeviceMemory: Send + Sync {
 
     /// The backend's name, as `--device` spells it.
     fn name(&self) -> &'static str;
+    /// What else fixes the last bits of its arithmetic, recorded in a run's journal (a GPU's
+    /// model, multiprocessor count, cuBLAS version and kernel image); the name alone on
+    /// the CPU.
+    fn provenance(&self) -> String {
+        self.name().to_string()
+    }
     fn upload(&self, m: Matrix) -> Result<Self::Tensor, BackendError>;
     /// Takes an `out × in` weight for `Backend::matmul_t` and `Backend::embed`.
     fn upload_weight(&self, w: Matrix) -> Result<Self::Weight, BackendError>;

@@ -145,6 +145,9 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     };
     let load_seconds = load_start.elapsed().as_secs_f64();
     log::info!("{} (weights loaded in {load_seconds:.1} s)", engine.describe());
+    if let Some(journal) = journal.as_mut() {
+        journal.record_devices(&engine.provenance())?;
+    }
 
     let sandbox = match settings.allow_code_execution {
         true => Some(Sandbox::new()?),

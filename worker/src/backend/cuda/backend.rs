@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
+use cudarc::driver::sys::{CUdevice_attribute, CUdeviceptr, CUevent_flags};
 use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
 use evalmesh_common::protocol::GpuPrecision;
 
@@ -92,6 +92,9 @@ pub struct CudaBackend {
     pub(super) pool: Arc<Pool>,
     pub(super) staging: Staging,
     pub(super) precision: GpuPrecision,
+    /// The GPU's model and multiprocessor count, cuBLAS's version and the kernels' image:
+    /// what, besides this build, decides the last bits of its results.
+    pub(super) provenance: String,
     pub(super) matmul_flops: AtomicU64,
     /// Whether fresh outputs are filled with NaN first (tests: an element a kernel fails
     /// to write then shows).
@@ -111,6 +114,20 @@ impl CudaBackend {
         let kernels = Kernels::load(&context)?;
         let pool = Pool::new(context.clone());
         let staging = Staging::new(&context, &pool)?;
+        let name = context.name().map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
+        let multiprocessors = context
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| failed(format!("GPU {ordinal}: {e}")))?;
+        let mut cublas_version = 0;
+        // SAFETY: a live handle; cuBLAS writes one int.
+        let status = unsafe { blas_sys::cublasGetVersion_v2(*blas.handle(), &mut cublas_version) };
+        check(status == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS, || {
+            format!("asking cuBLAS its version: {status:?}")
+        })?;
+        let provenance = format!(
+            "cuda: {name}, {multiprocessors} multiprocessors, cuBLAS {cublas_version}, kernels {}",
+            kernels.image
+        );
         Ok(CudaBackend {
             context,
             stream,
@@ -119,6 +136,7 @@ impl CudaBackend {
             pool,
             staging,
             precision,
+            provenance,
             matmul_flops: AtomicU64::new(0),
             poison: AtomicBool::new(false),
             matmul_events: Mutex::new((Vec::new(), 0.0)),

@@ -1,34 +1,25 @@
-//! Probing a GPU through cudarc, after checking that each CUDA library loads (cudarc
-//! panics on first use of a library it cannot load).
+//! Probing a GPU through cudarc, after loading each CUDA library (cudarc panics on first
+//! use of a library it cannot load).
 
 use cudarc::driver::CudaContext;
 
+use super::libraries;
 use crate::backend::error::BackendError;
 
 fn failed(problem: impl Into<String>) -> BackendError {
     BackendError::Failed { backend: "cuda", problem: problem.into() }
 }
 
-/// GPUs this process can see, once the driver, cuBLAS and NVRTC are known to load.
+/// GPUs this process can see, once the driver and cuBLAS are loaded ([`libraries`]: their
+/// versioned names, wherever they are installed; NVRTC only where no built kernel fits).
 pub fn count() -> Result<usize, BackendError> {
-    // SAFETY: these only try to load the shared libraries and report whether they loaded.
-    let (driver, cublas, nvrtc) = unsafe {
-        (
-            cudarc::driver::sys::is_culib_present(),
-            cudarc::cublas::sys::is_culib_present(),
-            cudarc::nvrtc::sys::is_culib_present(),
-        )
-    };
-    for (present, library) in [
-        (driver, "the NVIDIA driver (libcuda.so)"),
-        (cublas, "cuBLAS (libcublas.so.12)"),
-        (nvrtc, "NVRTC (libnvrtc.so.12)"),
-    ] {
-        if !present {
-            return Err(failed(format!(
-                "{library} cannot be loaded: no usable GPU here (install the driver and CUDA 12 libraries, or run with --device cpu)"
-            )));
-        }
+    for library in [libraries::DRIVER, libraries::CUBLAS] {
+        libraries::load(library)?;
+    }
+    // SAFETY: these only try to load the shared libraries (already open) and report whether they loaded.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() && cudarc::cublas::sys::is_culib_present() };
+    if !present {
+        return Err(failed("cudarc cannot open the CUDA libraries that were found (a library named libcuda.so or libcublas.so of another CUDA version earlier on the loader's path?)"));
     }
     let visible = CudaContext::device_count().map_err(|e| failed(format!("counting GPUs: {e}")))?;
     Ok(usize::try_from(visible).unwrap_or(0))

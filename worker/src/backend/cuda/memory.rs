@@ -17,6 +17,10 @@ impl DeviceMemory for CudaBackend {
         "cuda"
     }
 
+    fn provenance(&self) -> String {
+        self.provenance.clone()
+    }
+
     fn upload(&self, m: Matrix) -> Result<CudaTensor, BackendError> {
         Ok(CudaTensor { buffer: self.upload_values(&m.data)?, rows: m.rows, cols: m.cols })
     }

@@ -14,6 +14,8 @@ mod device;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 #[cfg(feature = "cuda")]
+pub mod libraries;
+#[cfg(feature = "cuda")]
 mod memory;
 #[cfg(feature = "cuda")]
 mod ops;
@@ -90,7 +92,7 @@ pub fn probe_local(local: usize) -> Result<GpuChoice, BackendError> {
 
 /// For a test that needs a GPU: what `found` holds, or `None` where finding it failed
 /// because no GPU can be used here, after printing why (the test then returns: skipped).
-/// Where `EVALMESH_REQUIRE_GPU` is set (scripts/gpu-check.sh sets it), that failure panics
+/// Where `EVALMESH_REQUIRE_GPU` is set (the device check, scripts/device/run.sh, sets it), that failure panics
 /// instead, so that a GPU machine cannot pass by skipping.
 pub fn skip_without_gpu<T>(found: Result<T, BackendError>) -> Option<T> {
     match found {

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch eager beside evalmesh in scripts/gpu-check.sh: transformers' LlamaForCausalLM in
-bf16 with random weights of the same config.json (initialised on the GPU), scoring WINDOWS
+"""PyTorch beside evalmesh in the GPU check (scripts/device/run.sh): transformers'
+LlamaForCausalLM in bf16 with random weights of the same config.json (initialised on the
+GPU), its attention ATTENTION (`eager`, or `sdpa`: PyTorch's fused scaled-dot-product
+kernels, flash attention where it applies), scoring WINDOWS
 windows of CTX random tokens in batches of PER_BATCH windows, as evalmesh's llama.cpp-style
 perplexity does: the log-softmax at the target of each window's second half. Writes
-{"tokens_per_s", "seconds", "windows", "ctx", "per_batch", "torch", "transformers"} to OUT.
+{"tokens_per_s", "seconds", "windows", "ctx", "per_batch", "attention", "torch", "transformers"}
+to OUT.
 
-Usage: bench-torch.py CONFIG_JSON WINDOWS CTX PER_BATCH OUT_JSON
+Usage: bench-torch.py CONFIG_JSON WINDOWS CTX PER_BATCH OUT_JSON ATTENTION
 """
 import json
 import sys
@@ -17,11 +20,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) != 7 or sys.argv[6] not in ("eager", "sdpa"):
         sys.exit(__doc__.strip().splitlines()[-1])
-    config_path, out = sys.argv[1], sys.argv[5]
+    config_path, out, attention = sys.argv[1], sys.argv[5], sys.argv[6]
     windows, ctx, per_batch = (int(a) for a in sys.argv[2:5])
-    config = LlamaConfig(**json.load(open(config_path)))
+    config = LlamaConfig(**json.load(open(config_path)), attn_implementation=attention)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
@@ -47,6 +50,7 @@ def main():
         "windows": windows,
         "ctx": ctx,
         "per_batch": per_batch,
+        "attention": attention,
         "log_likelihood": total.item(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
