@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need, builds the binary the integration
 # tests run, lints (with and without the cuda feature), runs the CUDA backend's CPU-side
-# tests (NVRTC fetched from PyPI compiles its kernels), the unit and integration
-# tests of the whole workspace (a real mpirun and a real local Slurm among them), then a
+# tests (NVRTC fetched from PyPI compiles its kernels ahead and at run time), the unit and
+# integration tests of the whole workspace (a real mpirun and a real local Slurm among
+# them), packs the GPU check and runs it on the CPU (scripts/device-check.sh), then a
 # 30-second fuzzing run of each target where the nightly toolchain and cargo-fuzz are
 # installed.
 set -euo pipefail
@@ -22,6 +23,9 @@ EVALMESH_REQUIRE_NVRTC=1 LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBR
     cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
 cargo fmt --all -- --check
 cargo test --locked --workspace
+# The GPU check's pack: it builds, fits its 48 MiB, and its parts pass here on the CPU.
+scripts/device-check.sh --pack target/device-check
+scripts/device-check.sh --dry-run target/device-check
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
     scripts/fuzz.sh 30
 else
