@@ -23,13 +23,28 @@ pub struct Library {
     pub what: &'static str,
     pub names: &'static [&'static str],
     pub companions: &'static [&'static str],
+    /// How to get it, for the error when it is missing.
+    pub install: &'static str,
 }
 
-pub const DRIVER: Library = Library { what: "the NVIDIA driver", names: &["libcuda.so.1"], companions: &[] };
-pub const CUBLAS: Library =
-    Library { what: "cuBLAS", names: &["libcublas.so.13", "libcublas.so.12"], companions: &["libcublasLt.so."] };
-pub const NVRTC: Library =
-    Library { what: "NVRTC", names: &["libnvrtc.so.13", "libnvrtc.so.12"], companions: &["libnvrtc-builtins.so."] };
+pub const DRIVER: Library = Library {
+    what: "the NVIDIA driver",
+    names: &["libcuda.so.1"],
+    companions: &[],
+    install: "install the NVIDIA driver, or add the folder of its libcuda.so.1 to LD_LIBRARY_PATH",
+};
+pub const CUBLAS: Library = Library {
+    what: "cuBLAS",
+    names: &["libcublas.so.13", "libcublas.so.12"],
+    companions: &["libcublasLt.so."],
+    install: "install CUDA 13 or 12's cuBLAS (pip install nvidia-cublas, or the CUDA toolkit), or add its folder to LD_LIBRARY_PATH",
+};
+pub const NVRTC: Library = Library {
+    what: "NVRTC",
+    names: &["libnvrtc.so.13", "libnvrtc.so.12"],
+    companions: &["libnvrtc-builtins.so."],
+    install: "install CUDA 13 or 12's NVRTC (pip install nvidia-cuda-nvrtc, or the CUDA toolkit), or add its folder to LD_LIBRARY_PATH",
+};
 
 /// The folders looked in, in order: `ld_library_path`'s, the system's, then the NVIDIA
 /// wheels' of the Python installation whose `python3` is first on `path` (a virtual
@@ -125,11 +140,11 @@ pub fn load_from(library: Library, folders: &[PathBuf]) -> Result<PathBuf, Strin
     let file = find(library, folders).ok_or_else(|| {
         let places: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
         format!(
-            "{} cannot be loaded: none of {} in {} (install CUDA 13 or 12's libraries, e.g. pip install nvidia-cublas \
-             nvidia-cuda-nvrtc, or add their folder to LD_LIBRARY_PATH; or run with --device cpu)",
+            "{} cannot be loaded: none of {} in {} ({}; or run with --device cpu)",
             library.what,
             library.names.join(", "),
-            places.join(", ")
+            places.join(", "),
+            library.install
         )
     })?;
     for companion in companions(library, &file) {
