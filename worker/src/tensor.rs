@@ -10,9 +10,20 @@ pub struct Matrix {
     pub data: Vec<f32>,
 }
 
+use rayon::prelude::*;
+
+/// Values from which [`Matrix::zeros`] zeroes in parallel: the activations of a
+/// micro-batch are megabytes, which one thread would clear while the others wait.
+const PARALLEL_ZEROS: usize = 1 << 16;
+
 impl Matrix {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Matrix { rows, cols, data: vec![0.0; rows * cols] }
+        let len = rows * cols;
+        let data = match len >= PARALLEL_ZEROS {
+            true => rayon::iter::repeat_n(0.0, len).collect(),
+            false => vec![0.0; len],
+        };
+        Matrix { rows, cols, data }
     }
 
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {

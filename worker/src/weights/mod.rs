@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use evalmesh_common::config::QkNorm;
 use evalmesh_common::{ConfigError, ModelConfig};
+use rayon::prelude::*;
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
@@ -234,21 +235,17 @@ pub fn read_part(
     let row_bytes = expected.1 / block_elems * block_bytes;
     let blocks = cols.start / block_elems..cols.end.div_ceil(block_elems);
     let read_bytes = blocks.len() * block_bytes;
-    let mut bytes = Vec::with_capacity(rows.len() * read_bytes);
-    for r in rows.clone() {
+    let mut bytes = vec![0u8; rows.len() * read_bytes];
+    bytes.par_chunks_mut(read_bytes.max(1)).zip(rows.clone()).for_each(|(out, r)| {
         let start = r * row_bytes + blocks.start * block_bytes;
-        bytes.extend_from_slice(&found.bytes[start..start + read_bytes]);
-    }
+        out.copy_from_slice(&found.bytes[start..start + read_bytes]);
+    });
     let span = &found.bytes[rows.start * row_bytes..rows.end * row_bytes];
     release_pages(span);
     source.bytes_read().fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let mut stored = StoredMatrix::new(cols.len());
     stored.push(found.dtype, rows.len(), cols.start - blocks.start * block_elems, bytes);
-    let (mut row, mut scratch, mut count) = (vec![0.0f32; cols.len()], Vec::new(), 0);
-    for r in 0..rows.len() {
-        stored.widen_row(r, &mut row, &mut scratch);
-        count += row.iter().filter(|v| !v.is_finite()).count();
-    }
+    let count = stored.non_finite();
     if count > 0 {
         return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });
     }

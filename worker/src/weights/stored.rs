@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use super::quant::GgmlType;
 use crate::tensor::Matrix;
 
@@ -98,14 +100,25 @@ impl StoredMatrix {
         }
     }
 
-    /// The whole matrix widened to f32.
+    /// The whole matrix widened to f32, rows in parallel.
     pub fn widen(&self) -> Matrix {
         let mut data = vec![0.0f32; self.rows * self.cols];
-        let mut scratch = Vec::new();
-        for (r, out) in data.chunks_exact_mut(self.cols.max(1)).enumerate().take(self.rows) {
-            self.widen_row(r, out, &mut scratch);
-        }
+        let rows = data.par_chunks_exact_mut(self.cols.max(1)).enumerate().take(self.rows);
+        rows.for_each_init(Vec::new, |scratch, (r, out)| self.widen_row(r, out, scratch));
         Matrix::from_vec(self.rows, self.cols, data)
+    }
+
+    /// How many of the widened values are NaN or infinite, rows in parallel.
+    pub fn non_finite(&self) -> usize {
+        let rows = (0..self.rows).into_par_iter();
+        let counts = rows.map_init(
+            || (vec![0.0f32; self.cols], Vec::new()),
+            |(row, scratch), r| {
+                self.widen_row(r, row, scratch);
+                row.iter().filter(|v| !v.is_finite()).count()
+            },
+        );
+        counts.sum()
     }
 }
 

@@ -117,6 +117,33 @@ impl Isa {
         Isa::Portable
     }
 
+    /// Runs `f` inlined into a function compiled for this instruction set, so that its loops
+    /// vectorise for it; the instructions differ, the operations and so the bits do not
+    /// (Rust fuses no multiply and add that `f` does not ask to).
+    #[inline(always)]
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` other than `Portable` comes from `Isa::widest`, so the
+            // machine runs its features.
+            Isa::Avx512 => unsafe { avx512(f) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2(f) },
+            _ => f(),
+        }
+    }
+
     /// Every one this machine runs (each implies the narrower ones).
     #[cfg(test)]
     pub fn available() -> Vec<Isa> {

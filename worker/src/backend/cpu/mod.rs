@@ -1,7 +1,10 @@
 //! The CPU backend: f32 activations and accumulation. Matrix products go through the
-//! `gemm` crate (its AVX-512 kernels are picked at run time), or [`streamed`] for the rows
-//! of single-token generation steps; everything else is row-parallel with rayon on the
-//! current thread pool ([`start_threads`]).
+//! `gemm` crate (its AVX-512 kernels are picked at run time) a strip of output features per
+//! task, each thread an equal share ([`strips`]), or [`streamed`] for the rows of
+//! single-token generation steps; everything else is row-parallel with rayon on the
+//! current thread pool ([`start_threads`]), its element-wise loops compiled for the
+//! machine's widest vectors ([`Isa::run`]). A row-parallel weight's groups read their
+//! columns of the activation in place ([`Operand`]).
 //!
 //! Weights are widened to f32 at load and stored transposed (`in × out`, row-major, rows
 //! padded: [`CpuWeight`]), the layout in which `gemm` multiplies fastest here; or, with
@@ -14,11 +17,11 @@
 //! `x · wᵀ` does not depend on how many rows are multiplied with it, except through
 //! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
 //! single row. The rows of single-token generation steps are multiplied by [`streamed`]
-//! instead, whose every output is one chain in input order. A stored weight's strips are
-//! multiplied as the whole widened weight would be (see [`STRIP_COLUMNS`]), so its products
-//! are the same bits. Attention works per tree in
-//! fixed row blocks, and row sums are taken in a fixed order, so no result depends on the
-//! batch or the thread count.
+//! instead, whose every output is one chain in input order. Strips are multiplied as the
+//! whole weight would be in one call (see [`STRIP_COLUMNS`]), so neither the thread count
+//! nor a stored weight changes a product's bits. Attention works per tree in fixed row
+//! blocks, and row sums are taken in a fixed order, so no result depends on the batch or
+//! the thread count.
 //!
 //! Its memory is the host's: tensors are [`Matrix`] values, and activations leave for
 //! other ranks in the vectors that hold them.
@@ -27,6 +30,7 @@ mod attention;
 mod kernels;
 mod streamed;
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -38,7 +42,7 @@ use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{fast_exp, gemm_into, lane_sum, with_widened_strip, SendPtr, View};
+use self::kernels::{fast_exp, gemm_into, lane_sum, with_widened_strip, Isa, SendPtr, View};
 use self::streamed::{Columns, Product};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
@@ -60,12 +64,13 @@ pub fn start_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> 
     rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()
 }
 
-/// Output features of a strip of a stored weight that [`gemm_rows`] widens at a time: a
-/// strip of up to 128 × 4096 values stays in L2. Every strip is wider than 64 (a narrower
-/// last one joins the one before), so that `gemm` takes the same blocking of the
-/// reduction as for the whole widened weight (its path for products of at most 64 × 64
-/// splits the reduction otherwise), and a stored weight's products are the widened one's,
-/// bit for bit.
+/// The most output features in a strip, the share of a product that one task of
+/// [`gemm_rows`] multiplies (and widens first, for a stored weight): a strip of up to
+/// 128 × 4096 values stays in L2. Every strip is wider than 64 ([`strips`]), so that
+/// `gemm` takes the same blocking of the reduction as for the whole weight in one call
+/// (its path for products of at most 64 × 64 splits the reduction otherwise): a product's
+/// bits do not depend on the strips, hence not on the thread count, and a stored weight's
+/// products are the widened one's.
 const STRIP_COLUMNS: usize = 128;
 
 /// A matrix-product weight of `in_features` inputs and `out_features` outputs.
@@ -114,15 +119,14 @@ impl CpuWeight {
     }
 }
 
-/// `out (m × n) = x (m × k) · rhs (k × n)` through `gemm`, in blocks of at most
-/// [`MATMUL_ROWS`] rows, `out`'s rows `out_rs` apart; `threads`: `gemm` spreads each block
-/// over the pool.
+/// `out (m × n) = x (m × k) · rhs (k × n)` through `gemm` on the calling thread, in blocks of
+/// at most [`MATMUL_ROWS`] rows; `x`'s rows lie `x.rs` apart, `out`'s `out_rs` apart.
 ///
 /// # Safety
 /// `rhs` must cover `k × n`, and `out` `m` rows of `n` values `out_rs` apart that no other
 /// thread touches.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_blocks(x: &[f32], m: usize, k: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize, threads: bool) {
+unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize) {
+    let k = x.k();
     let mut start = 0;
     while start < m {
         let mut end = (start + MATMUL_ROWS).min(m);
@@ -131,61 +135,106 @@ unsafe fn gemm_blocks(x: &[f32], m: usize, k: usize, rhs: View, n: usize, out: S
         }
         if end - start == 1 {
             // One row would take gemm's matrix-vector path, whose sums run in another order.
-            let pair = [&x[start * k..end * k], &x[start * k..end * k]].concat();
+            let pair = [x.row(start), x.row(start)].concat();
             let mut two = vec![0.0f32; 2 * n];
             let lhs = View { ptr: pair.as_ptr(), rs: k as isize, cs: 1 };
             // SAFETY: `pair` is 2 × k, `rhs` k × n, `two` a fresh 2 × n, and the caller's
             // `out` row `start` holds n values.
             unsafe {
-                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, threads);
+                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, false);
                 std::ptr::copy_nonoverlapping(two.as_ptr(), out.at(start * out_rs), n);
             }
         } else {
-            let lhs = View { ptr: x[start * k..].as_ptr(), rs: k as isize, cs: 1 };
-            // SAFETY: rows start..end of `x` are (end − start) × k, and the caller's `out`
-            // covers rows start..end.
-            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, false, lhs, rhs, 1.0, threads) };
+            let lhs = View { ptr: x.row(start).as_ptr(), rs: x.rs as isize, cs: 1 };
+            // SAFETY: rows start..end of `x` are (end − start) × k, `x.rs` apart, and the
+            // caller's `out` covers rows start..end.
+            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, false, lhs, rhs, 1.0, false) };
         }
         start = end;
     }
 }
 
-/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major: a widened weight in one call of `gemm`
-/// over the pool, a stored one a strip per thread at a time.
-fn gemm_rows(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
-    let (n, k) = (w.out_features, w.in_features);
-    debug_assert!(x.len() == m * k && out.len() == m * n);
+/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, a strip of output features per task
+/// over the pool ([`strips`]); a stored weight's strip is widened by the thread that
+/// multiplies it.
+fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [f32]) {
+    let n = w.out_features;
+    debug_assert!(x.k() == w.in_features && out.len() == m * n);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    match &w.values {
-        Values::Widened { t, stride } => {
-            let rhs = View { ptr: t.as_ptr(), rs: *stride as isize, cs: 1 };
-            // SAFETY: the weight is k × n with rows `stride` apart; `out` is m × n.
-            unsafe { gemm_blocks(x, m, k, rhs, n, out_ptr, n, true) }
+    strips(n, rayon::current_num_threads()).into_par_iter().for_each(|cols| {
+        let out = SendPtr(out_ptr.at(cols.start));
+        match &w.values {
+            // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
+            // are k × cols from column `cols.start`; each strip writes only its own
+            // columns of `out` (m × n).
+            Values::Widened { t, stride } => unsafe {
+                let rhs = View { ptr: t[cols.start..].as_ptr(), rs: *stride as isize, cs: 1 };
+                gemm_blocks(x, m, rhs, cols.len(), out, n)
+            },
+            Values::Stored(stored) => {
+                let stride = CpuWeight::stride_for(cols.len());
+                with_widened_strip(stored, cols.clone(), stride, |strip| {
+                    let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
+                    // SAFETY: the strip is k × cols with rows `stride` apart; each strip
+                    // writes only its own columns of `out` (m × n).
+                    unsafe { gemm_blocks(x, m, rhs, cols.len(), out, n) }
+                })
+            }
         }
-        Values::Stored(stored) => strips(n).into_par_iter().for_each(|cols| {
-            let stride = CpuWeight::stride_for(cols.len());
-            with_widened_strip(stored, cols.clone(), stride, |strip| {
-                let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
-                // SAFETY: the strip is k × cols with rows `stride` apart; each strip writes
-                // only its own columns of `out` (m × n).
-                unsafe { gemm_blocks(x, m, k, rhs, cols.len(), SendPtr(out_ptr.at(cols.start)), n, false) }
-            })
-        }),
+    });
+}
+
+/// The left operand of a product: columns `cols` of the rows of `data` (rows `rs` values
+/// apart), read in place, so that a row-parallel weight's groups take their columns of
+/// one activation without copying them.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    rows: usize,
+    rs: usize,
+    cols: (usize, usize),
+}
+
+impl<'a> Operand<'a> {
+    /// Columns `cols` of `x`; an error where they are not inside it.
+    fn columns(x: &'a Matrix, cols: Range<usize>) -> Result<Self, BackendError> {
+        check(cols.start <= cols.end && cols.end <= x.cols, || format!("columns {cols:?} of {}", x.cols))?;
+        Ok(Operand { data: &x.data, rows: x.rows, rs: x.cols, cols: (cols.start, cols.end) })
+    }
+
+    fn k(&self) -> usize {
+        self.cols.1 - self.cols.0
+    }
+
+    fn row(&self, r: usize) -> &'a [f32] {
+        &self.data[r * self.rs + self.cols.0..r * self.rs + self.cols.1]
+    }
+
+    /// The operand from row `first` on.
+    fn skip_rows(self, first: usize) -> Self {
+        Operand { data: &self.data[first * self.rs..], rows: self.rows - first, ..self }
+    }
+
+    /// Rows `rows` as one `rows.len() × k` slice: borrowed where the operand is whole rows,
+    /// else copied.
+    fn contiguous(&self, rows: Range<usize>) -> Cow<'a, [f32]> {
+        match self.k() == self.rs {
+            true => Cow::Borrowed(&self.data[rows.start * self.rs..rows.end * self.rs]),
+            false => Cow::Owned(rows.flat_map(|r| self.row(r).iter().copied()).collect()),
+        }
     }
 }
 
-/// `n` output features cut into strips of [`STRIP_COLUMNS`], each wider than 64 unless
-/// `n` is not.
-fn strips(n: usize) -> Vec<Range<usize>> {
-    let mut strips: Vec<Range<usize>> = (0..n).step_by(STRIP_COLUMNS).map(|s| s..(s + STRIP_COLUMNS).min(n)).collect();
-    if strips.len() > 1 && strips.last().is_some_and(|last| last.len() <= 64) {
-        if let Some(last) = strips.pop() {
-            if let Some(before) = strips.last_mut() {
-                before.end = last.end;
-            }
-        }
-    }
-    strips
+/// `n` output features cut into strips of whole 16-column units, as even as the units
+/// allow and at most [`STRIP_COLUMNS`] wide, as many as a multiple of `threads` so that the
+/// threads get equal shares, and each of at least 5 units (wider than 64 even where a last
+/// unit is short) unless `n` is too narrow for two. The cut does not change a product's
+/// bits (see [`STRIP_COLUMNS`]).
+fn strips(n: usize, threads: usize) -> Vec<Range<usize>> {
+    let units = n.div_ceil(16);
+    let count = n.div_ceil(STRIP_COLUMNS).next_multiple_of(threads.max(1)).min(units / 5).max(1);
+    let edge = |i: usize| (i * units / count * 16).min(n);
+    (0..count).map(|i| edge(i)..edge(i + 1)).filter(|s| !s.is_empty()).collect()
 }
 
 /// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -198,11 +247,14 @@ fn gelu_tanh(x: f32) -> f32 {
 fn gate_rows(gate_up: &Matrix, act: impl Fn(f32) -> f32 + Sync) -> Matrix {
     let f = gate_up.cols / 2;
     let mut out = Matrix::zeros(gate_up.rows, f);
+    let isa = Isa::widest();
     out.data.par_chunks_mut(f.max(1)).zip(gate_up.data.par_chunks(gate_up.cols.max(1))).for_each(|(y, gu)| {
         let (gate, up) = gu.split_at(f);
-        for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-            *y = act(g) * u;
-        }
+        isa.run(|| {
+            for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+                *y = act(g) * u;
+            }
+        })
     });
     out
 }
@@ -258,11 +310,27 @@ impl DeviceMemory for CpuBackend {
         Ok(CpuWeight { in_features: w.cols, out_features: w.rows, values: Values::Widened { t, stride } })
     }
 
+    /// Kept as stored, or widened a strip of output features per task straight into the
+    /// transposed layout.
     fn upload_stored(&self, w: StoredMatrix) -> Result<CpuWeight, BackendError> {
-        match self.keep_stored {
-            true => Ok(CpuWeight { in_features: w.cols(), out_features: w.rows(), values: Values::Stored(w) }),
-            false => self.upload_weight(w.widen()),
+        let (n, k) = (w.rows(), w.cols());
+        if self.keep_stored {
+            return Ok(CpuWeight { in_features: k, out_features: n, values: Values::Stored(w) });
         }
+        let stride = CpuWeight::stride_for(n);
+        let mut t = vec![0.0f32; k * stride];
+        let t_ptr = SendPtr(t.as_mut_ptr());
+        strips(n, rayon::current_num_threads()).into_par_iter().for_each(|cols| {
+            let width = cols.len();
+            with_widened_strip(&w, cols.clone(), width, |strip| {
+                for (i, values) in strip.chunks_exact(width).enumerate() {
+                    // SAFETY: `t` is k × stride and `cols` lie inside its first n columns;
+                    // each strip writes only its own columns.
+                    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), t_ptr.at(i * stride + cols.start), width) };
+                }
+            })
+        });
+        Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened { t, stride } })
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> u64 {
@@ -290,38 +358,43 @@ impl Transfer for CpuBackend {
 impl CpuBackend {
     /// `x · wᵀ` for each pair: the rows `decode` marks through the streamed product, all
     /// pairs' at once, the others through `gemm`.
-    fn multiply(&self, pairs: &[(&Matrix, &CpuWeight)], decode: &DecodeRows) -> Result<Vec<Matrix>, BackendError> {
+    fn multiply(&self, pairs: &[(Operand<'_>, &CpuWeight)], decode: &DecodeRows) -> Result<Vec<Matrix>, BackendError> {
+        let rows = pairs.first().map_or(0, |(x, _)| x.rows);
         for (x, w) in pairs {
             let (n, k) = (w.out_features(), w.in_features());
-            check(x.cols == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.cols))?;
+            check(x.k() == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.k()))?;
+            check(x.rows == rows, || "parts of a product with different rows".into())?;
         }
         let started = Instant::now();
-        let mut outs: Vec<Matrix> = pairs.iter().map(|(x, w)| Matrix::zeros(x.rows, w.out_features())).collect();
-        let rows = pairs.first().map_or(0, |(x, _)| x.rows);
-        check(pairs.iter().all(|(x, _)| x.rows == rows), || "parts of a product with different rows".into())?;
+        let mut outs: Vec<Matrix> = pairs.iter().map(|(_, w)| Matrix::zeros(rows, w.out_features())).collect();
         for (run, decoding) in decode.runs(rows) {
             let items = pairs.iter().zip(&mut outs).map(|((x, w), out)| {
-                let (n, k) = (w.out_features(), w.in_features());
-                let x_rows = &x.data[run.start * k..run.end * k];
-                (x_rows, *w, &mut out.data[run.start * n..run.end * n])
+                let n = w.out_features();
+                (*x, *w, &mut out.data[run.start * n..run.end * n])
             });
             match decoding {
-                true => streamed::products(
-                    items
-                        .map(|(x, w, out)| Product {
-                            x,
-                            m: run.len(),
-                            k: w.in_features(),
-                            w: w.columns(),
-                            n: w.out_features(),
-                            out,
-                        })
-                        .collect(),
-                ),
-                false => items.for_each(|(x, w, out)| gemm_rows(x, run.len(), w, out)),
+                true => {
+                    let items: Vec<_> = items.collect();
+                    let xs: Vec<Cow<'_, [f32]>> = items.iter().map(|(x, _, _)| x.contiguous(run.clone())).collect();
+                    streamed::products(
+                        items
+                            .into_iter()
+                            .zip(&xs)
+                            .map(|((_, w, out), x)| Product {
+                                x,
+                                m: run.len(),
+                                k: w.in_features(),
+                                w: w.columns(),
+                                n: w.out_features(),
+                                out,
+                            })
+                            .collect(),
+                    )
+                }
+                false => items.for_each(|(x, w, out)| gemm_rows(x.skip_rows(run.start), run.len(), w, out)),
             }
         }
-        let flops: usize = pairs.iter().map(|(x, w)| 2 * x.rows * w.out_features() * w.in_features()).sum();
+        let flops: usize = pairs.iter().map(|(x, w)| 2 * rows * w.out_features() * x.k()).sum();
         self.matmul_flops.fetch_add(flops as u64, Ordering::Relaxed);
         self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(outs)
@@ -375,7 +448,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_t_rows(&self, x: &Matrix, w: &CpuWeight, decode: &DecodeRows) -> Result<Matrix, BackendError> {
-        let mut outs = self.multiply(&[(x, w)], decode)?;
+        let mut outs = self.multiply(&[(Operand::columns(x, 0..x.cols)?, w)], decode)?;
         outs.pop().ok_or_else(|| failed("a product without its output".into()))
     }
 
@@ -386,9 +459,10 @@ impl Backend for CpuBackend {
         parts: &[(Range<usize>, &CpuWeight)],
         decode: &DecodeRows,
     ) -> Result<Vec<Matrix>, BackendError> {
-        let inputs =
-            parts.iter().map(|(cols, _)| self.columns(x, std::slice::from_ref(cols))).collect::<Result<Vec<_>, _>>()?;
-        let pairs: Vec<(&Matrix, &CpuWeight)> = inputs.iter().zip(parts).map(|(x, (_, w))| (x, *w)).collect();
+        let pairs = parts
+            .iter()
+            .map(|(cols, w)| Ok((Operand::columns(x, cols.clone())?, *w)))
+            .collect::<Result<Vec<_>, _>>()?;
         self.multiply(&pairs, decode)
     }
 
@@ -552,26 +626,29 @@ impl Backend for CpuBackend {
         check(targets.len() == logits.rows && targets.iter().all(|&t| (t as usize) < logits.cols), || {
             format!("{} targets for {} rows of {} logits", targets.len(), logits.rows, logits.cols)
         })?;
+        let isa = Isa::widest();
         Ok(logits
             .data
             .par_chunks(logits.cols)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
-                let (argmax, max) =
-                    row.iter().enumerate().fold(
-                        (0, f32::NEG_INFINITY),
-                        |(bi, bv), (i, &v)| {
-                            if v > bv {
-                                (i, v)
-                            } else {
-                                (bi, bv)
-                            }
-                        },
-                    );
-                let exps: Vec<f32> = row.iter().map(|&v| fast_exp(v - max)).collect();
-                let log_sum = lane_sum(&exps).ln();
-                let logprob = ((row[target as usize] - max) as f64 - log_sum) as f32;
-                TokenScore { logprob, greedy: argmax == target as usize }
+                isa.run(|| {
+                    let (argmax, max) =
+                        row.iter().enumerate().fold(
+                            (0, f32::NEG_INFINITY),
+                            |(bi, bv), (i, &v)| {
+                                if v > bv {
+                                    (i, v)
+                                } else {
+                                    (bi, bv)
+                                }
+                            },
+                        );
+                    let exps: Vec<f32> = row.iter().map(|&v| fast_exp(v - max)).collect();
+                    let log_sum = lane_sum(&exps).ln();
+                    let logprob = ((row[target as usize] - max) as f64 - log_sum) as f32;
+                    TokenScore { logprob, greedy: argmax == target as usize }
+                })
             })
             .collect())
     }
@@ -614,6 +691,62 @@ mod tests {
             let y = CpuBackend::default().matmul_t(&part, &w).unwrap();
             let same = y.data.iter().zip(&all.data).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "rows differ when {rows} rows are multiplied");
+        }
+    }
+
+    #[test]
+    fn strips_give_each_thread_an_equal_share() {
+        for n in [0usize, 50, 100, 130, 192, 576, 960, 1536, 49152] {
+            for threads in [1usize, 2, 3, 4] {
+                let strips = strips(n, threads);
+                let ends: Vec<usize> = strips.iter().map(|s| s.end).collect();
+                let starts: Vec<usize> = strips.iter().map(|s| s.start).collect();
+                assert!(starts.first().is_none_or(|&s| s == 0) && ends.last().copied().unwrap_or(0) == n);
+                assert!(starts.iter().skip(1).eq(ends.iter().take(ends.len().saturating_sub(1))), "{n}: {strips:?}");
+                assert!(strips.len() == 1 || strips.iter().all(|s| s.len() > 64), "{n}/{threads}: {strips:?}");
+                if n >= 2 * STRIP_COLUMNS * threads {
+                    assert_eq!(strips.len() % threads, 0, "{n} over {threads} threads: {strips:?}");
+                    assert!(strips.iter().all(|s| s.len() <= STRIP_COLUMNS), "{n}/{threads}: {strips:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_products_bits_do_not_depend_on_the_threads_or_strips() {
+        // The reference multiplies the whole weight in one call of gemm; the pools cut it
+        // into strips of other widths (96 to 128 wide for 576 outputs).
+        for (n, k, rows) in [(576, 576, 513), (960, 576, 70), (200, 1088, 3), (1600, 96, 1100)] {
+            let (x, w) = (Matrix::random(rows, k, 5, 1.0), Matrix::random(n, k, 6, 1.0));
+            let weight = CpuBackend::default().upload_weight(w).unwrap();
+            let Values::Widened { t, stride } = &weight.values else { panic!("a widened weight") };
+            let mut whole = vec![0.0f32; rows * n];
+            let rhs = View { ptr: t.as_ptr(), rs: *stride as isize, cs: 1 };
+            // SAFETY: the weight is k × n, rows `stride` apart; `whole` is rows × n.
+            unsafe { gemm_blocks(Operand::columns(&x, 0..k).unwrap(), rows, rhs, n, SendPtr(whole.as_mut_ptr()), n) };
+            for threads in [1, 2, 3, 5] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let y = pool.install(|| CpuBackend::default().matmul_t(&x, &weight)).unwrap();
+                let same = y.data.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{rows}×{k} by ({n}×{k})ᵀ on {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn parts_multiply_their_columns_in_place_as_copies_would() {
+        let b = CpuBackend::default();
+        let x = Matrix::random(9, 3 * 80, 7, 1.0);
+        let weights: Vec<CpuWeight> =
+            (0..3).map(|g| b.upload_weight(Matrix::random(130, 80, 8 + g, 1.0)).unwrap()).collect();
+        let parts: Vec<(Range<usize>, &CpuWeight)> =
+            weights.iter().enumerate().map(|(g, w)| (g * 80..(g + 1) * 80, w)).collect();
+        for decode in [DecodeRows::none(), DecodeRows::of_steps([4, 1, 3, 1])] {
+            let together = b.matmul_t_parts(&x, &parts, &decode).unwrap();
+            for ((cols, w), got) in parts.iter().zip(&together) {
+                let copied = b.columns(&x, std::slice::from_ref(cols)).unwrap();
+                assert_eq!(got, &b.matmul_t_rows(&copied, w, &decode).unwrap(), "columns {cols:?}");
+            }
         }
     }
 
