@@ -16,7 +16,7 @@ use std::ops::Range;
 use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
-use super::kernels::{fast_exp, gemm_into, lane_sum, prefetch, Isa, View};
+use super::kernels::{fast_exp, gemm_into, lane_max, lane_sum, prefetch, Isa, View};
 use crate::backend::{AttentionSpec, HeadLayout};
 use crate::tensor::Matrix;
 
@@ -75,20 +75,6 @@ fn online_softmax(row: &mut [f32], visible: Range<usize>, softcap: Option<f32>, 
     *sum = *sum * factor as f64 + lane_sum(live);
     *max = new_max;
     factor
-}
-
-/// The largest of `xs` (−∞ for none), taken over sixteen lanes so that it vectorises: the
-/// largest value is the same whatever order the comparisons take.
-#[inline(always)]
-fn lane_max(xs: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let (chunks, tail) = xs.as_chunks::<16>();
-    for chunk in chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v > *l { v } else { *l };
-        }
-    }
-    lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// [`online_softmax`] on each row of a tile (`keys` wide, rows `ld` apart), row `i`'s
@@ -176,11 +162,10 @@ impl AttentionBlock<'_> {
     /// arithmetic depends on its tree alone: the tiles are cut at fixed key indices, and
     /// `gemm` sums a row's products over a tile (at most 256) or a head (`head_dim`) in one
     /// block whatever the rows beside it.
-    fn compute(&self, isa: Isa, qkv: &Matrix, heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    fn compute(&self, isa: Isa, qkv: &Matrix, keys_t: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
         let d = heads.head_dim;
         let ld = qkv.cols;
         let (group, kv) = (heads.num_heads / heads.num_kv_heads, self.kv);
-        let k_col = heads.k_cols().start + kv * d;
         let v_col = heads.v_cols().start + kv * d;
         let m = self.rows.len();
         let rows = group * m;
@@ -197,21 +182,13 @@ impl AttentionBlock<'_> {
         let q = View { ptr: queries.as_ptr(), rs: d as isize, cs: 1 };
         // Keys transposed (element (j, t) is component j of key t) and values, from key
         // `t` of the block's list: the shared ones below `a`, then its own.
+        let in_qkv = |row: usize| {
+            let kt = keys_t[kv * d * qkv.rows + row..].as_ptr();
+            (View { ptr: kt, rs: qkv.rows as isize, cs: 1 }, View { ptr: at(row, v_col), rs: ld as isize, cs: 1 })
+        };
         let views = |t: usize| match &self.shared {
-            _ if t >= a => {
-                let row = self.own_start + t - a;
-                (
-                    View { ptr: at(row, k_col), rs: 1, cs: ld as isize },
-                    View { ptr: at(row, v_col), rs: ld as isize, cs: 1 },
-                )
-            }
-            Shared::Rows(rows) => {
-                let row = rows.start + t;
-                (
-                    View { ptr: at(row, k_col), rs: 1, cs: ld as isize },
-                    View { ptr: at(row, v_col), rs: ld as isize, cs: 1 },
-                )
-            }
+            _ if t >= a => in_qkv(self.own_start + t - a),
+            Shared::Rows(rows) => in_qkv(rows.start + t),
             Shared::Cache { data, .. } => {
                 let width = 2 * heads.num_kv_heads * d;
                 let entry = &data[t * width..];
@@ -513,6 +490,21 @@ fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
     })
 }
 
+/// The keys of `qkv` transposed, `num_kv_heads·head_dim` rows of `qkv.rows`: component
+/// `j` of KV head `kv` for every row in row `kv·head_dim + j`. A tile of keys is then a
+/// block with unit column stride, which `gemm` reads in place where it would otherwise
+/// transpose the tile again for every block of queries that sees it.
+fn transposed_keys(qkv: &Matrix, heads: HeadLayout) -> Vec<f32> {
+    let k_cols = heads.k_cols();
+    let mut keys_t = vec![0.0f32; k_cols.len() * qkv.rows];
+    keys_t.par_chunks_mut(qkv.rows).zip(k_cols).for_each(|(out, col)| {
+        for (o, row) in out.iter_mut().zip(qkv.data.chunks_exact(qkv.cols)) {
+            *o = row[col];
+        }
+    });
+    keys_t
+}
+
 /// The blocks' outputs in their places, computed in parallel with kernels for `isa`.
 fn compute_blocks(
     isa: Isa,
@@ -522,7 +514,8 @@ fn compute_blocks(
     spec: AttentionSpec,
 ) -> Matrix {
     let d = heads.head_dim;
-    let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(isa, qkv, heads, spec)).collect();
+    let keys_t = transposed_keys(qkv, heads);
+    let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(isa, qkv, &keys_t, heads, spec)).collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
     let group = heads.num_heads / heads.num_kv_heads;

@@ -1,7 +1,9 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: strided
 //! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`]),
-//! a sum in a fixed order ([`lane_sum`]), memory prefetches ([`prefetch`]), a thread's
-//! widened strip of a stored weight ([`with_widened_strip`]), and the instruction sets that kernels compiled more than once choose from at run time ([`Isa`]).
+//! sums and maxima in a fixed order ([`lane_sum`], [`lane_sum_of`], [`lane_max`]), memory
+//! prefetches ([`prefetch`]), a thread's widened strip of a stored weight
+//! ([`with_widened_strip`]), and the instruction sets that kernels compiled more than once
+//! choose from at run time ([`Isa`]).
 
 use std::ops::Range;
 
@@ -119,7 +121,9 @@ impl Isa {
 
     /// Runs `f` inlined into a function compiled for this instruction set, so that its loops
     /// vectorise for it; the instructions differ, the operations and so the bits do not
-    /// (Rust fuses no multiply and add that `f` does not ask to).
+    /// (Rust fuses no multiply and add that `f` does not ask to). `f` should be an
+    /// `#[inline(always)]` closure: LLVM compiles a longer one on its own, for the baseline
+    /// instruction set.
     #[inline(always)]
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
         #[cfg(target_arch = "x86_64")]
@@ -191,17 +195,39 @@ pub fn fast_exp(x: f32) -> f32 {
     e * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
-/// Sum of a slice in a fixed order: 16 lanes, then the lanes in f64.
+/// Sum of a slice in a fixed order: 16 lanes, then the lanes and the tail in f64.
+#[inline(always)]
 pub fn lane_sum(xs: &[f32]) -> f64 {
+    lane_sum_of(xs, |v| v)
+}
+
+/// Sum of `f(x)` over a slice in [`lane_sum`]'s order, without storing the values.
+/// Inlined, so that it vectorises for the caller's instruction set.
+#[inline(always)]
+pub fn lane_sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut lanes = [0.0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += v;
+    let (chunks, tail) = xs.as_chunks::<16>();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
         }
     }
-    lanes.iter().chain(tail).map(|&v| v as f64).sum()
+    let lanes: f64 = lanes.into_iter().map(|v| v as f64).sum();
+    tail.iter().fold(lanes, |sum, &v| sum + f(v) as f64)
+}
+
+/// The largest of `xs` (−∞ for none; NaNs are passed over), taken over sixteen lanes so
+/// that it vectorises: the largest value is the same whatever order the comparisons take.
+#[inline(always)]
+pub fn lane_max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let (chunks, tail) = xs.as_chunks::<16>();
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 #[cfg(test)]

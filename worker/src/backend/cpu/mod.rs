@@ -42,7 +42,7 @@ use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{fast_exp, gemm_into, lane_sum, with_widened_strip, Isa, SendPtr, View};
+use self::kernels::{fast_exp, gemm_into, lane_max, lane_sum_of, with_widened_strip, Isa, SendPtr, View};
 use self::streamed::{Columns, Product};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
@@ -250,13 +250,32 @@ fn gate_rows(gate_up: &Matrix, act: impl Fn(f32) -> f32 + Sync) -> Matrix {
     let isa = Isa::widest();
     out.data.par_chunks_mut(f.max(1)).zip(gate_up.data.par_chunks(gate_up.cols.max(1))).for_each(|(y, gu)| {
         let (gate, up) = gu.split_at(f);
-        isa.run(|| {
-            for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-                *y = act(g) * u;
-            }
-        })
+        isa.run(
+            #[inline(always)]
+            || gate_row(y, gate, up, &act),
+        )
     });
     out
+}
+
+/// `y = act(gate) · up`, element by element.
+#[inline(always)]
+fn gate_row(y: &mut [f32], gate: &[f32], up: &[f32], act: impl Fn(f32) -> f32) {
+    for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+        *y = act(g) * u;
+    }
+}
+
+/// A row of logits scored at `target`: its log-softmax there (the exponentials summed in
+/// a fixed order, the logarithm in f64) and whether `target` is the row's first largest
+/// logit (greedy decoding's choice).
+#[inline(always)]
+fn score_row(row: &[f32], target: u32) -> TokenScore {
+    let max = lane_max(row);
+    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
+    let log_sum = lane_sum_of(row, |v| fast_exp(v - max)).ln();
+    let logprob = ((row[target as usize] - max) as f64 - log_sum) as f32;
+    TokenScore { logprob, greedy: argmax == target as usize }
 }
 
 /// The CPU backend; it counts the work of its matrix products.
@@ -470,8 +489,7 @@ impl Backend for CpuBackend {
         check(weight.data.len() == x.cols, || format!("norm weight of {} for rows of {}", weight.data.len(), x.cols))?;
         let mut out = Matrix::zeros(x.rows, x.cols);
         out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(y, x)| {
-            let squares: Vec<f32> = x.iter().map(|v| v * v).collect();
-            let scale = (1.0 / (lane_sum(&squares) / x.len() as f64 + eps).sqrt()) as f32;
+            let scale = (1.0 / (lane_sum_of(x, |v| v * v) / x.len() as f64 + eps).sqrt()) as f32;
             for ((y, &x), &w) in y.iter_mut().zip(x).zip(&weight.data) {
                 *y = x * scale * w;
             }
@@ -487,8 +505,7 @@ impl Backend for CpuBackend {
         let width = x.cols;
         x.data.par_chunks_mut(width).for_each(|row| {
             for values in row[cols.clone()].chunks_exact_mut(run) {
-                let squares: Vec<f32> = values.iter().map(|v| v * v).collect();
-                let scale = (1.0 / (lane_sum(&squares) / run as f64 + eps).sqrt()) as f32;
+                let scale = (1.0 / (lane_sum_of(values, |v| v * v) / run as f64 + eps).sqrt()) as f32;
                 for (v, &w) in values.iter_mut().zip(&weight.data) {
                     *v = *v * scale * w;
                 }
@@ -632,23 +649,10 @@ impl Backend for CpuBackend {
             .par_chunks(logits.cols)
             .zip(targets.par_iter())
             .map(|(row, &target)| {
-                isa.run(|| {
-                    let (argmax, max) =
-                        row.iter().enumerate().fold(
-                            (0, f32::NEG_INFINITY),
-                            |(bi, bv), (i, &v)| {
-                                if v > bv {
-                                    (i, v)
-                                } else {
-                                    (bi, bv)
-                                }
-                            },
-                        );
-                    let exps: Vec<f32> = row.iter().map(|&v| fast_exp(v - max)).collect();
-                    let log_sum = lane_sum(&exps).ln();
-                    let logprob = ((row[target as usize] - max) as f64 - log_sum) as f32;
-                    TokenScore { logprob, greedy: argmax == target as usize }
-                })
+                isa.run(
+                    #[inline(always)]
+                    || score_row(row, target),
+                )
             })
             .collect())
     }
@@ -841,6 +845,23 @@ mod tests {
         let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((scores[0].logprob as f64 - (3.0 - lse)).abs() < 1e-6);
         assert!(scores[0].greedy && !scores[1].greedy);
+    }
+
+    #[test]
+    fn long_rows_score_against_f64_and_greedy_takes_the_first_largest() {
+        // 41 logits (two lanes' chunks and a tail) with the largest twice, at 37 and 39:
+        // greedy decoding would take 37.
+        let mut row: Vec<f32> = (0..41).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        row[37] = 4.0;
+        row[39] = 4.0;
+        let logits = Matrix::from_vec(3, 41, [row.clone(), row.clone(), row.clone()].concat());
+        let scores = CpuBackend::default().score(&logits, &[37, 39, 3]).unwrap();
+        let lse = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        for (score, target) in scores.iter().zip([37, 39, 3]) {
+            // f32 exponentials summed over 41 terms: relative error well under 1e-6.
+            assert!((score.logprob as f64 - (row[target] as f64 - lse)).abs() < 1e-6, "target {target}");
+        }
+        assert_eq!(scores.iter().map(|s| s.greedy).collect::<Vec<_>>(), [true, false, false]);
     }
 
     #[test]
