@@ -26,7 +26,7 @@ pub trait DeviceMemory: Send + Sync {
     fn upload_weight(&self, w: Matrix) -> Result<Self::Weight, BackendError>;
     /// Takes an `out × in` weight in its file's encoding; a backend that computes with
     /// widened weights widens it here.
-    fn upload_stored(&self, w: StoredMatrix) -> Result<Self::Weight, BackendError> {
+    fn upload_stored(&self, w: StoredMatrix<'_>) -> Result<Self::Weight, BackendError> {
         self.upload_weight(w.widen())
     }
     /// The bytes of memory a weight occupies.

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use evalmesh_common::config::QkNorm;
 use evalmesh_common::{ConfigError, ModelConfig};
-use rayon::prelude::*;
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
@@ -209,17 +208,19 @@ pub fn load_part(
     Ok(read_part(source, id, rows, cols)?.widen())
 }
 
-/// Reads the rectangle `rows × cols` of a tensor in its file's encoding, after checking
-/// the tensor's shape against the config, and refuses weights with NaN or infinity: a
-/// tensor-parallel shard reads only its rows, or in each row only the quantisation blocks
-/// that hold its columns. The file's pages it read leave the process's memory (they stay
-/// in the page cache), so that a model read in its stored form occupies its size once.
+/// Reads the rectangle `rows × cols` of a tensor in its file's encoding, where it lies in
+/// the file's mapping, after checking the tensor's shape against the config, and refuses
+/// weights with NaN or infinity: a tensor-parallel shard reads only its rows, or in each
+/// row only the quantisation blocks that hold its columns. The file's pages it spans leave
+/// the process's memory (they stay in the page cache) when the matrix goes, so that a
+/// model copied out in its stored form ([`StoredMatrix::into_owned`]) or widened occupies
+/// its size once.
 pub fn read_part(
     source: &dyn WeightSource,
     id: TensorId,
     rows: Range<usize>,
     cols: Range<usize>,
-) -> Result<StoredMatrix, WeightError> {
+) -> Result<StoredMatrix<'_>, WeightError> {
     let expected = id.shape(source.config());
     let found = source.locate(id)?;
     if found.shape != expected {
@@ -235,35 +236,19 @@ pub fn read_part(
     let row_bytes = expected.1 / block_elems * block_bytes;
     let blocks = cols.start / block_elems..cols.end.div_ceil(block_elems);
     let read_bytes = blocks.len() * block_bytes;
-    let mut bytes = vec![0u8; rows.len() * read_bytes];
-    bytes.par_chunks_mut(read_bytes.max(1)).zip(rows.clone()).for_each(|(out, r)| {
-        let start = r * row_bytes + blocks.start * block_bytes;
-        out.copy_from_slice(&found.bytes[start..start + read_bytes]);
-    });
-    let span = &found.bytes[rows.start * row_bytes..rows.end * row_bytes];
-    release_pages(span);
-    source.bytes_read().fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let first = rows.start * row_bytes + blocks.start * block_bytes;
+    let span = match rows.len() {
+        0 => &found.bytes[..0],
+        n => &found.bytes[first..first + (n - 1) * row_bytes + read_bytes],
+    };
+    source.bytes_read().fetch_add((rows.len() * read_bytes) as u64, Ordering::Relaxed);
     let mut stored = StoredMatrix::new(cols.len());
-    stored.push(found.dtype, rows.len(), cols.start - blocks.start * block_elems, bytes);
+    stored.push_mapped(found.dtype, rows.len(), row_bytes, read_bytes, cols.start - blocks.start * block_elems, span);
     let count = stored.non_finite();
     if count > 0 {
         return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });
     }
     Ok(stored)
-}
-
-/// Drops the whole pages inside `bytes`, part of a read-only file mapping, from the
-/// process's resident memory; a later read maps them again from the file.
-fn release_pages(bytes: &[u8]) {
-    const PAGE: usize = 4096;
-    let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
-    let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
-    if end > start {
-        // SAFETY: the range lies inside `bytes`, which is mapped read-only from a file, so
-        // dropping its pages loses nothing: they are read again from the file if touched.
-        // Advice that fails leaves the pages mapped, which is only memory.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-    }
 }
 
 /// Opens a model: a GGUF file, or a Hugging Face directory with `config.json` and

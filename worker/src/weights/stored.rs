@@ -2,8 +2,11 @@
 //! quantisation blocks) instead of widened to f32 at load, so that its memory follows the
 //! file's size (docs/ARCHITECTURE.md §13). Rows are widened when a product needs them,
 //! through the same [`GgmlType::dequantize`] as loading, so they are the values the
-//! widened weight would hold, bit for bit.
+//! widened weight would hold, bit for bit. As read, its rows lie in the file's mapping;
+//! [`StoredMatrix::into_owned`] copies them out for keeping, and a part that lay in the
+//! mapping drops the file's pages it spans from the process when it goes.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -12,26 +15,53 @@ use super::quant::GgmlType;
 use crate::tensor::Matrix;
 
 /// A `rows × cols` weight, its rows stacked from one or more tensors (Q, K and V; gate and
-/// up), each part in its own encoding.
+/// up), each part in its own encoding, held or lying in a file's mapping (`'a`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredMatrix {
+pub struct StoredMatrix<'a> {
     rows: usize,
     cols: usize,
-    parts: Vec<StoredRows>,
+    parts: Vec<StoredRows<'a>>,
 }
 
-/// Consecutive rows in one encoding: each row `row_bytes` of whole blocks, of which the
-/// matrix's columns start `skip` values into the first block.
+/// Consecutive rows in one encoding: row `r` is the `row_bytes` of whole blocks at
+/// `bytes[r · row_stride..]`, of which the matrix's columns start `skip` values into the
+/// first block.
 #[derive(Debug, Clone, PartialEq)]
-struct StoredRows {
+struct StoredRows<'a> {
     dtype: GgmlType,
     rows: usize,
+    row_stride: usize,
     row_bytes: usize,
     skip: usize,
-    bytes: Vec<u8>,
+    bytes: Cow<'a, [u8]>,
 }
 
-impl StoredMatrix {
+impl StoredRows<'_> {
+    fn row(&self, r: usize) -> &[u8] {
+        &self.bytes[r * self.row_stride..][..self.row_bytes]
+    }
+}
+
+impl Drop for StoredRows<'_> {
+    /// A part read in place drops the whole pages it spans from the process's resident
+    /// memory: it was the last to read them, and a later read maps them again from the file.
+    fn drop(&mut self) {
+        const PAGE: usize = 4096;
+        if let Cow::Borrowed(bytes) = self.bytes {
+            let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the range lies inside `bytes`, which lies in a read-only mapping
+                // of a file ([`StoredMatrix::push_mapped`]), so dropping its pages loses
+                // nothing: they are read again from the file if touched. Advice that fails
+                // leaves the pages mapped, which is only memory.
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+        }
+    }
+}
+
+impl<'a> StoredMatrix<'a> {
     /// A matrix of `cols` columns and no rows yet.
     pub fn new(cols: usize) -> Self {
         StoredMatrix { rows: 0, cols, parts: Vec::new() }
@@ -41,16 +71,50 @@ impl StoredMatrix {
     /// blocks, the matrix's columns starting `skip` values into each row's first block.
     pub fn push(&mut self, dtype: GgmlType, rows: usize, skip: usize, bytes: Vec<u8>) {
         let row_bytes = bytes.len().checked_div(rows).unwrap_or(0);
-        debug_assert!(row_bytes / dtype.block().1 * dtype.block().0 >= skip + self.cols);
-        self.rows += rows;
-        self.parts.push(StoredRows { dtype, rows, row_bytes, skip, bytes });
+        self.push_part(StoredRows { dtype, rows, row_stride: row_bytes, row_bytes, skip, bytes: Cow::Owned(bytes) });
+    }
+
+    /// Adds `rows` rows below the others, read where they lie in a read-only mapping of a
+    /// file: row `r` is the `row_bytes` of `dtype`'s whole blocks at `bytes[r · row_stride..]`,
+    /// the matrix's columns starting `skip` values into its first block. The pages `bytes`
+    /// spans leave the process's memory when the part goes (not when it is copied out).
+    pub fn push_mapped(
+        &mut self,
+        dtype: GgmlType,
+        rows: usize,
+        row_stride: usize,
+        row_bytes: usize,
+        skip: usize,
+        bytes: &'a [u8],
+    ) {
+        debug_assert!(rows == 0 || (rows - 1) * row_stride + row_bytes <= bytes.len());
+        self.push_part(StoredRows { dtype, rows, row_stride, row_bytes, skip, bytes: Cow::Borrowed(bytes) });
+    }
+
+    fn push_part(&mut self, part: StoredRows<'a>) {
+        debug_assert!(part.row_bytes / part.dtype.block().1 * part.dtype.block().0 >= part.skip + self.cols);
+        self.rows += part.rows;
+        self.parts.push(part);
     }
 
     /// Adds the rows of `below` (of the same columns) below these.
-    pub fn append(&mut self, below: StoredMatrix) {
+    pub fn append(&mut self, below: StoredMatrix<'a>) {
         debug_assert_eq!(below.cols, self.cols);
         self.rows += below.rows;
         self.parts.extend(below.parts);
+    }
+
+    /// The matrix holding its rows itself: those that lie in a file's mapping copied out,
+    /// rows in parallel (and the mapping's pages then dropped).
+    pub fn into_owned(self) -> StoredMatrix<'static> {
+        let parts = self.parts.into_iter().map(|part| {
+            let mut bytes = vec![0u8; part.rows * part.row_bytes];
+            let rows = bytes.par_chunks_exact_mut(part.row_bytes.max(1)).enumerate();
+            rows.for_each(|(r, out)| out.copy_from_slice(part.row(r)));
+            let (dtype, rows, row_bytes, skip) = (part.dtype, part.rows, part.row_bytes, part.skip);
+            StoredRows { dtype, rows, row_stride: row_bytes, row_bytes, skip, bytes: Cow::Owned(bytes) }
+        });
+        StoredMatrix { rows: self.rows, cols: self.cols, parts: parts.collect() }
     }
 
     pub fn rows(&self) -> usize {
@@ -61,9 +125,9 @@ impl StoredMatrix {
         self.cols
     }
 
-    /// The bytes it holds.
+    /// The bytes of its rows.
     pub fn bytes(&self) -> usize {
-        self.parts.iter().map(|p| p.bytes.len()).sum()
+        self.parts.iter().map(|p| p.rows * p.row_bytes).sum()
     }
 
     /// Widens row `r` into `out` (`cols` values); `scratch` holds a row's whole blocks
@@ -77,7 +141,7 @@ impl StoredMatrix {
                 None => panic!("row {} of a {}-row stored weight", r, self.rows),
             }
         };
-        let bytes = &part.bytes[r * part.row_bytes..(r + 1) * part.row_bytes];
+        let bytes = part.row(r);
         let values = part.row_bytes / part.dtype.block().1 * part.dtype.block().0;
         if part.skip == 0 && values == self.cols {
             part.dtype.dequantize(bytes, out);
@@ -147,5 +211,23 @@ mod tests {
         m.widen_transposed(1..3, &mut t, 5);
         assert_eq!([t[0], t[1], t[15], t[16]], [5.0, 1.5, 8.0, 3.0]);
         assert_eq!(m.bytes(), 16 + 34);
+    }
+
+    #[test]
+    fn rows_read_in_place_with_a_stride_widen_and_copy_out_as_the_owned_ones() {
+        // Three rows of six bf16 values (12 bytes apart), of which the matrix reads the
+        // bytes of values 1..5 of each row (a buffer under a page: no page is dropped).
+        let values: Vec<f32> = (0..18).map(|i| i as f32 - 4.5).collect();
+        let file: Vec<u8> = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+        let mut mapped = StoredMatrix::new(3);
+        mapped.push_mapped(GgmlType::Bf16, 3, 12, 8, 1, &file[2..]);
+        let owned_rows: Vec<u8> = (0..3).flat_map(|r| file[r * 12 + 2..r * 12 + 10].to_vec()).collect();
+        let mut owned = StoredMatrix::new(3);
+        owned.push(GgmlType::Bf16, 3, 1, owned_rows);
+        assert_eq!(mapped.widen().row(2), [14.0 - 4.5, 15.0 - 4.5, 16.0 - 4.5]);
+        assert_eq!(mapped.widen(), owned.widen());
+        assert_eq!(mapped.bytes(), 24);
+        let copied = mapped.into_owned();
+        assert_eq!(copied, owned);
     }
 }

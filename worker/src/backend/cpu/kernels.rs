@@ -87,7 +87,12 @@ thread_local! {
 
 /// Runs `f` on the output features `cols` of `w` widened and transposed: input feature `i`
 /// of column `j` at `[i · stride + j]`, `stride` the given one.
-pub fn with_widened_strip<R>(w: &StoredMatrix, cols: Range<usize>, stride: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+pub fn with_widened_strip<R>(
+    w: &StoredMatrix<'_>,
+    cols: Range<usize>,
+    stride: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
     STRIP.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.resize(w.cols() * stride, 0.0);

@@ -92,7 +92,7 @@ enum Values {
     /// again ([`streamed`]) comes from memory every time.
     Widened { t: Vec<f32>, stride: usize },
     /// In the file's encoding, `out × in`; products widen it a strip at a time.
-    Stored(StoredMatrix),
+    Stored(StoredMatrix<'static>),
 }
 
 impl CpuWeight {
@@ -329,12 +329,12 @@ impl DeviceMemory for CpuBackend {
         Ok(CpuWeight { in_features: w.cols, out_features: w.rows, values: Values::Widened { t, stride } })
     }
 
-    /// Kept as stored, or widened a strip of output features per task straight into the
-    /// transposed layout.
-    fn upload_stored(&self, w: StoredMatrix) -> Result<CpuWeight, BackendError> {
+    /// Kept as stored (copied out of the file's mapping), or widened from where it lies a
+    /// strip of output features per task straight into the transposed layout.
+    fn upload_stored(&self, w: StoredMatrix<'_>) -> Result<CpuWeight, BackendError> {
         let (n, k) = (w.rows(), w.cols());
         if self.keep_stored {
-            return Ok(CpuWeight { in_features: k, out_features: n, values: Values::Stored(w) });
+            return Ok(CpuWeight { in_features: k, out_features: n, values: Values::Stored(w.into_owned()) });
         }
         let stride = CpuWeight::stride_for(n);
         let mut t = vec![0.0f32; k * stride];
@@ -756,7 +756,7 @@ mod tests {
 
     /// A `rows × cols` weight of random Q4_1 blocks (scales and offsets kept small and
     /// finite), stored.
-    fn q4_1_weight(rows: usize, cols: usize, seed: u64) -> StoredMatrix {
+    fn q4_1_weight(rows: usize, cols: usize, seed: u64) -> StoredMatrix<'static> {
         let mut bytes = Vec::new();
         let noise = Matrix::random(1, rows * cols / 32 * 20, seed, 1.0);
         for (block, values) in noise.data.chunks_exact(20).enumerate() {

@@ -53,7 +53,7 @@ pub struct Product<'a> {
 #[derive(Clone, Copy)]
 pub enum Columns<'a> {
     Widened { wt: &'a [f32], stride: usize },
-    Stored(&'a StoredMatrix),
+    Stored(&'a StoredMatrix<'static>),
 }
 
 /// Each of `items` (a weight, or a row-parallel weight's groups), in one parallel region:
@@ -85,7 +85,7 @@ enum Job<'a> {
     /// product's output `out` of `n` columns.
     Strip { tile: Tile<'a>, m: usize, out: SendPtr },
     /// Every row by a strip `cols` of a stored weight, widened first.
-    StoredStrip { x: &'a [f32], m: usize, w: &'a StoredMatrix, cols: Range<usize>, out: SendPtr },
+    StoredStrip { x: &'a [f32], m: usize, w: &'a StoredMatrix<'static>, cols: Range<usize>, out: SendPtr },
 }
 
 fn products_on(isa: Isa, items: Vec<Product<'_>>) {
@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// The weight `k × n` (rows `stride` apart in `wt`) stored as bf16, `n × k`.
-    fn stored(wt: &[f32], k: usize, n: usize, stride: usize) -> StoredMatrix {
+    fn stored(wt: &[f32], k: usize, n: usize, stride: usize) -> StoredMatrix<'static> {
         let bytes =
             (0..n).flat_map(|c| (0..k).flat_map(move |i| half::bf16::from_f32(wt[i * stride + c]).to_le_bytes()));
         let mut w = StoredMatrix::new(k);
@@ -336,7 +336,7 @@ mod tests {
         ) -> Product<'a> {
             Product { x, m, k, w: Columns::Widened { wt, stride: n + 5 }, n, out }
         }
-        let stored: Vec<StoredMatrix> =
+        let stored: Vec<StoredMatrix<'static>> =
             shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| stored(wt, k, n, n + 5)).collect();
         for isa in Isa::available() {
             let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
