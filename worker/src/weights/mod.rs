@@ -243,7 +243,9 @@ pub fn read_part(
     };
     source.bytes_read().fetch_add((rows.len() * read_bytes) as u64, Ordering::Relaxed);
     let mut stored = StoredMatrix::new(cols.len());
-    stored.push_mapped(found.dtype, rows.len(), row_bytes, read_bytes, cols.start - blocks.start * block_elems, span);
+    let skip = cols.start - blocks.start * block_elems;
+    // SAFETY: a located tensor's bytes lie in a read-only mapping of its file (`Located`).
+    unsafe { stored.push_mapped(found.dtype, rows.len(), row_bytes, read_bytes, skip, span) };
     let count = stored.non_finite();
     if count > 0 {
         return Err(WeightError::NonFinite { path: source.path().to_path_buf(), name: found.name, count });

@@ -52,9 +52,10 @@ impl Drop for StoredRows<'_> {
             let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
             if end > start {
                 // SAFETY: the range lies inside `bytes`, which lies in a read-only mapping
-                // of a file ([`StoredMatrix::push_mapped`]), so dropping its pages loses
-                // nothing: they are read again from the file if touched. Advice that fails
-                // leaves the pages mapped, which is only memory.
+                // of a file (`push_mapped`'s contract: a part spanning no whole page never
+                // gets here), so dropping its pages loses nothing: they are read again from
+                // the file if touched. Advice that fails leaves the pages mapped, which is
+                // only memory.
                 unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
             }
         }
@@ -78,7 +79,11 @@ impl<'a> StoredMatrix<'a> {
     /// file: row `r` is the `row_bytes` of `dtype`'s whole blocks at `bytes[r · row_stride..]`,
     /// the matrix's columns starting `skip` values into its first block. The pages `bytes`
     /// spans leave the process's memory when the part goes (not when it is copied out).
-    pub fn push_mapped(
+    ///
+    /// # Safety
+    /// `bytes` must lie in a read-only mapping of a file, whose dropped pages are read
+    /// again from the file, or span no whole page (nothing is then dropped).
+    pub unsafe fn push_mapped(
         &mut self,
         dtype: GgmlType,
         rows: usize,
@@ -220,7 +225,8 @@ mod tests {
         let values: Vec<f32> = (0..18).map(|i| i as f32 - 4.5).collect();
         let file: Vec<u8> = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
         let mut mapped = StoredMatrix::new(3);
-        mapped.push_mapped(GgmlType::Bf16, 3, 12, 8, 1, &file[2..]);
+        // SAFETY: 36 bytes span no whole page.
+        unsafe { mapped.push_mapped(GgmlType::Bf16, 3, 12, 8, 1, &file[2..]) };
         let owned_rows: Vec<u8> = (0..3).flat_map(|r| file[r * 12 + 2..r * 12 + 10].to_vec()).collect();
         let mut owned = StoredMatrix::new(3);
         owned.push(GgmlType::Bf16, 3, 1, owned_rows);
