@@ -515,19 +515,25 @@ fn compute_blocks(
 ) -> Matrix {
     let d = heads.head_dim;
     let keys_t = transposed_keys(qkv, heads);
-    let results: Vec<Vec<f32>> = blocks.par_iter().map(|b| b.compute(isa, qkv, &keys_t, heads, spec)).collect();
+    let results: Vec<Vec<f32>> =
+        blocks.par_iter().with_max_len(1).map(|b| b.compute(isa, qkv, &keys_t, heads, spec)).collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
     let group = heads.num_heads / heads.num_kv_heads;
-    for (block, result) in blocks.iter().zip(results) {
-        let m = block.rows.len();
-        for (h, head) in result.chunks_exact(m * d).enumerate() {
-            let col = (block.kv * group + h) * d;
-            for (row, values) in block.rows.clone().zip(head.chunks_exact(d)) {
-                out.data[row * width + col..][..d].copy_from_slice(values);
+    // Each output row takes its heads from the blocks that hold it, in the blocks' order.
+    let mut pieces: Vec<(usize, usize)> =
+        blocks.iter().enumerate().flat_map(|(b, block)| block.rows.clone().map(move |row| (row, b))).collect();
+    pieces.sort_by_key(|&(row, _)| row);
+    out.data.par_chunks_mut(width.max(1)).enumerate().for_each(|(row, out)| {
+        let first = pieces.partition_point(|&(r, _)| r < row);
+        for &(_, b) in pieces[first..].iter().take_while(|&&(r, _)| r == row) {
+            let (block, m, i) = (&blocks[b], blocks[b].rows.len(), row - blocks[b].rows.start);
+            for (h, head) in results[b].chunks_exact(m * d).enumerate() {
+                let col = (block.kv * group + h) * d;
+                out[col..col + d].copy_from_slice(&head[i * d..(i + 1) * d]);
             }
         }
-    }
+    });
     out
 }
 

@@ -31,6 +31,7 @@ mod kernels;
 mod streamed;
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -49,7 +50,7 @@ use super::memory::DeviceMemory;
 use super::transfer::Transfer;
 use super::{rope_shape_problem, AttentionSpec, Backend, DecodeRows, HeadLayout, MatmulStats};
 use crate::comm::wire::{Outbound, Wire};
-use crate::tensor::Matrix;
+use crate::tensor::{cleared, Matrix, Unwritten};
 use crate::weights::StoredMatrix;
 
 /// Activation rows per matrix product: a block of 512 rows of width ≤ 1536 stays in
@@ -154,14 +155,14 @@ unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPt
     }
 }
 
-/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, a strip of output features per task
-/// over the pool ([`strips`]); a stored weight's strip is widened by the thread that
-/// multiplies it.
-fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [f32]) {
+/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, every value stored, a strip of output
+/// features per task over the pool ([`strips`]); a stored weight's strip is widened by the
+/// thread that multiplies it.
+fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [MaybeUninit<f32>]) {
     let n = w.out_features;
     debug_assert!(x.k() == w.in_features && out.len() == m * n);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    strips(n, rayon::current_num_threads()).into_par_iter().for_each(|cols| {
+    let out_ptr = SendPtr(out.as_mut_ptr().cast());
+    strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1).for_each(|cols| {
         let out = SendPtr(out_ptr.at(cols.start));
         match &w.values {
             // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
@@ -246,23 +247,43 @@ fn gelu_tanh(x: f32) -> f32 {
 /// `act(gate) · up` of each row, the gate the first half of the columns.
 fn gate_rows(gate_up: &Matrix, act: impl Fn(f32) -> f32 + Sync) -> Matrix {
     let f = gate_up.cols / 2;
-    let mut out = Matrix::zeros(gate_up.rows, f);
+    let mut out = Unwritten::new(gate_up.rows, f);
     let isa = Isa::widest();
-    out.data.par_chunks_mut(f.max(1)).zip(gate_up.data.par_chunks(gate_up.cols.max(1))).for_each(|(y, gu)| {
+    out.values().par_chunks_mut(f.max(1)).zip(gate_up.data.par_chunks(gate_up.cols.max(1))).for_each(|(y, gu)| {
         let (gate, up) = gu.split_at(f);
         isa.run(
             #[inline(always)]
             || gate_row(y, gate, up, &act),
         )
     });
-    out
+    // SAFETY: each of the rows' `f` values was stored.
+    unsafe { out.assume_written() }
 }
 
-/// `y = act(gate) · up`, element by element.
+/// `y = act(gate) · up`, element by element, every value of `y` stored.
 #[inline(always)]
-fn gate_row(y: &mut [f32], gate: &[f32], up: &[f32], act: impl Fn(f32) -> f32) {
+fn gate_row(y: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32], act: impl Fn(f32) -> f32) {
+    debug_assert!(gate.len() == y.len() && up.len() >= y.len());
     for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-        *y = act(g) * u;
+        y.write(act(g) * u);
+    }
+}
+
+/// `y = x · w / rms(x)`, every value of `y` stored (`w` as long as `x`).
+#[inline(always)]
+fn norm_row(y: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f64) {
+    debug_assert!(x.len() == y.len() && w.len() == y.len());
+    let scale = (1.0 / (lane_sum_of(x, |v| v * v) / x.len() as f64 + eps).sqrt()) as f32;
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+        y.write(x * scale * w);
+    }
+}
+
+/// `x += y`, element by element.
+#[inline(always)]
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
     }
 }
 
@@ -339,7 +360,7 @@ impl DeviceMemory for CpuBackend {
         let stride = CpuWeight::stride_for(n);
         let mut t = vec![0.0f32; k * stride];
         let t_ptr = SendPtr(t.as_mut_ptr());
-        strips(n, rayon::current_num_threads()).into_par_iter().for_each(|cols| {
+        strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1).for_each(|cols| {
             let width = cols.len();
             with_widened_strip(&w, cols.clone(), width, |strip| {
                 for (i, values) in strip.chunks_exact(width).enumerate() {
@@ -385,15 +406,15 @@ impl CpuBackend {
             check(x.rows == rows, || "parts of a product with different rows".into())?;
         }
         let started = Instant::now();
-        let mut outs: Vec<Matrix> = pairs.iter().map(|(_, w)| Matrix::zeros(rows, w.out_features())).collect();
+        let mut outs: Vec<Unwritten> = pairs.iter().map(|(_, w)| Unwritten::new(rows, w.out_features())).collect();
         for (run, decoding) in decode.runs(rows) {
             let items = pairs.iter().zip(&mut outs).map(|((x, w), out)| {
                 let n = w.out_features();
-                (*x, *w, &mut out.data[run.start * n..run.end * n])
+                (*x, *w, &mut out.values()[run.start * n..run.end * n])
             });
             match decoding {
                 true => {
-                    let items: Vec<_> = items.collect();
+                    let items: Vec<_> = items.map(|(x, w, out)| (x, w, cleared(out))).collect();
                     let xs: Vec<Cow<'_, [f32]>> = items.iter().map(|(x, _, _)| x.contiguous(run.clone())).collect();
                     streamed::products(
                         items
@@ -416,7 +437,9 @@ impl CpuBackend {
         let flops: usize = pairs.iter().map(|(x, w)| 2 * rows * w.out_features() * x.k()).sum();
         self.matmul_flops.fetch_add(flops as u64, Ordering::Relaxed);
         self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        Ok(outs)
+        // SAFETY: the runs cover rows 0..rows, and each product stored every value of its
+        // rows: `gemm` overwrites its output, and the streamed products' were cleared.
+        Ok(outs.into_iter().map(|out| unsafe { out.assume_written() }).collect())
     }
 }
 
@@ -487,14 +510,16 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, BackendError> {
         check(weight.data.len() == x.cols, || format!("norm weight of {} for rows of {}", weight.data.len(), x.cols))?;
-        let mut out = Matrix::zeros(x.rows, x.cols);
-        out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(y, x)| {
-            let scale = (1.0 / (lane_sum_of(x, |v| v * v) / x.len() as f64 + eps).sqrt()) as f32;
-            for ((y, &x), &w) in y.iter_mut().zip(x).zip(&weight.data) {
-                *y = x * scale * w;
-            }
+        let mut out = Unwritten::new(x.rows, x.cols);
+        let isa = Isa::widest();
+        out.values().par_chunks_mut(x.cols.max(1)).zip(x.data.par_chunks(x.cols.max(1))).for_each(|(y, x)| {
+            isa.run(
+                #[inline(always)]
+                || norm_row(y, x, &weight.data, eps),
+            )
         });
-        Ok(out)
+        // SAFETY: every row's values were stored (the weight is as long as a row).
+        Ok(unsafe { out.assume_written() })
     }
 
     fn rms_norm_runs(&self, x: &mut Matrix, cols: Range<usize>, weight: &Matrix, eps: f64) -> Result<(), BackendError> {
@@ -614,10 +639,12 @@ impl Backend for CpuBackend {
         check(x.rows == y.rows && x.cols == y.cols, || {
             format!("add of {}×{} and {}×{}", x.rows, x.cols, y.rows, y.cols)
         })?;
+        let isa = Isa::widest();
         x.data.par_chunks_mut(4096).zip(y.data.par_chunks(4096)).for_each(|(x, y)| {
-            for (x, y) in x.iter_mut().zip(y) {
-                *x += y;
-            }
+            isa.run(
+                #[inline(always)]
+                || add_into(x, y),
+            )
         });
         Ok(())
     }
@@ -862,6 +889,31 @@ mod tests {
             assert!((score.logprob as f64 - (row[target] as f64 - lse)).abs() < 1e-6, "target {target}");
         }
         assert_eq!(scores.iter().map(|s| s.greedy).collect::<Vec<_>>(), [true, false, false]);
+    }
+
+    #[test]
+    fn kernels_store_every_value_of_the_outputs_they_do_not_clear() {
+        // Each output is allocated right after a NaN-filled buffer of its size is freed, and
+        // the allocator hands that block back: a value a kernel left unstored reads as NaN.
+        fn after_nans(len: usize, make: impl FnOnce() -> Matrix) -> Matrix {
+            drop(std::hint::black_box(vec![f32::NAN; len]));
+            make()
+        }
+        let b = CpuBackend::default();
+        let w = b.upload_weight(Matrix::random(300, 70, 3, 1.0)).unwrap();
+        let (x, norm) = (Matrix::random(9, 70, 4, 1.0), Matrix::random(1, 70, 5, 1.0));
+        let outputs = [
+            ("product", after_nans(9 * 300, || b.matmul_t(&x, &w).unwrap())),
+            (
+                "decoding product",
+                after_nans(9 * 300, || b.matmul_t_rows(&x, &w, &DecodeRows::of_steps([3, 1, 1, 4])).unwrap()),
+            ),
+            ("norm", after_nans(9 * 70, || b.rms_norm(&x, &norm, 1e-6).unwrap())),
+            ("gate", after_nans(9 * 35, || b.gated(&x, Activation::Silu).unwrap())),
+        ];
+        for (name, out) in outputs {
+            assert!(out.data.iter().all(|v| v.is_finite()), "{name}: {:?}", out.data);
+        }
     }
 
     #[test]
