@@ -287,6 +287,16 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Each pair `(x₀, x₁)` of a head turned by its angle: `(x₀·cos − x₁·sin, x₀·sin + x₁·cos)`.
+#[inline(always)]
+fn rotate<'a>(pairs: impl Iterator<Item = (&'a mut f32, &'a mut f32)>, cos: &[f32], sin: &[f32]) {
+    for (((x0, x1), &c), &s) in pairs.zip(cos).zip(sin) {
+        let (a, b) = (*x0, *x1);
+        *x0 = a * c - b * s;
+        *x1 = a * s + b * c;
+    }
+}
+
 /// A row of logits scored at `target`: its log-softmax there (the exponentials summed in
 /// a fixed order, the logarithm in f64) and whether `target` is the row's first largest
 /// logit (greedy decoding's choice).
@@ -552,17 +562,30 @@ impl Backend for CpuBackend {
         }
         let half = table.cols / 2;
         let width = x.cols;
+        let isa = Isa::widest();
         x.data.par_chunks_mut(width).zip(table.data.par_chunks(table.cols.max(1))).for_each(|(row, t)| {
             let (cos, sin) = t.split_at(half);
             for head in row[cols.clone()].chunks_exact_mut(head_dim) {
-                for i in 0..half {
-                    let (a, b) = match style {
-                        RopeStyle::AdjacentPairs => (2 * i, 2 * i + 1),
-                        RopeStyle::RotateHalf => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
+                match style {
+                    RopeStyle::AdjacentPairs => isa.run(
+                        #[inline(always)]
+                        || {
+                            rotate(
+                                head.chunks_exact_mut(2)
+                                    .map(|pair| pair.split_at_mut(1))
+                                    .map(|(a, b)| (&mut a[0], &mut b[0])),
+                                cos,
+                                sin,
+                            )
+                        },
+                    ),
+                    RopeStyle::RotateHalf => isa.run(
+                        #[inline(always)]
+                        || {
+                            let (first, second) = head.split_at_mut(half);
+                            rotate(first.iter_mut().zip(second), cos, sin)
+                        },
+                    ),
                 }
             }
         });
