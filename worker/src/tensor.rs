@@ -74,7 +74,8 @@ impl Unwritten {
     }
 }
 
-/// `values` set to zero, as the `f32`s they now are: for kernels that add into their output.
+/// `values` set to zero, as the `f32`s they now are: for kernels that take their output as
+/// initialised values (the streamed products).
 pub fn cleared(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     values.fill(MaybeUninit::new(0.0));
     // SAFETY: every value was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
