@@ -527,7 +527,8 @@ fn compute_blocks(
     out.data.par_chunks_mut(width.max(1)).enumerate().for_each(|(row, out)| {
         let first = pieces.partition_point(|&(r, _)| r < row);
         for &(_, b) in pieces[first..].iter().take_while(|&&(r, _)| r == row) {
-            let (block, m, i) = (&blocks[b], blocks[b].rows.len(), row - blocks[b].rows.start);
+            let block = &blocks[b];
+            let (m, i) = (block.rows.len(), row - block.rows.start);
             for (h, head) in results[b].chunks_exact(m * d).enumerate() {
                 let col = (block.kv * group + h) * d;
                 out[col..col + d].copy_from_slice(&head[i * d..(i + 1) * d]);

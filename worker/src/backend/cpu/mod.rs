@@ -162,7 +162,7 @@ fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [MaybeUninit<f32
     let n = w.out_features;
     debug_assert!(x.k() == w.in_features && out.len() == m * n);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1).for_each(|cols| {
+    strip_tasks(n).for_each(|cols| {
         let out = SendPtr(out_ptr.at(cols.start));
         match &w.values {
             // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
@@ -236,6 +236,13 @@ fn strips(n: usize, threads: usize) -> Vec<Range<usize>> {
     let count = n.div_ceil(STRIP_COLUMNS).next_multiple_of(threads.max(1)).min(units / 5).max(1);
     let edge = |i: usize| (i * units / count * 16).min(n);
     (0..count).map(|i| edge(i)..edge(i + 1)).filter(|s| !s.is_empty()).collect()
+}
+
+/// The strips of `n` output features over this pool's threads, each a task of its own: a
+/// thread takes the next strip when it is done, where rayon would otherwise hand it runs
+/// of several and leave the other thread waiting at the end (docs/ARCHITECTURE.md §4).
+fn strip_tasks(n: usize) -> impl ParallelIterator<Item = Range<usize>> {
+    strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1)
 }
 
 /// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -370,7 +377,7 @@ impl DeviceMemory for CpuBackend {
         let stride = CpuWeight::stride_for(n);
         let mut t = vec![0.0f32; k * stride];
         let t_ptr = SendPtr(t.as_mut_ptr());
-        strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1).for_each(|cols| {
+        strip_tasks(n).for_each(|cols| {
             let width = cols.len();
             with_widened_strip(&w, cols.clone(), width, |strip| {
                 for (i, values) in strip.chunks_exact(width).enumerate() {
