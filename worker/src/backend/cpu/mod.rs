@@ -1,6 +1,6 @@
 //! The CPU backend: f32 activations and accumulation. Matrix products go through the
-//! `gemm` crate (its AVX-512 kernels are picked at run time) a strip of output features per
-//! task, each thread an equal share ([`strips`]), or [`streamed`] for the rows of
+//! `gemm` crate (its AVX-512 kernels are picked at run time) a piece of rows of a strip of
+//! output features per task ([`strips`], [`row_pieces`]), or [`streamed`] for the rows of
 //! single-token generation steps; everything else is row-parallel with rayon on the
 //! current thread pool ([`start_threads`]), its element-wise loops compiled for the
 //! machine's widest vectors ([`Isa::run`]). A row-parallel weight's groups read their
@@ -18,7 +18,7 @@
 //! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
 //! single row. The rows of single-token generation steps are multiplied by [`streamed`]
 //! instead, whose every output is one chain in input order. Strips are multiplied as the
-//! whole weight would be in one call (see [`STRIP_COLUMNS`]), so neither the thread count
+//! whole weight would be in one call (see [`STRIP_PANELS`]), so neither the thread count
 //! nor a stored weight changes a product's bits. Attention works per tree in fixed row
 //! blocks, and row sums are taken in a fixed order, so no result depends on the batch or
 //! the thread count.
@@ -65,14 +65,20 @@ pub fn start_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> 
     rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()
 }
 
-/// The most output features in a strip, the share of a product that one task of
-/// [`gemm_rows`] multiplies (and widens first, for a stored weight): a strip of up to
-/// 128 × 4096 values stays in L2. Every strip is wider than 64 ([`strips`]), so that
-/// `gemm` takes the same blocking of the reduction as for the whole weight in one call
-/// (its path for products of at most 64 × 64 splits the reduction otherwise): a product's
-/// bits do not depend on the strips, hence not on the thread count, and a stored weight's
-/// products are the widened one's.
-const STRIP_COLUMNS: usize = 128;
+/// The columns of `gemm`'s widest register tile (4 × 16 lanes on AVX-512; four of AVX2's
+/// 16-column tiles): a strip of whole panels runs that tile only, where a strip of 96
+/// columns, say, ran a half-width tile on a third of its columns (8% of an evaluation's
+/// time, at lower speed).
+const PANEL: usize = 64;
+
+/// The most panels in a strip, the output features that one task of [`gemm_rows`]
+/// multiplies (and widens first, for a stored weight): 256 × 1536 values stay in L2
+/// (measured here: strips of at most 4 panels ran 2% faster than of 3, and of 6 5% slower).
+/// Every strip is wider than 64 unless it is the whole weight ([`strips`]), so that `gemm`
+/// takes the same blocking of the reduction as for the whole weight in one call (its path
+/// for products of at most 64 × 64 splits the reduction otherwise): a product's bits do
+/// not depend on the strips, and a stored weight's products are the widened one's.
+const STRIP_PANELS: usize = 4;
 
 /// A matrix-product weight of `in_features` inputs and `out_features` outputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,19 +161,30 @@ unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPt
     }
 }
 
-/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, every value stored, a strip of output
-/// features per task over the pool ([`strips`]); a stored weight's strip is widened by the
-/// thread that multiplies it.
+/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, every value stored, a piece of rows
+/// of a strip of output features per task over the pool ([`strips`], [`row_pieces`]); a
+/// stored weight's strip is widened by the thread that multiplies it.
 fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [MaybeUninit<f32>]) {
     let n = w.out_features;
     debug_assert!(x.k() == w.in_features && out.len() == m * n);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    strip_tasks(n).for_each(|cols| {
-        let out = SendPtr(out_ptr.at(cols.start));
+    let strips = strips(n);
+    // A widened weight's strip is read again for each piece; a stored one's is widened
+    // again, so its pieces are only as many as the threads' shares need.
+    let longest = match w.values {
+        Values::Widened { .. } => MATMUL_ROWS,
+        Values::Stored(_) => m,
+    };
+    let pieces = row_pieces(m, strips.len(), rayon::current_num_threads(), longest);
+    let tasks: Vec<(Range<usize>, Range<usize>)> =
+        strips.iter().flat_map(|cols| pieces.iter().map(move |rows| (cols.clone(), rows.clone()))).collect();
+    tasks.into_par_iter().with_max_len(1).for_each(|(cols, rows)| {
+        let (x, m) = (x.skip_rows(rows.start), rows.len());
+        let out = SendPtr(out_ptr.at(rows.start * n + cols.start));
         match &w.values {
             // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
-            // are k × cols from column `cols.start`; each strip writes only its own
-            // columns of `out` (m × n).
+            // are k × cols from column `cols.start`; each task writes only its own rows
+            // and columns of `out` (m × n).
             Values::Widened { t, stride } => unsafe {
                 let rhs = View { ptr: t[cols.start..].as_ptr(), rs: *stride as isize, cs: 1 };
                 gemm_blocks(x, m, rhs, cols.len(), out, n)
@@ -176,8 +193,8 @@ fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [MaybeUninit<f32
                 let stride = CpuWeight::stride_for(cols.len());
                 with_widened_strip(stored, cols.clone(), stride, |strip| {
                     let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
-                    // SAFETY: the strip is k × cols with rows `stride` apart; each strip
-                    // writes only its own columns of `out` (m × n).
+                    // SAFETY: the strip is k × cols with rows `stride` apart; each task
+                    // writes only its own rows and columns of `out` (m × n).
                     unsafe { gemm_blocks(x, m, rhs, cols.len(), out, n) }
                 })
             }
@@ -226,23 +243,35 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// `n` output features cut into strips of whole 16-column units, as even as the units
-/// allow and at most [`STRIP_COLUMNS`] wide, as many as a multiple of `threads` so that the
-/// threads get equal shares, and each of at least 5 units (wider than 64 even where a last
-/// unit is short) unless `n` is too narrow for two. The cut does not change a product's
-/// bits (see [`STRIP_COLUMNS`]).
-fn strips(n: usize, threads: usize) -> Vec<Range<usize>> {
-    let units = n.div_ceil(16);
-    let count = n.div_ceil(STRIP_COLUMNS).next_multiple_of(threads.max(1)).min(units / 5).max(1);
-    let edge = |i: usize| (i * units / count * 16).min(n);
+/// `n` output features cut into strips of whole [`PANEL`]s (the last may be short), as
+/// even as the panels allow and at most [`STRIP_PANELS`] wide, each of at least two panels
+/// (wider than 64 even where the last is short) unless `n` fits in one. The cut does not
+/// change a product's bits (see [`STRIP_PANELS`]).
+fn strips(n: usize) -> Vec<Range<usize>> {
+    let panels = n.div_ceil(PANEL);
+    let count = panels.div_ceil(STRIP_PANELS).max(1);
+    let edge = |i: usize| (i * panels / count * PANEL).min(n);
     (0..count).map(|i| edge(i)..edge(i + 1)).filter(|s| !s.is_empty()).collect()
 }
 
-/// The strips of `n` output features over this pool's threads, each a task of its own: a
-/// thread takes the next strip when it is done, where rayon would otherwise hand it runs
-/// of several and leave the other thread waiting at the end (docs/ARCHITECTURE.md §4).
-fn strip_tasks(n: usize) -> impl ParallelIterator<Item = Range<usize>> {
-    strips(n, rayon::current_num_threads()).into_par_iter().with_max_len(1)
+/// Rows `0..m` cut into even pieces, as few as leave none longer than `longest` and give
+/// each of `threads` threads an equal share of at least four tasks (a piece of each of
+/// `strips` strips), each piece of at least two rows where `m` has them: rows do not change
+/// each other's bits, but one row alone would take `gemm`'s matrix-vector path.
+fn row_pieces(m: usize, strips: usize, threads: usize, longest: usize) -> Vec<Range<usize>> {
+    let (strips, threads) = (strips.max(1), threads.max(1));
+    let mut count = m.div_ceil(longest.max(1)).max((4 * threads).div_ceil(strips));
+    while (count * strips) % threads != 0 {
+        count += 1;
+    }
+    let count = count.min(m / 2).max(1);
+    (0..count).map(|i| i * m / count..(i + 1) * m / count).collect()
+}
+
+/// A task per [`PANEL`] of `n` output features, for the load's widening (which is exact
+/// however it is cut): a thread takes the next panel when it is done.
+fn panel_tasks(n: usize) -> impl ParallelIterator<Item = Range<usize>> {
+    (0..n.div_ceil(PANEL)).into_par_iter().with_max_len(1).map(move |p| p * PANEL..((p + 1) * PANEL).min(n))
 }
 
 /// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -377,7 +406,7 @@ impl DeviceMemory for CpuBackend {
         let stride = CpuWeight::stride_for(n);
         let mut t = vec![0.0f32; k * stride];
         let t_ptr = SendPtr(t.as_mut_ptr());
-        strip_tasks(n).for_each(|cols| {
+        panel_tasks(n).for_each(|cols| {
             let width = cols.len();
             with_widened_strip(&w, cols.clone(), width, |strip| {
                 for (i, values) in strip.chunks_exact(width).enumerate() {
@@ -756,18 +785,37 @@ mod tests {
     }
 
     #[test]
-    fn strips_give_each_thread_an_equal_share() {
-        for n in [0usize, 50, 100, 130, 192, 576, 960, 1536, 49152] {
-            for threads in [1usize, 2, 3, 4] {
-                let strips = strips(n, threads);
-                let ends: Vec<usize> = strips.iter().map(|s| s.end).collect();
-                let starts: Vec<usize> = strips.iter().map(|s| s.start).collect();
-                assert!(starts.first().is_none_or(|&s| s == 0) && ends.last().copied().unwrap_or(0) == n);
-                assert!(starts.iter().skip(1).eq(ends.iter().take(ends.len().saturating_sub(1))), "{n}: {strips:?}");
-                assert!(strips.len() == 1 || strips.iter().all(|s| s.len() > 64), "{n}/{threads}: {strips:?}");
-                if n >= 2 * STRIP_COLUMNS * threads {
-                    assert_eq!(strips.len() % threads, 0, "{n} over {threads} threads: {strips:?}");
-                    assert!(strips.iter().all(|s| s.len() <= STRIP_COLUMNS), "{n}/{threads}: {strips:?}");
+    fn strips_are_whole_panels_wider_than_64() {
+        for n in [0usize, 50, 100, 130, 192, 200, 576, 640, 960, 1536, 49152] {
+            let strips = strips(n);
+            let ends: Vec<usize> = strips.iter().map(|s| s.end).collect();
+            let starts: Vec<usize> = strips.iter().map(|s| s.start).collect();
+            assert!(starts.first().is_none_or(|&s| s == 0) && ends.last().copied().unwrap_or(0) == n);
+            assert!(starts.iter().skip(1).eq(ends.iter().take(ends.len().saturating_sub(1))), "{n}: {strips:?}");
+            assert!(strips.len() == 1 || strips.iter().all(|s| s.len() > 64), "{n}: {strips:?}");
+            assert!(starts.iter().all(|s| s % PANEL == 0), "{n}: {strips:?}");
+            assert!(strips.iter().all(|s| s.len() <= STRIP_PANELS * PANEL), "{n}: {strips:?}");
+        }
+        assert_eq!(strips(576), [0..192, 192..384, 384..576]);
+    }
+
+    #[test]
+    fn row_pieces_give_each_thread_an_equal_share() {
+        for m in [0usize, 1, 2, 3, 5, 100, 511, 513, 2028, 2048, 8192] {
+            for (strips, threads, longest) in
+                [(1, 2, 512), (3, 2, 512), (5, 2, 512), (3, 4, 512), (256, 2, 512), (5, 3, usize::MAX)]
+            {
+                let pieces = row_pieces(m, strips, threads, longest);
+                let case = format!("{m} rows, {strips} strips, {threads} threads: {pieces:?}");
+                assert!(
+                    pieces.first().is_some_and(|p| p.start == 0) && pieces.last().is_some_and(|p| p.end == m),
+                    "{case}"
+                );
+                assert!(pieces.windows(2).all(|p| p[0].end == p[1].start), "{case}");
+                assert!(pieces.iter().all(|p| p.len() >= 2.min(m) && p.len() <= longest), "{case}");
+                if m >= 8 * threads {
+                    assert_eq!((pieces.len() * strips) % threads, 0, "{case}");
+                    assert!(pieces.len() * strips >= 4 * threads, "{case}");
                 }
             }
         }
@@ -776,7 +824,7 @@ mod tests {
     #[test]
     fn a_products_bits_do_not_depend_on_the_threads_or_strips() {
         // The reference multiplies the whole weight in one call of gemm; the pools cut it
-        // into strips of other widths (96 to 128 wide for 576 outputs).
+        // into strips and pieces of rows.
         for (n, k, rows) in [(576, 576, 513), (960, 576, 70), (200, 1088, 3), (1600, 96, 1100)] {
             let (x, w) = (Matrix::random(rows, k, 5, 1.0), Matrix::random(n, k, 6, 1.0));
             let weight = CpuBackend::default().upload_weight(w).unwrap();
