@@ -157,14 +157,14 @@ impl<'a> StoredMatrix<'a> {
         }
     }
 
-    /// Rows `rows` widened and transposed: input feature `i` of row `rows.start + j` at
-    /// `out[i · stride + j]`.
-    pub fn widen_transposed(&self, rows: Range<usize>, out: &mut [f32], stride: usize) {
+    /// Rows `rows` widened and transposed: `put(i, j, v)` for the value `v` of input
+    /// feature `i` of row `rows.start + j`, row after row.
+    pub fn widen_transposed(&self, rows: Range<usize>, mut put: impl FnMut(usize, usize, f32)) {
         let (mut row, mut scratch) = (vec![0.0f32; self.cols], Vec::new());
         for (j, r) in rows.enumerate() {
             self.widen_row(r, &mut row, &mut scratch);
             for (i, &v) in row.iter().enumerate() {
-                out[i * stride + j] = v;
+                put(i, j, v);
             }
         }
     }
@@ -212,8 +212,8 @@ mod tests {
         assert_eq!((widened.rows, widened.cols), (3, 4));
         assert_eq!(widened.row(1), [5.0, 6.0, 7.0, 8.0]);
         assert_eq!(widened.row(2), [1.5, 2.0, 2.5, 3.0]);
-        let mut t = vec![0.0f32; 4 * 5];
-        m.widen_transposed(1..3, &mut t, 5);
+        let mut t = [0.0f32; 4 * 5];
+        m.widen_transposed(1..3, |i, j, v| t[i * 5 + j] = v);
         assert_eq!([t[0], t[1], t[15], t[16]], [5.0, 1.5, 8.0, 3.0]);
         assert_eq!(m.bytes(), 16 + 34);
     }

@@ -397,7 +397,7 @@ impl DeviceMemory for CpuBackend {
     }
 
     /// Kept as stored (copied out of the file's mapping), or widened from where it lies a
-    /// strip of output features per task straight into the transposed layout.
+    /// panel of output features per task straight into the transposed layout.
     fn upload_stored(&self, w: StoredMatrix<'_>) -> Result<CpuWeight, BackendError> {
         let (n, k) = (w.rows(), w.cols());
         if self.keep_stored {
@@ -407,14 +407,9 @@ impl DeviceMemory for CpuBackend {
         let mut t = vec![0.0f32; k * stride];
         let t_ptr = SendPtr(t.as_mut_ptr());
         panel_tasks(n).for_each(|cols| {
-            let width = cols.len();
-            with_widened_strip(&w, cols.clone(), width, |strip| {
-                for (i, values) in strip.chunks_exact(width).enumerate() {
-                    // SAFETY: `t` is k × stride and `cols` lie inside its first n columns;
-                    // each strip writes only its own columns.
-                    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), t_ptr.at(i * stride + cols.start), width) };
-                }
-            })
+            // SAFETY: `t` is k × stride and `cols` lie inside its first n columns; each task
+            // writes only its own columns.
+            w.widen_transposed(cols.clone(), |i, j, v| unsafe { *t_ptr.at(i * stride + cols.start + j) = v })
         });
         Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened { t, stride } })
     }
