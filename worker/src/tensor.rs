@@ -51,8 +51,7 @@ pub struct Unwritten {
 impl Unwritten {
     pub fn new(rows: usize, cols: usize) -> Self {
         let mut data = Vec::with_capacity(rows * cols);
-        // SAFETY: `MaybeUninit` values need no initialising, and the capacity holds them.
-        unsafe { data.set_len(rows * cols) };
+        data.resize_with(rows * cols, MaybeUninit::uninit);
         Unwritten { rows, cols, data }
     }
 
