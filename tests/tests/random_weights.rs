@@ -1,7 +1,8 @@
 //! `run --random-weights`: a model drawn at random from its config.json alone (the test
 //! model's shape, with the test model's tokenizer) scores like a model that knows nothing,
 //! and its scores are the same bits whatever the micro-batch budget, and in a pipeline
-//! whose last stage holds the tied head without the embedding.
+//! whose last stage holds the tied head without the embedding; the last block's output
+//! projection and MLP take only the rows scored.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,13 +41,16 @@ fn args(dir: &Path, batch_tokens: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// The perplexity of a finished run's results in `dir`.
-fn perplexity(dir: &Path, output: &Output) -> f64 {
+/// The results of a finished run in `dir`.
+fn results(dir: &Path, output: &Output) -> serde_json::Value {
     print_output("evalmesh run --random-weights", output);
     assert!(output.status.success());
-    let results = std::fs::read_to_string(dir.join("results.json")).unwrap();
-    let results: serde_json::Value = serde_json::from_str(&results).unwrap();
-    results["results"]["perplexity"]["perplexity,none"].as_f64().unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+}
+
+/// The perplexity of a finished run's results in `dir`.
+fn perplexity(dir: &Path, output: &Output) -> f64 {
+    results(dir, output)["results"]["perplexity"]["perplexity,none"].as_f64().unwrap()
 }
 
 fn single_process(batch_tokens: &str) -> f64 {
@@ -72,4 +76,24 @@ fn a_pipeline_draws_the_same_random_model() {
     args.extend(["--strategy", "pp"].map(String::from));
     let output = mpirun_command(3, &args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
     assert_eq!(perplexity(dir.path(), &output).to_bits(), single_process("512").to_bits());
+}
+
+#[test]
+fn the_last_block_computes_only_the_scored_rows_after_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(dir.path(), "512");
+    let results = results(dir.path(), &run_evalmesh(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let task = &results["evalmesh"]["tasks"]["perplexity"];
+    let (rows, scored) = (task["tokens_computed"].as_u64().unwrap(), task["tokens_scored"].as_u64().unwrap());
+    // llama.cpp's way scores the second half of each window of 128.
+    assert!(scored > 0 && 2 * scored <= rows, "{scored} of {rows} rows scored");
+    // The config's shapes: hidden 576; 9 query heads and 3 KV heads of 64; an MLP of 1536
+    // (gate, up, down); 30 layers; 49,152 tokens. Every row goes through every block's
+    // QKV projection; the last block's output projection and MLP, like the head, take the
+    // scored rows alone.
+    let (qkv, out, mlp, head) = (576 * (576 + 2 * 192), 576 * 576, 3 * 576 * 1536, 576 * 49_152);
+    let products = rows * 30 * (qkv + out + mlp) - (rows - scored) * (out + mlp) + scored * head;
+    let flop = results["evalmesh"]["matmul_gflop"].as_f64().unwrap() * 1e9;
+    // The count is an integer reported in GFLOP as an f64: equal to its rounding.
+    assert!((flop / (2 * products) as f64 - 1.0).abs() < 1e-12, "{flop} FLOP, want {}", 2 * products);
 }

@@ -42,6 +42,13 @@ pub enum Attend<'a> {
     Cached { steps: &'a [SequenceStep], rows: Vec<Range<usize>>, cache: RefCell<&'a mut KvCache> },
 }
 
+/// The rows a block's sublayers output after attention: `kept` of the pass's rows (all where
+/// `None`), of kinds `decode`.
+struct Rows<'a> {
+    kept: Option<&'a [usize]>,
+    decode: &'a DecodeRows,
+}
+
 /// The norms around a sublayer: of its input, and of its output before the residual add.
 struct Norms<B: Backend> {
     pre: Option<B::Tensor>,
@@ -133,7 +140,15 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+    /// The sublayer on every row of `x`, its output only for `rows.kept` (of kinds
+    /// `rows.decode`): every row's keys and values are needed, its output only where read.
+    fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        x: &B::Tensor,
+        rows: &Rows<'_>,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
         let (b, c, heads) = (pass.backend, pass.config, pass.heads);
         let mut qkv = b.matmul_t_rows(x, &self.qkv, &pass.decode)?;
         if let Some(bias) = &self.bias {
@@ -168,7 +183,11 @@ impl<B: Backend> Attention<B> {
                 b.upload(out)?
             }
         };
-        self.out.forward(b, &attended, &pass.decode, sums)
+        let attended = match rows.kept {
+            Some(kept) => b.gather_rows(&attended, kept)?,
+            None => attended,
+        };
+        self.out.forward(b, &attended, rows.decode, sums)
     }
 }
 
@@ -223,10 +242,17 @@ impl<B: Backend> FeedForward<B> {
         })
     }
 
-    fn forward(&self, pass: &Pass<'_, B>, x: &B::Tensor, sums: &mut dyn GroupSum<B>) -> Result<B::Tensor, StageError> {
+    /// The sublayer on `x`, whose rows are of kinds `decode`.
+    fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        x: &B::Tensor,
+        decode: &DecodeRows,
+        sums: &mut dyn GroupSum<B>,
+    ) -> Result<B::Tensor, StageError> {
         let partials = match self {
-            FeedForward::Dense(mlp) => mlp.partials(pass, x, &pass.decode)?,
-            FeedForward::Experts { router, experts } => mixture(pass, x, router, experts)?,
+            FeedForward::Dense(mlp) => mlp.partials(pass, x, decode)?,
+            FeedForward::Experts { router, experts } => mixture(pass, x, decode, router, experts)?,
         };
         sums.sum(pass.backend, partials)
     }
@@ -257,16 +283,18 @@ fn route(logits: &[f32], experts: usize, per_token: usize, normalize: bool) -> V
 
 /// A mixture's per-group partial products: for each expert in index order, the rows
 /// routed to it through its MLP, weighted, and added into each group's sum; so each
-/// row's sum runs over its experts in index order whatever the batch.
+/// row's sum runs over its experts in index order whatever the batch. `x`'s rows are of
+/// kinds `decode`.
 fn mixture<B: Backend>(
     pass: &Pass<'_, B>,
     x: &B::Tensor,
+    decode: &DecodeRows,
     router: &B::Weight,
     experts: &[Mlp<B>],
 ) -> Result<Vec<B::Tensor>, StageError> {
     let (b, c) = (pass.backend, pass.config);
     let e = c.experts.as_ref().ok_or_else(|| StageError::Spec("experts without a mixture".into()))?;
-    let logits = b.download(&b.matmul_t_rows(x, router, &pass.decode)?)?;
+    let logits = b.download(&b.matmul_t_rows(x, router, decode)?)?;
     let routes = route(&logits.data, e.count, e.per_token, e.normalize);
     let rows = b.rows(x);
     let mut sums: Option<Vec<B::Tensor>> = None;
@@ -279,7 +307,7 @@ fn mixture<B: Backend>(
         if chosen.is_empty() {
             continue;
         }
-        let partials = expert.partials(pass, &b.gather_rows(x, &chosen)?, &pass.decode.select(&chosen))?;
+        let partials = expert.partials(pass, &b.gather_rows(x, &chosen)?, &decode.select(&chosen))?;
         let totals = match &mut sums {
             Some(totals) => totals,
             None => {
@@ -317,17 +345,29 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    /// `x + attention(x)`, then `+ feed_forward(x)`, on the residual stream `residual`.
+    /// `x + attention(x)`, then `+ feed_forward(x)`, on the residual stream `residual`; only
+    /// for rows `kept` (in that order) after attention where given: the last block's rows
+    /// that no one reads (a scored window's context, a prompt's rows before its last) skip
+    /// the output projection and the feed-forward. A row's arithmetic does not depend on the
+    /// rows beside it, so the kept rows are the same bits either way.
     pub fn forward(
         &self,
         pass: &Pass<'_, B>,
         mut residual: B::Tensor,
+        kept: Option<&[usize]>,
         sums: &mut dyn GroupSum<B>,
     ) -> Result<B::Tensor, StageError> {
         let b = pass.backend;
-        let attended = self.attention_norms.around(pass, &residual, |h| self.attention.forward(pass, h, sums))?;
+        let selected = kept.map(|kept| pass.decode.select(kept));
+        let rows = Rows { kept, decode: selected.as_ref().unwrap_or(&pass.decode) };
+        let attended =
+            self.attention_norms.around(pass, &residual, |h| self.attention.forward(pass, h, &rows, sums))?;
+        if let Some(kept) = kept {
+            residual = b.gather_rows(&residual, kept)?;
+        }
         b.add_assign(&mut residual, &attended)?;
-        let fed_forward = self.ffn_norms.around(pass, &residual, |h| self.feed_forward.forward(pass, h, sums))?;
+        let fed_forward =
+            self.ffn_norms.around(pass, &residual, |h| self.feed_forward.forward(pass, h, rows.decode, sums))?;
         b.add_assign(&mut residual, &fed_forward)?;
         Ok(residual)
     }

@@ -160,7 +160,12 @@ impl<B: Backend> TransformerStage<B> {
         batch.validate(self.config.vocab_size).map_err(|e| StageError::Spec(e.to_string()))?;
         let positions = batch.positions();
         let seq_lens = sequence_lengths(&batch.trees);
-        let x = self.hidden(&batch.tokens, input, &positions, &seq_lens, Attend::Trees(&batch.trees), sums)?;
+        // Only the scored rows leave the model's last block, in row order.
+        let mut kept: Vec<usize> = batch.scored.iter().map(|s| s.row).collect();
+        kept.sort_unstable();
+        kept.dedup();
+        let attend = Attend::Trees(&batch.trees);
+        let x = self.hidden(&batch.tokens, input, &positions, &seq_lens, attend, self.last_rows(&kept), sums)?;
         let Some(head) = &self.head else {
             return Ok((StageOutput::Hidden(x), Vec::new()));
         };
@@ -168,7 +173,7 @@ impl<B: Backend> TransformerStage<B> {
         let mut scores = Vec::with_capacity(batch.scored.len());
         let mut alternatives = Vec::new();
         for chunk in batch.scored.chunks(b.head_rows()) {
-            let rows: Vec<usize> = chunk.iter().map(|s| s.row).collect();
+            let rows: Vec<usize> = chunk.iter().map(|s| kept.partition_point(|&r| r < s.row)).collect();
             let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
             let logits = self.logits(head, &x, &rows, false)?;
             scores.extend(b.score(&logits, &targets)?);
@@ -220,16 +225,18 @@ impl<B: Backend> TransformerStage<B> {
         }
         cache.prepare(&batch.steps)?;
         self.backend.generation_step(|| {
+            // Only each step's last row leaves the model's last block.
             let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
             let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
-            let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, sums)?;
+            let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, self.last_rows(&last_rows), sums)?;
             cache.advance(&batch.steps);
             let Some(head) = &self.head else {
                 return Ok(StageOutput::Hidden(x));
             };
             let b = &self.backend;
             let mut next = Vec::with_capacity(batch.steps.len());
-            for (chunk, steps) in last_rows.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
+            let steps = (0..batch.steps.len()).collect::<Vec<_>>();
+            for (chunk, steps) in steps.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
                 let logits = b.download(&self.logits(head, &x, chunk, true)?)?;
                 let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
                 let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
@@ -246,8 +253,16 @@ impl<B: Backend> TransformerStage<B> {
         })
     }
 
+    /// `rows` where this stage ends the model (every shard of the last stage, the head's
+    /// and the others, so that their partial sums have the same rows), else none.
+    fn last_rows<'r>(&self, rows: &'r [usize]) -> Option<&'r [usize]> {
+        (self.spec.layers.end == self.config.num_layers).then_some(rows)
+    }
+
     /// The hidden states after the stage's blocks of `tokens` (first stage) or `input`, at
-    /// `positions`, attending as `attend` says.
+    /// `positions`, attending as `attend` says; of rows `kept` alone, in that order, where
+    /// given (the last block computes only those after attention).
+    #[allow(clippy::too_many_arguments)]
     fn hidden<'a>(
         &'a self,
         tokens: &[u32],
@@ -255,6 +270,7 @@ impl<B: Backend> TransformerStage<B> {
         positions: &[u32],
         seq_lens: &[usize],
         attend: Attend<'a>,
+        kept: Option<&[usize]>,
         sums: &mut dyn GroupSum<B>,
     ) -> Result<B::Tensor, StageError> {
         let b = &self.backend;
@@ -286,10 +302,14 @@ impl<B: Backend> TransformerStage<B> {
             Attend::Trees(_) => DecodeRows::none(),
         };
         let pass = Pass { backend: b, config: c, heads, ropes, attend, decode };
-        for block in &self.blocks {
-            x = block.forward(&pass, x, sums)?;
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&pass, x, kept.filter(|_| i == last), sums)?;
         }
-        Ok(x)
+        match (kept, self.blocks.is_empty()) {
+            (Some(kept), true) => Ok(b.gather_rows(&x, kept)?),
+            _ => Ok(x),
+        }
     }
 
     /// The logits of rows `rows` of `x`: final norm, LM head, soft cap where the model has one.
