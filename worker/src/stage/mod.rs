@@ -165,7 +165,7 @@ impl<B: Backend> TransformerStage<B> {
         kept.sort_unstable();
         kept.dedup();
         let attend = Attend::Trees(&batch.trees);
-        let x = self.hidden(&batch.tokens, input, &positions, &seq_lens, attend, self.last_rows(&kept), sums)?;
+        let x = self.hidden(&batch.tokens, input, &positions, &seq_lens, attend, self.kept_at_end(&kept), sums)?;
         let Some(head) = &self.head else {
             return Ok((StageOutput::Hidden(x), Vec::new()));
         };
@@ -228,15 +228,15 @@ impl<B: Backend> TransformerStage<B> {
             // Only each step's last row leaves the model's last block.
             let last_rows: Vec<usize> = rows.iter().map(|r| r.end - 1).collect();
             let attend = Attend::Cached { steps: &batch.steps, rows, cache: RefCell::new(&mut *cache) };
-            let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, self.last_rows(&last_rows), sums)?;
+            let x = self.hidden(&tokens, input, &positions, &seq_lens, attend, self.kept_at_end(&last_rows), sums)?;
             cache.advance(&batch.steps);
             let Some(head) = &self.head else {
                 return Ok(StageOutput::Hidden(x));
             };
             let b = &self.backend;
             let mut next = Vec::with_capacity(batch.steps.len());
-            let steps = (0..batch.steps.len()).collect::<Vec<_>>();
-            for (chunk, steps) in steps.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
+            let kept: Vec<usize> = (0..batch.steps.len()).collect();
+            for (chunk, steps) in kept.chunks(b.head_rows()).zip(batch.steps.chunks(b.head_rows())) {
                 let logits = b.download(&self.logits(head, &x, chunk, true)?)?;
                 let rows: Vec<&[f32]> = logits.data.chunks_exact(logits.cols).collect();
                 let count = rows.iter().filter(|row| row.iter().any(|v| !v.is_finite())).count();
@@ -255,7 +255,7 @@ impl<B: Backend> TransformerStage<B> {
 
     /// `rows` where this stage ends the model (every shard of the last stage, the head's
     /// and the others, so that their partial sums have the same rows), else none.
-    fn last_rows<'r>(&self, rows: &'r [usize]) -> Option<&'r [usize]> {
+    fn kept_at_end<'r>(&self, rows: &'r [usize]) -> Option<&'r [usize]> {
         (self.spec.layers.end == self.config.num_layers).then_some(rows)
     }
 
