@@ -35,6 +35,9 @@ fn keep_freed_memory() {
 /// 2 MiB page faulted in at 0.3–1.2 GB/s against 2.3 GB/s for 4 KiB pages, so widening the
 /// test model's 0.5 GB of weights took 1.4–2.0 s where it takes 0.5 s; evaluation ran at the
 /// same speed either way (the weights are read in strips that the products pack).
+/// mimalloc is built with its `no_thp` feature, so that it does not ask for huge pages
+/// (`MADV_HUGEPAGE`) itself: where the system gives them only on request, the few that
+/// its first allocations faulted in before `main` cost up to 70 ms at every start.
 fn small_pages() {
     // SAFETY: `prctl` takes integers here. Where the kernel refuses, pages stay as they were.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };

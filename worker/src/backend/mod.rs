@@ -67,6 +67,11 @@ impl DecodeRows {
         DecodeRows { decoding: rows.iter().map(|&r| self.decoding[r]).collect() }
     }
 
+    /// Whether any row decodes.
+    pub fn any(&self) -> bool {
+        self.decoding.contains(&true)
+    }
+
     /// The runs of rows of one kind among `total` rows, in order, each with whether it decodes.
     pub fn runs(&self, total: usize) -> Vec<(Range<usize>, bool)> {
         let kind = |r: usize| self.decoding.get(r).copied().unwrap_or(false);
@@ -194,6 +199,35 @@ pub trait Backend: DeviceMemory + Transfer {
             self.matmul_t_rows(&self.columns(x, std::slice::from_ref(cols))?, w, decode)
         };
         parts.iter().map(part).collect()
+    }
+    /// The products of [`Backend::matmul_t_parts`] added in order
+    /// ([`Backend::add_in_order`]), bit for bit; `None` for no parts. A backend may multiply
+    /// and add in one pass; by default it adds the parts' products.
+    fn matmul_t_sum(
+        &self,
+        x: &Self::Tensor,
+        parts: &[(Range<usize>, &Self::Weight)],
+        decode: &DecodeRows,
+    ) -> Result<Option<Self::Tensor>, BackendError> {
+        self.add_in_order(self.matmul_t_parts(x, parts, decode)?)
+    }
+    /// `((t₀ + t₁) + …) + tₙ`: how a row-parallel product's per-group parts add up, in
+    /// group order (`None` for no tensors).
+    fn add_in_order(
+        &self,
+        tensors: impl IntoIterator<Item = Self::Tensor>,
+    ) -> Result<Option<Self::Tensor>, BackendError> {
+        let mut sum = None;
+        for t in tensors {
+            sum = Some(match sum {
+                None => t,
+                Some(mut s) => {
+                    self.add_assign(&mut s, &t)?;
+                    s
+                }
+            });
+        }
+        Ok(sum)
     }
     /// Root-mean-square normalisation of each row, scaled by the one-row `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor, BackendError>;

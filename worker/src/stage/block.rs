@@ -212,11 +212,16 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    /// The per-group partial products of the MLP on `x`, whose decoding rows are `decode`.
-    fn partials(&self, pass: &Pass<'_, B>, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
+    /// The gated activation of the MLP on `x`, whose decoding rows are `decode`: the down
+    /// projection's input.
+    fn gated(&self, pass: &Pass<'_, B>, x: &B::Tensor, decode: &DecodeRows) -> Result<B::Tensor, StageError> {
         let b = pass.backend;
-        let act = b.gated(&b.matmul_t_rows(x, &self.gate_up, decode)?, pass.config.block.activation)?;
-        self.down.partials(b, &act, decode)
+        Ok(b.gated(&b.matmul_t_rows(x, &self.gate_up, decode)?, pass.config.block.activation)?)
+    }
+
+    /// The per-group partial products of the MLP on `x`.
+    fn partials(&self, pass: &Pass<'_, B>, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
+        self.down.partials(pass.backend, &self.gated(pass, x, decode)?, decode)
     }
 }
 
@@ -250,11 +255,12 @@ impl<B: Backend> FeedForward<B> {
         decode: &DecodeRows,
         sums: &mut dyn GroupSum<B>,
     ) -> Result<B::Tensor, StageError> {
-        let partials = match self {
-            FeedForward::Dense(mlp) => mlp.partials(pass, x, decode)?,
-            FeedForward::Experts { router, experts } => mixture(pass, x, decode, router, experts)?,
-        };
-        sums.sum(pass.backend, partials)
+        match self {
+            FeedForward::Dense(mlp) => mlp.down.forward(pass.backend, &mlp.gated(pass, x, decode)?, decode, sums),
+            FeedForward::Experts { router, experts } => {
+                sums.sum(pass.backend, mixture(pass, x, decode, router, experts)?)
+            }
+        }
     }
 }
 

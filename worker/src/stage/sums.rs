@@ -12,6 +12,11 @@ use crate::backend::{Backend, DecodeRows};
 /// before them, and returns the sum over all groups.
 pub trait GroupSum<B: Backend> {
     fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError>;
+    /// Whether every group is local, so that the sum is the partials' fold alone, which a
+    /// backend may take as it multiplies ([`Backend::matmul_t_sum`]).
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Every group is local (no tensor parallelism): the sum is the fold of the partials.
@@ -21,25 +26,24 @@ impl<B: Backend> GroupSum<B> for LocalSum {
     fn sum(&mut self, backend: &B, partials: Vec<B::Tensor>) -> Result<B::Tensor, StageError> {
         fold(backend, None, partials)
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
 
-/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order.
+/// `((running + p₀) + p₁) + …`, or from `p₀` without a running sum: the canonical order
+/// ([`Backend::add_in_order`]).
 pub fn fold<B: Backend>(
     backend: &B,
     running: Option<B::Tensor>,
     partials: Vec<B::Tensor>,
 ) -> Result<B::Tensor, StageError> {
-    let mut total = running;
-    for p in partials {
-        total = Some(match total {
-            None => p,
-            Some(mut t) => {
-                backend.add_assign(&mut t, &p)?;
-                t
-            }
-        });
-    }
-    total.ok_or_else(|| StageError::Spec("a row-parallel sum over no groups".into()))
+    backend.add_in_order(running.into_iter().chain(partials))?.ok_or_else(no_groups)
+}
+
+fn no_groups() -> StageError {
+    StageError::Spec("a row-parallel sum over no groups".into())
 }
 
 /// A row-parallel weight cut by group: each group's input columns (within this
@@ -49,14 +53,19 @@ pub struct ByGroup<B: Backend> {
 }
 
 impl<B: Backend> ByGroup<B> {
+    /// Each group's columns and weight.
+    fn parts(&self) -> Vec<(Range<usize>, &B::Weight)> {
+        self.parts.iter().map(|(cols, w)| (cols.clone(), w)).collect()
+    }
+
     /// `x · wᵀ` per group: one product of each group's columns and weight, the rows
     /// `decode` marks by the backend's decode product.
     pub fn partials(&self, b: &B, x: &B::Tensor, decode: &DecodeRows) -> Result<Vec<B::Tensor>, StageError> {
-        let parts: Vec<(Range<usize>, &B::Weight)> = self.parts.iter().map(|(cols, w)| (cols.clone(), w)).collect();
-        Ok(b.matmul_t_parts(x, &parts, decode)?)
+        Ok(b.matmul_t_parts(x, &self.parts(), decode)?)
     }
 
-    /// `x · wᵀ` summed over the groups, completed by `sums`.
+    /// `x · wᵀ` summed over the groups, completed by `sums`: where every group is local,
+    /// the backend adds the products as it multiplies.
     pub fn forward(
         &self,
         b: &B,
@@ -64,6 +73,9 @@ impl<B: Backend> ByGroup<B> {
         decode: &DecodeRows,
         sums: &mut dyn GroupSum<B>,
     ) -> Result<B::Tensor, StageError> {
-        sums.sum(b, self.partials(b, x, decode)?)
+        match sums.is_local() {
+            true => b.matmul_t_sum(x, &self.parts(), decode)?.ok_or_else(no_groups),
+            false => sums.sum(b, self.partials(b, x, decode)?),
+        }
     }
 }

@@ -133,6 +133,24 @@ impl GgmlType {
         elements.is_multiple_of(block_elems as u64).then(|| elements / block_elems as u64 * block_bytes as u64)
     }
 
+    /// How many of the values in `src` are NaN or infinite, read from their bits (an
+    /// exponent of all ones), where the type is a float of one value a block; `None` for a
+    /// block type, whose values must be widened to tell.
+    pub fn non_finite_floats(self, src: &[u8]) -> Option<usize> {
+        let all_ones = |bits: u32, exponent: u32| bits & exponent == exponent;
+        match self {
+            GgmlType::F32 => {
+                Some(src.as_chunks::<4>().0.iter().filter(|b| all_ones(u32::from_le_bytes(**b), 0x7f80_0000)).count())
+            }
+            GgmlType::F16 | GgmlType::Bf16 => {
+                let exponent = if self == GgmlType::F16 { 0x7c00 } else { 0x7f80 };
+                let halves = src.as_chunks::<2>().0.iter();
+                Some(halves.filter(|b| all_ones(u16::from_le_bytes(**b) as u32, exponent)).count())
+            }
+            _ => None,
+        }
+    }
+
     /// Widens `src` (whole blocks) into `dst`, whose length is the element count.
     pub fn dequantize(self, src: &[u8], dst: &mut [f32]) {
         let (block_elems, block_bytes) = self.block();
@@ -432,6 +450,22 @@ mod tests {
 
     fn h(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn float_types_count_their_non_finite_values_from_the_bits_as_widened() {
+        // Infinities, NaNs, the largest finite values and the smallest of each type.
+        let values = [1.0f32, f32::INFINITY, -0.0, f32::NAN, -f32::INFINITY, 65504.0, 3.0e38, 1e-40, -f32::NAN];
+        let f32s: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16s: Vec<u8> = values.iter().flat_map(|&v| h(v)).collect();
+        let bf16s: Vec<u8> = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+        for (t, bytes, expected) in [(GgmlType::F32, f32s, 4), (GgmlType::F16, f16s, 5), (GgmlType::Bf16, bf16s, 4)] {
+            let mut widened = vec![0.0f32; values.len()];
+            t.dequantize(&bytes, &mut widened);
+            let count = widened.iter().filter(|v| !v.is_finite()).count();
+            assert_eq!((t.non_finite_floats(&bytes), count), (Some(expected), expected), "{t:?}");
+        }
+        assert_eq!(GgmlType::Q8_0.non_finite_floats(&[0; 34]), None);
     }
 
     fn widen(t: GgmlType, block: &[u8]) -> Vec<f32> {

@@ -14,6 +14,11 @@ use rayon::prelude::*;
 use super::quant::GgmlType;
 use crate::tensor::Matrix;
 
+/// Rows that [`StoredMatrix::widen_transposed`] widens together before putting them
+/// transposed: an input feature's 16 values side by side fill a 64-byte cache line (written
+/// one row at a time, each of a row's values went to a line of its own).
+const TRANSPOSED_ROWS: usize = 16;
+
 /// A `rows × cols` weight, its rows stacked from one or more tensors (Q, K and V; gate and
 /// up), each part in its own encoding, held or lying in a file's mapping (`'a`).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,18 +140,22 @@ impl<'a> StoredMatrix<'a> {
         self.parts.iter().map(|p| p.rows * p.row_bytes).sum()
     }
 
-    /// Widens row `r` into `out` (`cols` values); `scratch` holds a row's whole blocks
-    /// where the columns do not start and end at block edges.
-    pub fn widen_row(&self, r: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+    /// Row `r`'s part and bytes.
+    fn part_row(&self, r: usize) -> (&StoredRows<'a>, &[u8]) {
         let (mut r, mut parts) = (r, self.parts.iter());
-        let part = loop {
+        loop {
             match parts.next() {
-                Some(p) if r < p.rows => break p,
+                Some(p) if r < p.rows => return (p, p.row(r)),
                 Some(p) => r -= p.rows,
                 None => panic!("row {} of a {}-row stored weight", r, self.rows),
             }
-        };
-        let bytes = part.row(r);
+        }
+    }
+
+    /// Widens row `r` into `out` (`cols` values); `scratch` holds a row's whole blocks
+    /// where the columns do not start and end at block edges.
+    pub fn widen_row(&self, r: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+        let (part, bytes) = self.part_row(r);
         let values = part.row_bytes / part.dtype.block().1 * part.dtype.block().0;
         if part.skip == 0 && values == self.cols {
             part.dtype.dequantize(bytes, out);
@@ -157,14 +166,29 @@ impl<'a> StoredMatrix<'a> {
         }
     }
 
-    /// Rows `rows` widened and transposed: `put(i, j, v)` for the value `v` of input
-    /// feature `i` of row `rows.start + j`, row after row.
-    pub fn widen_transposed(&self, rows: Range<usize>, mut put: impl FnMut(usize, usize, f32)) {
-        let (mut row, mut scratch) = (vec![0.0f32; self.cols], Vec::new());
-        for (j, r) in rows.enumerate() {
-            self.widen_row(r, &mut row, &mut scratch);
-            for (i, &v) in row.iter().enumerate() {
-                put(i, j, v);
+    /// Rows `rows` widened and transposed into `out`: the value of input feature `i` of
+    /// row `rows.start + j` at `out + i·stride + j`. Rows are widened
+    /// [`TRANSPOSED_ROWS`] at a time and written input feature by input feature, so that
+    /// each feature's values land side by side.
+    ///
+    /// # Safety
+    /// `out + i·stride + j` must be valid for writes for every `i < cols` and
+    /// `j < rows.len()`, and no other thread may touch those values meanwhile.
+    pub unsafe fn widen_transposed(&self, rows: Range<usize>, out: *mut f32, stride: usize) {
+        let cols = self.cols;
+        let (mut block, mut scratch) = (vec![0.0f32; TRANSPOSED_ROWS * cols], Vec::new());
+        for first in rows.clone().step_by(TRANSPOSED_ROWS) {
+            let count = TRANSPOSED_ROWS.min(rows.end - first);
+            for (j, row) in block.chunks_exact_mut(cols.max(1)).take(count).enumerate() {
+                self.widen_row(first + j, row, &mut scratch);
+            }
+            for i in 0..cols {
+                // SAFETY: the caller's contract, for feature `i` and rows `first..first + count`.
+                let line = unsafe { out.add(i * stride + first - rows.start) };
+                for j in 0..count {
+                    // SAFETY: as above.
+                    unsafe { *line.add(j) = block[j * cols + i] };
+                }
             }
         }
     }
@@ -177,14 +201,19 @@ impl<'a> StoredMatrix<'a> {
         Matrix::from_vec(self.rows, self.cols, data)
     }
 
-    /// How many of the widened values are NaN or infinite, rows in parallel.
+    /// How many of the widened values are NaN or infinite, rows in parallel: a float
+    /// type's rows (of one value a block, so exactly the matrix's columns) read from their
+    /// bits, the others widened.
     pub fn non_finite(&self) -> usize {
         let rows = (0..self.rows).into_par_iter();
         let counts = rows.map_init(
             || (vec![0.0f32; self.cols], Vec::new()),
             |(row, scratch), r| {
-                self.widen_row(r, row, scratch);
-                row.iter().filter(|v| !v.is_finite()).count()
+                let (part, bytes) = self.part_row(r);
+                part.dtype.non_finite_floats(bytes).unwrap_or_else(|| {
+                    self.widen_row(r, row, scratch);
+                    row.iter().filter(|v| !v.is_finite()).count()
+                })
             },
         );
         counts.sum()
@@ -213,7 +242,8 @@ mod tests {
         assert_eq!(widened.row(1), [5.0, 6.0, 7.0, 8.0]);
         assert_eq!(widened.row(2), [1.5, 2.0, 2.5, 3.0]);
         let mut t = [0.0f32; 4 * 5];
-        m.widen_transposed(1..3, |i, j, v| t[i * 5 + j] = v);
+        // SAFETY: input feature i's two values at 5i and 5i + 1, inside `t`.
+        unsafe { m.widen_transposed(1..3, t.as_mut_ptr(), 5) };
         assert_eq!([t[0], t[1], t[15], t[16]], [5.0, 1.5, 8.0, 3.0]);
         assert_eq!(m.bytes(), 16 + 34);
     }

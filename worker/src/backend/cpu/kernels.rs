@@ -96,7 +96,9 @@ pub fn with_widened_strip<R>(
     STRIP.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.resize(w.cols() * stride, 0.0);
-        w.widen_transposed(cols, |i, j, v| buffer[i * stride + j] = v);
+        debug_assert!(cols.len() <= stride);
+        // SAFETY: the buffer is this thread's, `cols()` rows of `stride ≥ cols.len()` values.
+        unsafe { w.widen_transposed(cols, buffer.as_mut_ptr(), stride) };
         f(&buffer)
     })
 }

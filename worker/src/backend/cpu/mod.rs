@@ -126,13 +126,14 @@ impl CpuWeight {
     }
 }
 
-/// `out (m × n) = x (m × k) · rhs (k × n)` through `gemm` on the calling thread, in blocks of
-/// at most [`MATMUL_ROWS`] rows; `x`'s rows lie `x.rs` apart, `out`'s `out_rs` apart.
+/// `out (m × n) = [out +] x (m × k) · rhs (k × n)` through `gemm` on the calling thread,
+/// in blocks of at most [`MATMUL_ROWS`] rows; `x`'s rows lie `x.rs` apart, `out`'s `out_rs`
+/// apart. Added to `out` where `accumulate`: each value once, as `out + product`.
 ///
 /// # Safety
 /// `rhs` must cover `k × n`, and `out` `m` rows of `n` values `out_rs` apart that no other
-/// thread touches.
-unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize) {
+/// thread touches (written before, where `accumulate`).
+unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize, accumulate: bool) {
     let k = x.k();
     let mut start = 0;
     while start < m {
@@ -149,54 +150,71 @@ unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPt
             // `out` row `start` holds n values.
             unsafe {
                 gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, false);
-                std::ptr::copy_nonoverlapping(two.as_ptr(), out.at(start * out_rs), n);
+                let row = std::slice::from_raw_parts_mut(out.at(start * out_rs), n);
+                match accumulate {
+                    true => row.iter_mut().zip(&two).for_each(|(o, p)| *o += p),
+                    false => row.copy_from_slice(&two[..n]),
+                }
             }
         } else {
             let lhs = View { ptr: x.row(start).as_ptr(), rs: x.rs as isize, cs: 1 };
             // SAFETY: rows start..end of `x` are (end − start) × k, `x.rs` apart, and the
             // caller's `out` covers rows start..end.
-            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, false, lhs, rhs, 1.0, false) };
+            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, accumulate, lhs, rhs, 1.0, false) };
         }
         start = end;
     }
 }
 
-/// `out (m × n) = x (m × k) · wᵀ`, `out` row-major, every value stored, a piece of rows
-/// of a strip of output features per task over the pool ([`strips`], [`row_pieces`]); a
-/// stored weight's strip is widened by the thread that multiplies it.
-fn gemm_rows(x: Operand<'_>, m: usize, w: &CpuWeight, out: &mut [MaybeUninit<f32>]) {
-    let n = w.out_features;
-    debug_assert!(x.k() == w.in_features && out.len() == m * n);
+/// The reductions that `gemm` (0.19) takes in one block, however many rows and columns:
+/// its blocks of a reduction are at least 512 long. A product of at most this many inputs
+/// added to its output ([`gemm_blocks`]) adds each output's whole sum once, so that a sum
+/// of such products taken as they are multiplied ([`gemm_rows`]) has the bits of the
+/// products added afterwards.
+const ONE_BLOCK_INPUTS: usize = 512;
+
+/// `out (m × n) = Σ xᵢ (m × k) · wᵢᵀ` over `parts` in order, `((x₀·w₀ᵀ + x₁·w₁ᵀ) + …)`,
+/// `out` row-major, every value stored, a piece of rows of a strip of output features per
+/// task over the pool ([`strips`], [`row_pieces`]), which multiplies each part into it in
+/// turn; a stored weight's strip is widened by the thread that multiplies it. Every part
+/// after the first has at most [`ONE_BLOCK_INPUTS`] inputs.
+fn gemm_rows(parts: &[(Operand<'_>, &CpuWeight)], m: usize, out: &mut [MaybeUninit<f32>]) {
+    let Some((_, first)) = parts.first() else { return };
+    let n = first.out_features;
+    debug_assert!(parts.iter().all(|(x, w)| x.k() == w.in_features && w.out_features == n) && out.len() == m * n);
+    debug_assert!(parts.iter().skip(1).all(|(_, w)| w.in_features <= ONE_BLOCK_INPUTS));
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
     let strips = strips(n);
     // A widened weight's strip is read again for each piece; a stored one's is widened
     // again, so its pieces are only as many as the threads' shares need.
-    let longest = match w.values {
-        Values::Widened { .. } => MATMUL_ROWS,
-        Values::Stored(_) => m,
+    let longest = match parts.iter().any(|(_, w)| matches!(w.values, Values::Stored(_))) {
+        false => MATMUL_ROWS,
+        true => m,
     };
     let pieces = row_pieces(m, strips.len(), rayon::current_num_threads(), longest);
     let tasks: Vec<(Range<usize>, Range<usize>)> =
         strips.iter().flat_map(|cols| pieces.iter().map(move |rows| (cols.clone(), rows.clone()))).collect();
     tasks.into_par_iter().with_max_len(1).for_each(|(cols, rows)| {
-        let (x, m) = (x.skip_rows(rows.start), rows.len());
         let out = SendPtr(out_ptr.at(rows.start * n + cols.start));
-        match &w.values {
-            // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
-            // are k × cols from column `cols.start`; each task writes only its own rows
-            // and columns of `out` (m × n).
-            Values::Widened { t, stride } => unsafe {
-                let rhs = View { ptr: t[cols.start..].as_ptr(), rs: *stride as isize, cs: 1 };
-                gemm_blocks(x, m, rhs, cols.len(), out, n)
-            },
-            Values::Stored(stored) => {
-                let stride = CpuWeight::stride_for(cols.len());
-                with_widened_strip(stored, cols.clone(), stride, |strip| {
-                    let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
-                    // SAFETY: the strip is k × cols with rows `stride` apart; each task
-                    // writes only its own rows and columns of `out` (m × n).
-                    unsafe { gemm_blocks(x, m, rhs, cols.len(), out, n) }
-                })
+        for (i, (x, w)) in parts.iter().enumerate() {
+            let (x, m, accumulate) = (x.skip_rows(rows.start), rows.len(), i > 0);
+            match &w.values {
+                // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
+                // are k × cols from column `cols.start`; each task writes only its own rows
+                // and columns of `out` (m × n), the first part before the others add to them.
+                Values::Widened { t, stride } => unsafe {
+                    let rhs = View { ptr: t[cols.start..].as_ptr(), rs: *stride as isize, cs: 1 };
+                    gemm_blocks(x, m, rhs, cols.len(), out, n, accumulate)
+                },
+                Values::Stored(stored) => {
+                    let stride = CpuWeight::stride_for(cols.len());
+                    with_widened_strip(stored, cols.clone(), stride, |strip| {
+                        let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
+                        // SAFETY: the strip is k × cols with rows `stride` apart; each task
+                        // writes only its own rows and columns of `out` (m × n), as above.
+                        unsafe { gemm_blocks(x, m, rhs, cols.len(), out, n, accumulate) }
+                    })
+                }
             }
         }
     });
@@ -272,6 +290,25 @@ fn row_pieces(m: usize, strips: usize, threads: usize, longest: usize) -> Vec<Ra
 /// however it is cut): a thread takes the next panel when it is done.
 fn panel_tasks(n: usize) -> impl ParallelIterator<Item = Range<usize>> {
     (0..n.div_ceil(PANEL)).into_par_iter().with_max_len(1).map(move |p| p * PANEL..((p + 1) * PANEL).min(n))
+}
+
+/// Gives `values`' fresh pages their memory before they are written, chunks in parallel
+/// (Linux's `MADV_POPULATE_WRITE`): one call a chunk instead of a page fault a page, about
+/// half the time on the KVM guests measured. A kernel without it (before 5.14), or pages
+/// larger than 4 KiB that a chunk's ends do not align to, leave the pages to fault in as
+/// they are written.
+fn populate(values: &mut [f32]) {
+    const CHUNK: usize = 1 << 20; // values: 4 MiB a call
+    const PAGE: usize = 4096;
+    values.par_chunks_mut(CHUNK).for_each(|chunk| {
+        let start = (chunk.as_mut_ptr() as usize).next_multiple_of(PAGE);
+        let end = (chunk.as_mut_ptr() as usize + chunk.len() * 4) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside `chunk`, which this task holds; populating
+            // pages changes no value (they are zero, as they were).
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_WRITE) };
+        }
+    });
 }
 
 /// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -405,11 +442,12 @@ impl DeviceMemory for CpuBackend {
         }
         let stride = CpuWeight::stride_for(n);
         let mut t = vec![0.0f32; k * stride];
+        populate(&mut t);
         let t_ptr = SendPtr(t.as_mut_ptr());
         panel_tasks(n).for_each(|cols| {
             // SAFETY: `t` is k × stride and `cols` lie inside its first n columns; each task
             // writes only its own columns.
-            w.widen_transposed(cols.clone(), |i, j, v| unsafe { *t_ptr.at(i * stride + cols.start + j) = v })
+            unsafe { w.widen_transposed(cols.clone(), t_ptr.at(cols.start), stride) };
         });
         Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened { t, stride } })
     }
@@ -440,12 +478,7 @@ impl CpuBackend {
     /// `x · wᵀ` for each pair: the rows `decode` marks through the streamed product, all
     /// pairs' at once, the others through `gemm`.
     fn multiply(&self, pairs: &[(Operand<'_>, &CpuWeight)], decode: &DecodeRows) -> Result<Vec<Matrix>, BackendError> {
-        let rows = pairs.first().map_or(0, |(x, _)| x.rows);
-        for (x, w) in pairs {
-            let (n, k) = (w.out_features(), w.in_features());
-            check(x.k() == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.k()))?;
-            check(x.rows == rows, || "parts of a product with different rows".into())?;
-        }
+        let rows = checked_rows(pairs)?;
         let started = Instant::now();
         let mut outs: Vec<Unwritten> = pairs.iter().map(|(_, w)| Unwritten::new(rows, w.out_features())).collect();
         for (run, decoding) in decode.runs(rows) {
@@ -472,16 +505,42 @@ impl CpuBackend {
                             .collect(),
                     )
                 }
-                false => items.for_each(|(x, w, out)| gemm_rows(x.skip_rows(run.start), run.len(), w, out)),
+                false => items.for_each(|(x, w, out)| gemm_rows(&[(x.skip_rows(run.start), w)], run.len(), out)),
             }
         }
-        let flops: usize = pairs.iter().map(|(x, w)| 2 * rows * w.out_features() * x.k()).sum();
-        self.matmul_flops.fetch_add(flops as u64, Ordering::Relaxed);
-        self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.count(pairs, rows, started);
         // SAFETY: the runs cover rows 0..rows, and each product stored every value of its
         // rows: `gemm` overwrites its output, and the streamed products' were cleared.
         Ok(outs.into_iter().map(|out| unsafe { out.assume_written() }).collect())
     }
+
+    /// Adds the products of `pairs` of `rows` rows, multiplied since `started`, to the
+    /// backend's statistics.
+    fn count(&self, pairs: &[(Operand<'_>, &CpuWeight)], rows: usize, started: Instant) {
+        let flops: usize = pairs.iter().map(|(x, w)| 2 * rows * w.out_features() * x.k()).sum();
+        self.matmul_flops.fetch_add(flops as u64, Ordering::Relaxed);
+        self.matmul_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The rows of the products of `pairs`, an error where an operand's columns are not its
+/// weight's inputs or the operands' rows differ.
+fn checked_rows(pairs: &[(Operand<'_>, &CpuWeight)]) -> Result<usize, BackendError> {
+    let rows = pairs.first().map_or(0, |(x, _)| x.rows);
+    for (x, w) in pairs {
+        let (n, k) = (w.out_features(), w.in_features());
+        check(x.k() == k, || format!("matmul of {}×{} by ({n}×{k})ᵀ", x.rows, x.k()))?;
+        check(x.rows == rows, || "parts of a product with different rows".into())?;
+    }
+    Ok(rows)
+}
+
+/// `x`'s columns of each part, with its weight.
+fn operands<'a>(
+    x: &'a Matrix,
+    parts: &[(Range<usize>, &'a CpuWeight)],
+) -> Result<Vec<(Operand<'a>, &'a CpuWeight)>, BackendError> {
+    parts.iter().map(|(cols, w)| Ok((Operand::columns(x, cols.clone())?, *w))).collect()
 }
 
 impl Backend for CpuBackend {
@@ -542,11 +601,32 @@ impl Backend for CpuBackend {
         parts: &[(Range<usize>, &CpuWeight)],
         decode: &DecodeRows,
     ) -> Result<Vec<Matrix>, BackendError> {
-        let pairs = parts
-            .iter()
-            .map(|(cols, w)| Ok((Operand::columns(x, cols.clone())?, *w)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.multiply(&pairs, decode)
+        self.multiply(&operands(x, parts)?, decode)
+    }
+
+    /// In one pass where no row decodes and no part after the first has more inputs than
+    /// `gemm` reduces in one block ([`ONE_BLOCK_INPUTS`]): each task multiplies its block of
+    /// every part into the output in turn ([`gemm_rows`]), which adds them with the bits of
+    /// [`Backend::add_in_order`] without writing each product first.
+    fn matmul_t_sum(
+        &self,
+        x: &Matrix,
+        parts: &[(Range<usize>, &CpuWeight)],
+        decode: &DecodeRows,
+    ) -> Result<Option<Matrix>, BackendError> {
+        if decode.any() || parts.iter().skip(1).any(|(_, w)| w.in_features() > ONE_BLOCK_INPUTS) {
+            return self.add_in_order(self.matmul_t_parts(x, parts, decode)?);
+        }
+        let pairs = operands(x, parts)?;
+        let rows = checked_rows(&pairs)?;
+        let Some(n) = pairs.first().map(|(_, w)| w.out_features()) else { return Ok(None) };
+        check(pairs.iter().all(|(_, w)| w.out_features() == n), || "a sum of products of different widths".into())?;
+        let started = Instant::now();
+        let mut out = Unwritten::new(rows, n);
+        gemm_rows(&pairs, rows, out.values());
+        self.count(&pairs, rows, started);
+        // SAFETY: `gemm_rows` stored every value (the first part's product).
+        Ok(Some(unsafe { out.assume_written() }))
     }
 
     fn rms_norm(&self, x: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, BackendError> {
@@ -827,7 +907,9 @@ mod tests {
             let mut whole = vec![0.0f32; rows * n];
             let rhs = View { ptr: t.as_ptr(), rs: *stride as isize, cs: 1 };
             // SAFETY: the weight is k × n, rows `stride` apart; `whole` is rows × n.
-            unsafe { gemm_blocks(Operand::columns(&x, 0..k).unwrap(), rows, rhs, n, SendPtr(whole.as_mut_ptr()), n) };
+            unsafe {
+                gemm_blocks(Operand::columns(&x, 0..k).unwrap(), rows, rhs, n, SendPtr(whole.as_mut_ptr()), n, false)
+            };
             for threads in [1, 2, 3, 5] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let y = pool.install(|| CpuBackend::default().matmul_t(&x, &weight)).unwrap();
@@ -892,6 +974,32 @@ mod tests {
             }
             let ids = [0, 7, (n - 1) as u32];
             assert_eq!(f32s.embed(&wide, &ids).unwrap(), stored.embed(&kept, &ids).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_sum_of_products_taken_as_they_multiply_has_the_bits_of_the_products_added() {
+        // Groups of 192 and of 512 inputs (one of gemm's reduction blocks: the sum taken in
+        // the products), and of 544 (the products added after the first); row counts of one block,
+        // of gemm's pair path and past a block; widened and stored weights.
+        for backend in [CpuBackend::default(), CpuBackend::new(WeightsInMemory::Stored)] {
+            for (groups, width, n) in [(3, 192, 576), (2, 512, 200), (2, 544, 130)] {
+                let weights: Vec<CpuWeight> =
+                    (0..groups).map(|g| backend.upload_stored(q4_1_weight(n, width, g as u64)).unwrap()).collect();
+                let parts: Vec<(Range<usize>, &CpuWeight)> =
+                    weights.iter().enumerate().map(|(g, w)| (g * width..(g + 1) * width, w)).collect();
+                for rows in [3usize, 4, 513, 1100] {
+                    let x = Matrix::random(rows, groups * width, rows as u64, 1.0);
+                    let products = backend.matmul_t_parts(&x, &parts, &DecodeRows::none()).unwrap();
+                    let mut added = products[0].clone();
+                    for p in &products[1..] {
+                        added.data.iter_mut().zip(&p.data).for_each(|(a, p)| *a += p);
+                    }
+                    let summed = backend.matmul_t_sum(&x, &parts, &DecodeRows::none()).unwrap().unwrap();
+                    let same = added.data.iter().zip(&summed.data).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same && summed.rows == rows, "{rows} rows, {groups} groups of {width} inputs");
+                }
+            }
         }
     }
 
