@@ -1,6 +1,7 @@
 //! Row-parallel products and their sums: a weight cut by KV-head group ([`ByGroup`]),
 //! and the completion of its per-group partial products in group order ([`GroupSum`]:
-//! locally by [`fold`], or across tensor-parallel shards by `comm::shard_sum`).
+//! locally by [`fold`], or by the backend as it multiplies, or across tensor-parallel
+//! shards by `comm::shard_sum`).
 
 use std::ops::Range;
 
