@@ -8,9 +8,12 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use anyhow::{bail, Context};
+use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, ScoreTree, StageSpec, TokenScore};
 use evalmesh_worker::backend::cuda::CudaBackend;
-use evalmesh_worker::{Alternatives, Backend, CpuBackend, LocalSum, StageInput, StageOutput, Target, TransformerStage};
+use evalmesh_worker::{
+    Alternatives, Backend, CpuBackend, LoadError, LocalSum, StageInput, StageOutput, Target, TransformerStage,
+};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_json::json;
 
@@ -44,6 +47,8 @@ pub fn score(args: &ScoreArgs, world: Option<&SimpleCommunicator>) -> anyhow::Re
             scores(&TransformerStage::load(source, spec, CpuBackend::new(weights))?, &texts, args.top)?
         }
         Target::Gpu { gpu, precision, .. } => {
+            check_fits_gpu(&config, &spec, gpu.memory_bytes, precision)
+                .map_err(|error| LoadError::TooBig { gpu: gpu.clone(), error })?;
             scores(&TransformerStage::load(source, spec, CudaBackend::new(gpu.ordinal, precision)?)?, &texts, args.top)?
         }
     };

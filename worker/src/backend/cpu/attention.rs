@@ -4,8 +4,8 @@
 //! and placed in a fixed order. A block's keys are the ones every row of it sees (a tree's
 //! prefix, or a sequence's cache), then its own rows causally; it takes them a tile of
 //! [`KEY_TILE`] at a time (flash-style): the tile's scores through `gemm`, an online
-//! softmax (a running maximum and sum per row, what was gathered rescaled when the maximum
-//! grows), and the tile's weighted values added through `gemm`, so that its memory is
+//! softmax (`softmax.rs`: a running maximum and sum per row, what was gathered rescaled
+//! when the maximum grows), and the tile's weighted values added through `gemm`, so that its memory is
 //! bounded whatever the window (docs/ARCHITECTURE.md §4). The one row of a single-token
 //! generation step goes through [`single_row`] instead: dot products and weighted sums in
 //! a fixed order.
@@ -16,7 +16,8 @@ use std::ops::Range;
 use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
-use super::kernels::{exp_in_place, fast_exp, gemm_into, lane_max, prefetch, Isa, View};
+use super::kernels::{exp_in_place, gemm_into, prefetch, Isa, View};
+use super::softmax::{tile_softmax, RowState, Tile};
 use crate::backend::{AttentionSpec, HeadLayout};
 use crate::tensor::Matrix;
 
@@ -54,78 +55,6 @@ thread_local! {
     /// a fresh one for every block (384 KiB at the test model's grouping) took about 1% of
     /// a run. A tile's `gemm` writes every score that its softmax and values then read.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One row of a tile's scores folded into its online softmax: caps the scores with
-/// `cap·tanh(s/cap)` when `softcap` is given, replaces the visible ones by
-/// `exp(s − max)` under the row's new running maximum and the others by zero, and adds
-/// them to the running `sum` (in a fixed order). Returns the factor that rescales what the
-/// row has gathered so far: `exp(old max − new max)`, 1 where the tile shows it no key.
-#[inline(always)]
-fn online_softmax(row: &mut [f32], visible: Range<usize>, softcap: Option<f32>, max: &mut f32, sum: &mut f64) -> f32 {
-    if visible.is_empty() {
-        row.fill(0.0);
-        return 1.0;
-    }
-    row[..visible.start].fill(0.0);
-    let (live, masked) = row[visible.start..].split_at_mut(visible.len());
-    masked.fill(0.0);
-    if let Some(cap) = softcap {
-        for v in live.iter_mut() {
-            *v = cap * (*v / cap).tanh();
-        }
-    }
-    let new_max = lane_max(live).max(*max);
-    let factor = if *max == f32::NEG_INFINITY { 0.0 } else { fast_exp(*max - new_max) };
-    *sum = *sum * factor as f64 + exp_in_place(live, new_max);
-    *max = new_max;
-    factor
-}
-
-/// [`online_softmax`] on each row of a tile (`keys` wide, rows `ld` apart), row `i`'s
-/// visible keys `visible(i)` of the tile, its factor into `factors[i]`, compiled for `isa`.
-fn tile_softmax(isa: Isa, tile: Tile<'_>) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the machine runs its features (`Isa::widest`).
-        Isa::Avx512 => unsafe { tile_softmax_avx512(tile) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { tile_softmax_avx2(tile) },
-        _ => tile_softmax_generic(tile),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn tile_softmax_avx512(tile: Tile<'_>) {
-    tile_softmax_generic(tile);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_softmax_avx2(tile: Tile<'_>) {
-    tile_softmax_generic(tile);
-}
-
-#[inline(always)]
-fn tile_softmax_generic(t: Tile<'_>) {
-    let rows = t.scores.chunks_exact_mut(t.ld).zip(t.visible).zip(t.max.iter_mut().zip(t.sum.iter_mut()));
-    for (((row, visible), (max, sum)), factor) in rows.zip(t.factors.iter_mut()) {
-        *factor = online_softmax(&mut row[..t.keys], visible, t.softcap, max, sum);
-    }
-}
-
-/// A tile's scores and the running softmax of its rows ([`tile_softmax`]).
-struct Tile<'a> {
-    scores: &'a mut [f32],
-    ld: usize,
-    keys: usize,
-    visible: Vec<Range<usize>>,
-    softcap: Option<f32>,
-    max: &'a mut [f32],
-    sum: &'a mut [f64],
-    factors: &'a mut [f32],
 }
 
 /// The keys and values every query row of a block sees in full.
@@ -209,7 +138,7 @@ impl AttentionBlock<'_> {
         let tiles = tiles.chain((a..keys).step_by(KEY_TILE).map(|t| t..(t + KEY_TILE).min(keys)));
         let mut scores = SCORES.take();
         scores.resize(rows * KEY_TILE, 0.0);
-        let (mut max, mut sum) = (vec![f32::NEG_INFINITY; rows], vec![0.0f64; rows]);
+        let mut states = vec![RowState::EMPTY; rows];
         let mut factors = vec![0.0f32; rows];
         let mut out = vec![0.0f32; rows * d];
         for tile in tiles.filter(|t| t.end > first(0)) {
@@ -219,7 +148,7 @@ impl AttentionBlock<'_> {
             // validated layout, the head layout and the cache's length); `queries` is
             // rows × d, and `scores` holds rows rows of KEY_TILE ≥ n.
             unsafe { gemm_into(rows, n, d, scores.as_mut_ptr(), KEY_TILE, false, q, kt, spec.scale, false) };
-            let visible = (0..rows)
+            let visible: Vec<Range<usize>> = (0..rows)
                 .map(|r| {
                     let i = r % m;
                     let (from, to) = (first(i).max(tile.start), last(i).min(tile.end));
@@ -230,15 +159,13 @@ impl AttentionBlock<'_> {
                     }
                 })
                 .collect();
-            let softcap = spec.softcap;
             let tile_state = Tile {
                 scores: &mut scores,
                 ld: KEY_TILE,
                 keys: n,
-                visible,
-                softcap,
-                max: &mut max,
-                sum: &mut sum,
+                visible: &visible,
+                softcap: spec.softcap,
+                states: &mut states,
                 factors: &mut factors,
             };
             tile_softmax(isa, tile_state);
@@ -252,8 +179,8 @@ impl AttentionBlock<'_> {
             unsafe { gemm_into(rows, d, n, out.as_mut_ptr(), d, true, p, v, 1.0, false) };
         }
         SCORES.set(scores);
-        for (row, &sum) in out.chunks_exact_mut(d).zip(&sum) {
-            let inv = (1.0 / sum) as f32;
+        for (row, state) in out.chunks_exact_mut(d).zip(&states) {
+            let inv = (1.0 / state.total()) as f32;
             row.iter_mut().for_each(|o| *o *= inv);
         }
         out
@@ -505,9 +432,15 @@ fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
 fn transposed_keys(qkv: &Matrix, heads: HeadLayout) -> Vec<f32> {
     let k_cols = heads.k_cols();
     let mut keys_t = vec![0.0f32; k_cols.len() * qkv.rows];
-    keys_t.par_chunks_mut(qkv.rows).zip(k_cols).for_each(|(out, col)| {
-        for (o, row) in out.iter_mut().zip(qkv.data.chunks_exact(qkv.cols)) {
-            *o = row[col];
+    // Sixteen output rows a task, each reading a cache line of every input row once (one
+    // output row a task read every line sixteen times, from memory for a long window).
+    keys_t.par_chunks_mut(16 * qkv.rows.max(1)).enumerate().for_each(|(i, out)| {
+        let first = k_cols.start + 16 * i;
+        let width = out.len() / qkv.rows;
+        for (r, row) in qkv.data.chunks_exact(qkv.cols).enumerate() {
+            for (c, &v) in row[first..first + width].iter().enumerate() {
+                out[c * qkv.rows + r] = v;
+            }
         }
     });
     keys_t

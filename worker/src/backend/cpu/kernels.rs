@@ -177,31 +177,45 @@ pub fn prefetch(at: *const f32) {
     let _ = at;
 }
 
+/// The constants of [`fast_exp`] (Cephes' `expf`), which the vector kernels of
+/// `softmax.rs` share so that they give its bits.
+pub mod exp_constants {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 in two parts, the first exact in few bits, for an exact `n·ln2` reduction.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// 1.5·2²³: adding and subtracting it rounds to an integer.
+    pub const ROUND: f32 = 12_582_912.0;
+    /// The smallest argument: 2ⁿ stays a normal number (n ≥ −126).
+    pub const LOWEST: f32 = -87.0;
+    /// The polynomial's coefficients, the highest degree first (Cephes: 5.0000001201e-1
+    /// for the last, which is 0.5 in f32).
+    pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+}
+
+/// The bits of 2ⁿ for the integer n (−126 ≤ n ≤ 127) that `ROUND + n` holds in its low
+/// bits `shifted` (no float-to-integer conversion, whose saturation would keep a loop from
+/// vectorising): ROUND's low nine bits are zero, so `shifted << 23` is `n mod 512` in the
+/// exponent field, and adding the bias wraps it to n + 127.
+#[inline(always)]
+pub fn power_of_two(shifted: u32) -> u32 {
+    (shifted << 23).wrapping_add(127 << 23)
+}
+
 /// `exp` for f32 in a form the compiler vectorises (Cephes' `expf`: 2ⁿ·eʳ with
 /// |r| ≤ ln2/2 and a degree-6 polynomial; within 2 ulp of `f32::exp` on [−87, 88]). Its
 /// multiplies and adds are fused (`mul_add`: one rounding each, the same bits on every
 /// instruction set; a third fewer instructions where the machine has FMA).
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
-    let x = x.clamp(-87.0, 88.0);
+    use exp_constants::*;
+    let x = x.clamp(LOWEST, 88.0);
     let shifted = x.mul_add(LOG2E, ROUND);
     let n = shifted - ROUND;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5); // Cephes: 5.0000001201e-1, which is 0.5 in f32
+    let p = POLY[1..].iter().fold(POLY[0], |p, &c| p.mul_add(r, c));
     let e = (p * r).mul_add(r, r) + 1.0;
-    // 2ⁿ from the integer n that `shifted` holds in its low bits (no float-to-integer
-    // conversion, whose saturation would keep the loop from vectorising).
-    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    e * f32::from_bits(((n_int + 127) as u32) << 23)
+    e * f32::from_bits(power_of_two(shifted.to_bits()))
 }
 
 /// Sum of `f(x)` over a slice in a fixed order, without storing the values: 16 lanes,

@@ -28,6 +28,7 @@
 
 mod attention;
 mod kernels;
+mod softmax;
 mod streamed;
 
 use std::borrow::Cow;
