@@ -5,10 +5,10 @@
 //! prefix, or a sequence's cache), then its own rows causally; it takes them a tile of
 //! [`KEY_TILE`] at a time (flash-style): the tile's scores through `gemm`, an online
 //! softmax (`softmax.rs`: a running maximum and sum per row, what was gathered rescaled
-//! when the maximum grows), and the tile's weighted values added through `gemm`, so that its memory is
-//! bounded whatever the window (docs/ARCHITECTURE.md §4). The one row of a single-token
-//! generation step goes through [`single_row`] instead: dot products and weighted sums in
-//! a fixed order.
+//! when the maximum grows), and the tile's weighted values added through `gemm`, so that
+//! its memory is bounded whatever the window (docs/ARCHITECTURE.md §4). The one row of a
+//! single-token generation step goes through [`single_row`] instead: dot products and
+//! weighted sums in a fixed order.
 
 use std::borrow::Cow;
 use std::ops::Range;

@@ -1,6 +1,7 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: strided
-//! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`]),
-//! sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
+//! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`],
+//! whose constants and 2ⁿ the softmax's vector kernels share: [`exp_constants`],
+//! [`power_of_two`]), sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
 //! prefetches ([`prefetch`]), a thread's widened strip of a stored weight
 //! ([`with_widened_strip`]), and the instruction sets that kernels compiled more than once
 //! choose from at run time ([`Isa`]).
