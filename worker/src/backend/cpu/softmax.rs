@@ -132,8 +132,8 @@ fn exp_lanes_portable(xs: &mut [f32], shift: f32) -> [f32; 16] {
 /// The x86-64 kernels: `fast_exp`'s arithmetic without its upper clamp, which changes
 /// nothing for the arguments they get (`x − shift ≤ 0`); the lower clamp keeps a NaN
 /// (`max(LOWEST, x)` returns its second operand when either is NaN), as `clamp` does. 2ⁿ
-/// is built from the integer's bits (`power_of_two`) on AVX-512 too: `vscalefps` ran the
-/// loop about a third slower here.
+/// is built from the integer's bits (`power_of_two`) on AVX-512 too: with `vscalefps` a
+/// tile took about a third longer here (one build after the other, not alternated).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
