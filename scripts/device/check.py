@@ -25,8 +25,13 @@ F32_TOLERANCE = 1e-4
 # The bf16 path rounds weights and matrix operands to 8 significant bits: a log-probability
 # moves by up to a few hundredths of a nat on these tiny random models. The bound catches a
 # broken kernel (errors of whole nats), not a precision claim: the f32 path carries that.
+# It holds the 99th percentile, not the largest difference: where two experts' router
+# logits lie within bf16's rounding of each other, a mixture's top-k choice flips and that
+# one token moves by whole nats (the first device run: Mixtral 1 token of 741 at 1.02 nats,
+# Qwen3-MoE 2 of 738 at 2.02 and 0.80, while their f32 paths agreed within 2e-5); a broken
+# kernel errs on most tokens and still fails.
 BF16_MEAN_TOLERANCE = 0.05
-BF16_MAX_TOLERANCE = 0.5
+BF16_P99_TOLERANCE = 0.5
 
 
 def read_safetensors(path):
@@ -112,8 +117,8 @@ def differences(a, b):
     pairs = [(x, y) for ta, tb in zip(a, b) for x, y in zip(ta, tb)]
     if len(pairs) != sum(len(t) for t in a) or not pairs:
         return None
-    diffs = [abs(x - y) for x, y in pairs]
-    return {"max": max(diffs), "mean": sum(diffs) / len(diffs)}
+    diffs = sorted(abs(x - y) for x, y in pairs)
+    return {"max": diffs[-1], "p99": diffs[(99 * len(diffs)) // 100], "mean": sum(diffs) / len(diffs)}
 
 
 def load(path):
@@ -168,12 +173,13 @@ def summary(pack, out):
                 check(f"oracle {family} {key}", False, "missing or different length")
                 continue
             if key.startswith("bf16"):
-                ok = value["mean"] <= BF16_MEAN_TOLERANCE and value["max"] <= BF16_MAX_TOLERANCE
-                bound = f"mean <= {BF16_MEAN_TOLERANCE}, max <= {BF16_MAX_TOLERANCE}"
+                ok = value["mean"] <= BF16_MEAN_TOLERANCE and value["p99"] <= BF16_P99_TOLERANCE
+                bound = f"mean <= {BF16_MEAN_TOLERANCE}, p99 <= {BF16_P99_TOLERANCE}"
             else:
                 ok = value["max"] <= F32_TOLERANCE
                 bound = f"max <= {F32_TOLERANCE}"
-            check(f"oracle {family} {key}", ok, f"max {value['max']:.2e}, mean {value['mean']:.2e} ({bound})")
+            detail = f"max {value['max']:.2e}, p99 {value['p99']:.2e}, mean {value['mean']:.2e} ({bound})"
+            check(f"oracle {family} {key}", ok, detail)
         if not any(k.startswith("f32") for k in row):
             check(f"oracle {family}", False, "evalmesh produced no scores (see oracles.log)")
 

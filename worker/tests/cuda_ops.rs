@@ -248,31 +248,100 @@ fn rope_matches_the_cpu_in_both_conventions() {
     }
 }
 
-#[test]
-fn attention_over_trees_matches_the_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let cpu = CpuBackend::default();
-    // The test model's heads (9 query heads over 3 KV heads of 64), a plain sequence longer
-    // than a 32-key chunk and two trees with branches.
-    let heads = HeadLayout { num_heads: 9, num_kv_heads: 3, head_dim: 64 };
-    let trees = vec![
+/// A plain sequence longer than a 64-key chunk and two trees with branches.
+fn attention_trees() -> Vec<TreeLayout> {
+    vec![
         TreeLayout { start: 0, prefix_len: 70, branch_lens: Vec::new() },
         TreeLayout { start: 70, prefix_len: 33, branch_lens: vec![5, 1, 40] },
         TreeLayout { start: 149, prefix_len: 1, branch_lens: vec![2] },
-    ];
-    let qkv = Matrix::random(152, heads.width(), 12, 2.0);
-    let plain = AttentionSpec { scale: 1.0 / 8.0, softcap: None, window: None };
-    // Gemma 2's kind: another scale, a cap, and windows that cut into the prefixes of branch
-    // rows (9) or only into long branches and sequences (50).
-    let capped = AttentionSpec { scale: 0.1, softcap: Some(5.0), window: Some(9) };
-    let wide = AttentionSpec { scale: 0.2, softcap: Some(50.0), window: Some(50) };
-    let gq = gpu.upload(qkv.clone()).unwrap();
-    for spec in [plain, capped, wide] {
-        let got = gpu.download(&gpu.attention(&gq, &trees, heads, spec).unwrap()).unwrap();
-        let want = cpu.attention(&qkv, &trees, heads, spec).unwrap();
-        // f32 throughout with another summation order and an online softmax: weighted means
-        // of values ≤ 2 agree within 1e-5.
-        assert_close(&format!("attention {spec:?}"), &got, &want, 1e-5);
+    ]
+}
+
+/// Plain; Gemma 2's kind: another scale, a cap, and windows that cut into the prefixes of
+/// branch rows (9) or only into long branches and sequences (50).
+const ATTENTION_SPECS: [AttentionSpec; 3] = [
+    AttentionSpec { scale: 1.0 / 8.0, softcap: None, window: None },
+    AttentionSpec { scale: 0.1, softcap: Some(5.0), window: Some(9) },
+    AttentionSpec { scale: 0.2, softcap: Some(50.0), window: Some(50) },
+];
+
+/// The test model's heads (9 over 3 KV heads of 64: one head a block on tensor cores), a
+/// Llama-3.2-1B group (8 heads over 2 KV heads of 64: four a block), the oracles' (4 over 2
+/// of 16: two a block) and a 128-wide head.
+const HEAD_LAYOUTS: [HeadLayout; 4] = [
+    HeadLayout { num_heads: 9, num_kv_heads: 3, head_dim: 64 },
+    HeadLayout { num_heads: 8, num_kv_heads: 2, head_dim: 64 },
+    HeadLayout { num_heads: 4, num_kv_heads: 2, head_dim: 16 },
+    HeadLayout { num_heads: 2, num_kv_heads: 1, head_dim: 128 },
+];
+
+#[test]
+fn attention_over_trees_matches_the_cpu() {
+    let cpu = CpuBackend::default();
+    for precision in [GpuPrecision::F32, GpuPrecision::Bf16] {
+        let Some(gpu) = gpu_in(precision) else { return };
+        for heads in HEAD_LAYOUTS {
+            let qkv = Matrix::random(152, heads.width(), 12, 2.0);
+            let gq = gpu.upload(qkv.clone()).unwrap();
+            for spec in ATTENTION_SPECS {
+                let got = gpu.download(&gpu.attention(&gq, &attention_trees(), heads, spec).unwrap()).unwrap();
+                let what = format!("{precision:?} attention {heads:?} {spec:?}");
+                if precision == GpuPrecision::F32 {
+                    let want = cpu.attention(&qkv, &attention_trees(), heads, spec).unwrap();
+                    // f32 throughout with another summation order and an online softmax:
+                    // weighted means of values ≤ 2 agree within 1e-5.
+                    assert_close(&what, &got, &want, 1e-5);
+                } else {
+                    let want = cpu.attention(&bf16_rounded(&qkv), &attention_trees(), heads, spec).unwrap();
+                    // Tensor cores on the same bf16 queries, keys and values, with each softmax
+                    // weight also rounded to bf16 (relative error ≤ 2⁻⁹) before it multiplies
+                    // a value ≤ 2: a weighted mean moves by at most 2 · 2⁻⁸ ≈ 8e-3.
+                    assert_close(&what, &got, &want, 8e-3);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rows_do_not_depend_on_the_batch() {
+    for precision in [GpuPrecision::F32, GpuPrecision::Bf16] {
+        let Some(gpu) = gpu_in(precision) else { return };
+        for heads in HEAD_LAYOUTS {
+            let width = heads.width();
+            let qkv = Matrix::random(152, width, 14, 2.0);
+            for spec in ATTENTION_SPECS {
+                let all = gpu
+                    .download(
+                        &gpu.attention(&gpu.upload(qkv.clone()).unwrap(), &attention_trees(), heads, spec).unwrap(),
+                    )
+                    .unwrap();
+                let out = all.cols;
+                // The second and third trees (rows 70..152) after 1, 37 and 1000 rows of a
+                // sequence of other values, and alone.
+                for shift in [0usize, 1, 37, 1000] {
+                    let mut data = Matrix::random(shift, width, 15, 2.0).data;
+                    data.extend_from_slice(&qkv.data[70 * width..]);
+                    let mut trees = Vec::new();
+                    if shift > 0 {
+                        trees.push(TreeLayout { start: 0, prefix_len: shift, branch_lens: Vec::new() });
+                    }
+                    for tree in &attention_trees()[1..] {
+                        trees.push(TreeLayout { start: tree.start - 70 + shift, ..tree.clone() });
+                    }
+                    let batch = gpu.upload(Matrix::from_vec(shift + 82, width, data)).unwrap();
+                    let got = gpu.download(&gpu.attention(&batch, &trees, heads, spec).unwrap()).unwrap();
+                    let same = got.data[shift * out..]
+                        .iter()
+                        .zip(&all.data[70 * out..])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{precision:?} {heads:?} {spec:?}: two trees after {shift} other rows give other bits"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -30,7 +30,10 @@ pub use transfer::Transfer;
 /// 4: the rows of single-token generation steps, and the LM head's rows in generation, are
 /// multiplied by the CPU's streamed product ([`Backend::matmul_t_rows`]).
 /// 5: the CPU's attention takes its keys in tiles of 256 with an online softmax.
-pub const ARITHMETIC: u32 = 5;
+/// 6: the GPU's attention on tensor cores (bf16 operands); and the CPU's exponential with
+/// fused multiply-adds and its softmax's sums in vector lanes, which had moved the last
+/// bits under 5.
+pub const ARITHMETIC: u32 = 6;
 
 /// Which rows of a product are rows of single-token generation steps (docs/ARCHITECTURE.md
 /// §12), which a backend may multiply by a product made for few rows

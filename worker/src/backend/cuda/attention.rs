@@ -1,9 +1,12 @@
 //! The CUDA backend's attention over packed prefix trees: each query row's visible keys
 //! as runs of rows, worked out on the host from the trees and the layer's sliding window
-//! ([`attention_spans`]), and the `attention` kernel of `kernels.cu` over them, with the
-//! layer's scale and score cap.
+//! ([`attention_spans`]), and a kernel of `kernels.cu` over them, with the layer's scale
+//! and score cap: on the bf16 path `attention_tc` (tensor cores, over the query tiles of
+//! [`attention_tiles`]) where the device and head width allow it, else `attention` (f32).
 
 use evalmesh_common::TreeLayout;
+
+use evalmesh_common::protocol::GpuPrecision;
 
 use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, MAX_HEAD_DIM};
 use crate::backend::error::BackendError;
@@ -36,7 +39,34 @@ impl CudaBackend {
             return Ok(out);
         }
         let spans = attention_spans(trees, qkv.rows, spec.window);
-        let spans = self.upload_values(&spans)?;
+        let device_spans = self.upload_values(&spans)?;
+        if self.precision == GpuPrecision::Bf16 && self.kernels.tensor_cores && heads.head_dim.is_multiple_of(16) {
+            let group = heads.num_heads / heads.num_kv_heads;
+            let heads_per_block = [4, 2, 1].into_iter().find(|h| group.is_multiple_of(*h)).unwrap_or(1);
+            let tiles = attention_tiles(trees, &spans, 16 * 4 / heads_per_block);
+            let tile_count = tiles.len() / 8;
+            let tiles = self.upload_values(&tiles)?;
+            self.launch(
+                &self.kernels.attention_tc,
+                (tile_count as u32, (heads.num_heads / heads_per_block) as u32),
+                128,
+                0,
+                &mut [
+                    Arg::Ptr(qkv.ptr()),
+                    Arg::Ptr(out.ptr()),
+                    Arg::Ptr(device_spans.ptr()),
+                    Arg::Ptr(tiles.ptr()),
+                    Arg::I64(qkv.cols as i64),
+                    Arg::I32(heads.num_heads as i32),
+                    Arg::I32(heads.num_kv_heads as i32),
+                    Arg::I32(heads.head_dim as i32),
+                    Arg::I32(heads_per_block as i32),
+                    Arg::F32(spec.scale),
+                    Arg::F32(spec.softcap.unwrap_or(0.0)),
+                ],
+            )?;
+            return Ok(out);
+        }
         let items = qkv.rows * heads.num_heads;
         let warps_per_block = 4;
         self.launch(
@@ -47,7 +77,7 @@ impl CudaBackend {
             &mut [
                 Arg::Ptr(qkv.ptr()),
                 Arg::Ptr(out.ptr()),
-                Arg::Ptr(spans.ptr()),
+                Arg::Ptr(device_spans.ptr()),
                 Arg::I64(qkv.rows as i64),
                 Arg::I64(qkv.cols as i64),
                 Arg::I32(heads.num_heads as i32),
@@ -97,6 +127,38 @@ fn attention_spans(trees: &[TreeLayout], rows: usize, window: Option<usize>) -> 
     spans
 }
 
+/// The query tiles of `attention_tc`: each segment of rows that share their runs' starts
+/// before any window (a tree's prefix, each of its branches) cut into tiles of `tile_rows`
+/// from its first row, as eight values each: the first row, the number of rows, then for
+/// the shared run and the own run the run's anchor (its start before any window), the
+/// first key any row of the tile sees in it and the end of those keys (both 0 where no
+/// row sees one). `spans` is [`attention_spans`]' for the same trees.
+fn attention_tiles(trees: &[TreeLayout], spans: &[i64], tile_rows: usize) -> Vec<i64> {
+    let mut tiles = Vec::new();
+    let mut segment = |first: usize, len: usize, anchors: [i64; 2]| {
+        for start in (first..first + len).step_by(tile_rows) {
+            let rows = tile_rows.min(first + len - start);
+            tiles.extend([start as i64, rows as i64]);
+            for (run, anchor) in anchors.into_iter().enumerate() {
+                let seen = (start..start + rows).map(|r| &spans[4 * r + 2 * run..4 * r + 2 * run + 2]);
+                let seen = seen.filter(|s| s[1] > 0);
+                let from = seen.clone().map(|s| s[0]).min();
+                let end = seen.map(|s| s[0] + s[1]).max();
+                tiles.extend([anchor, from.unwrap_or(0), end.unwrap_or(0)]);
+            }
+        }
+    };
+    for tree in trees {
+        segment(tree.start, tree.prefix_len, [0, tree.start as i64]);
+        let mut branch_start = tree.start + tree.prefix_len;
+        for &len in &tree.branch_lens {
+            segment(branch_start, len, [tree.start as i64, branch_start as i64]);
+            branch_start += len;
+        }
+    }
+    tiles
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +189,41 @@ mod tests {
         );
         // A window wider than every row's keys changes nothing.
         assert_eq!(attention_spans(&trees(), 7, Some(4)), spans);
+    }
+
+    #[test]
+    fn tiles_cut_each_segment_from_its_first_row() {
+        let spans = attention_spans(&trees(), 7, None);
+        let tiles: Vec<&[i64]> = attention_tiles(&trees(), &spans, 16).leak().chunks(8).collect();
+        assert_eq!(
+            tiles,
+            [
+                // The sequence, then the tree's prefix: no shared run, their own from the tree's start.
+                &[0, 2, 0, 0, 0, 0, 0, 2][..],
+                &[2, 2, 0, 0, 0, 2, 2, 4],
+                // Each branch: the prefix shared, anchored at the tree's first row, then its own.
+                &[4, 2, 2, 2, 4, 4, 4, 6],
+                &[6, 1, 2, 2, 4, 6, 6, 7],
+            ]
+        );
+        // Tiles of one row: one per row, each with its own keys.
+        let single = attention_tiles(&trees(), &spans, 1);
+        assert_eq!(single.len(), 7 * 8);
+        assert_eq!(&single[5 * 8..6 * 8], [5, 1, 2, 2, 4, 4, 4, 6]);
+    }
+
+    #[test]
+    fn a_windowed_tile_starts_at_the_first_key_any_row_sees() {
+        let spans = attention_spans(&trees(), 7, Some(2));
+        let tiles = attention_tiles(&trees(), &spans, 16);
+        // Row 4 sees prefix row 3 and itself, row 5 only its branch (rows 4 and 5); the
+        // anchors stay the runs' unwindowed starts.
+        assert_eq!(&tiles[2 * 8..3 * 8], [4, 2, 2, 3, 4, 4, 4, 6]);
+        assert_eq!(&tiles[3 * 8..], [6, 1, 2, 3, 4, 6, 6, 7]);
+        // A window of one: no row of a branch sees the prefix.
+        let spans = attention_spans(&trees(), 7, Some(1));
+        let tiles = attention_tiles(&trees(), &spans, 16);
+        assert_eq!(&tiles[2 * 8..3 * 8], [4, 2, 2, 0, 0, 4, 4, 6]);
     }
 
     #[test]

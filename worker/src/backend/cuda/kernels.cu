@@ -220,6 +220,186 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
     }
 }
 
+// Attention on tensor cores (sm_80 and newer; the host uses `attention` elsewhere and on
+// the f32 path): the same trees, spans, scale and cap, with bf16 operands (queries, keys,
+// values and the softmax weights rounded to bf16) and f32 scores, softmax and sums.
+// A block of 4 warps takes one tile of `tiles` (8 values: first row, rows, then per run
+// its anchor, the first of its keys any row of the tile sees and the end of them) for
+// `heads_per_block` query heads of one KV group: warp w takes head w % heads_per_block and
+// the tile's rows 16 * (w / heads_per_block) to 16 more. The keys of each run are staged in
+// shared memory TC_KEYS at a time, bf16, from the run's anchor (the run's start before any
+// window: a tree's first row, or a branch's), and each warp folds them into its rows with
+// an online softmax. A row's result depends only on its own keys: the chunks it meets start
+// at its anchor whatever the tile, a chunk holding none of its keys changes nothing (the
+// maximum stays, the factor is exactly 1, the weights are 0), and each reduction has a
+// fixed order (a lane's keys in order, then its quad in xor order).
+// Grid: (tiles, num_heads / heads_per_block). Block: 128 threads. head_dim: a multiple of
+// 16 up to TC_MAX_DIM.
+#define TC_KEYS 64
+#define TC_MAX_DIM 128
+
+__device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
+    return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+}
+
+// d (16 x 8, f32) += a (16 x 16, bf16, row-major fragments) * b (16 x 8, bf16, column fragments).
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
+extern "C" __global__ void attention_tc(const float* qkv, float* out, const long long* spans, const long long* tiles,
+                                        long long width, int num_heads, int num_kv_heads, int head_dim,
+                                        int heads_per_block, float scale, float softcap) {
+    __shared__ __align__(16) unsigned short keys[TC_KEYS][TC_MAX_DIM + 8];
+    __shared__ __align__(16) unsigned short values_t[TC_MAX_DIM][TC_KEYS + 8];
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    int g = lane / 4, t4 = lane % 4;
+    int group = num_heads / num_kv_heads, blocks_per_kv = group / heads_per_block;
+    int kv = blockIdx.y / blocks_per_kv;
+    int head = kv * group + (blockIdx.y % blocks_per_kv) * heads_per_block + warp % heads_per_block;
+    const long long* tile = tiles + 8 * (long long)blockIdx.x;
+    long long first = tile[0], last = tile[0] + tile[1];
+    long long q_col = (long long)head * head_dim;
+    long long k_col = (long long)num_heads * head_dim + (long long)kv * head_dim;
+    long long v_col = k_col + (long long)num_kv_heads * head_dim;
+    int steps = head_dim / 16;
+    // The lane's two rows (g and g + 8 of the warp's 16) and whether the tile has them.
+    long long row[2];
+    bool live[2];
+    for (int i = 0; i < 2; i++) {
+        row[i] = first + 16 * (warp / heads_per_block) + g + 8 * i;
+        live[i] = row[i] < last;
+    }
+    // The queries as the A fragments of each 16-wide step of head_dim.
+    unsigned int qa[TC_MAX_DIM / 16][4];
+#pragma unroll
+    for (int s = 0; s < TC_MAX_DIM / 16; s++) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = r & 1, col = 16 * s + 2 * t4 + 8 * (r >> 1);
+            const float* q = qkv + row[i] * width + q_col + col;
+            qa[s][r] = (s < steps && live[i]) ? pack_bf16(q[0], q[1]) : 0u;
+        }
+    }
+    float o[TC_MAX_DIM / 8][4];
+#pragma unroll
+    for (int n = 0; n < TC_MAX_DIM / 8; n++) {
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    }
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    for (int run = 0; run < 2; run++) {
+        long long anchor = tile[2 + 3 * run], from = tile[3 + 3 * run], end = tile[4 + 3 * run];
+        // The keys of this run each of the lane's rows sees.
+        long long seen_start[2], seen_end[2];
+        for (int i = 0; i < 2; i++) {
+            seen_start[i] = live[i] ? spans[4 * row[i] + 2 * run] : 0;
+            seen_end[i] = live[i] ? seen_start[i] + spans[4 * row[i] + 2 * run + 1] : 0;
+        }
+        for (long long base = anchor + (from - anchor) / TC_KEYS * TC_KEYS; base < end; base += TC_KEYS) {
+            __syncthreads();
+            int quads = head_dim / 4;
+            for (int i = threadIdx.x; i < TC_KEYS * quads; i += blockDim.x) {
+                int key = i / quads, d = (i % quads) * 4;
+                float4 k4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v4 = k4;
+                if (base + key < end) {
+                    k4 = *(const float4*)(qkv + (base + key) * width + k_col + d);
+                    v4 = *(const float4*)(qkv + (base + key) * width + v_col + d);
+                }
+                *(uint2*)&keys[key][d] = make_uint2(pack_bf16(k4.x, k4.y), pack_bf16(k4.z, k4.w));
+                values_t[d][key] = f32_to_bf16(v4.x);
+                values_t[d + 1][key] = f32_to_bf16(v4.y);
+                values_t[d + 2][key] = f32_to_bf16(v4.z);
+                values_t[d + 3][key] = f32_to_bf16(v4.w);
+            }
+            __syncthreads();
+            // Scores of the chunk: s[j] holds keys 8j + 2 t4 + {0, 1} of rows g (0, 1) and g + 8 (2, 3).
+            float s[TC_KEYS / 8][4];
+#pragma unroll
+            for (int j = 0; j < TC_KEYS / 8; j++) {
+                for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+#pragma unroll
+                for (int st = 0; st < TC_MAX_DIM / 16; st++) {
+                    if (st < steps) {
+                        const unsigned short* k = &keys[8 * j + g][16 * st + 2 * t4];
+                        mma_bf16(s[j], qa[st], *(const unsigned int*)k, *(const unsigned int*)(k + 8));
+                    }
+                }
+            }
+            float chunk_max[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+            for (int j = 0; j < TC_KEYS / 8; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1;
+                    long long key = base + 8 * j + 2 * t4 + (e & 1);
+                    float v = s[j][e] * scale;
+                    if (softcap > 0.0f) v = softcap * tanhf(v / softcap);
+                    s[j][e] = (key >= seen_start[i] && key < seen_end[i]) ? v : NEG_INF;
+                    chunk_max[i] = fmaxf(chunk_max[i], s[j][e]);
+                }
+            }
+            float factor[2];
+            for (int i = 0; i < 2; i++) {
+                chunk_max[i] = fmaxf(chunk_max[i], __shfl_xor_sync(0xffffffffu, chunk_max[i], 1));
+                chunk_max[i] = fmaxf(chunk_max[i], __shfl_xor_sync(0xffffffffu, chunk_max[i], 2));
+                float m_new = fmaxf(m[i], chunk_max[i]);
+                factor[i] = m[i] == m_new ? 1.0f : (m[i] == NEG_INF ? 0.0f : expf(m[i] - m_new));
+                m[i] = m_new;
+            }
+            float sums[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int j = 0; j < TC_KEYS / 8; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1;
+                    s[j][e] = s[j][e] == NEG_INF ? 0.0f : expf(s[j][e] - m[i]);
+                    sums[i] += s[j][e];
+                }
+            }
+            for (int i = 0; i < 2; i++) l[i] = l[i] * factor[i] + sums[i];
+#pragma unroll
+            for (int n = 0; n < TC_MAX_DIM / 8; n++) {
+                for (int e = 0; e < 4; e++) o[n][e] *= factor[e >> 1];
+            }
+            // The weights as A fragments, 16 keys a step, times the values.
+#pragma unroll
+            for (int st = 0; st < TC_KEYS / 16; st++) {
+                unsigned int pa[4] = {pack_bf16(s[2 * st][0], s[2 * st][1]), pack_bf16(s[2 * st][2], s[2 * st][3]),
+                                      pack_bf16(s[2 * st + 1][0], s[2 * st + 1][1]),
+                                      pack_bf16(s[2 * st + 1][2], s[2 * st + 1][3])};
+#pragma unroll
+                for (int n = 0; n < TC_MAX_DIM / 8; n++) {
+                    if (n < head_dim / 8) {
+                        const unsigned short* v = &values_t[8 * n + g][16 * st + 2 * t4];
+                        mma_bf16(o[n], pa, *(const unsigned int*)v, *(const unsigned int*)(v + 8));
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+#pragma unroll
+    for (int n = 0; n < TC_MAX_DIM / 8; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int i = e >> 1;
+            if (n < head_dim / 8 && live[i]) {
+                out[row[i] * num_heads * head_dim + q_col + 8 * n + 2 * t4 + (e & 1)] = o[n][e] / l[i];
+            }
+        }
+    }
+}
+
 // Normalises in place, in each row of x (rows x width), each run of `run` columns of
 // [col_start, col_start + runs * run) to unit root-mean-square, scaled by w (run values);
 // sums in f32. One block per (row, run): grid (rows, runs).

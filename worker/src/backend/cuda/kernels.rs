@@ -133,7 +133,11 @@ pub struct Kernels {
     pub scatter_add_rows: Kernel,
     pub columns: Kernel,
     pub attention: Kernel,
+    pub attention_tc: Kernel,
     pub score: Kernel,
+    /// Whether the device runs `attention_tc` (bf16 tensor cores: compute capability 8.0
+    /// and newer).
+    pub tensor_cores: bool,
 }
 
 impl Kernels {
@@ -181,7 +185,9 @@ impl Kernels {
             scatter_add_rows: function("scatter_add_rows")?,
             columns: function("columns")?,
             attention: function("attention")?,
+            attention_tc: function("attention_tc")?,
             score: function("score")?,
+            tensor_cores: major >= 8,
         })
     }
 }
@@ -205,6 +211,7 @@ mod tests {
         assert_eq!(params("rms_norm").unwrap(), [Ptr, Ptr, Ptr, I64, F32]);
         assert_eq!(params("rope").unwrap(), [Ptr, Ptr, I64, I64, I64, I32, I32, I32]);
         assert_eq!(params("attention").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I32, I32, I32, F32, F32]);
+        assert_eq!(params("attention_tc").unwrap(), [Ptr, Ptr, Ptr, Ptr, I64, I32, I32, I32, I32, F32, F32]);
         assert_eq!(params("scatter_add_rows").unwrap(), [Ptr, Ptr, Ptr, I64]);
         // `scale` is not read as the start of `scale_rows`, nor the other way round.
         assert_eq!(params("scale").unwrap(), [Ptr, I64, F32]);
@@ -220,6 +227,7 @@ mod tests {
             "add_assign",
             "add_row",
             "attention",
+            "attention_tc",
             "columns",
             "embed",
             "gated",
