@@ -143,11 +143,12 @@ fn widths(c: &ModelConfig, groups: std::ops::Range<usize>) -> ShardWidths {
 }
 
 /// Element-wise f32 values moved per token by one block's shard: two norms (read and
-/// write the hidden row), rotating Q and K in place, copying each group's columns for the
-/// row-parallel products, `silu(gate)·up` (read two, write one), and the additions of the
-/// partial sums and residuals (read two, write one).
+/// write the hidden row), rotating Q and K in place, `silu(gate)·up` (read two, write
+/// one), and for each of the two row-parallel products the sum of its groups' parts in one
+/// pass (read each, write one) and the residual's addition (read two, write one). Each
+/// group's columns go straight into its product's operand, uncounted as every operand is.
 fn block_elementwise_values(w: &ShardWidths) -> f64 {
-    4.0 * w.hidden + 2.0 * (w.q + w.kv) + 2.0 * (w.q + w.ffn) + 3.0 * w.ffn + 3.0 * w.hidden * 2.0 * w.groups
+    4.0 * w.hidden + 2.0 * (w.q + w.kv) + 3.0 * w.ffn + 2.0 * (w.groups + 1.0 + 3.0) * w.hidden
 }
 
 /// A shard's attention projections, in values.

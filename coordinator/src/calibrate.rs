@@ -38,12 +38,24 @@ const REPEATS: usize = 7;
 
 /// The median time of `f`'s work on `b`, each run waited for to its end.
 fn median_of<B: Backend>(b: &B, mut f: impl FnMut() -> Result<(), CalibrateError>) -> Result<f64, CalibrateError> {
-    f()?;
+    median_prepared(b, || Ok(()), |()| f())
+}
+
+/// The median time of `run`'s work on `b` on what `prepare` makes afresh for each run
+/// (made and waited for before the clock starts).
+fn median_prepared<B: Backend, T>(
+    b: &B,
+    mut prepare: impl FnMut() -> Result<T, CalibrateError>,
+    mut run: impl FnMut(T) -> Result<(), CalibrateError>,
+) -> Result<f64, CalibrateError> {
+    run(prepare()?)?;
     b.synchronize()?;
     let mut times = Vec::with_capacity(REPEATS);
     for _ in 0..REPEATS {
+        let input = prepare()?;
+        b.synchronize()?;
         let started = Instant::now();
-        f()?;
+        run(input)?;
         b.synchronize()?;
         times.push(started.elapsed().as_secs_f64());
     }
@@ -83,6 +95,13 @@ impl<W> BlockWeights<W> {
     }
 }
 
+/// A row-parallel weight's parts: each group's slice of `width` input columns, with its
+/// weight (one per group, in order).
+fn parts_of<W>(width: usize, weights: &[W]) -> Vec<(std::ops::Range<usize>, &W)> {
+    let g = weights.len();
+    (0..g).map(|k| group_slice(width, g, k..k + 1)).zip(weights).collect()
+}
+
 /// One worker's rates on `b` on micro-batches of `tokens` tokens (sequences of [`SEQUENCE`]).
 fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rates, CalibrateError> {
     let g = c.num_kv_heads;
@@ -97,10 +116,8 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     let matmul = median_of(b, || {
         b.matmul_t(&x, &block.qkv)?;
         b.matmul_t(&x, &block.gate_up)?;
-        for k in 0..g {
-            b.matmul_t(&b.columns(&attended, &[group_slice(q, g, k..k + 1)])?, &block.out[k])?;
-            b.matmul_t(&b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?, &block.down[k])?;
-        }
+        b.matmul_t_parts(&attended, &parts_of(q, &block.out), &DecodeRows::none())?;
+        b.matmul_t_parts(&act, &parts_of(ffn, &block.down), &DecodeRows::none())?;
         Ok(())
     })?;
     let qkv = b.matmul_t(&x, &block.qkv)?;
@@ -117,25 +134,27 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     // The element-wise work of one block on `n` rows, as the cost model counts it.
     let elementwise_on = |n: usize| -> Result<f64, CalibrateError> {
         let random = |cols: usize, seed: u64| b.upload(Matrix::random(n, cols, seed, 0.5));
-        let (x, attended, act, gate_up) = (random(h, 1)?, random(q, 6)?, random(ffn, 7)?, random(2 * ffn, 9)?);
-        let (mut rotated, mut sum) = (random(q + 2 * kv, 10)?, random(h, 11)?);
+        let (x, gate_up) = (random(h, 1)?, random(2 * ffn, 9)?);
+        let (mut rotated, mut residual) = (random(q + 2 * kv, 10)?, random(h, 11)?);
         let positions: Vec<u32> = (0..n).map(|i| (i % SEQUENCE) as u32).collect();
         let rope = &c.ropes[0];
         let rope = b.upload(Matrix::from_vec(n, rope.rotary_dim, rope.table(&positions, &vec![SEQUENCE; n])))?;
-        median_of(b, || {
+        let rest = median_of(b, || {
             b.rms_norm(&x, &norm, c.rms_norm_eps)?;
             b.rms_norm(&x, &norm, c.rms_norm_eps)?;
             b.apply_rope(&mut rotated, &rope, 0..q + kv, c.head_dim, c.rope_style)?;
-            for k in 0..g {
-                b.columns(&attended, &[group_slice(q, g, k..k + 1)])?;
-                b.columns(&act, &[group_slice(ffn, g, k..k + 1)])?;
-            }
             b.gated(&gate_up, c.block.activation)?;
-            for _ in 0..2 * g {
-                b.add_assign(&mut sum, &x)?;
-            }
+            b.add_assign(&mut residual, &x)?;
+            b.add_assign(&mut residual, &x)?;
             Ok(())
-        })
+        })?;
+        // A row-parallel product's parts summed in group order, twice a block.
+        let partials = || (0..g).map(|k| random(h, 20 + k as u64)).collect::<Result<Vec<_>, _>>().map_err(Into::into);
+        let sum = median_prepared(b, partials, |parts| {
+            b.add_in_order(parts)?;
+            Ok(())
+        })?;
+        Ok(rest + 2.0 * sum)
     };
     let elementwise = elementwise_on(tokens)?;
     // On one row, what is left is the cost of its many small operations.

@@ -10,7 +10,7 @@ use evalmesh_common::config::{Activation, Rope, RopeScaling};
 use evalmesh_common::protocol::GpuPrecision;
 use evalmesh_common::{RopeStyle, TreeLayout};
 use evalmesh_worker::backend::cuda::{probe, skip_without_gpu, CudaBackend, MATMUL_ROWS};
-use evalmesh_worker::backend::{AttentionSpec, HeadLayout};
+use evalmesh_worker::backend::{AttentionSpec, DecodeRows, HeadLayout};
 use evalmesh_worker::{Backend, CpuBackend, DeviceMemory, Matrix};
 
 /// The GPU backend, or `None` (with the reason printed) where there is no usable GPU.
@@ -101,6 +101,36 @@ fn random_weights_are_the_cpus_drawn_on_the_device() {
     // relative error of at most 2⁻⁹ of values up to 0.5.
     assert_close("random weights", &got, &bf16_rounded(&want), 0.0);
     assert_close("random weights, unrounded", &got, &want, 0.5f32.powi(9));
+}
+
+#[test]
+fn row_parallel_parts_and_their_sum_have_the_plain_ops_bits() {
+    let Some(gpu) = gpu() else { return };
+    let x = gpu.upload(Matrix::random(MATMUL_ROWS + 7, 576, 20, 1.0)).unwrap();
+    let groups = [0..64, 64..320, 320..576];
+    let weights: Vec<_> = groups
+        .iter()
+        .zip(30..)
+        .map(|(cols, seed)| gpu.upload_weight(Matrix::random(300, cols.len(), seed, 1.0)).unwrap())
+        .collect();
+    let parts: Vec<_> = groups.iter().cloned().zip(&weights).collect();
+    let got = gpu.matmul_t_parts(&x, &parts, &DecodeRows::none()).unwrap();
+    let mut want = Vec::new();
+    for ((cols, w), part) in parts.iter().zip(&got) {
+        // Each part's columns converted straight into its operand: the bits of copying
+        // them out first, then multiplying.
+        let plain =
+            gpu.download(&gpu.matmul_t(&gpu.columns(&x, std::slice::from_ref(cols)).unwrap(), w).unwrap()).unwrap();
+        let part = gpu.download(part).unwrap();
+        assert!(part.data.iter().zip(&plain.data).all(|(a, b)| a.to_bits() == b.to_bits()), "columns {cols:?}");
+        want.push(part);
+    }
+    // The sum in one pass: ((p₀ + p₁) + p₂) in f32, as adding them one by one.
+    let sum = gpu.download(&gpu.add_in_order(got).unwrap().unwrap()).unwrap();
+    for (i, &s) in sum.data.iter().enumerate() {
+        let folded = (want[0].data[i] + want[1].data[i]) + want[2].data[i];
+        assert_eq!(s.to_bits(), folded.to_bits(), "element {i}: {s} against {folded}");
+    }
 }
 
 #[test]

@@ -65,13 +65,15 @@ extern "C" __global__ void random_weight(unsigned short* y16, float* y32, long l
     }
 }
 
-// A matrix product's operand: x (rows x cols, f32) as bf16 in `y16` or as f32 in `y32`
-// (whichever is not null), padded_rows x cols: the rows past `rows` are zeros.
+// A matrix product's operand: columns [col_start, col_start + cols) of x (rows x width,
+// f32) as bf16 in `y16` or as f32 in `y32` (whichever is not null), padded_rows x cols:
+// the rows past `rows` are zeros.
 extern "C" __global__ void to_operand(const float* x, unsigned short* y16, float* y32, long long rows,
-                                      long long padded_rows, long long cols) {
-    long long n = padded_rows * cols, valid = rows * cols;
+                                      long long padded_rows, long long width, long long col_start, long long cols) {
+    long long n = padded_rows * cols;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        float v = i < valid ? x[i] : 0.0f;
+        long long r = i / cols;
+        float v = r < rows ? x[r * width + col_start + i % cols] : 0.0f;
         if (y16) y16[i] = f32_to_bf16(v);
         else y32[i] = v;
     }
@@ -141,6 +143,17 @@ extern "C" __global__ void gated(const float* gate_up, float* y, long long rows,
 extern "C" __global__ void add_assign(float* x, const float* y, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         x[i] += y[i];
+    }
+}
+
+// ((x + y[0]) + y[1]) + ... into x, for the n values of x and of each of the `count`
+// tensors whose addresses `ys` holds: the sum of a row-parallel product's parts in group
+// order, in one pass.
+extern "C" __global__ void add_all_in_order(float* x, const unsigned long long* ys, long long count, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float v = x[i];
+        for (long long k = 0; k < count; k++) v += ((const float*)ys[k])[i];
+        x[i] = v;
     }
 }
 

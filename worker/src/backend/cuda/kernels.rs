@@ -125,6 +125,7 @@ pub struct Kernels {
     pub rope: Kernel,
     pub gated: Kernel,
     pub add_assign: Kernel,
+    pub add_all_in_order: Kernel,
     pub add_row: Kernel,
     pub scale: Kernel,
     pub scale_rows: Kernel,
@@ -177,6 +178,7 @@ impl Kernels {
             rope: function("rope")?,
             gated: function("gated")?,
             add_assign: function("add_assign")?,
+            add_all_in_order: function("add_all_in_order")?,
             add_row: function("add_row")?,
             scale: function("scale")?,
             scale_rows: function("scale_rows")?,
@@ -213,6 +215,8 @@ mod tests {
         assert_eq!(params("attention").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I32, I32, I32, F32, F32]);
         assert_eq!(params("attention_tc").unwrap(), [Ptr, Ptr, Ptr, Ptr, I64, I32, I32, I32, I32, F32, F32]);
         assert_eq!(params("scatter_add_rows").unwrap(), [Ptr, Ptr, Ptr, I64]);
+        assert_eq!(params("to_operand").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I64, I64, I64]);
+        assert_eq!(params("add_all_in_order").unwrap(), [Ptr, Ptr, I64, I64]);
         // `scale` is not read as the start of `scale_rows`, nor the other way round.
         assert_eq!(params("scale").unwrap(), [Ptr, I64, F32]);
         assert_eq!(params("scale_rows").unwrap(), [Ptr, Ptr, I64, I64]);
@@ -224,6 +228,7 @@ mod tests {
         let mut names = kernel_names();
         names.sort_unstable();
         let loaded = [
+            "add_all_in_order",
             "add_assign",
             "add_row",
             "attention",

@@ -12,7 +12,7 @@ use evalmesh_common::{RopeStyle, TokenScore, TreeLayout};
 
 use super::backend::{blocks, check, failed, Arg, CudaBackend, CudaTensor, CudaWeight, MATMUL_ROWS, THREADS};
 use crate::backend::error::BackendError;
-use crate::backend::{rope_shape_problem, AttentionSpec, Backend, HeadLayout, MatmulStats};
+use crate::backend::{rope_shape_problem, AttentionSpec, Backend, DecodeRows, HeadLayout, MatmulStats};
 
 /// The most blocks a grid's second dimension holds.
 const MAX_GRID_Y: usize = 65_535;
@@ -38,36 +38,41 @@ impl Backend for CudaBackend {
     }
 
     fn matmul_t(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor, BackendError> {
-        let (m, n, k) = (x.rows, w.out_features, w.in_features);
-        check(x.cols == k, || format!("matmul of {m}×{} by ({n}×{k})ᵀ", x.cols))?;
-        let padded = m.div_ceil(MATMUL_ROWS).max(1) * MATMUL_ROWS;
-        let bytes = Self::operand_type(self.precision).0;
-        let operand = self.pool.take(padded * k * bytes)?;
-        let [y16, y32] = Self::by_type(operand.ptr(), self.precision);
+        self.matmul_t_columns(x, 0..x.cols, w)
+    }
+
+    /// Each part's columns straight into its product's operand, with no f32 copy of them.
+    fn matmul_t_parts(
+        &self,
+        x: &CudaTensor,
+        parts: &[(Range<usize>, &CudaWeight)],
+        _decode: &DecodeRows,
+    ) -> Result<Vec<CudaTensor>, BackendError> {
+        parts.iter().map(|(cols, w)| self.matmul_t_columns(x, cols.clone(), w)).collect()
+    }
+
+    /// The first tensor plus the others, in order, in one pass.
+    fn add_in_order(&self, tensors: impl IntoIterator<Item = CudaTensor>) -> Result<Option<CudaTensor>, BackendError> {
+        let mut tensors = tensors.into_iter();
+        let Some(sum) = tensors.next() else { return Ok(None) };
+        let rest: Vec<CudaTensor> = tensors.collect();
+        check(rest.iter().all(|t| (t.rows, t.cols) == (sum.rows, sum.cols)), || {
+            format!("a sum of tensors of other shapes than {}×{}", sum.rows, sum.cols)
+        })?;
+        let n = sum.rows * sum.cols;
+        if rest.is_empty() || n == 0 {
+            return Ok(Some(sum));
+        }
+        let addresses: Vec<u64> = rest.iter().map(CudaTensor::ptr).collect();
+        let addresses = self.upload_values(&addresses)?;
         self.launch(
-            &self.kernels.to_operand,
-            Self::grid_stride(padded * k),
+            &self.kernels.add_all_in_order,
+            Self::grid_stride(n),
             THREADS,
             0,
-            &mut [Arg::Ptr(x.ptr()), y16, y32, Arg::I64(m as i64), Arg::I64(padded as i64), Arg::I64(k as i64)],
+            &mut [Arg::Ptr(sum.ptr()), Arg::Ptr(addresses.ptr()), Arg::I64(rest.len() as i64), Arg::I64(n as i64)],
         )?;
-        let out = self.output(m, n, padded)?;
-        let start = self.event()?;
-        for block in 0..padded / MATMUL_ROWS {
-            let x_block = operand.ptr() + (block * MATMUL_ROWS * k * bytes) as u64;
-            let y_block = out.ptr() + (block * MATMUL_ROWS * n * 4) as u64;
-            // SAFETY: the operand holds `padded` rows of k and the weight n × k, both in the
-            // backend's precision; the output `padded` f32 rows of n.
-            unsafe { self.gemm(x_block, w.buffer.ptr(), y_block, (MATMUL_ROWS, n, k), self.precision) }?;
-        }
-        let end = self.event()?;
-        self.matmul_flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
-        let mut events = self.matmul_events.lock().unwrap_or_else(|p| p.into_inner());
-        events.0.push((start, end));
-        if events.0.len() >= PENDING_EVENTS {
-            settle(&mut events);
-        }
-        Ok(out)
+        Ok(Some(sum))
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f64) -> Result<CudaTensor, BackendError> {
@@ -370,6 +375,54 @@ impl Backend for CudaBackend {
 const PENDING_EVENTS: usize = 512;
 
 /// Adds the times of the pending products to the total (waiting for the last to finish).
+impl CudaBackend {
+    /// `x[:, cols] · wᵀ`: the columns converted to the operand type into a buffer of whole
+    /// [`MATMUL_ROWS`] blocks (zero rows past x's), multiplied block by block.
+    fn matmul_t_columns(&self, x: &CudaTensor, cols: Range<usize>, w: &CudaWeight) -> Result<CudaTensor, BackendError> {
+        let (m, n, k) = (x.rows, w.out_features, w.in_features);
+        check(cols.len() == k && cols.end <= x.cols, || {
+            format!("matmul of {m}×{} columns {cols:?} by ({n}×{k})ᵀ", x.cols)
+        })?;
+        let padded = m.div_ceil(MATMUL_ROWS).max(1) * MATMUL_ROWS;
+        let bytes = Self::operand_type(self.precision).0;
+        let operand = self.pool.take(padded * k * bytes)?;
+        let [y16, y32] = Self::by_type(operand.ptr(), self.precision);
+        self.launch(
+            &self.kernels.to_operand,
+            Self::grid_stride(padded * k),
+            THREADS,
+            0,
+            &mut [
+                Arg::Ptr(x.ptr()),
+                y16,
+                y32,
+                Arg::I64(m as i64),
+                Arg::I64(padded as i64),
+                Arg::I64(x.cols as i64),
+                Arg::I64(cols.start as i64),
+                Arg::I64(k as i64),
+            ],
+        )?;
+        let out = self.output(m, n, padded)?;
+        let start = self.event()?;
+        for block in 0..padded / MATMUL_ROWS {
+            let x_block = operand.ptr() + (block * MATMUL_ROWS * k * bytes) as u64;
+            let y_block = out.ptr() + (block * MATMUL_ROWS * n * 4) as u64;
+            // SAFETY: the operand holds `padded` rows of k and the weight n × k, both in the
+            // backend's precision; the output `padded` f32 rows of n.
+            unsafe { self.gemm(x_block, w.buffer.ptr(), y_block, (MATMUL_ROWS, n, k), self.precision) }?;
+        }
+        let end = self.event()?;
+        self.matmul_flops.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+        let mut events = self.matmul_events.lock().unwrap_or_else(|p| p.into_inner());
+        events.0.push((start, end));
+        if events.0.len() >= PENDING_EVENTS {
+            settle(&mut events);
+        }
+        Ok(out)
+    }
+}
+
 fn settle(events: &mut (Vec<(CudaEvent, CudaEvent)>, f64)) {
     let (pending, seconds) = events;
     for (start, end) in pending.drain(..) {
