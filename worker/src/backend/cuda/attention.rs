@@ -40,53 +40,39 @@ impl CudaBackend {
         }
         let spans = attention_spans(trees, qkv.rows, spec.window);
         let device_spans = self.upload_values(&spans)?;
-        if self.precision == GpuPrecision::Bf16 && self.kernels.tensor_cores && heads.head_dim.is_multiple_of(16) {
-            let group = heads.num_heads / heads.num_kv_heads;
-            let heads_per_block = [4, 2, 1].into_iter().find(|h| group.is_multiple_of(*h)).unwrap_or(1);
-            let tiles = attention_tiles(trees, &spans, 16 * 4 / heads_per_block);
-            let tile_count = tiles.len() / 8;
-            let tiles = self.upload_values(&tiles)?;
-            self.launch(
+        let tensor_cores =
+            self.precision == GpuPrecision::Bf16 && self.kernels.tensor_cores && heads.head_dim.is_multiple_of(16);
+        let group = heads.num_heads / heads.num_kv_heads;
+        let heads_per_block = [4, 2, 1].into_iter().find(|h| group.is_multiple_of(*h)).unwrap_or(1);
+        let tiles = tensor_cores.then(|| attention_tiles(trees, &spans, 16 * 4 / heads_per_block));
+        let device_tiles = tiles.as_ref().map(|t| self.upload_values(t)).transpose()?;
+        // Each kernel's launch and leading arguments; the head layout and the spec follow.
+        let (kernel, grid, shared, mut args) = match (&tiles, &device_tiles) {
+            (Some(tiles), Some(device_tiles)) => (
                 &self.kernels.attention_tc,
-                (tile_count as u32, (heads.num_heads / heads_per_block) as u32),
-                128,
+                (tiles.len() as u32 / 8, (heads.num_heads / heads_per_block) as u32),
                 0,
-                &mut [
-                    Arg::Ptr(qkv.ptr()),
-                    Arg::Ptr(out.ptr()),
-                    Arg::Ptr(device_spans.ptr()),
-                    Arg::Ptr(tiles.ptr()),
-                    Arg::I64(qkv.cols as i64),
-                    Arg::I32(heads.num_heads as i32),
-                    Arg::I32(heads.num_kv_heads as i32),
-                    Arg::I32(heads.head_dim as i32),
-                    Arg::I32(heads_per_block as i32),
-                    Arg::F32(spec.scale),
-                    Arg::F32(spec.softcap.unwrap_or(0.0)),
-                ],
-            )?;
-            return Ok(out);
-        }
-        let items = qkv.rows * heads.num_heads;
-        let warps_per_block = 4;
-        self.launch(
-            &self.kernels.attention,
-            (blocks(items, warps_per_block), 1),
-            32 * warps_per_block as u32,
-            (warps_per_block * heads.head_dim * 4) as u32,
-            &mut [
-                Arg::Ptr(qkv.ptr()),
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(device_spans.ptr()),
-                Arg::I64(qkv.rows as i64),
-                Arg::I64(qkv.cols as i64),
-                Arg::I32(heads.num_heads as i32),
-                Arg::I32(heads.num_kv_heads as i32),
-                Arg::I32(heads.head_dim as i32),
-                Arg::F32(spec.scale),
-                Arg::F32(spec.softcap.unwrap_or(0.0)),
-            ],
-        )?;
+                vec![Arg::Ptr(device_tiles.ptr()), Arg::I32(heads_per_block as i32)],
+            ),
+            // One warp per (row, head), four to a block, each with its query in shared memory.
+            _ => (
+                &self.kernels.attention,
+                (blocks(qkv.rows * heads.num_heads, 4), 1),
+                (4 * heads.head_dim * 4) as u32,
+                vec![Arg::I64(qkv.rows as i64)],
+            ),
+        };
+        let mut all = vec![Arg::Ptr(qkv.ptr()), Arg::Ptr(out.ptr()), Arg::Ptr(device_spans.ptr())];
+        all.append(&mut args);
+        all.extend([
+            Arg::I64(qkv.cols as i64),
+            Arg::I32(heads.num_heads as i32),
+            Arg::I32(heads.num_kv_heads as i32),
+            Arg::I32(heads.head_dim as i32),
+            Arg::F32(spec.scale),
+            Arg::F32(spec.softcap.unwrap_or(0.0)),
+        ]);
+        self.launch(kernel, grid, 128, shared, &mut all)?;
         Ok(out)
     }
 }

@@ -268,8 +268,8 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned int* a, unsign
 }
 
 extern "C" __global__ void attention_tc(const float* qkv, float* out, const long long* spans, const long long* tiles,
-                                        long long width, int num_heads, int num_kv_heads, int head_dim,
-                                        int heads_per_block, float scale, float softcap) {
+                                        int heads_per_block, long long width, int num_heads, int num_kv_heads,
+                                        int head_dim, float scale, float softcap) {
     __shared__ __align__(16) unsigned short keys[TC_KEYS][TC_MAX_DIM + 8];
     __shared__ __align__(16) unsigned short values_t[TC_MAX_DIM][TC_KEYS + 8];
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
