@@ -16,7 +16,7 @@
 # On the GPU machine, from this repository's root with DIR (target/device-check here) carried
 # along (8 minutes at most; what the parts check: scripts/device/run.sh):
 #   d=$(mktemp -d) && tar -xJf target/device-check/evalmesh-check.tar.xz -C "$d" && "$d"/evalmesh-check/run.sh "$OUT"
-# It writes OUT/summary.json, OUT/check.log and a log per part.
+# It writes OUT/summary.json, OUT/check.log and OUT/parts.tar.xz (each part's log and output).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${EVALMESH_SHARED:-$repo/../shared}"

@@ -236,7 +236,7 @@ def summary(pack, out):
     for c in checks:
         mark = {True: "pass", False: "FAIL", None: "MISSING"}[c["passed"]]
         print(f"{mark:7} {c['check']}: {c['detail']}")
-    print(f"\n{'every check passed' if result['passed'] else 'some checks failed or did not run'}; summary in {out}/summary.json")
+    print(f"\n{'every check passed' if result['passed'] else 'some checks failed or did not run'}; the summary: summary.json beside this log")
     return 0 if result["passed"] else 1
 
 

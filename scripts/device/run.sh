@@ -16,17 +16,21 @@
 #               single process's bits
 #   bench-*     a Llama-3.2-1B-shaped model of random bf16 weights over wikitext in
 #               512-token windows, beside PyTorch eager and PyTorch's SDPA attention
-# Writes OUT/summary.json (check.py summary), OUT/check.log and each part's log.
+# Writes OUT/summary.json (check.py summary), OUT/check.log and OUT/parts.tar.xz (each
+# part's log and output): three files, as a device tool that brings back few files wants.
 #
 # Usage: run.sh OUT [cpu]   (cpu: the dry run scripts/device-check.sh --dry-run makes here,
 #                           every part on the CPU that can run there, without the benchmark)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${1:?usage: run.sh OUT [cpu]}"
+results="${1:?usage: run.sh OUT [cpu]}"
 device="${2:-cuda}"
+mkdir -p "$results"
+results="$(cd "$results" && pwd)"
+# The parts write into a work folder, packed into OUT at the end.
+out="$(mktemp -d)"
 mkdir -p "$out/oracles"
-out="$(cd "$out" && pwd)"
-exec > >(tee "$out/check.log") 2>&1
+exec > >(tee "$results/check.log") 2>&1
 echo "$device" > "$out/device.txt"
 export EVALMESH_CACHE="$out/cache" RUST_LOG="${RUST_LOG:-info}"
 [ "$device" = cuda ] && export EVALMESH_REQUIRE_GPU=1
@@ -139,3 +143,8 @@ if [ "$device" = cuda ]; then
 fi
 
 python3 "$here/check.py" summary "$here" "$out"
+status=$?
+cp "$out/summary.json" "$results/" 2>/dev/null
+tar -cJf "$results/parts.tar.xz" -C "$out" --exclude=./cache .
+rm -rf "$out"
+exit "$status"

@@ -370,11 +370,6 @@ impl Backend for CudaBackend {
     }
 }
 
-/// Matrix products whose events are kept before their times are added up (about one forward
-/// pass of a large model): bounds the events held, at the cost of waiting for them then.
-const PENDING_EVENTS: usize = 512;
-
-/// Adds the times of the pending products to the total (waiting for the last to finish).
 impl CudaBackend {
     /// `x[:, cols] · wᵀ`: the columns converted to the operand type into a buffer of whole
     /// [`MATMUL_ROWS`] blocks (zero rows past x's), multiplied block by block.
@@ -423,6 +418,11 @@ impl CudaBackend {
     }
 }
 
+/// Matrix products whose events are kept before their times are added up (about one forward
+/// pass of a large model): bounds the events held, at the cost of waiting for them then.
+const PENDING_EVENTS: usize = 512;
+
+/// Adds the times of the pending products to the total (waiting for the last to finish).
 fn settle(events: &mut (Vec<(CudaEvent, CudaEvent)>, f64)) {
     let (pending, seconds) = events;
     for (start, end) in pending.drain(..) {
