@@ -109,6 +109,11 @@ pub struct HardwareProfile {
     /// products): what a run's matrix rate is a share of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matmul_peak_flops_per_s: Option<f64>,
+    /// The evalmesh build whose kernels and cost model a calibration measured: a run
+    /// measures again rather than predict from a cached profile of another build, whose
+    /// rates belong to other kernels. `None` for a datasheet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_by: Option<String>,
     pub same_node: Link,
     pub across_nodes: Link,
 }
@@ -157,6 +162,7 @@ impl HardwareProfile {
                 decode_row_flops_per_s: None,
             }],
             matmul_peak_flops_per_s: None,
+            measured_by: None,
             same_node: Link { latency_s: 10e-6, bytes_per_s: link_gb_per_s * 1e9 },
             // 400 Gb/s InfiniBand per GPU.
             across_nodes: Link { latency_s: 20e-6, bytes_per_s: 50e9 },

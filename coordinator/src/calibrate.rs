@@ -6,7 +6,7 @@
 //! cuda`) on GPU 0, with the GPU's bf16 matrix peak beside. Under `mpirun` it also times
 //! the link between ranks 0 and 1 with the activation messages.
 
-use std::time::Instant;
+use std::time::{Instant, UNIX_EPOCH};
 
 use evalmesh_common::cost::{block_work, head_work, BatchShape};
 use evalmesh_common::hardware::{HardwareProfile, Link, Rates, GPU_OVERHEAD_BYTES};
@@ -293,6 +293,18 @@ pub fn measure_link(
 }
 
 /// This machine's name, for profiles and their cache file.
+/// This build, as what a calibration measures depends on it: evalmesh's version and its
+/// executable's size and modification time, which a rebuild changes.
+pub fn build_identity() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let exe = std::env::current_exe().and_then(|path| path.metadata());
+    let modified = exe.as_ref().ok().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    match (exe, modified) {
+        (Ok(m), Some(t)) => format!("evalmesh {version}, executable of {} bytes modified at {}", m.len(), t.as_secs()),
+        _ => format!("evalmesh {version}, executable unknown"),
+    }
+}
+
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string())
 }
@@ -352,6 +364,7 @@ fn calibrate_cuda(
         devices_per_node: gpu.visible,
         rates: vec![median_rates(&rounds)],
         matmul_peak_flops_per_s: Some(peak),
+        measured_by: Some(build_identity()),
         same_node: link.unwrap_or(assumed),
         across_nodes: link.unwrap_or(assumed),
     })
@@ -388,6 +401,7 @@ fn calibrate_cpu(
         devices_per_node: cores,
         rates,
         matmul_peak_flops_per_s: None,
+        measured_by: Some(build_identity()),
         same_node: link.unwrap_or(assumed),
         across_nodes: link.unwrap_or(assumed),
     })

@@ -9,7 +9,7 @@ use evalmesh_common::hardware::{HardwareProfile, ProfileError};
 use evalmesh_common::protocol::Device;
 use evalmesh_common::{MicroBatch, ModelConfig, ParallelLayout, PlanError, ScoreTree, StageSpec};
 
-use crate::calibrate::{calibrate, host_name, CalibrateError};
+use crate::calibrate::{build_identity, calibrate, host_name, CalibrateError};
 use crate::engine::pack_micro_batches;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +40,10 @@ pub fn write_profile(profile: &HardwareProfile, path: &Path) -> Result<(), Predi
     crate::results::write_atomically(path, (text + "\n").as_bytes()).map_err(io)
 }
 
-/// The profile for a run on `device`: `--profile FILE`, else this host's cached one, else a
-/// quick calibration now (a few seconds, without links), cached for the next runs. A GPU
-/// run whose coordinator sees no GPU predicts from the H100's datasheet instead, and says so.
+/// The profile for a run on `device`: `--profile FILE`, else this host's cached one if this
+/// build measured it, else a quick calibration now (a few seconds, without links), cached
+/// for the next runs. A GPU run whose coordinator sees no GPU predicts from the H100's
+/// datasheet instead, and says so.
 pub fn run_profile(
     given: Option<&Path>,
     cache: &Path,
@@ -54,12 +55,18 @@ pub fn run_profile(
         return Ok(HardwareProfile::read(path)?);
     }
     let cached = cached_profile_path(cache, device);
-    if cached.is_file() {
-        if let Ok(profile) = HardwareProfile::read(&cached) {
-            return Ok(profile);
-        }
+    match HardwareProfile::read(&cached) {
+        Ok(profile) if profile.measured_by.as_deref() == Some(build_identity().as_str()) => return Ok(profile),
+        Ok(_) => log::info!(
+            "the {} profile cached at {} was measured by another build of evalmesh: measuring again",
+            device.name(),
+            cached.display()
+        ),
+        Err(_) => log::info!(
+            "no {} profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)",
+            device.name()
+        ),
     }
-    log::info!("no {} profile for this host yet: measuring it (evalmesh calibrate does it thoroughly)", device.name());
     let profile = match (calibrate(config, batch_tokens.min(2048), None, 0.0, device), device) {
         (Ok(profile), _) => profile,
         (Err(e), Device::Cuda { .. }) => {

@@ -138,3 +138,37 @@ fn tensor_parallel_sums_are_a_reduce_scatter_in_the_cost_model() {
     assert!(tp2 < tp4 && tp4 < tp8, "{tp2} {tp4} {tp8}");
     assert!(plan["chosen"]["rejected"].is_null());
 }
+
+/// A profile cached by another build is measured again (its rates belong to other kernels
+/// and another cost model), and the new one is then reused.
+#[test]
+fn a_profile_cached_by_another_build_is_measured_again() {
+    use evalmesh_common::hardware::HardwareProfile;
+    let cache = tempfile::tempdir().unwrap();
+    let path = evalmesh::prediction::cached_profile_path(
+        cache.path(),
+        evalmesh_common::protocol::Device::Cpu { weights: evalmesh_common::protocol::WeightsInMemory::Auto },
+    );
+    let mut stale = HardwareProfile::built_in("h100").unwrap();
+    stale.name = "stale".into();
+    stale.measured_by = Some("evalmesh 0.0.0, another build".into());
+    std::fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
+    let model = fixture("smollm2-135m.json");
+    let plan = || {
+        let output = std::process::Command::new(evalmesh_tests::evalmesh_bin())
+            .args(["plan", "--model", &model, "--workers", "1", "--json"])
+            .env("EVALMESH_CACHE", cache.path())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let first = plan();
+    assert!(first.contains("was measured by another build of evalmesh: measuring again"), "{first}");
+    let measured = HardwareProfile::read(&path).unwrap();
+    assert_ne!(measured.name, "stale");
+    assert!(measured.measured_by.as_deref().is_some_and(|b| b.starts_with("evalmesh ") && !b.contains("another")));
+    let second = plan();
+    assert!(!second.contains("measuring"), "the profile this build measured is reused: {second}");
+}
