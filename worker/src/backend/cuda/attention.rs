@@ -2,13 +2,14 @@
 //! as runs of rows, worked out on the host from the trees and the layer's sliding window
 //! ([`attention_spans`]), and a kernel of `kernels.cu` over them, with the layer's scale
 //! and score cap: on the bf16 path `attention_tc` (tensor cores, over the query tiles of
-//! [`attention_tiles`]) where the device and head width allow it, else `attention` (f32).
+//! [`attention_tiles`]) where the device and head width allow it (a multiple of 16 up to
+//! 128), else `attention` (f32, heads up to 256).
 
 use evalmesh_common::TreeLayout;
 
 use evalmesh_common::protocol::GpuPrecision;
 
-use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, MAX_HEAD_DIM};
+use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, MAX_HEAD_DIM, TENSOR_CORE_HEAD_DIM};
 use crate::backend::error::BackendError;
 use crate::backend::{AttentionSpec, HeadLayout};
 
@@ -40,8 +41,10 @@ impl CudaBackend {
         }
         let spans = attention_spans(trees, qkv.rows, spec.window);
         let device_spans = self.upload_values(&spans)?;
-        let tensor_cores =
-            self.precision == GpuPrecision::Bf16 && self.kernels.tensor_cores && heads.head_dim.is_multiple_of(16);
+        let tensor_cores = self.precision == GpuPrecision::Bf16
+            && self.kernels.tensor_cores
+            && heads.head_dim.is_multiple_of(16)
+            && heads.head_dim <= TENSOR_CORE_HEAD_DIM;
         let group = heads.num_heads / heads.num_kv_heads;
         let heads_per_block = [4, 2, 1].into_iter().find(|h| group.is_multiple_of(*h)).unwrap_or(1);
         let tiles = tensor_cores.then(|| attention_tiles(trees, &spans, 16 * 4 / heads_per_block));

@@ -33,8 +33,11 @@ use crate::backend::memory::DeviceMemory;
 /// shapes of 1B–70B models, small enough that padding a micro-batch costs little.
 pub const MATMUL_ROWS: usize = 2048;
 
-/// The widest attention head the kernel holds (4 values per lane of a warp).
-pub(super) const MAX_HEAD_DIM: usize = 128;
+/// The widest attention head the kernels hold: `attention`'s (8 values per lane of a warp,
+/// its SIMT_MAX_DIM); `attention_tc` takes heads up to [`TENSOR_CORE_HEAD_DIM`].
+pub(super) const MAX_HEAD_DIM: usize = 256;
+/// The widest head `attention_tc` holds (its TC_MAX_DIM).
+pub(super) const TENSOR_CORE_HEAD_DIM: usize = 128;
 
 /// An f32 activation on the device: `rows × cols`, row-major, in a pool buffer that may be
 /// longer (the padded rows of a matrix product).

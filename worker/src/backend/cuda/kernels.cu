@@ -177,8 +177,11 @@ extern "C" __global__ void columns(const float* x, float* y, long long width, lo
 // a sliding window is applied by the host, which shortens the runs from their start.
 // A score is (q * scale) . k, capped to softcap * tanh(s / softcap) when softcap > 0.
 // The keys are taken in chunks of 32 from the start of each run, one key per lane, with an
-// online softmax in f32, so a row's result depends only on its own keys. head_dim <= 128.
+// online softmax in f32, so a row's result depends only on its own keys. head_dim <=
+// SIMT_MAX_DIM.
 // out is rows x (num_heads * head_dim). Block: 128 threads (4 warps); shared memory 4 * head_dim floats.
+#define SIMT_MAX_DIM 256
+
 extern "C" __global__ void attention(const float* qkv, float* out, const long long* spans, long long rows,
                                      long long width, int num_heads, int num_kv_heads, int head_dim, float scale,
                                      float softcap) {
@@ -196,7 +199,7 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
     long long v_col = k_col + (long long)num_kv_heads * head_dim;
     const long long* span = spans + 4 * row;
     float m = NEG_INF, l = 0.0f;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[SIMT_MAX_DIM / WARP] = {};
     for (int run = 0; run < 2; run++) {
         long long start = span[2 * run], len = span[2 * run + 1];
         for (long long base = 0; base < len; base += WARP) {
@@ -213,12 +216,14 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
             float p = valid ? expf(s - m_new) : 0.0f;
             float correction = m == NEG_INF ? 0.0f : expf(m - m_new);
             l = l * correction + warp_sum(p);
-            for (int i = 0; i < 4; i++) acc[i] *= correction;
+#pragma unroll
+            for (int i = 0; i < SIMT_MAX_DIM / WARP; i++) acc[i] *= correction;
             int n = (int)min((long long)WARP, len - base);
             for (int j = 0; j < n; j++) {
                 float pj = __shfl_sync(0xffffffffu, p, j);
                 const float* v = qkv + (start + base + j) * width + v_col;
-                for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int i = 0; i < SIMT_MAX_DIM / WARP; i++) {
                     int d = lane + WARP * i;
                     if (d < head_dim) acc[i] += pj * v[d];
                 }
@@ -227,7 +232,8 @@ extern "C" __global__ void attention(const float* qkv, float* out, const long lo
         }
     }
     float* o = out + row * (long long)num_heads * head_dim + (long long)head * head_dim;
-    for (int i = 0; i < 4; i++) {
+#pragma unroll
+    for (int i = 0; i < SIMT_MAX_DIM / WARP; i++) {
         int d = lane + WARP * i;
         if (d < head_dim) o[d] = acc[i] / l;
     }
