@@ -144,11 +144,14 @@ fn widths(c: &ModelConfig, groups: std::ops::Range<usize>) -> ShardWidths {
 
 /// Element-wise f32 values moved per token by one block's shard: two norms (read and
 /// write the hidden row), rotating Q and K in place, `silu(gate)·up` (read two, write
-/// one), and for each of the two row-parallel products the sum of its groups' parts in one
-/// pass (read each, write one) and the residual's addition (read two, write one). Each
-/// group's columns go straight into its product's operand, uncounted as every operand is.
-fn block_elementwise_values(w: &ShardWidths) -> f64 {
-    4.0 * w.hidden + 2.0 * (w.q + w.kv) + 3.0 * w.ffn + 2.0 * (w.groups + 1.0 + 3.0) * w.hidden
+/// one), and for each of the two row-parallel products the residual's addition (read two,
+/// write one) after, where the shard holds every group (`local_sum`), the sum of its
+/// groups' parts in one pass (read each, write one); a tensor-parallel shard's sums are
+/// [`shard_sum_seconds`]'. Each group's columns go straight into its product's operand,
+/// uncounted as every operand is.
+fn block_elementwise_values(w: &ShardWidths, local_sum: bool) -> f64 {
+    let parts = if local_sum { w.groups + 1.0 } else { 0.0 };
+    4.0 * w.hidden + 2.0 * (w.q + w.kv) + 3.0 * w.ffn + 2.0 * (parts + 3.0) * w.hidden
 }
 
 /// A shard's attention projections, in values.
@@ -167,6 +170,7 @@ fn mlp_weights(c: &ModelConfig, w: &ShardWidths, mlps: usize) -> f64 {
 /// weight once for all of them (of a mixture, the experts their tokens choose, at most all)
 /// and their caches' keys and values.
 pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &BatchShape) -> Work {
+    let local_sum = groups.len() == c.num_kv_heads;
     let w = widths(c, groups);
     let tokens = shape.tokens as f64;
     let weights = attention_weights(&w) + mlp_weights(c, &w, c.active_mlps());
@@ -176,7 +180,7 @@ pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &Batch
     Work {
         matmul_flops: 2.0 * (shape.tokens - shape.decode_rows) as f64 * weights,
         attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
-        elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w),
+        elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w, local_sum),
         streamed_values: weights_read + shape.cached_keys as f64 * 2.0 * w.kv,
         decode_flops,
         block_passes: if shape.tokens > 0 { 1.0 } else { 0.0 },
@@ -451,6 +455,12 @@ mod tests {
         let half = block_work(&c, 1..2, &shape);
         assert_eq!(half.matmul_flops, 2.0 * 10.0 * (8.0 * (4.0 + 4.0) + 4.0 * 8.0 + 3.0 * 8.0 * 6.0));
         assert_eq!(half.attention_flops, w.attention_flops / 2.0);
+        // Element-wise values a token: norms 4·8, rotation 2·(8 + 4), gate 3·12, and per
+        // row-parallel product the residual's addition (3·8) and, where the shard holds
+        // both groups, their parts' sum (3·8); a tensor-parallel shard's sums are the
+        // shard sum's, with half the rotated and gated widths.
+        assert_eq!(w.elementwise_bytes, 4.0 * 10.0 * (32.0 + 24.0 + 36.0 + 2.0 * (24.0 + 24.0)));
+        assert_eq!(half.elementwise_bytes, 4.0 * 10.0 * (32.0 + 12.0 + 18.0 + 2.0 * 24.0));
         let head =
             head_work(&c, &BatchShape { tokens: 10, attention_pairs: 55, scored_rows: 3, ..BatchShape::default() });
         assert_eq!((head.head_flops, head.softmax_entries), (2.0 * 3.0 * 800.0, 300.0));
