@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use evalmesh_common::cost::Prediction;
+use evalmesh_common::cost::{BatchShape, Prediction};
 use evalmesh_common::decode::{Choice, PAGE_TOKENS};
-use evalmesh_common::{ScoreTree, TreeScores};
+use evalmesh_common::{MicroBatch, ScoreTree, TreeScores};
 use rayon::prelude::*;
 
 use crate::engine::{EngineError, EvaluationEngine};
@@ -232,6 +232,9 @@ pub fn evaluate(
             trees_from_journal: plan.trees.len() - todo.len(),
             trees_computed: todo.len(),
             tokens_computed: todo_trees.iter().map(ScoreTree::input_len).sum(),
+            attention_pairs: Some(
+                todo_trees.iter().map(|t| BatchShape::of(&MicroBatch::pack(&[t])).attention_pairs).sum(),
+            ),
             tokens_without_prefix_sharing: todo_trees.iter().map(ScoreTree::unshared_input_len).sum(),
             tokens_scored: plan.trees.iter().map(ScoreTree::target_count).sum(),
             batch_tokens: settings.batch_size.map(|_| budget),

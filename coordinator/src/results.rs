@@ -173,6 +173,11 @@ pub struct RankStats {
 /// What one task cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskStats {
+    /// Query–key pairs the computed trees' attention took, per layer and head, before any
+    /// sliding window (a causal sequence of n rows: n(n + 1)/2), for log-likelihood and
+    /// perplexity tasks: with the matrix products' FLOPs, the work done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_pairs: Option<u64>,
     /// The micro-batch budget in tokens, where `--batch-size` set it for this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_tokens: Option<usize>,

@@ -96,4 +96,9 @@ fn the_last_block_computes_only_the_scored_rows_after_attention() {
     let flop = results["evalmesh"]["matmul_gflop"].as_f64().unwrap() * 1e9;
     // The count is an integer reported in GFLOP as an f64: equal to its rounding.
     assert!((flop / (2 * products) as f64 - 1.0).abs() < 1e-12, "{flop} FLOP, want {}", 2 * products);
+    // Each window of 128 tokens is a causal sequence of 127 rows (its last token is only a
+    // target): 127 · 128 / 2 query–key pairs.
+    let windows = task["trees_computed"].as_u64().unwrap();
+    assert_eq!(rows, windows * 127);
+    assert_eq!(task["attention_pairs"].as_u64(), Some(windows * 127 * 128 / 2));
 }
