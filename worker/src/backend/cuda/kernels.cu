@@ -66,17 +66,17 @@ extern "C" __global__ void random_weight(unsigned short* y16, float* y32, long l
 }
 
 // A matrix product's operand: columns [col_start, col_start + cols) of x (rows x width,
-// f32) as bf16 in `y16` or as f32 in `y32` (whichever is not null), padded_rows x cols:
-// the rows past `rows` are zeros.
+// f32) as bf16 in `y16` or as f32 in `y32` (whichever is not null), one row per block row
+// of the grid, as many as the operand's padded rows: the rows past `rows` are zeros.
+// Grid: (padded rows, column blocks).
 extern "C" __global__ void to_operand(const float* x, unsigned short* y16, float* y32, long long rows,
-                                      long long padded_rows, long long width, long long col_start, long long cols) {
-    long long n = padded_rows * cols;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        long long r = i / cols;
-        float v = r < rows ? x[r * width + col_start + i % cols] : 0.0f;
-        if (y16) y16[i] = f32_to_bf16(v);
-        else y32[i] = v;
-    }
+                                      long long width, long long col_start, long long cols) {
+    long long row = blockIdx.x;
+    long long col = blockIdx.y * (long long)blockDim.x + threadIdx.x;
+    if (col >= cols) return;
+    float v = row < rows ? x[row * width + col_start + col] : 0.0f;
+    if (y16) y16[row * cols + col] = f32_to_bf16(v);
+    else y32[row * cols + col] = v;
 }
 
 // Rows `ids` of a table (vocab x hidden; bf16 in `table16` or f32 in `table32`, whichever

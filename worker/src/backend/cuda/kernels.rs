@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(params("attention").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I32, I32, I32, F32, F32]);
         assert_eq!(params("attention_tc").unwrap(), [Ptr, Ptr, Ptr, Ptr, I32, I64, I32, I32, I32, F32, F32]);
         assert_eq!(params("scatter_add_rows").unwrap(), [Ptr, Ptr, Ptr, I64]);
-        assert_eq!(params("to_operand").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I64, I64, I64]);
+        assert_eq!(params("to_operand").unwrap(), [Ptr, Ptr, Ptr, I64, I64, I64, I64]);
         assert_eq!(params("add_all_in_order").unwrap(), [Ptr, Ptr, I64, I64]);
         // `scale` is not read as the start of `scale_rows`, nor the other way round.
         assert_eq!(params("scale").unwrap(), [Ptr, I64, F32]);

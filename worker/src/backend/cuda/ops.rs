@@ -384,7 +384,7 @@ impl CudaBackend {
         let [y16, y32] = Self::by_type(operand.ptr(), self.precision);
         self.launch(
             &self.kernels.to_operand,
-            Self::grid_stride(padded * k),
+            (padded as u32, blocks(k, THREADS as usize)),
             THREADS,
             0,
             &mut [
@@ -392,7 +392,6 @@ impl CudaBackend {
                 y16,
                 y32,
                 Arg::I64(m as i64),
-                Arg::I64(padded as i64),
                 Arg::I64(x.cols as i64),
                 Arg::I64(cols.start as i64),
                 Arg::I64(k as i64),
