@@ -65,7 +65,7 @@ pack="$stage/evalmesh-check"
 mkdir -p "$pack/bin" "$pack/oracles" "$pack/expected" "$pack/models" "$pack/data"
 strip -o "$pack/bin/evalmesh" target/release/evalmesh
 strip -o "$pack/bin/cuda_ops" "$ops"
-cp scripts/device/run.sh scripts/device/check.py scripts/device/bench-torch.py "$pack/"
+cp scripts/device/run.sh scripts/device/check.py scripts/device/bench-torch.py scripts/device/sweep-torch.py "$pack/"
 python3 scripts/device/gguf-metadata.py "$(scripts/setup.sh | tail -n 1)" "$pack/models/tokenizer.gguf"
 cp tests/fixtures/configs/smollm2-135m.json tests/fixtures/configs/llama-1b-bench.json "$pack/models/"
 scripts/mpi-bundle.sh "$pack/mpi" >&2

@@ -229,13 +229,21 @@ def summary(pack, out):
               "not measured" if ratio is None else f"{ratio:.2f}x ({bench['evalmesh_tokens_per_s']:.0f} against "
               f"{bench['torch_eager_tokens_per_s']:.0f} tokens/s; SDPA: {bench.get('x_torch_sdpa', float('nan')):.2f}x)")
 
+    # What the chip gives at the benchmark's shapes (sweep-torch.py): figures, not checks.
+    sweep = load(os.path.join(out, "sweep-torch.json"))
     result = {"device": device, "parts": parts, "checks": checks, "oracles": oracles, "bench": bench,
-              "passed": all(c["passed"] for c in checks) and bool(checks)}
+              "sweep": sweep, "passed": all(c["passed"] for c in checks) and bool(checks)}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(result, f, indent=1)
     for c in checks:
         mark = {True: "pass", False: "FAIL", None: "MISSING"}[c["passed"]]
         print(f"{mark:7} {c['check']}: {c['detail']}")
+    if sweep:
+        print("\nPyTorch at the benchmark's shapes, TFLOP/s (rows 2048 / 4096 / 8192):")
+        for name in dict.fromkeys(p["name"] for p in sweep["products"]):
+            figures = " / ".join(f"{p['tflops']:.0f}" for p in sweep["products"] if p["name"] == name)
+            print(f"  {name}: {figures}")
+        print(f"  attention (SDPA): {sweep['attention_tflops']:.1f}")
     print(f"\n{'every check passed' if result['passed'] else 'some checks failed or did not run'}; the summary: summary.json beside this log")
     return 0 if result["passed"] else 1
 

@@ -16,6 +16,8 @@
 #               single process's bits
 #   bench-*     a Llama-3.2-1B-shaped model of random bf16 weights over wikitext in
 #               512-token windows, beside PyTorch eager and PyTorch's SDPA attention
+#   sweep-torch what cuBLAS and SDPA reach (through PyTorch) at that model's shapes: its
+#               products whole and per KV group, in blocks of 2048, 4096 and 8192 rows
 # Writes OUT/summary.json (check.py summary), OUT/check.log and OUT/parts.tar.xz (each
 # part's log and output): three files, as a device tool that brings back few files wants.
 #
@@ -137,9 +139,10 @@ if [ "$device" = cuda ]; then
     windows="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["evalmesh"]["tasks"]["perplexity"]["trees_computed"])' \
         "$out/bench-evalmesh.json" 2>/dev/null || echo 600)"
     for attention in eager sdpa; do
-        part "bench-torch-$attention" 40 python3 "$here/bench-torch.py" "$here/models/llama-1b-bench.json" "$windows" 512 16 \
+        part "bench-torch-$attention" 30 python3 "$here/bench-torch.py" "$here/models/llama-1b-bench.json" "$windows" 512 16 \
             "$out/bench-torch-$attention.json" "$attention"
     done
+    part sweep-torch 20 python3 "$here/sweep-torch.py" "$here/models/llama-1b-bench.json" "$out/sweep-torch.json"
 fi
 
 python3 "$here/check.py" summary "$here" "$out"
