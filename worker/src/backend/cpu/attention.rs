@@ -426,9 +426,11 @@ fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
 }
 
 /// The keys of `qkv` transposed, `num_kv_heads·head_dim` rows of `qkv.rows`: component
-/// `j` of KV head `kv` for every row in row `kv·head_dim + j`. A tile of keys is then a
-/// block with unit column stride, which `gemm` reads in place where it would otherwise
-/// transpose the tile again for every block of queries that sees it.
+/// `j` of KV head `kv` for every row in row `kv·head_dim + j`. A tile's keys then lie side
+/// by side: `gemm` (0.19), which takes a tile's scores as keys times queries, packs the
+/// tile by copying contiguous runs (or reads it in place, for a block of few query rows),
+/// where from `qkv` it would gather each component across the key rows, for every block of
+/// queries that sees the tile.
 fn transposed_keys(qkv: &Matrix, heads: HeadLayout) -> Vec<f32> {
     let k_cols = heads.k_cols();
     let mut keys_t = vec![0.0f32; k_cols.len() * qkv.rows];

@@ -5,9 +5,8 @@
 //! [`attention_tiles`]) where the device and head width allow it (a multiple of 16 up to
 //! 128), else `attention` (f32, heads up to 256).
 
-use evalmesh_common::TreeLayout;
-
 use evalmesh_common::protocol::GpuPrecision;
+use evalmesh_common::TreeLayout;
 
 use super::backend::{blocks, check, Arg, CudaBackend, CudaTensor, MAX_HEAD_DIM, TENSOR_CORE_HEAD_DIM};
 use crate::backend::error::BackendError;
