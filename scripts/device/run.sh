@@ -97,7 +97,7 @@ echo "the machine's own mpirun: $(command -v mpirun || echo none)" >> "$out/envi
 with_mpi ldd "$here/bin/evalmesh" >> "$out/environment.log" 2>&1
 
 if [ "$device" = cuda ]; then
-    part ops 50 with_mpi "$here/bin/cuda_ops" --test-threads=1
+    part ops 30 with_mpi "$here/bin/cuda_ops" --test-threads=1
 fi
 
 # The profile every run below predicts with (a run without one calibrates first): on the
@@ -139,7 +139,7 @@ if [ "$device" = cuda ]; then
     windows="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["evalmesh"]["tasks"]["perplexity"]["trees_computed"])' \
         "$out/bench-evalmesh.json" 2>/dev/null || echo 600)"
     for attention in eager sdpa; do
-        part "bench-torch-$attention" 30 python3 "$here/bench-torch.py" "$here/models/llama-1b-bench.json" "$windows" 512 16 \
+        part "bench-torch-$attention" 40 python3 "$here/bench-torch.py" "$here/models/llama-1b-bench.json" "$windows" 512 16 \
             "$out/bench-torch-$attention.json" "$attention"
     done
     part sweep-torch 20 python3 "$here/sweep-torch.py" "$here/models/llama-1b-bench.json" "$out/sweep-torch.json"
