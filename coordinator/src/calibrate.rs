@@ -292,7 +292,6 @@ pub fn measure_link(
     Ok(Some(Link { latency_s: (one_way(small) - small.bytes as f64 / bytes_per_s).max(0.0), bytes_per_s }))
 }
 
-/// This machine's name, for profiles and their cache file.
 /// This build, as what a calibration measures depends on it: evalmesh's version and its
 /// executable's size and modification time, which a rebuild changes.
 pub fn build_identity() -> String {
@@ -305,6 +304,7 @@ pub fn build_identity() -> String {
     }
 }
 
+/// This machine's name, for profiles and their cache file.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string())
 }
