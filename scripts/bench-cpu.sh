@@ -12,11 +12,14 @@
 # Usage: scripts/bench-cpu.sh [PAIRS]   (default 4: an even count, so each side goes first as often)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-perplexity and llama-quantize on PATH), EVALMESH_SHARED (default ../shared),
-#   THREADS (default 2).
+#   THREADS (default 2), ISA (native, the default, or avx2: see bench-setup.sh).
 # To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
 #   unpacks its source (vendor/llama.cpp) before building fails; there,
 #   `cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build -j2 --target
-#   llama-perplexity llama-quantize`, then LLAMA_CPP_DIR=that folder.
+#   llama-perplexity llama-quantize`, then LLAMA_CPP_DIR=that folder. For ISA=avx2, build it
+#   for AVX2 alone in another checkout's build/ (the F32 model needs no llama-quantize once
+#   made): `-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+#   -DGGML_BMI2=ON -DGGML_AVX512=OFF`. The script prints the instruction sets llama.cpp reports.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
 pairs="${1:-4}"
@@ -27,9 +30,10 @@ f32="$(f32_model)"
 slice="$out/wikitext-slice.raw"
 head -c 45000 "$shared/data/wikitext-2/wiki.test.raw" >"$slice"
 
-# Runs a command; prints its wall seconds and CPU (user + system) seconds.
+# Runs a command, its output to $out/last.log; prints its wall seconds and CPU (user +
+# system) seconds.
 timed() {
-    /usr/bin/time -f '%e %U %S' -o "$out/time.txt" "$@" >/dev/null 2>&1
+    /usr/bin/time -f '%e %U %S' -o "$out/time.txt" "$@" >"$out/last.log" 2>&1
     awk '{ printf "%s %.2f\n", $1, $2 + $3 }' "$out/time.txt"
 }
 
@@ -40,6 +44,7 @@ evalmesh_run() {
 
 llama_run() {
     timed "$perplexity" -m "$f32" -f "$slice" -c 512 -b 512 -t "$threads" -ctk f32 -ctv f32
+    mv "$out/last.log" "$out/llama.log"
 }
 
 wall_ratios=()
@@ -57,6 +62,7 @@ for pair in $(seq "$pairs"); do
     printf 'pair %d: llama.cpp %6.2f s wall %6.2f s CPU, evalmesh %6.2f s wall %6.2f s CPU, ratios %s wall %s CPU\n' \
         "$pair" "$their_wall" "$their_cpu" "$our_wall" "$our_cpu" "${wall_ratios[-1]}" "${cpu_ratios[-1]}"
 done
+echo "instruction sets: evalmesh ISA=$ISA; llama.cpp: $(grep -o 'CPU : .*' "$out/llama.log" || echo 'not reported')"
 python3 - "${wall_ratios[*]}" "${cpu_ratios[*]}" <<'PY'
 import statistics, sys
 wall, cpu = ([float(v) for v in arg.split()] for arg in sys.argv[1:])

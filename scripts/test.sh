@@ -3,9 +3,9 @@
 # tests run, lints (with and without the cuda feature), runs the CUDA backend's CPU-side
 # tests (NVRTC fetched from PyPI compiles its kernels ahead and at run time), the unit and
 # integration tests of the whole workspace (a real mpirun and a real local Slurm among
-# them), packs the GPU check and runs it on the CPU (scripts/device-check.sh), then a
-# 30-second fuzzing run of each target where the nightly toolchain and cargo-fuzz are
-# installed.
+# them) and the CPU kernels' tests in a build without AVX-512, packs the GPU check and
+# runs it on the CPU (scripts/device-check.sh), then a 30-second fuzzing run of each target
+# where the nightly toolchain and cargo-fuzz are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,9 @@ EVALMESH_REQUIRE_NVRTC=1 LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBR
     cargo test --locked -p evalmesh-worker --features cuda --lib backend::cuda
 cargo fmt --all -- --check
 cargo test --locked --workspace
+# The CPU backend's kernels as an AVX2 machine runs them (no AVX-512 kernels, gemm's
+# included): the same bits (docs/ARCHITECTURE.md §4).
+cargo test --locked -p evalmesh-worker --no-default-features --lib backend::cpu
 # The GPU check's pack: it builds, fits its 48 MiB, and its parts pass here on the CPU.
 scripts/device-check.sh --pack target/device-check
 scripts/device-check.sh --dry-run target/device-check

@@ -33,7 +33,10 @@ pub use transfer::Transfer;
 /// 6: the GPU's attention on tensor cores (bf16 operands); and the CPU's exponential with
 /// fused multiply-adds and its softmax's sums in vector lanes, which had moved the last
 /// bits under 5.
-pub const ARITHMETIC: u32 = 6;
+/// 7: the CPU cuts a product's reduction into blocks of at most 512 itself: the bits of
+/// `gemm`'s own blocks on the machines measured so far, other ones where `gemm`'s blocks
+/// were longer (AVX2 with a 12-way L1) or cut 512 + 64 (products of at most 64 × 64).
+pub const ARITHMETIC: u32 = 7;
 
 /// Which rows of a product are rows of single-token generation steps (docs/ARCHITECTURE.md
 /// §12), which a backend may multiply by a product made for few rows

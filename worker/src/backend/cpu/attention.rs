@@ -147,7 +147,7 @@ impl AttentionBlock<'_> {
             // SAFETY: the views lie inside `qkv` or the cache (rows and columns from a
             // validated layout, the head layout and the cache's length); `queries` is
             // rows × d, and `scores` holds rows rows of KEY_TILE ≥ n.
-            unsafe { gemm_into(rows, n, d, scores.as_mut_ptr(), KEY_TILE, false, q, kt, spec.scale, false) };
+            unsafe { gemm_into(rows, n, d, scores.as_mut_ptr(), KEY_TILE, false, q, kt, spec.scale) };
             let visible: Vec<Range<usize>> = (0..rows)
                 .map(|r| {
                     let i = r % m;
@@ -176,7 +176,7 @@ impl AttentionBlock<'_> {
             }
             let p = View { ptr: scores.as_ptr(), rs: KEY_TILE as isize, cs: 1 };
             // SAFETY: as above; `out` is rows × d.
-            unsafe { gemm_into(rows, d, n, out.as_mut_ptr(), d, true, p, v, 1.0, false) };
+            unsafe { gemm_into(rows, d, n, out.as_mut_ptr(), d, true, p, v, 1.0) };
         }
         SCORES.set(scores);
         for (row, state) in out.chunks_exact_mut(d).zip(&states) {

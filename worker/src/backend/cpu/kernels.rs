@@ -20,7 +20,18 @@ pub struct View {
     pub cs: isize,
 }
 
-/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded when `threads` is false.
+/// The longest reduction that `gemm` (0.19) takes in one block on every machine: it cuts a
+/// longer one into blocks of at least this length, whose length its source derives from
+/// the machine's L1 cache and register tile (512 with a 32 KiB 8-way L1, or with AVX-512;
+/// 1024 with AVX2 on a 48 KiB 12-way one), and adds the blocks' sums in turn.
+pub const ONE_BLOCK_INPUTS: usize = 512;
+
+/// `dst (m × n) = [dst +] scale · lhs (m × k) · rhs (k × n)` on the calling thread. A
+/// reduction longer than [`ONE_BLOCK_INPUTS`] is cut here into the fewest blocks of at most
+/// that many inputs, all as long but the last (`gemm`'s own cut where its blocks are 512),
+/// each multiplied by `gemm` in one block and added to `dst` in turn: each output is then a
+/// fused multiply-add chain over each block's inputs in order, the blocks' sums added in
+/// order, whatever the machine's caches and instruction set (docs/ARCHITECTURE.md §4).
 ///
 /// # Safety
 /// Each view must cover its whole block, and `dst` must not alias `lhs` or `rhs`.
@@ -35,32 +46,36 @@ pub unsafe fn gemm_into(
     lhs: View,
     rhs: View,
     scale: f32,
-    threads: bool,
 ) {
-    let parallelism = if threads { Parallelism::Rayon(0) } else { Parallelism::None };
-    // SAFETY: the caller guarantees the views cover the blocks and do not alias `dst`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let block = k.div_ceil(k.div_ceil(ONE_BLOCK_INPUTS).max(1)).max(1);
+    // One call where `k` is 0, which then writes zeros (or leaves `dst`, where `accumulate`).
+    for start in (0..k.max(1)).step_by(block) {
+        let len = block.min(k - start);
+        // SAFETY: the caller guarantees the views cover the blocks and do not alias `dst`;
+        // inputs `start..start + len` of both lie inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                len,
+                dst,
+                1,
+                dst_rs as isize,
+                accumulate || start > 0,
+                lhs.ptr.wrapping_offset(start as isize * lhs.cs),
+                lhs.cs,
+                lhs.rs,
+                rhs.ptr.wrapping_offset(start as isize * rhs.rs),
+                rhs.cs,
+                rhs.rs,
+                1.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
     }
 }
 
@@ -113,11 +128,14 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The widest this machine runs.
+    /// The widest this machine runs (AVX2 at most in a build without the `avx512` feature).
     pub fn widest() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            if cfg!(feature = "avx512")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return Isa::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -271,6 +289,53 @@ fn halved_max(lanes: [f32; 16]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `gemm_into`'s definition, computed directly: per output, a fused multiply-add chain
+    /// from zero over each block of inputs in order, the blocks `len` long, their sums
+    /// scaled and added to `dst` in order.
+    fn blocked_product(
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+        len: usize,
+        scale: f32,
+        dst: &mut [f32],
+    ) {
+        for (i, row) in dst.chunks_exact_mut(n).enumerate().take(m) {
+            for (j, out) in row.iter_mut().enumerate() {
+                for first in (0..k).step_by(len) {
+                    let block = first..(first + len).min(k);
+                    let sum = block.fold(0.0f32, |acc, t| a[i * k + t].mul_add(b[t * n + j], acc));
+                    *out += scale * sum;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn products_reduce_in_blocks_of_at_most_512_whatever_the_machine() {
+        // (m, n, k, the blocks' length): 1536 inputs in three blocks, 576 in two of 288 (gemm
+        // on its own cuts 512 + 64 for products of at most 64 × 64, and 1024 + 512 or 768 +
+        // 768 where its blocks are longer), a reduction of one block, and few rows.
+        for (m, n, k, len) in
+            [(70, 130, 1536, 512), (70, 130, 576, 288), (30, 40, 576, 288), (70, 300, 500, 500), (3, 200, 64, 64)]
+        {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.37).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 997) as f32 / 498.0 - 1.0) * 0.91).collect();
+            let (lhs, rhs) =
+                (View { ptr: a.as_ptr(), rs: k as isize, cs: 1 }, View { ptr: b.as_ptr(), rs: n as isize, cs: 1 });
+            let start: Vec<f32> = (0..m * n).map(|i| (i % 13) as f32 * 0.25).collect();
+            for (accumulate, scale) in [(false, 1.0), (true, 1.0), (false, 0.125)] {
+                let mut got = start.clone();
+                // SAFETY: `a` is m × k, `b` k × n and `got` m × n, all row-major.
+                unsafe { gemm_into(m, n, k, got.as_mut_ptr(), n, accumulate, lhs, rhs, scale) };
+                let mut want = if accumulate { start.clone() } else { vec![0.0; m * n] };
+                blocked_product(&a, &b, (m, n, k), len, scale, &mut want);
+                let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+                assert_eq!(differ, 0, "{m} × {k} by {k} × {n}, accumulate {accumulate}, scale {scale}");
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_is_within_two_ulp() {

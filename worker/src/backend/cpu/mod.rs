@@ -44,7 +44,9 @@ use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{fast_exp, gemm_into, lane_max, lane_sum_of, with_widened_strip, Isa, SendPtr, View};
+use self::kernels::{
+    fast_exp, gemm_into, lane_max, lane_sum_of, with_widened_strip, Isa, SendPtr, View, ONE_BLOCK_INPUTS,
+};
 use self::streamed::{Columns, Product};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
@@ -75,10 +77,8 @@ const PANEL: usize = 64;
 /// The most panels in a strip, the output features that one task of [`gemm_rows`]
 /// multiplies (and widens first, for a stored weight): 256 × 1536 values stay in L2
 /// (measured here: strips of at most 4 panels ran 2% faster than of 3, and of 6 5% slower).
-/// Every strip is wider than 64 unless it is the whole weight ([`strips`]), so that `gemm`
-/// takes the same blocking of the reduction as for the whole weight in one call (its path
-/// for products of at most 64 × 64 splits the reduction otherwise): a product's bits do
-/// not depend on the strips, and a stored weight's products are the widened one's.
+/// A product's bits do not depend on the strips ([`strips`]), since `gemm_into` blocks the
+/// reduction by its length alone: a stored weight's products are the widened one's.
 const STRIP_PANELS: usize = 4;
 
 /// A matrix-product weight of `in_features` inputs and `out_features` outputs.
@@ -150,7 +150,7 @@ unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPt
             // SAFETY: `pair` is 2 × k, `rhs` k × n, `two` a fresh 2 × n, and the caller's
             // `out` row `start` holds n values.
             unsafe {
-                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0, false);
+                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0);
                 let row = std::slice::from_raw_parts_mut(out.at(start * out_rs), n);
                 match accumulate {
                     true => row.iter_mut().zip(&two).for_each(|(o, p)| *o += p),
@@ -161,24 +161,19 @@ unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPt
             let lhs = View { ptr: x.row(start).as_ptr(), rs: x.rs as isize, cs: 1 };
             // SAFETY: rows start..end of `x` are (end − start) × k, `x.rs` apart, and the
             // caller's `out` covers rows start..end.
-            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, accumulate, lhs, rhs, 1.0, false) };
+            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, accumulate, lhs, rhs, 1.0) };
         }
         start = end;
     }
 }
 
-/// The reductions that `gemm` (0.19) takes in one block, however many rows and columns:
-/// its blocks of a reduction are at least 512 long. A product of at most this many inputs
-/// added to its output ([`gemm_blocks`]) adds each output's whole sum once, so that a sum
-/// of such products taken as they are multiplied ([`gemm_rows`]) has the bits of the
-/// products added afterwards.
-const ONE_BLOCK_INPUTS: usize = 512;
-
 /// `out (m × n) = Σ xᵢ (m × k) · wᵢᵀ` over `parts` in order, `((x₀·w₀ᵀ + x₁·w₁ᵀ) + …)`,
 /// `out` row-major, every value stored, a piece of rows of a strip of output features per
 /// task over the pool ([`strips`], [`row_pieces`]), which multiplies each part into it in
 /// turn; a stored weight's strip is widened by the thread that multiplies it. Every part
-/// after the first has at most [`ONE_BLOCK_INPUTS`] inputs.
+/// after the first has at most [`ONE_BLOCK_INPUTS`] inputs: its product added to the output
+/// ([`gemm_blocks`]) adds each output's whole sum once, so that the parts summed as they are
+/// multiplied have the bits of the products added afterwards.
 fn gemm_rows(parts: &[(Operand<'_>, &CpuWeight)], m: usize, out: &mut [MaybeUninit<f32>]) {
     let Some((_, first)) = parts.first() else { return };
     let n = first.out_features;
