@@ -119,10 +119,13 @@ pub fn with_widened_strip<R>(
     })
 }
 
-/// The instruction sets the kernels are compiled for, the widest first.
+/// The instruction sets the kernels are compiled for, the widest first (x86-64's on x86-64
+/// alone; `Portable` is plain Rust, which the compiler vectorises for any target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     Portable,
 }
@@ -177,7 +180,10 @@ impl Isa {
     /// Every one this machine runs (each implies the narrower ones).
     #[cfg(test)]
     pub fn available() -> Vec<Isa> {
+        #[cfg(target_arch = "x86_64")]
         let all = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = [Isa::Portable];
         all.into_iter().skip_while(|&isa| isa != Isa::widest()).collect()
     }
 }

@@ -90,7 +90,11 @@ enum Job<'a> {
 
 fn products_on(isa: Isa, items: Vec<Product<'_>>) {
     let mut jobs = Vec::new();
-    let width = if isa == Isa::Avx512 { WIDE_TILE } else { NARROW_TILE };
+    let width = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => WIDE_TILE,
+        _ => NARROW_TILE,
+    };
     for Product { x, m, k, w, n, out } in items {
         debug_assert!(x.len() == m * k && out.len() == m * n);
         let (wt, stride) = match w {
