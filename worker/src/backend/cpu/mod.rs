@@ -414,6 +414,20 @@ impl DeviceMemory for CpuBackend {
         "cpu"
     }
 
+    /// The name, or where `gemm`'s kernels multiply and add apart (x86-64 without FMA; any
+    /// machine but x86-64 and aarch64), the name and that: its products have other bits
+    /// there (docs/ARCHITECTURE.md §6), which a journal must not mix with these.
+    fn provenance(&self) -> String {
+        #[cfg(target_arch = "x86_64")]
+        let fused = std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fused = cfg!(target_arch = "aarch64");
+        match fused {
+            true => self.name().into(),
+            false => format!("{} without fused multiply-adds", self.name()),
+        }
+    }
+
     fn upload(&self, m: Matrix) -> Result<Matrix, BackendError> {
         Ok(m)
     }
