@@ -13,13 +13,11 @@
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-perplexity and llama-quantize on PATH), EVALMESH_SHARED (default ../shared),
 #   THREADS (default 2), ISA (native, the default, or avx2: see bench-setup.sh).
-# To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
-#   unpacks its source (vendor/llama.cpp) before building fails; there,
-#   `cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build -j2 --target
-#   llama-perplexity llama-quantize`, then LLAMA_CPP_DIR=that folder. For ISA=avx2, build it
-#   for AVX2 alone in another checkout's build/ (the F32 model needs no llama-quantize once
-#   made): `-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-#   -DGGML_BMI2=ON -DGGML_AVX512=OFF`. The script prints the instruction sets llama.cpp reports.
+# To build llama.cpp, see bench-setup.sh (targets llama-perplexity llama-quantize). For
+#   ISA=avx2, build it for AVX2 alone in another checkout's build/ (the F32 model needs no
+#   llama-quantize once made): `-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+#   -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF`. The script prints the instruction sets
+#   llama.cpp reports.
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
 pairs="${1:-4}"

@@ -10,10 +10,7 @@
 # Usage: scripts/bench-generate.sh [PAIRS]   (default 6: an even count, so that each side goes first as often)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-batched-bench and llama-quantize on PATH), THREADS (default 2).
-# To build llama.cpp: `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`
-#   unpacks its source (vendor/llama.cpp) before building fails; there,
-#   `cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build -j2 --target
-#   llama-batched-bench llama-quantize`, then LLAMA_CPP_DIR=that folder.
+# To build llama.cpp, see bench-setup.sh (targets llama-batched-bench llama-quantize).
 set -euo pipefail
 source "$(dirname "$0")/bench-setup.sh"
 pairs="${1:-6}"

@@ -22,12 +22,18 @@ trap 'rm -rf "$out"' EXIT
 
 # The path of llama.cpp's tool NAME: in $LLAMA_CPP_DIR/build/bin, else on PATH; else an
 # error saying how to get it (under `set -e`, `x="$(llama_tool NAME)"` then stops the script).
+# To build the tools: llama.cpp's source is vendor/llama.cpp in the sdist of PyPI's
+# llama-cpp-python 0.3.36 (llama_cpp_python-0.3.36.tar.gz, linked from
+# https://pypi.org/simple/llama-cpp-python/: `curl -LO` it and untar); there (`pip install
+# cmake` where cmake is missing), `cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake
+# --build build -j2 --target TOOLS` with the tools the benchmark names, then
+# LLAMA_CPP_DIR=that folder.
 llama_tool() {
     local name="$1"
     if [ -n "${LLAMA_CPP_DIR:-}" ] && [ -x "$LLAMA_CPP_DIR/build/bin/$name" ]; then
         echo "$LLAMA_CPP_DIR/build/bin/$name"
     elif ! command -v "$name"; then
-        echo "$(basename "$0"): llama.cpp's $name not found (set LLAMA_CPP_DIR; the top of $0 says how to build it)" >&2
+        echo "$(basename "$0"): llama.cpp's $name not found (set LLAMA_CPP_DIR; scripts/bench-setup.sh says how to build it)" >&2
         return 1
     fi
 }
