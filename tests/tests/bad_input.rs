@@ -237,6 +237,15 @@ fn zero_context() {
 }
 
 #[test]
+fn context_longer_than_the_model_names_its_positions() {
+    for mode in ["rolling", "llamacpp"] {
+        let model = test_model();
+        let args = ["run", "--model", model.to_str().unwrap(), "--ctx", "8193", "--perplexity-mode", mode];
+        assert_clean_error(&run_evalmesh(&args), &["--ctx 8193", "the model's 8192 positions"]);
+    }
+}
+
+#[test]
 fn journal_of_another_model() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("text.txt");

@@ -65,6 +65,15 @@ fn empty_file() {
 }
 
 #[test]
+fn empty_text_for_rolling_perplexity_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "empty.txt", "");
+    let model = test_model();
+    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--data", path.to_str().unwrap()]);
+    assert_clean_error(&output, &[path.to_str().unwrap(), "no documents"]);
+}
+
+#[test]
 fn unknown_task_lists_the_known_ones() {
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--task", "hellaswagg"]);
     assert_clean_error(

@@ -158,7 +158,8 @@ pub struct RunArgs {
     /// rolling: lm-evaluation-harness's loglikelihood_rolling; llamacpp: llama-perplexity's chunks.
     #[arg(long, value_enum, default_value_t = PerplexityMode::Rolling)]
     pub perplexity_mode: PerplexityMode,
-    /// Context length in tokens. Default: 512 for llamacpp mode, the model's maximum for rolling.
+    /// Context length in tokens, at most the model's positions. Default: 512 for llamacpp mode, the
+    /// model's maximum for rolling.
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Compute threads (of each worker, under MPI). Default: all cores; under MPI, each node's

@@ -98,6 +98,13 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         stop_tokens.dedup();
     }
     let config = model.source.config().clone();
+    if let Some(ctx) = settings.ctx.filter(|&ctx| ctx > config.max_position) {
+        anyhow::bail!(
+            "--ctx {ctx} is more than the model's {} positions: pass --ctx {} or less",
+            config.max_position,
+            config.max_position
+        );
+    }
     let windows = match settings.perplexity_mode {
         PerplexityMode::Llamacpp => Windows::Llamacpp { ctx: settings.ctx.unwrap_or(512) },
         PerplexityMode::Rolling => Windows::Rolling { max_len: settings.ctx.unwrap_or(config.max_position) },

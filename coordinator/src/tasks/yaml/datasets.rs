@@ -168,7 +168,12 @@ fn text_documents(file: &DataFile, text: &str, reading: &Reading) -> Result<Vec<
     let document =
         |t: &str, place| Document { record: Record::from_iter([("text".to_string(), Value::from(t))]), place };
     if reading.whole_document {
-        return Ok(vec![document(text, file.path.display().to_string())]);
+        // An empty file has no text to score: no document (and the reader's error), where
+        // the `datasets` builder would give one empty row and a rolling task no tokens.
+        return Ok(match text.is_empty() {
+            true => Vec::new(),
+            false => vec![document(text, file.path.display().to_string())],
+        });
     }
     Ok(text.lines().enumerate().map(|(i, l)| document(l, at(file, "line", i + 1))).collect())
 }
@@ -285,6 +290,18 @@ fn wikitext_documents(file: &DataFile, text: &str, _: &Reading) -> Result<Vec<Do
 mod tests {
     use super::*;
     use crate::tasks::yaml::files::Origin;
+
+    #[test]
+    fn a_whole_document_is_the_file_and_an_empty_file_none() {
+        let file = DataFile { path: "t.txt".into(), origin: Origin::Disk };
+        let reading = Reading { dataset_name: None, whole_document: true };
+        let texts = |text: &str| -> Vec<Value> {
+            text_documents(&file, text, &reading).unwrap().into_iter().map(|d| d.record["text"].clone()).collect()
+        };
+        assert_eq!(texts("a\nb\n"), vec![json!("a\nb\n")]);
+        assert_eq!(texts(" "), vec![json!(" ")]);
+        assert!(texts("").is_empty());
+    }
 
     #[test]
     fn wikitext_splits_articles_at_top_level_titles() {
