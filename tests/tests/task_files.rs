@@ -1,7 +1,8 @@
 //! lm-evaluation-harness task YAML files through `--include-path`: a multiple-choice task
 //! (from an `include`d base) scores exactly as the built-in `multiple_choice` task on the
 //! same items, a loglikelihood task renders its Jinja templates as Jinja would (from CSV
-//! and from parquet alike), a group runs its members; bad files get one error line naming the file and key.
+//! and from parquet alike), a group runs its members; bad files get one error line naming the file and key,
+//! and stop only the runs that ask for them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -173,6 +174,34 @@ fn bad_task_files_name_the_file_and_key() {
     let path = Path::new("/nonexistent-folder");
     let output = RunArgs::new().path("--include-path", path).flag("--task", "bad").run();
     assert_clean_error(&output, &["--include-path", path_str(path), "not a folder"]);
+}
+
+/// As in lm-eval, whose task index reads every file but builds only the tasks asked for: a
+/// file with a mistake stops only a run that asks for it, by name, tag or group, with the
+/// error naming the file and key; `--tasks list` says why it cannot be used.
+#[test]
+fn a_task_file_with_a_mistake_stops_only_the_runs_that_ask_for_it() {
+    let tasks = tempfile::tempdir().unwrap();
+    task_dir(tasks.path());
+    std::fs::write(
+        tasks.path().join("bad.yaml"),
+        format!("{BAD_BASE}tag: geography\nmetric_list:\n  - metric: bleu\n"),
+    )
+    .unwrap();
+    let run = |task: &str| RunArgs::new().path("--include-path", tasks.path()).flag("--task", task).run();
+    let output = run("capitals");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mistake = ["bad.yaml", "`metric_list.metric`", "`bleu`"];
+    assert_clean_error(&run("bad"), &mistake);
+    assert_clean_error(&run("geography"), &mistake);
+    let listing = run_evalmesh(&["run", "--tasks", "list", "--include-path", path_str(tasks.path())]);
+    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let line =
+        listing.lines().find(|l| l.starts_with("  bad: cannot be used: ")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(mistake.iter().all(|m| line.contains(m)), "{line}");
+    std::fs::write(tasks.path().join("bad_suite.yaml"), "group: bad_suite\ntask:\n  - capitals\n  - bad\n").unwrap();
+    assert_clean_error(&run("bad_suite"), &mistake);
 }
 
 /// ARC-Easy as a YAML task over shared/data's AI2 files, its templates using Jinja's

@@ -1,7 +1,8 @@
 //! lm-evaluation-harness task YAML files read into definitions: a task ([`TaskDef`]: its
 //! data files and splits, its templates, delimiters, few-shot settings, output type and
 //! metrics) or a group ([`GroupDef`]: a name and its member tasks), each from one file
-//! after its `include` chain is merged. Every error names the file and the key.
+//! after its `include` chain is merged; or, for a named file with a mistake, the mistake
+//! ([`Unusable`]), reported when the name is asked for. Every error names the file and the key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,11 +129,52 @@ pub struct GroupDef {
     pub tasks: Vec<String>,
 }
 
+/// A task or group file that names itself but cannot be used, and why. As in
+/// lm-evaluation-harness, whose task index reads every file but builds only the tasks asked
+/// for, it stops only a run that asks for its name, or for a group or tag that holds it.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    pub file: PathBuf,
+    pub name: String,
+    /// Its `tag` names, where they read as names.
+    pub tags: Vec<String>,
+    /// The error, naming the file and the key.
+    pub problem: String,
+}
+
 /// A parsed file.
 #[derive(Debug, Clone)]
 pub enum Definition {
     Task(Box<TaskDef>),
     Group(GroupDef),
+    Unusable(Unusable),
+}
+
+impl Definition {
+    pub fn name(&self) -> &str {
+        match self {
+            Definition::Task(t) => &t.name,
+            Definition::Group(g) => &g.name,
+            Definition::Unusable(u) => &u.name,
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        match self {
+            Definition::Task(t) => &t.file,
+            Definition::Group(g) => &g.file,
+            Definition::Unusable(u) => &u.file,
+        }
+    }
+
+    /// The tags it joins.
+    pub fn tags(&self) -> &[String] {
+        match self {
+            Definition::Task(t) => &t.tags,
+            Definition::Group(_) => &[],
+            Definition::Unusable(u) => &u.tags,
+        }
+    }
 }
 
 /// The metrics evalmesh computes for lm-eval's output types.
@@ -449,20 +491,40 @@ fn filter_list(map: &Mapping, file: &Path, task: &str, generative: bool) -> Resu
     Ok(out)
 }
 
-/// Reads one YAML file into a task or group definition; `None` for a file that defines
-/// neither (a template other files `include`).
+/// Reads one YAML file into a task or group definition, or its mistake ([`Unusable`]);
+/// `None` for a file that defines neither (a template other files `include`). A file that
+/// is not YAML, whose `include` fails, or whose name is not text is an error here, as it is
+/// in lm-evaluation-harness's task index.
 pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError> {
     let map = mapping(file, origin, 0)?;
+    let tags = match map.get("tag") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Sequence(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    };
+    let unusable = |name: String, error: TaskError| {
+        Definition::Unusable(Unusable { file: file.to_path_buf(), name, tags, problem: error.to_string() })
+    };
     if map.get("group").is_some() && matches!(map.get("task"), Some(Value::Sequence(_))) {
         let name = text(&map, file, "group")?.ok_or_else(|| problem(file, "group", "must be a name"))?;
-        let alias = text(&map, file, "group_alias")?.unwrap_or_else(|| name.clone());
-        let tasks = task_list(&map, file)?;
-        return Ok(Some(Definition::Group(GroupDef { file: file.to_path_buf(), name, alias, tasks })));
+        let group = group(&map, file, name.clone());
+        return Ok(Some(group.map(Definition::Group).unwrap_or_else(|error| unusable(name, error))));
     }
     if map.get("task").is_none() {
         return Ok(None);
     }
     let name = text(&map, file, "task")?.ok_or_else(|| problem(file, "task", "is missing"))?;
+    let task = task(map, file, origin, name.clone());
+    Ok(Some(task.map(|t| Definition::Task(Box::new(t))).unwrap_or_else(|error| unusable(name, error))))
+}
+
+fn group(map: &Mapping, file: &Path, name: String) -> Result<GroupDef, TaskError> {
+    let alias = text(map, file, "group_alias")?.unwrap_or_else(|| name.clone());
+    Ok(GroupDef { file: file.to_path_buf(), name, alias, tasks: task_list(map, file)? })
+}
+
+/// A task file's definition, `name` its `task`.
+fn task(map: Mapping, file: &Path, origin: Origin, name: String) -> Result<TaskDef, TaskError> {
     if let Some(err) =
         map.get("doc_to_decontamination_query").and_then(|v| function_error(file, "doc_to_decontamination_query", v))
     {
@@ -638,7 +700,7 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         Some(v) => Some(v.as_u64().ok_or_else(|| problem(file, "num_fewshot", "must be a whole number"))? as usize),
     };
     let version = map.get("metadata").and_then(|m| m.get("version")).and_then(Value::as_f64).unwrap_or(1.0);
-    Ok(Some(Definition::Task(Box::new(TaskDef {
+    Ok(TaskDef {
         file: file.to_path_buf(),
         origin,
         tags,
@@ -676,5 +738,5 @@ pub fn read(file: &Path, origin: Origin) -> Result<Option<Definition>, TaskError
         process_results,
         config: to_json(&Value::Mapping(map)),
         name,
-    }))))
+    })
 }

@@ -56,32 +56,30 @@ impl Registry {
         Registry::read(files, Origin::Disk)
     }
 
-    /// The task files shipped with evalmesh: the built-in tasks.
+    /// The task files shipped with evalmesh: the built-in tasks, every one usable.
     pub fn shipped() -> Result<Self, TaskError> {
-        Registry::read(files::shipped_yaml_files(), Origin::Shipped)
+        let registry = Registry::read(files::shipped_yaml_files(), Origin::Shipped)?;
+        match registry.definitions.values().find_map(|d| match d {
+            Definition::Unusable(u) => Some(u.problem.clone()),
+            _ => None,
+        }) {
+            Some(problem) => Err(TaskError::Settings(problem)),
+            None => Ok(registry),
+        }
     }
 
     fn read(files: Vec<PathBuf>, origin: Origin) -> Result<Self, TaskError> {
         let mut registry = Registry::default();
         for file in files {
             let Some(definition) = config::read(&file, origin)? else { continue };
-            let name = match &definition {
-                Definition::Task(t) => {
-                    for tag in &t.tags {
-                        registry.tags.entry(tag.clone()).or_default().push(t.name.clone());
-                    }
-                    t.name.clone()
-                }
-                Definition::Group(g) => g.name.clone(),
-            };
+            let name = definition.name().to_string();
+            for tag in definition.tags() {
+                registry.tags.entry(tag.clone()).or_default().push(name.clone());
+            }
             if let Some(earlier) = registry.definitions.insert(name.clone(), definition) {
-                let earlier = match earlier {
-                    Definition::Task(t) => t.file,
-                    Definition::Group(g) => g.file,
-                };
                 return Err(TaskError::Data {
                     path: file,
-                    problem: format!("task `{name}` is also defined in {}", earlier.display()),
+                    problem: format!("task `{name}` is also defined in {}", earlier.file().display()),
                 });
             }
         }
@@ -113,6 +111,7 @@ impl Registry {
                     format!("{name}: {} on {files}", t.output_type.name())
                 }
                 Definition::Group(g) => format!("{name}: a group of {}", g.tasks.join(", ")),
+                Definition::Unusable(u) => format!("{name}: cannot be used: {}", u.problem),
             });
         let tags = self
             .tags
@@ -137,6 +136,7 @@ impl Registry {
         let unknown = || TaskError::Settings(format!("`{name}` is not a task, group or tag here"));
         match self.definitions.get(name) {
             Some(Definition::Task(def)) => Ok(vec![load_task(def, source)?]),
+            Some(Definition::Unusable(u)) => Err(TaskError::Settings(u.problem.clone())),
             Some(Definition::Group(group)) => {
                 let mut tasks = Vec::new();
                 for member in &group.tasks {
