@@ -211,6 +211,21 @@ fn until_strings_cut_the_text() {
     assert!(stops.iter().any(|s| s == "until"), "no sequence stopped at its string: {stops:?}");
 }
 
+/// A prompt given as its tokens alone (`prompt_ids`, no `prompt`) generates what it does
+/// beside its text.
+#[test]
+fn a_prompt_given_as_tokens_alone_generates_as_with_its_text() {
+    let first = &reference()[0];
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"prompt": first["prompt"], "prompt_ids": first["prompt_ids"], "max_tokens": 8, "ignore_eos": true}),
+        json!({"prompt_ids": first["prompt_ids"], "max_tokens": 8, "ignore_eos": true}),
+    ];
+    let samples = generate(&write_lines(dir.path(), &lines), dir.path(), &[]);
+    assert_eq!(tokens(&samples[0]).len(), 8);
+    assert_eq!(tokens(&samples[1]), tokens(&samples[0]));
+}
+
 #[test]
 fn bad_generation_input_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -224,6 +239,8 @@ fn bad_generation_input_is_one_clear_error() {
     assert_clean_error(&output, &["prompts.jsonl line 1", "`until`", "list of strings"]);
     let output = run(&[json!({"prompt": "def f():", "prompt_ids": [1, 99999999]})], &[]);
     assert_clean_error(&output, &["prompt token 99999999", "vocabulary"]);
+    let output = run(&[json!({"max_tokens": 4})], &[]);
+    assert_clean_error(&output, &["prompts.jsonl line 1", "`prompt`", "`prompt_ids`"]);
     // 1 MiB holds no 16-token page of this model's cache (90 KiB a token).
     let output = run(&[json!({"prompt": "def f():", "max_tokens": 64})], &["--kv-cache-mb", "1"]);
     assert_clean_error(&output, &["KV cache", "--kv-cache-mb 1"]);

@@ -321,7 +321,7 @@ fn into_doc(
 
 /// The task's `generation_kwargs` with the document's own `until`, `max_tokens` and
 /// `ignore_eos` in their place, and its `prompt_ids` where it gives them (the generic
-/// `generate` task).
+/// `generate` task, whose documents give a `prompt`, its `prompt_ids`, or both).
 fn document_generation(
     def: &TaskDef,
     record: &Row,
@@ -341,6 +341,9 @@ fn document_generation(
                 .ok_or_else(|| fail("prompt_ids", "must be a list of token ids"))?,
         ),
     };
+    if prompt_ids.is_none() && !fields.contains_key("prompt") {
+        return Err(fail("prompt", "is missing: give the prompt, or its tokens as `prompt_ids`"));
+    }
     if let Some(until) = fields.get("until") {
         kwargs.until = until_list(until).ok_or_else(|| fail("until", "must be a string or a list of strings"))?;
     }
