@@ -64,3 +64,15 @@ fn a_config_that_contradicts_the_tensors_names_the_tensor() {
     let output = run_evalmesh(&["score", "--model", path_str(dir.path()), "--file", path_str(&text)]);
     assert_clean_error(&output, &["model.layers.0.self_attn.q_norm.weight", "1 × 32", "1 × 8", "disagree"]);
 }
+
+/// A folder that is not a model (no `config.json`) is named as such, with what a model is,
+/// by every command that opens one.
+#[test]
+fn a_folder_without_a_config_is_named_as_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = path_str(dir.path());
+    let needles = [folder, "not a model", "config.json", "GGUF"];
+    assert_clean_error(&inspect(dir.path()), &needles);
+    assert_clean_error(&run_evalmesh(&["plan", "--model", folder, "--workers", "2"]), &needles);
+    assert_clean_error(&run_evalmesh(&["run", "--model", folder, "--random-weights", "--task", "hellaswag"]), &needles);
+}

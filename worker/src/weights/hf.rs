@@ -17,7 +17,22 @@ use safetensors::SafeTensors;
 use super::quant::GgmlType;
 use super::{LayerTensor, Located, TensorId, WeightError, WeightSource};
 
-pub const CONFIG_FILE: &str = "config.json";
+const CONFIG_FILE: &str = "config.json";
+
+/// The `config.json` of a Hugging Face model folder; an error naming the folder and what a
+/// model is where it has none.
+pub fn config_file(dir: &Path) -> Result<PathBuf, WeightError> {
+    let path = dir.join(CONFIG_FILE);
+    match path.is_file() {
+        true => Ok(path),
+        false => Err(WeightError::Format {
+            path: dir.to_path_buf(),
+            problem: format!(
+                "not a model: a folder needs a {CONFIG_FILE} (a Hugging Face model, its weights in safetensors); else pass a GGUF file"
+            ),
+        }),
+    }
+}
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
@@ -72,7 +87,7 @@ impl HfModel {
     }
 
     pub fn open(dir: &Path) -> Result<Self, WeightError> {
-        let config_path = dir.join(CONFIG_FILE);
+        let config_path = config_file(dir)?;
         let config = HfConfig::parse(&read_text(&config_path)?)
             .and_then(|c| c.to_model_config())
             .map_err(|error| WeightError::Config { path: config_path.clone(), error })?;

@@ -21,7 +21,7 @@ use evalmesh_common::{ConfigError, ModelConfig};
 
 use crate::tensor::Matrix;
 pub use gguf_model::GgufModel;
-pub use hf::{hf_tensor, read_shard_header, HfModel, CONFIG_FILE};
+pub use hf::{config_file, hf_tensor, read_shard_header, HfModel};
 pub use random::RandomModel;
 pub use stored::StoredMatrix;
 

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 use evalmesh_common::{HfConfig, ModelConfig};
 use rayon::prelude::*;
 
-use super::hf::CONFIG_FILE;
+use super::hf::config_file;
 use super::{Located, TensorId, WeightError, WeightSource};
 use crate::tensor::Matrix;
 
@@ -25,7 +25,7 @@ pub struct RandomModel {
 impl RandomModel {
     /// The model of a `config.json`, given as the file or the directory that holds it.
     pub fn open(path: &Path) -> Result<Self, WeightError> {
-        let config_path = if path.is_dir() { path.join(CONFIG_FILE) } else { path.to_path_buf() };
+        let config_path = if path.is_dir() { config_file(path)? } else { path.to_path_buf() };
         let text = std::fs::read_to_string(&config_path).map_err(|e| WeightError::io(&config_path, e))?;
         let config = HfConfig::parse(&text)
             .and_then(|c| c.to_model_config())

@@ -15,7 +15,7 @@ use anyhow::Context;
 use evalmesh_common::cost::weight_values;
 use evalmesh_common::strategy::gigabytes;
 use evalmesh_common::{HfConfig, ModelConfig, StageSpec};
-use evalmesh_worker::weights::{HfModel, CONFIG_FILE};
+use evalmesh_worker::weights::{config_file, HfModel};
 
 use crate::cli::args::ModelArgs;
 use crate::model::Model;
@@ -67,7 +67,7 @@ pub fn weight_memory_line(f32_bytes: u64, stored: Option<u64>) -> String {
 /// config.json, reading nothing else.
 pub fn model_config(path: &Path) -> anyhow::Result<ModelConfig> {
     let config_file = match path.is_dir() {
-        true if !HfModel::has_weights(path) => path.join(CONFIG_FILE),
+        true if !HfModel::has_weights(path) => config_file(path)?,
         true => return Ok(evalmesh_worker::weights::open(path, false)?.config().clone()),
         false if path.extension().is_some_and(|e| e == "json") => path.to_path_buf(),
         false => return Ok(evalmesh_worker::weights::open(path, false)?.config().clone()),
