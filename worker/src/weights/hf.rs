@@ -18,6 +18,8 @@ use super::quant::GgmlType;
 use super::{LayerTensor, Located, TensorId, WeightError, WeightSource};
 
 const CONFIG_FILE: &str = "config.json";
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The `config.json` of a Hugging Face model folder; an error naming the folder and what a
 /// model is where it has none.
@@ -33,8 +35,6 @@ pub fn config_file(dir: &Path) -> Result<PathBuf, WeightError> {
         }),
     }
 }
-pub const SINGLE_FILE: &str = "model.safetensors";
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 struct Shard {
     path: PathBuf,

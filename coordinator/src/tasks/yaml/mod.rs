@@ -59,13 +59,12 @@ impl Registry {
     /// The task files shipped with evalmesh: the built-in tasks, every one usable.
     pub fn shipped() -> Result<Self, TaskError> {
         let registry = Registry::read(files::shipped_yaml_files(), Origin::Shipped)?;
-        match registry.definitions.values().find_map(|d| match d {
-            Definition::Unusable(u) => Some(u.problem.clone()),
-            _ => None,
-        }) {
-            Some(problem) => Err(TaskError::Settings(problem)),
-            None => Ok(registry),
+        for definition in registry.definitions.values() {
+            if let Definition::Unusable(u) = definition {
+                return Err(TaskError::Settings(u.problem.clone()));
+            }
         }
+        Ok(registry)
     }
 
     fn read(files: Vec<PathBuf>, origin: Origin) -> Result<Self, TaskError> {
