@@ -89,6 +89,10 @@ pub struct Settings<'a> {
     /// The tokens that end a generated sequence: the end-of-text token, and with a chat
     /// template the end-of-turn tokens of the vocabulary.
     pub stop_tokens: &'a [u32],
+    /// The seed of sampled generation (`--seed`'s torch seed; lm-evaluation-harness's
+    /// default, 1234, where not given): each sampled document draws from its own stream,
+    /// `seed << 48 | repeat << 32 | document`, so that its text does not depend on the others.
+    pub sampling_seed: u16,
 }
 
 impl Settings<'_> {
@@ -196,7 +200,7 @@ pub fn evaluate(
     }
     for task in tasks {
         let docs = &task.docs[..settings.limit.map_or(task.docs.len(), |l| l.apply(task.docs.len()))];
-        if docs.iter().any(|d| matches!(d.target, Target::Generate { .. })) {
+        if task.generates() {
             let (Scored { metrics, samples, stats }, prediction) =
                 generate_task(engine, tokenizer, task, docs, settings, journal.as_deref_mut())?;
             if let Some(p) = &prediction {
@@ -342,10 +346,6 @@ struct Scored {
     stats: TaskStats,
 }
 
-/// The seed of a sampled document's draws: lm-evaluation-harness seeds its run with 1234;
-/// here each document has its own stream, so its text does not depend on the others.
-const SAMPLING_SEED: u64 = 1234;
-
 /// A generate_until task (docs/ARCHITECTURE.md §12): each document's context tokenised
 /// (left-truncated, as lm-evaluation-harness does, to leave `max_gen_toks` positions), its
 /// continuation generated (`repeats` times), filtered by each filter chain and matched with
@@ -424,7 +424,7 @@ fn generate_task(
                     temperature: kwargs.temperature as f32,
                     top_k: kwargs.top_k,
                     top_p: kwargs.top_p as f32,
-                    seed: SAMPLING_SEED << 48 | repeat << 32 | doc.id as u64,
+                    seed: (settings.sampling_seed as u64) << 48 | repeat << 32 | doc.id as u64,
                 },
                 false => Choice::Greedy,
             };

@@ -108,7 +108,12 @@ pub struct RunConfig {
     pub limit: Option<Value>,
     /// Resamples for the bootstrap standard errors (the perplexities'; means have a closed form).
     pub bootstrap_iters: usize,
+    /// `--gen_kwargs`'s pairs, or null.
     pub gen_kwargs: Option<Value>,
+    /// `--seed`'s four, as lm-evaluation-harness records them.
+    pub random_seed: Option<u64>,
+    pub numpy_seed: Option<u64>,
+    pub torch_seed: u16,
     /// The seed of the few-shot draws.
     pub fewshot_seed: u32,
 }

@@ -93,7 +93,7 @@ pub fn task_files(data: &[u8]) {
         data_dir: Some(&dir),
         data_file: Some(&path),
         num_fewshot: (pick as usize / TASKS.len()) % 3,
-        prompt: Default::default(),
+        ..Default::default()
     };
     if let Ok(catalog) = Catalog::new(None) {
         let _ = catalog.load(task, &source);

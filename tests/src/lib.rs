@@ -267,6 +267,17 @@ impl RunArgs {
     }
 }
 
+/// `dir/mc.jsonl`: ten questions for the generic multiple_choice task, `q{i}` answered
+/// `yes {i}` (choice 1 of `no` and it), so that a context shows which demonstrations it drew.
+pub fn numbered_questions(dir: &Path) -> PathBuf {
+    let path = dir.join("mc.jsonl");
+    let lines: String = (0..10)
+        .map(|i| format!("{{\"context\": \"q{i}\", \"choices\": [\"no\", \"yes {i}\"], \"gold\": 1}}\n"))
+        .collect();
+    std::fs::write(&path, lines).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
 /// A results file, read into the types evalmesh writes it from.
 pub fn read_report(path: &Path) -> Report {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -10,13 +10,13 @@ use std::path::Path;
 
 use evalmesh::tasks::catalog::{Catalog, Source};
 use evalmesh::tasks::Doc;
-use evalmesh_tests::{assert_clean_error, repo_dir, run_evalmesh, shared_dir, test_model};
+use evalmesh_tests::{assert_clean_error, numbered_questions, repo_dir, run_evalmesh, shared_dir, test_model};
 use serde_json::Value;
 
 fn load_docs(task: &str, data_dir: Option<&Path>, data_file: Option<&Path>, shots: usize) -> Vec<Doc> {
     let tasks = Catalog::new(None)
         .unwrap()
-        .load(task, &Source { data_dir, data_file, num_fewshot: shots, prompt: Default::default() })
+        .load(task, &Source { data_dir, data_file, num_fewshot: shots, ..Default::default() })
         .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].num_fewshot, shots);
@@ -218,11 +218,7 @@ fn lambada_draws_from_its_test_split_as_lm_eval_does() {
 #[test]
 fn a_generic_file_is_its_own_few_shot_split_without_the_document_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mc.jsonl");
-    let lines: String = (0..10)
-        .map(|i| format!("{{\"context\": \"q{i}\", \"choices\": [\"no\", \"yes {i}\"], \"gold\": 1}}\n"))
-        .collect();
-    std::fs::write(&path, lines).unwrap();
+    let path = numbered_questions(dir.path());
     // CPython: r = random.Random(1234); [r.sample(range(10), 2) for _ in range(3)] == [[7, 1], [0, 1], [9, 0]];
     // one example more than asked is drawn, and document 1 drops itself from its draw.
     let docs = load_docs("multiple_choice", None, Some(&path), 1);
@@ -233,7 +229,7 @@ fn a_generic_file_is_its_own_few_shot_split_without_the_document_itself() {
 #[test]
 fn mmlu_takes_the_first_dev_examples_after_the_description() {
     let data = shared_dir().join("data");
-    let source = Source { data_dir: Some(&data), data_file: None, num_fewshot: 1, prompt: Default::default() };
+    let source = Source { data_dir: Some(&data), num_fewshot: 1, ..Default::default() };
     let tasks = Catalog::new(None).unwrap().load("mmlu", &source).unwrap();
     let algebra = tasks.iter().find(|t| t.name == "mmlu_abstract_algebra").unwrap();
     let context = &algebra.docs[0].requests[0].context;

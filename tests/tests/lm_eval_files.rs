@@ -13,7 +13,10 @@ use evalmesh_tests::lm_eval::{
     get_file_datetime, get_file_task_name, get_results_filenames, get_sample_results_filenames, hash_string,
     results_problems, sample_problems, task_hash,
 };
-use evalmesh_tests::{read_report, read_samples, repo_dir, samples_file, shared_dir, test_model, RunArgs};
+use evalmesh_tests::{
+    numbered_questions, read_report, read_samples, repo_dir, run_evalmesh, samples_file, shared_dir, test_model,
+    RunArgs,
+};
 use serde_json::{json, Value};
 
 fn read_json(path: &Path) -> Value {
@@ -312,4 +315,126 @@ fn lm_eval_flag_spellings() {
         assert_eq!(output.status.code(), Some(2), "a usage error");
         assert!(String::from_utf8_lossy(&output.stderr).contains(says), "{flags:?}");
     }
+}
+
+/// lm-evaluation-harness's way of naming the model, `--model hf --model_args
+/// pretrained=DIR,gguf_file=NAME,…`, scores as `--model DIR/NAME` with the flags its keys
+/// stand for; the results record the pairs; a model named twice, lm-eval's model type
+/// alone, or a key evalmesh does not take is one clear error.
+#[test]
+fn lm_eval_model_args_name_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = test_model();
+    let (folder, file) = (model.parent().unwrap().to_str().unwrap(), model.file_name().unwrap().to_str().unwrap());
+    let data = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
+    let items = ["run", "--task", "multiple_choice", "--data", data.to_str().unwrap(), "--limit", "4"];
+    let model_args = format!("pretrained={folder},gguf_file={file},max_length=96,trust_remote_code=True");
+    let lm_eval_style = dir.path().join("lm-eval-style.json");
+    let mut args = items.to_vec();
+    args.extend(["--model", "hf", "--model_args", &model_args, "--log_samples", "--output"]);
+    args.push(lm_eval_style.to_str().unwrap());
+    let output = run_evalmesh(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let config = &read_json(&lm_eval_style)["config"]["model_args"];
+    assert_eq!((config["pretrained"].as_str(), config["gguf_file"].as_str()), (Some(folder), Some(file)));
+    let lm_eval_samples = read_samples(dir.path(), "multiple_choice");
+
+    let own = dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    let args = RunArgs::new().hellaswag_items(4).flag("--ctx", 96).samples_beside(&own.join("r.json"));
+    assert!(args.run().status.success());
+    assert!(read_samples(&own, "multiple_choice") == lm_eval_samples, "the same model and context, other scores");
+
+    let twice = format!("pretrained={folder}");
+    let hf_alone: &[&str] = &["--model", "hf"];
+    for (flags, code, says) in [
+        (hf_alone, 1, "--model_args pretrained=PATH"),
+        (&["--model", "other.gguf", "--model_args", &twice][..], 1, "name the model once"),
+        (&["--model_args", &format!("{twice},revision=main")][..], 2, "`revision` is not a key"),
+        (&["--model_args", &format!("{twice},max_length=64"), "--ctx", "128"][..], 1, "max_length=64 and --ctx 128"),
+    ] {
+        let mut args = items.to_vec();
+        args.extend(flags);
+        let output = run_evalmesh(&args);
+        assert_eq!(output.status.code(), Some(code), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says) && !stderr.contains("panicked"), "{flags:?}: {stderr}");
+    }
+}
+
+/// `--gen_kwargs` lays its pairs over a generate_until task's `generation_kwargs`, as
+/// lm-evaluation-harness's does: five greedy tokens are the first five of eight, the
+/// results' configs and `config.gen_kwargs` say so, and a value the key cannot hold is a
+/// usage error naming the key.
+#[test]
+fn gen_kwargs_lay_over_the_task_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    let lines = [
+        "{\"prompt\": \"def add(a, b):\", \"ignore_eos\": true}",
+        "{\"prompt\": \"The capital of France\", \"ignore_eos\": true}",
+    ];
+    std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
+    let generate = |name: &str, gen_kwargs: &str| {
+        let out = dir.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let args = RunArgs::new().flag("--task", "generate").path("--data", &prompts).flag("--gen_kwargs", gen_kwargs);
+        let output = args.samples_beside(&out.join("r.json")).run();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let samples: Vec<Value> = String::from_utf8(read_samples(&out, "generate"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let tokens: Vec<Vec<u64>> = samples
+            .iter()
+            .map(|s| {
+                s["evalmesh"]["generations"][0]["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap())
+                    .collect()
+            })
+            .collect();
+        (tokens, read_json(&out.join("r.json")))
+    };
+    let (five, results) = generate("five", "max_gen_toks=5,temperature=0");
+    let (eight, _) = generate("eight", "max_gen_toks=8");
+    for (five, eight) in five.iter().zip(&eight) {
+        assert_eq!((five.len(), eight.len()), (5, 8));
+        assert_eq!(five[..], eight[..5], "greedy tokens are a prefix of a longer run's");
+    }
+    assert_eq!(results["config"]["gen_kwargs"], json!({"max_gen_toks": 5, "temperature": 0}));
+    assert_eq!(results["configs"]["generate"]["generation_kwargs"]["max_gen_toks"], 5);
+
+    let output =
+        RunArgs::new().flag("--task", "generate").path("--data", &prompts).flag("--gen_kwargs", "max_gen_toks=0").run();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`max_gen_toks`: must be a whole number of tokens"));
+}
+
+/// `--seed`'s few-shot seed draws the demonstrations as lm-evaluation-harness's sampler
+/// does with it, and the results record the four seeds.
+#[test]
+fn the_seed_flag_draws_the_demonstrations_as_lm_eval_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = numbered_questions(dir.path());
+    let out = dir.path().join("r.json");
+    let args = RunArgs::new().flag("--task", "multiple_choice").path("--data", &data).flag("--limit", 3);
+    let output = args.flag("--num_fewshot", 1).flag("--seed", 42).samples_beside(&out).run();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let samples = String::from_utf8(read_samples(dir.path(), "multiple_choice")).unwrap();
+    let contexts: Vec<String> = samples
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["arguments"]["gen_args_0"]["arg_0"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // CPython: r = random.Random(42); [r.sample(range(10), 2) for _ in range(3)] == [[1, 0], [4, 3], [3, 2]];
+    // two drawn for one shot, and each document drops itself (documents 0 and 2 here).
+    assert_eq!(contexts, ["q1 yes 1\n\nq0", "q4 yes 4\n\nq1", "q3 yes 3\n\nq2"]);
+    let config = &read_json(&out)["config"];
+    let seeds = [&config["random_seed"], &config["numpy_seed"], &config["torch_seed"], &config["fewshot_seed"]];
+    assert_eq!(seeds, [&json!(42); 4]);
 }

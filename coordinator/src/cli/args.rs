@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use evalmesh_common::Strategy;
 
+use super::lm_eval_flags::{parse_pairs, GenKwargs, ModelArgsGiven, Seeds};
 use crate::evaluate::Limit;
 use crate::tasks::perplexity::PerplexityMode;
+use crate::tasks::yaml::config::GenerationKwargs;
 
 #[derive(Debug, Parser)]
 #[command(name = "evalmesh", version, about = "Evaluates language models, in one process or across MPI ranks.")]
@@ -132,6 +134,14 @@ pub struct RunArgs {
     pub model: ModelArgs,
     #[arg(long, visible_alias = "tasks", default_value = "perplexity", help = crate::tasks::catalog::tasks_help())]
     pub task: String,
+    /// lm-evaluation-harness's model arguments, for its users (`--model hf --model_args
+    /// pretrained=DIR`): `pretrained` names the model as --model does (a folder, or with
+    /// `gguf_file=NAME` the GGUF file in it), `tokenizer`, `max_length` and `add_bos_token` act
+    /// as --tokenizer, --ctx and --add-bos; `dtype` and the loading keys (trust_remote_code,
+    /// device_map, parallelize…) change nothing here. --model may then be left out or be
+    /// lm-eval's model type (hf).
+    #[arg(long, visible_alias = "model_args", value_name = "KEY=VALUE,…", value_parser = ModelArgsGiven::parse)]
+    pub model_args: Option<ModelArgsGiven>,
     /// The data file of the evaluated split, in place of the task file's: the input of the
     /// generic tasks multiple_choice (JSON lines {"context", "choices", "gold"}) and perplexity
     /// (a UTF-8 text; default: a built-in wikitext-2 excerpt).
@@ -190,6 +200,18 @@ pub struct RunArgs {
     /// system message with --apply-chat-template (lm-evaluation-harness's --system_instruction).
     #[arg(long, visible_alias = "system_instruction")]
     pub system_instruction: Option<String>,
+    /// generate_until tasks: generation settings laid over each task file's
+    /// `generation_kwargs`, as lm-evaluation-harness's --gen_kwargs: `max_gen_toks=64`,
+    /// `until=NAME` (one stop text), `do_sample=true,temperature=0.7`, `top_k`, `top_p`.
+    /// A document's own `until` and `max_tokens` (the generic `generate` task) still win.
+    #[arg(long, visible_alias = "gen_kwargs", value_name = "KEY=VALUE,…", value_parser = parse_gen_kwargs)]
+    pub gen_kwargs: Option<GenKwargs>,
+    /// lm-evaluation-harness's seeds: one number for all four, or `random,numpy,torch,fewshot`
+    /// (`None` for the first two). The few-shot seed picks the demonstrations (as lm-eval's
+    /// sampler does with it); the torch seed starts each sampled document's draws (below
+    /// 65536); the first two are recorded, nothing here draws from them.
+    #[arg(long, default_value = "0,1234,1234,1234", value_parser = Seeds::parse)]
+    pub seed: Seeds,
     /// Let tasks that score by running the model's output as code (humaneval) run it: each
     /// program in a sandboxed child `python3` (its own network namespace with no network,
     /// a time limit, resource limits, a fresh temporary folder). Off by default, as
@@ -396,6 +418,15 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
     } else {
         Err(format!("`{s}` is neither a whole count nor a fraction in (0, 1)"))
     }
+}
+
+/// `--gen_kwargs`: its pairs, each a key lm-eval's `generation_kwargs` takes with a value it
+/// can hold ([`GenerationKwargs::update`]).
+fn parse_gen_kwargs(s: &str) -> Result<GenKwargs, String> {
+    let pairs = parse_pairs(s)?;
+    let given = pairs.iter().map(|(k, v)| (k.as_str(), v));
+    GenerationKwargs::default().update(given).map_err(|(key, what)| format!("`{key}`: {what}"))?;
+    Ok(GenKwargs(pairs))
 }
 
 /// `--batch-size`: a number of requests, 1 or more (not lm-evaluation-harness's `auto`).

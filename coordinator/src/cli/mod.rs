@@ -1,10 +1,11 @@
-//! The command line: clap's view of it ([`args`]), the flags checked once into settings
-//! ([`settings`]), one module per command ([`commands`]), and what they print
+//! The command line: clap's view of it ([`args`]), lm-evaluation-harness's list-valued
+//! flags ([`lm_eval_flags`]), the flags checked once into settings ([`settings`]), one module per command ([`commands`]), and what they print
 //! ([`tables`], [`trace`]). Commands return `anyhow` errors: typed where a caller
 //! branches on them ([`is_stopped`]), with context on the rest.
 
 pub mod args;
 pub mod commands;
+pub mod lm_eval_flags;
 pub mod settings;
 pub mod tables;
 pub mod trace;

@@ -11,6 +11,7 @@ use super::args::{
     CalibrateArgs, CudaAwareArg, DeviceArg, GpuPrecisionArg, ModelArgs, PlanArgs, RunArgs, ScoreArgs, StrategyArg,
     WeightsArg,
 };
+use super::lm_eval_flags::{GenKwargs, ModelArgsGiven, Seeds, HF_MODEL_TYPES};
 use crate::evaluate::Limit;
 use crate::journal::journal_path;
 use crate::lm_eval::files::{date_id, results_in_folder};
@@ -39,6 +40,12 @@ pub enum UsageError {
     OutputNotAFolder(PathBuf),
     #[error("{flag} must be at least {min}, got {value}")]
     TooSmall { flag: &'static str, min: usize, value: usize },
+    #[error("--model {0} and --model_args pretrained=…: name the model once (beside --model_args, --model may only be lm-evaluation-harness's model type, hf)")]
+    ModelTwice(PathBuf),
+    #[error("--model {0} is lm-evaluation-harness's model type: name the model with --model_args pretrained=PATH, or give its path as --model")]
+    ModelTypeWithoutPath(String),
+    #[error("--model_args {key}={given} and {flag} {other}: give it once")]
+    GivenTwice { key: &'static str, given: String, flag: &'static str, other: String },
 }
 
 /// The fewest tokens a micro-batch may hold (`--batch-tokens`).
@@ -131,12 +138,17 @@ pub struct RunSettings {
     pub trace: Option<PathBuf>,
     /// `--add-bos`: overrides the tokenizer's BOS policy where given.
     pub add_bos: Option<bool>,
+    /// `--model_args`'s pairs as given, for the results' `config.model_args`.
+    pub model_args: Vec<(String, serde_json::Value)>,
+    /// `--gen_kwargs`: laid over each generate_until task's `generation_kwargs`.
+    pub gen_kwargs: GenKwargs,
+    pub seeds: Seeds,
 }
 
 impl RunArgs {
     /// Checks the flags against each other; `under_mpi` says whether a launcher started
     /// this process as a rank of a job (layout flags need one).
-    pub fn resolve(self, under_mpi: bool) -> Result<RunSettings, UsageError> {
+    pub fn resolve(mut self, under_mpi: bool) -> Result<RunSettings, UsageError> {
         if self.batch_tokens < MIN_BATCH_TOKENS {
             return Err(UsageError::TooSmall {
                 flag: "--batch-tokens",
@@ -181,6 +193,15 @@ impl RunArgs {
         if self.log_samples && self.output.is_none() {
             return Err(UsageError::SamplesWithoutOutput);
         }
+        let model_args = match self.model_args.take() {
+            Some(given) => self.take_model_args(given)?,
+            None => match self.model.model.as_ref().and_then(|m| m.to_str()) {
+                Some(kind) if HF_MODEL_TYPES.contains(&kind) && !Path::new(kind).exists() => {
+                    return Err(UsageError::ModelTypeWithoutPath(kind.into()))
+                }
+                _ => Vec::new(),
+            },
+        };
         let device = device_of(self.device, self.cuda_aware, self.gpu_precision, self.weights_in_memory)?;
         let output = match self.output {
             Some(output) => Some(OutputFiles::new(output, &self.model.path()?, self.log_samples)?),
@@ -216,7 +237,45 @@ impl RunArgs {
             overwrite: self.overwrite,
             trace: self.trace,
             add_bos: self.add_bos,
+            model_args,
+            gen_kwargs: self.gen_kwargs.unwrap_or_default(),
+            seeds: self.seed,
         })
+    }
+
+    /// Takes `--model_args` into the flags it stands for (the model, --tokenizer, --ctx,
+    /// --add-bos), refusing one given both ways; returns its pairs.
+    fn take_model_args(&mut self, given: ModelArgsGiven) -> Result<Vec<(String, serde_json::Value)>, UsageError> {
+        if let Some(model) = self.model.model.take() {
+            if !model.to_str().is_some_and(|kind| HF_MODEL_TYPES.contains(&kind)) {
+                return Err(UsageError::ModelTwice(model));
+            }
+        }
+        if let Some(dtype) = &given.dtype {
+            log::warn!("--model_args dtype={dtype}: not taken: the CPU computes in f32 (widening the weights exactly), a GPU as --gpu-precision says");
+        }
+        self.model.model = given.model;
+        let twice = |key, given: String, flag, other: String| UsageError::GivenTwice { key, given, flag, other };
+        if let Some(tokenizer) = given.tokenizer {
+            if let Some(other) = &self.model.tokenizer {
+                let given = tokenizer.display().to_string();
+                return Err(twice("tokenizer", given, "--tokenizer", other.display().to_string()));
+            }
+            self.model.tokenizer = Some(tokenizer);
+        }
+        if let Some(length) = given.max_length {
+            if let Some(ctx) = self.ctx.filter(|&c| c != length) {
+                return Err(twice("max_length", length.to_string(), "--ctx", ctx.to_string()));
+            }
+            self.ctx = Some(length);
+        }
+        if let Some(add) = given.add_bos {
+            if let Some(other) = self.add_bos.filter(|&b| b != add) {
+                return Err(twice("add_bos_token", add.to_string(), "--add-bos", other.to_string()));
+            }
+            self.add_bos = Some(add);
+        }
+        Ok(given.pairs)
     }
 }
 

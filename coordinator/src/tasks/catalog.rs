@@ -7,6 +7,7 @@ use std::path::Path;
 use super::prompt::PromptStyle;
 use super::yaml::Registry;
 use super::{Task, TaskError};
+use crate::cli::lm_eval_flags::Seeds;
 
 /// What a run gives the tasks it loads.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +21,25 @@ pub struct Source<'a> {
     pub num_fewshot: usize,
     /// How contexts are written: `--system-instruction`, `--apply-chat-template`.
     pub prompt: PromptStyle<'a>,
+    /// The few-shot sampler's seed (`--seed`'s fourth).
+    pub fewshot_seed: u32,
+    /// `--gen_kwargs`: laid over each generate_until task's `generation_kwargs`.
+    pub gen_kwargs: &'a [(String, serde_json::Value)],
+}
+
+impl Default for Source<'_> {
+    /// No data folder or file, the task files' own few-shot counts and generation
+    /// settings, plain prompts, and lm-evaluation-harness's few-shot seed (1234).
+    fn default() -> Self {
+        Source {
+            data_dir: None,
+            data_file: None,
+            num_fewshot: 0,
+            prompt: PromptStyle::default(),
+            fewshot_seed: Seeds::default().fewshot,
+            gen_kwargs: &[],
+        }
+    }
 }
 
 /// The shipped tasks and a user's.

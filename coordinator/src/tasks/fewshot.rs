@@ -1,14 +1,11 @@
 //! Few-shot contexts as lm-evaluation-harness builds them: the documents of a task in
 //! template form ([`Example`]), their solved demonstrations, and the samplers that pick
-//! them: `first_n` (MMLU) and the default `ContextSampler`, CPython's `random.Random(1234)`
-//! seeded once per task and drawn from once per document in document order, with or without
+//! them: `first_n` (MMLU) and the default `ContextSampler`, CPython's `random.Random(seed)`
+//! (lm-eval's default seed 1234, or `--seed`'s few-shot one) seeded once per task and drawn from once per document in document order, with or without
 //! the document handed over to be left out ([`EvalDoc`]; `lm_eval/api/samplers.py`,
 //! `lm_eval/api/task.py`).
 
 use super::python_random::PythonRandom;
-
-/// lm-evaluation-harness's default `fewshot_random_seed`.
-pub const SEED: u32 = 1234;
 
 /// What joins a demonstration's text to its answer (`target_delimiter`) and follows each
 /// demonstration (`fewshot_delimiter`); lm-evaluation-harness's defaults are `" "` and `"\n\n"`.
@@ -75,8 +72,8 @@ pub enum Sampler {
     /// The first examples of a split, the same for every document (`first_n`).
     FirstN(Vec<Example>),
     /// lm-evaluation-harness's default sampler: examples drawn from `pool` for each document
-    /// in turn by one `random.Random(1234)`, seeded once for the task (`set_fewshot_seed`).
-    Random { pool: Vec<Example>, eval_doc: EvalDoc },
+    /// in turn by one `random.Random(seed)`, seeded once for the task (`set_fewshot_seed`).
+    Random { pool: Vec<Example>, eval_doc: EvalDoc, seed: u32 },
 }
 
 /// Whether lm-evaluation-harness hands the document to the sampler as `eval_doc`: it does
@@ -94,14 +91,14 @@ pub enum EvalDoc {
 
 impl Sampler {
     /// The default sampler over `pool` for documents that are not handed over.
-    pub fn random(pool: Vec<Example>) -> Sampler {
-        Sampler::Random { pool, eval_doc: EvalDoc::Ignored }
+    pub fn random(pool: Vec<Example>, seed: u32) -> Sampler {
+        Sampler::Random { pool, eval_doc: EvalDoc::Ignored, seed }
     }
 
     /// The default sampler over `pool` (whose rows are `pool_rows`) for documents handed
     /// over, whose rows are `doc_rows`.
-    pub fn excluding(pool: Vec<Example>, pool_rows: Vec<Row>, doc_rows: Vec<Row>) -> Sampler {
-        Sampler::Random { pool, eval_doc: EvalDoc::Excluded { pool_rows, doc_rows } }
+    pub fn excluding(pool: Vec<Example>, pool_rows: Vec<Row>, doc_rows: Vec<Row>, seed: u32) -> Sampler {
+        Sampler::Random { pool, eval_doc: EvalDoc::Excluded { pool_rows, doc_rows }, seed }
     }
 }
 
@@ -115,19 +112,20 @@ pub fn demonstrations(docs: usize, sampler: &Sampler, shots: usize) -> Result<Ve
             }
             Ok(vec![examples[..shots].iter().map(Example::turn).collect(); docs])
         }
-        Sampler::Random { pool, eval_doc } => {
+        Sampler::Random { pool, eval_doc, seed } => {
             let same = match eval_doc {
                 EvalDoc::Ignored => None,
                 EvalDoc::Excluded { pool_rows, doc_rows } => Some(|d: usize, i: usize| pool_rows[i] == doc_rows[d]),
             };
             let same = same.as_ref().map(|f| f as &dyn Fn(usize, usize) -> bool);
-            let draws = random_draws(pool.len(), docs, shots, same)?;
+            let draws = random_draws(*seed, pool.len(), docs, shots, same)?;
             Ok(draws.iter().map(|drawn| drawn.iter().map(|&i| pool[i].turn()).collect()).collect())
         }
     }
 }
 
 pub fn random_draws(
+    seed: u32,
     pool: usize,
     docs: usize,
     shots: usize,
@@ -140,7 +138,7 @@ pub fn random_draws(
     if pool < shots + extra {
         return Err(pool.saturating_sub(extra));
     }
-    let mut random = PythonRandom::new(SEED);
+    let mut random = PythonRandom::new(seed);
     (0..docs)
         .map(|d| {
             let Some(same) = same else { return Ok(random.sample(pool, shots)) };
@@ -179,7 +177,7 @@ mod tests {
     }
 
     fn handed_over(pool: Vec<Example>, pool_rows: &[&str], doc_rows: &[&str]) -> Sampler {
-        Sampler::excluding(pool, rows(pool_rows), rows(doc_rows))
+        Sampler::excluding(pool, rows(pool_rows), rows(doc_rows), 1234)
     }
 
     #[test]
@@ -215,18 +213,18 @@ mod tests {
         let [two_three, three_two] = ["q2 yes\n\nq3 yes\n\n", "q3 yes\n\nq2 yes\n\n"];
         assert_eq!(got, [three_two, two_three, two_three, three_two]);
         let same = |_: usize, i: usize| i < 2;
-        assert_eq!(random_draws(4, 4, 3, Some(&same)), Err(2), "b and c are all that is left");
+        assert_eq!(random_draws(1234, 4, 4, 3, Some(&same)), Err(2), "b and c are all that is left");
     }
 
     #[test]
     fn documents_not_handed_over_keep_every_draw() {
         // CPython: r = random.Random(1234); [r.sample(range(10), 1) for _ in range(3)] == [[7], [1], [0]].
         let pool: Vec<Example> = (0..10).map(|i| choice(&format!("q{i}"))).collect();
-        let got = contexts(3, &Sampler::random(pool), 1, &Delimiters::default()).unwrap();
+        let got = contexts(3, &Sampler::random(pool, 1234), 1, &Delimiters::default()).unwrap();
         // The first document may be q7: it keeps q7 all the same.
         assert_eq!(got, ["q7 yes\n\n", "q1 yes\n\n", "q0 yes\n\n"]);
-        assert_eq!(random_draws(10, 2, 10, None).map(|d| d.len()), Ok(2), "all ten may be drawn");
-        assert_eq!(random_draws(10, 2, 0, None), Ok(vec![vec![], vec![]]));
+        assert_eq!(random_draws(1234, 10, 2, 10, None).map(|d| d.len()), Ok(2), "all ten may be drawn");
+        assert_eq!(random_draws(1234, 10, 2, 0, None), Ok(vec![vec![], vec![]]));
     }
 
     #[test]

@@ -128,6 +128,11 @@ pub struct Group {
 }
 
 impl Task {
+    /// Whether the task generates text (generate_until).
+    pub fn generates(&self) -> bool {
+        self.docs.iter().any(|d| matches!(d.target, Target::Generate { .. }))
+    }
+
     /// Whether the results report `metric` (its name, without `_stderr`).
     pub fn reports(&self, metric: &str) -> bool {
         let rolling = matches!(self.docs.first().map(|d| &d.target), Some(Target::Rolling { .. }));

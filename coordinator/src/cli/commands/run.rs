@@ -30,7 +30,6 @@ use crate::prediction::{placement, run_profile, Predictor};
 use crate::results::{EvalmeshSection, RankStats, Report, RunConfig, RunInfo};
 use crate::tasks::catalog::{Catalog, Source};
 use crate::tasks::code_execution::Sandbox;
-use crate::tasks::fewshot::SEED;
 use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::prompt::PromptStyle;
@@ -85,11 +84,16 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
             system_instruction: settings.system_instruction.as_deref(),
             chat: chat_template.as_ref().map(|t| (t, settings.fewshot_as_multiturn)),
         },
+        fewshot_seed: settings.seeds.fewshot,
+        gen_kwargs: &settings.gen_kwargs.0,
     };
     let catalog = Catalog::new(settings.include_path.as_deref())?;
     let mut tasks = Vec::new();
     for name in &settings.tasks {
         tasks.extend(catalog.load(name, &source)?);
+    }
+    if !settings.gen_kwargs.0.is_empty() && !tasks.iter().any(|t| t.generates()) {
+        log::warn!("--gen_kwargs: no generate_until task in this run, so they change nothing");
     }
     let mut stop_tokens: Vec<u32> = model.tokenizer.eos().into_iter().collect();
     if chat_template.is_some() {
@@ -180,6 +184,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         kv_budget_bytes: settings.kv_cache_mb << 20,
         sandbox: sandbox.as_ref(),
         stop_tokens: &stop_tokens,
+        sampling_seed: settings.seeds.torch,
     };
     let start = Instant::now();
     let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;
@@ -251,6 +256,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
 fn run_info(settings: &RunSettings, model: &Path, parameters: u64, started: SystemTime, seconds: f64) -> RunInfo {
     let model_name = model.display().to_string();
     let mut model_args = BTreeMap::from([("model".to_string(), serde_json::json!(model_name))]);
+    model_args.extend(settings.model_args.iter().cloned());
     if let Some(tokenizer) = &settings.model.tokenizer {
         model_args.insert("tokenizer".into(), serde_json::json!(tokenizer.display().to_string()));
     }
@@ -278,8 +284,12 @@ fn run_info(settings: &RunSettings, model: &Path, parameters: u64, started: Syst
                 Limit::Fraction(f) => serde_json::json!(f),
             }),
             bootstrap_iters: BOOTSTRAP_ITERATIONS,
-            gen_kwargs: None,
-            fewshot_seed: SEED,
+            gen_kwargs: (!settings.gen_kwargs.0.is_empty())
+                .then(|| serde_json::Value::Object(settings.gen_kwargs.0.iter().cloned().collect())),
+            random_seed: settings.seeds.random,
+            numpy_seed: settings.seeds.numpy,
+            torch_seed: settings.seeds.torch,
+            fewshot_seed: settings.seeds.fewshot,
         },
         date: started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
         model_source: "evalmesh".into(),

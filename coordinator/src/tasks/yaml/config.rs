@@ -217,38 +217,51 @@ pub fn until_list(value: &serde_json::Value) -> Option<Vec<String>> {
     }
 }
 
+impl GenerationKwargs {
+    /// Sets the keys given, as lm-evaluation-harness's `generation_kwargs` (a task file's, or
+    /// `--gen_kwargs` over them); keys it does not use here are kept in the results' configs
+    /// only. An error gives the key and what its value must be.
+    pub fn update<'a>(
+        &mut self,
+        given: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+    ) -> Result<(), (String, &'static str)> {
+        for (key, value) in given {
+            let bad = |what: &'static str| (key.to_string(), what);
+            let flag = || value.as_bool().ok_or_else(|| bad("must be true or false"));
+            match key {
+                "until" => {
+                    self.until = until_list(value).ok_or_else(|| bad("must be a string or a list of strings"))?
+                }
+                "max_gen_toks" => {
+                    self.max_gen_toks = match value.as_u64() {
+                        Some(n) if n > 0 => n as usize,
+                        _ => return Err(bad("must be a whole number of tokens, at least 1")),
+                    }
+                }
+                "do_sample" => self.do_sample = flag()?,
+                "temperature" => self.temperature = value.as_f64().ok_or_else(|| bad("must be a number"))?,
+                "top_p" => self.top_p = value.as_f64().ok_or_else(|| bad("must be a number"))?,
+                "top_k" => self.top_k = value.as_u64().ok_or_else(|| bad("must be a whole number"))? as usize,
+                "ignore_eos" => self.ignore_eos = flag()?,
+                _ => {}
+            }
+        }
+        if self.do_sample && self.temperature <= 0.0 {
+            self.do_sample = false;
+        }
+        Ok(())
+    }
+}
+
 /// Reads `generation_kwargs`; every error names the key.
 fn generation_kwargs(map: &Mapping, file: &Path) -> Result<GenerationKwargs, TaskError> {
     let mut kwargs = GenerationKwargs::default();
     let Some(given) = map.get("generation_kwargs") else { return Ok(kwargs) };
     let given = given.as_mapping().ok_or_else(|| problem(file, "generation_kwargs", "must be a mapping"))?;
-    for (key, value) in given {
-        let key = key.as_str().unwrap_or("?");
-        let bad = |what: &str| problem(file, &format!("generation_kwargs.{key}"), what);
-        let number = || value.as_f64().ok_or_else(|| bad("must be a number"));
-        match key {
-            "until" => {
-                kwargs.until =
-                    until_list(&to_json(value)).ok_or_else(|| bad("must be a string or a list of strings"))?
-            }
-            "max_gen_toks" => {
-                kwargs.max_gen_toks = match value.as_u64() {
-                    Some(n) if n > 0 => n as usize,
-                    _ => return Err(bad("must be a whole number of tokens, at least 1")),
-                }
-            }
-            "do_sample" => kwargs.do_sample = value.as_bool().ok_or_else(|| bad("must be true or false"))?,
-            "temperature" => kwargs.temperature = number()?,
-            "top_p" => kwargs.top_p = number()?,
-            "top_k" => kwargs.top_k = value.as_u64().ok_or_else(|| bad("must be a whole number"))? as usize,
-            "ignore_eos" => kwargs.ignore_eos = value.as_bool().ok_or_else(|| bad("must be true or false"))?,
-            // Other keys are kept in the results' configs only.
-            _ => {}
-        }
-    }
-    if kwargs.do_sample && kwargs.temperature <= 0.0 {
-        kwargs.do_sample = false;
-    }
+    let given: Vec<(&str, serde_json::Value)> =
+        given.iter().map(|(k, v)| (k.as_str().unwrap_or("?"), to_json(v))).collect();
+    let pairs = given.iter().map(|(k, v)| (*k, v));
+    kwargs.update(pairs).map_err(|(key, what)| problem(file, &format!("generation_kwargs.{key}"), what))?;
     Ok(kwargs)
 }
 

@@ -19,7 +19,7 @@ use self::docs::{read_split, Rendered, Renderer};
 use self::files::Origin;
 use crate::tasks::catalog::Source;
 use crate::tasks::configs::task_config;
-use crate::tasks::fewshot::{self, Delimiters, EvalDoc, Example, Row, Sampler, Turn};
+use crate::tasks::fewshot::{self, Delimiters, Example, Row, Sampler, Turn};
 use crate::tasks::perplexity::word_count;
 use crate::tasks::prompt::compose;
 use crate::tasks::{Doc, Group, Request, Target, Task, TaskError};
@@ -383,6 +383,14 @@ fn examples(renderer: &Renderer<'_>) -> Result<Vec<Example>, TaskError> {
 }
 
 fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
+    let with_gen_kwargs;
+    let def = match def.output_type {
+        OutputType::GenerateUntil if !source.gen_kwargs.is_empty() => {
+            with_gen_kwargs = gen_kwargs_over(def, source.gen_kwargs)?;
+            &with_gen_kwargs
+        }
+        _ => def,
+    };
     let env = docs::environment();
     let mut read = Vec::new();
     let documents = documents(def, &def.eval_split, source, &mut read)?;
@@ -446,6 +454,24 @@ fn load_task(def: &TaskDef, source: &Source) -> Result<Task, TaskError> {
     })
 }
 
+/// `def` with `--gen_kwargs` laid over its `generation_kwargs`, in its settings and its
+/// configuration alike (lm-evaluation-harness's `set_config(key="generation_kwargs",
+/// update=True)`).
+fn gen_kwargs_over(def: &TaskDef, given: &[(String, serde_json::Value)]) -> Result<TaskDef, TaskError> {
+    let mut def = def.clone();
+    let pairs = given.iter().map(|(k, v)| (k.as_str(), v));
+    def.generation
+        .update(pairs)
+        .map_err(|(key, what)| TaskError::Settings(format!("--gen_kwargs: `{key}`: {what}")))?;
+    if let Some(config) = def.config.as_object_mut() {
+        let kwargs = config.entry("generation_kwargs").or_insert_with(|| serde_json::json!({}));
+        if let Some(kwargs) = kwargs.as_object_mut() {
+            kwargs.extend(given.iter().cloned());
+        }
+    }
+    Ok(def)
+}
+
 /// Each document's demonstrations, as lm-eval's sampler picks them from the few-shot split.
 fn fewshot_turns(
     def: &TaskDef,
@@ -483,11 +509,10 @@ fn fewshot_turns(
     let rows = |documents: &[Document]| documents.iter().map(|d| Row::Object(d.record.clone())).collect();
     let sampler = match (def.sampler, def.sampler_sees_document) {
         (SamplerKind::FirstN, _) => Sampler::FirstN(pool),
-        (SamplerKind::Random, false) => Sampler::random(pool),
-        (SamplerKind::Random, true) => Sampler::Random {
-            pool,
-            eval_doc: EvalDoc::Excluded { pool_rows: rows(&pool_documents), doc_rows: rows(documents) },
-        },
+        (SamplerKind::Random, false) => Sampler::random(pool, source.fewshot_seed),
+        (SamplerKind::Random, true) => {
+            Sampler::excluding(pool, rows(&pool_documents), rows(documents), source.fewshot_seed)
+        }
     };
     fewshot::demonstrations(documents.len(), &sampler, shots)
         .map_err(|most| refuse(&format!("{shots} demonstrations, but the split `{split}` allows {most}")))
