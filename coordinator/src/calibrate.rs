@@ -311,17 +311,18 @@ pub fn host_name() -> String {
 
 /// Measures `device` at the model's shapes with micro-batches of `tokens` tokens, for
 /// [`ROUNDS`] rounds or until `seconds` have passed, whichever is longer; `link` is what
-/// [`measure_link`] found, if it ran.
+/// [`measure_link`] found, if it ran. A GPU is measured on `gpu` (after `CUDA_VISIBLE_DEVICES`).
 pub fn calibrate(
     c: &ModelConfig,
     tokens: usize,
     link: Option<Link>,
     seconds: f64,
     device: Device,
+    gpu: usize,
 ) -> Result<HardwareProfile, CalibrateError> {
     match device {
         Device::Cpu { .. } => calibrate_cpu(c, tokens, link, seconds),
-        Device::Cuda { .. } => calibrate_cuda(c, tokens, link, seconds),
+        Device::Cuda { .. } => calibrate_cuda(c, tokens, link, seconds, gpu),
     }
 }
 
@@ -335,14 +336,15 @@ fn measured_source(host: &str, c: &ModelConfig, tokens: usize, rounds: usize, se
     )
 }
 
-/// GPU 0 (after `CUDA_VISIBLE_DEVICES`): one worker's rates, and the bf16 matrix peak.
+/// GPU `gpu` (after `CUDA_VISIBLE_DEVICES`): one worker's rates, and the bf16 matrix peak.
 fn calibrate_cuda(
     c: &ModelConfig,
     tokens: usize,
     link: Option<Link>,
     seconds: f64,
+    gpu: usize,
 ) -> Result<HardwareProfile, CalibrateError> {
-    let gpu = probe(0)?;
+    let gpu = probe(gpu)?;
     let backend = CudaBackend::new(gpu.ordinal, GpuPrecision::Bf16)?;
     let mut rounds = Vec::new();
     let started = Instant::now();

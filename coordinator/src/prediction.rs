@@ -42,14 +42,15 @@ pub fn write_profile(profile: &HardwareProfile, path: &Path) -> Result<(), Predi
 
 /// The profile for a run on `device`: `--profile FILE`, else this host's cached one if this
 /// build measured it, else a quick calibration now (a few seconds, without links), cached
-/// for the next runs. A GPU run whose coordinator sees no GPU predicts from the H100's
-/// datasheet instead, and says so.
+/// for the next runs (a GPU's on GPU `gpu`, the one a single process runs on). A GPU run
+/// whose coordinator sees no GPU predicts from the H100's datasheet instead, and says so.
 pub fn run_profile(
     given: Option<&Path>,
     cache: &Path,
     config: &ModelConfig,
     batch_tokens: usize,
     device: Device,
+    gpu: usize,
 ) -> Result<HardwareProfile, PredictionError> {
     if let Some(path) = given {
         return Ok(HardwareProfile::read(path)?);
@@ -67,7 +68,7 @@ pub fn run_profile(
             device.name()
         ),
     }
-    let profile = match (calibrate(config, batch_tokens.min(2048), None, 0.0, device), device) {
+    let profile = match (calibrate(config, batch_tokens.min(2048), None, 0.0, device, gpu), device) {
         (Ok(profile), _) => profile,
         (Err(e), Device::Cuda { .. }) => {
             log::warn!(

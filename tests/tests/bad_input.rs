@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use evalmesh_tests::{
-    assert_clean_error, edited_bytes, edited_model, gguf_tensor_offset_field, run_evalmesh, test_model,
+    assert_clean_error, edited_bytes, edited_model, gguf_tensor_offset_field, mpirun, repo_dir, run_evalmesh,
+    test_model,
 };
 use evalmesh_worker::weights::gguf::Value;
 
@@ -107,6 +108,19 @@ fn cuda_without_a_gpu() {
     assert_clean_error(&output, &["cuda", "--device cpu"]);
     let output = run_evalmesh(&["calibrate", "--model", test_model().to_str().unwrap(), "--device", "cuda"]);
     assert_clean_error(&output, &["cuda", "--device cpu"]);
+    // lm-evaluation-harness's `cuda:N` is a GPU too, for each command; a malformed one is a
+    // usage error, and under mpirun, where each worker takes its node's GPU, one GPU is refused.
+    let (model, text) = (test_model(), repo_dir().join("coordinator/tasks/perplexity/wikitext-2-excerpt.txt"));
+    for command in [&["run"][..], &["score", "--file", text.to_str().unwrap()], &["calibrate"]] {
+        let mut args = command.to_vec();
+        args.extend(["--model", model.to_str().unwrap(), "--device", "cuda:1"]);
+        assert_clean_error(&run_evalmesh(&args), &["cuda", "--device cpu"]);
+    }
+    let output = run_evalmesh(&["run", "--model", model.to_str().unwrap(), "--device", "cuda:one"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("give cpu, cuda, or cuda:N"));
+    let output = mpirun(2, &["run", "--model", model.to_str().unwrap(), "--device", "cuda:0"]);
+    assert_clean_error(&output, &["--device cuda:0 names one process's GPU", "give --device cuda"]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use evalmesh_common::{MicroBatch, ModelConfig, PlanError, StageSpec, TokenScore}
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{local_rank_from_env, probe_local, CudaBackend, GpuChoice};
+use crate::backend::cuda::{local_rank_from_env, probe, probe_local, CudaBackend, GpuChoice};
 use crate::backend::error::BackendError;
 use crate::backend::{Backend, MatmulStats};
 use crate::comm::activations::Activations;
@@ -43,10 +43,15 @@ impl Target {
         })
     }
 
-    /// The target of a single process: for CUDA, the GPU of its node-local rank (0 outside
-    /// a launcher), logged.
-    pub fn alone(device: Device) -> Result<Target, BackendError> {
-        let target = Target::find(device, local_rank_from_env().unwrap_or(0))?;
+    /// The target of a single process: for CUDA, GPU `gpu` where given, else the GPU of its
+    /// node-local rank (0 outside a launcher), logged.
+    pub fn alone(device: Device, gpu: Option<usize>) -> Result<Target, BackendError> {
+        let target = match (device, gpu) {
+            (Device::Cuda { cuda_aware, precision }, Some(ordinal)) => {
+                Target::Gpu { gpu: probe(ordinal)?, precision, cuda_aware }
+            }
+            _ => Target::find(device, local_rank_from_env().unwrap_or(0))?,
+        };
         if let Target::Gpu { gpu, .. } = &target {
             log::info!(
                 "GPU {} of {}: {} ({} GB)",

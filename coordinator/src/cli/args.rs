@@ -53,9 +53,9 @@ pub struct CalibrateArgs {
     /// Where to write the profile (default: this host's cached profile of the device, which runs use).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// What to measure: the CPU, or GPU 0 (`cuda`: its rates at the model's shapes and its
-    /// bf16 matrix peak).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// What to measure: the CPU, or a GPU (`cuda`: GPU 0, or `cuda:N`: its rates at the
+    /// model's shapes and its bf16 matrix peak).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceArg,
     /// Go on measuring for this long, round after round, and keep the median of each figure:
     /// on a machine whose speed wanders (a shared virtual machine), a profile measured over
@@ -238,9 +238,10 @@ pub struct RunArgs {
     /// Tensor-parallel shards per stage: 1 up to the model's KV-head count.
     #[arg(long)]
     pub tp: Option<usize>,
-    /// Where the workers compute: `cpu`, or `cuda` (one GPU per worker; needs a build with
-    /// `--features cuda`).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// Where the workers compute: `cpu`, or `cuda` (one GPU per worker, by its rank on the
+    /// node; needs a build with `--features cuda`), or as lm-evaluation-harness's `cuda:N`,
+    /// GPU N of a single process.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceArg,
     /// With --device cuda under mpirun: `on` passes activations to MPI in device memory
     /// (the MPI must be CUDA-aware), `off` stages them through pinned host buffers, `auto`
@@ -345,20 +346,46 @@ pub struct ScoreArgs {
     /// Compute threads. Default: all cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to compute: `cpu`, or `cuda` (this process's GPU; needs a build with
-    /// `--features cuda`).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    /// Where to compute: `cpu`, or `cuda` (this process's GPU, `cuda:N` GPU N; needs a
+    /// build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceArg,
     /// With --device cuda: `bf16` or `f32` weights and matrix operands, as for `run`.
     #[arg(long, value_enum, default_value_t = GpuPrecisionArg::Bf16)]
     pub gpu_precision: GpuPrecisionArg,
 }
 
-/// The compute device of the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The compute device of the workers (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
     Cpu,
-    Cuda,
+    /// `cuda`: each worker its node's GPU by local rank (GPU 0 in one process); `cuda:N`
+    /// (lm-evaluation-harness's spelling): GPU N of a single process.
+    Cuda {
+        gpu: Option<usize>,
+    },
+}
+
+impl DeviceArg {
+    /// The GPU `cuda:N` names.
+    pub fn gpu(&self) -> Option<usize> {
+        match self {
+            DeviceArg::Cuda { gpu } => *gpu,
+            DeviceArg::Cpu => None,
+        }
+    }
+}
+
+/// `--device`: `cpu`, `cuda`, or `cuda:N`.
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda { gpu: None }),
+        _ => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Ok(DeviceArg::Cuda { gpu: Some(n) }),
+            _ => Err(format!("`{s}`: give cpu, cuda, or cuda:N (GPU N, counted after CUDA_VISIBLE_DEVICES)")),
+        },
+    }
 }
 
 /// How GPU workers hand activations to MPI (`--cuda-aware`).

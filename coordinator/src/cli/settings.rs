@@ -44,6 +44,8 @@ pub enum UsageError {
     ModelTwice(PathBuf),
     #[error("--model {0} is lm-evaluation-harness's model type: name the model with --model_args pretrained=PATH, or give its path as --model")]
     ModelTypeWithoutPath(String),
+    #[error("--device cuda:{0} names one process's GPU; under mpirun each worker takes its node's GPU by its local rank: give --device cuda (CUDA_VISIBLE_DEVICES chooses which GPUs)")]
+    OneGpuUnderMpi(usize),
     #[error("--model_args {key}={given} and {flag} {other}: give it once")]
     GivenTwice { key: &'static str, given: String, flag: &'static str, other: String },
 }
@@ -129,6 +131,8 @@ pub struct RunSettings {
     pub system_instruction: Option<String>,
     pub layout: LayoutRequest,
     pub device: Device,
+    /// `--device cuda:N`: the GPU of a single process (else its local rank's).
+    pub gpu: Option<usize>,
     pub tune: bool,
     pub profile: Option<PathBuf>,
     pub share_prefixes: bool,
@@ -176,6 +180,9 @@ impl RunArgs {
                     .unwrap_or_default();
                 return Err(UsageError::LayoutNeedsRanks(format!("--strategy {name}")));
             }
+        }
+        if let (true, Some(gpu)) = (under_mpi, self.device.gpu()) {
+            return Err(UsageError::OneGpuUnderMpi(gpu));
         }
         if self.threads == Some(0) {
             return Err(UsageError::TooSmall { flag: "--threads", min: 1, value: 0 });
@@ -227,6 +234,7 @@ impl RunArgs {
             apply_chat_template: self.apply_chat_template,
             fewshot_as_multiturn: self.fewshot_as_multiturn,
             system_instruction: self.system_instruction,
+            gpu: self.device.gpu(),
             layout: LayoutRequest { strategy: self.strategy.into(), dp: self.dp, pp: self.pp, tp: self.tp },
             device,
             tune: self.tune,
@@ -359,8 +367,10 @@ fn device_of(
         }),
         (DeviceArg::Cpu, CudaAwareArg::Auto, _) => Err(UsageError::GpuFlagWithoutCuda("--gpu-precision")),
         (DeviceArg::Cpu, _, _) => Err(UsageError::GpuFlagWithoutCuda("--cuda-aware")),
-        (DeviceArg::Cuda, ..) if weights != WeightsArg::Auto => Err(UsageError::CpuFlagWithCuda("--weights-in-memory")),
-        (DeviceArg::Cuda, cuda_aware, precision) => Ok(Device::Cuda {
+        (DeviceArg::Cuda { .. }, ..) if weights != WeightsArg::Auto => {
+            Err(UsageError::CpuFlagWithCuda("--weights-in-memory"))
+        }
+        (DeviceArg::Cuda { .. }, cuda_aware, precision) => Ok(Device::Cuda {
             cuda_aware: match cuda_aware {
                 CudaAwareArg::Auto => CudaAware::Auto,
                 CudaAwareArg::On => CudaAware::On,

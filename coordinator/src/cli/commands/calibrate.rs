@@ -1,4 +1,4 @@
-//! `evalmesh calibrate`: measures this machine (or GPU 0) for the cost model and writes
+//! `evalmesh calibrate`: measures this machine (or a GPU: 0, or N of `cuda:N`) for the cost model and writes
 //! a hardware profile; under MPI, ranks 0 and 1 first time their link, then rank 0
 //! measures the rest while the other ranks wait for it.
 
@@ -21,7 +21,9 @@ pub fn calibrate(args: &CalibrateArgs, world: Option<&SimpleCommunicator>) -> an
         let _ = evalmesh_worker::comm::receive::<_, evalmesh_common::protocol::ToWorker>(w, Some(0));
         return Ok(());
     }
-    let profile = crate::calibrate::calibrate(&config, args.batch_tokens, link, args.seconds.unwrap_or(0.0), device)?;
+    let seconds = args.seconds.unwrap_or(0.0);
+    let gpu = args.device.gpu().unwrap_or(0);
+    let profile = crate::calibrate::calibrate(&config, args.batch_tokens, link, seconds, device, gpu)?;
     let output = args.output.clone().unwrap_or_else(|| cached_profile_path(&cache_dir(), device));
     write_profile(&profile, &output)?;
     println!("{}", serde_json::to_string_pretty(&profile).unwrap_or_default());

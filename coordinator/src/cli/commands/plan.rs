@@ -21,9 +21,14 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
     let config = super::model_config(&path)?;
     let profile = match (&args.profile, args.device.as_str()) {
         (Some(file), _) => HardwareProfile::read(file).map_err(PredictionError::from)?,
-        (None, "cpu") => {
-            run_profile(None, &cache_dir(), &config, args.batch_tokens, Device::Cpu { weights: WeightsInMemory::Auto })?
-        }
+        (None, "cpu") => run_profile(
+            None,
+            &cache_dir(),
+            &config,
+            args.batch_tokens,
+            Device::Cpu { weights: WeightsInMemory::Auto },
+            0,
+        )?,
         (None, device) => HardwareProfile::built_in(device).map_err(PredictionError::from)?,
     };
     let per_batch = args.batch_tokens / args.ctx;

@@ -61,7 +61,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     // one fails at once; under MPI each worker finds its own (rank 0 needs none).
     let place = match world.filter(|w| w.size() > 1) {
         Some(world) => Place::Ranks(world),
-        None => Place::Alone(Target::alone(settings.device)?),
+        None => Place::Alone(Target::alone(settings.device, settings.gpu)?),
     };
     let (model_path, mut model) = super::open_model(&settings.model, settings.random_weights)?;
     if let Some(add) = settings.add_bos {
@@ -126,8 +126,14 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         None => None,
     };
 
-    let mut profile =
-        run_profile(settings.profile.as_deref(), &cache_dir(), &config, settings.batch_tokens, settings.device)?;
+    let mut profile = run_profile(
+        settings.profile.as_deref(),
+        &cache_dir(),
+        &config,
+        settings.batch_tokens,
+        settings.device,
+        settings.gpu.unwrap_or(0),
+    )?;
     if let Device::Cuda { precision: GpuPrecision::F32, .. } = settings.device {
         // Weights of 4 bytes for the memory model; the rates stay bf16's, so the predicted
         // throughput of the f32 path is optimistic.

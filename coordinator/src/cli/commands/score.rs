@@ -42,7 +42,7 @@ pub fn score(args: &ScoreArgs, world: Option<&SimpleCommunicator>) -> anyhow::Re
     }
     let spec = StageSpec::whole(&config);
     let source = &*model.source;
-    let scored = match Target::alone(args.check()?)? {
+    let scored = match Target::alone(args.check()?, args.device.gpu())? {
         Target::Cpu { weights } => {
             scores(&TransformerStage::load(source, spec, CpuBackend::new(weights))?, &texts, args.top)?
         }
