@@ -49,8 +49,10 @@ fn launched_as_mpi_job() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some())
 }
 
-fn init_logging(rank: i32) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+/// Logs to standard error at `level` (`run --verbosity`, else info), unless RUST_LOG says otherwise.
+fn init_logging(rank: i32, level: log::LevelFilter) {
+    let level = level.as_str().to_lowercase();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(move |buf, record| writeln!(buf, "[evalmesh rank {rank} {}] {}", record.level(), record.args()))
         .init();
 }
@@ -74,9 +76,13 @@ fn main() -> ExitCode {
     keep_freed_memory();
     small_pages();
     let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Run(args) => args.verbosity.unwrap_or(log::LevelFilter::Info),
+        _ => log::LevelFilter::Info,
+    };
     if !(matches!(cli.command, Command::Run(_) | Command::Pingpong(_) | Command::Calibrate(_)) && launched_as_mpi_job())
     {
-        init_logging(0);
+        init_logging(0, level);
         return report(evalmesh::cli::execute(cli, None));
     }
     // Workers make their MPI calls from a communication thread.
@@ -86,7 +92,7 @@ fn main() -> ExitCode {
     };
     let world = universe.world();
     let rank = world.rank();
-    init_logging(rank);
+    init_logging(rank, level);
     // Every rank takes part in the ping-pong.
     if let Command::Pingpong(_) = &cli.command {
         return report(evalmesh::cli::execute(cli, Some(&world)));

@@ -14,8 +14,8 @@ use evalmesh_tests::lm_eval::{
     results_problems, sample_problems, task_hash,
 };
 use evalmesh_tests::{
-    numbered_questions, read_report, read_samples, repo_dir, run_evalmesh, samples_file, shared_dir, test_model,
-    RunArgs,
+    evalmesh_bin, numbered_questions, read_report, read_samples, repo_dir, run_evalmesh, samples_file, shared_dir,
+    test_model, RunArgs,
 };
 use serde_json::{json, Value};
 
@@ -437,4 +437,25 @@ fn the_seed_flag_draws_the_demonstrations_as_lm_eval_does() {
     let config = &read_json(&out)["config"];
     let seeds = [&config["random_seed"], &config["numpy_seed"], &config["torch_seed"], &config["fewshot_seed"]];
     assert_eq!(seeds, [&json!(42); 4]);
+}
+
+/// lm-evaluation-harness's logging flags: `--write_out` logs the first document's requests
+/// as the model reads them, `--verbosity` sets how much is logged (RUST_LOG, which the
+/// other tests set, would win: it is left out here), and `--trust_remote_code` is taken.
+#[test]
+fn write_out_and_verbosity_as_lm_eval_spells_them() {
+    let run = |extra: &[&str]| {
+        let args = RunArgs::new().hellaswag_items(2).extend(extra);
+        let output = Command::new(evalmesh_bin()).args(args.args()).env_remove("RUST_LOG").output().unwrap();
+        assert!(output.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let stderr = run(&["--write_out", "--trust_remote_code"]);
+    let context = "Roof shingle removal: A man is sitting on a roof. he\n(end of prompt on previous line)";
+    assert_eq!(stderr.matches(context).count(), 4, "the first item's context, once per choice: {stderr}");
+    assert!(stderr.contains("\n starts pulling up roofing on a roof.\n(end of continuation on previous line)"));
+    assert_eq!(stderr.matches("document 1;").count(), 0, "only the first document");
+    assert!(stderr.contains("INFO] lightweight engine"), "{stderr}");
+    assert!(!run(&["--verbosity", "warning"]).contains("INFO]"), "information logged under WARNING");
+    assert_eq!(run(&["--verbosity", "ERROR"]), "", "nothing below an error");
 }

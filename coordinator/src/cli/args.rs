@@ -301,6 +301,18 @@ pub struct RunArgs {
     pub trace: Option<PathBuf>,
     #[arg(long, value_name = "true|false", help = ADD_BOS_HELP)]
     pub add_bos: Option<bool>,
+    /// How much the run logs, as lm-evaluation-harness's --verbosity: CRITICAL, ERROR,
+    /// WARNING, INFO (the default) or DEBUG, in any case; RUST_LOG, where set, wins.
+    #[arg(long, value_parser = parse_verbosity)]
+    pub verbosity: Option<log::LevelFilter>,
+    /// Log each task's first document before it is scored: its context and each
+    /// continuation, as the model reads them (lm-evaluation-harness's --write_out).
+    #[arg(long, visible_alias = "write_out")]
+    pub write_out: bool,
+    /// lm-evaluation-harness's --trust_remote_code, accepted for its users: evalmesh runs no
+    /// code from a model's folder, only its own implementation of the model's architecture.
+    #[arg(long, visible_alias = "trust_remote_code")]
+    pub trust_remote_code: bool,
 }
 
 #[derive(Debug, Args)]
@@ -454,6 +466,17 @@ fn parse_gen_kwargs(s: &str) -> Result<GenKwargs, String> {
     let given = pairs.iter().map(|(k, v)| (k.as_str(), v));
     GenerationKwargs::default().update(given).map_err(|(key, what)| format!("`{key}`: {what}"))?;
     Ok(GenKwargs(pairs))
+}
+
+/// `--verbosity`: Python's logging levels (CRITICAL has no level of its own here: ERROR).
+fn parse_verbosity(s: &str) -> Result<log::LevelFilter, String> {
+    match s.to_uppercase().as_str() {
+        "CRITICAL" | "ERROR" => Ok(log::LevelFilter::Error),
+        "WARNING" | "WARN" => Ok(log::LevelFilter::Warn),
+        "INFO" => Ok(log::LevelFilter::Info),
+        "DEBUG" => Ok(log::LevelFilter::Debug),
+        _ => Err(format!("`{s}`: give CRITICAL, ERROR, WARNING, INFO or DEBUG")),
+    }
 }
 
 /// `--batch-size`: a number of requests, 1 or more (not lm-evaluation-harness's `auto`).

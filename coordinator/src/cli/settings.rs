@@ -147,6 +147,8 @@ pub struct RunSettings {
     /// `--gen_kwargs`: laid over each generate_until task's `generation_kwargs`.
     pub gen_kwargs: GenKwargs,
     pub seeds: Seeds,
+    /// `--write_out`: log each task's first document before scoring.
+    pub write_out: bool,
 }
 
 impl RunArgs {
@@ -248,6 +250,7 @@ impl RunArgs {
             model_args,
             gen_kwargs: self.gen_kwargs.unwrap_or_default(),
             seeds: self.seed,
+            write_out: self.write_out,
         })
     }
 

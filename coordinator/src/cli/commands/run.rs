@@ -34,6 +34,7 @@ use crate::tasks::metrics::BOOTSTRAP_ITERATIONS;
 use crate::tasks::perplexity::PerplexityMode;
 use crate::tasks::prompt::PromptStyle;
 use crate::tasks::requests::Windows;
+use crate::tasks::Task;
 use crate::tokenizer::chat::END_OF_TURN_TOKENS;
 
 /// Where a run computes: on the worker ranks of an MPI job, or in this process.
@@ -91,6 +92,9 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
     let mut tasks = Vec::new();
     for name in &settings.tasks {
         tasks.extend(catalog.load(name, &source)?);
+    }
+    if settings.write_out {
+        tasks.iter().for_each(write_out);
     }
     if !settings.gen_kwargs.0.is_empty() && !tasks.iter().any(|t| t.generates()) {
         log::warn!("--gen_kwargs: no generate_until task in this run, so they change nothing");
@@ -255,6 +259,22 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         log::info!("results written to {}", output.results.display());
     }
     Ok(())
+}
+
+/// Logs the task's first document as the model reads it, each request's context and
+/// continuation (lm-evaluation-harness's `--write_out`, `print_writeout`).
+fn write_out(task: &Task) {
+    let Some(doc) = task.docs.first() else { return };
+    for request in &doc.requests {
+        log::info!(
+            "Task: {}; document {}; context prompt (starting on next line):\n{}\n(end of prompt on previous line)\n\
+             continuation (starting on next line):\n{}\n(end of continuation on previous line)",
+            task.name,
+            doc.id,
+            request.context,
+            request.continuation
+        );
+    }
 }
 
 /// What lm-evaluation-harness's results say about the run: its `config` (the model, the
