@@ -138,7 +138,7 @@ pub struct RunArgs {
     /// pretrained=DIR`): `pretrained` names the model as --model does (a folder, or with
     /// `gguf_file=NAME` the GGUF file in it), `tokenizer`, `max_length` and `add_bos_token` act
     /// as --tokenizer, --ctx and --add-bos; `dtype` and the loading keys (trust_remote_code,
-    /// device_map, parallelize…) change nothing here. --model may then be left out or be
+    /// device_map, parallelize…) change nothing here (`device` is --device). --model may then be left out or be
     /// lm-eval's model type (hf).
     #[arg(long, visible_alias = "model_args", value_name = "KEY=VALUE,…", value_parser = ModelArgsGiven::parse)]
     pub model_args: Option<ModelArgsGiven>,

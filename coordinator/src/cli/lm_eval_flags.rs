@@ -49,10 +49,10 @@ pub struct GenKwargs(pub Vec<(String, Value)>);
 
 /// What `--model_args` says of the model, for lm-eval's `--model hf --model_args
 /// pretrained=DIR[,gguf_file=NAME]`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelArgsGiven {
     /// `pretrained`, joined with `gguf_file` where it is given.
-    pub model: Option<PathBuf>,
+    pub model: PathBuf,
     pub tokenizer: Option<PathBuf>,
     /// `max_length`: the context length.
     pub max_length: Option<usize>,
@@ -64,36 +64,37 @@ pub struct ModelArgsGiven {
     pub pairs: Vec<(String, Value)>,
 }
 
-/// Keys of lm-eval's `hf` model that choose where or how it loads and change no score here.
+/// Keys of lm-eval's `hf` model that choose how it loads and change no score here (not
+/// `device`, which `--device` sets).
 const LOADING_KEYS: &[&str] =
-    &["trust_remote_code", "device_map", "parallelize", "use_fast_tokenizer", "low_cpu_mem_usage", "device"];
+    &["trust_remote_code", "device_map", "parallelize", "use_fast_tokenizer", "low_cpu_mem_usage"];
 
 impl ModelArgsGiven {
     /// Reads `--model_args`; an error names the key and what it takes.
     pub fn parse(text: &str) -> Result<ModelArgsGiven, String> {
         let pairs = parse_pairs(text)?;
-        let mut given = ModelArgsGiven::default();
-        let mut gguf_file = None;
+        let (mut pretrained, mut gguf_file, mut tokenizer) = (None, None, None);
+        let (mut max_length, mut add_bos, mut dtype) = (None, None, None);
         let path = |key: &str, value: &Value| match value {
             Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
             other => Err(format!("`{key}`: `{other}` is not a path")),
         };
         for (key, value) in &pairs {
             match key.as_str() {
-                "pretrained" => given.model = Some(path(key, value)?),
+                "pretrained" => pretrained = Some(path(key, value)?),
                 "gguf_file" => gguf_file = Some(path(key, value)?),
-                "tokenizer" => given.tokenizer = Some(path(key, value)?),
+                "tokenizer" => tokenizer = Some(path(key, value)?),
                 "max_length" => {
-                    given.max_length = match value.as_u64() {
+                    max_length = match value.as_u64() {
                         Some(n) if n > 0 => Some(n as usize),
                         _ => return Err(format!("`max_length`: `{value}` is not a number of tokens (1 or more)")),
                     }
                 }
                 "add_bos_token" => {
-                    given.add_bos =
+                    add_bos =
                         Some(value.as_bool().ok_or_else(|| format!("`add_bos_token`: `{value}` is not true or false"))?)
                 }
-                "dtype" => given.dtype = Some(value.as_str().map_or_else(|| value.to_string(), str::to_string)),
+                "dtype" => dtype = Some(value.as_str().map_or_else(|| value.to_string(), str::to_string)),
                 key if LOADING_KEYS.contains(&key) => {}
                 other => {
                     return Err(format!(
@@ -103,16 +104,13 @@ impl ModelArgsGiven {
                 }
             }
         }
-        let pretrained = given
-            .model
-            .take()
-            .ok_or("no `pretrained=PATH`: it names the model (a folder, or one with gguf_file=NAME)")?;
-        given.model = Some(match gguf_file {
+        let pretrained =
+            pretrained.ok_or("no `pretrained=PATH`: it names the model (a folder, or one with gguf_file=NAME)")?;
+        let model = match gguf_file {
             Some(file) => pretrained.join(file),
             None => pretrained,
-        });
-        given.pairs = pairs;
-        Ok(given)
+        };
+        Ok(ModelArgsGiven { model, tokenizer, max_length, add_bos, dtype, pairs })
     }
 }
 
@@ -200,7 +198,7 @@ mod tests {
     fn model_args_name_the_model_and_refuse_unknown_keys() {
         let given =
             ModelArgsGiven::parse("pretrained=/m,gguf_file=x.gguf,max_length=64,trust_remote_code=True").unwrap();
-        assert_eq!(given.model, Some(PathBuf::from("/m/x.gguf")));
+        assert_eq!(given.model, PathBuf::from("/m/x.gguf"));
         assert_eq!(given.max_length, Some(64));
         assert!(ModelArgsGiven::parse("gguf_file=x.gguf").unwrap_err().contains("pretrained"));
         assert!(ModelArgsGiven::parse("pretrained=/m,revision=main").unwrap_err().contains("`revision`"));

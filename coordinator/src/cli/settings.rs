@@ -265,7 +265,7 @@ impl RunArgs {
         if let Some(dtype) = &given.dtype {
             log::warn!("--model_args dtype={dtype}: not taken: the CPU computes in f32 (widening the weights exactly), a GPU as --gpu-precision says");
         }
-        self.model.model = given.model;
+        self.model.model = Some(given.model);
         let twice = |key, given: String, flag, other: String| UsageError::GivenTwice { key, given, flag, other };
         if let Some(tokenizer) = given.tokenizer {
             if let Some(other) = &self.model.tokenizer {
