@@ -1,13 +1,12 @@
 //! The CPU's product for the rows of single-token generation steps (docs/ARCHITECTURE.md
 //! §12). A decode step multiplies a few rows by every weight of the model, so its time is
-//! mostly the time to read the weights from memory. This product reads each weight once,
-//! each of its panels ([`Panels::of_weight`]) as one run (several weights at once in one
-//! parallel region: a row-parallel weight's groups), and:
-//! - for one row, each thread takes spans of whole panels, keeps a panel's sums in L1 and
-//!   adds the products of four inputs at a time;
+//! mostly the time to read the weights from memory; `gemm`, made for many rows, packs
+//! them on every call. This product reads each weight once (several weights at once in
+//! one parallel region: a row-parallel weight's groups), and:
+//! - for one row, each thread takes spans of output columns, keeps their sums in L1 and
+//!   adds the products of four weight rows at a time, reading long runs of each row;
 //! - for more rows, each thread takes strips of a few registers' width of output columns
-//!   (inside one panel) and keeps the sums of up to six rows in registers over the whole
-//!   reduction.
+//!   and keeps the sums of up to six rows in registers over the whole reduction.
 //!
 //! A weight kept in its file's encoding is taken in strips one register tile wide, each
 //! widened by the thread that takes it and multiplied as a widened weight would be.
@@ -22,20 +21,22 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{with_widened_panels, Isa, SendPtr};
-use super::panels::Microkernels;
-#[cfg(doc)]
-use super::panels::Panels;
+use super::kernels::{prefetch, with_widened_strip, Isa, SendPtr};
 use crate::weights::StoredMatrix;
 
 /// Output columns a span holds at most: long runs of each weight row, their sums in L1.
 const SPAN_COLUMNS: usize = 1024;
+/// Output columns a span is a multiple of: one AVX-512 register.
+const LANES: usize = 16;
 /// Rows of a register tile.
 const TILE_ROWS: usize = 6;
 /// Output columns of a register tile: four AVX-512 registers, or two AVX2 ones (whose 16
 /// registers hold six rows of two and the weight's).
 const WIDE_TILE: usize = 64;
 const NARROW_TILE: usize = 16;
+/// Weight rows ahead of the one read that a strip asks the memory for: its rows lie a
+/// whole weight row apart, too far for the hardware's prefetchers to follow.
+const PREFETCH_ROWS: usize = 96;
 
 /// One product of [`products`]: `out (m × n) = x (m × k) · w (k × n)`, row-major.
 pub struct Product<'a> {
@@ -47,11 +48,11 @@ pub struct Product<'a> {
     pub out: &'a mut [f32],
 }
 
-/// A product's weight: widened into panels ([`Panels::of_weight`]); or stored, `n × k` in
-/// its file's encoding, whose strips a thread widens when it takes them.
+/// A product's weight: widened, `k × n` with rows `stride` apart in `wt`; or stored,
+/// `n × k` in its file's encoding, whose strips a thread widens when it takes them.
 #[derive(Clone, Copy)]
 pub enum Columns<'a> {
-    Widened(&'a [f32]),
+    Widened { wt: &'a [f32], stride: usize },
     Stored(&'a StoredMatrix<'static>),
 }
 
@@ -61,22 +62,18 @@ pub fn products(items: Vec<Product<'_>>) {
     products_on(Isa::widest(), items);
 }
 
-/// A weight of `k` inputs and `n` output columns in panels `width` columns wide in
-/// `panels` (column `c`'s input `i` at `[(c / width)·k·width + i·width + c % width]`).
+/// A weight `k × n` whose rows lie `stride` apart in `wt`.
 #[derive(Clone, Copy)]
 struct Weight<'a> {
-    panels: &'a [f32],
-    k: usize,
-    width: usize,
+    wt: &'a [f32],
+    stride: usize,
     n: usize,
 }
 
 impl<'a> Weight<'a> {
-    /// Input `i` of the columns `cols`, which lie in one panel.
+    /// Columns `cols` of row `i`.
     fn row(&self, i: usize, cols: Range<usize>) -> &'a [f32] {
-        debug_assert!(cols.start / self.width == (cols.end - 1) / self.width);
-        let at = cols.start / self.width * self.k * self.width + i * self.width + cols.start % self.width;
-        &self.panels[at..at + cols.len()]
+        &self.wt[i * self.stride + cols.start..i * self.stride + cols.end]
     }
 }
 
@@ -100,8 +97,8 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
     };
     for Product { x, m, k, w, n, out } in items {
         debug_assert!(x.len() == m * k && out.len() == m * n);
-        let panels = match w {
-            Columns::Widened(panels) => panels,
+        let (wt, stride) = match w {
+            Columns::Widened { wt, stride } => (wt, stride),
             Columns::Stored(w) => {
                 let out = SendPtr(out.as_mut_ptr());
                 jobs.extend((0..n.div_ceil(width)).map(|strip| {
@@ -111,26 +108,19 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
                 continue;
             }
         };
-        let w = Weight { panels, k, width: Microkernels::panel_width(), n };
-        debug_assert!(w.panels.len() >= n.div_ceil(w.width) * k * w.width);
+        let w = Weight { wt, stride, n };
+        debug_assert!(w.wt.len() >= (k.max(1) - 1) * w.stride + w.n);
         match m {
             0 => {}
             1 => {
-                // At least two spans a thread, so that a thread that starts late takes fewer;
-                // each of whole panels (but the weight's last).
+                // At least two spans a thread, so that a thread that starts late takes fewer.
                 let threads = rayon::current_num_threads();
                 let count = n.div_ceil(SPAN_COLUMNS).max(2 * threads).next_multiple_of(threads);
-                let panels = n.div_ceil(w.width);
-                let edge = |s: usize| (s * panels / count * w.width).min(n);
-                let mut rest = &mut out[..];
-                for span in 0..count {
-                    let cols = edge(span)..edge(span + 1);
-                    let (sums, tail) = std::mem::take(&mut rest).split_at_mut(cols.len());
-                    rest = tail;
-                    if !cols.is_empty() {
-                        jobs.push(Job::Span { tile: Tile { x, k, w, cols }, sums });
-                    }
-                }
+                let width = n.div_ceil(count).next_multiple_of(LANES);
+                jobs.extend(out.chunks_mut(width).enumerate().map(|(span, sums)| {
+                    let cols = span * width..span * width + sums.len();
+                    Job::Span { tile: Tile { x, k, w, cols }, sums }
+                }));
             }
             _ => {
                 let out = SendPtr(out.as_mut_ptr());
@@ -149,11 +139,7 @@ impl Job<'_> {
         match self {
             Job::Span { tile, sums } => {
                 sums.fill(0.0);
-                let (width, first) = (tile.w.width, tile.cols.start);
-                for (p, sums) in sums.chunks_mut(width).enumerate() {
-                    let cols = first + p * width..first + p * width + sums.len();
-                    add_sums(isa, Kernel::Span, &Tile { cols, ..tile }, sums);
-                }
+                add_sums(isa, Kernel::Span, &tile, sums);
             }
             Job::Strip { tile, m, out } => {
                 let (n, first) = (tile.w.n, tile.cols.start);
@@ -161,8 +147,8 @@ impl Job<'_> {
             }
             Job::StoredStrip { x, m, w, cols, out } => {
                 let (k, width) = (w.cols(), cols.len());
-                with_widened_panels(w, cols.clone(), width, |panels| {
-                    let tile = Tile { x, k, w: Weight { panels, k, width, n: width }, cols: 0..width };
+                with_widened_strip(w, cols.clone(), width, |wt| {
+                    let tile = Tile { x, k, w: Weight { wt, stride: width, n: width }, cols: 0..width };
                     strip_rows(isa, tile, m, out, w.rows(), cols.start);
                 });
             }
@@ -291,6 +277,9 @@ fn tile<const C: usize, const R: usize>(t: &Tile<'_>, sums: &mut [f32]) {
     let mut acc = [[0.0f32; C]; R];
     let xs: [&[f32]; R] = std::array::from_fn(|r| &t.x[r * t.k..(r + 1) * t.k]);
     for i in 0..t.k {
+        for line in (0..C).step_by(16) {
+            prefetch(t.w.wt.as_ptr().wrapping_add((i + PREFETCH_ROWS) * t.w.stride + t.cols.start + line));
+        }
         let w = t.w.row(i, t.cols.clone());
         let w: [f32; C] = std::array::from_fn(|c| w[c]);
         for (acc, xr) in acc.iter_mut().zip(&xs) {
@@ -308,7 +297,6 @@ fn tile<const C: usize, const R: usize>(t: &Tile<'_>, sums: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::panels::lay_out;
 
     /// Values that bf16 holds exactly, so that a stored bf16 weight widens to them.
     fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -335,8 +323,6 @@ mod tests {
         // Rows padded, as the backend's weights are.
         let inputs: Vec<(Vec<f32>, Vec<f32>)> =
             shapes.iter().map(|&(m, k, n)| (values(m * k, 1), values(k * (n + 5), 2))).collect();
-        let panels: Vec<Vec<f32>> =
-            shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| lay_out(n, k, |c, i| wt[i * (n + 5) + c])).collect();
         let check = |isa: Isa, outs: &[Vec<f32>]| {
             for (((m, k, n), (x, wt)), out) in shapes.iter().zip(&inputs).zip(outs) {
                 for r in 0..*m {
@@ -349,26 +335,22 @@ mod tests {
         };
         fn product<'a>(
             (m, k, n): (usize, usize, usize),
-            ((x, _), panels): (&'a (Vec<f32>, Vec<f32>), &'a [f32]),
+            (x, wt): &'a (Vec<f32>, Vec<f32>),
             out: &'a mut [f32],
         ) -> Product<'a> {
-            Product { x, m, k, w: Columns::Widened(panels), n, out }
+            Product { x, m, k, w: Columns::Widened { wt, stride: n + 5 }, n, out }
         }
         let stored: Vec<StoredMatrix<'static>> =
             shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| stored(wt, k, n, n + 5)).collect();
         for isa in Isa::available() {
             let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
-            for (((&shape, input), panels), out) in shapes.iter().zip(&inputs).zip(&panels).zip(&mut outs) {
-                products_on(isa, vec![product(shape, (input, panels), out)]);
+            for ((&shape, input), out) in shapes.iter().zip(&inputs).zip(&mut outs) {
+                products_on(isa, vec![product(shape, input, out)]);
             }
             check(isa, &outs);
             let mut together: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
-            let items = shapes
-                .iter()
-                .zip(inputs.iter().zip(&panels))
-                .zip(&mut together)
-                .map(|((&s, (i, p)), out)| product(s, (i, p), out))
-                .collect();
+            let items =
+                shapes.iter().zip(&inputs).zip(&mut together).map(|((&s, i), out)| product(s, i, out)).collect();
             products_on(isa, items);
             check(isa, &together);
             let mut from_stored: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
