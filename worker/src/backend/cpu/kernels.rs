@@ -2,8 +2,8 @@
 //! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`],
 //! whose constants and 2ⁿ the softmax's vector kernels share: [`exp_constants`],
 //! [`power_of_two`]), sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
-//! prefetches ([`prefetch`]), a thread's widened strip of a stored weight
-//! ([`with_widened_strip`]), and the instruction sets that kernels compiled more than once
+//! prefetches ([`prefetch`]), a thread's widened panels of a stored weight
+//! ([`with_widened_panels`]), and the instruction sets that kernels compiled more than once
 //! choose from at run time ([`Isa`]).
 
 use std::ops::Range;
@@ -48,10 +48,10 @@ pub unsafe fn gemm_into(
     rhs: View,
     scale: f32,
 ) {
-    let block = k.div_ceil(k.div_ceil(ONE_BLOCK_INPUTS).max(1)).max(1);
     // One call where `k` is 0, which then writes zeros (or leaves `dst`, where `accumulate`).
-    for start in (0..k.max(1)).step_by(block) {
-        let len = block.min(k - start);
+    let blocks = reduction_blocks(k).chain((k == 0).then_some(0..0));
+    for Range { start, end } in blocks {
+        let len = end - start;
         // SAFETY: the caller guarantees the views cover the blocks and do not alias `dst`;
         // inputs `start..start + len` of both lie inside them.
         unsafe {
@@ -80,6 +80,13 @@ pub unsafe fn gemm_into(
     }
 }
 
+/// The inputs `0..k` cut into the fewest blocks of at most [`ONE_BLOCK_INPUTS`], all as
+/// long but the last: the blocks whose sums a product adds in turn (none where `k` is 0).
+pub fn reduction_blocks(k: usize) -> impl Iterator<Item = Range<usize>> {
+    let block = k.div_ceil(k.div_ceil(ONE_BLOCK_INPUTS).max(1)).max(1);
+    (0..k).step_by(block).map(move |start| start..(start + block).min(k))
+}
+
 /// A product's output shared by the threads that fill it, each writing only its own
 /// elements (a strip of columns).
 #[derive(Clone, Copy)]
@@ -102,20 +109,24 @@ thread_local! {
     static STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on the output features `cols` of `w` widened and transposed: input feature `i`
-/// of column `j` at `[i · stride + j]`, `stride` the given one.
-pub fn with_widened_strip<R>(
+/// Runs `f` on the output features `cols` of `w` widened into panels of `width` (the
+/// strip's own, from `cols.start`): feature `cols.start + j`'s input `i` at
+/// `[(j / width)·k·width + i·width + j % width]`, `k` the weight's inputs.
+pub fn with_widened_panels<R>(
     w: &StoredMatrix<'_>,
     cols: Range<usize>,
-    stride: usize,
+    width: usize,
     f: impl FnOnce(&[f32]) -> R,
 ) -> R {
     STRIP.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        buffer.resize(w.cols() * stride, 0.0);
-        debug_assert!(cols.len() <= stride);
-        // SAFETY: the buffer is this thread's, `cols()` rows of `stride ≥ cols.len()` values.
-        unsafe { w.widen_transposed(cols, buffer.as_mut_ptr(), stride) };
+        let panel = w.cols() * width;
+        buffer.resize(cols.len().div_ceil(width) * panel, 0.0);
+        for (p, out) in buffer.chunks_exact_mut(panel.max(1)).enumerate() {
+            let first = cols.start + p * width;
+            // SAFETY: `out` is this thread's, `k` inputs of `width ≥` the panel's columns.
+            unsafe { w.widen_transposed(first..(first + width).min(cols.end), out.as_mut_ptr(), width) };
+        }
         f(&buffer)
     })
 }

@@ -1,22 +1,21 @@
-//! The CPU backend: f32 activations and accumulation. Matrix products go through the
-//! `gemm` crate (its AVX-512 kernels are picked at run time) a piece of rows of a strip of
-//! output features per task ([`strips`], [`row_pieces`]), or [`streamed`] for the rows of
+//! The CPU backend: f32 activations and accumulation. Matrix products run the `gemm`
+//! crate's microkernels (its AVX-512 ones where the machine has AVX-512) over weights laid
+//! out for them ([`panels`]), a piece of rows of a strip of output features per task
+//! ([`strips`], [`row_pieces`]), or [`streamed`] for the rows of
 //! single-token generation steps; everything else is row-parallel with rayon on the
 //! current thread pool ([`start_threads`]), its element-wise loops compiled for the
 //! machine's widest vectors ([`Isa::run`]). A row-parallel weight's groups read their
 //! columns of the activation in place ([`Operand`]).
 //!
-//! Weights are widened to f32 at load and stored transposed (`in × out`, row-major, rows
-//! padded: [`CpuWeight`]), the layout in which `gemm` multiplies fastest here; or, with
-//! `--weights-in-memory stored`, kept in their file's encoding and widened a strip of
-//! output features at a time, by the thread that multiplies it, into that same layout
+//! Weights are widened to f32 at load into panels of output features ([`CpuWeight`],
+//! [`Panels`]), the layout the microkernels read; or, with `--weights-in-memory stored`,
+//! kept in their file's encoding and widened a strip of output features at a time, by
+//! the thread that multiplies it, into that same layout
 //! (docs/ARCHITECTURE.md §13). Activations are multiplied in blocks of at most
 //! [`MATMUL_ROWS`] rows, which keeps them in cache whatever the micro-batch size.
 //!
-//! Determinism: `gemm` blocks its reduction by the reduction length only, so a row of
-//! `x · wᵀ` does not depend on how many rows are multiplied with it, except through
-//! its one-row fast path, which [`CpuBackend::matmul_t`] avoids by never passing a
-//! single row. The rows of single-token generation steps are multiplied by [`streamed`]
+//! Determinism: a product's reduction is cut into blocks by its length only, so a row of
+//! `x · wᵀ` does not depend on how many rows are multiplied with it. The rows of single-token generation steps are multiplied by [`streamed`]
 //! instead, whose every output is one chain in input order. Strips are multiplied as the
 //! whole weight would be in one call (see [`STRIP_PANELS`]), so neither the thread count
 //! nor a stored weight changes a product's bits. Attention works per tree in fixed row
@@ -28,6 +27,7 @@
 
 mod attention;
 mod kernels;
+mod panels;
 mod softmax;
 mod streamed;
 
@@ -44,9 +44,8 @@ use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{
-    fast_exp, gemm_into, lane_max, lane_sum_of, with_widened_strip, Isa, SendPtr, View, ONE_BLOCK_INPUTS,
-};
+use self::kernels::{fast_exp, lane_max, lane_sum_of, with_widened_panels, Isa, SendPtr, View, ONE_BLOCK_INPUTS};
+use self::panels::{lay_out, multiply, Microkernels, Panels};
 use self::streamed::{Columns, Product};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
@@ -77,7 +76,7 @@ const PANEL: usize = 64;
 /// The most panels in a strip, the output features that one task of [`gemm_rows`]
 /// multiplies (and widens first, for a stored weight): 256 × 1536 values stay in L2
 /// (measured here: strips of at most 4 panels ran 2% faster than of 3, and of 6 5% slower).
-/// A product's bits do not depend on the strips ([`strips`]), since `gemm_into` blocks the
+/// A product's bits do not depend on the strips ([`strips`]), since [`multiply`] blocks the
 /// reduction by its length alone: a stored weight's products are the widened one's.
 const STRIP_PANELS: usize = 4;
 
@@ -92,13 +91,10 @@ pub struct CpuWeight {
 /// How a [`CpuWeight`] holds its values (`--weights-in-memory`).
 #[derive(Debug, Clone, PartialEq)]
 enum Values {
-    /// Widened to f32 at load and transposed, `in × out`: input feature `i`'s row is
-    /// `t[i·stride..][..out]`, the layout in which `gemm` multiplies fastest here. The
-    /// stride is an odd number of 64-byte cache lines, so that the rows of a column strip
-    /// spread over the cache's sets: at a stride of a multiple of 4 KiB (3072 columns)
-    /// every row of a strip lands in the same few sets of L1 and L2, and a strip read
-    /// again ([`streamed`]) comes from memory every time.
-    Widened { t: Vec<f32>, stride: usize },
+    /// Widened to f32 at load into panels of output features ([`Panels::of_weight`]):
+    /// the layout that `gemm`'s microkernels read, in which the streamed product also
+    /// reads each panel as one run.
+    Widened(Vec<f32>),
     /// In the file's encoding, `out × in`; products widen it a strip at a time.
     Stored(StoredMatrix<'static>),
 }
@@ -112,68 +108,22 @@ impl CpuWeight {
         self.in_features
     }
 
-    /// The stride for `out` columns: the next odd number of 16-float lines.
-    fn stride_for(out: usize) -> usize {
-        let lines = out.div_ceil(16);
-        16 * (lines | 1)
-    }
-
     /// The weight as the streamed product reads it.
     fn columns(&self) -> Columns<'_> {
         match &self.values {
-            Values::Widened { t, stride } => Columns::Widened { wt: t, stride: *stride },
+            Values::Widened(panels) => Columns::Widened(panels),
             Values::Stored(w) => Columns::Stored(w),
         }
-    }
-}
-
-/// `out (m × n) = [out +] x (m × k) · rhs (k × n)` through `gemm` on the calling thread,
-/// in blocks of at most [`MATMUL_ROWS`] rows; `x`'s rows lie `x.rs` apart, `out`'s `out_rs`
-/// apart. Added to `out` where `accumulate`: each value once, as `out + product`.
-///
-/// # Safety
-/// `rhs` must cover `k × n`, and `out` `m` rows of `n` values `out_rs` apart that no other
-/// thread touches (written before, where `accumulate`).
-unsafe fn gemm_blocks(x: Operand<'_>, m: usize, rhs: View, n: usize, out: SendPtr, out_rs: usize, accumulate: bool) {
-    let k = x.k();
-    let mut start = 0;
-    while start < m {
-        let mut end = (start + MATMUL_ROWS).min(m);
-        if m - end == 1 {
-            end -= 1; // leave two rows for the last block
-        }
-        if end - start == 1 {
-            // One row would take gemm's matrix-vector path, whose sums run in another order.
-            let pair = [x.row(start), x.row(start)].concat();
-            let mut two = vec![0.0f32; 2 * n];
-            let lhs = View { ptr: pair.as_ptr(), rs: k as isize, cs: 1 };
-            // SAFETY: `pair` is 2 × k, `rhs` k × n, `two` a fresh 2 × n, and the caller's
-            // `out` row `start` holds n values.
-            unsafe {
-                gemm_into(2, n, k, two.as_mut_ptr(), n, false, lhs, rhs, 1.0);
-                let row = std::slice::from_raw_parts_mut(out.at(start * out_rs), n);
-                match accumulate {
-                    true => row.iter_mut().zip(&two).for_each(|(o, p)| *o += p),
-                    false => row.copy_from_slice(&two[..n]),
-                }
-            }
-        } else {
-            let lhs = View { ptr: x.row(start).as_ptr(), rs: x.rs as isize, cs: 1 };
-            // SAFETY: rows start..end of `x` are (end − start) × k, `x.rs` apart, and the
-            // caller's `out` covers rows start..end.
-            unsafe { gemm_into(end - start, n, k, out.at(start * out_rs), out_rs, accumulate, lhs, rhs, 1.0) };
-        }
-        start = end;
     }
 }
 
 /// `out (m × n) = Σ xᵢ (m × k) · wᵢᵀ` over `parts` in order, `((x₀·w₀ᵀ + x₁·w₁ᵀ) + …)`,
 /// `out` row-major, every value stored, a piece of rows of a strip of output features per
 /// task over the pool ([`strips`], [`row_pieces`]), which multiplies each part into it in
-/// turn; a stored weight's strip is widened by the thread that multiplies it. Every part
-/// after the first has at most [`ONE_BLOCK_INPUTS`] inputs: its product added to the output
-/// ([`gemm_blocks`]) adds each output's whole sum once, so that the parts summed as they are
-/// multiplied have the bits of the products added afterwards.
+/// turn ([`multiply`]); a stored weight's strip is widened into panels by the thread that
+/// multiplies it. Every part after the first has at most [`ONE_BLOCK_INPUTS`] inputs: its
+/// product added to the output adds each output's whole sum once, so that the parts summed
+/// as they are multiplied have the bits of the products added afterwards.
 fn gemm_rows(parts: &[(Operand<'_>, &CpuWeight)], m: usize, out: &mut [MaybeUninit<f32>]) {
     let Some((_, first)) = parts.first() else { return };
     let n = first.out_features;
@@ -194,23 +144,22 @@ fn gemm_rows(parts: &[(Operand<'_>, &CpuWeight)], m: usize, out: &mut [MaybeUnin
         let out = SendPtr(out_ptr.at(rows.start * n + cols.start));
         for (i, (x, w)) in parts.iter().enumerate() {
             let (x, m, accumulate) = (x.skip_rows(rows.start), rows.len(), i > 0);
+            let lhs = View { ptr: x.row(0).as_ptr(), rs: x.rs as isize, cs: 1 };
+            let (k, width) = (x.k(), Microkernels::panel_width());
+            let multiply_by = |w: Panels| {
+                // SAFETY: the panels hold k inputs of the strip's columns (a strip starts at
+                // a panel's first column); rows `rows` of `x` are m × k, `x.rs` apart; each
+                // task writes only its own rows and columns of `out` (m × n), the first part
+                // before the others add to them.
+                unsafe { multiply(m, cols.len(), k, lhs, w, out.0, n, accumulate, 1.0) }
+            };
             match &w.values {
-                // SAFETY: the weight is k × n with rows `stride` apart, so its columns `cols`
-                // are k × cols from column `cols.start`; each task writes only its own rows
-                // and columns of `out` (m × n), the first part before the others add to them.
-                Values::Widened { t, stride } => unsafe {
-                    let rhs = View { ptr: t[cols.start..].as_ptr(), rs: *stride as isize, cs: 1 };
-                    gemm_blocks(x, m, rhs, cols.len(), out, n, accumulate)
-                },
-                Values::Stored(stored) => {
-                    let stride = CpuWeight::stride_for(cols.len());
-                    with_widened_strip(stored, cols.clone(), stride, |strip| {
-                        let rhs = View { ptr: strip.as_ptr(), rs: stride as isize, cs: 1 };
-                        // SAFETY: the strip is k × cols with rows `stride` apart; each task
-                        // writes only its own rows and columns of `out` (m × n), as above.
-                        unsafe { gemm_blocks(x, m, rhs, cols.len(), out, n, accumulate) }
-                    })
+                Values::Widened(panels) => {
+                    multiply_by(Panels::of_weight(panels[cols.start / width * k * width..].as_ptr(), k))
                 }
+                Values::Stored(stored) => with_widened_panels(stored, cols.clone(), width, |strip| {
+                    multiply_by(Panels::of_weight(strip.as_ptr(), k))
+                }),
             }
         }
     });
@@ -271,7 +220,7 @@ fn strips(n: usize) -> Vec<Range<usize>> {
 /// Rows `0..m` cut into even pieces, as few as leave none longer than `longest` and give
 /// each of `threads` threads an equal share of at least four tasks (a piece of each of
 /// `strips` strips), each piece of at least two rows where `m` has them: rows do not change
-/// each other's bits, but one row alone would take `gemm`'s matrix-vector path.
+/// each other's bits, but a piece of one row would read its strip of the weight for one row.
 fn row_pieces(m: usize, strips: usize, threads: usize, longest: usize) -> Vec<Range<usize>> {
     let (strips, threads) = (strips.max(1), threads.max(1));
     let mut count = m.div_ceil(longest.max(1)).max((4 * threads).div_ceil(strips));
@@ -280,12 +229,6 @@ fn row_pieces(m: usize, strips: usize, threads: usize, longest: usize) -> Vec<Ra
     }
     let count = count.min(m / 2).max(1);
     (0..count).map(|i| i * m / count..(i + 1) * m / count).collect()
-}
-
-/// A task per [`PANEL`] of `n` output features, for the load's widening (which is exact
-/// however it is cut): a thread takes the next panel when it is done.
-fn panel_tasks(n: usize) -> impl ParallelIterator<Item = Range<usize>> {
-    (0..n.div_ceil(PANEL)).into_par_iter().with_max_len(1).map(move |p| p * PANEL..((p + 1) * PANEL).min(n))
 }
 
 /// Gives `values`' fresh pages their memory before they are written, chunks in parallel
@@ -433,38 +376,31 @@ impl DeviceMemory for CpuBackend {
     }
 
     fn upload_weight(&self, w: Matrix) -> Result<CpuWeight, BackendError> {
-        let stride = CpuWeight::stride_for(w.rows);
-        let mut t = vec![0.0f32; w.cols * stride];
-        t.par_chunks_mut(stride).enumerate().for_each(|(i, column)| {
-            for (j, v) in column[..w.rows].iter_mut().enumerate() {
-                *v = w.data[j * w.cols + i];
-            }
-        });
-        Ok(CpuWeight { in_features: w.cols, out_features: w.rows, values: Values::Widened { t, stride } })
+        let panels = lay_out(w.rows, w.cols, |c, i| w.data[c * w.cols + i]);
+        Ok(CpuWeight { in_features: w.cols, out_features: w.rows, values: Values::Widened(panels) })
     }
 
     /// Kept as stored (copied out of the file's mapping), or widened from where it lies a
-    /// panel of output features per task straight into the transposed layout.
+    /// panel of output features per task straight into its panel.
     fn upload_stored(&self, w: StoredMatrix<'_>) -> Result<CpuWeight, BackendError> {
         let (n, k) = (w.rows(), w.cols());
         if self.keep_stored {
             return Ok(CpuWeight { in_features: k, out_features: n, values: Values::Stored(w.into_owned()) });
         }
-        let stride = CpuWeight::stride_for(n);
-        let mut t = vec![0.0f32; k * stride];
-        populate(&mut t);
-        let t_ptr = SendPtr(t.as_mut_ptr());
-        panel_tasks(n).for_each(|cols| {
-            // SAFETY: `t` is k × stride and `cols` lie inside its first n columns; each task
-            // writes only its own columns.
-            unsafe { w.widen_transposed(cols.clone(), t_ptr.at(cols.start), stride) };
+        let width = Microkernels::panel_width();
+        let mut panels = vec![0.0f32; n.div_ceil(width) * k * width];
+        populate(&mut panels);
+        panels.par_chunks_mut((k * width).max(1)).enumerate().for_each(|(p, panel)| {
+            let cols = p * width..((p + 1) * width).min(n);
+            // SAFETY: `panel` is k × width, and `cols` at most `width` columns.
+            unsafe { w.widen_transposed(cols, panel.as_mut_ptr(), width) };
         });
-        Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened { t, stride } })
+        Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened(panels) })
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> u64 {
         match &w.values {
-            Values::Widened { t, .. } => (t.len() * 4) as u64,
+            Values::Widened(panels) => (panels.len() * 4) as u64,
             Values::Stored(stored) => stored.bytes() as u64,
         }
     }
@@ -583,9 +519,11 @@ impl Backend for CpuBackend {
         let mut out = Matrix::zeros(ids.len(), hidden);
         let rows = out.data.par_chunks_mut(hidden).zip(ids.par_iter());
         match &table.values {
-            Values::Widened { t, stride } => rows.for_each(|(row, &id)| {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = t[j * stride + id as usize];
+            Values::Widened(panels) => rows.for_each(|(row, &id)| {
+                let width = Microkernels::panel_width();
+                let (id, panel) = (id as usize, &panels[id as usize / width * hidden * width..]);
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = panel[i * width + id % width];
                 }
             }),
             Values::Stored(stored) => {
@@ -908,17 +846,17 @@ mod tests {
 
     #[test]
     fn a_products_bits_do_not_depend_on_the_threads_or_strips() {
-        // The reference multiplies the whole weight in one call of gemm; the pools cut it
+        // The reference multiplies the whole weight in one call; the pools cut it
         // into strips and pieces of rows.
         for (n, k, rows) in [(576, 576, 513), (960, 576, 70), (200, 1088, 3), (1600, 96, 1100)] {
             let (x, w) = (Matrix::random(rows, k, 5, 1.0), Matrix::random(n, k, 6, 1.0));
             let weight = CpuBackend::default().upload_weight(w).unwrap();
-            let Values::Widened { t, stride } = &weight.values else { panic!("a widened weight") };
+            let Values::Widened(panels) = &weight.values else { panic!("a widened weight") };
             let mut whole = vec![0.0f32; rows * n];
-            let rhs = View { ptr: t.as_ptr(), rs: *stride as isize, cs: 1 };
-            // SAFETY: the weight is k × n, rows `stride` apart; `whole` is rows × n.
+            let lhs = View { ptr: x.data.as_ptr(), rs: k as isize, cs: 1 };
+            // SAFETY: the panels hold the weight's k inputs of n columns; `whole` is rows × n.
             unsafe {
-                gemm_blocks(Operand::columns(&x, 0..k).unwrap(), rows, rhs, n, SendPtr(whole.as_mut_ptr()), n, false)
+                multiply(rows, n, k, lhs, Panels::of_weight(panels.as_ptr(), k), whole.as_mut_ptr(), n, false, 1.0)
             };
             for threads in [1, 2, 3, 5] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

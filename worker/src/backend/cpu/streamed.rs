@@ -1,12 +1,14 @@
 //! The CPU's product for the rows of single-token generation steps (docs/ARCHITECTURE.md
 //! §12). A decode step multiplies a few rows by every weight of the model, so its time is
-//! mostly the time to read the weights from memory; `gemm`, made for many rows, packs
-//! them on every call. This product reads each weight once (several weights at once in
-//! one parallel region: a row-parallel weight's groups), and:
-//! - for one row, each thread takes spans of output columns, keeps their sums in L1 and
-//!   adds the products of four weight rows at a time, reading long runs of each row;
+//! mostly the time to read the weights from memory. This product reads each weight once,
+//! each of its panels ([`Panels::of_weight`]) as one run (several weights at once in one
+//! parallel region: a row-parallel weight's groups), and:
+//! - for one row, each thread takes spans of output columns reaching into a few panels,
+//!   keeps their sums in L1 and adds the products of four inputs at a time, the pieces of
+//!   every panel together;
 //! - for more rows, each thread takes strips of a few registers' width of output columns
-//!   and keeps the sums of up to six rows in registers over the whole reduction.
+//!   (inside one panel) and keeps the sums of up to six rows in registers over the whole
+//!   reduction.
 //!
 //! A weight kept in its file's encoding is taken in strips one register tile wide, each
 //! widened by the thread that takes it and multiplied as a widened weight would be.
@@ -21,11 +23,15 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{prefetch, with_widened_strip, Isa, SendPtr};
+use super::kernels::{prefetch, with_widened_panels, Isa, SendPtr};
+use super::panels::Microkernels;
+#[cfg(doc)]
+use super::panels::Panels;
 use crate::weights::StoredMatrix;
 
-/// Output columns a span holds at most: long runs of each weight row, their sums in L1.
-const SPAN_COLUMNS: usize = 1024;
+/// Panels a span reaches into at most: the streams of weights it reads at once, which the
+/// hardware's prefetchers follow (their sums in L1).
+const SPAN_PANELS: usize = 16;
 /// Output columns a span is a multiple of: one AVX-512 register.
 const LANES: usize = 16;
 /// Rows of a register tile.
@@ -34,9 +40,11 @@ const TILE_ROWS: usize = 6;
 /// registers hold six rows of two and the weight's).
 const WIDE_TILE: usize = 64;
 const NARROW_TILE: usize = 16;
-/// Weight rows ahead of the one read that a strip asks the memory for: its rows lie a
-/// whole weight row apart, too far for the hardware's prefetchers to follow.
+/// Inputs ahead of the one read that a strip asks the memory for: one stream a thread is
+/// too few for the hardware's prefetchers to keep the memory busy.
 const PREFETCH_ROWS: usize = 96;
+/// Floats ahead in a panel (6 KiB) that a span asks the memory for, for each of its pieces.
+const SPAN_PREFETCH: usize = 1536;
 
 /// One product of [`products`]: `out (m × n) = x (m × k) · w (k × n)`, row-major.
 pub struct Product<'a> {
@@ -48,11 +56,11 @@ pub struct Product<'a> {
     pub out: &'a mut [f32],
 }
 
-/// A product's weight: widened, `k × n` with rows `stride` apart in `wt`; or stored,
-/// `n × k` in its file's encoding, whose strips a thread widens when it takes them.
+/// A product's weight: widened into panels ([`Panels::of_weight`]); or stored, `n × k` in
+/// its file's encoding, whose strips a thread widens when it takes them.
 #[derive(Clone, Copy)]
 pub enum Columns<'a> {
-    Widened { wt: &'a [f32], stride: usize },
+    Widened(&'a [f32]),
     Stored(&'a StoredMatrix<'static>),
 }
 
@@ -62,18 +70,27 @@ pub fn products(items: Vec<Product<'_>>) {
     products_on(Isa::widest(), items);
 }
 
-/// A weight `k × n` whose rows lie `stride` apart in `wt`.
+/// A weight of `k` inputs and `n` output columns in panels `width` columns wide in
+/// `panels` (column `c`'s input `i` at `[(c / width)·k·width + i·width + c % width]`).
 #[derive(Clone, Copy)]
 struct Weight<'a> {
-    wt: &'a [f32],
-    stride: usize,
+    panels: &'a [f32],
+    k: usize,
+    width: usize,
     n: usize,
 }
 
 impl<'a> Weight<'a> {
-    /// Columns `cols` of row `i`.
+    /// Where column `c`'s input `i` lies in `panels`.
+    fn at(&self, i: usize, c: usize) -> usize {
+        c / self.width * self.k * self.width + i * self.width + c % self.width
+    }
+
+    /// Input `i` of the columns `cols`, which lie in one panel.
     fn row(&self, i: usize, cols: Range<usize>) -> &'a [f32] {
-        &self.wt[i * self.stride + cols.start..i * self.stride + cols.end]
+        debug_assert!(cols.start / self.width == (cols.end - 1) / self.width);
+        let at = self.at(i, cols.start);
+        &self.panels[at..at + cols.len()]
     }
 }
 
@@ -97,8 +114,8 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
     };
     for Product { x, m, k, w, n, out } in items {
         debug_assert!(x.len() == m * k && out.len() == m * n);
-        let (wt, stride) = match w {
-            Columns::Widened { wt, stride } => (wt, stride),
+        let panels = match w {
+            Columns::Widened(panels) => panels,
             Columns::Stored(w) => {
                 let out = SendPtr(out.as_mut_ptr());
                 jobs.extend((0..n.div_ceil(width)).map(|strip| {
@@ -108,14 +125,14 @@ fn products_on(isa: Isa, items: Vec<Product<'_>>) {
                 continue;
             }
         };
-        let w = Weight { wt, stride, n };
-        debug_assert!(w.wt.len() >= (k.max(1) - 1) * w.stride + w.n);
+        let w = Weight { panels, k, width: Microkernels::panel_width(), n };
+        debug_assert!(w.panels.len() >= n.div_ceil(w.width) * k * w.width);
         match m {
             0 => {}
             1 => {
                 // At least two spans a thread, so that a thread that starts late takes fewer.
                 let threads = rayon::current_num_threads();
-                let count = n.div_ceil(SPAN_COLUMNS).max(2 * threads).next_multiple_of(threads);
+                let count = n.div_ceil(SPAN_PANELS * w.width).max(2 * threads).next_multiple_of(threads);
                 let width = n.div_ceil(count).next_multiple_of(LANES);
                 jobs.extend(out.chunks_mut(width).enumerate().map(|(span, sums)| {
                     let cols = span * width..span * width + sums.len();
@@ -147,8 +164,8 @@ impl Job<'_> {
             }
             Job::StoredStrip { x, m, w, cols, out } => {
                 let (k, width) = (w.cols(), cols.len());
-                with_widened_strip(w, cols.clone(), width, |wt| {
-                    let tile = Tile { x, k, w: Weight { wt, stride: width, n: width }, cols: 0..width };
+                with_widened_panels(w, cols.clone(), width, |panels| {
+                    let tile = Tile { x, k, w: Weight { panels, k, width, n: width }, cols: 0..width };
                     strip_rows(isa, tile, m, out, w.rows(), cols.start);
                 });
             }
@@ -222,29 +239,78 @@ unsafe fn add_sums_avx2(kernel: Kernel, tile: &Tile<'_>, sums: &mut [f32]) {
 #[inline(always)]
 fn add_sums_generic<const C: usize>(kernel: Kernel, tile: &Tile<'_>, sums: &mut [f32]) {
     match kernel {
-        Kernel::Span => span_sums(tile, sums),
+        Kernel::Span => span_sums::<C>(tile, sums),
         Kernel::Registers => register_sums::<C>(tile, sums),
     }
 }
 
 /// `sum = fma(x[i], w[i][c], sum)` for the one row `x`, `i` in order, four weight rows
-/// at a time, so that each load and store of a sum serves four.
+/// at a time, so that each load and store of a sum serves four. The span's pieces in each
+/// panel advance together, so that the sums of the whole span are in flight at once; a
+/// piece `C` columns wide (a whole panel where the panels are as wide as the kernel's
+/// tile) runs unrolled.
 #[inline(always)]
-fn span_sums(t: &Tile<'_>, sums: &mut [f32]) {
-    let (x, row) = (t.x, |i: usize| t.w.row(i, t.cols.clone()));
+fn span_sums<const C: usize>(t: &Tile<'_>, sums: &mut [f32]) {
+    let (x, w) = (t.x, t.w);
+    // Each piece: where its first column's input 0 lies in the panels, and its sums.
+    let mut pieces: Vec<(usize, &mut [f32])> =
+        panel_pieces(t.cols.clone(), w.width, sums).map(|(cols, sums)| (w.at(0, cols.start), sums)).collect();
     let fours = t.k / 4 * 4;
     for i in (0..fours).step_by(4) {
-        let (w0, w1, w2, w3) = (row(i), row(i + 1), row(i + 2), row(i + 3));
-        let (x0, x1, x2, x3) = (x[i], x[i + 1], x[i + 2], x[i + 3]);
-        for ((((s, &a), &b), &c), &d) in sums.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-            *s = x3.mul_add(d, x2.mul_add(c, x1.mul_add(b, x0.mul_add(a, *s))));
+        let x = [x[i], x[i + 1], x[i + 2], x[i + 3]];
+        for (at, sums) in &mut pieces {
+            let ahead = w.panels.as_ptr().wrapping_add(*at + i * w.width + SPAN_PREFETCH);
+            for line in (0..4 * w.width).step_by(16) {
+                prefetch(ahead.wrapping_add(line));
+            }
+            let rows = &w.panels[*at + i * w.width..];
+            let row = |j: usize, len: usize| &rows[j * w.width..j * w.width + len];
+            if let Ok(sums) = <&mut [f32; C]>::try_from(&mut **sums) {
+                // Through registers: the compiler leaves the unrolled loop scalar when it
+                // works on the sums in memory.
+                let mut acc = *sums;
+                add_four(&mut acc, [row(0, C), row(1, C), row(2, C), row(3, C)], x);
+                *sums = acc;
+            } else {
+                let len = sums.len();
+                add_four(sums, [row(0, len), row(1, len), row(2, len), row(3, len)], x);
+            }
         }
     }
     for (i, &xi) in x.iter().enumerate().skip(fours) {
-        for (s, &a) in sums.iter_mut().zip(row(i)) {
-            *s = xi.mul_add(a, *s);
+        for (at, sums) in &mut pieces {
+            let at = *at + i * w.width;
+            let row = &w.panels[at..at + sums.len()];
+            for (s, &a) in sums.iter_mut().zip(row) {
+                *s = xi.mul_add(a, *s);
+            }
         }
     }
+}
+
+/// `sum = fma(x[3], w[3][c], fma(x[2], w[2][c], fma(x[1], w[1][c], fma(x[0], w[0][c], sum))))`.
+#[inline(always)]
+fn add_four(sums: &mut [f32], [w0, w1, w2, w3]: [&[f32]; 4], [x0, x1, x2, x3]: [f32; 4]) {
+    for ((((s, &a), &b), &c), &d) in sums.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+        *s = x3.mul_add(d, x2.mul_add(c, x1.mul_add(b, x0.mul_add(a, *s))));
+    }
+}
+
+/// The pieces of the columns `cols` that lie in one panel `width` columns wide each, with
+/// their parts of `sums` (one for each column of `cols`).
+fn panel_pieces(
+    cols: Range<usize>,
+    width: usize,
+    sums: &mut [f32],
+) -> impl Iterator<Item = (Range<usize>, &mut [f32])> {
+    let (mut first, mut rest) = (cols.start, sums);
+    std::iter::from_fn(move || {
+        let piece = first..((first / width + 1) * width).min(cols.end);
+        first = piece.end;
+        let (sums, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
+        rest = tail;
+        (!piece.is_empty()).then_some((piece, sums))
+    })
 }
 
 /// A full tile (`C` columns) of 1 to [`TILE_ROWS`] rows through [`tile`], whose sums the
@@ -277,13 +343,15 @@ fn tile<const C: usize, const R: usize>(t: &Tile<'_>, sums: &mut [f32]) {
     let mut acc = [[0.0f32; C]; R];
     let xs: [&[f32]; R] = std::array::from_fn(|r| &t.x[r * t.k..(r + 1) * t.k]);
     for i in 0..t.k {
-        for line in (0..C).step_by(16) {
-            prefetch(t.w.wt.as_ptr().wrapping_add((i + PREFETCH_ROWS) * t.w.stride + t.cols.start + line));
-        }
         let w = t.w.row(i, t.cols.clone());
-        let w: [f32; C] = std::array::from_fn(|c| w[c]);
+        for line in (0..C).step_by(16) {
+            prefetch(w.as_ptr().wrapping_add(PREFETCH_ROWS * t.w.width + line));
+        }
+        // A slice of a constant length, read in place: copied into an array, it went
+        // element by element.
+        let w = &w[..C];
         for (acc, xr) in acc.iter_mut().zip(&xs) {
-            for (a, &wv) in acc.iter_mut().zip(&w) {
+            for (a, &wv) in acc.iter_mut().zip(w) {
                 *a = xr[i].mul_add(wv, *a);
             }
         }
@@ -297,6 +365,7 @@ fn tile<const C: usize, const R: usize>(t: &Tile<'_>, sums: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::panels::lay_out;
 
     /// Values that bf16 holds exactly, so that a stored bf16 weight widens to them.
     fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -323,6 +392,8 @@ mod tests {
         // Rows padded, as the backend's weights are.
         let inputs: Vec<(Vec<f32>, Vec<f32>)> =
             shapes.iter().map(|&(m, k, n)| (values(m * k, 1), values(k * (n + 5), 2))).collect();
+        let panels: Vec<Vec<f32>> =
+            shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| lay_out(n, k, |c, i| wt[i * (n + 5) + c])).collect();
         let check = |isa: Isa, outs: &[Vec<f32>]| {
             for (((m, k, n), (x, wt)), out) in shapes.iter().zip(&inputs).zip(outs) {
                 for r in 0..*m {
@@ -335,22 +406,26 @@ mod tests {
         };
         fn product<'a>(
             (m, k, n): (usize, usize, usize),
-            (x, wt): &'a (Vec<f32>, Vec<f32>),
+            ((x, _), panels): (&'a (Vec<f32>, Vec<f32>), &'a [f32]),
             out: &'a mut [f32],
         ) -> Product<'a> {
-            Product { x, m, k, w: Columns::Widened { wt, stride: n + 5 }, n, out }
+            Product { x, m, k, w: Columns::Widened(panels), n, out }
         }
         let stored: Vec<StoredMatrix<'static>> =
             shapes.iter().zip(&inputs).map(|(&(_, k, n), (_, wt))| stored(wt, k, n, n + 5)).collect();
         for isa in Isa::available() {
             let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
-            for ((&shape, input), out) in shapes.iter().zip(&inputs).zip(&mut outs) {
-                products_on(isa, vec![product(shape, input, out)]);
+            for (((&shape, input), panels), out) in shapes.iter().zip(&inputs).zip(&panels).zip(&mut outs) {
+                products_on(isa, vec![product(shape, (input, panels), out)]);
             }
             check(isa, &outs);
             let mut together: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();
-            let items =
-                shapes.iter().zip(&inputs).zip(&mut together).map(|((&s, i), out)| product(s, i, out)).collect();
+            let items = shapes
+                .iter()
+                .zip(inputs.iter().zip(&panels))
+                .zip(&mut together)
+                .map(|((&s, (i, p)), out)| product(s, (i, p), out))
+                .collect();
             products_on(isa, items);
             check(isa, &together);
             let mut from_stored: Vec<Vec<f32>> = shapes.iter().map(|&(m, _, n)| vec![f32::NAN; m * n]).collect();

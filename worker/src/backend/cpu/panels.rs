@@ -1,0 +1,257 @@
+//! Matrix products by weights on `gemm`'s register-tile microkernels, driven here over
+//! weights widened at load into [`Panels`] of output features: the layout into which
+//! `gemm` packs a weight on every call, made once (docs/ARCHITECTURE.md §4). Packing each
+//! strip again for every piece of rows had taken about 5% of an evaluation.
+//!
+//! The arithmetic is `gemm`'s: the same microkernels (those `gemm` picks for the machine,
+//! [`Microkernels::machine`]), each output one chain of fused multiply-adds over a block of
+//! inputs in order from zero, the blocks cut as [`gemm_into`] cuts them and their sums
+//! added in turn. A product's bits are those of `gemm_into` on the same operands wherever
+//! `gemm` takes its microkernels (at least two rows and three inputs), and a row's bits do
+//! not depend on the rows beside it.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+#[cfg(doc)]
+use super::kernels::gemm_into;
+use super::kernels::{reduction_blocks, View};
+
+/// A microkernel of `gemm_f32` (0.19): `(m, n, k, dst, lhs, rhs, dst_cs, dst_rs, lhs_cs,
+/// rhs_rs, rhs_cs, alpha, beta, alpha_status, conj ×3, next)` computes `m ≤ MR` outputs
+/// (contiguous in `dst`) for each of `n ≤ NR` columns `dst_cs` apart: the sum over `k` of
+/// `lhs` (MR values a step, `lhs_cs` apart) times `rhs` (a value a column, `rhs_cs` apart;
+/// steps `rhs_rs` apart), stored as `beta · sum` (status 0) or `beta · sum + dst`, fused
+/// (status 1). Its whole-vector loads read `m` rounded up to whole vectors.
+type Microkernel = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    *const f32,
+    *const f32,
+    isize,
+    isize,
+    isize,
+    isize,
+    isize,
+    f32,
+    f32,
+    u8,
+    bool,
+    bool,
+    bool,
+    *const f32,
+);
+
+/// The microkernels of this machine, as `gemm` (0.19) picks them: AVX-512 where the build
+/// has the `avx512` feature and the machine AVX-512F, else FMA's on x86-64 with FMA, NEON's
+/// on aarch64, else the scalar ones (which multiply and add apart: the CPU's provenance
+/// says so).
+#[derive(Clone, Copy)]
+pub struct Microkernels {
+    /// Values in a vector.
+    lanes: usize,
+    /// The widest tile's outputs per column (`MR`): the width of a [`Panels`] panel.
+    rows: usize,
+    /// The widest tile's columns (`NR`).
+    cols: usize,
+    /// The kernel for tiles of `vectors` vectors by `cols` columns (each at least 1).
+    pick: fn(vectors: usize, cols: usize) -> Microkernel,
+}
+
+impl Microkernels {
+    /// This machine's, found once.
+    pub fn machine() -> Microkernels {
+        static MACHINE: OnceLock<Microkernels> = OnceLock::new();
+        *MACHINE.get_or_init(Microkernels::detect)
+    }
+
+    fn detect() -> Microkernels {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[cfg(feature = "avx512")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                use gemm_f32::microkernel::avx512f::f32 as k;
+                return Microkernels::of(16, k::MR_DIV_N, k::NR, |v, c| k::UKR[v - 1][c - 1]);
+            }
+            if std::arch::is_x86_feature_detected!("fma") {
+                use gemm_f32::microkernel::fma::f32 as k;
+                return Microkernels::of(8, k::MR_DIV_N, k::NR, |v, c| k::UKR[v - 1][c - 1]);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use gemm_f32::microkernel::neon::f32 as k;
+            return Microkernels::of(4, k::MR_DIV_N, k::NR, |v, c| k::UKR[v - 1][c - 1]);
+        }
+        #[allow(unreachable_code)]
+        {
+            use gemm_f32::microkernel::scalar::f32 as k;
+            Microkernels::of(1, k::MR_DIV_N, k::NR, |v, c| k::UKR[v - 1][c - 1])
+        }
+    }
+
+    fn of(lanes: usize, vectors: usize, cols: usize, pick: fn(usize, usize) -> Microkernel) -> Microkernels {
+        Microkernels { lanes, rows: lanes * vectors, cols, pick }
+    }
+
+    /// The width of this machine's [`Panels`]: the widest tile's outputs, and at least
+    /// 16, the streamed product's narrowest tile of columns, so that its tiles (16 or 64
+    /// wide) each lie in one panel. Each kernel's tile is a whole number of vectors.
+    pub fn panel_width() -> usize {
+        Microkernels::machine().rows.max(16)
+    }
+}
+
+/// A weight of `k` inputs in panels of [`Microkernels::panel_width`] output features from
+/// `ptr`, each `k × width`: column `c`'s input `i` at `(c / width)·k·width + i·width +
+/// c % width`, the last panel's columns past the weight's padded (with zeros where
+/// [`lay_out`] laid it out).
+#[derive(Clone, Copy)]
+pub struct Panels {
+    pub ptr: *const f32,
+    k: usize,
+    width: usize,
+}
+
+impl Panels {
+    pub fn of_weight(ptr: *const f32, k: usize) -> Panels {
+        Panels { ptr, k, width: Microkernels::panel_width() }
+    }
+
+    /// Column `c`'s input `i`.
+    fn at(&self, c: usize, i: usize) -> *const f32 {
+        self.ptr.wrapping_add((c / self.width) * self.k * self.width + i * self.width + c % self.width)
+    }
+}
+
+/// `out (rows × cols) = [out +] scale · x (rows × k) · w (k × cols)`: `x`'s rows `x.rs`
+/// apart with their inputs side by side (`x.cs` must be 1), `out`'s rows `out_rs` apart.
+/// Added to `out` where `accumulate`: each output once, as `out + scale · sum`. Each row
+/// tile of [`Microkernels`]' height (`NR`, read in place) multiplies by every column tile
+/// of the weight in turn, the panels' block of inputs coming from L2.
+///
+/// # Safety
+/// `x` must cover `rows × k`, `w` `k` inputs of `cols` columns, `out` `rows` rows of `cols`
+/// values that nothing else reads or writes meanwhile; none may alias `out`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn multiply(
+    rows: usize,
+    cols: usize,
+    k: usize,
+    x: View,
+    w: Panels,
+    out: *mut f32,
+    out_rs: usize,
+    accumulate: bool,
+    scale: f32,
+) {
+    debug_assert!(x.cs == 1 && w.k == k && w.width.is_multiple_of(Microkernels::machine().rows));
+    let kernels = Microkernels::machine();
+    let (tile_rows, tile_cols) = (kernels.cols, kernels.rows);
+    if k == 0 && !accumulate {
+        for r in 0..rows {
+            // SAFETY: the caller's `out` holds `rows` rows of `cols` values.
+            unsafe { std::ptr::write_bytes(out.add(r * out_rs), 0, cols) };
+        }
+    }
+    for (block, inputs) in reduction_blocks(k).enumerate() {
+        let status = u8::from(accumulate || block > 0);
+        for r in (0..rows).step_by(tile_rows) {
+            let height = tile_rows.min(rows - r);
+            let rhs = x.ptr.wrapping_offset(r as isize * x.rs).wrapping_add(inputs.start);
+            for c in (0..cols).step_by(tile_cols) {
+                let width = tile_cols.min(cols - c);
+                let kernel = (kernels.pick)(width.div_ceil(kernels.lanes), height);
+                // SAFETY: the tile's outputs lie in the caller's `out`, its inputs in `x`
+                // and in `w`'s panel, whose padding holds the whole vectors it loads.
+                unsafe {
+                    kernel(
+                        width,
+                        height,
+                        inputs.len(),
+                        out.add(r * out_rs + c),
+                        w.at(c, inputs.start),
+                        rhs,
+                        out_rs as isize,
+                        1,
+                        w.width as isize,
+                        1,
+                        x.rs,
+                        1.0,
+                        scale,
+                        status,
+                        false,
+                        false,
+                        false,
+                        std::ptr::null(),
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// A weight of `n` output features and `k` inputs laid out in [`Panels::of_weight`]'s
+/// panels, a panel per task: output `c`'s input `i` is `value(c, i)`; the last panel's
+/// columns past `n` are zeros.
+pub fn lay_out(n: usize, k: usize, value: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let width = Microkernels::panel_width();
+    let mut panels = vec![0.0f32; n.div_ceil(width) * k * width];
+    panels.par_chunks_mut((k * width).max(1)).enumerate().for_each(|(p, panel)| {
+        for (i, step) in panel.chunks_exact_mut(width).enumerate() {
+            for (j, v) in step.iter_mut().enumerate().take(n.saturating_sub(p * width)) {
+                *v = value(p * width + j, i);
+            }
+        }
+    });
+    panels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::kernels::gemm_into;
+    use crate::tensor::Matrix;
+
+    /// `x (m × k) · w (k × n)` through `gemm_into` on `w` laid out `k × n`, row-major.
+    fn through_gemm(x: &Matrix, w: &[f32], n: usize, scale: f32, out: &mut [f32], accumulate: bool) {
+        let (m, k) = (x.rows, x.cols);
+        let lhs = View { ptr: x.data.as_ptr(), rs: k as isize, cs: 1 };
+        let rhs = View { ptr: w.as_ptr(), rs: n as isize, cs: 1 };
+        // SAFETY: x is m × k, w k × n, out m × n.
+        unsafe { gemm_into(m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, scale) };
+    }
+
+    /// Bit for bit `gemm`'s products: rows past a tile, columns
+    /// that fill no tile or vector, reductions cut into blocks (576: two of 288; 1100:
+    /// three), a scale, and sums added to what the output held. (`gemm` takes one row, or
+    /// two inputs or fewer, through other paths, which sum in another order.) A row alone
+    /// has the bits it has among others.
+    #[test]
+    fn products_have_gemms_bits() {
+        let shapes = [(2, 64, 37), (7, 576, 130), (13, 1100, 64), (70, 23, 200), (6, 3, 5), (3, 0, 9)];
+        for (m, k, n) in shapes {
+            let x = Matrix::random(m, k, 1, 1.0);
+            let w = Matrix::random(k, n, 2, 1.0).data;
+            let start = Matrix::random(m, n, 3, 1.0).data;
+            for (accumulate, scale) in [(false, 1.0), (true, 1.0), (false, 0.125), (true, 0.3)] {
+                let case = format!("{m}×{k} · {k}×{n}, accumulate {accumulate}, scale {scale}");
+                let mut expected = start.clone();
+                through_gemm(&x, &w, n, scale, &mut expected, accumulate);
+                let lhs = View { ptr: x.data.as_ptr(), rs: k as isize, cs: 1 };
+                let panels = lay_out(n, k, |c, i| w[i * n + c]);
+                for rows in [m, 1] {
+                    let mut out = start.clone();
+                    let w = Panels::of_weight(panels.as_ptr(), k);
+                    // SAFETY: x is m × k, the panels k inputs of n columns, out m × n.
+                    unsafe { multiply(rows, n, k, lhs, w, out.as_mut_ptr(), n, accumulate, scale) };
+                    let same = out[..rows * n].iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{case}, {rows} rows");
+                }
+            }
+        }
+    }
+}
