@@ -36,7 +36,11 @@ pub use transfer::Transfer;
 /// 7: the CPU cuts a product's reduction into blocks of at most 512 itself: the bits of
 /// `gemm`'s own blocks on the machines measured so far, other ones where `gemm`'s blocks
 /// were longer (AVX2 with a 12-way L1) or cut 512 + 64 (products of at most 64 × 64).
-pub const ARITHMETIC: u32 = 7;
+/// 8: the CPU's attention multiplies on `gemm`'s microkernels itself, over keys and values
+/// laid out once: the same bits where `gemm` took its microkernels, one fused chain per
+/// output where it summed otherwise (a block of one query row, a tile of one or two keys,
+/// a small tile).
+pub const ARITHMETIC: u32 = 8;
 
 /// Which rows of a product are rows of single-token generation steps (docs/ARCHITECTURE.md
 /// §12), which a backend may multiply by a product made for few rows

@@ -3,10 +3,11 @@
 //! [`ATTENTION_BLOCK`] query rows per KV head (all its query heads), computed in parallel
 //! and placed in a fixed order. A block's keys are the ones every row of it sees (a tree's
 //! prefix, or a sequence's cache), then its own rows causally; it takes them a tile of
-//! [`KEY_TILE`] at a time (flash-style): the tile's scores through `gemm`, an online
-//! softmax (`softmax.rs`: a running maximum and sum per row, what was gathered rescaled
-//! when the maximum grows), and the tile's weighted values added through `gemm`, so that
-//! its memory is bounded whatever the window (docs/ARCHITECTURE.md §4). The one row of a
+//! [`KEY_TILE`] at a time (flash-style): the tile's scores, an online softmax
+//! (`softmax.rs`: a running maximum and sum per row, what was gathered rescaled when the
+//! maximum grows), and the tile's weighted values added, so that its memory is bounded
+//! whatever the window (docs/ARCHITECTURE.md §4). Its products run on `gemm`'s microkernels
+//! (`panels.rs`) over each run of keys and values laid out once ([`LaidOut`]). The one row of a
 //! single-token generation step goes through [`single_row`] instead: dot products and
 //! weighted sums in a fixed order.
 
@@ -16,7 +17,8 @@ use std::ops::Range;
 use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
-use super::kernels::{exp_in_place, gemm_into, prefetch, Isa, View};
+use super::kernels::{exp_in_place, prefetch, Isa, View};
+use super::panels::{lay_out, multiply, Microkernels, Panels};
 use super::softmax::{tile_softmax, RowState, Tile};
 use crate::backend::{AttentionSpec, HeadLayout};
 use crate::tensor::Matrix;
@@ -53,7 +55,7 @@ const KEY_TILE: usize = 512;
 thread_local! {
     /// Each thread's buffer for a block's tile of scores, kept from block to block: filling
     /// a fresh one for every block (384 KiB at the test model's grouping) took about 1% of
-    /// a run. A tile's `gemm` writes every score that its softmax and values then read.
+    /// a run. A tile's product writes every score that its softmax and values then read.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -66,11 +68,22 @@ enum Shared<'a> {
     Cache { data: &'a [f32], len: usize },
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
     fn len(&self) -> usize {
         match self {
             Shared::Rows(rows) => rows.len(),
             Shared::Cache { len, .. } => *len,
+        }
+    }
+}
+
+impl<'a> AttentionBlock<'a> {
+    /// The run of its shared keys, where it has any.
+    fn shared_run(&self) -> Option<Run<'a>> {
+        match self.shared {
+            Shared::Rows(ref rows) if rows.is_empty() => None,
+            Shared::Rows(ref rows) => Some(Run::Rows { first: rows.start, len: rows.len() }),
+            Shared::Cache { data, len } => Some(Run::Cache { data, len }),
         }
     }
 }
@@ -90,22 +103,26 @@ impl AttentionBlock<'_> {
     /// The block's output, `group · m × head_dim`: its group's query heads one after the
     /// other, each `m` rows (`group` query heads share the KV head). Its keys come in tiles of
     /// at most [`KEY_TILE`] (the shared keys from the first, then its own from the first),
-    /// each tile's scores for every query head through one `gemm`, folded into each row's
-    /// online softmax, and the tile's values added to the rows' sums through one `gemm`,
-    /// so that a tile of keys and values is packed once for all the group's heads. A row's
-    /// arithmetic depends on its tree alone: the tiles are cut at fixed key indices, and
-    /// `gemm` sums a row's products over a tile (at most 512) or a head (`head_dim`) in one
-    /// block whatever the rows beside it.
-    fn compute(&self, isa: Isa, qkv: &Matrix, keys_t: &[f32], heads: HeadLayout, spec: AttentionSpec) -> Vec<f32> {
+    /// each tile's scores for every query head through one product, folded into each row's
+    /// online softmax, and the tile's values added to the rows' sums through one product,
+    /// both over the keys and values of `runs` (its shared run, where it has one, and its
+    /// own) as they were laid out. A row's arithmetic depends on its tree alone: the tiles
+    /// are cut at fixed key indices, and the microkernels sum each output over a tile (at
+    /// most 512) or a head (`head_dim`) as one chain whatever the rows beside it.
+    fn compute(
+        &self,
+        isa: Isa,
+        qkv: &Matrix,
+        runs: [Option<&LaidOut>; 2],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+    ) -> Vec<f32> {
         let d = heads.head_dim;
-        let ld = qkv.cols;
         let (group, kv) = (heads.num_heads / heads.num_kv_heads, self.kv);
-        let v_col = heads.v_cols().start + kv * d;
         let m = self.rows.len();
         let rows = group * m;
         let a = self.shared.len();
         let keys = a + self.causal_offset + m;
-        let at = |row: usize, col: usize| qkv.data[row * ld + col..].as_ptr();
         // The group's queries, head after head.
         let mut queries = Vec::with_capacity(rows * d);
         for h in kv * group..(kv + 1) * group {
@@ -114,21 +131,12 @@ impl AttentionBlock<'_> {
             }
         }
         let q = View { ptr: queries.as_ptr(), rs: d as isize, cs: 1 };
-        // Keys transposed (element (j, t) is component j of key t) and values, from key
-        // `t` of the block's list: the shared ones below `a`, then its own.
-        let in_qkv = |row: usize| {
-            let kt = keys_t[kv * d * qkv.rows + row..].as_ptr();
-            (View { ptr: kt, rs: qkv.rows as isize, cs: 1 }, View { ptr: at(row, v_col), rs: ld as isize, cs: 1 })
-        };
-        let views = |t: usize| match &self.shared {
-            _ if t >= a => in_qkv(self.own_start + t - a),
-            Shared::Rows(rows) => in_qkv(rows.start + t),
-            Shared::Cache { data, .. } => {
-                let width = 2 * heads.num_kv_heads * d;
-                let entry = &data[t * width..];
-                let (k, v) = (entry[kv * d..].as_ptr(), entry[width / 2 + kv * d..].as_ptr());
-                (View { ptr: k, rs: 1, cs: width as isize }, View { ptr: v, rs: width as isize, cs: 1 })
-            }
+        // The laid-out keys and values from key `t` of the block's list: the shared ones
+        // below `a`, then its own.
+        let laid = |t: usize| match runs {
+            [Some(shared), _] if t < a => (shared, t),
+            [_, Some(own)] => (own, t - a),
+            _ => unreachable!("a block's runs are laid out"),
         };
         // Row i sees keys `first(i)..last(i)`: trees start at position 0 and a query's
         // keys are listed in position order, so a key's index is its position.
@@ -142,12 +150,11 @@ impl AttentionBlock<'_> {
         let mut factors = vec![0.0f32; rows];
         let mut out = vec![0.0f32; rows * d];
         for tile in tiles.filter(|t| t.end > first(0)) {
-            let (kt, v) = views(tile.start);
+            let (run, t) = laid(tile.start);
             let n = tile.len();
-            // SAFETY: the views lie inside `qkv` or the cache (rows and columns from a
-            // validated layout, the head layout and the cache's length); `queries` is
-            // rows × d, and `scores` holds rows rows of KEY_TILE ≥ n.
-            unsafe { gemm_into(rows, n, d, scores.as_mut_ptr(), KEY_TILE, false, q, kt, spec.scale) };
+            // SAFETY: the run holds keys `t..t + n` (tiles lie in the block's runs);
+            // `queries` is rows × d, and `scores` holds rows rows of KEY_TILE ≥ n.
+            unsafe { multiply(rows, n, d, q, run.keys_from(t), scores.as_mut_ptr(), KEY_TILE, false, spec.scale) };
             let visible: Vec<Range<usize>> = (0..rows)
                 .map(|r| {
                     let i = r % m;
@@ -176,7 +183,7 @@ impl AttentionBlock<'_> {
             }
             let p = View { ptr: scores.as_ptr(), rs: KEY_TILE as isize, cs: 1 };
             // SAFETY: as above; `out` is rows × d.
-            unsafe { gemm_into(rows, d, n, out.as_mut_ptr(), d, true, p, v, 1.0) };
+            unsafe { multiply(rows, d, n, p, run.values_from(t), out.as_mut_ptr(), d, true, 1.0) };
         }
         SCORES.set(scores);
         for (row, state) in out.chunks_exact_mut(d).zip(&states) {
@@ -297,7 +304,7 @@ pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadL
 
 /// The attention of row `row` of `qkv`, every head, over its cache then the row's own key:
 /// each score a [`dot`] product, each output the weighted values added in key order. A
-/// decode step has one row a sequence, for which four `gemm` calls a head cost more than
+/// decode step has one row a sequence, for which four products a head cost more than
 /// the arithmetic. Its operations are the same on every instruction set (multiplies and
 /// adds fused only where `mul_add` asks, which rounds once everywhere), so the widest one
 /// the machine runs is used.
@@ -425,41 +432,123 @@ fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
     })
 }
 
-/// The keys of `qkv` transposed, `num_kv_heads·head_dim` rows of `qkv.rows`: component
-/// `j` of KV head `kv` for every row in row `kv·head_dim + j`. A tile's keys then lie side
-/// by side: `gemm` (0.19), which takes a tile's scores as keys times queries, packs the
-/// tile by copying contiguous runs (or reads it in place, for a block of few query rows),
-/// where from `qkv` it would gather each component across the key rows, for every block of
-/// queries that sees the tile.
-fn transposed_keys(qkv: &Matrix, heads: HeadLayout) -> Vec<f32> {
-    let k_cols = heads.k_cols();
-    let mut keys_t = vec![0.0f32; k_cols.len() * qkv.rows];
-    // Sixteen output rows a task, each reading a cache line of every input row once (one
-    // output row a task read every line sixteen times, from memory for a long window).
-    keys_t.par_chunks_mut(16 * qkv.rows.max(1)).enumerate().for_each(|(i, out)| {
-        let first = k_cols.start + 16 * i;
-        let width = out.len() / qkv.rows;
-        for (r, row) in qkv.data.chunks_exact(qkv.cols).enumerate() {
-            for (c, &v) in row[first..first + width].iter().enumerate() {
-                out[c * qkv.rows + r] = v;
+/// A run of keys and values that blocks read from its first: `len` rows of `qkv` from
+/// `first` (a tree's prefix or a branch), or a sequence's cache.
+#[derive(Clone, Copy)]
+enum Run<'a> {
+    Rows { first: usize, len: usize },
+    Cache { data: &'a [f32], len: usize },
+}
+
+impl<'a> Run<'a> {
+    /// The same run for every block that reads it, whatever its length.
+    fn id(&self) -> (bool, usize) {
+        match self {
+            Run::Rows { first, .. } => (false, *first),
+            Run::Cache { data, .. } => (true, data.as_ptr() as usize),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Run::Rows { len, .. } | Run::Cache { len, .. } => *len,
+        }
+    }
+
+    /// Its values, where KV head `kv`'s key `t` begins, and where its value does (`t`
+    /// times `stride` further on).
+    fn source(&self, qkv: &'a Matrix, heads: HeadLayout, kv: usize) -> (&'a [f32], usize, usize, usize) {
+        let d = heads.head_dim;
+        match *self {
+            Run::Rows { first, .. } => {
+                let at = |col: usize| first * qkv.cols + col + kv * d;
+                (&qkv.data, at(heads.k_cols().start), at(heads.v_cols().start), qkv.cols)
+            }
+            Run::Cache { data, .. } => {
+                let width = 2 * heads.num_kv_heads * d;
+                (data, kv * d, width / 2 + kv * d, width)
             }
         }
-    });
-    keys_t
+    }
+}
+
+/// A run's keys and values of one KV head laid out for the microkernels (`panels.rs`), once
+/// for every block and head that reads them, where `gemm` had packed a tile of each again
+/// for every block (6% of a run over the model's full window with AVX2): the keys as the
+/// panels of a weight whose output features are the keys and whose inputs are their
+/// components, the values as those of a weight whose output features are the components
+/// and whose inputs are the keys.
+struct LaidOut {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    head_dim: usize,
+    len: usize,
+}
+
+impl LaidOut {
+    fn of(run: Run<'_>, qkv: &Matrix, heads: HeadLayout, kv: usize) -> LaidOut {
+        let (d, len) = (heads.head_dim, run.len());
+        let (data, keys_at, values_at, stride) = run.source(qkv, heads, kv);
+        let keys = lay_out(len, d, |t, j| data[keys_at + t * stride + j]);
+        let values = lay_out(d, len, |j, t| data[values_at + t * stride + j]);
+        LaidOut { keys, values, head_dim: d, len }
+    }
+
+    /// The keys from key `t`, the first of a tile (a multiple of [`KEY_TILE`]).
+    fn keys_from(&self, t: usize) -> Panels {
+        let width = Microkernels::panel_width();
+        debug_assert!(t.is_multiple_of(width) && t < self.len);
+        Panels::of_weight(self.keys[t / width * self.head_dim * width..].as_ptr(), self.head_dim)
+    }
+
+    /// The values from key `t`.
+    fn values_from(&self, t: usize) -> Panels {
+        Panels::of_weight(self.values.as_ptr(), self.len).skipping(t)
+    }
 }
 
 /// The blocks' outputs in their places, computed in parallel with kernels for `isa`.
-fn compute_blocks(
+fn compute_blocks<'a>(
     isa: Isa,
     qkv: &Matrix,
-    blocks: Vec<AttentionBlock<'_>>,
+    blocks: Vec<AttentionBlock<'a>>,
     heads: HeadLayout,
     spec: AttentionSpec,
 ) -> Matrix {
     let d = heads.head_dim;
-    let keys_t = transposed_keys(qkv, heads);
-    let results: Vec<Vec<f32>> =
-        blocks.par_iter().with_max_len(1).map(|b| b.compute(isa, qkv, &keys_t, heads, spec)).collect();
+    // The runs the blocks read, each once (with the longest length a block reads of it),
+    // and each block's shared and own run.
+    let mut ids = std::collections::HashMap::new();
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    let mut place = |run: Run<'a>| {
+        let i = *ids.entry(run.id()).or_insert_with(|| {
+            runs.push(run);
+            runs.len() - 1
+        });
+        if run.len() > runs[i].len() {
+            runs[i] = run;
+        }
+        i
+    };
+    let reads: Vec<[Option<usize>; 2]> = blocks
+        .iter()
+        .map(|b| {
+            let own = Run::Rows { first: b.own_start, len: b.causal_offset + b.rows.len() };
+            [b.shared_run().map(&mut place), Some(place(own))]
+        })
+        .collect();
+    let laid: Vec<LaidOut> = (0..runs.len() * heads.num_kv_heads)
+        .into_par_iter()
+        .map(|i| LaidOut::of(runs[i / heads.num_kv_heads], qkv, heads, i % heads.num_kv_heads))
+        .collect();
+    let results: Vec<Vec<f32>> = blocks
+        .par_iter()
+        .zip(&reads)
+        .with_max_len(1)
+        .map(|(b, read)| {
+            b.compute(isa, qkv, read.map(|r| r.map(|r| &laid[r * heads.num_kv_heads + b.kv])), heads, spec)
+        })
+        .collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
     let group = heads.num_heads / heads.num_kv_heads;

@@ -1,5 +1,6 @@
-//! The CPU backend's numeric kernels, which its ops and its attention build on: strided
-//! matrix products through `gemm` ([`gemm_into`]), a vectorisable `exp` ([`fast_exp`],
+//! The CPU backend's numeric kernels, which its ops and its attention build on: the cut of
+//! a product's reduction into blocks ([`reduction_blocks`]; `gemm_into`, the strided
+//! product through `gemm` that the tests hold the backend's own products to), a vectorisable `exp` ([`fast_exp`],
 //! whose constants and 2ⁿ the softmax's vector kernels share: [`exp_constants`],
 //! [`power_of_two`]), sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
 //! prefetches ([`prefetch`]), a thread's widened panels of a stored weight
@@ -8,6 +9,7 @@
 
 use std::ops::Range;
 
+#[cfg(test)]
 use gemm::Parallelism;
 
 use crate::weights::StoredMatrix;
@@ -36,6 +38,7 @@ pub const ONE_BLOCK_INPUTS: usize = 512;
 ///
 /// # Safety
 /// Each view must cover its whole block, and `dst` must not alias `lhs` or `rhs`.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_into(
     m: usize,

@@ -1,12 +1,13 @@
 //! Matrix products by weights on `gemm`'s register-tile microkernels, driven here over
 //! weights widened at load into [`Panels`] of output features: the layout into which
 //! `gemm` packs a weight on every call, made once (docs/ARCHITECTURE.md §4). Packing each
-//! strip again for every piece of rows had taken about 5% of an evaluation.
+//! strip again for every piece of rows had taken about 5% of an evaluation. Attention's
+//! products by its keys and values run here too, over panels laid out once a layer.
 //!
 //! The arithmetic is `gemm`'s: the same microkernels (those `gemm` picks for the machine,
 //! [`Microkernels::machine`]), each output one chain of fused multiply-adds over a block of
-//! inputs in order from zero, the blocks cut as [`gemm_into`] cuts them and their sums
-//! added in turn. A product's bits are those of `gemm_into` on the same operands wherever
+//! inputs in order from zero, the blocks cut as `gemm_into` (the tests' product through
+//! `gemm`) cuts them and their sums added in turn. A product's bits are those of `gemm_into` on the same operands wherever
 //! `gemm` takes its microkernels (at least two rows and three inputs), and a row's bits do
 //! not depend on the rows beside it.
 
@@ -14,8 +15,6 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-#[cfg(doc)]
-use super::kernels::gemm_into;
 use super::kernels::{reduction_blocks, View};
 
 /// A microkernel of `gemm_f32` (0.19): `(m, n, k, dst, lhs, rhs, dst_cs, dst_rs, lhs_cs,
@@ -121,6 +120,11 @@ impl Panels {
         Panels { ptr, k, width: Microkernels::panel_width() }
     }
 
+    /// The same panels without their first `first` inputs: a product over inputs `first..`.
+    pub fn skipping(self, first: usize) -> Panels {
+        Panels { ptr: self.ptr.wrapping_add(first * self.width), ..self }
+    }
+
     /// Column `c`'s input `i`.
     fn at(&self, c: usize, i: usize) -> *const f32 {
         self.ptr.wrapping_add((c / self.width) * self.k * self.width + i * self.width + c % self.width)
@@ -148,7 +152,7 @@ pub unsafe fn multiply(
     accumulate: bool,
     scale: f32,
 ) {
-    debug_assert!(x.cs == 1 && w.k == k && w.width.is_multiple_of(Microkernels::machine().rows));
+    debug_assert!(x.cs == 1 && w.k >= k && w.width.is_multiple_of(Microkernels::machine().rows));
     let kernels = Microkernels::machine();
     let (tile_rows, tile_cols) = (kernels.cols, kernels.rows);
     if k == 0 && !accumulate {
