@@ -68,7 +68,7 @@ enum Shared<'a> {
     Cache { data: &'a [f32], len: usize },
 }
 
-impl<'a> Shared<'a> {
+impl Shared<'_> {
     fn len(&self) -> usize {
         match self {
             Shared::Rows(rows) => rows.len(),
@@ -105,15 +105,15 @@ impl AttentionBlock<'_> {
     /// at most [`KEY_TILE`] (the shared keys from the first, then its own from the first),
     /// each tile's scores for every query head through one product, folded into each row's
     /// online softmax, and the tile's values added to the rows' sums through one product,
-    /// both over the keys and values of `runs` (its shared run, where it has one, and its
-    /// own) as they were laid out. A row's arithmetic depends on its tree alone: the tiles
+    /// both over the keys and values of its shared run (where it has one) and its own, as
+    /// they were laid out. A row's arithmetic depends on its tree alone: the tiles
     /// are cut at fixed key indices, and the microkernels sum each output over a tile (at
     /// most 512) or a head (`head_dim`) as one chain whatever the rows beside it.
     fn compute(
         &self,
         isa: Isa,
         qkv: &Matrix,
-        runs: [Option<&LaidOut>; 2],
+        (shared, own): (Option<&LaidOut>, &LaidOut),
         heads: HeadLayout,
         spec: AttentionSpec,
     ) -> Vec<f32> {
@@ -133,10 +133,9 @@ impl AttentionBlock<'_> {
         let q = View { ptr: queries.as_ptr(), rs: d as isize, cs: 1 };
         // The laid-out keys and values from key `t` of the block's list: the shared ones
         // below `a`, then its own.
-        let laid = |t: usize| match runs {
-            [Some(shared), _] if t < a => (shared, t),
-            [_, Some(own)] => (own, t - a),
-            _ => unreachable!("a block's runs are laid out"),
+        let laid = |t: usize| match shared {
+            Some(shared) if t < a => (shared, t),
+            _ => (own, t - a),
         };
         // Row i sees keys `first(i)..last(i)`: trees start at position 0 and a query's
         // keys are listed in position order, so a key's index is its position.
@@ -530,11 +529,11 @@ fn compute_blocks<'a>(
         }
         i
     };
-    let reads: Vec<[Option<usize>; 2]> = blocks
+    let reads: Vec<(Option<usize>, usize)> = blocks
         .iter()
         .map(|b| {
             let own = Run::Rows { first: b.own_start, len: b.causal_offset + b.rows.len() };
-            [b.shared_run().map(&mut place), Some(place(own))]
+            (b.shared_run().map(&mut place), place(own))
         })
         .collect();
     let laid: Vec<LaidOut> = (0..runs.len() * heads.num_kv_heads)
@@ -545,8 +544,9 @@ fn compute_blocks<'a>(
         .par_iter()
         .zip(&reads)
         .with_max_len(1)
-        .map(|(b, read)| {
-            b.compute(isa, qkv, read.map(|r| r.map(|r| &laid[r * heads.num_kv_heads + b.kv])), heads, spec)
+        .map(|(b, &(shared, own))| {
+            let laid = |run: usize| &laid[run * heads.num_kv_heads + b.kv];
+            b.compute(isa, qkv, (shared.map(laid), laid(own)), heads, spec)
         })
         .collect();
     let width = heads.num_heads * d;

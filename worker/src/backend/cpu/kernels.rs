@@ -1,7 +1,8 @@
 //! The CPU backend's numeric kernels, which its ops and its attention build on: the cut of
 //! a product's reduction into blocks ([`reduction_blocks`]; `gemm_into`, the strided
-//! product through `gemm` that the tests hold the backend's own products to), a vectorisable `exp` ([`fast_exp`],
-//! whose constants and 2ⁿ the softmax's vector kernels share: [`exp_constants`],
+//! product through `gemm` that the tests hold the backend's own products to), a
+//! vectorisable `exp` ([`fast_exp`], whose constants and 2ⁿ the softmax's vector kernels
+//! share: [`exp_constants`],
 //! [`power_of_two`]), sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
 //! prefetches ([`prefetch`]), a thread's widened panels of a stored weight
 //! ([`with_widened_panels`]), and the instruction sets that kernels compiled more than once

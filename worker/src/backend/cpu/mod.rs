@@ -15,10 +15,11 @@
 //! [`MATMUL_ROWS`] rows, which keeps them in cache whatever the micro-batch size.
 //!
 //! Determinism: a product's reduction is cut into blocks by its length only, so a row of
-//! `x · wᵀ` does not depend on how many rows are multiplied with it. The rows of single-token generation steps are multiplied by [`streamed`]
-//! instead, whose every output is one chain in input order. Strips are multiplied as the
-//! whole weight would be in one call (see [`STRIP_PANELS`]), so neither the thread count
-//! nor a stored weight changes a product's bits. Attention works per tree in fixed row
+//! `x · wᵀ` does not depend on how many rows are multiplied with it. The rows of
+//! single-token generation steps are multiplied by [`streamed`] instead, whose every
+//! output is one chain in input order. Strips are multiplied as the whole weight would be
+//! in one call (see [`STRIP_PANELS`]), so neither the thread count nor a stored weight
+//! changes a product's bits. Attention works per tree in fixed row
 //! blocks, and row sums are taken in a fixed order, so no result depends on the batch or
 //! the thread count.
 //!
