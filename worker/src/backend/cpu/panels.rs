@@ -1,21 +1,23 @@
-//! Matrix products by weights on `gemm`'s register-tile microkernels, driven here over
-//! weights widened at load into [`Panels`] of output features: the layout into which
-//! `gemm` packs a weight on every call, made once (docs/ARCHITECTURE.md §4). Packing each
-//! strip again for every piece of rows had taken about 5% of an evaluation. Attention's
-//! products by its keys and values run here too, over panels laid out once a layer.
+//! Matrix products by weights on register-tile microkernels, driven here over weights
+//! widened at load into [`Panels`] of output features: the layout into which `gemm` packs a
+//! weight on every call, made once (docs/ARCHITECTURE.md §4). Packing each strip again for
+//! every piece of rows had taken about 5% of an evaluation. Attention's products by its
+//! keys and values run here too, over panels laid out once a layer. With FMA's kernels,
+//! the next row tile's inputs are asked of memory while a row tile multiplies ([`Ahead`]).
 //!
-//! The arithmetic is `gemm`'s: the same microkernels (those `gemm` picks for the machine,
-//! [`Microkernels::machine`]), each output one chain of fused multiply-adds over a block of
-//! inputs in order from zero, the blocks cut as `gemm_into` (the tests' product through
-//! `gemm`) cuts them and their sums added in turn. A product's bits are those of `gemm_into` on the same operands wherever
-//! `gemm` takes its microkernels (at least two rows and three inputs), and a row's bits do
-//! not depend on the rows beside it.
+//! The arithmetic is `gemm`'s: the microkernels `gemm` picks for the machine
+//! ([`Microkernels::machine`]; FMA's are this backend's own, [`fma`], which do the same
+//! operations), each output one chain of fused multiply-adds over a block of inputs in
+//! order from zero, the blocks cut as `gemm_into` (the tests' product through `gemm`) cuts
+//! them and their sums added in turn. A product's bits are those of `gemm_into` on the same
+//! operands wherever `gemm` takes its microkernels (at least two rows and three inputs),
+//! and a row's bits do not depend on the rows beside it.
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::kernels::{reduction_blocks, View};
+use super::kernels::{prefetch, reduction_blocks, View};
 
 /// A microkernel of `gemm_f32` (0.19): `(m, n, k, dst, lhs, rhs, dst_cs, dst_rs, lhs_cs,
 /// rhs_rs, rhs_cs, alpha, beta, alpha_status, conj ×3, next)` computes `m ≤ MR` outputs
@@ -45,9 +47,9 @@ type Microkernel = unsafe fn(
 );
 
 /// The microkernels of this machine, as `gemm` (0.19) picks them: AVX-512 where the build
-/// has the `avx512` feature and the machine AVX-512F, else FMA's on x86-64 with FMA, NEON's
-/// on aarch64, else the scalar ones (which multiply and add apart: the CPU's provenance
-/// says so).
+/// has the `avx512` feature and the machine AVX-512F, else FMA's on x86-64 with FMA ([`fma`]'s
+/// own), NEON's on aarch64, else the scalar ones (which multiply and add apart: the CPU's
+/// provenance says so).
 #[derive(Clone, Copy)]
 pub struct Microkernels {
     /// Values in a vector.
@@ -58,6 +60,11 @@ pub struct Microkernels {
     cols: usize,
     /// The kernel for tiles of `vectors` vectors by `cols` columns (each at least 1).
     pick: fn(vectors: usize, cols: usize) -> Microkernel,
+    /// Whether [`multiply`] asks for the next row tile's inputs ahead ([`Ahead`]): with
+    /// [`fma`]'s kernels, a ctx-512 evaluation took 0.98 of the time (AVX2 build, 4
+    /// alternating pairs), where on `gemm`'s AVX-512 ones it took longer (1.07 against
+    /// their time with this backend's own AVX-512 kernels, which were slower still).
+    ahead: bool,
 }
 
 impl Microkernels {
@@ -77,7 +84,8 @@ impl Microkernels {
             }
             if std::arch::is_x86_feature_detected!("fma") {
                 use gemm_f32::microkernel::fma::f32 as k;
-                return Microkernels::of(8, k::MR_DIV_N, k::NR, |v, c| k::UKR[v - 1][c - 1]);
+                let own = Microkernels::of(8, k::MR_DIV_N, fma::COLS, |v, c| fma::KERNELS[v - 1][c - 1]);
+                return Microkernels { ahead: true, ..own };
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -93,7 +101,7 @@ impl Microkernels {
     }
 
     fn of(lanes: usize, vectors: usize, cols: usize, pick: fn(usize, usize) -> Microkernel) -> Microkernels {
-        Microkernels { lanes, rows: lanes * vectors, cols, pick }
+        Microkernels { lanes, rows: lanes * vectors, cols, pick, ahead: false }
     }
 
     /// The width of this machine's [`Panels`]: the widest tile's outputs, and at least
@@ -102,6 +110,116 @@ impl Microkernels {
     pub fn panel_width() -> usize {
         Microkernels::machine().rows.max(16)
     }
+}
+
+/// This backend's own microkernels for x86-64 with FMA, where `gemm` (0.19) would pick its
+/// FMA ones: the same tiles (2 vectors of 8 by 6 columns at most) and the same operations
+/// in the same order, so the same bits (`products_have_gemms_bits`). `gemm`'s step from one
+/// column's input to the next's through a chain of six dependent additions an input (the
+/// columns lie a row of `x` apart, not packed side by side as `gemm` would have them), as
+/// many cycles as the input's twelve multiply-adds take on two FMA units; here each column
+/// has its own pointer and one index steps them all. Alone they ran as fast as `gemm`'s;
+/// with [`Ahead`], whose waits they no longer hide, 0.98 of the time (`Microkernels::ahead`).
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    use super::Microkernel;
+
+    /// The widest tile's columns (`gemm`'s `NR`).
+    pub const COLS: usize = 6;
+
+    /// Values in a vector.
+    const LANES: usize = 8;
+
+    /// A tile of `m ≤ 8·V` outputs by `C` columns with [`Microkernel`]'s contract, for the
+    /// operands `multiply` passes (outputs contiguous, `alpha` 1): each output's
+    /// multiply-adds in input order from zero, then `beta · sum` stored (`status` 0) or
+    /// fused into what `dst` holds, as `gemm`'s kernel does (its partial tiles value by
+    /// value).
+    ///
+    /// # Safety
+    /// The machine must run AVX and FMA; [`Microkernel`]'s contract.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx,fma")]
+    unsafe fn tile<const V: usize, const C: usize>(
+        m: usize,
+        _: usize,
+        k: usize,
+        dst: *mut f32,
+        lhs: *const f32,
+        rhs: *const f32,
+        dst_cs: isize,
+        _: isize,
+        lhs_cs: isize,
+        _: isize,
+        rhs_cs: isize,
+        _: f32,
+        beta: f32,
+        status: u8,
+        _: bool,
+        _: bool,
+        _: bool,
+        _: *const f32,
+    ) {
+        let columns: [*const f32; C] = std::array::from_fn(|c| rhs.wrapping_offset(c as isize * rhs_cs));
+        let mut sums = [[_mm256_setzero_ps(); V]; C];
+        let mut panel = lhs;
+        for i in 0..k {
+            // SAFETY: the panel holds `k` steps of whole vectors, `lhs_cs` apart.
+            let w: [__m256; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(panel.add(v * LANES)) });
+            for (column, sums) in columns.iter().zip(&mut sums) {
+                // SAFETY: each column holds `k` inputs.
+                let x = _mm256_set1_ps(unsafe { *column.add(i) });
+                for (sum, w) in sums.iter_mut().zip(&w) {
+                    *sum = _mm256_fmadd_ps(*w, x, *sum);
+                }
+            }
+            panel = panel.wrapping_offset(lhs_cs);
+        }
+        let accumulate = status != 0;
+        for (c, sums) in sums.iter().enumerate() {
+            let out = dst.wrapping_offset(c as isize * dst_cs);
+            if m == V * LANES {
+                let scale = _mm256_set1_ps(beta);
+                for (v, sum) in sums.iter().enumerate() {
+                    let at = out.wrapping_add(v * LANES);
+                    // SAFETY: `dst` holds the tile's `m` outputs of each column.
+                    unsafe {
+                        let value = match accumulate {
+                            true => _mm256_fmadd_ps(scale, *sum, _mm256_loadu_ps(at)),
+                            false => _mm256_mul_ps(scale, *sum),
+                        };
+                        _mm256_storeu_ps(at, value);
+                    }
+                }
+            } else {
+                let mut values = [0.0f32; 16];
+                for (v, sum) in sums.iter().enumerate() {
+                    // SAFETY: `values` holds the widest tile's outputs.
+                    unsafe { _mm256_storeu_ps(values[v * LANES..].as_mut_ptr(), *sum) };
+                }
+                for (j, value) in values[..m].iter().enumerate() {
+                    // SAFETY: as above.
+                    let at = unsafe { &mut *out.add(j) };
+                    *at = match accumulate {
+                        true => beta.mul_add(*value, *at),
+                        false => beta * value,
+                    };
+                }
+            }
+        }
+    }
+
+    /// A row of tiles of `V` vectors, by 1 to [`COLS`] columns.
+    macro_rules! by_columns {
+        ($v:literal) => {
+            [tile::<$v, 1>, tile::<$v, 2>, tile::<$v, 3>, tile::<$v, 4>, tile::<$v, 5>, tile::<$v, 6>]
+        };
+    }
+
+    /// The kernels for 1 or 2 vectors by 1 to 6 columns.
+    pub const KERNELS: [[Microkernel; COLS]; 2] = [by_columns!(1), by_columns!(2)];
 }
 
 /// A weight of `k` inputs in panels of [`Microkernels::panel_width`] output features from
@@ -166,7 +284,15 @@ pub unsafe fn multiply(
         for r in (0..rows).step_by(tile_rows) {
             let height = tile_rows.min(rows - r);
             let rhs = x.ptr.wrapping_offset(r as isize * x.rs).wrapping_add(inputs.start);
+            // The next row tile's inputs, asked of memory a share before each column tile:
+            // they come from L3 or farther (a task takes a new piece of rows), and a tile's
+            // first column tile would otherwise wait for all its rows' lines at once.
+            let next = (r + tile_rows..(r + 2 * tile_rows).min(rows)).len();
+            let next = if kernels.ahead { next } else { 0 };
+            let mut ahead = Ahead::new(rhs.wrapping_offset(tile_rows as isize * x.rs), x.rs, next, inputs.len());
+            let share = ahead.lines().div_ceil(cols.div_ceil(tile_cols));
             for c in (0..cols).step_by(tile_cols) {
+                ahead.ask(share);
                 let width = tile_cols.min(cols - c);
                 let kernel = (kernels.pick)(width.div_ceil(kernels.lanes), height);
                 // SAFETY: the tile's outputs lie in the caller's `out`, its inputs in `x`
@@ -193,6 +319,45 @@ pub unsafe fn multiply(
                         std::ptr::null(),
                     )
                 };
+            }
+        }
+    }
+}
+
+/// The cache lines of a row tile's inputs, asked of memory a few at a time ([`prefetch`]):
+/// `rows` rows `rs` apart from `first`, the lines of `len` inputs from each (a hint: a row
+/// that starts inside a line may have its last line left out).
+struct Ahead {
+    first: *const f32,
+    rs: isize,
+    rows: usize,
+    per_row: usize,
+    row: usize,
+    line: usize,
+}
+
+impl Ahead {
+    /// Floats in a cache line.
+    const LINE: usize = 16;
+
+    fn new(first: *const f32, rs: isize, rows: usize, len: usize) -> Ahead {
+        Ahead { first, rs, rows, per_row: len.div_ceil(Ahead::LINE), row: 0, line: 0 }
+    }
+
+    fn lines(&self) -> usize {
+        self.rows * self.per_row
+    }
+
+    /// Asks for the next `count` lines (fewer where fewer are left).
+    fn ask(&mut self, count: usize) {
+        for _ in 0..count {
+            if self.row == self.rows {
+                return;
+            }
+            prefetch(self.first.wrapping_offset(self.row as isize * self.rs).wrapping_add(self.line * Ahead::LINE));
+            self.line += 1;
+            if self.line == self.per_row {
+                (self.line, self.row) = (0, self.row + 1);
             }
         }
     }
@@ -230,13 +395,24 @@ mod tests {
     }
 
     /// Bit for bit `gemm`'s products: rows past a tile, columns
-    /// that fill no tile or vector, reductions cut into blocks (576: two of 288; 1100:
+    /// that fill no tile or vector, tiles of each whole number of vectors (24, 96 and 112
+    /// columns), reductions cut into blocks (576: two of 288; 1100:
     /// three), a scale, and sums added to what the output held. (`gemm` takes one row, or
     /// two inputs or fewer, through other paths, which sum in another order.) A row alone
     /// has the bits it has among others.
     #[test]
     fn products_have_gemms_bits() {
-        let shapes = [(2, 64, 37), (7, 576, 130), (13, 1100, 64), (70, 23, 200), (6, 3, 5), (3, 0, 9)];
+        let shapes = [
+            (2, 64, 37),
+            (7, 576, 130),
+            (13, 1100, 64),
+            (70, 23, 200),
+            (6, 3, 5),
+            (3, 0, 9),
+            (8, 20, 24),
+            (4, 40, 96),
+            (9, 33, 112),
+        ];
         for (m, k, n) in shapes {
             let x = Matrix::random(m, k, 1, 1.0);
             let w = Matrix::random(k, n, 2, 1.0).data;
