@@ -61,9 +61,10 @@ pub struct Microkernels {
     /// The kernel for tiles of `vectors` vectors by `cols` columns (each at least 1).
     pick: fn(vectors: usize, cols: usize) -> Microkernel,
     /// Whether [`multiply`] asks for the next row tile's inputs ahead ([`Ahead`]): with
-    /// [`fma`]'s kernels, a ctx-512 evaluation took 0.98 of the time (AVX2 build, 4
-    /// alternating pairs), where on `gemm`'s AVX-512 ones it took longer (1.07 against
-    /// their time with this backend's own AVX-512 kernels, which were slower still).
+    /// [`fma`]'s kernels, a ctx-512 evaluation took 0.97–0.98 of the time on `gemm`'s FMA
+    /// ones without it (AVX2 build, 4 alternating pairs, two builds); with AVX-512 kernels
+    /// of the same design as [`fma`]'s it took longer (1.11 of `gemm`'s time, against 1.04
+    /// without it), so AVX-512 keeps `gemm`'s kernels and does not ask.
     ahead: bool,
 }
 
@@ -200,7 +201,7 @@ mod fma {
                     unsafe { _mm256_storeu_ps(values[v * LANES..].as_mut_ptr(), *sum) };
                 }
                 for (j, value) in values[..m].iter().enumerate() {
-                    // SAFETY: as above.
+                    // SAFETY: `dst` holds the tile's `m` outputs of each column.
                     let at = unsafe { &mut *out.add(j) };
                     *at = match accumulate {
                         true => beta.mul_add(*value, *at),
@@ -287,8 +288,10 @@ pub unsafe fn multiply(
             // The next row tile's inputs, asked of memory a share before each column tile:
             // they come from L3 or farther (a task takes a new piece of rows), and a tile's
             // first column tile would otherwise wait for all its rows' lines at once.
-            let next = (r + tile_rows..(r + 2 * tile_rows).min(rows)).len();
-            let next = if kernels.ahead { next } else { 0 };
+            let next = match kernels.ahead {
+                true => (r + tile_rows..(r + 2 * tile_rows).min(rows)).len(),
+                false => 0,
+            };
             let mut ahead = Ahead::new(rhs.wrapping_offset(tile_rows as isize * x.rs), x.rs, next, inputs.len());
             let share = ahead.lines().div_ceil(cols.div_ceil(tile_cols));
             for c in (0..cols).step_by(tile_cols) {
