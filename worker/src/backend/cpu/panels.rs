@@ -105,6 +105,11 @@ impl Microkernels {
         Microkernels { lanes, rows: lanes * vectors, cols, pick, ahead: false }
     }
 
+    /// The rows of the widest tile (`NR`).
+    pub fn row_tile(&self) -> usize {
+        self.cols
+    }
+
     /// The width of this machine's [`Panels`]: the widest tile's outputs, and at least
     /// 16, the streamed product's narrowest tile of columns, so that its tiles (16 or 64
     /// wide) each lie in one panel. Each kernel's tile is a whole number of vectors.
