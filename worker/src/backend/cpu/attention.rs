@@ -110,9 +110,10 @@ impl AttentionBlock<'_> {
     /// rows at once, its scores in L2; 24 rows as fast as 12): the slice's scores through
     /// one product, folded into each row's online softmax, and the tile's values added to
     /// the slice's sums through one product, both over the keys and values of its shared
-    /// run (where it has one) and its own, as they were laid out. A row's arithmetic depends on its tree alone: the tiles
-    /// are cut at fixed key indices, and the microkernels sum each output over a tile (at
-    /// most 512) or a head (`head_dim`) as one chain whatever the rows beside it.
+    /// run (where it has one) and its own, as they were laid out. A row's arithmetic
+    /// depends on its tree alone: the tiles are cut at fixed key indices, and the
+    /// microkernels sum each output over a tile (at most 512) or a head (`head_dim`) as one
+    /// chain whatever the rows beside it.
     fn compute(
         &self,
         isa: Isa,
