@@ -110,10 +110,14 @@ impl AttentionBlock<'_> {
     /// rows at once, its scores in L2; 24 rows as fast as 12): the slice's scores through
     /// one product, folded into each row's online softmax, and the tile's values added to
     /// the slice's sums through one product, both over the keys and values of its shared
-    /// run (where it has one) and its own, as they were laid out. A row's arithmetic
-    /// depends on its tree alone: the tiles are cut at fixed key indices, and the
-    /// microkernels sum each output over a tile (at most 512) or a head (`head_dim`) as one
-    /// chain whatever the rows beside it.
+    /// run (where it has one) and its own, as they were laid out, up to the last key that a
+    /// row of the slice sees (a causal block's last tile would otherwise have its scores
+    /// masked and its values weighted by zero: at ctx 512, 0.98 of the time). Each of the
+    /// values' sums starts from +0 and adds a key's weighted value with one fused
+    /// multiply-add, so it is never −0, and the zero weights past the last key would have
+    /// left it as it is. A row's arithmetic depends on its tree alone: the tiles are cut at
+    /// fixed key indices, and the microkernels sum each output over a tile (at most 512) or
+    /// a head (`head_dim`) as one chain whatever the rows beside it.
     fn compute(
         &self,
         isa: Isa,
@@ -155,14 +159,8 @@ impl AttentionBlock<'_> {
         let mut out = vec![0.0f32; rows * d];
         for tile in tiles.filter(|t| t.end > first(0)) {
             let (run, t) = laid(tile.start);
-            let n = tile.len();
             for r0 in (0..rows).step_by(slice) {
                 let here = slice.min(rows - r0);
-                let q = View { ptr: queries[r0 * d..].as_ptr(), rs: d as isize, cs: 1 };
-                // SAFETY: the run holds keys `t..t + n` (tiles lie in the block's runs);
-                // `queries` holds rows `r0..r0 + here` of d, and `scores` `here` rows of
-                // KEY_TILE ≥ n.
-                unsafe { multiply(here, n, d, q, run.keys_from(t), scores.as_mut_ptr(), KEY_TILE, false, spec.scale) };
                 let visible: Vec<Range<usize>> = (r0..r0 + here)
                     .map(|r| {
                         let i = r % m;
@@ -174,6 +172,16 @@ impl AttentionBlock<'_> {
                         }
                     })
                     .collect();
+                // The tile's keys up to the last that a row of the slice sees.
+                let n = visible.iter().map(|v| v.end).max().unwrap_or(0);
+                if n == 0 {
+                    continue;
+                }
+                let q = View { ptr: queries[r0 * d..].as_ptr(), rs: d as isize, cs: 1 };
+                // SAFETY: the run holds keys `t..t + n` (tiles lie in the block's runs);
+                // `queries` holds rows `r0..r0 + here` of d, and `scores` `here` rows of
+                // KEY_TILE ≥ n.
+                unsafe { multiply(here, n, d, q, run.keys_from(t), scores.as_mut_ptr(), KEY_TILE, false, spec.scale) };
                 let tile_state = Tile {
                     scores: &mut scores[..here * KEY_TILE],
                     ld: KEY_TILE,
