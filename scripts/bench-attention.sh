@@ -10,11 +10,7 @@
 #   machine's kernels, built without the `avx512` feature in target/avx2).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-case "${ISA:=native}" in
-    native) build=() target="$repo/target" ;;
-    avx2) build=(--no-default-features) target="$repo/target/avx2" ;;
-    *) echo "$(basename "$0"): ISA must be native or avx2, not '$ISA'" >&2; exit 2 ;;
-esac
+source "$repo/scripts/bench-isa.sh"
 cargo build --locked --release -p evalmesh-worker --example attention_speed --manifest-path "$repo/Cargo.toml" \
     --target-dir "$target" "${build[@]}" >&2
 bin="$target/release/examples/attention_speed"

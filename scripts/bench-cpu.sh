@@ -12,7 +12,7 @@
 # Usage: scripts/bench-cpu.sh [PAIRS]   (default 4: an even count, so each side goes first as often)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
 #   llama-perplexity and llama-quantize on PATH), EVALMESH_SHARED (default ../shared),
-#   THREADS (default 2), ISA (native, the default, or avx2: see bench-setup.sh).
+#   THREADS (default 2), ISA (native, the default, or avx2: see bench-isa.sh).
 # To build llama.cpp, see bench-setup.sh (targets llama-perplexity llama-quantize). For
 #   ISA=avx2, build it for AVX2 alone in another checkout's build/ (the F32 model needs no
 #   llama-quantize once made): `-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON

@@ -1,17 +1,11 @@
 # Sourced by the scripts/bench-* benchmarks: sets `repo`, `shared` (EVALMESH_SHARED, default
 # ../shared), `model` (the test model, installed if needed), `bin` (a fresh release build) and
 # `out` (a temporary folder, removed on exit); defines `llama_tool` and `f32_model`.
-# ISA=avx2 builds `bin` without the AVX-512 kernels (`--no-default-features`, in target/avx2):
-# what an AVX2 machine runs, measurable on an AVX-512 one (the default, ISA=native, uses
-# AVX-512 where the machine has it).
+# ISA picks the kernels `bin` is built with (bench-isa.sh).
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 shared="${EVALMESH_SHARED:-$repo/../shared}"
 model="$("$repo/scripts/setup.sh" | tail -n 1)"
-case "${ISA:=native}" in
-    native) build=() target="$repo/target" ;;
-    avx2) build=(--no-default-features) target="$repo/target/avx2" ;;
-    *) echo "$(basename "$0"): ISA must be native or avx2, not '$ISA'" >&2; exit 2 ;;
-esac
+source "$repo/scripts/bench-isa.sh"
 cargo build --locked --release -p evalmesh --manifest-path "$repo/Cargo.toml" --target-dir "$target" "${build[@]}" >&2
 bin="$target/release/evalmesh"
 # A new build measures the machine for its predictions on its first run (a few seconds):
