@@ -17,7 +17,7 @@ use std::ops::Range;
 use evalmesh_common::TreeLayout;
 use rayon::prelude::*;
 
-use super::kernels::{exp_in_place, prefetch, Isa, View};
+use super::kernels::{exp_in_place, prefetch, Isa, SendPtr, View};
 use super::panels::{lay_out, multiply, Microkernels, Panels};
 use super::softmax::{tile_softmax, RowState, Tile};
 use crate::backend::{AttentionSpec, HeadLayout};
@@ -101,44 +101,44 @@ struct AttentionBlock<'a> {
 }
 
 impl AttentionBlock<'_> {
-    /// The block's output, `group · m × head_dim`: its group's query heads one after the
-    /// other, each `m` rows (`group` query heads share the KV head). Its keys come in tiles of
-    /// at most [`KEY_TILE`] (the shared keys from the first, then its own from the first).
-    /// A tile's rows, every query head's, go through it a slice of two microkernel tiles'
-    /// rows at a time, whose scores stay in L1 from their product to the values' (12 rows
-    /// with AVX2: the full window's evaluation took 0.976 of the time of the whole tile's
-    /// rows at once, its scores in L2; 24 rows as fast as 12): the slice's scores through
-    /// one product, folded into each row's online softmax, and the tile's values added to
-    /// the slice's sums through one product, both over the keys and values of its shared
-    /// run (where it has one) and its own, as they were laid out, up to the last key that a
-    /// row of the slice sees (a causal block's last tile would otherwise have its scores
-    /// masked and its values weighted by zero: at ctx 512, 0.98 of the time). Each of the
-    /// values' sums starts from +0 and adds a key's weighted value with one fused
-    /// multiply-add, so it is never −0, and the zero weights past the last key would have
-    /// left it as it is. A row's arithmetic depends on its tree alone: the tiles are cut at
-    /// fixed key indices, and the microkernels sum each output over a tile (at most 512) or
-    /// a head (`head_dim`) as one chain whatever the rows beside it.
-    fn compute(
+    /// Writes the block's output into `out` (rows of `width` values from `out.0`, zero
+    /// where the block writes): row `rows.start + i`'s heads of KV group `kv` (`group` query
+    /// heads share the KV head). Its keys come in tiles of at most [`KEY_TILE`] (the shared
+    /// keys from the first, then its own from the first). A tile's rows go through it a
+    /// slice at a time, at most two microkernel tiles' rows of one query head, whose scores
+    /// stay in L1 from their product to the values' (12 rows with AVX2: the full window's
+    /// evaluation took 0.976 of the time of the whole tile's rows at once, its scores in L2;
+    /// 24 rows as fast as 12), its queries read in place in `qkv` and its outputs summed in
+    /// place in `out`: the slice's scores through one product, folded into each row's online
+    /// softmax, and the tile's values added to the slice's sums through one product, both
+    /// over the keys and values of its shared run (where it has one) and its own, as they
+    /// were laid out, up to the last key that a row of the slice sees (a causal block's last
+    /// tile would otherwise have its scores masked and its values weighted by zero: at ctx
+    /// 512, 0.98 of the time). Each of the values' sums starts from +0 and adds a key's
+    /// weighted value with one fused multiply-add, so it is never −0, and the zero weights
+    /// past the last key would have left it as it is. A row's arithmetic depends on its tree
+    /// alone: the tiles are cut at fixed key indices, and the microkernels sum each output
+    /// over a tile (at most 512) or a head (`head_dim`) as one chain whatever the rows beside it.
+    ///
+    /// # Safety
+    /// `out` must hold `qkv.rows` rows of `width` values, zero at the block's rows and heads,
+    /// which nothing else reads or writes meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute(
         &self,
         isa: Isa,
         qkv: &Matrix,
         (shared, own): (Option<&LaidOut>, &LaidOut),
         heads: HeadLayout,
         spec: AttentionSpec,
-    ) -> Vec<f32> {
+        out: SendPtr,
+        width: usize,
+    ) {
         let d = heads.head_dim;
         let (group, kv) = (heads.num_heads / heads.num_kv_heads, self.kv);
         let m = self.rows.len();
-        let rows = group * m;
         let a = self.shared.len();
         let keys = a + self.causal_offset + m;
-        // The group's queries, head after head.
-        let mut queries = Vec::with_capacity(rows * d);
-        for h in kv * group..(kv + 1) * group {
-            for row in self.rows.clone() {
-                queries.extend_from_slice(&qkv.row(row)[h * d..(h + 1) * d]);
-            }
-        }
         // The laid-out keys and values from key `t` of the block's list: the shared ones
         // below `a`, then its own.
         let laid = |t: usize| match shared {
@@ -152,18 +152,24 @@ impl AttentionBlock<'_> {
         let tiles = (0..a).step_by(KEY_TILE).map(|t| t..(t + KEY_TILE).min(a));
         let tiles = tiles.chain((a..keys).step_by(KEY_TILE).map(|t| t..(t + KEY_TILE).min(keys)));
         let slice = 2 * Microkernels::machine().row_tile();
+        // The slices: a query head of the group, and its rows.
+        let slices: Vec<(usize, Range<usize>)> = (kv * group..(kv + 1) * group)
+            .flat_map(|h| (0..m).step_by(slice).map(move |i| (h, i..(i + slice).min(m))))
+            .collect();
         let mut scores = SCORES.take();
         scores.resize(slice * KEY_TILE, 0.0);
-        let mut states = vec![RowState::EMPTY; rows];
-        let mut factors = vec![0.0f32; rows];
-        let mut out = vec![0.0f32; rows * d];
+        // Each row's state, head by head.
+        let mut states = vec![RowState::EMPTY; group * m];
+        let mut factors = vec![0.0f32; slice];
+        // Where row i's head h lies in `out`.
+        let at = |h: usize, i: usize| out.at((self.rows.start + i) * width + h * d);
         for tile in tiles.filter(|t| t.end > first(0)) {
             let (run, t) = laid(tile.start);
-            for r0 in (0..rows).step_by(slice) {
-                let here = slice.min(rows - r0);
-                let visible: Vec<Range<usize>> = (r0..r0 + here)
-                    .map(|r| {
-                        let i = r % m;
+            for &(h, ref rows) in &slices {
+                let here = rows.len();
+                let visible: Vec<Range<usize>> = rows
+                    .clone()
+                    .map(|i| {
                         let (from, to) = (first(i).max(tile.start), last(i).min(tile.end));
                         if from < to {
                             from - tile.start..to - tile.start
@@ -177,38 +183,45 @@ impl AttentionBlock<'_> {
                 if n == 0 {
                     continue;
                 }
-                let q = View { ptr: queries[r0 * d..].as_ptr(), rs: d as isize, cs: 1 };
+                let q = qkv.data[(self.rows.start + rows.start) * qkv.cols + h * d..].as_ptr();
+                let q = View { ptr: q, rs: qkv.cols as isize, cs: 1 };
                 // SAFETY: the run holds keys `t..t + n` (tiles lie in the block's runs);
-                // `queries` holds rows `r0..r0 + here` of d, and `scores` `here` rows of
-                // KEY_TILE ≥ n.
+                // `qkv` holds the slice's rows of head h, d values each, `qkv.cols` apart;
+                // `scores` holds `here` rows of KEY_TILE ≥ n.
                 unsafe { multiply(here, n, d, q, run.keys_from(t), scores.as_mut_ptr(), KEY_TILE, false, spec.scale) };
+                let state = (h - kv * group) * m + rows.start;
                 let tile_state = Tile {
                     scores: &mut scores[..here * KEY_TILE],
                     ld: KEY_TILE,
                     keys: n,
                     visible: &visible,
                     softcap: spec.softcap,
-                    states: &mut states[r0..r0 + here],
-                    factors: &mut factors[r0..r0 + here],
+                    states: &mut states[state..state + here],
+                    factors: &mut factors[..here],
                 };
                 tile_softmax(isa, tile_state);
-                let out_rows = &mut out[r0 * d..(r0 + here) * d];
-                for (row, &factor) in out_rows.chunks_exact_mut(d).zip(&factors[r0..r0 + here]) {
+                for (i, &factor) in rows.clone().zip(&factors[..here]) {
                     if factor != 1.0 {
+                        // SAFETY: row i's head h in `out` is this block's, d values.
+                        let row = unsafe { std::slice::from_raw_parts_mut(at(h, i), d) };
                         row.iter_mut().for_each(|o| *o *= factor);
                     }
                 }
                 let p = View { ptr: scores.as_ptr(), rs: KEY_TILE as isize, cs: 1 };
-                // SAFETY: as above; `out_rows` is here × d.
-                unsafe { multiply(here, d, n, p, run.values_from(t), out_rows.as_mut_ptr(), d, true, 1.0) };
+                // SAFETY: as above; the slice's rows of head h in `out` are the block's,
+                // `here` rows of d values `width` apart.
+                unsafe { multiply(here, d, n, p, run.values_from(t), at(h, rows.start), width, true, 1.0) };
             }
         }
         SCORES.set(scores);
-        for (row, state) in out.chunks_exact_mut(d).zip(&states) {
-            let inv = (1.0 / state.total()) as f32;
-            row.iter_mut().for_each(|o| *o *= inv);
+        for &(h, ref rows) in &slices {
+            for i in rows.clone() {
+                let inv = (1.0 / states[(h - kv * group) * m + i].total()) as f32;
+                // SAFETY: as above.
+                let row = unsafe { std::slice::from_raw_parts_mut(at(h, i), d) };
+                row.iter_mut().for_each(|o| *o *= inv);
+            }
         }
-        out
     }
 }
 
@@ -559,32 +572,15 @@ fn compute_blocks<'a>(
         .into_par_iter()
         .map(|i| LaidOut::of(runs[i / heads.num_kv_heads], qkv, heads, i % heads.num_kv_heads))
         .collect();
-    let results: Vec<Vec<f32>> = blocks
-        .par_iter()
-        .zip(&reads)
-        .with_max_len(1)
-        .map(|(b, &(shared, own))| {
-            let laid = |run: usize| &laid[run * heads.num_kv_heads + b.kv];
-            b.compute(isa, qkv, (shared.map(laid), laid(own)), heads, spec)
-        })
-        .collect();
     let width = heads.num_heads * d;
     let mut out = Matrix::zeros(qkv.rows, width);
-    let group = heads.num_heads / heads.num_kv_heads;
-    // Each output row takes its heads from the blocks that hold it, in the blocks' order.
-    let mut pieces: Vec<(usize, usize)> =
-        blocks.iter().enumerate().flat_map(|(b, block)| block.rows.clone().map(move |row| (row, b))).collect();
-    pieces.sort_by_key(|&(row, _)| row);
-    out.data.par_chunks_mut(width.max(1)).enumerate().for_each(|(row, out)| {
-        let first = pieces.partition_point(|&(r, _)| r < row);
-        for &(_, b) in pieces[first..].iter().take_while(|&&(r, _)| r == row) {
-            let block = &blocks[b];
-            let (m, i) = (block.rows.len(), row - block.rows.start);
-            for (h, head) in results[b].chunks_exact(m * d).enumerate() {
-                let col = (block.kv * group + h) * d;
-                out[col..col + d].copy_from_slice(&head[i * d..(i + 1) * d]);
-            }
-        }
+    let ptr = SendPtr(out.data.as_mut_ptr());
+    blocks.par_iter().zip(&reads).with_max_len(1).for_each(|(b, &(shared, own))| {
+        let laid = |run: usize| &laid[run * heads.num_kv_heads + b.kv];
+        // SAFETY: `out` is `qkv.rows × width`, zeros; the blocks' rows of one KV head are
+        // apart (a tree's rows, or a sequence's, in blocks), so each block alone writes
+        // its rows' heads of its KV head.
+        unsafe { b.compute(isa, qkv, (shared.map(laid), laid(own)), heads, spec, ptr, width) }
     });
     out
 }
