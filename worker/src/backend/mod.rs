@@ -268,6 +268,19 @@ pub trait Backend: DeviceMemory + Transfer {
         heads: HeadLayout,
         spec: AttentionSpec,
     ) -> Result<Self::Tensor, BackendError>;
+    /// [`Backend::attention`] of the rows `rows` alone, in that order (`rows.len() ×
+    /// num_heads·head_dim`): the last block's rows that no one reads still give their keys
+    /// and values. A backend that computes every row anyway keeps this default.
+    fn attention_of_rows(
+        &self,
+        qkv: &Self::Tensor,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+        rows: &[usize],
+    ) -> Result<Self::Tensor, BackendError> {
+        self.gather_rows(&self.attention(qkv, trees, heads, spec)?, rows)
+    }
     /// `act(gate) · up` where the first half of the columns is the gate and the second the up projection.
     fn gated(&self, gate_up: &Self::Tensor, act: Activation) -> Result<Self::Tensor, BackendError>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<(), BackendError>;

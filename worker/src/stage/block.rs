@@ -171,21 +171,22 @@ impl<B: Backend> Attention<B> {
             softcap: c.block.attention_softcap.map(|cap| cap as f32),
             window: self.layer.window,
         };
-        let attended = match &pass.attend {
-            Attend::Trees(trees) => b.attention(&qkv, trees, heads, spec)?,
-            Attend::Cached { steps, rows, cache } => {
+        let attended = match (&pass.attend, rows.kept) {
+            (Attend::Trees(trees), Some(kept)) => b.attention_of_rows(&qkv, trees, heads, spec, kept)?,
+            (Attend::Trees(trees), None) => b.attention(&qkv, trees, heads, spec)?,
+            (Attend::Cached { steps, rows: step_rows, cache }, kept) => {
                 // The cache is kept on the host for every backend, and attention over it
                 // computed there (§12).
                 let host = b.download(&qkv)?;
                 let mut cache = cache.borrow_mut();
-                let out = cached_attention(&host, &cache.views(self.index, steps, rows)?, heads, spec);
-                cache.append(self.index, steps, rows, &host, heads.k_cols().start..heads.v_cols().end)?;
-                b.upload(out)?
+                let out = cached_attention(&host, &cache.views(self.index, steps, step_rows)?, heads, spec);
+                cache.append(self.index, steps, step_rows, &host, heads.k_cols().start..heads.v_cols().end)?;
+                let out = b.upload(out)?;
+                match kept {
+                    Some(kept) => b.gather_rows(&out, kept)?,
+                    None => out,
+                }
             }
-        };
-        let attended = match rows.kept {
-            Some(kept) => b.gather_rows(&attended, kept)?,
-            None => attended,
         };
         self.out.forward(b, &attended, rows.decode, sums)
     }

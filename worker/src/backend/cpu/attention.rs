@@ -79,6 +79,14 @@ impl Shared<'_> {
 }
 
 impl<'a> AttentionBlock<'a> {
+    /// The block from its first row that `needed` marks to its last, where it has one.
+    fn trimmed(self, needed: impl Fn(usize) -> bool) -> Option<Self> {
+        let first = self.rows.clone().find(|&r| needed(r))?;
+        let last = self.rows.clone().rfind(|&r| needed(r))?;
+        let causal_offset = self.causal_offset + (first - self.rows.start);
+        Some(AttentionBlock { rows: first..last + 1, causal_offset, ..self })
+    }
+
     /// The run of its shared keys, where it has any.
     fn shared_run(&self) -> Option<Run<'a>> {
         match self.shared {
@@ -258,15 +266,21 @@ fn push_blocks<'a>(blocks: &mut Vec<AttentionBlock<'a>>, shared: Shared<'a>, own
     }
 }
 
-/// Attention over `qkv` (checked against `trees` and `heads` by the caller): `rows ×
-/// num_heads·head_dim`.
-pub fn attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
-    attention_on(Isa::widest(), qkv, trees, heads, spec)
-}
-
-/// [`attention`] with kernels for `isa`, one that the machine runs.
-fn attention_on(isa: Isa, qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout, spec: AttentionSpec) -> Matrix {
-    compute_blocks(isa, qkv, attention_blocks(trees, heads.num_kv_heads), heads, spec)
+/// Attention over `qkv` (checked against `trees` and `heads` by the caller) with kernels for
+/// `isa`, one that the machine runs: `rows × num_heads·head_dim`, computed for the rows
+/// that `needed` marks (zeros for the others) in the blocks of rows that hold one, each
+/// from its first needed row to its last (a row's arithmetic does not depend on the rows
+/// beside it).
+pub fn attention(
+    isa: Isa,
+    qkv: &Matrix,
+    trees: &[TreeLayout],
+    heads: HeadLayout,
+    spec: AttentionSpec,
+    needed: impl Fn(usize) -> bool,
+) -> Matrix {
+    let blocks = attention_blocks(trees, heads.num_kv_heads).into_iter().filter_map(|b| b.trimmed(&needed)).collect();
+    compute_blocks(isa, qkv, blocks, heads, spec)
 }
 
 /// A sequence's cache of one layer: its earlier tokens' keys then values
@@ -684,7 +698,7 @@ mod tests {
         let plain = AttentionSpec { scale: 0.25, softcap: None, window: None };
         let windowed = AttentionSpec { scale: 0.25, softcap: Some(5.0), window: Some(300) };
         for spec in [plain, windowed] {
-            let out = attention(&qkv, std::slice::from_ref(&tree), heads, spec);
+            let out = attention(Isa::widest(), &qkv, std::slice::from_ref(&tree), heads, spec, |_| true);
             for (i, want) in reference_attention(&qkv, &tree, heads, spec).iter().enumerate() {
                 for (g, w) in out.row(i).iter().zip(want) {
                     // f32 scores, an f32 running maximum and rescaling over ≤ 670 keys:
@@ -693,9 +707,26 @@ mod tests {
                 }
             }
             for isa in Isa::available() {
-                let on = attention_on(isa, &qkv, std::slice::from_ref(&tree), heads, spec);
+                let on = attention(isa, &qkv, std::slice::from_ref(&tree), heads, spec, |_| true);
                 assert_eq!(on, out, "{isa:?}");
             }
+        }
+    }
+
+    #[test]
+    fn rows_alone_are_the_bits_of_every_row() {
+        // A 130-row prefix with branches of 40 and 3: rows inside blocks, a block's first
+        // and last, a branch's only, in any order.
+        let heads = HeadLayout { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
+        let trees = vec![TreeLayout { start: 0, prefix_len: 130, branch_lens: vec![40, 3] }];
+        let qkv = Matrix::random(173, heads.width(), 9, 1.0);
+        let spec = AttentionSpec { scale: 0.3, softcap: None, window: None };
+        let backend = CpuBackend::default();
+        let all = backend.attention(&qkv, &trees, heads, spec).unwrap();
+        let rows = [150, 5, 64, 127, 128, 129, 131, 171, 172, 63];
+        let some = backend.attention_of_rows(&qkv, &trees, heads, spec, &rows).unwrap();
+        for (i, &r) in rows.iter().enumerate() {
+            assert_eq!(some.row(i), all.row(r), "row {r}");
         }
     }
 
@@ -706,7 +737,7 @@ mod tests {
         let qkv = Matrix::random(75, heads.width(), 7, 1.0);
         let spec = AttentionSpec { scale: 0.3, softcap: Some(3.0), window: Some(40) };
         let tree = vec![TreeLayout { start: 0, prefix_len: 70, branch_lens: vec![5] }];
-        let whole = attention(&qkv, &tree, heads, spec);
+        let whole = attention(Isa::widest(), &qkv, &tree, heads, spec, |_| true);
         let kv = heads.k_cols().start..heads.v_cols().end;
         let cache: Vec<f32> = (0..70).flat_map(|r| qkv.row(r)[kv.clone()].to_vec()).collect();
         let width = heads.num_heads * heads.head_dim;

@@ -322,6 +322,15 @@ fn score_row(row: &[f32], target: u32) -> TokenScore {
     TokenScore { logprob, greedy: argmax == target as usize }
 }
 
+/// Checks attention's operands: `qkv` as wide as `heads` say, every row in one of `trees`.
+fn check_attention(qkv: &Matrix, trees: &[TreeLayout], heads: HeadLayout) -> Result<(), BackendError> {
+    let covered: usize = trees.iter().map(TreeLayout::len).sum();
+    check(
+        qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads),
+        || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
+    )
+}
+
 /// The CPU backend; it counts the work of its matrix products.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
@@ -659,12 +668,28 @@ impl Backend for CpuBackend {
         heads: HeadLayout,
         spec: AttentionSpec,
     ) -> Result<Matrix, BackendError> {
-        let covered: usize = trees.iter().map(TreeLayout::len).sum();
-        check(
-            qkv.cols == heads.width() && covered == qkv.rows && heads.num_heads.is_multiple_of(heads.num_kv_heads),
-            || format!("attention over {}×{} with {heads:?} and trees covering {covered} rows", qkv.rows, qkv.cols),
-        )?;
-        Ok(attention(qkv, trees, heads, spec))
+        check_attention(qkv, trees, heads)?;
+        Ok(attention(Isa::widest(), qkv, trees, heads, spec, |_| true))
+    }
+
+    /// Only the blocks of query rows that hold some of `rows`, each from the first of them
+    /// to the last. Over the test model's full window the second window's context (5,811
+    /// rows) attends to nothing in the last block: 0.45% of the evaluation's FLOPs, and
+    /// 0.991 of its time (AVX2 build, the median of 8 alternating pairs, 0.889–1.062 on
+    /// this noisy VM).
+    fn attention_of_rows(
+        &self,
+        qkv: &Matrix,
+        trees: &[TreeLayout],
+        heads: HeadLayout,
+        spec: AttentionSpec,
+        rows: &[usize],
+    ) -> Result<Matrix, BackendError> {
+        check_attention(qkv, trees, heads)?;
+        check(rows.iter().all(|&r| r < qkv.rows), || format!("row index past {} rows", qkv.rows))?;
+        let mut needed = vec![false; qkv.rows];
+        rows.iter().for_each(|&r| needed[r] = true);
+        self.gather_rows(&attention(Isa::widest(), qkv, trees, heads, spec, |r| needed[r]), rows)
     }
 
     fn gated(&self, gate_up: &Matrix, act: Activation) -> Result<Matrix, BackendError> {
