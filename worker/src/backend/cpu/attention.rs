@@ -1,7 +1,8 @@
 //! The CPU backend's attention over packed prefix trees, and over the KV cache of
 //! sequences being generated ([`cached_attention`]): the rows cut into blocks of at most
-//! [`ATTENTION_BLOCK`] query rows per KV head (all its query heads), computed in parallel
-//! and placed in a fixed order. A block's keys are the ones every row of it sees (a tree's
+//! [`ATTENTION_BLOCK`] query rows per KV head (all its query heads), computed in parallel,
+//! each summing its rows' heads into the output in place (only the blocks that hold a row
+//! that is needed: [`attention`]). A block's keys are the ones every row of it sees (a tree's
 //! prefix, or a sequence's cache), then its own rows causally; it takes them a tile of
 //! [`KEY_TILE`] at a time (flash-style): the tile's scores, an online softmax
 //! (`softmax.rs`: a running maximum and sum per row, what was gathered rescaled when the
