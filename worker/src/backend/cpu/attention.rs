@@ -167,8 +167,9 @@ impl AttentionBlock<'_> {
             .collect();
         let mut scores = SCORES.take();
         scores.resize(slice * KEY_TILE, 0.0);
-        // Each row's state, head by head.
+        // Each row's state, head by head: row i of head h at `state(h, i)`.
         let mut states = vec![RowState::EMPTY; group * m];
+        let state = |h: usize, i: usize| (h - kv * group) * m + i;
         let mut factors = vec![0.0f32; slice];
         // Where row i's head h lies in `out`.
         let at = |h: usize, i: usize| out.at((self.rows.start + i) * width + h * d);
@@ -198,14 +199,14 @@ impl AttentionBlock<'_> {
                 // `qkv` holds the slice's rows of head h, d values each, `qkv.cols` apart;
                 // `scores` holds `here` rows of KEY_TILE ≥ n.
                 unsafe { multiply(here, n, d, q, run.keys_from(t), scores.as_mut_ptr(), KEY_TILE, false, spec.scale) };
-                let state = (h - kv * group) * m + rows.start;
+                let first_state = state(h, rows.start);
                 let tile_state = Tile {
                     scores: &mut scores[..here * KEY_TILE],
                     ld: KEY_TILE,
                     keys: n,
                     visible: &visible,
                     softcap: spec.softcap,
-                    states: &mut states[state..state + here],
+                    states: &mut states[first_state..first_state + here],
                     factors: &mut factors[..here],
                 };
                 tile_softmax(isa, tile_state);
@@ -225,7 +226,7 @@ impl AttentionBlock<'_> {
         SCORES.set(scores);
         for &(h, ref rows) in &slices {
             for i in rows.clone() {
-                let inv = (1.0 / states[(h - kv * group) * m + i].total()) as f32;
+                let inv = (1.0 / states[state(h, i)].total()) as f32;
                 // SAFETY: as above.
                 let row = unsafe { std::slice::from_raw_parts_mut(at(h, i), d) };
                 row.iter_mut().for_each(|o| *o *= inv);
