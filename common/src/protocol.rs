@@ -180,7 +180,8 @@ pub struct TraceEvent {
     /// Microseconds since the Unix epoch, and duration in microseconds.
     pub start_us: u64,
     pub duration_us: u64,
-    /// 0: the compute thread, 1: the communication thread.
+    /// 0: the compute thread, 1: the communication thread; 2 on: the lightweight engine's
+    /// further lanes of micro-batches computed at once (lane `thread − 1`).
     pub thread: u8,
     pub batch: Option<u64>,
 }

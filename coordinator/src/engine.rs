@@ -3,9 +3,11 @@
 //! model in one stage.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use evalmesh_common::decode::{kv_bytes_per_token, DecodeBatch, NextToken};
-use evalmesh_common::protocol::WorkerStats;
+use evalmesh_common::protocol::{Quantiles, WorkerStats};
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
 use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
 use evalmesh_worker::{
@@ -30,7 +32,7 @@ pub enum EngineError {
     Plan(String),
     #[error("worker rank {rank}: {message}")]
     Worker { rank: i32, message: String },
-    #[error("stopped by a signal after the micro-batch in hand; with --output, the journal holds every finished tree: run again with --resume to finish")]
+    #[error("stopped by a signal after the micro-batches in hand; with --output, the journal holds every finished tree: run again with --resume to finish")]
     Stopped,
 }
 
@@ -107,7 +109,11 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
 /// The whole model in this process, on one backend.
 pub struct LightweightEngine {
     stage: Box<dyn LoadedStage>,
+    /// Each micro-batch's compute time.
     compute: Durations,
+    /// The wall time spent computing: micro-batches computed at once overlap, so their
+    /// compute times add up to more.
+    busy: Duration,
     spans: Spans,
     batches: u64,
     tokens: u64,
@@ -123,6 +129,7 @@ impl LightweightEngine {
         Ok(LightweightEngine {
             stage,
             compute: Durations::default(),
+            busy: Duration::ZERO,
             spans: Spans::default(),
             batches: 0,
             tokens: 0,
@@ -133,25 +140,41 @@ impl LightweightEngine {
 }
 
 impl EvaluationEngine for LightweightEngine {
+    /// The stage computes the micro-batches as many at once as its backend gains from
+    /// ([`LoadedStage::score_alone`]). Once `done` fails, no micro-batch starts; those
+    /// already computing still go to `done` as they finish (a signal's stop keeps every tree
+    /// computed), and the first error is returned.
     fn score(&mut self, trees: &[ScoreTree], batch_tokens: usize, done: &mut ScoreSink) -> Result<(), EngineError> {
         validate_trees(trees, self.stage.config())?;
-        for indices in pack_micro_batches(trees, batch_tokens) {
-            let members: Vec<&ScoreTree> = indices.iter().map(|&i| &trees[i]).collect();
-            let batch = MicroBatch::pack(&members);
-            let started = std::time::Instant::now();
-            let Forwarded::Scores(scores) = self.stage.forward(&batch, None, false)? else {
-                return Err(EngineError::NoScores);
+        let batches = pack_micro_batches(trees, batch_tokens);
+        let members = |id: u64| -> Vec<&ScoreTree> { batches[id as usize].iter().map(|&i| &trees[i]).collect() };
+        let failed = AtomicBool::new(false);
+        let mut queue = (0..batches.len() as u64).map(|id| (id, MicroBatch::pack(&members(id))));
+        let mut next = || if failed.load(Ordering::Relaxed) { None } else { queue.next() };
+        let LightweightEngine { stage, compute, spans, busy, batches: computed, tokens, .. } = self;
+        let mut first_error = None;
+        let started = Instant::now();
+        stage.score_alone(&mut next, &mut |scored| {
+            let hand_over = || -> Result<(), EngineError> {
+                let scores = scored.scores?;
+                // The trace's thread: 0 for the first lane, 2 on for the others (1 communicates).
+                let thread = if scored.lane == 0 { 0 } else { scored.lane + 1 };
+                spans.record_between(compute, "compute", scored.computed, thread, Some(scored.id));
+                let members = members(scored.id);
+                *computed += 1;
+                *tokens += members.iter().map(|t| t.input_len() as u64).sum::<u64>();
+                let indices = &batches[scored.id as usize];
+                let unpacked = MicroBatch::unpack(&members, &scores)
+                    .map_err(|e| EngineError::Request { index: indices[0], problem: e.to_string() })?;
+                indices.iter().zip(unpacked).try_for_each(|(&i, s)| done(i, s))
             };
-            self.spans.record(&mut self.compute, "compute", started, 0, None);
-            self.batches += 1;
-            self.tokens += batch.tokens.len() as u64;
-            let unpacked = MicroBatch::unpack(&members, &scores)
-                .map_err(|e| EngineError::Request { index: indices[0], problem: e.to_string() })?;
-            for (i, s) in indices.into_iter().zip(unpacked) {
-                done(i, s)?;
+            if let Err(e) = hand_over() {
+                failed.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
             }
-        }
-        Ok(())
+        });
+        *busy += started.elapsed();
+        first_error.map_or(Ok(()), Err)
     }
 
     fn decode_depth(&self) -> usize {
@@ -165,11 +188,12 @@ impl EvaluationEngine for LightweightEngine {
     /// Computes the step at once (one replica: `replicas` says nothing); `finish_decode`
     /// hands its tokens over.
     fn start_decode(&mut self, batch: DecodeBatch, _replicas: &[usize]) -> Result<u64, EngineError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let Forwarded::Next(next) = self.stage.decode(&batch, None, false)? else {
             return Err(EngineError::NoScores);
         };
         self.spans.record(&mut self.compute, "compute", started, 0, None);
+        self.busy += started.elapsed();
         self.batches += 1;
         self.tokens += batch.rows() as u64;
         let id = self.next_step;
@@ -211,12 +235,13 @@ impl EvaluationEngine for LightweightEngine {
 
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
         let matmul = self.stage.matmul_stats();
+        let compute = Quantiles { total_ms: self.busy.as_secs_f64() * 1e3, ..self.compute.summary() };
         Ok(vec![(
             0,
             WorkerStats {
                 batches: self.batches,
                 tokens: self.tokens,
-                compute: self.compute.summary(),
+                compute,
                 peak_memory_bytes: peak_memory_bytes(),
                 peak_device_memory_bytes: self.stage.peak_device_bytes(),
                 weight_memory_bytes: self.stage.weight_bytes(),

@@ -78,7 +78,7 @@ pub struct Settings<'a> {
     pub predictor: Option<&'a Predictor>,
     /// Try several micro-batch budgets on the first trees and keep the fastest.
     pub tune: bool,
-    /// Set by SIGTERM, SIGUSR1 or SIGINT: stop after the micro-batch in hand.
+    /// Set by SIGTERM, SIGUSR1 or SIGINT: stop after the micro-batches in hand.
     pub stop: Option<&'a AtomicBool>,
     /// Sequences decoding at once (generate_until tasks).
     pub max_sequences: usize,

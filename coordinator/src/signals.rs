@@ -1,7 +1,7 @@
 //! What SIGTERM, SIGUSR1 and SIGINT do to each role. Slurm sends SIGUSR1 before a time
 //! limit or a preemption (`--signal=USR1@120`) and SIGTERM when it ends a job, to every
 //! rank at once; the coordinator decides when the run stops, so that it stops in order
-//! after the micro-batch in hand with its journal complete, and workers serve until it
+//! after the micro-batches in hand with its journal complete, and workers serve until it
 //! tells them to shut down. A second SIGINT or SIGTERM ends any rank at once.
 
 use std::sync::atomic::AtomicBool;

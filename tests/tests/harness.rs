@@ -1,5 +1,6 @@
 //! The evaluation harness end to end: llama.cpp's HellaSwag score, bit-identical scores
-//! across micro-batch sizes, across a kill and `--resume`, and across an orderly stop on
+//! across micro-batch sizes and micro-batches computed one or two at once, across a kill
+//! and `--resume`, and across an orderly stop on
 //! SIGTERM and `--resume`, and the results layout, MMLU's groups included.
 
 #![allow(clippy::unwrap_used)]
@@ -47,20 +48,21 @@ fn sample_args(out: &Path) -> RunArgs {
 }
 
 #[test]
-fn scores_are_bit_identical_across_batch_sizes_and_a_killed_run_resumed() {
+fn scores_are_bit_identical_across_batch_sizes_threads_and_a_killed_run_resumed() {
     let base = tempfile::tempdir().unwrap();
-    let runs: Vec<_> = ["256", "2048", "8192"]
+    // Two threads compute two micro-batches at once; one, one at a time.
+    let runs: Vec<_> = [("256", "2"), ("2048", "2"), ("8192", "2"), ("256", "1")]
         .iter()
-        .map(|b| {
-            let dir = base.path().join(b);
+        .map(|&(b, threads)| {
+            let dir = base.path().join(format!("{b}-{threads}"));
             std::fs::create_dir(&dir).unwrap();
-            sample_run(&dir, b, &[])
+            sample_run(&dir, b, &["--threads", threads])
         })
         .collect();
     // The samples hold every request's summed log-probability as an exact f64.
     for run in &runs[1..] {
-        assert!(run.0 == runs[0].0, "hellaswag samples differ between batch sizes");
-        assert!(run.1 == runs[0].1, "arc_easy samples differ between batch sizes");
+        assert!(run.0 == runs[0].0, "hellaswag samples differ between batch sizes or thread counts");
+        assert!(run.1 == runs[0].1, "arc_easy samples differ between batch sizes or thread counts");
     }
 
     // Kill a run once its journal holds some trees, then resume it.

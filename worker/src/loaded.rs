@@ -3,7 +3,10 @@
 //! backend, the stage and its row-parallel sums ([`load_stage`]); and the loaded stage
 //! behind one object-safe face whatever its backend ([`LoadedStage`]).
 
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use evalmesh_common::cost::weight_values;
 use evalmesh_common::decode::{DecodeBatch, NextToken};
@@ -133,9 +136,30 @@ pub trait LoadedStage {
     /// Where the previous stage's activations land.
     fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
+    /// Scores micro-batches of tokens on this stage, the whole model in one process (no
+    /// stage before or after it, no shards to sum with): `next` hands them out with their
+    /// ids, and they are computed [`Backend::concurrent_batches`] at once, each on a thread
+    /// of its own whose ops' tasks the other threads take up as they idle
+    /// (docs/ARCHITECTURE.md §1). Each finished one goes to `done` on the calling thread:
+    /// between the batches that thread computes, and at the end. Returns when `next` gives
+    /// no more and every batch is done.
+    fn score_alone(&mut self, next: &mut BatchFeed<'_>, done: &mut dyn FnMut(Scored));
     fn peak_device_bytes(&self) -> u64;
     /// Bytes of the stage's matrix weights in its backend's memory.
     fn weight_bytes(&self) -> u64;
+}
+
+/// Hands out the micro-batches of [`LoadedStage::score_alone`] with their ids: `None` when
+/// no more are to start.
+pub type BatchFeed<'a> = dyn FnMut() -> Option<(u64, MicroBatch)> + Send + 'a;
+
+/// A micro-batch that [`LoadedStage::score_alone`] computed: its id, when it was computed,
+/// the lane that computed it (0 the calling thread's, 1… the others') and its scores.
+pub struct Scored {
+    pub id: u64,
+    pub computed: Range<Instant>,
+    pub lane: u8,
+    pub scores: Result<Vec<TokenScore>, StageError>,
 }
 
 /// `Auto` resolved for a CPU stage: `Stored` where its weights widened to f32, and a tenth
@@ -336,6 +360,42 @@ impl<B: Backend> LoadedStage for Loaded<B> {
 
     fn matmul_stats(&self) -> MatmulStats {
         self.stage.backend().matmul_stats()
+    }
+
+    fn score_alone(&mut self, next: &mut BatchFeed<'_>, done: &mut dyn FnMut(Scored)) {
+        debug_assert!(self.sums.is_local() && *self.stage.spec() == StageSpec::whole(self.stage.config()));
+        let stage = &self.stage;
+        let next = Mutex::new(next);
+        let take = || next.lock().unwrap_or_else(PoisonError::into_inner)();
+        let compute = |lane: u8, (id, batch): (u64, MicroBatch)| {
+            let started = Instant::now();
+            let scores = match stage.forward(&batch, StageInput::Tokens, &mut LocalSum) {
+                Ok(StageOutput::Scores(scores)) => Ok(scores),
+                Ok(_) => Err(StageError::Spec("the whole model returned no scores".into())),
+                Err(e) => Err(e),
+            };
+            Scored { id, computed: started..Instant::now(), lane, scores }
+        };
+        let (sender, finished) = mpsc::channel();
+        rayon::in_place_scope(|scope| {
+            for lane in 1..stage.backend().concurrent_batches() {
+                let sender = sender.clone();
+                scope.spawn(move |_| {
+                    while let Some(batch) = take() {
+                        if sender.send(compute(lane as u8, batch)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            while let Some(batch) = take() {
+                let scored = compute(0, batch);
+                finished.try_iter().for_each(&mut *done);
+                done(scored);
+            }
+        });
+        drop(sender);
+        finished.try_iter().for_each(done);
     }
 
     fn peak_device_bytes(&self) -> u64 {

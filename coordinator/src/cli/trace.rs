@@ -1,5 +1,6 @@
 //! `--trace`: every rank's timeline as a Chrome trace (one process per rank, a thread
-//! for computing and one for communicating), to open in Perfetto.
+//! for computing and one for communicating, and one per further lane of micro-batches
+//! that the lightweight engine computes at once), to open in Perfetto.
 
 use std::path::Path;
 
@@ -22,7 +23,11 @@ pub fn write_trace(path: &Path, ranks: &[RankStats], details: &EngineDetails) ->
     let mut events = Vec::new();
     for RankStats { rank, stats } in ranks {
         events.push(json!({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": label(*rank)}}));
-        for (tid, name) in [(0, "compute"), (1, "communication")] {
+        let lanes = stats.trace.iter().map(|e| e.thread).max().unwrap_or(0).saturating_sub(1);
+        let names = [(0, "compute".to_string()), (1, "communication".to_string())]
+            .into_iter()
+            .chain((1..=lanes).map(|lane| (lane + 1, format!("compute, lane {lane}"))));
+        for (tid, name) in names {
             events.push(json!({"name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": {"name": name}}));
         }
         for e in &stats.trace {

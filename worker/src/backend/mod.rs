@@ -305,6 +305,11 @@ pub trait Backend: DeviceMemory + Transfer {
     fn head_rows(&self) -> usize {
         evalmesh_common::cost::CPU_HEAD_ROWS
     }
+    /// Micro-batches that a whole model alone on this backend computes at once
+    /// ([`crate::LoadedStage::score_alone`]): one, unless running several gains.
+    fn concurrent_batches(&self) -> usize {
+        1
+    }
 }
 
 #[cfg(test)]
