@@ -2,8 +2,8 @@
 # CPU benchmark, side by side with llama.cpp on this machine: llama.cpp-style perplexity
 # (ctx 512) of a wikitext-2 slice (the first 45,000 bytes of the test file) on the test
 # model dequantised to F32, THREADS threads, against llama.cpp's `llama-perplexity -c 512
-# -b 512 -ctk f32 -ctv f32` on the same text and weights. The two run back to back, in
-# alternating order, PAIRS times; prints each run's wall and CPU seconds and the medians of
+# -b 512 -ctk f32 -ctv f32` on the same text and weights. After one untimed run of each,
+# the two run back to back, in alternating order, PAIRS times; prints each run's wall and CPU seconds and the medians of
 # evalmesh's over llama.cpp's (issue 19's target: wall <= 0.67). Then evalmesh's rolling
 # perplexity at the model's full 8,192-token window on the same slice, beside the ctx-512
 # run, twice in alternating order: its tokens/s as a share of theirs (target >= 50%), and
@@ -44,6 +44,11 @@ llama_run() {
     timed "$perplexity" -m "$f32" -f "$slice" -c 512 -b 512 -t "$threads" -ctk f32 -ctv f32
     mv "$out/last.log" "$out/llama.log"
 }
+
+# One untimed run of each first: evalmesh measures a new build's hardware profile on its
+# first run (cached for the next ones), and both read the model into the page cache.
+evalmesh_run >/dev/null
+llama_run >/dev/null
 
 wall_ratios=()
 cpu_ratios=()
