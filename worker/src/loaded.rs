@@ -394,7 +394,6 @@ impl<B: Backend> LoadedStage for Loaded<B> {
                 done(scored);
             }
         });
-        drop(sender);
         finished.try_iter().for_each(done);
     }
 
