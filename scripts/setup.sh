@@ -10,9 +10,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings),
-# and a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh).
+# a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh), and an aarch64
+# cross linker with qemu-user for the worker's unit tests on aarch64 (scripts/test.sh).
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev clang)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)

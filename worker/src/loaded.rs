@@ -13,16 +13,18 @@ use evalmesh_common::decode::{DecodeBatch, NextToken};
 use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, WeightsInMemory};
 use evalmesh_common::strategy::check_fits_gpu;
 use evalmesh_common::{MicroBatch, ModelConfig, PlanError, StageSpec, TokenScore};
+#[cfg(feature = "mpi")]
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{local_rank_from_env, probe, probe_local, CudaBackend, GpuChoice};
 use crate::backend::error::BackendError;
 use crate::backend::{Backend, MatmulStats};
-use crate::comm::activations::Activations;
+#[cfg(feature = "mpi")]
 use crate::comm::cuda_aware::mpi_is_cuda_aware;
+#[cfg(feature = "mpi")]
 use crate::comm::shard_sum::ShardSum;
-use crate::comm::wire::{Landing, Outbound};
+use crate::comm::wire::{Activations, Landing, Outbound};
 use crate::monitor::total_memory_bytes;
 use crate::stage::{GroupSum, KvCache, LocalSum, StageError, StageInput, StageOutput, TransformerStage};
 use crate::weights::WeightSource;
@@ -76,6 +78,7 @@ pub enum Site {
     /// A worker rank of an MPI job: its place among its node's workers (which picked its
     /// GPU), how many they are, and the ranks of its stage's tensor-parallel shards in
     /// group order.
+    #[cfg(feature = "mpi")]
     Worker { rank: Rank, node_index: usize, node_workers: usize, shards: Vec<Rank> },
 }
 
@@ -171,6 +174,7 @@ fn resolve_weights(weights: WeightsInMemory, c: &ModelConfig, spec: &StageSpec, 
     }
     let share = match site {
         Site::Alone => 1,
+        #[cfg(feature = "mpi")]
         Site::Worker { node_workers, .. } => (*node_workers).max(1),
     };
     let f32_bytes = weight_values(c, spec) * 4;
@@ -204,10 +208,11 @@ pub fn load_stage(
         Target::Gpu { gpu, precision, cuda_aware } => {
             check_fits_gpu(source.config(), &spec, gpu.memory_bytes, *precision)
                 .map_err(|error| LoadError::TooBig { gpu: gpu.clone(), error })?;
-            let device_memory = match site {
-                Site::Alone => false,
-                Site::Worker { rank, node_index, .. } => {
-                    let device_memory = passes_device_memory(*cuda_aware, *rank);
+            let device_memory = match (site, *cuda_aware) {
+                (Site::Alone, _) => false,
+                #[cfg(feature = "mpi")]
+                (Site::Worker { rank, node_index, .. }, cuda_aware) => {
+                    let device_memory = passes_device_memory(cuda_aware, *rank);
                     log::info!(
                         "rank {rank}: worker {node_index} of its node takes GPU {} of {} ({}); activations pass to MPI {} (--cuda-aware {cuda_aware:?})",
                         gpu.ordinal,
@@ -226,6 +231,7 @@ pub fn load_stage(
 }
 
 /// Whether a worker's activations go to MPI in device memory, as `--cuda-aware` says.
+#[cfg(feature = "mpi")]
 fn passes_device_memory(cuda_aware: CudaAware, rank: Rank) -> bool {
     match cuda_aware {
         CudaAware::On => {
@@ -262,20 +268,18 @@ impl<B: Backend + 'static> Loaded<B> {
         site: &Site,
     ) -> Result<Self, StageError> {
         let stage = TransformerStage::load(source, spec, backend)?;
-        let shard = match site {
-            Site::Worker { rank, shards, .. } if shards.len() > 1 => {
-                shards.iter().position(|r| r == rank).map(|index| (shards, index))
-            }
-            _ => None,
-        };
-        let sums: Box<dyn GroupSum<B>> = match shard {
-            Some((shards, index)) => Box::new(ShardSum {
-                comm: SimpleCommunicator::world(),
-                shards: shards.clone(),
-                index,
-                width: stage.config().hidden_size,
-            }),
-            None => Box::new(LocalSum),
+        let sums: Box<dyn GroupSum<B>> = match site {
+            Site::Alone => Box::new(LocalSum),
+            #[cfg(feature = "mpi")]
+            Site::Worker { rank, shards, .. } => match shards.iter().position(|r| r == rank) {
+                Some(index) if shards.len() > 1 => Box::new(ShardSum {
+                    comm: SimpleCommunicator::world(),
+                    shards: shards.clone(),
+                    index,
+                    width: stage.config().hidden_size,
+                }),
+                _ => Box::new(LocalSum),
+            },
         };
         let cache = stage.kv_cache(NO_KV_BUDGET);
         Ok(Loaded { stage, sums, device, cache })

@@ -18,11 +18,11 @@ use evalmesh_common::protocol::{check_version, Setup, ToCoordinator, ToWorker, W
 use evalmesh_common::MicroBatch;
 use mpi::topology::{Rank, SimpleCommunicator};
 
-use crate::comm::activations::{send_activations, try_receive_activations, ActivationHeader, Activations};
+use crate::comm::activations::{send_activations, try_receive_activations};
 use crate::comm::control::{send, try_receive};
 use crate::comm::node_share::NodeShare;
 use crate::comm::polling::{set_polling, Backoff};
-use crate::comm::wire::{HostLanding, Landing, Outbound};
+use crate::comm::wire::{ActivationHeader, Activations, HostLanding, Landing, Outbound};
 use crate::loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 

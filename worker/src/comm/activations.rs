@@ -12,17 +12,9 @@ use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::raw::AsRawMut;
 use mpi::topology::{Communicator, Rank};
 
-use super::wire::{Landing, Wire};
+use super::wire::{ActivationHeader, Activations, Landing, Wire};
 
-/// What precedes a micro-batch's activations: its id and the shape of its `rows × cols`
-/// values. On the wire: `[batch, rows, cols]` as u64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActivationHeader {
-    pub batch: u64,
-    pub rows: usize,
-    pub cols: usize,
-}
-
+/// On the wire, a header is `[batch, rows, cols]` as u64.
 impl ActivationHeader {
     fn to_words(self) -> [u64; 3] {
         [self.batch, self.rows as u64, self.cols as u64]
@@ -37,13 +29,6 @@ impl ActivationHeader {
             _ => None,
         }
     }
-}
-
-/// A micro-batch's activations as received: the header and the values, in a wire of the
-/// landing they were received with.
-pub struct Activations {
-    pub header: ActivationHeader,
-    pub wire: Wire,
 }
 
 /// Sends a micro-batch's activations: the header, then the values, straight from the

@@ -3,11 +3,29 @@
 //! CUDA-aware) with whatever keeps that memory alive and unused until MPI is done with it;
 //! values leaving a stage ([`Outbound`], whose copy off the device may still be running);
 //! and where values from another rank land ([`Landing`]). A backend makes all three
-//! (`Transfer::send_out`, `Transfer::landing`, `Transfer::adopt`).
+//! (`Transfer::send_out`, `Transfer::landing`, `Transfer::adopt`). A micro-batch's values
+//! arrive as [`Activations`]: a wire with its [`ActivationHeader`] (`activations.rs` sends
+//! and receives them over MPI).
 
 use std::any::Any;
 
 use crate::backend::error::BackendError;
+
+/// What precedes a micro-batch's activations: its id and the shape of its `rows × cols`
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivationHeader {
+    pub batch: u64,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A micro-batch's activations as received: the header and the values, in a wire of the
+/// landing they were received with.
+pub struct Activations {
+    pub header: ActivationHeader,
+    pub wire: Wire,
+}
 
 /// Where a wire's values live, which says how MPI may be handed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
