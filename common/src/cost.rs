@@ -289,11 +289,15 @@ pub struct Prediction {
     pub memory_per_rank_bytes: Vec<u64>,
 }
 
-/// Where the workers run: how many share a node, and each one's threads.
+/// Where the workers run: how many share a node, each one's threads, and the micro-batches
+/// each scores at once on them (`lanes`: the single process on a CPU of two threads or
+/// more scores two, each lane's ops' tasks taken up by whichever thread idles; an MPI
+/// worker one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub threads_per_worker: usize,
     pub workers_per_node: usize,
+    pub lanes: usize,
 }
 
 /// One tensor-parallel sum of `bytes` (a micro-batch's activations) over `tp` shards, as
@@ -319,13 +323,17 @@ pub fn predict(
     profile: &HardwareProfile,
     placement: Placement,
 ) -> Result<Prediction, PlanError> {
-    let rates = profile.rates_for(placement.threads_per_worker, placement.workers_per_node);
+    // A worker's lanes share its threads as that many workers of their share would, and
+    // take its micro-batches from one queue as replicas do.
+    let lanes = placement.lanes.max(1);
+    let rates = profile.rates_for((placement.threads_per_worker / lanes).max(1), placement.workers_per_node * lanes);
     let node = profile.devices_per_node.max(1);
     let tp_link = if layout.tp <= node { profile.same_node } else { profile.across_nodes };
     let pp_link = if layout.pp * layout.tp <= node { profile.same_node } else { profile.across_nodes };
     let wire = ACTIVATION_BYTES as f64;
-    // A work queue hands the micro-batches out evenly: each replica gets 1/dp of them.
-    let share = 1.0 / layout.dp as f64;
+    // A work queue hands the micro-batches out evenly: each replica's lane gets 1/(dp·lanes)
+    // of them.
+    let share = 1.0 / (layout.dp * lanes) as f64;
     let mut stage_seconds = Vec::new();
     let mut stage_comm = Vec::new();
     let mut first_batch = Vec::new();
@@ -411,6 +419,8 @@ pub fn predict_generation(
             generating: s.generating,
         })
         .collect();
+    // A replica takes its steps one at a time.
+    let placement = Placement { lanes: 1, ..placement };
     let mut prediction = predict(c, ParallelLayout { dp: 1, ..layout }, stages, &replica, profile, placement)?;
     let tokens: usize = steps.iter().map(|s| s.tokens).sum();
     prediction.tokens_per_s = if prediction.seconds > 0.0 { tokens as f64 / prediction.seconds } else { 0.0 };
@@ -496,7 +506,7 @@ mod tests {
         let mut p = profile();
         p.rates[0].streamed_values_per_s = Some(1e3);
         let steps = vec![BatchShape::decode(8, 16); 10];
-        let place = Placement { threads_per_worker: 1, workers_per_node: 1 };
+        let place = Placement { threads_per_worker: 1, workers_per_node: 1, lanes: 1 };
         let whole = [StageSpec::whole(&c)];
         let single = predict_generation(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &whole, &steps, &p, place).unwrap();
         let dp = predict_generation(&c, ParallelLayout { dp: 2, pp: 1, tp: 1 }, &whole, &steps, &p, place).unwrap();
@@ -537,12 +547,53 @@ mod tests {
         p
     }
 
+    /// A CPU of two cores measured with one worker of two threads, and with two workers of
+    /// one thread at two thirds of its rates each.
+    fn two_core_profile() -> HardwareProfile {
+        let mut p = profile();
+        p.backend = "cpu".into();
+        p.devices_per_node = 2;
+        let scaled = |threads_per_worker, concurrent_workers, f: f64| Rates {
+            threads_per_worker,
+            concurrent_workers,
+            matmul_flops_per_s: 1.5e6 * f,
+            attention_flops_per_s: 1.5e6 * f,
+            elementwise_bytes_per_s: 1.5e9 * f,
+            softmax_entries_per_s: 1.5e9 * f,
+            ..p.rates[0].clone()
+        };
+        p.rates = vec![scaled(2, 1, 1.0), scaled(1, 2, 2.0 / 3.0)];
+        p
+    }
+
+    #[test]
+    fn two_lanes_score_at_two_one_thread_workers_rates() {
+        let c = tiny();
+        let p = two_core_profile();
+        let whole = [StageSpec::whole(&c)];
+        let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
+        let batches = vec![BatchShape::sequences(4, 8, 4); 8];
+        let seconds = |lanes| {
+            let place = Placement { threads_per_worker: 2, workers_per_node: 1, lanes };
+            predict(&c, layout, &whole, &batches, &p, place).unwrap().seconds
+        };
+        // Two lanes, each at a one-thread worker's rates (1e6), against one at 1.5e6.
+        assert!((seconds(2) / seconds(1) - 0.75).abs() < 1e-9, "{} against {}", seconds(2), seconds(1));
+        // A generation step is one micro-batch at a time, whatever the lanes.
+        let steps = vec![BatchShape::decode(4, 16); 3];
+        let step_seconds = |lanes| {
+            let place = Placement { threads_per_worker: 2, workers_per_node: 1, lanes };
+            predict_generation(&c, layout, &whole, &steps, &p, place).unwrap().seconds
+        };
+        assert_eq!(step_seconds(2), step_seconds(1));
+    }
+
     #[test]
     fn data_parallelism_divides_the_time_and_pipelines_add_a_bubble() {
         let c = tiny();
         let p = profile();
         let batches = vec![BatchShape::sequences(4, 8, 4); 8];
-        let place = Placement { threads_per_worker: 1, workers_per_node: 1 };
+        let place = Placement { threads_per_worker: 1, workers_per_node: 1, lanes: 1 };
         let single =
             predict(&c, ParallelLayout { dp: 1, pp: 1, tp: 1 }, &[StageSpec::whole(&c)], &batches, &p, place).unwrap();
         let dp =

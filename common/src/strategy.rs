@@ -127,7 +127,7 @@ mod tests {
 
     fn search(json: &str, workers: usize) -> Vec<Candidate> {
         let batches = vec![BatchShape::sequences(4, 2048, 1024); 64];
-        let place = Placement { threads_per_worker: 1, workers_per_node: 8 };
+        let place = Placement { threads_per_worker: 1, workers_per_node: 8, lanes: 1 };
         candidates(&llama(json), workers, &batches, &HardwareProfile::built_in("h100").unwrap(), place)
     }
 

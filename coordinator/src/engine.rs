@@ -137,6 +137,11 @@ impl LightweightEngine {
             next_step: 0,
         })
     }
+
+    /// The micro-batches it scores at once ([`LoadedStage::scoring_lanes`]), for the cost model.
+    pub fn lanes(&self) -> usize {
+        self.stage.scoring_lanes()
+    }
 }
 
 impl EvaluationEngine for LightweightEngine {

@@ -128,8 +128,8 @@ pub fn placement(profile: &HardwareProfile, workers: usize, threads: Option<usiz
     if profile.backend == "cpu" {
         let per_node = workers.min(profile.devices_per_node).max(1);
         let threads = threads.unwrap_or((profile.devices_per_node / per_node).max(1));
-        Placement { threads_per_worker: threads, workers_per_node: workers }
+        Placement { threads_per_worker: threads, workers_per_node: workers, lanes: 1 }
     } else {
-        Placement { threads_per_worker: 1, workers_per_node: workers.min(profile.devices_per_node) }
+        Placement { threads_per_worker: 1, workers_per_node: workers.min(profile.devices_per_node), lanes: 1 }
     }
 }

@@ -50,7 +50,7 @@ pub fn config_json(data: &[u8]) {
     let Ok(config) = HfConfig::parse(text).and_then(|c| c.to_model_config()) else { return };
     let Ok(profile) = HardwareProfile::built_in("h100") else { return };
     let batches = vec![BatchShape::sequences(4, 512, 256); 4];
-    let place = Placement { threads_per_worker: 1, workers_per_node: 8 };
+    let place = Placement { threads_per_worker: 1, workers_per_node: 8, lanes: 1 };
     let candidates = strategy::candidates(&config, 8, &batches, &profile, place);
     let _ = strategy::choose(&candidates);
 }

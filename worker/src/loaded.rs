@@ -139,9 +139,12 @@ pub trait LoadedStage {
     /// Where the previous stage's activations land.
     fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
+    /// The micro-batches [`LoadedStage::score_alone`] computes at once: its backend's
+    /// [`Backend::concurrent_batches`].
+    fn scoring_lanes(&self) -> usize;
     /// Scores micro-batches of tokens on this stage, the whole model in one process (no
     /// stage before or after it, no shards to sum with): `next` hands them out with their
-    /// ids, and they are computed [`Backend::concurrent_batches`] at once, each on a thread
+    /// ids, and they are computed [`LoadedStage::scoring_lanes`] at once, each on a thread
     /// of its own whose ops' tasks the other threads take up as they idle
     /// (docs/ARCHITECTURE.md §1). Each finished one goes to `done` on the calling thread:
     /// between the batches that thread computes, and at the end. Returns when `next` gives
@@ -366,8 +369,13 @@ impl<B: Backend> LoadedStage for Loaded<B> {
         self.stage.backend().matmul_stats()
     }
 
+    fn scoring_lanes(&self) -> usize {
+        self.stage.backend().concurrent_batches()
+    }
+
     fn score_alone(&mut self, next: &mut BatchFeed<'_>, done: &mut dyn FnMut(Scored)) {
         debug_assert!(self.sums.is_local() && *self.stage.spec() == StageSpec::whole(self.stage.config()));
+        let lanes = self.scoring_lanes();
         let stage = &self.stage;
         let next = Mutex::new(next);
         let take = || next.lock().unwrap_or_else(PoisonError::into_inner)();
@@ -382,7 +390,7 @@ impl<B: Backend> LoadedStage for Loaded<B> {
         };
         let (sender, finished) = mpsc::channel();
         rayon::in_place_scope(|scope| {
-            for lane in 1..stage.backend().concurrent_batches() {
+            for lane in 1..lanes {
                 let sender = sender.clone();
                 scope.spawn(move |_| {
                     while let Some(batch) = take() {

@@ -153,12 +153,16 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
             let model = ModelRef { path: model_path.display().to_string(), random_weights: settings.random_weights };
             let engine = DistributedEngine::start(world, &model, &config, layout, &stages, settings.device, threads)?;
             let threads = engine.workers().first().map_or(1, |w| w.threads);
-            let placement = Placement { threads_per_worker: threads, workers_per_node: workers };
+            let placement = Placement { threads_per_worker: threads, workers_per_node: workers, lanes: 1 };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
         Place::Alone(target) => {
             let engine = Box::new(LightweightEngine::load(model.source.as_ref(), &target)?);
-            let placement = Placement { threads_per_worker: rayon::current_num_threads(), workers_per_node: 1 };
+            let placement = Placement {
+                threads_per_worker: rayon::current_num_threads(),
+                workers_per_node: 1,
+                lanes: engine.lanes(),
+            };
             let layout = ParallelLayout { dp: 1, pp: 1, tp: 1 };
             let stages = vec![StageSpec::whole(&config)];
             (engine, Predictor { config: config.clone(), layout, stages, profile, placement })
