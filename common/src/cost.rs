@@ -86,6 +86,8 @@ pub struct Work {
     /// The LM head's product, at its own rate.
     pub head_flops: f64,
     pub attention_flops: f64,
+    /// Query rows times heads that attend (each with [`Rates::attention_row`]'s cost).
+    pub attention_rows: f64,
     pub elementwise_bytes: f64,
     pub softmax_entries: f64,
     /// Values a generation step streams from memory: weights read once for its decode
@@ -102,6 +104,7 @@ impl Work {
         self.matmul_flops / r.matmul_flops_per_s
             + self.head_flops / r.head_matmul_rate()
             + self.attention_flops / r.attention_flops_per_s
+            + self.attention_rows * r.attention_row()
             + self.elementwise_bytes / r.elementwise_bytes_per_s
             + self.softmax_entries / r.softmax_entries_per_s
             + self.streamed_values / r.streamed_rate()
@@ -180,6 +183,7 @@ pub fn block_work(c: &ModelConfig, groups: std::ops::Range<usize>, shape: &Batch
     Work {
         matmul_flops: 2.0 * (shape.tokens - shape.decode_rows) as f64 * weights,
         attention_flops: 4.0 * shape.attention_pairs as f64 * c.head_dim as f64 * w.heads,
+        attention_rows: (shape.tokens - shape.decode_rows) as f64 * w.heads,
         elementwise_bytes: 4.0 * tokens * block_elementwise_values(&w, local_sum),
         streamed_values: weights_read + shape.cached_keys as f64 * 2.0 * w.kv,
         decode_flops,
@@ -461,10 +465,13 @@ mod tests {
         let w = block_work(&c, 0..2, &shape);
         assert_eq!(w.matmul_flops, 2.0 * 10.0 * 480.0);
         assert_eq!(w.attention_flops, 4.0 * 55.0 * 2.0 * 4.0);
+        // Every row attends in each of the shard's heads.
+        assert_eq!(w.attention_rows, 10.0 * 4.0);
         // One of two groups: half of every group-cut width.
         let half = block_work(&c, 1..2, &shape);
         assert_eq!(half.matmul_flops, 2.0 * 10.0 * (8.0 * (4.0 + 4.0) + 4.0 * 8.0 + 3.0 * 8.0 * 6.0));
         assert_eq!(half.attention_flops, w.attention_flops / 2.0);
+        assert_eq!(half.attention_rows, w.attention_rows / 2.0);
         // Element-wise values a token: norms 4·8, rotation 2·(8 + 4), gate 3·12, and per
         // row-parallel product the residual's addition (3·8) and, where the shard holds
         // both groups, their parts' sum (3·8); a tensor-parallel shard's sums are the
@@ -538,6 +545,7 @@ mod tests {
             matmul_flops_per_s: 1e6,
             head_matmul_flops_per_s: None,
             attention_flops_per_s: 1e6,
+            attention_row_seconds: None,
             elementwise_bytes_per_s: 1e9,
             softmax_entries_per_s: 1e9,
             block_fixed_seconds: None,

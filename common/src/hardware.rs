@@ -33,6 +33,12 @@ pub struct Rates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_matmul_flops_per_s: Option<f64>,
     pub attention_flops_per_s: f64,
+    /// Seconds of attention a query row and head takes besides its FLOPs at
+    /// [`Rates::attention_flops_per_s`]: its softmax's fixed part and its block's setup,
+    /// which a short window's rows pay over few keys (calibrate fits both figures to two
+    /// windows); where not measured, none, the FLOP rate carrying it at its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_row_seconds: Option<f64>,
     /// Bytes read and written per second by norms, rotations, activations and additions.
     pub elementwise_bytes_per_s: f64,
     /// Vocabulary entries per second through the log-softmax of the scored rows.
@@ -57,6 +63,11 @@ impl Rates {
     /// The LM head's product rate: its own where measured, else the block products'.
     pub fn head_matmul_rate(&self) -> f64 {
         self.head_matmul_flops_per_s.unwrap_or(self.matmul_flops_per_s)
+    }
+
+    /// An attending row and head's cost besides its FLOPs: measured, or none.
+    pub fn attention_row(&self) -> f64 {
+        self.attention_row_seconds.unwrap_or(0.0)
     }
 
     /// A block's fixed cost per pass: measured, or none.
@@ -154,6 +165,7 @@ impl HardwareProfile {
                 head_matmul_flops_per_s: None,
                 // Fused attention kernels reach about half the GEMM rate.
                 attention_flops_per_s: matmul / 2.0,
+                attention_row_seconds: None,
                 elementwise_bytes_per_s: bandwidth,
                 softmax_entries_per_s: bandwidth / 8.0,
                 // Decoding streams bf16 weights.
@@ -242,6 +254,7 @@ impl HardwareProfile {
             rates.matmul_flops_per_s *= scale;
             rates.head_matmul_flops_per_s = rates.head_matmul_flops_per_s.map(|r| r * scale);
             rates.attention_flops_per_s *= scale;
+            rates.attention_row_seconds = rates.attention_row_seconds.map(|s| s / scale);
             rates.elementwise_bytes_per_s *= scale;
             rates.softmax_entries_per_s *= scale;
             rates.streamed_values_per_s = rates.streamed_values_per_s.map(|r| r * scale);
@@ -274,6 +287,7 @@ mod tests {
             matmul_flops_per_s: matmul,
             head_matmul_flops_per_s: None,
             attention_flops_per_s: 1.0,
+            attention_row_seconds: None,
             elementwise_bytes_per_s: 1.0,
             softmax_entries_per_s: 1.0,
             block_fixed_seconds: None,

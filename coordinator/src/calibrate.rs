@@ -121,15 +121,27 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         Ok(())
     })?;
     let qkv = b.matmul_t(&x, &block.qkv)?;
-    let trees: Vec<TreeLayout> = (0..sequences)
-        .map(|s| TreeLayout { start: s * SEQUENCE, prefix_len: SEQUENCE, branch_lens: Vec::new() })
-        .collect();
     let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
     let spec = AttentionSpec { scale: c.block.attention_scale as f32, softcap: None, window: None };
-    let attention = median_of(b, || {
-        b.attention(&qkv, &trees, heads, spec)?;
-        Ok(())
-    })?;
+    // The same rows attending in sequences of `len`, timed.
+    let attention_in = |len: usize| -> Result<f64, CalibrateError> {
+        let trees: Vec<TreeLayout> = (0..tokens / len)
+            .map(|s| TreeLayout { start: s * len, prefix_len: len, branch_lens: Vec::new() })
+            .collect();
+        median_of(b, || {
+            b.attention(&qkv, &trees, heads, spec)?;
+            Ok(())
+        })
+    };
+    let attention_flops =
+        |len: usize| block_work(c, 0..g, &BatchShape::sequences(tokens / len, len, 0)).attention_flops;
+    let short = (attention_flops(SEQUENCE), attention_in(SEQUENCE)?);
+    // The whole micro-batch as one sequence, where that is longer.
+    let long = match sequences > 1 {
+        true => Some((attention_flops(tokens), attention_in(tokens)?)),
+        false => None,
+    };
+    let (attention_flops_per_s, attention_row_seconds) = fit_attention(short, long, (tokens * c.num_heads) as f64);
     let norm = b.upload(Matrix::random(1, h, 8, 0.5))?;
     // The element-wise work of one block on `n` rows, as the cost model counts it.
     let elementwise_on = |n: usize| -> Result<f64, CalibrateError> {
@@ -210,13 +222,30 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
         concurrent_workers: 1,
         matmul_flops_per_s: work.matmul_flops / matmul,
         head_matmul_flops_per_s: Some(head.head_flops / head_matmul),
-        attention_flops_per_s: work.attention_flops / attention,
+        attention_flops_per_s,
+        attention_row_seconds,
         elementwise_bytes_per_s: work.elementwise_bytes / elementwise,
         softmax_entries_per_s: head.softmax_entries / softmax,
         block_fixed_seconds: Some(block_fixed),
         streamed_values_per_s: Some(weights / one_row),
         decode_row_flops_per_s: Some(2.0 * (DECODE_ROWS - 1) as f64 * weights / (several - one_row).max(1e-9)),
     })
+}
+
+/// Attention's FLOP rate and cost per attending row and head (`rows`), fitted to the
+/// same rows' `(flops, seconds)` in short sequences and in longer ones: the extra FLOPs
+/// over the extra seconds, and what the short ones' seconds leave per row. Without a
+/// longer measurement, or where the two do not fit that line (a longer window not
+/// slower, or a negative remainder: noise), the short sequences' FLOP rate alone.
+fn fit_attention(short: (f64, f64), long: Option<(f64, f64)>, rows: f64) -> (f64, Option<f64>) {
+    let alone = (short.0 / short.1, None);
+    let Some(long) = long else { return alone };
+    let rate = (long.0 - short.0) / (long.1 - short.1);
+    let row_seconds = (short.1 - short.0 / rate) / rows;
+    match rate.is_finite() && rate > 0.0 && row_seconds >= 0.0 {
+        true => (rate, Some(row_seconds)),
+        false => alone,
+    }
 }
 
 /// Rounds of measurement per mode, at least.
@@ -233,6 +262,7 @@ fn median_rates(rounds: &[Rates]) -> Rates {
         matmul_flops_per_s: median(|r| r.matmul_flops_per_s),
         head_matmul_flops_per_s: Some(median(Rates::head_matmul_rate)),
         attention_flops_per_s: median(|r| r.attention_flops_per_s),
+        attention_row_seconds: Some(median(Rates::attention_row)),
         elementwise_bytes_per_s: median(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: median(|r| r.softmax_entries_per_s),
         block_fixed_seconds: Some(median(Rates::block_fixed)),
@@ -266,6 +296,7 @@ fn concurrent_rates(c: &ModelConfig, tokens: usize, threads: usize, workers: usi
         matmul_flops_per_s: mean(|r| r.matmul_flops_per_s),
         head_matmul_flops_per_s: Some(mean(Rates::head_matmul_rate)),
         attention_flops_per_s: mean(|r| r.attention_flops_per_s),
+        attention_row_seconds: Some(mean(Rates::attention_row)),
         elementwise_bytes_per_s: mean(|r| r.elementwise_bytes_per_s),
         softmax_entries_per_s: mean(|r| r.softmax_entries_per_s),
         block_fixed_seconds: Some(mean(Rates::block_fixed)),
@@ -407,4 +438,21 @@ fn calibrate_cpu(
         same_node: link.unwrap_or(assumed),
         across_nodes: link.unwrap_or(assumed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_attention;
+
+    #[test]
+    fn attention_fits_a_rate_and_a_cost_per_row() {
+        // 100 rows of 2 µs each, and FLOPs at 1 GFLOP/s: 1 MFLOP in short sequences, 4 in long.
+        let (rate, row) = fit_attention((1e6, 1.2e-3), Some((4e6, 4.2e-3)), 100.0);
+        assert!((rate / 1e9 - 1.0).abs() < 1e-9 && (row.unwrap() / 2e-6 - 1.0).abs() < 1e-9, "{rate} {row:?}");
+        // A longer window no slower, or a rate that leaves the rows less than nothing: the
+        // short sequences' rate alone.
+        assert_eq!(fit_attention((1e6, 1.2e-3), Some((4e6, 1.1e-3)), 100.0), (1e6 / 1.2e-3, None));
+        assert_eq!(fit_attention((1e6, 1e-3), Some((4e6, 5e-3)), 100.0), (1e9, None));
+        assert_eq!(fit_attention((1e6, 1e-3), None, 100.0), (1e9, None));
+    }
 }
