@@ -30,6 +30,9 @@ pub enum CalibrateError {
 
 /// Tokens of each sequence in the calibration batch (llama.cpp's perplexity chunk).
 const SEQUENCE: usize = 512;
+/// The shortest sequence of attention's second measurement, which with the first gives
+/// its cost per row apart from its FLOPs (`fit_attention`).
+const LONG_SEQUENCE: usize = 2048;
 /// Decode rows of the streamed product's second measurement (a typical batch of sequences).
 const DECODE_ROWS: usize = 32;
 /// Timed repetitions of each kernel; the median counts (the runs it predicts meet the
@@ -123,25 +126,24 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     let qkv = b.matmul_t(&x, &block.qkv)?;
     let heads = HeadLayout { num_heads: c.num_heads, num_kv_heads: g, head_dim: c.head_dim };
     let spec = AttentionSpec { scale: c.block.attention_scale as f32, softcap: None, window: None };
-    // The same rows attending in sequences of `len`, timed.
-    let attention_in = |len: usize| -> Result<f64, CalibrateError> {
-        let trees: Vec<TreeLayout> = (0..tokens / len)
-            .map(|s| TreeLayout { start: s * len, prefix_len: len, branch_lens: Vec::new() })
-            .collect();
-        median_of(b, || {
-            b.attention(&qkv, &trees, heads, spec)?;
+    // Attention of `qkv`'s rows in sequences of `len`: its rows and heads, FLOPs and seconds.
+    let attention_in = |qkv: &B::Tensor, len: usize| -> Result<Attended, CalibrateError> {
+        let rows = b.rows(qkv);
+        let trees: Vec<TreeLayout> =
+            (0..rows / len).map(|s| TreeLayout { start: s * len, prefix_len: len, branch_lens: Vec::new() }).collect();
+        let seconds = median_of(b, || {
+            b.attention(qkv, &trees, heads, spec)?;
             Ok(())
-        })
+        })?;
+        let work = block_work(c, 0..g, &BatchShape::sequences(rows / len, len, 0));
+        Ok(Attended { rows: work.attention_rows, flops: work.attention_flops, seconds })
     };
-    let attention_flops =
-        |len: usize| block_work(c, 0..g, &BatchShape::sequences(tokens / len, len, 0)).attention_flops;
-    let short = (attention_flops(SEQUENCE), attention_in(SEQUENCE)?);
-    // The whole micro-batch as one sequence, where that is longer.
-    let long = match sequences > 1 {
-        true => Some((attention_flops(tokens), attention_in(tokens)?)),
-        false => None,
-    };
-    let (attention_flops_per_s, attention_row_seconds) = fit_attention(short, long, (tokens * c.num_heads) as f64);
+    // The micro-batch in sequences of 512, and one sequence of the micro-batch or of
+    // LONG_SEQUENCE, whichever is longer.
+    let long = tokens.max(LONG_SEQUENCE);
+    let long_qkv = b.matmul_t(&b.upload(Matrix::random(long, h, 17, 0.5))?, &block.qkv)?;
+    let (attention_flops_per_s, attention_row_seconds) =
+        fit_attention(attention_in(&qkv, SEQUENCE)?, attention_in(&long_qkv, long)?);
     let norm = b.upload(Matrix::random(1, h, 8, 0.5))?;
     // The element-wise work of one block on `n` rows, as the cost model counts it.
     let elementwise_on = |n: usize| -> Result<f64, CalibrateError> {
@@ -232,18 +234,25 @@ fn worker_rates<B: Backend>(b: &B, c: &ModelConfig, tokens: usize) -> Result<Rat
     })
 }
 
-/// Attention's FLOP rate and cost per attending row and head (`rows`), fitted to the
-/// same rows' `(flops, seconds)` in short sequences and in longer ones: the extra FLOPs
-/// over the extra seconds, and what the short ones' seconds leave per row. Without a
-/// longer measurement, or where the two do not fit that line (a longer window not
-/// slower, or a negative remainder: noise), the short sequences' FLOP rate alone.
-fn fit_attention(short: (f64, f64), long: Option<(f64, f64)>, rows: f64) -> (f64, Option<f64>) {
-    let alone = (short.0 / short.1, None);
-    let Some(long) = long else { return alone };
-    let rate = (long.0 - short.0) / (long.1 - short.1);
-    let row_seconds = (short.1 - short.0 / rate) / rows;
-    match rate.is_finite() && rate > 0.0 && row_seconds >= 0.0 {
-        true => (rate, Some(row_seconds)),
+/// One attention measurement: its attending rows times heads, its FLOPs and its seconds.
+#[derive(Debug, Clone, Copy)]
+struct Attended {
+    rows: f64,
+    flops: f64,
+    seconds: f64,
+}
+
+/// Attention's FLOP rate and cost per attending row and head, fitted to a measurement in
+/// short sequences and one in a long sequence: the two unknowns of the two equations
+/// `seconds = rows · cost + flops / rate`. Where the two do not fit it (a rate or cost
+/// below zero: noise), the short sequences' FLOP rate alone, as a profile without the cost.
+fn fit_attention(short: Attended, long: Attended) -> (f64, Option<f64>) {
+    let alone = (short.flops / short.seconds, None);
+    let determinant = short.rows * long.flops - short.flops * long.rows;
+    let row_seconds = (short.seconds * long.flops - short.flops * long.seconds) / determinant;
+    let seconds_per_flop = (short.rows * long.seconds - long.rows * short.seconds) / determinant;
+    match row_seconds.is_finite() && row_seconds >= 0.0 && seconds_per_flop.is_finite() && seconds_per_flop > 0.0 {
+        true => (1.0 / seconds_per_flop, Some(row_seconds)),
         false => alone,
     }
 }
@@ -442,17 +451,26 @@ fn calibrate_cpu(
 
 #[cfg(test)]
 mod tests {
-    use super::fit_attention;
+    use super::{fit_attention, Attended};
+
+    /// Rows of 2 µs each and FLOPs at 1 GFLOP/s.
+    fn measured(rows: f64, flops: f64) -> Attended {
+        Attended { rows, flops, seconds: rows * 2e-6 + flops / 1e9 }
+    }
 
     #[test]
     fn attention_fits_a_rate_and_a_cost_per_row() {
-        // 100 rows of 2 µs each, and FLOPs at 1 GFLOP/s: 1 MFLOP in short sequences, 4 in long.
-        let (rate, row) = fit_attention((1e6, 1.2e-3), Some((4e6, 4.2e-3)), 100.0);
-        assert!((rate / 1e9 - 1.0).abs() < 1e-9 && (row.unwrap() / 2e-6 - 1.0).abs() < 1e-9, "{rate} {row:?}");
-        // A longer window no slower, or a rate that leaves the rows less than nothing: the
-        // short sequences' rate alone.
-        assert_eq!(fit_attention((1e6, 1.2e-3), Some((4e6, 1.1e-3)), 100.0), (1e6 / 1.2e-3, None));
-        assert_eq!(fit_attention((1e6, 1e-3), Some((4e6, 5e-3)), 100.0), (1e9, None));
-        assert_eq!(fit_attention((1e6, 1e-3), None, 100.0), (1e9, None));
+        let close = |(rate, row): (f64, Option<f64>)| {
+            (rate / 1e9 - 1.0).abs() < 1e-9 && (row.unwrap() / 2e-6 - 1.0).abs() < 1e-9
+        };
+        // The same 100 rows with 1 and 4 MFLOP; 100 rows against 400 with 16 MFLOP.
+        assert!(close(fit_attention(measured(100.0, 1e6), measured(100.0, 4e6))));
+        assert!(close(fit_attention(measured(100.0, 1e6), measured(400.0, 16e6))));
+        // A longer window no slower (the rate would be negative), or a rate that leaves the
+        // rows less than nothing: the short sequences' rate alone.
+        let short = Attended { rows: 100.0, flops: 1e6, seconds: 1.2e-3 };
+        assert_eq!(fit_attention(short, Attended { seconds: 1.1e-3, ..measured(100.0, 4e6) }), (1e6 / 1.2e-3, None));
+        let short = Attended { seconds: 1e-3, ..short };
+        assert_eq!(fit_attention(short, Attended { seconds: 5e-3, ..measured(100.0, 4e6) }), (1e9, None));
     }
 }
