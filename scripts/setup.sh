@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what evalmesh needs on a fresh Debian machine with Rust: system packages
 # (when missing), HumanEval's problems and the test model. Idempotent; prints the test model's path last.
+# Usage: scripts/setup.sh [--tests]   (--tests: also what only scripts/test.sh needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +11,14 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings),
-# a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh), and an aarch64
-# cross linker with qemu-user for the worker's unit tests on aarch64 (scripts/test.sh).
+# and a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh); with
+# --tests, an aarch64 cross linker and qemu-user for the worker's unit tests on aarch64.
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
-command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+if [ "${1:-}" = --tests ]; then
+    command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+    command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+fi
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev clang)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EVALMESH_TEST_MODEL="$(scripts/setup.sh | tail -n 1)"
+EVALMESH_TEST_MODEL="$(scripts/setup.sh --tests | tail -n 1)"
 export EVALMESH_TEST_MODEL
 
 cargo build --locked -p evalmesh
