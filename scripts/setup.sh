@@ -10,21 +10,21 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings),
-# and a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh); with
-# --tests, an aarch64 cross linker and qemu-user for the worker's unit tests on aarch64.
+# System packages: a C compiler (mimalloc), OpenMPI and libclang (the mpi crate's bindings);
+# with --tests, a Slurm with munge for the tests' local cluster (scripts/slurm-local.sh), and
+# an aarch64 cross linker and qemu-user for the worker's unit tests on aarch64.
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 if [ "${1:-}" = --tests ]; then
     command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
     command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+    for package in slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
 fi
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev clang)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-for package in slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi

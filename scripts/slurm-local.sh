@@ -3,7 +3,7 @@
 #
 # Brings up (start) or tears down (stop) a real single-node Slurm cluster on loopback for
 # the tests: munged, slurmctld and slurmd from Debian's packages (scripts/setup.sh
-# installs them), with config, state, spool, sockets and logs under DIR; no systemd, no
+# --tests installs them), with config, state, spool, sockets and logs under DIR; no systemd, no
 # cgroups. After `start`, point clients at it with `export SLURM_CONF=DIR/slurm.conf`.
 #
 # The node declares EVALMESH_SLURM_CPUS CPUs (default 8) whatever the machine has, so that
@@ -48,7 +48,7 @@ start() {
     for bin in munged slurmctld slurmd sbatch; do
         command -v "$bin" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin"
         command -v "$bin" >/dev/null 2>&1 || {
-            echo "slurm-local: $bin is not installed: run scripts/setup.sh (it installs Debian's slurmctld, slurmd, slurm-client and munge)" >&2
+            echo "slurm-local: $bin is not installed: run scripts/setup.sh --tests (it installs Debian's slurmctld, slurmd, slurm-client and munge)" >&2
             exit 1
         }
     done

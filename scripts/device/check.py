@@ -19,8 +19,8 @@ import struct
 import sys
 
 # evalmesh's f32 paths against each other and against transformers in f32: only the order
-# of summation differs, a few 1e-6 nats over these 2-3 layers (tests/tests/architectures.rs
-# holds the CPU to the same bound).
+# of summation differs, a few 1e-6 nats over these 2-3 layers (tests/oracles/src/lib.rs's
+# TOLERANCE holds the CPU to the same bound).
 F32_TOLERANCE = 1e-4
 # The bf16 path rounds weights and matrix operands to 8 significant bits: a log-probability
 # moves by up to a few hundredths of a nat on these tiny random models. The bound catches a

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use evalmesh::results::Report;
+/// The project's shared folder (reference figures and data).
+pub use evalmesh_oracles::shared_dir;
 use evalmesh_worker::weights::gguf::writer::{write, RawTensor};
 use evalmesh_worker::weights::gguf::{GgufFile, Value};
 
@@ -59,16 +61,6 @@ pub fn humaneval_data_dir() -> PathBuf {
 
 /// The Gemma model's file name in the cache.
 pub const GEMMA_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
-
-/// The project's shared folder (reference figures and data): $EVALMESH_SHARED, else `../shared` beside the repository.
-pub fn shared_dir() -> PathBuf {
-    let dir = match std::env::var_os("EVALMESH_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    };
-    assert!(dir.join("reference").is_dir(), "shared data not found at {}: set EVALMESH_SHARED", dir.display());
-    dir
-}
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {

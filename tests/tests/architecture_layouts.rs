@@ -5,17 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
+use evalmesh_oracles::{folder, FAMILIES};
 use evalmesh_tests::{print_output, read_samples, shared_dir, RunArgs};
-
-const FAMILIES: [&str; 10] =
-    ["llama3", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3", "mixtral", "olmo2"];
-
-fn folder(family: &str) -> PathBuf {
-    shared_dir().join("reference/architectures").join(family)
-}
 
 /// The samples of 12 HellaSwag items and of the oracle's longest text's rolling
 /// perplexity, computed by `launch` with `extra` arguments.

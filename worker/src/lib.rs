@@ -1,6 +1,6 @@
 //! evalmesh workers: tensors and backends, weight loading (GGUF, safetensors) and the
 //! transformer stage; loading a stage on its device ([`loaded`]), everything between
-//! ranks over MPI ([`comm`]) and a worker rank's life ([`node`]). Workers see token ids,
+//! ranks over MPI ([`comm`]) and a worker rank's life (`node`). Workers see token ids,
 //! never text. Without the `mpi` feature, the ranks' side ([`comm`]'s MPI modules and
 //! `node`) is left out.
 

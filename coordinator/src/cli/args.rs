@@ -128,6 +128,8 @@ Default: what the tokenizer says, as lm-evaluation-harness and llama.cpp do: GGU
 tokenizer_config.json beside a tokenizer.json (when missing: no). With a BOS, requests' contexts, rolling \
 perplexity's texts and llamacpp perplexity's chunks start with it.";
 
+// The fields' docs are `--help`'s text, where `<model>` is a placeholder, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]

@@ -7,6 +7,9 @@
 //! it meets other ranks only through the `GroupSum` it is handed. The modules that call
 //! MPI come with the `mpi` feature.
 
+// Without the `mpi` feature, the links above to the modules it brings lead nowhere.
+#![cfg_attr(not(feature = "mpi"), allow(rustdoc::broken_intra_doc_links))]
+
 #[cfg(feature = "mpi")]
 pub mod activations;
 #[cfg(feature = "mpi")]

@@ -350,7 +350,7 @@ pub fn cached_attention(qkv: &Matrix, sequences: &[CachedRows<'_>], heads: HeadL
 }
 
 /// The attention of row `row` of `qkv`, every head, over its cache then the row's own key:
-/// each score a [`dot`] product, each output the weighted values added in key order. A
+/// each score a dot product ([`dots`]), each output the weighted values added in key order. A
 /// decode step has one row a sequence, for which four products a head cost more than
 /// the arithmetic. Its operations are the same on every instruction set (multiplies and
 /// adds fused only where `mul_add` asks, which rounds once everywhere), so the widest one

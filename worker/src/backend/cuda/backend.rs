@@ -326,7 +326,7 @@ impl CudaBackend {
 
     /// The bf16 matrix peak of this GPU as measured: floating-point operations per second
     /// of cuBLAS on square `size`-wide products (bf16 operands, f32 accumulation and output,
-    /// as [`Backend::matmul_t`] multiplies), the median of `repeats` after a warm-up.
+    /// as [`Backend::matmul_t`](crate::Backend::matmul_t) multiplies), the median of `repeats` after a warm-up.
     pub fn matmul_peak(&self, size: usize, repeats: usize) -> Result<f64, BackendError> {
         let (operands, weight) = (self.pool.take(size * size * 2)?, self.pool.take(size * size * 2)?);
         for (buffer, seed) in [(&operands, 1), (&weight, 2)] {
