@@ -10,7 +10,7 @@ use crate::decode::{DecodeBatch, NextToken};
 use crate::plan::StageSpec;
 use crate::request::{MicroBatch, TokenScore};
 
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The MPI tag of control messages.
 pub const CONTROL_TAG: i32 = 1;
 /// The tag of an activation header: `[micro-batch id, rows, columns]` as u64.
@@ -192,6 +192,9 @@ pub enum ToCoordinator {
     Ready {
         version: u32,
         threads: usize,
+        /// The micro-batches it scores at once (a worker holding the whole model on the
+        /// CPU: its lanes), for the coordinator's depth and the cost model.
+        lanes: usize,
         bytes_read: u64,
         load_seconds: f64,
         /// What fixes the last bits of its backend's arithmetic (`cpu`, or the GPU's model,

@@ -3,7 +3,8 @@
 //! shards. The first stage embeds, each stage passes its hidden states to the next
 //! (shard i to shard i), and the last returns scores (from its shard with the head). The next
 //! micro-batch goes to whichever pipeline has room (a work queue), and a pipeline keeps
-//! up to 4 × stages micro-batches in flight so that every stage has work. Scores are
+//! up to 4 × stages micro-batches in flight so that every stage has work (a worker alone,
+//! two a lane). Scores are
 //! bit-identical to the lightweight engine's: the same stage code computes each tree
 //! independently of the others, and activations travel as exact f32 bits. Generation
 //! steps (docs/ARCHITECTURE.md §12) go the same way, each sequence to the pipeline that
@@ -29,6 +30,8 @@ pub struct WorkerInfo {
     pub rank: Rank,
     pub stage: StageSpec,
     pub threads: usize,
+    /// The micro-batches it scores at once.
+    pub lanes: usize,
     pub bytes_read: u64,
     pub load_seconds: f64,
     /// What fixes the last bits of its arithmetic, as it reported.
@@ -142,11 +145,13 @@ impl<'a> DistributedEngine<'a> {
         for _ in 0..layout.workers() {
             let (rank, message) = receive::<_, ToCoordinator>(world, None);
             match message.map_err(|e| worker_error(rank, e.to_string()))? {
-                ToCoordinator::Ready { version, threads, bytes_read, load_seconds, provenance } => {
+                ToCoordinator::Ready { version, threads, lanes, bytes_read, load_seconds, provenance } => {
                     check_version(version).map_err(|e| worker_error(rank, e.to_string()))?;
-                    log::info!("rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads, {provenance}");
+                    log::info!(
+                        "rank {rank}: ready, {bytes_read} bytes read in {load_seconds:.1} s, {threads} threads, {lanes} lane(s), {provenance}"
+                    );
                     let stage = specs[&rank].clone();
-                    workers.push(WorkerInfo { rank, stage, threads, bytes_read, load_seconds, provenance });
+                    workers.push(WorkerInfo { rank, stage, threads, lanes, bytes_read, load_seconds, provenance });
                 }
                 ToCoordinator::Failed { message } => return Err(worker_error(rank, message)),
                 other => return Err(worker_error(rank, format!("unexpected reply {other:?}"))),
@@ -174,11 +179,12 @@ impl<'a> DistributedEngine<'a> {
         &self.workers
     }
 
-    /// Micro-batches a pipeline holds at once: one computing and one waiting per stage
-    /// without a pipeline; 4 × stages with one, so every stage stays busy.
+    /// Micro-batches a pipeline holds at once: without a pipeline, one computing and one
+    /// waiting per lane of its worker (the most any worker has); 4 × stages with one, so
+    /// every stage stays busy.
     fn depth(&self) -> usize {
         if self.layout.pp == 1 {
-            2
+            2 * self.workers.iter().map(|w| w.lanes).max().unwrap_or(1)
         } else {
             4 * self.layout.pp
         }
@@ -410,6 +416,7 @@ impl EvaluationEngine for DistributedEngine<'_> {
                 embedding: w.stage.embedding,
                 head: w.stage.head,
                 threads: w.threads,
+                lanes: w.lanes,
                 bytes_read: w.bytes_read,
                 load_seconds: w.load_seconds,
             })

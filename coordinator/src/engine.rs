@@ -161,9 +161,8 @@ impl EvaluationEngine for LightweightEngine {
         let started = Instant::now();
         stage.score_alone(&mut next, &mut |scored| {
             let hand_over = || -> Result<(), EngineError> {
+                let thread = scored.trace_thread();
                 let scores = scored.scores?;
-                // The trace's thread: 0 for the first lane, 2 on for the others (1 communicates).
-                let thread = if scored.lane == 0 { 0 } else { scored.lane + 1 };
                 spans.record_between(compute, "compute", scored.computed, thread, Some(scored.id));
                 let members = members(scored.id);
                 *computed += 1;
@@ -262,6 +261,7 @@ impl EvaluationEngine for LightweightEngine {
         EngineDetails::Lightweight {
             layers: [0, self.stage.config().num_layers],
             threads: rayon::current_num_threads(),
+            lanes: self.lanes(),
         }
     }
 }

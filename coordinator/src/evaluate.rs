@@ -562,6 +562,7 @@ impl Totals {
             layout: LayoutSizes { dp: p.layout.dp, pp: p.layout.pp, tp: p.layout.tp },
             stages: p.stages.iter().map(|s| [s.layers.start, s.layers.end]).collect(),
             threads_per_worker: p.placement.threads_per_worker,
+            lanes: p.placement.lanes,
             predicted_seconds: self.predicted_seconds,
             measured_seconds: self.measured_seconds,
             predicted_tokens_per_s: predicted,

@@ -563,7 +563,7 @@ mod tests {
             1
         }
         fn details(&self) -> EngineDetails {
-            EngineDetails::Lightweight { layers: [0, 1], threads: 1 }
+            EngineDetails::Lightweight { layers: [0, 1], threads: 1, lanes: 1 }
         }
         fn monitoring(&mut self, _: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
             Ok(Vec::new())

@@ -149,8 +149,8 @@ pub struct EvalmeshSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EngineDetails {
-    /// The whole model in this process.
-    Lightweight { layers: [usize; 2], threads: usize },
+    /// The whole model in this process, scoring `lanes` micro-batches at once.
+    Lightweight { layers: [usize; 2], threads: usize, lanes: usize },
     /// Worker ranks in `dp` replicas of `pp` stages of `tp` shards.
     Distributed { dp: usize, pp: usize, tp: usize, workers: Vec<WorkerPlacement> },
 }
@@ -166,6 +166,8 @@ pub struct WorkerPlacement {
     pub load_seconds: f64,
     pub rank: i32,
     pub threads: usize,
+    /// The micro-batches it scored at once.
+    pub lanes: usize,
 }
 
 /// One rank's measurements.
@@ -232,6 +234,8 @@ pub struct PredictionSummary {
     /// Each stage's layers, as `[start, end)`.
     pub stages: Vec<[usize; 2]>,
     pub threads_per_worker: usize,
+    /// The micro-batches each worker scored at once, as predicted.
+    pub lanes: usize,
 }
 
 /// The sizes of a parallel layout.

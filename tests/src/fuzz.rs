@@ -175,6 +175,7 @@ pub fn generated_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
             protocol::encode(&ToCoordinator::Ready {
                 version: 2,
                 threads: 2,
+                lanes: 2,
                 bytes_read: 1000,
                 load_seconds: 0.5,
                 provenance: "cpu".into(),

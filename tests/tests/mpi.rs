@@ -1,7 +1,7 @@
 //! The distributed engine under a real `mpirun`: per-request scores bit-identical to the
-//! single process for data parallelism, pipelines of 2 and 3 stages, tensor parallelism
-//! over 2 and 3 shards, and mixes,
-//! and a worker's failure reported by rank 0 with the worker's rank.
+//! single process for data parallelism (a worker alone on two lanes among it), pipelines
+//! of 2 and 3 stages, tensor parallelism over 2 and 3 shards, and mixes, and a worker's
+//! failure reported by rank 0 with the worker's rank.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,8 +9,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use evalmesh::results::EngineDetails;
 use evalmesh_tests::{
-    assert_clean_error, edited_model, mpirun, read_report, read_samples, run_evalmesh, test_model, RunArgs,
+    assert_clean_error, edited_model, mpirun, mpirun_command, print_output, read_report, read_samples, run_evalmesh,
+    test_model, RunArgs,
 };
 use evalmesh_worker::weights::gguf::Value;
 
@@ -31,7 +33,8 @@ fn samples(dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra: &[&str]) -> V
 fn every_layout_gives_the_single_process_bits() {
     let single_dir = tempfile::tempdir().unwrap();
     let single = samples(single_dir.path(), RunArgs::run, &[]);
-    let layouts: [(usize, &[&str], &str); 7] = [
+    let layouts: [(usize, &[&str], &str); 8] = [
+        (2, &["--threads", "2"], "one worker on two lanes"),
         (3, &["--strategy", "dp"], "DP=2"),
         (3, &["--strategy", "pp"], "PP=2"),
         (4, &["--strategy", "pp"], "PP=3"),
@@ -128,4 +131,76 @@ fn the_trace_has_a_track_per_rank_and_the_results_a_table_per_rank() {
     assert_eq!(ranks.iter().map(|r| r.rank).collect::<Vec<_>>(), [1, 2]);
     assert!(ranks.iter().all(|r| r.stats.batches > 0 && r.stats.peak_memory_bytes > 0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("| Rank | Batches |"));
+}
+
+/// `mpirun -np 2 evalmesh ARGS` with each rank bound as `binding` says (mpirun's
+/// `--bind-to`), stopped (SIGTERM, which mpirun passes to the ranks) and failed if it has
+/// not ended within five minutes: a hang fails the test instead of holding up the suite.
+fn mpirun_bound(binding: &str, args: &RunArgs) -> Output {
+    let logs = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = mpirun_command(2, &args.args())
+        .env("OMPI_MCA_hwloc_base_binding_policy", binding)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            panic!(
+                "mpirun -np 2 evalmesh {} hung:\n{}",
+                args.args().join(" "),
+                std::fs::read_to_string(&stderr).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = Output { status, stdout: std::fs::read(&stdout).unwrap(), stderr: std::fs::read(&stderr).unwrap() };
+    print_output(&format!("mpirun --bind-to {binding} -np 2 evalmesh {}", args.args().join(" ")), &output);
+    output
+}
+
+#[test]
+fn a_worker_alone_with_two_threads_scores_on_two_lanes() {
+    // The whole model on one worker of two threads: two micro-batches at once, as the
+    // single process computes them (their bits: every_layout_gives_the_single_process_bits).
+    // Perplexity's micro-batches of 2,048 tokens, and their scores, are past what MPI sends
+    // eagerly: a worker that waited in its send while rank 0 sent it the next one would
+    // hang here.
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, out) = (dir.path().join("trace.json"), dir.path().join("r.json"));
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, evalmesh::tasks::perplexity::BUILTIN_TEXT.repeat(2)).unwrap();
+    let args = RunArgs::new().perplexity_of(&text).flag("--perplexity-mode", "llamacpp").flag("--ctx", 512);
+    let args = args.flag("--batch-tokens", 2048).flag("--threads", 2).path("--trace", &trace).path("--output", &out);
+    let output = mpirun_bound("none", &args);
+    assert!(output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("--bind-to none"), "a warning about cores it has");
+    let report = read_report(&out);
+    let EngineDetails::Distributed { workers, .. } = report.evalmesh.engine_details else {
+        panic!("not the distributed engine")
+    };
+    assert_eq!(workers.iter().map(|w| (w.threads, w.lanes)).collect::<Vec<_>>(), [(2, 2)]);
+    assert_eq!(report.evalmesh.prediction.map(|p| p.lanes), Some(2));
+    // Compute spans on the first lane's thread (0) and the second's (2; 1 communicates).
+    let events: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = events["traceEvents"].as_array().unwrap();
+    let computes =
+        |tid: u64| events.iter().filter(|e| e["name"] == "compute" && e["pid"] == 1 && e["tid"] == tid).count();
+    assert!(computes(0) > 0 && computes(2) > 0, "lane 0: {} spans, lane 1: {}", computes(0), computes(2));
+}
+
+#[test]
+fn a_worker_with_more_threads_than_cores_says_so() {
+    // Bound to one core (mpirun's default for two ranks), two threads take turns on it.
+    let output = mpirun_bound("core", &RunArgs::new().hellaswag_items(2).flag("--threads", 2));
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rank 1: 2 compute threads on the 1 core(s)") && stderr.contains("--bind-to none"));
 }

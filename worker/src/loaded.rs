@@ -140,15 +140,16 @@ pub trait LoadedStage {
     fn landing(&self) -> Arc<dyn Landing>;
     fn matmul_stats(&self) -> MatmulStats;
     /// The micro-batches [`LoadedStage::score_alone`] computes at once: its backend's
-    /// [`Backend::concurrent_batches`].
+    /// [`Backend::concurrent_batches`] where the stage is the whole model with no shards to
+    /// sum with (which `score_alone` asks), else 1.
     fn scoring_lanes(&self) -> usize;
     /// Scores micro-batches of tokens on this stage, the whole model in one process (no
     /// stage before or after it, no shards to sum with): `next` hands them out with their
     /// ids, and they are computed [`LoadedStage::scoring_lanes`] at once, each on a thread
     /// of its own whose ops' tasks the other threads take up as they idle
     /// (docs/ARCHITECTURE.md §1). Each finished one goes to `done` on the calling thread:
-    /// between the batches that thread computes, and at the end. Returns when `next` gives
-    /// no more and every batch is done.
+    /// between the batches that thread computes, and at the end. A lane stops at the first
+    /// `None` it is given; this returns when every lane has stopped and every batch is done.
     fn score_alone(&mut self, next: &mut BatchFeed<'_>, done: &mut dyn FnMut(Scored));
     fn peak_device_bytes(&self) -> u64;
     /// Bytes of the stage's matrix weights in its backend's memory.
@@ -166,6 +167,17 @@ pub struct Scored {
     pub computed: Range<Instant>,
     pub lane: u8,
     pub scores: Result<Vec<TokenScore>, StageError>,
+}
+
+impl Scored {
+    /// The thread of a rank's trace that its compute span goes on: 0 for the first lane,
+    /// 2 on for the others (1 is a worker's communication thread).
+    pub fn trace_thread(&self) -> u8 {
+        match self.lane {
+            0 => 0,
+            lane => lane + 1,
+        }
+    }
 }
 
 /// `Auto` resolved for a CPU stage: `Stored` where its weights widened to f32, and a tenth
@@ -370,7 +382,10 @@ impl<B: Backend> LoadedStage for Loaded<B> {
     }
 
     fn scoring_lanes(&self) -> usize {
-        self.stage.backend().concurrent_batches()
+        match self.sums.is_local() && *self.stage.spec() == StageSpec::whole(self.stage.config()) {
+            true => self.stage.backend().concurrent_batches(),
+            false => 1,
+        }
     }
 
     fn score_alone(&mut self, next: &mut BatchFeed<'_>, done: &mut dyn FnMut(Scored)) {

@@ -1,17 +1,19 @@
 //! A worker rank's life: receive the setup from the coordinator, load the assigned stage
-//! (only its tensors), then compute micro-batches and generation steps until told to stop. Two threads: the
-//! compute thread runs the stage; the communication thread alone talks MPI (it receives
-//! control messages and the previous stage's activations, and sends scores and
-//! activations), so a micro-batch travels while the next one computes. Activations cross
-//! in the backend's wires (`crate::comm::wire`): host memory on the CPU; on a GPU, device
-//! memory where the MPI is CUDA-aware and pinned host buffers otherwise. Every failure
-//! goes back to the coordinator as a message, so no rank is left waiting.
+//! (only its tensors), then compute micro-batches and generation steps until told to stop.
+//! Two threads: the compute thread runs the stage; the communication thread alone talks
+//! MPI (it receives control messages and the previous stage's activations, and sends
+//! scores and activations), so a micro-batch travels while the next one computes. A worker
+//! that holds the whole model on the CPU scores its micro-batches on its lanes, several at
+//! once, as the single process does ([`LoadedStage::score_alone`], [`next_on_lanes`]).
+//! Activations cross in the backend's wires (`crate::comm::wire`): host memory on the CPU;
+//! on a GPU, device memory where the MPI is CUDA-aware and pinned host buffers otherwise.
+//! Every failure goes back to the coordinator as a message, so no rank is left waiting.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use evalmesh_common::decode::DecodeBatch;
 use evalmesh_common::protocol::{check_version, Setup, ToCoordinator, ToWorker, WorkerStats, PROTOCOL_VERSION};
@@ -19,11 +21,11 @@ use evalmesh_common::MicroBatch;
 use mpi::topology::{Rank, SimpleCommunicator};
 
 use crate::comm::activations::{send_activations, try_receive_activations};
-use crate::comm::control::{send, try_receive};
+use crate::comm::control::{try_receive, Outbox};
 use crate::comm::node_share::NodeShare;
 use crate::comm::polling::{set_polling, Backoff};
 use crate::comm::wire::{ActivationHeader, Activations, HostLanding, Landing, Outbound};
-use crate::loaded::{load_stage, Forwarded, LoadError, LoadedStage, Site, Target};
+use crate::loaded::{load_stage, Forwarded, LoadError, LoadedStage, Scored, Site, Target};
 use crate::monitor::{peak_memory_bytes, Durations, Spans};
 
 const COORDINATOR: Rank = 0;
@@ -88,7 +90,7 @@ pub fn serve(rank: Rank, node: NodeShare) -> Result<(), NodeError> {
     let (work_tx, work_rx) = channel();
     let (out_tx, out_rx) = channel();
     let communication = std::thread::spawn(move || communicate(&work_tx, &out_rx));
-    let result = compute(rank, node, &work_rx, &out_tx);
+    let result = compute(rank, node, work_rx, &out_tx);
     // The receiver lives until `Done`, which ends the communication thread after the last sends.
     let _ = out_tx.send(Outgoing::Done);
     if communication.join().is_err() {
@@ -105,8 +107,9 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
     let mut activations: VecDeque<Activations> = VecDeque::new();
     let mut landing: Arc<dyn Landing> = Arc::new(HostLanding);
     let mut backoff = Backoff::default();
+    let mut outbox = Outbox::default();
     loop {
-        let mut busy = false;
+        let mut busy = outbox.progress();
         while let Some((_, message)) = try_receive::<_, ToWorker>(&world, Some(COORDINATOR)) {
             busy = true;
             let forward = match message {
@@ -153,7 +156,7 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
             let started = Instant::now();
             let batch = match outgoing.try_recv() {
                 Ok(Outgoing::Control(message)) => {
-                    send(&world, COORDINATOR, &message);
+                    outbox.send(&world, COORDINATOR, &message);
                     None
                 }
                 Ok(Outgoing::Landing(l)) => {
@@ -170,7 +173,10 @@ fn communicate(work: &Sender<Work>, outgoing: &Receiver<Outgoing>) {
                     }
                     Some(id)
                 }
-                Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => return,
+                Ok(Outgoing::Done) | Err(TryRecvError::Disconnected) => {
+                    outbox.flush();
+                    return;
+                }
                 Err(TryRecvError::Empty) => break,
             };
             send_spans.record(&mut send_times, "send", started, 1, batch);
@@ -196,7 +202,12 @@ fn receive_job(batches: &mut VecDeque<(u64, Job)>, previous: Option<Rank>, id: u
     }
 }
 
-fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender<Outgoing>) -> Result<(), NodeError> {
+fn compute(
+    rank: Rank,
+    node: NodeShare,
+    mut work: Receiver<Work>,
+    outgoing: &Sender<Outgoing>,
+) -> Result<(), NodeError> {
     let mut failure: Option<NodeError> = None;
     let mut fail = |message: String| {
         let _ = outgoing.send(Outgoing::Control(ToCoordinator::Failed { message: message.clone() }));
@@ -210,13 +221,30 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         (Durations::default(), Durations::default(), Durations::default());
     let (mut batches, mut tokens) = (0u64, 0u64);
     let mut spans = Spans::default();
+    // The micro-batches the stage scores at once, and what came while its lanes waited for
+    // one (handled next).
+    let mut lanes = 1;
+    let mut pending: Option<Work> = None;
     loop {
         let waiting = Instant::now();
-        let Ok(w) = work.recv() else { break };
+        let w = match pending.take() {
+            Some(w) => w,
+            None => match work.recv() {
+                Ok(w) => w,
+                Err(_) => break,
+            },
+        };
         match w {
             Work::Setup(setup) => {
                 next = setup.next;
                 let threads = if setup.threads == 0 { node.threads() } else { setup.threads };
+                if threads > node.cores {
+                    log::warn!(
+                        "rank {rank}: {threads} compute threads on the {} core(s) this rank may run on: they take turns; \
+                         mpirun binds each rank to a core unless started with --bind-to none",
+                        node.cores
+                    );
+                }
                 set_polling(node.polling(threads));
                 match load(setup, threads, rank, node) {
                     Ok((loaded, bytes_read, load_seconds)) => {
@@ -229,9 +257,11 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                             if spec.head { " + head" } else { "" },
                             loaded.device()
                         );
+                        lanes = loaded.scoring_lanes();
                         let ready = ToCoordinator::Ready {
                             version: PROTOCOL_VERSION,
                             threads,
+                            lanes,
                             bytes_read,
                             load_seconds,
                             provenance: loaded.provenance(),
@@ -242,6 +272,34 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
                     }
                     Err(message) => fail(message),
                 }
+            }
+            Work::Batch { id, job: Job::Score(batch), hidden: None } if lanes > 1 => {
+                let Some(stage) = stage.as_mut() else { continue };
+                spans.record(&mut idle, "idle", waiting, 0, Some(id));
+                let mut first = Some((id, batch));
+                let work = &mut work;
+                let pending = &mut pending;
+                let mut feed = || {
+                    let (id, batch) = first.take().or_else(|| next_on_lanes(work, pending))?;
+                    batches += 1;
+                    tokens += batch.tokens.len() as u64;
+                    Some((id, batch))
+                };
+                stage.score_alone(&mut feed, &mut |scored: Scored| {
+                    spans.record_between(
+                        &mut compute_times,
+                        "compute",
+                        scored.computed.clone(),
+                        scored.trace_thread(),
+                        Some(scored.id),
+                    );
+                    match scored.scores {
+                        Ok(scores) => {
+                            let _ = outgoing.send(Outgoing::Control(ToCoordinator::Scores { id: scored.id, scores }));
+                        }
+                        Err(e) => fail(e.to_string()),
+                    }
+                });
             }
             Work::Batch { id, job, hidden } => {
                 let Some(stage) = stage.as_mut() else { continue };
@@ -299,6 +357,28 @@ fn compute(rank: Rank, node: NodeShare, work: &Receiver<Work>, outgoing: &Sender
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// How long a worker's lanes wait for the next micro-batch before they stop (they start
+/// again with the next one to come): the coordinator keeps two a lane in flight, so one
+/// is normally waiting already, and a lane's finished scores go out only between the
+/// first lane's batches or when the lanes stop, so a wait must end.
+const LANE_WAIT: Duration = Duration::from_millis(20);
+
+/// The next micro-batch to score where one comes within [`LANE_WAIT`]; anything else that
+/// comes goes to `pending`, after which no more is taken.
+fn next_on_lanes(work: &mut Receiver<Work>, pending: &mut Option<Work>) -> Option<(u64, MicroBatch)> {
+    if pending.is_some() {
+        return None;
+    }
+    match work.recv_timeout(LANE_WAIT) {
+        Ok(Work::Batch { id, job: Job::Score(batch), hidden: None }) => Some((id, batch)),
+        Ok(other) => {
+            *pending = Some(other);
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Loads the stage of `setup` with `threads` compute threads for this worker of `node`;

@@ -152,8 +152,8 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
             let threads = settings.threads.unwrap_or(0);
             let model = ModelRef { path: model_path.display().to_string(), random_weights: settings.random_weights };
             let engine = DistributedEngine::start(world, &model, &config, layout, &stages, settings.device, threads)?;
-            let threads = engine.workers().first().map_or(1, |w| w.threads);
-            let placement = Placement { threads_per_worker: threads, workers_per_node: workers, lanes: 1 };
+            let (threads, lanes) = engine.workers().first().map_or((1, 1), |w| (w.threads, w.lanes));
+            let placement = Placement { threads_per_worker: threads, workers_per_node: workers, lanes };
             (Box::new(engine), Predictor { config: config.clone(), layout, stages, profile, placement })
         }
         Place::Alone(target) => {
