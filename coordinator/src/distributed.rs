@@ -4,12 +4,11 @@
 //! (shard i to shard i), and the last returns scores (from its shard with the head). The next
 //! micro-batch goes to whichever pipeline has room (a work queue), and a pipeline keeps
 //! up to 4 × stages micro-batches in flight so that every stage has work (a worker alone,
-//! two a lane). Scores are
-//! bit-identical to the lightweight engine's: the same stage code computes each tree
-//! independently of the others, and activations travel as exact f32 bits. Generation
-//! steps (docs/ARCHITECTURE.md §12) go the same way, each sequence to the pipeline that
-//! holds its KV cache (each stage the cache of its layers, each shard of its KV heads),
-//! with as many steps in flight as a pipeline has stages.
+//! two a lane). Scores are bit-identical to the lightweight engine's: the same stage code
+//! computes each tree independently of the others, and activations travel as exact f32
+//! bits. Generation steps (docs/ARCHITECTURE.md §12) go the same way, each sequence to the
+//! pipeline that holds its KV cache (each stage the cache of its layers, each shard of its
+//! KV heads), with as many steps in flight as a pipeline has stages.
 
 use std::collections::{HashMap, VecDeque};
 
