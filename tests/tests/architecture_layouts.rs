@@ -8,16 +8,15 @@
 use std::path::Path;
 use std::process::Output;
 
-use evalmesh_oracles::{folder, FAMILIES};
+use evalmesh_oracles::{folder, text as oracle_text, FAMILIES};
 use evalmesh_tests::{print_output, read_samples, shared_dir, RunArgs};
 
 /// The samples of 12 HellaSwag items and of the oracle's longest text's rolling
 /// perplexity, computed by `launch` with `extra` arguments.
-fn samples(model: &Path, dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra: &[&str]) -> Vec<u8> {
-    let texts: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("texts.json")).unwrap()).unwrap();
+fn samples(family: &str, dir: &Path, launch: impl Fn(&RunArgs) -> Output, extra: &[&str]) -> Vec<u8> {
+    let model = &folder(family);
     let text = dir.join("text.txt");
-    std::fs::write(&text, texts["texts"][1]["text"].as_str().unwrap()).unwrap();
+    std::fs::write(&text, oracle_text(family, 1)).unwrap();
     let data = shared_dir().join("reference/hellaswag-llamacpp-dev.jsonl");
     let mc = RunArgs::with_model(model).flag("--task", "multiple_choice").path("--data", &data).flag("--limit", 12);
     let ppl = RunArgs::with_model(model).flag("--task", "perplexity").path("--data", &text);
@@ -42,12 +41,11 @@ fn every_family_gives_the_same_bits_in_every_layout() {
         (3, &["--strategy", "tp"], "TP=2"),
     ];
     for family in FAMILIES {
-        let model = folder(family);
         let dir = tempfile::tempdir().unwrap();
-        let single = samples(&model, dir.path(), RunArgs::run, &["--batch-tokens", "4096"]);
+        let single = samples(family, dir.path(), RunArgs::run, &["--batch-tokens", "4096"]);
         for (np, layout, name) in layouts {
             let launch = |args: &RunArgs| if np == 1 { args.run() } else { args.mpirun(np) };
-            let got = samples(&model, dir.path(), launch, layout);
+            let got = samples(family, dir.path(), launch, layout);
             assert!(got == single, "{family}, {name}: scores differ from the single process at --batch-tokens 4096");
         }
     }
