@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use evalmesh_common::{ScoreTree, TreeScores};
+use rayon::prelude::*;
 
 use super::perplexity::{llamacpp_chunks, rolling_windows};
 use super::{Doc, Target, TaskError};
@@ -26,6 +27,16 @@ pub enum Windows {
 pub enum Scored {
     Branch { tree: usize, branch: usize },
     Prefixes(Range<usize>),
+}
+
+impl Scored {
+    /// The same place among trees that come `offset` later.
+    fn shift(&mut self, offset: usize) {
+        match self {
+            Scored::Branch { tree, .. } => *tree += offset,
+            Scored::Prefixes(range) => *range = range.start + offset..range.end + offset,
+        }
+    }
 }
 
 /// A request's place in the trees and its continuation tokens.
@@ -62,6 +73,17 @@ pub fn encode_pair(
     context: &str,
     continuation: &str,
 ) -> Result<(Vec<u32>, Vec<u32>), TaskError> {
+    encode_pair_sharing(tokenizer, context, continuation, &mut HashMap::new())
+}
+
+/// [`encode_pair`], with the context's tokens taken from `contexts` where an earlier
+/// request encoded it (a document's requests mostly share one context) and kept there.
+fn encode_pair_sharing<'a>(
+    tokenizer: &TextTokenizer,
+    context: &'a str,
+    continuation: &str,
+    contexts: &mut HashMap<&'a str, Vec<u32>>,
+) -> Result<(Vec<u32>, Vec<u32>), TaskError> {
     let trimmed = context.trim_end();
     let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
     if context.is_empty() {
@@ -78,7 +100,10 @@ pub fn encode_pair(
         return Ok((vec![prefix], continuation));
     }
     let whole = tokenizer.encode_document(&format!("{context}{continuation}"))?;
-    let context_tokens = tokenizer.encode_document(context)?;
+    let context_tokens = match contexts.get(context) {
+        Some(tokens) => tokens.clone(),
+        None => contexts.entry(context).or_insert(tokenizer.encode_document(context)?).clone(),
+    };
     let continuation_tokens = whole.get(context_tokens.len()..).unwrap_or_default().to_vec();
     Ok((context_tokens, continuation_tokens))
 }
@@ -86,6 +111,9 @@ pub fn encode_pair(
 /// Builds the trees of `docs`. With `share_prefixes`, a document's requests with the same
 /// context share one tree; without, each request is a tree of its own (for comparison).
 /// Contexts too long for the model lose tokens on the left, as in lm-evaluation-harness.
+/// The documents are tokenised in parallel on the current thread pool and laid end to end
+/// in their order, so the plan does not depend on the threads; an error is the first
+/// failing document's.
 pub fn plan(
     docs: &[Doc],
     tokenizer: &TextTokenizer,
@@ -93,69 +121,89 @@ pub fn plan(
     max_position: usize,
     share_prefixes: bool,
 ) -> Result<Plan, TaskError> {
+    let per_doc: Vec<Result<DocPlan, TaskError>> =
+        docs.par_iter().map(|doc| plan_doc(doc, tokenizer, windows, max_position, share_prefixes)).collect();
     let mut plan = Plan::default();
-    for doc in docs {
-        let mut planned = Vec::with_capacity(doc.requests.len());
-        if let Target::Rolling { .. } = doc.target {
-            for request in &doc.requests {
-                let start = plan.trees.len();
-                let tokens = match windows {
-                    Windows::Rolling { max_len } => {
-                        // As lm-evaluation-harness's `loglikelihood_rolling`: the text with
-                        // the tokenizer's defaults (a BOS first where its policy adds one,
-                        // scored like any token), the first window after the prefix token.
-                        let tokens = tokenizer
-                            .encode_document(&request.continuation)
-                            .map_err(|e| TaskError::Settings(e.to_string()))?;
-                        let prefix = tokenizer.prefix_token().ok_or_else(|| {
-                            TaskError::Settings(
-                                "rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into(),
-                            )
-                        })?;
-                        plan.trees.extend(rolling_windows(&tokens, prefix, max_len));
-                        tokens
-                    }
-                    Windows::Llamacpp { ctx } => {
-                        let tokens = tokenizer.encode_document(&request.continuation)?;
-                        plan.trees.extend(llamacpp_chunks(&tokens, ctx, tokenizer.add_bos())?);
-                        tokens
-                    }
-                };
-                planned
-                    .push(PlannedRequest { scored: Scored::Prefixes(start..plan.trees.len()), continuation: tokens });
-            }
-        } else {
-            let mut tree_of_context: HashMap<(Vec<u32>, usize), usize> = HashMap::new();
-            for (r, request) in doc.requests.iter().enumerate() {
-                let (context, continuation) = encode_pair(tokenizer, &request.context, &request.continuation)?;
-                if continuation.is_empty() || continuation.len() > max_position {
-                    return Err(TaskError::Settings(format!(
-                        "document {}: continuation {:?} is {} tokens; it must be 1 to {max_position}",
-                        doc.id,
-                        request.continuation,
-                        continuation.len()
-                    )));
-                }
-                let own = if share_prefixes { 0 } else { r };
-                let tree = *tree_of_context.entry((context.clone(), own)).or_insert_with(|| {
-                    plan.trees.push(ScoreTree {
-                        prefix_targets_from: context.len(),
-                        prefix: context,
-                        branches: vec![],
-                    });
-                    plan.trees.len() - 1
-                });
-                plan.trees[tree].branches.push(continuation.clone());
-                let branch = plan.trees[tree].branches.len() - 1;
-                planned.push(PlannedRequest { scored: Scored::Branch { tree, branch }, continuation });
-            }
-            for tree in tree_of_context.into_values() {
-                truncate_left(&mut plan.trees[tree], max_position);
-            }
+    for doc in per_doc {
+        let (trees, mut requests) = doc?;
+        let offset = plan.trees.len();
+        for request in &mut requests {
+            request.scored.shift(offset);
         }
-        plan.docs.push(planned);
+        plan.trees.extend(trees);
+        plan.docs.push(requests);
     }
     Ok(plan)
+}
+
+/// A document's trees, and its requests with their places in them (tree indices from 0).
+type DocPlan = (Vec<ScoreTree>, Vec<PlannedRequest>);
+
+/// [`plan`] of one document.
+fn plan_doc(
+    doc: &Doc,
+    tokenizer: &TextTokenizer,
+    windows: Windows,
+    max_position: usize,
+    share_prefixes: bool,
+) -> Result<DocPlan, TaskError> {
+    let mut trees = Vec::new();
+    let mut planned = Vec::with_capacity(doc.requests.len());
+    if let Target::Rolling { .. } = doc.target {
+        for request in &doc.requests {
+            let start = trees.len();
+            let tokens = match windows {
+                Windows::Rolling { max_len } => {
+                    // As lm-evaluation-harness's `loglikelihood_rolling`: the text with
+                    // the tokenizer's defaults (a BOS first where its policy adds one,
+                    // scored like any token), the first window after the prefix token.
+                    let tokens = tokenizer
+                        .encode_document(&request.continuation)
+                        .map_err(|e| TaskError::Settings(e.to_string()))?;
+                    let prefix = tokenizer.prefix_token().ok_or_else(|| {
+                        TaskError::Settings(
+                            "rolling perplexity needs a BOS or EOS token and the tokenizer has neither".into(),
+                        )
+                    })?;
+                    trees.extend(rolling_windows(&tokens, prefix, max_len));
+                    tokens
+                }
+                Windows::Llamacpp { ctx } => {
+                    let tokens = tokenizer.encode_document(&request.continuation)?;
+                    trees.extend(llamacpp_chunks(&tokens, ctx, tokenizer.add_bos())?);
+                    tokens
+                }
+            };
+            planned.push(PlannedRequest { scored: Scored::Prefixes(start..trees.len()), continuation: tokens });
+        }
+    } else {
+        let mut tree_of_context: HashMap<(Vec<u32>, usize), usize> = HashMap::new();
+        let mut contexts = HashMap::new();
+        for (r, request) in doc.requests.iter().enumerate() {
+            let (context, continuation) =
+                encode_pair_sharing(tokenizer, &request.context, &request.continuation, &mut contexts)?;
+            if continuation.is_empty() || continuation.len() > max_position {
+                return Err(TaskError::Settings(format!(
+                    "document {}: continuation {:?} is {} tokens; it must be 1 to {max_position}",
+                    doc.id,
+                    request.continuation,
+                    continuation.len()
+                )));
+            }
+            let own = if share_prefixes { 0 } else { r };
+            let tree = *tree_of_context.entry((context.clone(), own)).or_insert_with(|| {
+                trees.push(ScoreTree { prefix_targets_from: context.len(), prefix: context, branches: vec![] });
+                trees.len() - 1
+            });
+            trees[tree].branches.push(continuation.clone());
+            let branch = trees[tree].branches.len() - 1;
+            planned.push(PlannedRequest { scored: Scored::Branch { tree, branch }, continuation });
+        }
+        for tree in tree_of_context.into_values() {
+            truncate_left(&mut trees[tree], max_position);
+        }
+    }
+    Ok((trees, planned))
 }
 
 /// Drops prefix tokens on the left until the longest branch fits the model's positions.
@@ -221,6 +269,53 @@ mod tests {
         assert_eq!(encode_pair(&no_bos, "hello ", "world").unwrap(), (vec![HELLO], vec![WORLD]));
         // A continuation that starts with the prefix token gives it up as the context.
         assert_eq!(encode_pair(&no_bos, "", "<bos> world").unwrap(), (vec![0], vec![WORLD]));
+    }
+
+    #[test]
+    fn documents_planned_in_parallel_point_at_their_own_trees() {
+        use crate::tasks::{Doc, Request};
+        use crate::tokenizer::testing::{word_level, HELLO, WORLD};
+        let dir = tempfile::tempdir().unwrap();
+        let tok = word_level(dir.path(), Some(serde_json::json!({"add_bos_token": false, "bos_token": "<bos>"})));
+        let request =
+            |context: &str, continuation: &str| Request { context: context.into(), continuation: continuation.into() };
+        let choice = Target::Choice { gold: 0, choices: vec![] };
+        // Documents of each kind in turn: two choices on one context (one tree), a rolling
+        // text of two windows, two contexts (two trees).
+        let docs: Vec<Doc> = (0..60)
+            .map(|id| {
+                let (requests, target) = match id % 3 {
+                    0 => (vec![request("hello", " world"), request("hello", " hello world")], choice.clone()),
+                    1 => (vec![request("", "hello world hello world")], Target::Rolling { words: 4, bytes: 23 }),
+                    _ => (vec![request("world", " hello"), request("hello hello", " world")], choice.clone()),
+                };
+                Doc { id, requests, target, record: serde_json::Value::Null }
+            })
+            .collect();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| plan(&docs, &tok, Windows::Rolling { max_len: 2 }, 16, true).unwrap())
+        };
+        let plan = on(4);
+        assert_eq!(plan.trees.len(), 20 * (1 + 2 + 2));
+        for (doc, planned) in docs.iter().zip(&plan.docs) {
+            for (request, p) in doc.requests.iter().zip(planned) {
+                match &p.scored {
+                    Scored::Branch { tree, branch } => {
+                        let context = tok.encode_document(&request.context).unwrap();
+                        assert_eq!(plan.trees[*tree].prefix, context, "document {}", doc.id);
+                        assert_eq!(plan.trees[*tree].branches[*branch], p.continuation, "document {}", doc.id);
+                    }
+                    Scored::Prefixes(range) => {
+                        let windows = &plan.trees[range.clone()];
+                        let targets: Vec<u32> =
+                            windows.iter().flat_map(|w| w.prefix[w.prefix_targets_from..].to_vec()).collect();
+                        assert_eq!(targets, [HELLO, WORLD, HELLO, WORLD], "document {}", doc.id);
+                    }
+                }
+            }
+        }
+        assert_eq!(format!("{:?}", on(1)), format!("{plan:?}"));
     }
 
     #[test]
