@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use evalmesh_common::cost::{BatchShape, Prediction};
 use evalmesh_common::decode::{Choice, PAGE_TOKENS};
@@ -20,7 +20,7 @@ use crate::lm_eval::files::SamplesFiles;
 use crate::lm_eval::python::hash_string;
 use crate::lm_eval::samples::{generation_sample, sample, Sample};
 use crate::prediction::{error_percent, Predictor};
-use crate::progress::{sequence_bar, token_bar};
+use crate::progress::Progress;
 use crate::results::{LayoutSizes, PredictionSummary, TaskResults, TaskStats, TuningSummary, TuningTrial};
 use crate::tasks::code_execution::{pass_at_k, Sandbox};
 use crate::tasks::metrics::{aggregate, mean_stderr, outcome, Outcome};
@@ -93,6 +93,9 @@ pub struct Settings<'a> {
     /// default, 1234, where not given): each sampled document draws from its own stream,
     /// `seed << 48 | repeat << 32 | document`, so that its text does not depend on the others.
     pub sampling_seed: u16,
+    /// Where standard error is not a terminal, how often a line of progress is logged
+    /// (`--progress-every`; none where `None`).
+    pub progress_every: Option<Duration>,
 }
 
 impl Settings<'_> {
@@ -244,14 +247,14 @@ pub fn evaluate(
             batch_tokens: settings.batch_size.map(|_| budget),
             ..TaskStats::default()
         };
-        let bar = token_bar(stats.tokens_computed, &task.name);
+        let bar = Progress::tokens(stats.tokens_computed, &task.name, settings.progress_every);
         let started = Instant::now();
         // Scores the computed trees `part` (indices into `todo_trees`) with `budget`.
         let mut compute = |part: &[usize], budget: usize| -> Result<(), EngineError> {
             let trees: Vec<ScoreTree> = part.iter().map(|&i| todo_trees[i].clone()).collect();
             engine.score(&trees, budget, &mut |i, s| {
                 let index = todo[part[i]];
-                bar.inc(plan.trees[index].input_len() as u64);
+                bar.inc(plan.trees[index].input_len() as u64, None);
                 if let Some(j) = journal.as_deref_mut() {
                     j.record(keys[index].clone(), s.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
                 }
@@ -270,7 +273,7 @@ pub fn evaluate(
             Some(p) => Some(p.predict(&todo_trees, budget).map_err(|e| EngineError::Plan(e.to_string()))?),
             None => None,
         };
-        bar.finish_and_clear();
+        bar.finish();
         let scores: Vec<TreeScores> = scores.into_iter().flatten().collect();
 
         let per_doc: Vec<(Vec<RequestScore>, Outcome)> = docs
@@ -451,7 +454,7 @@ fn generate_task(
     }
     let todo: Vec<usize> = (0..requests.len()).filter(|&i| generations[i].is_none()).collect();
     let from_journal = requests.len() - todo.len();
-    let bar = sequence_bar(todo.len(), &task.name);
+    let bar = Progress::sequences(todo.len(), &task.name, settings.progress_every);
     let started = Instant::now();
     let mut generated = 0usize;
     let batching = Batching {
@@ -462,18 +465,15 @@ fn generate_task(
     };
     let throughput = generate(engine, tokenizer, &requests, &todo, batching, &mut |i, g| {
         generated += g.tokens.len();
-        bar.inc(1);
-        bar.set_message(format!(
-            "{generated} tokens, {:.1} tokens/s",
-            generated as f64 / started.elapsed().as_secs_f64()
-        ));
+        let rate = generated as f64 / started.elapsed().as_secs_f64();
+        bar.inc(1, Some(format!("{generated} tokens, {rate:.1} tokens/s")));
         if let Some(j) = journal.as_deref_mut() {
             j.record_generation(keys[i].clone(), g.clone()).map_err(|e| EngineError::Sink(e.to_string()))?;
         }
         generations[i] = Some(g);
         settings.go_on()
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     let mut metrics = BTreeMap::new();

@@ -227,3 +227,36 @@ fn mmlu_groups_weigh_their_children_by_size_and_keep_scores_without_a_stderr() {
     assert_eq!(results["mmlu_stem"]["acc_stderr,none"], "N/A");
     assert!(results["mmlu_humanities"]["acc_stderr,none"].is_f64());
 }
+
+/// Where standard error is not a terminal (a pipe here, as in a batch job's log), progress
+/// comes as log lines, at most one every `--progress-every` seconds: the task, its tokens
+/// done and their total, growing to the total; none for 0, and none in a run shorter than
+/// the default 30 s. (RUST_LOG, which the other tests set, would silence them.)
+#[test]
+fn progress_is_logged_where_no_bar_can_be_drawn() {
+    let run = |every: Option<&str>| {
+        let mut args = RunArgs::new().hellaswag_items(8);
+        if let Some(every) = every {
+            args = args.flag("--progress-every", every);
+        }
+        let output = Command::new(evalmesh_bin()).args(args.args()).env_remove("RUST_LOG").output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(output.status.success(), "{every:?}: {stderr}");
+        // "… INFO] multiple_choice: 1,234 of 5,678 tokens (21%), …" as (done, total).
+        let counts: Vec<(u64, u64)> = stderr
+            .lines()
+            .filter_map(|l| l.split_once("INFO] multiple_choice: ")?.1.split_once(" tokens")?.0.split_once(" of "))
+            .map(|(done, total)| (done.replace(',', "").parse().unwrap(), total.replace(',', "").parse().unwrap()))
+            .collect();
+        (counts, stderr)
+    };
+    let (counts, stderr) = run(Some("0.000001"));
+    assert_eq!(counts.len(), 8, "a line for each of the 8 items' trees: {stderr}");
+    assert!(counts.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 == w[1].1), "{counts:?}");
+    let (done, total) = counts[counts.len() - 1];
+    assert_eq!(done, total, "{stderr}");
+    let last = stderr.lines().rfind(|l| l.contains("INFO] multiple_choice: ")).unwrap();
+    assert!(last.contains("tokens (100%), ") && last.contains(" tokens/s") && !last.contains("left"), "{last}");
+    assert!(run(Some("0")).0.is_empty());
+    assert!(run(None).0.is_empty());
+}

@@ -307,6 +307,13 @@ pub struct RunArgs {
     /// WARNING, INFO (the default) or DEBUG, in any case; RUST_LOG, where set, wins.
     #[arg(long, value_parser = parse_verbosity)]
     pub verbosity: Option<log::LevelFilter>,
+    /// Where standard error is not a terminal (a batch job's log, the output mpirun
+    /// forwards), a line of progress at most every SECONDS while a task is scored or
+    /// generated: done and total, the rate and the time left (0: none). A terminal shows a
+    /// live bar instead.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = non_negative_seconds,
+          allow_negative_numbers = true)]
+    pub progress_every: f64,
     /// Log each task's first document before it is scored: its context and each
     /// continuation, as the model reads them (lm-evaluation-harness's --write_out).
     #[arg(long, visible_alias = "write_out")]

@@ -3,6 +3,7 @@
 //! [`UsageError`] that names the flag and what to do. Nothing here reads a model or data.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use evalmesh_common::protocol::{CudaAware, Device, GpuPrecision, WeightsInMemory};
 use evalmesh_common::Strategy;
@@ -149,6 +150,8 @@ pub struct RunSettings {
     pub seeds: Seeds,
     /// `--write_out`: log each task's first document before scoring.
     pub write_out: bool,
+    /// `--progress-every`: how often a log line tells the progress (none for 0).
+    pub progress_every: Option<Duration>,
 }
 
 impl RunArgs {
@@ -251,6 +254,7 @@ impl RunArgs {
             gen_kwargs: self.gen_kwargs.unwrap_or_default(),
             seeds: self.seed,
             write_out: self.write_out,
+            progress_every: Some(Duration::from_secs_f64(self.progress_every)).filter(|d| !d.is_zero()),
         })
     }
 

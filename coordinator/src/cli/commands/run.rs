@@ -199,6 +199,7 @@ pub fn run(args: RunArgs, world: Option<&SimpleCommunicator>) -> anyhow::Result<
         sandbox: sandbox.as_ref(),
         stop_tokens: &stop_tokens,
         sampling_seed: settings.seeds.torch,
+        progress_every: settings.progress_every,
     };
     let start = Instant::now();
     let evaluation = evaluate(engine.as_mut(), &model.tokenizer, &tasks, &evaluation_settings, journal.as_mut())?;
