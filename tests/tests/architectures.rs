@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use evalmesh_oracles::{expected, folder, text, FAMILIES, TOLERANCE};
+use evalmesh_oracles::{expected, folder, text, FAMILIES, TEXTS, TOLERANCE};
 use evalmesh_tests::{path_str, run_evalmesh};
 
 /// `evalmesh score --top VOCAB` lists every token at every position: the text's tokens are
@@ -17,7 +17,7 @@ fn score_command_gives_every_tokens_log_probability() {
     let dir = tempfile::tempdir().unwrap();
     for family in FAMILIES {
         let model = folder(family);
-        for i in 0..3 {
+        for i in 0..TEXTS {
             let (ids, logprobs) = expected(family, i);
             let vocab = logprobs.len() / ids.len();
             let file = dir.path().join("text.txt");

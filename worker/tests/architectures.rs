@@ -7,7 +7,7 @@
 
 use evalmesh_common::protocol::WeightsInMemory;
 use evalmesh_common::{MicroBatch, ScoreTree, TokenScore};
-use evalmesh_oracles::{expected, folder, FAMILIES, TOLERANCE};
+use evalmesh_oracles::{expected, folder, FAMILIES, TEXTS, TOLERANCE};
 use evalmesh_worker::weights::HfModel;
 use evalmesh_worker::{CpuBackend, LocalSum, StageInput, StageOutput, StageSpec, TransformerStage, WeightSource};
 
@@ -27,7 +27,7 @@ fn every_family_reproduces_transformers_log_probabilities() {
         let vocab = model.config().vocab_size;
         let stage = TransformerStage::load(&model, StageSpec::whole(model.config()), CpuBackend::default()).unwrap();
         let mut worst = 0.0f64;
-        for i in 0..3 {
+        for i in 0..TEXTS {
             let (ids, logprobs) = expected(family, i);
             let got = scores(&stage, &ids);
             assert_eq!(got.len(), ids.len() - 1);
@@ -56,7 +56,7 @@ fn stored_weights_score_every_family_to_the_same_bits() {
         let stored = TransformerStage::load(&model, spec, CpuBackend::new(WeightsInMemory::Stored)).unwrap();
         // bf16 is half of f32, whose rows the backend pads.
         assert!(stored.weight_bytes() * 2 <= widened.weight_bytes(), "{family}: stored weights take more memory");
-        for i in 0..3 {
+        for i in 0..TEXTS {
             let (ids, _) = expected(family, i);
             let bits = |s: &[TokenScore]| s.iter().map(|s| s.logprob.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&scores(&stored, &ids)), bits(&scores(&widened, &ids)), "{family} text {i}");

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub const FAMILIES: [&str; 10] =
     ["llama3", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3", "mixtral", "olmo2"];
 
+/// Texts in each family's oracle.
+pub const TEXTS: usize = 3;
+
 /// How far a log-probability may lie from transformers': both sides compute in f32 from
 /// the same bf16 weights; only the order of summation differs (transformers' eager
 /// attention and matmuls against evalmesh's blocked ones), which moves a log-probability
@@ -33,14 +36,29 @@ pub fn folder(family: &str) -> PathBuf {
     shared_dir().join("reference/architectures").join(family)
 }
 
-/// Text `i` of `family`'s oracle.
-pub fn text(family: &str, i: usize) -> String {
+/// `family`'s texts.json: its texts, and whether transformers' tokenizer put a BOS first.
+fn texts(family: &str) -> (PathBuf, serde_json::Value) {
     let path = folder(family).join("texts.json");
     let read = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let texts: serde_json::Value = serde_json::from_str(&read).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let texts = serde_json::from_str(&read).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, texts)
+}
+
+/// Text `i` of `family`'s oracle.
+pub fn text(family: &str, i: usize) -> String {
+    let (path, texts) = texts(family);
     match texts["texts"][i]["text"].as_str() {
         Some(text) => text.to_string(),
         None => panic!("{}: no texts[{i}].text", path.display()),
+    }
+}
+
+/// Whether `family`'s tokenizer starts a text with BOS (its `add_bos_token`).
+pub fn adds_bos(family: &str) -> bool {
+    let (path, texts) = texts(family);
+    match texts["add_bos_token"].as_bool() {
+        Some(adds) => adds,
+        None => panic!("{}: no add_bos_token", path.display()),
     }
 }
 
