@@ -7,7 +7,8 @@
 # evalmesh's over llama.cpp's (issue 19's target: wall <= 0.67). Then evalmesh's rolling
 # perplexity at the model's full 8,192-token window on the same slice, beside the ctx-512
 # run, twice in alternating order: its tokens/s as a share of theirs (target >= 50%), and
-# its FLOPs per second (products and attention) as a share of theirs.
+# its FLOPs per second (products and attention) as a share of theirs, and the share of
+# tokens/s that the two runs' work per row allows at equal FLOPs per second.
 #
 # Usage: scripts/bench-cpu.sh [PAIRS]   (default 4: an even count, so each side goes first as often)
 # Environment: LLAMA_CPP_DIR (a llama.cpp checkout built with its tools, else
@@ -106,7 +107,12 @@ print(f"rows through the model per second (medians of 2): ctx 512 {short:.1f}, t
       f"{long:.1f}: {100 * long / short:.0f}% (target >= 50%)")
 # A row of the full window does more work (attention over thousands of keys, and the head
 # on more of its rows): the same work per second is the most a faster kernel can show.
+short_rows, long_rows = median("short", 0), median("long", 0)
 short, long = median("short", 1), median("long", 1)
 print(f"work per second (the products' and attention's FLOPs): ctx 512 {short / 1e9:.1f} GFLOP/s, the full "
       f"window {long / 1e9:.1f} GFLOP/s: {100 * long / short:.0f}%")
+# The rows/s share that the full window's work per row allows at the ctx-512 run's work
+# per second: above it, the full window's kernels would have to outrun the products.
+print(f"rows/s share at equal work per second: {100 * (short / short_rows) / (long / long_rows):.1f}% "
+      f"(ctx 512 {short / short_rows / 1e6:.0f} MFLOP a row, the full window {long / long_rows / 1e6:.0f})")
 PY
