@@ -4,12 +4,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use evalmesh_common::decode::{kv_bytes_per_token, DecodeBatch, NextToken};
-use evalmesh_common::protocol::{Quantiles, WorkerStats};
+use evalmesh_common::protocol::WorkerStats;
 use evalmesh_common::{MicroBatch, ModelConfig, ScoreTree, TreeScores};
-use evalmesh_worker::monitor::{peak_memory_bytes, Durations, Spans};
+use evalmesh_worker::monitor::{peak_memory_bytes, ComputeTime, Spans};
 use evalmesh_worker::{
     load_stage, Forwarded, LoadError, LoadedStage, Site, StageError, StageSpec, Target, WeightSource,
 };
@@ -109,11 +109,7 @@ pub fn pack_micro_batches(trees: &[ScoreTree], budget: usize) -> Vec<Vec<usize>>
 /// The whole model in this process, on one backend.
 pub struct LightweightEngine {
     stage: Box<dyn LoadedStage>,
-    /// Each micro-batch's compute time.
-    compute: Durations,
-    /// The wall time spent computing: micro-batches computed at once overlap, so their
-    /// compute times add up to more.
-    busy: Duration,
+    compute: ComputeTime,
     spans: Spans,
     batches: u64,
     tokens: u64,
@@ -128,8 +124,7 @@ impl LightweightEngine {
         let stage = load_stage(source, StageSpec::whole(source.config()), target, &Site::Alone)?;
         Ok(LightweightEngine {
             stage,
-            compute: Durations::default(),
-            busy: Duration::ZERO,
+            compute: ComputeTime::default(),
             spans: Spans::default(),
             batches: 0,
             tokens: 0,
@@ -156,14 +151,14 @@ impl EvaluationEngine for LightweightEngine {
         let failed = AtomicBool::new(false);
         let mut queue = (0..batches.len() as u64).map(|id| (id, MicroBatch::pack(&members(id))));
         let mut next = || if failed.load(Ordering::Relaxed) { None } else { queue.next() };
-        let LightweightEngine { stage, compute, spans, busy, batches: computed, tokens, .. } = self;
+        let LightweightEngine { stage, compute, spans, batches: computed, tokens, .. } = self;
         let mut first_error = None;
         let started = Instant::now();
         stage.score_alone(&mut next, &mut |scored| {
             let hand_over = || -> Result<(), EngineError> {
                 let thread = scored.trace_thread();
                 let scores = scored.scores?;
-                spans.record_between(compute, "compute", scored.computed, thread, Some(scored.id));
+                spans.record_between(&mut compute.each, "compute", scored.computed, thread, Some(scored.id));
                 let members = members(scored.id);
                 *computed += 1;
                 *tokens += members.iter().map(|t| t.input_len() as u64).sum::<u64>();
@@ -177,7 +172,7 @@ impl EvaluationEngine for LightweightEngine {
                 first_error.get_or_insert(e);
             }
         });
-        *busy += started.elapsed();
+        compute.add_wall(started.elapsed());
         first_error.map_or(Ok(()), Err)
     }
 
@@ -196,8 +191,8 @@ impl EvaluationEngine for LightweightEngine {
         let Forwarded::Next(next) = self.stage.decode(&batch, None, false)? else {
             return Err(EngineError::NoScores);
         };
-        self.spans.record(&mut self.compute, "compute", started, 0, None);
-        self.busy += started.elapsed();
+        self.spans.record(&mut self.compute.each, "compute", started, 0, None);
+        self.compute.add_wall(started.elapsed());
         self.batches += 1;
         self.tokens += batch.rows() as u64;
         let id = self.next_step;
@@ -239,13 +234,12 @@ impl EvaluationEngine for LightweightEngine {
 
     fn monitoring(&mut self, trace: bool) -> Result<Vec<(i32, WorkerStats)>, EngineError> {
         let matmul = self.stage.matmul_stats();
-        let compute = Quantiles { total_ms: self.busy.as_secs_f64() * 1e3, ..self.compute.summary() };
         Ok(vec![(
             0,
             WorkerStats {
                 batches: self.batches,
                 tokens: self.tokens,
-                compute,
+                compute: self.compute.summary(),
                 peak_memory_bytes: peak_memory_bytes(),
                 peak_device_memory_bytes: self.stage.peak_device_bytes(),
                 weight_memory_bytes: self.stage.weight_bytes(),

@@ -194,6 +194,10 @@ fn a_worker_alone_with_two_threads_scores_on_two_lanes() {
     let computes =
         |tid: u64| events.iter().filter(|e| e["name"] == "compute" && e["pid"] == 1 && e["tid"] == tid).count();
     assert!(computes(0) > 0 && computes(2) > 0, "lane 0: {} spans, lane 1: {}", computes(0), computes(2));
+    // Its compute time is the wall time it computed, not its lanes' times added up.
+    let worker = report.evalmesh.monitoring.iter().find(|r| r.rank == 1).unwrap();
+    let (compute, wall) = (worker.stats.compute.total_ms / 1e3, report.evalmesh.eval_seconds);
+    assert!(compute > 0.0 && compute <= wall, "{compute} s of compute in a {wall} s evaluation");
 }
 
 #[test]

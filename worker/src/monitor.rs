@@ -1,7 +1,7 @@
 //! Monitoring of a rank: hdrhistogram distributions of durations (compute, idle, send,
 //! receive-wait per micro-batch), a timeline of the same spans for Chrome traces, the
-//! wall time of work that overlaps itself ([`BusyTime`]), the process's peak memory and
-//! the machine's.
+//! wall time of work that overlaps itself ([`ComputeTime`] for micro-batches, [`BusyTime`]
+//! for products), the process's peak memory and the machine's.
 
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
@@ -81,6 +81,27 @@ impl Durations {
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
         }
+    }
+}
+
+/// A rank's compute: each micro-batch's time, and the wall time during which it computed
+/// any: micro-batches computed at once (on lanes) overlap, so that their times add up to
+/// more than the wall's, which its summary's total is.
+#[derive(Debug, Clone, Default)]
+pub struct ComputeTime {
+    pub each: Durations,
+    wall: Duration,
+}
+
+impl ComputeTime {
+    /// Counts `wall` more of computing.
+    pub fn add_wall(&mut self, wall: Duration) {
+        self.wall += wall;
+    }
+
+    /// The micro-batches' times, totalled as the wall time.
+    pub fn summary(&self) -> Quantiles {
+        Quantiles { total_ms: self.wall.as_secs_f64() * 1e3, ..self.each.summary() }
     }
 }
 

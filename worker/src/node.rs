@@ -26,7 +26,7 @@ use crate::comm::node_share::NodeShare;
 use crate::comm::polling::{set_polling, Backoff};
 use crate::comm::wire::{ActivationHeader, Activations, HostLanding, Landing, Outbound};
 use crate::loaded::{load_stage, Forwarded, LoadError, LoadedStage, Scored, Site, Target};
-use crate::monitor::{peak_memory_bytes, Durations, Spans};
+use crate::monitor::{peak_memory_bytes, ComputeTime, Durations, Spans};
 
 const COORDINATOR: Rank = 0;
 
@@ -217,8 +217,8 @@ fn compute(
     let mut next: Option<Rank> = None;
     // Waits for a micro-batch count as idle on a first stage (no work from the coordinator)
     // and as receive-wait on later ones (a batch is handed over when its activations arrive).
-    let (mut compute_times, mut idle, mut receive_wait) =
-        (Durations::default(), Durations::default(), Durations::default());
+    let (mut compute, mut idle, mut receive_wait) =
+        (ComputeTime::default(), Durations::default(), Durations::default());
     let (mut batches, mut tokens) = (0u64, 0u64);
     let mut spans = Spans::default();
     // The micro-batches the stage scores at once, and what came while its lanes waited for
@@ -285,9 +285,12 @@ fn compute(
                     tokens += batch.tokens.len() as u64;
                     Some((id, batch))
                 };
+                // The lanes' wall time is the compute time (their last wait for another
+                // micro-batch, at most LANE_WAIT, included).
+                let started = Instant::now();
                 stage.score_alone(&mut feed, &mut |scored: Scored| {
                     spans.record_between(
-                        &mut compute_times,
+                        &mut compute.each,
                         "compute",
                         scored.computed.clone(),
                         scored.trace_thread(),
@@ -300,6 +303,7 @@ fn compute(
                         Err(e) => fail(e.to_string()),
                     }
                 });
+                compute.add_wall(started.elapsed());
             }
             Work::Batch { id, job, hidden } => {
                 let Some(stage) = stage.as_mut() else { continue };
@@ -327,7 +331,8 @@ fn compute(
                     (Ok(Forwarded::Hidden(_) | Forwarded::Summed), _) => {}
                     (Err(e), _) => fail(e.to_string()),
                 }
-                spans.record(&mut compute_times, "compute", started, 0, Some(id));
+                spans.record(&mut compute.each, "compute", started, 0, Some(id));
+                compute.add_wall(started.elapsed());
             }
             Work::KvBudget(bytes) => {
                 if let Some(stage) = stage.as_mut() {
@@ -339,7 +344,7 @@ fn compute(
                 let stats = WorkerStats {
                     batches,
                     tokens,
-                    compute: compute_times.summary(),
+                    compute: compute.summary(),
                     idle: idle.summary(),
                     send: send.summary(),
                     receive_wait: receive_wait.summary(),
