@@ -362,85 +362,21 @@ fn generate_task(
     settings: &Settings,
     mut journal: Option<&mut Journal>,
 ) -> Result<(Scored, Option<Prediction>), EvaluateError> {
-    let mut requests = Vec::with_capacity(docs.len());
-    // The tokens of each head (system prompt, description, demonstrations) the documents share.
-    let mut heads: HashMap<&str, Vec<u32>> = HashMap::new();
-    for doc in docs {
-        let Target::Generate { kwargs, prompt_ids, head, .. } = &doc.target else {
-            return Err(TaskError::Settings(format!("{}: document {} is not a generation", task.name, doc.id)).into());
-        };
-        let room = settings.max_position.checked_sub(kwargs.max_gen_toks).filter(|&r| r > 0).ok_or_else(|| {
-            TaskError::Settings(format!(
-                "{}: max_gen_toks {} leaves no room for a prompt in the model's {} positions",
-                task.name, kwargs.max_gen_toks, settings.max_position
-            ))
-        })?;
-        let context = doc.requests.first().map_or("", |r| r.context.as_str());
-        let mut prompt = match prompt_ids {
-            Some(ids) => ids.clone(),
-            None => tokenizer.encode_document(context).map_err(TaskError::from)?,
-        };
-        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
-            return Err(TaskError::Settings(format!(
-                "{}: document {}: prompt token {id} is outside the vocabulary of {}",
-                task.name,
-                doc.id,
-                tokenizer.vocab_size()
-            ))
-            .into());
-        }
-        if prompt.is_empty() {
-            prompt.extend(tokenizer.prefix_token());
-        }
-        // The shared prefix: the head's tokens that begin the prompt (its last one may merge
-        // with the document's text), or, for repeats, all of the prompt but its last token.
-        let mut prefix = match (prompt_ids, context.get(..*head)) {
-            (None, Some(head)) if !head.is_empty() => {
-                if !heads.contains_key(head) {
-                    heads.insert(head, tokenizer.encode_document(head).map_err(TaskError::from)?);
-                }
-                heads[head].iter().zip(&prompt).take_while(|(a, b)| a == b).count()
-            }
-            _ => 0,
-        };
-        let dropped = prompt.len().saturating_sub(room);
-        prompt.drain(..dropped);
-        // At least the last token is the sequence's own: the step that chooses its first token.
-        let last = prompt.len().saturating_sub(1);
-        prefix = match task.repeats > 1 {
-            true => last,
-            false => prefix.saturating_sub(dropped).min(last),
-        };
-        // A prefix shorter than a page is not worth a step of its own; a prompt longer
-        // than the split limit is prefilled whole.
-        if !settings.share_prefixes || prefix < PAGE_TOKENS || prompt.len() > settings.prefix_split_limit {
-            prefix = 0;
-        }
-        let (stop_tokens, suppressed) = match kwargs.ignore_eos {
-            true => (Vec::new(), settings.stop_tokens.to_vec()),
-            false => (settings.stop_tokens.to_vec(), Vec::new()),
-        };
-        // `repeats` requests per document, each sampled with its own seed.
-        for repeat in 0..task.repeats as u64 {
-            let choice = match kwargs.do_sample {
-                true => Choice::Sample {
-                    temperature: kwargs.temperature as f32,
-                    top_k: kwargs.top_k,
-                    top_p: kwargs.top_p as f32,
-                    seed: (settings.sampling_seed as u64) << 48 | repeat << 32 | doc.id as u64,
-                },
-                false => Choice::Greedy,
-            };
-            requests.push(GenerationRequest {
-                prompt: prompt.clone(),
-                prefix,
-                until: kwargs.until.clone(),
-                max_tokens: kwargs.max_gen_toks,
-                stop_tokens: stop_tokens.clone(),
-                suppressed: suppressed.clone(),
-                choice,
-            });
-        }
+    // The tokens of each head (system prompt, description, demonstrations) the documents
+    // share, encoded once; then each document's requests, tokenised in parallel and laid
+    // end to end in document order (an error is the first failing document's).
+    let mut heads: Vec<&str> = docs.iter().filter_map(|doc| document_head(doc)).collect();
+    heads.sort_unstable();
+    heads.dedup();
+    let heads: HashMap<&str, Vec<u32>> = heads
+        .into_par_iter()
+        .map(|head| Ok((head, tokenizer.encode_document(head)?)))
+        .collect::<Result<_, TaskError>>()?;
+    let per_doc: Vec<Result<Vec<GenerationRequest>, TaskError>> =
+        docs.par_iter().map(|doc| generation_requests(doc, task, tokenizer, &heads, settings)).collect();
+    let mut requests = Vec::with_capacity(docs.len() * task.repeats);
+    for doc in per_doc {
+        requests.extend(doc?);
     }
     let config_hash = task_key(&task.config, settings.windows, task.num_fewshot);
     let keys: Vec<String> =
@@ -531,6 +467,97 @@ fn generate_task(
         stats.prediction_error_percent = Some(error_percent(seconds, p.seconds));
     }
     Ok((Scored { metrics, samples, stats }, prediction))
+}
+
+/// The head (system prompt, description, demonstrations) that begins a generation
+/// document's context, where the context is text to tokenise and has one.
+fn document_head(doc: &Doc) -> Option<&str> {
+    let Target::Generate { prompt_ids: None, head, .. } = &doc.target else { return None };
+    let context = doc.requests.first().map_or("", |r| r.context.as_str());
+    context.get(..*head).filter(|head| !head.is_empty())
+}
+
+/// A generation document's requests (`repeats` of them): its prompt tokenised and
+/// left-truncated to leave `max_gen_toks` positions, with the prefix it shares with the
+/// other documents (the tokens of its head, `heads`, that begin the prompt).
+fn generation_requests(
+    doc: &Doc,
+    task: &Task,
+    tokenizer: &TextTokenizer,
+    heads: &HashMap<&str, Vec<u32>>,
+    settings: &Settings,
+) -> Result<Vec<GenerationRequest>, TaskError> {
+    let Target::Generate { kwargs, prompt_ids, .. } = &doc.target else {
+        return Err(TaskError::Settings(format!("{}: document {} is not a generation", task.name, doc.id)));
+    };
+    let room = settings.max_position.checked_sub(kwargs.max_gen_toks).filter(|&r| r > 0).ok_or_else(|| {
+        TaskError::Settings(format!(
+            "{}: max_gen_toks {} leaves no room for a prompt in the model's {} positions",
+            task.name, kwargs.max_gen_toks, settings.max_position
+        ))
+    })?;
+    let context = doc.requests.first().map_or("", |r| r.context.as_str());
+    let mut prompt = match prompt_ids {
+        Some(ids) => ids.clone(),
+        None => tokenizer.encode_document(context)?,
+    };
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
+        return Err(TaskError::Settings(format!(
+            "{}: document {}: prompt token {id} is outside the vocabulary of {}",
+            task.name,
+            doc.id,
+            tokenizer.vocab_size()
+        )));
+    }
+    if prompt.is_empty() {
+        prompt.extend(tokenizer.prefix_token());
+    }
+    // The shared prefix: the head's tokens that begin the prompt (its last one may merge
+    // with the document's text), or, for repeats, all of the prompt but its last token.
+    let mut prefix = match document_head(doc) {
+        Some(head) => heads[head].iter().zip(&prompt).take_while(|(a, b)| a == b).count(),
+        None => 0,
+    };
+    let dropped = prompt.len().saturating_sub(room);
+    prompt.drain(..dropped);
+    // At least the last token is the sequence's own: the step that chooses its first token.
+    let last = prompt.len().saturating_sub(1);
+    prefix = match task.repeats > 1 {
+        true => last,
+        false => prefix.saturating_sub(dropped).min(last),
+    };
+    // A prefix shorter than a page is not worth a step of its own; a prompt longer
+    // than the split limit is prefilled whole.
+    if !settings.share_prefixes || prefix < PAGE_TOKENS || prompt.len() > settings.prefix_split_limit {
+        prefix = 0;
+    }
+    let (stop_tokens, suppressed) = match kwargs.ignore_eos {
+        true => (Vec::new(), settings.stop_tokens.to_vec()),
+        false => (settings.stop_tokens.to_vec(), Vec::new()),
+    };
+    // `repeats` requests per document, each sampled with its own seed.
+    let mut requests = Vec::with_capacity(task.repeats);
+    for repeat in 0..task.repeats as u64 {
+        let choice = match kwargs.do_sample {
+            true => Choice::Sample {
+                temperature: kwargs.temperature as f32,
+                top_k: kwargs.top_k,
+                top_p: kwargs.top_p as f32,
+                seed: (settings.sampling_seed as u64) << 48 | repeat << 32 | doc.id as u64,
+            },
+            false => Choice::Greedy,
+        };
+        requests.push(GenerationRequest {
+            prompt: prompt.clone(),
+            prefix,
+            until: kwargs.until.clone(),
+            max_tokens: kwargs.max_gen_toks,
+            stop_tokens: stop_tokens.clone(),
+            suppressed: suppressed.clone(),
+            choice,
+        });
+    }
+    Ok(requests)
 }
 
 /// Predicted and measured figures summed over the tasks of a run.
