@@ -214,19 +214,36 @@ mod x86 {
         _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])))
     }
 
+    /// `N` vectors' exponentials, each step taken for all of them before the next, so that
+    /// their chains of dependent operations overlap: [`exp_lanes_avx2`] takes two at a time
+    /// (on an AMD EPYC Zen 3, AVX2, one vector at a time was latency-bound at about 1.5
+    /// cycles a value; with two, the full window's attention on one thread ran 1.02–1.04
+    /// times as fast, medians of 8 and 10 alternating pairs, and the exponentials' share
+    /// of its time fell from 13.0% to 11.3%).
     #[target_feature(enable = "avx2,fma")]
-    fn exp_avx2(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(_mm256_set1_ps(LOWEST), x);
+    fn exp_avx2<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+        let x = x.map(|x| _mm256_max_ps(_mm256_set1_ps(LOWEST), x));
         let round = _mm256_set1_ps(ROUND);
-        let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), round);
-        let n = _mm256_sub_ps(shifted, round);
-        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x));
-        let p = POLY[1..].iter().fold(_mm256_set1_ps(POLY[0]), |p, &c| _mm256_fmadd_ps(p, r, _mm256_set1_ps(c)));
-        let e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+        let shifted = x.map(|x| _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), round));
+        let n = shifted.map(|s| _mm256_sub_ps(s, round));
+        let r: [__m256; N] = std::array::from_fn(|i| {
+            _mm256_fmadd_ps(n[i], _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n[i], _mm256_set1_ps(-LN2_HI), x[i]))
+        });
+        let mut p = [_mm256_set1_ps(POLY[0]); N];
+        for &c in &POLY[1..] {
+            p = std::array::from_fn(|i| _mm256_fmadd_ps(p[i], r[i], _mm256_set1_ps(c)));
+        }
+        let e: [__m256; N] = std::array::from_fn(|i| {
+            _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p[i], r[i]), r[i], r[i]), _mm256_set1_ps(1.0))
+        });
         // `power_of_two`'s two operations.
-        let power =
-            _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(shifted)), _mm256_set1_epi32(127 << 23));
-        _mm256_mul_ps(e, _mm256_castsi256_ps(power))
+        std::array::from_fn(|i| {
+            let power = _mm256_add_epi32(
+                _mm256_slli_epi32::<23>(_mm256_castps_si256(shifted[i])),
+                _mm256_set1_epi32(127 << 23),
+            );
+            _mm256_mul_ps(e[i], _mm256_castsi256_ps(power))
+        })
     }
 
     /// The mask of the first `len` (≤ 8) of eight lanes.
@@ -244,10 +261,10 @@ mod x86 {
         let mut lanes = [_mm256_setzero_ps(); 2];
         let (chunks, tail) = xs.as_chunks_mut::<16>();
         for chunk in chunks {
-            for (half, lanes) in lanes.iter_mut().enumerate() {
-                let at = chunk[8 * half..].as_mut_ptr();
-                // SAFETY: half a chunk is 8 values.
-                let e = exp_avx2(_mm256_sub_ps(unsafe { _mm256_loadu_ps(at) }, shift));
+            let at = [chunk.as_mut_ptr(), chunk[8..].as_mut_ptr()];
+            // SAFETY: half a chunk is 8 values.
+            let e = exp_avx2(at.map(|at| _mm256_sub_ps(unsafe { _mm256_loadu_ps(at) }, shift)));
+            for ((lanes, at), e) in lanes.iter_mut().zip(at).zip(e) {
                 // SAFETY: as above.
                 unsafe { _mm256_storeu_ps(at, e) };
                 *lanes = _mm256_add_ps(*lanes, e);
@@ -261,7 +278,7 @@ mod x86 {
             let mask = first_of_eight(len);
             let at = tail[8 * half..].as_mut_ptr();
             // SAFETY: the mask covers the tail's values only.
-            let e = exp_avx2(_mm256_sub_ps(unsafe { _mm256_maskload_ps(at, mask) }, shift));
+            let [e] = exp_avx2([_mm256_sub_ps(unsafe { _mm256_maskload_ps(at, mask) }, shift)]);
             // SAFETY: as above.
             unsafe { _mm256_maskstore_ps(at, mask, e) };
             // The other lanes add +0, which leaves their sums (≥ +0 or NaN) as they are.
