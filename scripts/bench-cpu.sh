@@ -6,7 +6,7 @@
 # the two run back to back, in alternating order, PAIRS times; prints each run's wall and CPU seconds and the medians of
 # evalmesh's over llama.cpp's (issue 19's target: wall <= 0.67). Then evalmesh's rolling
 # perplexity at the model's full 8,192-token window on the same slice, beside the ctx-512
-# run, twice in alternating order: its tokens/s as a share of theirs (target >= 50%), and
+# run, PAIRS times in alternating order: its tokens/s as a share of theirs (target >= 50%), and
 # its FLOPs per second (products and attention) as a share of theirs, and the share of
 # tokens/s that the two runs' work per row allows at equal FLOPs per second.
 #
@@ -75,11 +75,12 @@ print(f"median time of evalmesh over llama.cpp: wall {statistics.median(wall):.3
 PY
 
 # The long window: lm-evaluation-harness-style rolling perplexity at the model's window,
-# beside the ctx-512 run, twice in alternating order (this VM's speed drifts): the medians.
-shares=()
-for round in 1 2; do
+# beside the ctx-512 run, PAIRS times in alternating order (this VM's speed drifts: on a
+# 2-core AMD EPYC the share of two rounds' medians moved from 45% to 49% between runs): the
+# medians, and the median of each round's share (its two runs back to back).
+for round in $(seq "$pairs"); do
     runs=(short long)
-    [ "$round" -eq 2 ] && runs=(long short)
+    [ $((round % 2)) -eq 0 ] && runs=(long short)
     for run in "${runs[@]}"; do
         case "$run" in
             short) flags=(--perplexity-mode llamacpp --ctx 512) ;;
@@ -89,7 +90,7 @@ for round in 1 2; do
             --output "$out/$run-$round.json" --overwrite >/dev/null 2>&1
     done
 done
-python3 - "$out" <<'PY'
+python3 - "$out" "$pairs" <<'PY'
 import json, statistics, sys
 
 def rates(path):
@@ -100,11 +101,14 @@ def rates(path):
     return t["tokens_computed"] / t["seconds"], (e["matmul_gflop"] * 1e9 + attention) / t["seconds"]
 
 def median(run, i):
-    return statistics.median(rates(f"{sys.argv[1]}/{run}-{r}.json")[i] for r in (1, 2))
+    return statistics.median(rates(f"{sys.argv[1]}/{run}-{r}.json")[i] for r in rounds)
 
+rounds = range(1, int(sys.argv[2]) + 1)
+each = [rates(f"{sys.argv[1]}/long-{r}.json")[0] / rates(f"{sys.argv[1]}/short-{r}.json")[0] for r in rounds]
 short, long = median("short", 0), median("long", 0)
-print(f"rows through the model per second (medians of 2): ctx 512 {short:.1f}, the model's full window "
-      f"{long:.1f}: {100 * long / short:.0f}% (target >= 50%)")
+print(f"rows through the model per second (medians of {len(rounds)}): ctx 512 {short:.1f}, the model's full window "
+      f"{long:.1f}: {100 * long / short:.0f}%; each round's share: {', '.join(f'{100 * v:.1f}%' for v in each)}, "
+      f"median {100 * statistics.median(each):.1f}% (target >= 50%)")
 # A row of the full window does more work (attention over thousands of keys, and the head
 # on more of its rows): the same work per second is the most a faster kernel can show.
 short_rows, long_rows = median("short", 0), median("long", 0)
