@@ -261,8 +261,10 @@ mod x86 {
         let mut lanes = [_mm256_setzero_ps(); 2];
         let (chunks, tail) = xs.as_chunks_mut::<16>();
         for chunk in chunks {
-            let at = [chunk.as_mut_ptr(), chunk[8..].as_mut_ptr()];
-            // SAFETY: half a chunk is 8 values.
+            let first = chunk.as_mut_ptr();
+            // SAFETY: a chunk is 16 values, two halves of 8.
+            let at = [first, unsafe { first.add(8) }];
+            // SAFETY: as above.
             let e = exp_avx2(at.map(|at| _mm256_sub_ps(unsafe { _mm256_loadu_ps(at) }, shift)));
             for ((lanes, at), e) in lanes.iter_mut().zip(at).zip(e) {
                 // SAFETY: as above.
