@@ -364,7 +364,7 @@ fn generate_task(
 ) -> Result<(Scored, Option<Prediction>), EvaluateError> {
     // The tokens of each head (system prompt, description, demonstrations) the documents
     // share, encoded once; then each document's requests, tokenised in parallel and laid
-    // end to end in document order (an error is the first failing document's).
+    // end to end in document order (an error is a head's, else the first failing document's).
     let mut heads: Vec<&str> = docs.iter().filter_map(|doc| document_head(doc)).collect();
     heads.sort_unstable();
     heads.dedup();
