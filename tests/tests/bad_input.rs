@@ -226,6 +226,9 @@ fn tokenizer_with_another_vocabulary() {
 fn pipeline_without_mpirun() {
     let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--strategy", "pp"]);
     assert_clean_error(&output, &["--strategy pp", "mpirun -np 3"]);
+    // The example launch counts the coordinator and every worker the sizes ask for.
+    let output = run_evalmesh(&["run", "--model", test_model().to_str().unwrap(), "--dp", "2", "--pp", "2"]);
+    assert_clean_error(&output, &["--dp 2", "mpirun -np 5"]);
 }
 
 #[test]

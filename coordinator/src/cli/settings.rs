@@ -27,8 +27,8 @@ pub enum UsageError {
     OutputExists(PathBuf),
     #[error("{0} measures MPI transfers: start it with mpirun -np 2 evalmesh {0}")]
     NeedsMpi(&'static str),
-    #[error("{0} spreads the model over worker ranks, and this is one process: start it under mpirun or srun (for example mpirun -np 3 evalmesh run …), or leave out {0}")]
-    LayoutNeedsRanks(String),
+    #[error("{flag} spreads the model over worker ranks, and this is one process: start it under mpirun or srun with a rank for the coordinator and one for each worker (for example mpirun -np {ranks} evalmesh run …), or leave out {flag}")]
+    LayoutNeedsRanks { flag: String, ranks: usize },
     #[error("{0} sets how GPUs compute or pass activations: it needs --device cuda (drop it for --device cpu)")]
     GpuFlagWithoutCuda(&'static str),
     #[error("{0} sets how the CPU keeps its weights: drop it for --device cuda, whose weights are kept as --gpu-precision says")]
@@ -175,15 +175,17 @@ impl RunArgs {
             return Err(UsageError::TooSmall { flag: "--ctx", min: 1, value: 0 });
         }
         if !under_mpi {
+            // The coordinator, and the workers the sizes given ask for (at least two).
+            let ranks = 1 + [self.dp, self.pp, self.tp].iter().map(|n| n.unwrap_or(1)).product::<usize>().max(2);
             let sizes = [("--dp", self.dp), ("--pp", self.pp), ("--tp", self.tp)];
             if let Some((flag, Some(n))) = sizes.iter().find(|(_, n)| n.is_some()) {
-                return Err(UsageError::LayoutNeedsRanks(format!("{flag} {n}")));
+                return Err(UsageError::LayoutNeedsRanks { flag: format!("{flag} {n}"), ranks });
             }
             if self.strategy != StrategyArg::Auto {
                 let name = clap::ValueEnum::to_possible_value(&self.strategy)
                     .map(|v| v.get_name().to_string())
                     .unwrap_or_default();
-                return Err(UsageError::LayoutNeedsRanks(format!("--strategy {name}")));
+                return Err(UsageError::LayoutNeedsRanks { flag: format!("--strategy {name}"), ranks });
             }
         }
         if let (true, Some(gpu)) = (under_mpi, self.device.gpu()) {
