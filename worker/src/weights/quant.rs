@@ -2,6 +2,7 @@
 //! Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS, bit for bit as ggml's
 //! reference `dequantize_row_*`; also ggml's names for every type code, read or not.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// A GGML tensor type that evalmesh can widen.
@@ -157,9 +158,14 @@ impl GgmlType {
         debug_assert_eq!(src.len() / block_bytes * block_elems, dst.len());
         let blocks = src.chunks_exact(block_bytes).zip(dst.chunks_exact_mut(block_elems));
         match self {
-            GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            GgmlType::Bf16 => blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            // The float types value by value over fixed-size chunks, which the compiler
+            // vectorises (over `blocks`, whose size it does not know, they took about 4% of a
+            // ctx-512 run of a bf16 model with its weights stored).
+            GgmlType::F32 => dst.iter_mut().zip(src.as_chunks::<4>().0).for_each(|(y, b)| *y = f32::from_le_bytes(*b)),
+            GgmlType::F16 => widen_halves(src, dst),
+            GgmlType::Bf16 => {
+                dst.iter_mut().zip(src.as_chunks::<2>().0).for_each(|(y, b)| *y = bf16::from_le_bytes(*b).to_f32())
+            }
             GgmlType::Q8_0 => blocks.for_each(|(b, y)| q8_0(b, y)),
             GgmlType::Q4_0 => blocks.for_each(|(b, y)| q4_0(b, y)),
             GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
@@ -173,6 +179,18 @@ impl GgmlType {
             GgmlType::Iq4Nl => blocks.for_each(|(b, y)| iq4_nl(b, y)),
             GgmlType::Iq4Xs => blocks.for_each(|(b, y)| iq4_xs(b, y)),
         }
+    }
+}
+
+/// f16 values (little-endian bytes) widened into `dst` a run at a time by `half`'s slice
+/// conversion, F16C's where the machine has it, as its value-by-value one is: exact either way.
+fn widen_halves(src: &[u8], dst: &mut [f32]) {
+    const RUN: usize = 256;
+    let mut halves = [f16::ZERO; RUN];
+    for (bytes, out) in src.as_chunks::<2>().0.chunks(RUN).zip(dst.chunks_mut(RUN)) {
+        let halves = &mut halves[..out.len()];
+        halves.iter_mut().zip(bytes).for_each(|(h, b)| *h = f16::from_le_bytes(*b));
+        halves.convert_to_f32_slice(out);
     }
 }
 

@@ -7,17 +7,11 @@
 //! mapping drops the file's pages it spans from the process when it goes.
 
 use std::borrow::Cow;
-use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::quant::GgmlType;
 use crate::tensor::Matrix;
-
-/// Rows that [`StoredMatrix::widen_transposed`] widens together before putting them
-/// transposed: an input feature's 16 values side by side fill a 64-byte cache line (written
-/// one row at a time, each of a row's values went to a line of its own).
-const TRANSPOSED_ROWS: usize = 16;
 
 /// A `rows × cols` weight, its rows stacked from one or more tensors (Q, K and V; gate and
 /// up), each part in its own encoding, held or lying in a file's mapping (`'a`).
@@ -166,33 +160,6 @@ impl<'a> StoredMatrix<'a> {
         }
     }
 
-    /// Rows `rows` widened and transposed into `out`: the value of input feature `i` of
-    /// row `rows.start + j` at `out + i·stride + j`. Rows are widened
-    /// [`TRANSPOSED_ROWS`] at a time and written input feature by input feature, so that
-    /// each feature's values land side by side.
-    ///
-    /// # Safety
-    /// `out + i·stride + j` must be valid for writes for every `i < cols` and
-    /// `j < rows.len()`, and no other thread may touch those values meanwhile.
-    pub unsafe fn widen_transposed(&self, rows: Range<usize>, out: *mut f32, stride: usize) {
-        let cols = self.cols;
-        let (mut block, mut scratch) = (vec![0.0f32; TRANSPOSED_ROWS * cols], Vec::new());
-        for first in rows.clone().step_by(TRANSPOSED_ROWS) {
-            let count = TRANSPOSED_ROWS.min(rows.end - first);
-            for (j, row) in block.chunks_exact_mut(cols.max(1)).take(count).enumerate() {
-                self.widen_row(first + j, row, &mut scratch);
-            }
-            for i in 0..cols {
-                // SAFETY: the caller's contract, for feature `i` and rows `first..first + count`.
-                let line = unsafe { out.add(i * stride + first - rows.start) };
-                for j in 0..count {
-                    // SAFETY: as above.
-                    unsafe { *line.add(j) = block[j * cols + i] };
-                }
-            }
-        }
-    }
-
     /// The whole matrix widened to f32, rows in parallel.
     pub fn widen(&self) -> Matrix {
         let mut data = vec![0.0f32; self.rows * self.cols];
@@ -241,10 +208,6 @@ mod tests {
         assert_eq!((widened.rows, widened.cols), (3, 4));
         assert_eq!(widened.row(1), [5.0, 6.0, 7.0, 8.0]);
         assert_eq!(widened.row(2), [1.5, 2.0, 2.5, 3.0]);
-        let mut t = [0.0f32; 4 * 5];
-        // SAFETY: input feature i's two values at 5i and 5i + 1, inside `t`.
-        unsafe { m.widen_transposed(1..3, t.as_mut_ptr(), 5) };
-        assert_eq!([t[0], t[1], t[15], t[16]], [5.0, 1.5, 8.0, 3.0]);
         assert_eq!(m.bytes(), 16 + 34);
     }
 

@@ -4,16 +4,13 @@
 //! vectorisable `exp` ([`fast_exp`], whose constants and 2ⁿ the softmax's vector kernels
 //! share: [`exp_constants`],
 //! [`power_of_two`]), sums and maxima in a fixed order ([`lane_sum_of`], [`exp_in_place`], [`lane_max`]), memory
-//! prefetches ([`prefetch`]), a thread's widened panels of a stored weight
-//! ([`with_widened_panels`]), and the instruction sets that kernels compiled more than once
+//! prefetches ([`prefetch`]), and the instruction sets that kernels compiled more than once
 //! choose from at run time ([`Isa`]).
 
 use std::ops::Range;
 
 #[cfg(test)]
 use gemm::Parallelism;
-
-use crate::weights::StoredMatrix;
 
 /// A strided view of a matrix block for `gemm`: element (i, j) is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -106,33 +103,6 @@ impl SendPtr {
     pub fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
-}
-
-thread_local! {
-    /// A thread's buffer for the strips of a stored weight it widens.
-    static STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on the output features `cols` of `w` widened into panels of `width` (the
-/// strip's own, from `cols.start`): feature `cols.start + j`'s input `i` at
-/// `[(j / width)·k·width + i·width + j % width]`, `k` the weight's inputs.
-pub fn with_widened_panels<R>(
-    w: &StoredMatrix<'_>,
-    cols: Range<usize>,
-    width: usize,
-    f: impl FnOnce(&[f32]) -> R,
-) -> R {
-    STRIP.with(|buffer| {
-        let mut buffer = buffer.borrow_mut();
-        let panel = w.cols() * width;
-        buffer.resize(cols.len().div_ceil(width) * panel, 0.0);
-        for (p, out) in buffer.chunks_exact_mut(panel.max(1)).enumerate() {
-            let first = cols.start + p * width;
-            // SAFETY: `out` is this thread's, `k` inputs of `width ≥` the panel's columns.
-            unsafe { w.widen_transposed(first..(first + width).min(cols.end), out.as_mut_ptr(), width) };
-        }
-        f(&buffer)
-    })
 }
 
 /// The instruction sets the kernels are compiled for, the widest first (x86-64's on x86-64

@@ -31,6 +31,7 @@ mod kernels;
 mod panels;
 mod softmax;
 mod streamed;
+mod widen;
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -44,9 +45,10 @@ use rayon::prelude::*;
 
 use self::attention::attention;
 pub use self::attention::{cached_attention, CacheView, CachedRows};
-use self::kernels::{fast_exp, lane_max, lane_sum_of, with_widened_panels, Isa, SendPtr, View, ONE_BLOCK_INPUTS};
+use self::kernels::{fast_exp, lane_max, lane_sum_of, Isa, SendPtr, View, ONE_BLOCK_INPUTS};
 use self::panels::{lay_out, multiply, Microkernels, Panels};
 use self::streamed::{Columns, Product};
+use self::widen::{widen_transposed, with_widened_panels};
 use super::error::BackendError;
 use super::memory::DeviceMemory;
 use super::transfer::Transfer;
@@ -403,7 +405,7 @@ impl DeviceMemory for CpuBackend {
         panels.par_chunks_mut((k * width).max(1)).enumerate().for_each(|(p, panel)| {
             let cols = p * width..((p + 1) * width).min(n);
             // SAFETY: `panel` is k × width, and `cols` at most `width` columns.
-            unsafe { w.widen_transposed(cols, panel.as_mut_ptr(), width) };
+            unsafe { widen_transposed(&w, cols, panel.as_mut_ptr(), width) };
         });
         Ok(CpuWeight { in_features: k, out_features: n, values: Values::Widened(panels) })
     }

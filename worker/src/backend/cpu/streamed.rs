@@ -23,10 +23,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{prefetch, with_widened_panels, Isa, SendPtr};
+use super::kernels::{prefetch, Isa, SendPtr};
 use super::panels::Microkernels;
 #[cfg(doc)]
 use super::panels::Panels;
+use super::widen::with_widened_panels;
 use crate::weights::StoredMatrix;
 
 /// Panels a span reaches into at most: the streams of weights it reads at once, which the
