@@ -493,6 +493,36 @@ mod tests {
     }
 
     #[test]
+    fn half_floats_widen_every_bit_pattern_exactly() {
+        // Every f16 and bf16 value in one row (runs of whole vectors and a tail), against
+        // their definitions: f16 a sign, 5 exponent bits (bias 15, subnormal at 0) and 10
+        // mantissa bits; bf16 the upper half of an f32.
+        let patterns: Vec<u16> = (0..=u16::MAX).chain([0x3c00, 0x8001, 0x7bff]).collect();
+        let bytes: Vec<u8> = patterns.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let f16_value = |p: u16| {
+            let (sign, exponent, mantissa) = (if p >> 15 == 1 { -1.0 } else { 1.0 }, (p >> 10) & 31, p & 1023);
+            match exponent {
+                0 => sign * mantissa as f64 * 2f64.powi(-24),
+                31 if mantissa == 0 => sign * f64::INFINITY,
+                31 => f64::NAN,
+                e => sign * (1024 + mantissa) as f64 * 2f64.powi(e as i32 - 25),
+            }
+        };
+        let bf16_value = |p: u16| f32::from_bits((p as u32) << 16) as f64;
+        for (t, value) in [(GgmlType::F16, &f16_value as &dyn Fn(u16) -> f64), (GgmlType::Bf16, &bf16_value)] {
+            let mut widened = vec![0.0f32; patterns.len()];
+            t.dequantize(&bytes, &mut widened);
+            for (&p, &w) in patterns.iter().zip(&widened) {
+                let want = value(p) as f32;
+                assert!(
+                    w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()),
+                    "{t:?} {p:#06x}: {w} for {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn plain_floats() {
         assert_eq!(widen(GgmlType::F32, &1.5f32.to_le_bytes()), vec![1.5]);
         assert_eq!(widen(GgmlType::F16, &h(-0.25)), vec![-0.25]);
